@@ -1,0 +1,135 @@
+"""What is in the audio folder, and what the manifest says about it (driver side)."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import unicodedata
+from pathlib import PurePosixPath
+
+import pandas as pd
+from pyspark.sql import SparkSession
+
+from deepcrate.errors import InputError
+from deepcrate.schemas import SONGS
+from deepcrate.warehouse import to_uri
+
+logger = logging.getLogger(__name__)
+
+LABEL_COLUMNS = ["genre", "artist", "title", "release_date"]
+
+
+def normalise_path(uri: str) -> str:
+    """One spelling per file, so manifest rows and listed files meet (NFC, '/')."""
+    return unicodedata.normalize("NFC", uri.replace("\\", "/"))
+
+
+def list_files(spark: SparkSession, audio_uri: str) -> pd.DataFrame:
+    """Every file Spark sees under ``audio_uri`` (recursively): ``path``, ``length``.
+
+    Only the file listing is read here, not the contents.
+    """
+    listing = (
+        spark.read.format("binaryFile")
+        .option("recursiveFileLookup", "true")
+        .load(audio_uri)
+        .select("path", "length")
+        .toPandas()
+    )
+    return listing.sort_values("path", ignore_index=True)
+
+
+def hidden_files(spark: SparkSession, audio_uri: str, *, seen: set[str]) -> list[str]:
+    """Files named ``.x`` or ``_x`` that Spark's file listing silently skips.
+
+    Files inside hidden folders (``.git``) are not part of the catalogue and are
+    not reported.
+    """
+    jvm = spark.sparkContext._jvm
+    root = jvm.org.apache.hadoop.fs.Path(audio_uri)
+    fs = root.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    found = []
+    files = fs.listFiles(root, True)
+    while files.hasNext():
+        uri = files.next().getPath().toString()
+        if uri in seen:
+            continue
+        relative = uri[len(audio_uri) :].strip("/").split("/")
+        if relative[-1].startswith((".", "_")) and not any(
+            part.startswith((".", "_")) for part in relative[:-1]
+        ):
+            found.append(uri)
+    return sorted(found)
+
+
+def folder_genre(uri: str, *, audio_uri: str) -> str | None:
+    """The parent folder's name, or None for a file directly in the audio folder."""
+    relative = PurePosixPath(uri[len(audio_uri) :].lstrip("/"))
+    return relative.parent.name or None
+
+
+def read_manifest(manifest: str, *, audio_uri: str) -> pd.DataFrame:
+    """Read a manifest CSV into one row per file, indexed by the file's URI.
+
+    Columns: ``path`` (relative to the audio folder, or absolute), then optional
+    ``genre``, ``artist``, ``title``, ``release_date`` and any extra columns, which
+    are kept as strings with names made SQL-friendly.
+
+    Raises
+    ------
+    InputError
+        When the file is unreadable or has no ``path`` column.
+    """
+    try:
+        table = pd.read_csv(manifest, dtype=str, keep_default_na=False, encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"manifest {manifest}: no such file") from None
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise InputError(f"manifest {manifest}: cannot be read as UTF-8 CSV: {exc}") from None
+    table.columns = [_column_name(c) for c in table.columns]
+    if "path" not in table.columns:
+        raise InputError(f"manifest {manifest}: needs a 'path' column, has {list(table.columns)}")
+    reserved = {f.name for f in SONGS.fields} - {"path", *LABEL_COLUMNS}
+    clashes = sorted(reserved & set(table.columns))
+    if clashes:
+        raise InputError(f"manifest {manifest}: columns {clashes} are computed by ingest; rename them")
+    for column in LABEL_COLUMNS:
+        if column not in table.columns:
+            table[column] = ""
+    table = table.replace({"": None})
+    table["uri"] = [_manifest_uri(p, audio_uri=audio_uri) for p in table["path"]]
+    duplicated = table["uri"].duplicated(keep="first")
+    if duplicated.any():
+        logger.warning(
+            "manifest %s: %d rows repeat an earlier path and are ignored (first: %s)",
+            manifest, int(duplicated.sum()), table.loc[duplicated, "path"].iloc[0],
+        )
+        table = table[~duplicated]
+    dates = pd.to_datetime(table["release_date"], errors="coerce", format="mixed")
+    unparsed = table["release_date"].notna() & dates.isna()
+    if unparsed.any():
+        logger.warning(
+            "manifest %s: %d release dates are not dates and are left empty (first: %r)",
+            manifest, int(unparsed.sum()), table.loc[unparsed, "release_date"].iloc[0],
+        )
+    table["release_date"] = dates.dt.date.astype(object).where(dates.notna(), None)
+    extras = [c for c in table.columns if c not in ("path", "uri", *LABEL_COLUMNS)]
+    return table.set_index("uri")[LABEL_COLUMNS + extras]
+
+
+def _manifest_uri(path: str | None, *, audio_uri: str) -> str:
+    if not path:
+        return ""
+    path = path.replace("\\", "/")
+    if "://" in path or path.startswith("file:"):
+        return normalise_path(to_uri(path))
+    if os.path.isabs(path):
+        return normalise_path(to_uri(path))
+    while path.startswith("./"):
+        path = path[2:]
+    return normalise_path(f"{audio_uri}/{path}")
+
+
+def _column_name(name: str) -> str:
+    cleaned = re.sub(r"[^0-9a-zA-Z_]+", "_", str(name).strip().lower()).strip("_")
+    return cleaned or "column"

@@ -1,0 +1,113 @@
+"""The ``deepcrate`` command: one subcommand per pipeline stage."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from deepcrate.errors import DeepcrateError
+
+logger = logging.getLogger("deepcrate")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.run(args)
+    except DeepcrateError as exc:
+        print(f"deepcrate {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"deepcrate {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deepcrate", description="Content-based music recommendations as Spark batch jobs."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo-catalogue", help="synthesize a labelled demo catalogue of MP3s")
+    demo.add_argument("out_dir", metavar="OUT_DIR")
+    demo.add_argument("--songs-per-genre", type=int, default=20, metavar="N")
+    demo.add_argument("--seconds", type=float, default=30.0, metavar="S")
+    demo.add_argument("--seed", type=int, default=0, metavar="K")
+    demo.set_defaults(run=_demo_catalogue)
+
+    ingest = commands.add_parser("ingest", help="audio folder -> songs, slices, rejects tables")
+    ingest.add_argument("--audio", required=True, metavar="DIR", help="folder of audio files (recursive)")
+    ingest.add_argument("--manifest", metavar="CSV", help="labels: path,genre[,artist,title,release_date,...]")
+    _add_common(ingest)
+    ingest.set_defaults(run=_ingest)
+
+    sql = commands.add_parser("sql", help="run Spark SQL over the warehouse tables")
+    sql.add_argument("query", metavar="QUERY")
+    sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    _add_common(sql)
+    sql.set_defaults(run=_sql)
+    return parser
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--warehouse", required=True, metavar="WH", help="folder (or URI) of the tables")
+    parser.add_argument("--conf", action="append", default=[], metavar="FILE",
+                        help="YAML overlay on the defaults (conf/local.yaml); repeatable")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override one key, e.g. spectrogram.preset=mel; repeatable")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("py4j", "pyspark"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _config_and_session(args: argparse.Namespace):
+    from deepcrate.config import config_to_yaml, resolve_config
+    from deepcrate.session import spark_session
+
+    config = resolve_config(conf_files=args.conf, overrides=args.overrides)
+    logger.info("deepcrate %s: resolved config\n%s", args.command, config_to_yaml(config))
+    return config, spark_session(config)
+
+
+def _demo_catalogue(args: argparse.Namespace) -> int:
+    from deepcrate.demo import write_demo_catalogue
+
+    if args.songs_per_genre < 1 or args.seconds <= 0:
+        raise DeepcrateError("--songs-per-genre and --seconds must be positive")
+    manifest = write_demo_catalogue(
+        args.out_dir, songs_per_genre=args.songs_per_genre, seconds=args.seconds, seed=args.seed
+    )
+    print(f"demo catalogue written: {manifest.parent} (manifest: {manifest})")
+    return 0
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from deepcrate.ingest import ingest
+
+    config, spark = _config_and_session(args)
+    summary = ingest(spark, audio=args.audio, manifest=args.manifest, warehouse=args.warehouse, config=config)
+    print("\n".join(summary.lines()))
+    return 0
+
+
+def _sql(args: argparse.Namespace) -> int:
+    from deepcrate.sql import run_query
+
+    _, spark = _config_and_session(args)
+    run_query(spark, warehouse=args.warehouse, query=args.query, out=sys.stdout, fmt=args.format)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

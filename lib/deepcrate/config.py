@@ -1,0 +1,124 @@
+"""Configuration: the packaged defaults (conf/local.yaml), YAML overlays, ``--set`` overrides.
+
+Every key an overlay or override names must exist in the defaults, so a typo fails
+loudly instead of being ignored. The free-form exception is ``spark.options``,
+which is handed to Spark as it is.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from deepcrate.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+# Sections whose keys are not known in advance.
+FREE_FORM = {("spark", "options")}
+
+
+def default_config() -> dict[str, Any]:
+    """The packaged defaults (a copy of ``conf/local.yaml``)."""
+    text = resources.files("deepcrate").joinpath("local.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def resolve_config(
+    *, conf_files: Iterable[str | Path] = (), overrides: Iterable[str] = ()
+) -> dict[str, Any]:
+    """Defaults, then each YAML file in order, then each ``key.path=value`` override.
+
+    Parameters
+    ----------
+    conf_files : iterable of path
+        YAML overlays; later files win.
+    overrides : iterable of str
+        ``section.key=value`` strings; the value is parsed as YAML (``3``, ``0.5``,
+        ``true``, ``[a, b]``).
+
+    Raises
+    ------
+    ConfigError
+        On an unreadable file, an unknown key or a value of the wrong type.
+    """
+    config = default_config()
+    for conf_file in conf_files:
+        path = Path(conf_file)
+        try:
+            overlay = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path}: not valid YAML: {exc}") from None
+        if not isinstance(overlay, dict):
+            raise ConfigError(f"config file {path}: expected a mapping at the top level")
+        _merge(config, overlay, where=str(path), trail=())
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {override!r}: expected section.key=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {override!r}: value is not valid YAML: {exc}") from None
+        nested: Any = value
+        for part in reversed(key.strip().split(".")):
+            nested = {part: nested}
+        _merge(config, nested, where=f"--set {override}", trail=())
+    _check_split(config["split"])
+    return config
+
+
+def config_to_yaml(config: dict[str, Any]) -> str:
+    """The resolved config as YAML, for the log line every job starts with."""
+    return yaml.safe_dump(config, sort_keys=False, default_flow_style=False).rstrip()
+
+
+def _merge(base: dict, overlay: dict, *, where: str, trail: tuple[str, ...]) -> None:
+    for key, value in overlay.items():
+        path = trail + (str(key),)
+        if trail in FREE_FORM:
+            base[key] = copy.deepcopy(value)
+            continue
+        if key not in base:
+            known = ", ".join(sorted(str(k) for k in base))
+            raise ConfigError(f"{where}: unknown key {'.'.join(path)!r} (known here: {known})")
+        current = base[key]
+        if isinstance(current, dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: {'.'.join(path)} is a section, not a value")
+            _merge(current, value, where=where, trail=path)
+        else:
+            base[key] = _coerce(current, value, where=where, name=".".join(path))
+
+
+def _coerce(current: Any, value: Any, *, where: str, name: str) -> Any:
+    """Check ``value`` against the type of the default it replaces."""
+    if isinstance(current, bool) or isinstance(value, bool):
+        if isinstance(current, bool) and isinstance(value, bool):
+            return value
+    elif isinstance(current, float) and isinstance(value, (int, float)):
+        return float(value)
+    elif isinstance(current, int) and isinstance(value, int):
+        return value
+    elif isinstance(current, str) and isinstance(value, str):
+        return value
+    elif isinstance(current, list) and isinstance(value, list):
+        return value
+    raise ConfigError(
+        f"{where}: {name} must be a {type(current).__name__} like {current!r}, got {value!r}"
+    )
+
+
+def _check_split(split: dict[str, Any]) -> None:
+    fractions = [split["train"], split["validation"], split["test"]]
+    if any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
+        raise ConfigError(
+            f"split fractions must be >= 0 and sum to 1, got train={split['train']}, "
+            f"validation={split['validation']}, test={split['test']}"
+        )

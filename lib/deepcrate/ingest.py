@@ -1,0 +1,392 @@
+"""Ingest: an audio folder becomes the ``songs``, ``slices`` and ``rejects`` tables.
+
+Extract: Spark lists the folder, then reads each audio file with the binaryFile
+source. Transform: executors decode, mix, resample and slice (``mapInPandas``);
+the driver removes duplicate content, attaches labels and draws the split from the
+small per-file results. Load: the three tables are staged and published together.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import pandas as pd
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import (
+    BinaryType,
+    DoubleType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+)
+
+from deepcrate import __version__
+from deepcrate.audio import (
+    DUPLICATE,
+    HIDDEN_NAME,
+    TOO_LARGE,
+    UNSUPPORTED_EXTENSION,
+    DecodeLimits,
+)
+from deepcrate.catalogue import (
+    LABEL_COLUMNS,
+    folder_genre,
+    hidden_files,
+    list_files,
+    normalise_path,
+    read_manifest,
+)
+from deepcrate.errors import AudioError, InputError
+from deepcrate.progress import Progress
+from deepcrate.schemas import REJECTS, SLICES, SONGS, validate
+from deepcrate.slicing import slice_audio_file
+from deepcrate.spectrogram import SpectrogramSettings
+from deepcrate.split import assign_splits
+from deepcrate.warehouse import Warehouse, to_uri
+
+logger = logging.getLogger(__name__)
+
+TABLES = ["songs", "slices", "rejects"]
+
+# One row per file (slice_idx -1: the file's facts or its reject reason) and one per
+# slice (slice_idx >= 0: just the image), as the executors emit them.
+_DECODED = StructType(
+    [
+        StructField("path", StringType()),
+        StructField("slice_idx", IntegerType()),
+        StructField("size_bytes", LongType()),
+        StructField("content_sha256", StringType()),
+        StructField("reason", StringType()),
+        StructField("message", StringType()),
+        StructField("duration_s", DoubleType()),
+        StructField("sample_rate", IntegerType()),
+        StructField("channels", IntegerType()),
+        StructField("n_slices", IntegerType()),
+        StructField("cut_at_s", DoubleType()),
+        StructField("spectrogram", BinaryType()),
+    ]
+)
+
+
+@dataclass
+class IngestSummary:
+    """What one ingest run produced."""
+
+    warehouse: str
+    songs: int
+    slices: int
+    rejects: Counter = field(default_factory=Counter)
+    splits: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        rejected = sum(self.rejects.values())
+        out = [
+            f"ingest finished in {self.seconds:.1f} s: {self.songs} songs, {self.slices} slices, "
+            f"{rejected} rejects",
+            "  split: " + ", ".join(f"{k} {self.splits.get(k, 0)}" for k in ("train", "validation", "test")),
+        ]
+        for reason, count in sorted(self.rejects.items()):
+            out.append(f"  rejected, {reason}: {count}")
+        out.append(f"  tables: {self.warehouse}/{{{','.join(TABLES)}}}")
+        return out
+
+
+def ingest(
+    spark: SparkSession,
+    *,
+    audio: str,
+    warehouse: str,
+    config: dict[str, Any],
+    manifest: str | None = None,
+) -> IngestSummary:
+    """Decode and slice every audio file under ``audio`` into the warehouse tables.
+
+    Every file under ``audio`` ends as exactly one row of ``songs`` or ``rejects``.
+
+    Raises
+    ------
+    InputError
+        When ``audio`` is missing or holds no files, or the manifest is unusable.
+    WarehouseError
+        When ``warehouse`` cannot be written.
+    """
+    started = time.monotonic()
+    settings = SpectrogramSettings.from_config(config)
+    options = config["ingest"]
+    limits = DecodeLimits(
+        max_duration_s=float(options["max_duration_s"]),
+        truncated_ratio=float(options["truncated_ratio"]),
+        silence_dbfs=float(options["silence_dbfs"]),
+    )
+    audio_uri = to_uri(audio)
+    listing = _list_audio_folder(spark, audio_uri)
+    store = Warehouse(spark, warehouse, create=True)
+    labels = read_manifest(manifest, audio_uri=audio_uri) if manifest else None
+    manifest_uri = normalise_path(to_uri(manifest)) if manifest else None
+    listing = listing[listing["path"].map(normalise_path) != manifest_uri]
+
+    extensions = tuple("." + e.lower().lstrip(".") for e in options["extensions"])
+    max_bytes = int(float(options["max_file_mb"]) * 2**20)
+    is_audio = listing["path"].str.lower().str.endswith(extensions)
+    too_large = is_audio & (listing["length"] > max_bytes)
+    early_rejects = [
+        _reject(p, UNSUPPORTED_EXTENSION, f"{p}: not an audio file by its extension "
+                f"(ingest reads {', '.join(extensions)})")
+        for p in listing.loc[~is_audio, "path"]
+    ] + [
+        _reject(p, TOO_LARGE, f"{p}: {n / 2**20:.1f} MiB is over the {options['max_file_mb']} MiB "
+                "limit (ingest.max_file_mb); not decoded")
+        for p, n in zip(listing.loc[too_large, "path"], listing.loc[too_large, "length"])
+    ] + [
+        _reject(p, HIDDEN_NAME, f"{p}: names starting with '.' or '_' are skipped by Spark; "
+                "rename the file to ingest it")
+        for p in hidden_files(spark, audio_uri, seen=set(listing["path"]))
+        if p.lower().endswith(extensions)
+    ]
+    to_decode = int((is_audio & ~too_large).sum())
+    logger.info("%s: %d files, %d to decode", audio_uri, len(listing), to_decode)
+
+    run = store.begin_run()
+    with _session_conf(spark, {
+        "spark.sql.files.maxPartitionBytes": str(int(options["partition_mb"] * 2**20)),
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(options["files_per_batch"]),
+    }):
+        decoded = _decode(spark, audio_uri, settings=settings, limits=limits,
+                          extensions=extensions, max_bytes=max_bytes, progress_s=options["progress_interval_s"],
+                          total=to_decode)
+        try:
+            headers = decoded.filter(F.col("slice_idx") < 0).drop("spectrogram").toPandas()
+            songs, rejects = _songs_and_rejects(
+                headers, labels=labels, audio_uri=audio_uri, split=config["split"]
+            )
+            rejects = pd.concat([rejects, pd.DataFrame(early_rejects, columns=REJECTS.names)])
+            slices_written = _write_tables(
+                spark, store, run, decoded=decoded, songs=songs, rejects=rejects, settings=settings,
+                metadata=_metadata(settings, config, audio_uri=audio_uri),
+            )
+        finally:
+            decoded.unpersist()
+    store.publish(run, TABLES)
+    return IngestSummary(
+        warehouse=store.root,
+        songs=len(songs),
+        slices=slices_written,
+        rejects=Counter(rejects["reason"]),
+        splits=Counter(songs["split"]),
+        seconds=time.monotonic() - started,
+    )
+
+
+def _list_audio_folder(spark: SparkSession, audio_uri: str) -> pd.DataFrame:
+    try:
+        listing = list_files(spark, audio_uri)
+    except Exception as exc:
+        if "PATH_NOT_FOUND" in str(exc) or "does not exist" in str(exc):
+            raise InputError(f"audio folder {audio_uri}: no such folder") from None
+        raise
+    if listing.empty:
+        raise InputError(f"audio folder {audio_uri}: holds no files")
+    return listing
+
+
+def _decode(
+    spark: SparkSession,
+    audio_uri: str,
+    *,
+    settings: SpectrogramSettings,
+    limits: DecodeLimits,
+    extensions: tuple[str, ...],
+    max_bytes: int,
+    progress_s: float,
+    total: int,
+) -> DataFrame:
+    """Decode and slice every audio file on the executors; the result is persisted."""
+    files_done = spark.sparkContext.accumulator(0)
+
+    def decode_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            for path, content in zip(batch["path"], batch["content"]):
+                yield decode_file(path, bytes(content), settings=settings, limits=limits)
+                files_done.add(1)
+
+    extension_pattern = "(" + "|".join(e.replace(".", r"\.") for e in extensions) + ")$"
+    decoded = (
+        spark.read.format("binaryFile")
+        .option("recursiveFileLookup", "true")
+        .load(audio_uri)
+        .filter(F.col("length") <= max_bytes)  # pushed into the scan: big files are never read
+        .filter(F.lower("path").rlike(extension_pattern))
+        .select("path", "content")
+        .mapInPandas(decode_batches, schema=_DECODED)
+        .persist(StorageLevel.DISK_ONLY)
+    )
+    # The first action decodes everything; show progress while it runs.
+    with Progress(label="files decoded", total=total, done=lambda: files_done.value, interval_s=progress_s):
+        decoded.count()
+    return decoded
+
+
+def decode_file(
+    path: str, content: bytes, *, settings: SpectrogramSettings, limits: DecodeLimits
+) -> pd.DataFrame:
+    """The rows one file contributes to the decoded data: its facts, then its slices."""
+    header: dict[str, Any] = {
+        "path": path, "slice_idx": -1, "size_bytes": len(content),
+        "content_sha256": hashlib.sha256(content).hexdigest(),
+    }
+    try:
+        song = slice_audio_file(content, name=path, settings=settings, limits=limits)
+    except AudioError as exc:
+        header.update(reason=exc.reason, message=exc.message)
+        return _frame([header])
+    except Exception as exc:  # a decoder bug must not kill the job: reject the file
+        header.update(reason="decode_error", message=f"{path}: {type(exc).__name__}: {exc}")
+        return _frame([header])
+    audio = song.audio
+    header.update(
+        duration_s=audio.duration_s, sample_rate=audio.sample_rate, channels=audio.channels,
+        n_slices=len(song.slices), cut_at_s=audio.cut_at_s,
+    )
+    rows = [header] + [
+        {"path": path, "slice_idx": index, "spectrogram": image}
+        for index, image in enumerate(song.slices)
+    ]
+    return _frame(rows)
+
+
+def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    # object columns: Arrow then converts None to null under the declared types
+    # (pandas' nullable Int32 columns reach Arrow as chunked arrays, which Spark refuses).
+    return pd.DataFrame(rows, columns=_DECODED.names, dtype=object)
+
+
+def _songs_and_rejects(
+    headers: pd.DataFrame, *, labels: pd.DataFrame | None, audio_uri: str, split: dict[str, Any]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Turn per-file results into song rows (deduplicated, labelled, split) and rejects."""
+    headers = headers.sort_values("path", ignore_index=True)
+    failed = headers[headers["reason"].notna()]
+    decoded = headers[headers["reason"].isna()].copy()
+    # Identical bytes are one song: the first path (sorted) keeps it, the rest are rejects.
+    first_path = decoded.groupby("content_sha256")["path"].transform("first")
+    duplicates = decoded[decoded["path"] != first_path]
+    songs = decoded[decoded["path"] == first_path].copy()
+    rejects = pd.concat([
+        failed[["path", "reason", "message"]],
+        pd.DataFrame({
+            "path": duplicates["path"],
+            "reason": DUPLICATE,
+            "message": [f"{p}: same content as {q} (song_id {s[:16]}); ingested once"
+                        for p, q, s in zip(duplicates["path"], first_path[duplicates.index],
+                                           duplicates["content_sha256"])],
+        }),
+    ], ignore_index=True)
+
+    songs["song_id"] = songs["content_sha256"].str[:16]
+    keys = songs["path"].map(normalise_path)
+    if labels is not None:
+        found = keys.isin(labels.index)
+        if (~found).any():
+            logger.warning("%d songs are not in the manifest and stay unlabelled (first: %s)",
+                           int((~found).sum()), songs.loc[~found, "path"].iloc[0])
+        missing = sorted(set(labels.index) - set(headers["path"].map(normalise_path)) - {""})
+        if missing:
+            logger.warning("the manifest lists %d files not found under %s (first: %s)",
+                           len(missing), audio_uri, missing[0])
+        attached = labels.reindex(keys)
+        attached.index = songs.index
+        songs = songs.join(attached)
+    else:
+        songs["genre"] = [folder_genre(p, audio_uri=audio_uri) for p in songs["path"]]
+        for column in LABEL_COLUMNS[1:]:
+            songs[column] = None
+    songs["split"] = assign_splits(
+        songs, train=split["train"], validation=split["validation"], test=split["test"], seed=split["seed"]
+    )
+    extras = [c for c in songs.columns if c not in SONGS.names and c not in _DECODED.names]
+    songs = songs[SONGS.names + extras].sort_values("song_id", ignore_index=True)
+    return songs, rejects
+
+
+def _write_tables(
+    spark: SparkSession,
+    store: Warehouse,
+    run: str,
+    *,
+    decoded: DataFrame,
+    songs: pd.DataFrame,
+    rejects: pd.DataFrame,
+    settings: SpectrogramSettings,
+    metadata: dict[str, Any],
+) -> int:
+    """Stage the three tables; returns the number of slices written."""
+    extras = [c for c in songs.columns if c not in SONGS.names]
+    songs_schema = StructType(SONGS.fields + [StructField(c, StringType(), True) for c in extras])
+    songs_df = spark.createDataFrame(_records(songs), schema=songs_schema)
+    rejects_df = spark.createDataFrame(_records(rejects.sort_values("path")), schema=REJECTS)
+    song_keys = spark.createDataFrame(
+        _records(songs[["path", "song_id", "genre", "split"]]),
+        schema="path string, song_id string, genre string, split string",
+    )
+    slices_df = (
+        decoded.filter(F.col("slice_idx") >= 0)
+        .join(F.broadcast(song_keys), "path")  # drops duplicates' and rejects' rows
+        .select(
+            "song_id", "slice_idx",
+            (F.col("slice_idx") * F.lit(settings.slice_seconds)).alias("offset_s"),
+            "genre", "split", "spectrogram",
+        )
+        .sortWithinPartitions("song_id", "slice_idx")
+    )
+    frames = {"songs": songs_df.coalesce(1), "slices": slices_df, "rejects": rejects_df.coalesce(1)}
+    for name, frame in frames.items():
+        uri = store.staging_uri(run, name)
+        validate(frame, table=name).write.mode("overwrite").parquet(uri)
+        store.write_metadata(uri, {"table": name, **metadata})
+    return int(songs["n_slices"].sum()) if len(songs) else 0
+
+
+def _metadata(settings: SpectrogramSettings, config: dict[str, Any], *, audio_uri: str) -> dict[str, Any]:
+    return {
+        "deepcrate_version": __version__,
+        "audio": audio_uri,
+        "spectrogram": settings.to_dict(),
+        "ingest": config["ingest"],
+        "split": config["split"],
+    }
+
+
+def _reject(path: str, reason: str, message: str) -> dict[str, str]:
+    return {"path": path, "reason": reason, "message": message}
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows as plain Python values (None for missing), as createDataFrame wants them."""
+    clean = frame.astype(object).where(frame.notna(), None)
+    return clean.to_dict("records")
+
+
+@contextmanager
+def _session_conf(spark: SparkSession, values: dict[str, str]) -> Iterator[None]:
+    """Set SQL options for one stage and restore the session's own afterwards."""
+    previous = {key: spark.conf.get(key, None) for key in values}
+    for key, value in values.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)

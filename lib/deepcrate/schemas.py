@@ -1,0 +1,96 @@
+"""The schema of every table, defined once, and the check run before each write."""
+from __future__ import annotations
+
+from pyspark.sql import DataFrame
+from pyspark.sql.types import (
+    BinaryType,
+    DataType,
+    DateType,
+    DoubleType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+)
+
+from deepcrate.errors import WarehouseError
+
+SONGS = StructType(
+    [
+        StructField("song_id", StringType(), False),  # first 16 hex digits of content_sha256
+        StructField("path", StringType(), False),
+        StructField("genre", StringType(), True),  # null: an unlabelled catalogue song
+        StructField("artist", StringType(), True),
+        StructField("title", StringType(), True),
+        StructField("release_date", DateType(), True),
+        StructField("duration_s", DoubleType(), False),  # the whole file, per its header
+        StructField("sample_rate", IntegerType(), False),  # the file's own rate
+        StructField("channels", IntegerType(), False),
+        StructField("n_slices", IntegerType(), False),
+        StructField("cut_at_s", DoubleType(), True),  # set when only the start was sliced
+        StructField("split", StringType(), False),  # train | validation | test
+        StructField("content_sha256", StringType(), False),
+        StructField("size_bytes", LongType(), False),
+    ]
+)
+
+SLICES = StructType(
+    [
+        StructField("song_id", StringType(), False),
+        StructField("slice_idx", IntegerType(), False),
+        StructField("offset_s", DoubleType(), False),
+        StructField("genre", StringType(), True),
+        StructField("split", StringType(), False),
+        # uint8 image, n_rows x slice_frames, row-major, row 0 = highest frequency
+        StructField("spectrogram", BinaryType(), False),
+    ]
+)
+
+REJECTS = StructType(
+    [
+        StructField("path", StringType(), False),
+        StructField("reason", StringType(), False),
+        StructField("message", StringType(), False),
+    ]
+)
+
+TABLES: dict[str, StructType] = {"songs": SONGS, "slices": SLICES, "rejects": REJECTS}
+
+# Tables that may carry extra string columns after their fixed ones (manifest extras).
+EXTENSIBLE = {"songs"}
+
+
+def validate(df: DataFrame, *, table: str) -> DataFrame:
+    """Check ``df`` against the schema of ``table`` before it is written.
+
+    The fixed columns must come first, in order, with the defined types; only
+    extensible tables may add string columns after them.
+
+    Raises
+    ------
+    WarehouseError
+        Naming the first column that does not match.
+    """
+    expected = TABLES[table]
+    actual = df.schema.fields
+    for position, want in enumerate(expected.fields):
+        if position >= len(actual):
+            raise WarehouseError(f"table {table}: column {want.name!r} is missing")
+        got = actual[position]
+        if got.name != want.name or not _same_type(got.dataType, want.dataType):
+            raise WarehouseError(
+                f"table {table}: column {position} should be {want.name} "
+                f"{want.dataType.simpleString()}, got {got.name} {got.dataType.simpleString()}"
+            )
+    extras = actual[len(expected.fields) :]
+    if extras and table not in EXTENSIBLE:
+        raise WarehouseError(f"table {table}: unexpected columns {[f.name for f in extras]}")
+    for field in extras:
+        if not isinstance(field.dataType, StringType):
+            raise WarehouseError(f"table {table}: extra column {field.name!r} must be a string")
+    return df
+
+
+def _same_type(got: DataType, want: DataType) -> bool:
+    return got.simpleString() == want.simpleString()

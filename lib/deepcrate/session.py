@@ -1,0 +1,47 @@
+"""The Spark session every job runs in, built from the ``spark`` config section."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+from pyspark.sql import SparkSession
+
+logger = logging.getLogger(__name__)
+
+
+def under_spark_submit() -> bool:
+    """True when spark-submit launched this driver (it then owns master and Python)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def spark_session(config: dict[str, Any]) -> SparkSession:
+    """Get or create the session described by ``config["spark"]``.
+
+    In local mode the session stays on loopback and its Python workers run this
+    interpreter, so a project virtualenv works without being activated.
+    """
+    section = config["spark"]
+    builder = SparkSession.builder.appName(section["app_name"])
+    for key, value in section["options"].items():
+        builder = builder.config(key, _conf_value(value))
+    if not under_spark_submit():
+        master = section["master"]
+        builder = builder.master(master)
+        if master.startswith("local"):
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+            # The spark.pyspark.python option is not honoured here in local mode; the
+            # environment variable is.
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+            builder = builder.config("spark.driver.host", "127.0.0.1").config(
+                "spark.driver.bindAddress", "127.0.0.1"
+            )
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(section["log_level"])
+    logger.info("Spark %s, master %s", spark.version, spark.sparkContext.master)
+    return spark
+
+
+def _conf_value(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)

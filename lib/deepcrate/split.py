@@ -1,0 +1,49 @@
+"""Train/validation/test assignment: by song, stratified by genre, deterministic."""
+from __future__ import annotations
+
+import hashlib
+import math
+
+import pandas as pd
+
+SPLITS = ("train", "validation", "test")
+
+
+def assign_splits(
+    songs: pd.DataFrame, *, train: float, validation: float, test: float, seed: int
+) -> pd.Series:
+    """The split of each song, aligned with ``songs.index``.
+
+    Within each genre (unlabelled songs form a group of their own) the songs are
+    ordered by a seeded hash of their ``song_id`` and cut by quota: the first
+    ``round(n * train)`` go to train, then validation, the rest to test. The result
+    depends only on the set of songs and the seed, never on order or machine.
+
+    Parameters
+    ----------
+    songs : DataFrame
+        With columns ``song_id`` and ``genre`` (may be null).
+    train, validation, test : float
+        Fractions summing to 1.
+    seed : int
+        Changing it draws a different split.
+    """
+    result = pd.Series(index=songs.index, dtype=object)
+    keys = songs["song_id"].map(lambda sid: hashlib.sha256(f"{seed}:{sid}".encode()).hexdigest())
+    genres = songs["genre"].fillna("\0unlabelled")
+    for _, members in keys.groupby(genres):
+        ordered = members.sort_values(kind="stable").index
+        n = len(ordered)
+        n_validation = _round_half_up(n * validation)
+        n_test = min(_round_half_up(n * test), n - n_validation)
+        n_train = n - n_validation - n_test
+        if train > 0 and n_train == 0 and n > 0:  # a lone song trains rather than tests
+            n_train, n_validation = 1, max(n_validation - 1, 0)
+            n_test = n - n_train - n_validation
+        labels = ["train"] * n_train + ["validation"] * n_validation + ["test"] * n_test
+        result.loc[ordered] = labels
+    return result
+
+
+def _round_half_up(value: float) -> int:
+    return int(math.floor(value + 0.5 + 1e-9))

@@ -1,0 +1,37 @@
+"""deepcrate: content-based music recommendations as a Spark batch job."""
+from setuptools import find_packages, setup
+
+# Pinned to a set that installs together on Python 3.11 (see ../shared/FIELD-NOTES.md).
+# TensorFlow lives in extras: a CPU machine takes `cpu`, a GPU node takes `gpu`;
+# installing both would put two TensorFlow builds into one environment.
+TENSORFLOW = "2.21.0"
+
+setup(
+    name="deepcrate",
+    version="0.1.0",
+    description="Content-based music recommender: MP3s -> spectrogram slices -> CNN "
+    "embeddings -> FAISS cosine neighbours, as Spark batch jobs.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11,<3.12",
+    package_dir={"": "lib"},
+    packages=find_packages("lib"),
+    install_requires=[
+        "pyspark==4.3.0",
+        "numpy==2.4.6",
+        "pandas==2.3.3",  # pyspark 4.3 warns on every call with pandas 3
+        "pyarrow==26.0.1",
+        "librosa==0.11.0",
+        "soundfile==0.14.0",
+        "soxr==1.1.0",
+        "faiss-cpu==1.15.1",
+        "pyyaml==6.0.3",
+        "scipy==1.17.1",
+    ],
+    extras_require={
+        "cpu": [f"tensorflow-cpu=={TENSORFLOW}"],
+        "gpu": [f"tensorflow[and-cuda]=={TENSORFLOW}"],
+        "test": ["pytest==9.2.0"],
+    },
+    entry_points={"console_scripts": ["deepcrate=deepcrate.cli:main"]},
+)
