@@ -66,8 +66,12 @@ def resolve_config(
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {override!r}: value is not valid YAML: {exc}") from None
+        parts = key.strip().split(".")
+        for free in FREE_FORM:  # spark.options.spark.executor.memory: the rest is one key
+            if tuple(parts[: len(free)]) == free and len(parts) > len(free):
+                parts = [*free, ".".join(parts[len(free) :])]
         nested: Any = value
-        for part in reversed(key.strip().split(".")):
+        for part in reversed(parts):
             nested = {part: nested}
         _merge(config, nested, where=f"--set {override}", trail=())
     _check_split(config["split"])

@@ -1,0 +1,51 @@
+import pytest
+
+from deepcrate.config import default_config, resolve_config
+from deepcrate.errors import ConfigError
+
+
+def test_defaults_are_the_packaged_local_yaml():
+    config = default_config()
+    assert config["spectrogram"]["preset"] == "seed"
+    assert config["spectrogram"]["seed"]["n_fft"] == 512
+    assert config["split"] == {"train": 0.65, "validation": 0.25, "test": 0.10, "seed": 0}
+
+
+def test_set_overrides_parse_yaml_values():
+    config = resolve_config(
+        overrides=["spectrogram.preset=mel", "ingest.max_file_mb=12", "split.seed=7",
+                   "spark.options.spark.executor.memory=8g"]
+    )
+    assert config["spectrogram"]["preset"] == "mel"
+    assert config["ingest"]["max_file_mb"] == 12
+    assert config["split"]["seed"] == 7
+    assert config["spark"]["options"]["spark.executor.memory"] == "8g"
+
+
+def test_conf_file_overlays_defaults_and_set_wins(tmp_path):
+    overlay = tmp_path / "x.yaml"
+    overlay.write_text("ingest:\n  max_duration_s: 30\n  partition_mb: 4\n")
+    config = resolve_config(conf_files=[overlay], overrides=["ingest.partition_mb=8"])
+    assert config["ingest"]["max_duration_s"] == 30
+    assert config["ingest"]["partition_mb"] == 8
+    assert config["ingest"]["max_file_mb"] == 400  # untouched default
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("spectrogram.presett=mel", "unknown key 'spectrogram.presett'"),
+        ("ingest.max_file_mb=lots", "must be a int"),
+        ("spectrogram=mel", "is a section"),
+        ("novalue", "expected section.key=value"),
+        ("split.train=0.9", "sum to 1"),
+    ],
+)
+def test_bad_overrides_are_refused_clearly(override, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_config(overrides=[override])
+
+
+def test_missing_conf_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        resolve_config(conf_files=[tmp_path / "nope.yaml"])
