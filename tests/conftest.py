@@ -10,9 +10,11 @@ import pytest
 import soundfile as sf
 
 from deepcrate.config import resolve_config
+from deepcrate.session import ensure_utf8_locale
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+ensure_utf8_locale()
 
 
 @pytest.fixture(scope="session")

@@ -25,41 +25,48 @@ def normalise_path(uri: str) -> str:
 
 
 def list_files(spark: SparkSession, audio_uri: str) -> pd.DataFrame:
-    """Every file Spark sees under ``audio_uri`` (recursively): ``path``, ``length``.
+    """Every file under ``audio_uri``, recursively: ``path`` (as Spark spells it), ``length``.
 
-    Only the file listing is read here, not the contents.
+    Includes what Spark's own file listing leaves out (empty files, hidden names), so
+    that those files can be reported instead of silently dropped. Local folders are
+    walked directly; other file systems through Hadoop's FileSystem API.
+
+    Raises
+    ------
+    InputError
+        When ``audio_uri`` is not a folder or holds no files.
     """
-    listing = (
-        spark.read.format("binaryFile")
-        .option("recursiveFileLookup", "true")
-        .load(audio_uri)
-        .select("path", "length")
-        .toPandas()
+    if audio_uri.startswith("file:"):
+        root = audio_uri[len("file:") :]
+        if not os.path.isdir(root):
+            raise InputError(f"audio folder {audio_uri}: no such folder")
+        rows = [
+            ("file:" + os.path.join(folder, name), os.path.getsize(os.path.join(folder, name)))
+            for folder, _, names in os.walk(root)
+            for name in names
+        ]
+    else:
+        jvm = spark.sparkContext._jvm
+        path = jvm.org.apache.hadoop.fs.Path(audio_uri)
+        fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+        if not fs.isDirectory(path):
+            raise InputError(f"audio folder {audio_uri}: no such folder")
+        rows, files = [], fs.listFiles(path, True)
+        while files.hasNext():
+            status = files.next()
+            rows.append((status.getPath().toString(), status.getLen()))
+    if not rows:
+        raise InputError(f"audio folder {audio_uri}: holds no files")
+    return pd.DataFrame(rows, columns=["path", "length"]).sort_values("path", ignore_index=True)
+
+
+def skipped_by_spark(uri: str, *, audio_uri: str) -> bool:
+    """True for the names Spark's file listing hides (``.x``, ``_x``, in any folder level)."""
+    parts = uri[len(audio_uri) :].strip("/").split("/")
+    return any(
+        part.startswith(".") or (part.startswith("_") and "=" not in part) or part.endswith("._COPYING_")
+        for part in parts
     )
-    return listing.sort_values("path", ignore_index=True)
-
-
-def hidden_files(spark: SparkSession, audio_uri: str, *, seen: set[str]) -> list[str]:
-    """Files named ``.x`` or ``_x`` that Spark's file listing silently skips.
-
-    Files inside hidden folders (``.git``) are not part of the catalogue and are
-    not reported.
-    """
-    jvm = spark.sparkContext._jvm
-    root = jvm.org.apache.hadoop.fs.Path(audio_uri)
-    fs = root.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    found = []
-    files = fs.listFiles(root, True)
-    while files.hasNext():
-        uri = files.next().getPath().toString()
-        if uri in seen:
-            continue
-        relative = uri[len(audio_uri) :].strip("/").split("/")
-        if relative[-1].startswith((".", "_")) and not any(
-            part.startswith((".", "_")) for part in relative[:-1]
-        ):
-            found.append(uri)
-    return sorted(found)
 
 
 def folder_genre(uri: str, *, audio_uri: str) -> str | None:

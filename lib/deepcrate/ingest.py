@@ -32,6 +32,7 @@ from pyspark.sql.types import (
 from deepcrate import __version__
 from deepcrate.audio import (
     DUPLICATE,
+    EMPTY,
     HIDDEN_NAME,
     TOO_LARGE,
     UNSUPPORTED_EXTENSION,
@@ -40,12 +41,12 @@ from deepcrate.audio import (
 from deepcrate.catalogue import (
     LABEL_COLUMNS,
     folder_genre,
-    hidden_files,
     list_files,
     normalise_path,
     read_manifest,
+    skipped_by_spark,
 )
-from deepcrate.errors import AudioError, InputError
+from deepcrate.errors import AudioError
 from deepcrate.progress import Progress
 from deepcrate.schemas import REJECTS, SLICES, SONGS, validate
 from deepcrate.slicing import slice_audio_file
@@ -129,7 +130,7 @@ def ingest(
         silence_dbfs=float(options["silence_dbfs"]),
     )
     audio_uri = to_uri(audio)
-    listing = _list_audio_folder(spark, audio_uri)
+    listing = list_files(spark, audio_uri)
     store = Warehouse(spark, warehouse, create=True)
     labels = read_manifest(manifest, audio_uri=audio_uri) if manifest else None
     manifest_uri = normalise_path(to_uri(manifest)) if manifest else None
@@ -137,23 +138,13 @@ def ingest(
 
     extensions = tuple("." + e.lower().lstrip(".") for e in options["extensions"])
     max_bytes = int(float(options["max_file_mb"]) * 2**20)
-    is_audio = listing["path"].str.lower().str.endswith(extensions)
-    too_large = is_audio & (listing["length"] > max_bytes)
     early_rejects = [
-        _reject(p, UNSUPPORTED_EXTENSION, f"{p}: not an audio file by its extension "
-                f"(ingest reads {', '.join(extensions)})")
-        for p in listing.loc[~is_audio, "path"]
-    ] + [
-        _reject(p, TOO_LARGE, f"{p}: {n / 2**20:.1f} MiB is over the {options['max_file_mb']} MiB "
-                "limit (ingest.max_file_mb); not decoded")
-        for p, n in zip(listing.loc[too_large, "path"], listing.loc[too_large, "length"])
-    ] + [
-        _reject(p, HIDDEN_NAME, f"{p}: names starting with '.' or '_' are skipped by Spark; "
-                "rename the file to ingest it")
-        for p in hidden_files(spark, audio_uri, seen=set(listing["path"]))
-        if p.lower().endswith(extensions)
+        reject for path, length in zip(listing["path"], listing["length"])
+        if (reject := _reject_before_decoding(
+            path, length, audio_uri=audio_uri, extensions=extensions, max_bytes=max_bytes,
+            max_mb=options["max_file_mb"]))
     ]
-    to_decode = int((is_audio & ~too_large).sum())
+    to_decode = len(listing) - len(early_rejects)
     logger.info("%s: %d files, %d to decode", audio_uri, len(listing), to_decode)
 
     run = store.begin_run()
@@ -187,16 +178,22 @@ def ingest(
     )
 
 
-def _list_audio_folder(spark: SparkSession, audio_uri: str) -> pd.DataFrame:
-    try:
-        listing = list_files(spark, audio_uri)
-    except Exception as exc:
-        if "PATH_NOT_FOUND" in str(exc) or "does not exist" in str(exc):
-            raise InputError(f"audio folder {audio_uri}: no such folder") from None
-        raise
-    if listing.empty:
-        raise InputError(f"audio folder {audio_uri}: holds no files")
-    return listing
+def _reject_before_decoding(
+    path: str, length: int, *, audio_uri: str, extensions: tuple[str, ...], max_bytes: int, max_mb: float
+) -> dict[str, str] | None:
+    """The reject row of a file that is not even read, or None when it is to be decoded."""
+    if skipped_by_spark(path, audio_uri=audio_uri):
+        return _reject(path, HIDDEN_NAME, f"{path}: Spark skips names starting with '.' or '_'; "
+                       "rename it to ingest it")
+    if length == 0:
+        return _reject(path, EMPTY, f"{path}: file is empty (0 bytes)")
+    if not path.lower().endswith(extensions):
+        return _reject(path, UNSUPPORTED_EXTENSION, f"{path}: not an audio file by its extension "
+                       f"(ingest reads {', '.join(extensions)})")
+    if length > max_bytes:
+        return _reject(path, TOO_LARGE, f"{path}: {length / 2**20:.1f} MiB is over the {max_mb} MiB "
+                       "limit (ingest.max_file_mb); not decoded")
+    return None
 
 
 def _decode(
@@ -332,12 +329,10 @@ def _write_tables(
     """Stage the three tables; returns the number of slices written."""
     extras = [c for c in songs.columns if c not in SONGS.names]
     songs_schema = StructType(SONGS.fields + [StructField(c, StringType(), True) for c in extras])
-    songs_df = spark.createDataFrame(_records(songs), schema=songs_schema)
-    rejects_df = spark.createDataFrame(_records(rejects.sort_values("path")), schema=REJECTS)
-    song_keys = spark.createDataFrame(
-        _records(songs[["path", "song_id", "genre", "split"]]),
-        schema="path string, song_id string, genre string, split string",
-    )
+    songs_df = spark.createDataFrame(_records(songs, songs_schema), schema=songs_schema)
+    rejects_df = spark.createDataFrame(_records(rejects.sort_values("path"), REJECTS), schema=REJECTS)
+    keys_schema = StructType([SONGS["path"], SONGS["song_id"], SONGS["genre"], SONGS["split"]])
+    song_keys = spark.createDataFrame(_records(songs, keys_schema), schema=keys_schema)
     slices_df = (
         decoded.filter(F.col("slice_idx") >= 0)
         .join(F.broadcast(song_keys), "path")  # drops duplicates' and rejects' rows
@@ -370,10 +365,17 @@ def _reject(path: str, reason: str, message: str) -> dict[str, str]:
     return {"path": path, "reason": reason, "message": message}
 
 
-def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """Rows as plain Python values (None for missing), as createDataFrame wants them."""
-    clean = frame.astype(object).where(frame.notna(), None)
-    return clean.to_dict("records")
+def _records(frame: pd.DataFrame, schema: StructType) -> list[tuple]:
+    """Rows as plain Python values of the schema's types (None for missing).
+
+    pandas turns an integer column with a missing value into floats; Spark wants ints.
+    """
+    casts = [_PYTHON_TYPES.get(type(f.dataType), lambda v: v) for f in schema.fields]
+    columns = [frame[f.name].astype(object).where(frame[f.name].notna(), None) for f in schema.fields]
+    return [tuple(None if v is None else cast(v) for v, cast in zip(row, casts)) for row in zip(*columns)]
+
+
+_PYTHON_TYPES = {IntegerType: int, LongType: int, DoubleType: float, StringType: str}
 
 
 @contextmanager

@@ -16,6 +16,16 @@ def under_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
+def ensure_utf8_locale() -> None:
+    """Make the JVM spell file names in UTF-8.
+
+    Without a UTF-8 locale, Java decodes file names as ASCII and a song called
+    "café.mp3" cannot be opened. Must run before the JVM starts.
+    """
+    if not any("UTF-8" in os.environ.get(v, "").upper() for v in ("LC_ALL", "LC_CTYPE", "LANG")):
+        os.environ["LC_ALL"] = "C.UTF-8"
+
+
 def spark_session(config: dict[str, Any]) -> SparkSession:
     """Get or create the session described by ``config["spark"]``.
 
@@ -23,6 +33,7 @@ def spark_session(config: dict[str, Any]) -> SparkSession:
     interpreter, so a project virtualenv works without being activated.
     """
     section = config["spark"]
+    ensure_utf8_locale()
     builder = SparkSession.builder.appName(section["app_name"])
     for key, value in section["options"].items():
         builder = builder.config(key, _conf_value(value))
@@ -37,6 +48,8 @@ def spark_session(config: dict[str, Any]) -> SparkSession:
             builder = builder.config("spark.driver.host", "127.0.0.1").config(
                 "spark.driver.bindAddress", "127.0.0.1"
             )
+    # Executors on a cluster decode file names too.
+    builder = builder.config("spark.executorEnv.LC_ALL", os.environ.get("LC_ALL") or "C.UTF-8")
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(section["log_level"])
     logger.info("Spark %s, master %s", spark.version, spark.sparkContext.master)

@@ -1,0 +1,233 @@
+"""Ingest end to end on real Spark with real encoded files, good and bad."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.signal
+import soundfile as sf
+
+from deepcrate.config import resolve_config
+from deepcrate.ingest import ingest
+from deepcrate.warehouse import Warehouse
+from conftest import make_signal, write_audio
+
+CONFIG = ["ingest.max_file_mb=2", "ingest.max_duration_s=15", "ingest.progress_interval_s=1"]
+
+GOOD = {  # relative path -> (seconds, sample rate, channels, format)
+    "rock/song one.mp3": (12, 44100, 1, "MP3"),
+    "rock/ünïcødé café #1 100%.mp3": (11, 48000, 2, "MP3"),
+    "jazz/low [8k].mp3": (11, 8000, 1, "MP3"),
+    "jazz/stereo 22k.mp3": (11, 22050, 2, "MP3"),
+    "jazz/tone.wav": (6, 44100, 2, "WAV"),
+    "jazz/tone.flac": (6, 44100, 1, "FLAC"),
+    "jazz/tone.ogg": (6, 44100, 2, "OGG"),
+    "loose.mp3": (6, 44100, 1, "MP3"),
+    "mixes/long mix.mp3": (40, 44100, 2, "MP3"),
+}
+BAD = {
+    "bad/empty.mp3": "empty",
+    "bad/notes.mp3": "not_audio",
+    "bad/random.mp3": "not_audio",
+    "bad/truncated.mp3": "truncated",
+    "bad/corrupt.flac": "decode_error",
+    "bad/silent.mp3": "silent",
+    "bad/short.mp3": "too_short",
+    "bad/huge.wav": "too_large",
+    "rock/zz copy of song one.mp3": "duplicate",
+    "cover.jpg": "unsupported_extension",
+    "rock/_hidden.mp3": "hidden_name",
+    ".hidden folder/song.mp3": "hidden_name",
+}
+
+
+def build_catalogue(root: Path) -> Path:
+    for n, (relative, (seconds, rate, channels, fmt)) in enumerate(GOOD.items()):
+        write_audio(root / relative, make_signal(seconds, sample_rate=rate, channels=channels, seed=n),
+                    sample_rate=rate, fmt=fmt)
+    bad = root / "bad"
+    bad.mkdir()
+    (bad / "empty.mp3").write_bytes(b"")
+    (bad / "notes.mp3").write_text("not audio at all\n" * 50)
+    (bad / "random.mp3").write_bytes(np.random.default_rng(0).bytes(20000))
+    whole = write_audio(root / "tmp.mp3", make_signal(12, seed=20)).read_bytes()
+    (root / "tmp.mp3").unlink()
+    (bad / "truncated.mp3").write_bytes(whole[: len(whole) // 2])
+    flac = bytearray(write_audio(bad / "corrupt.flac", make_signal(12, seed=21), fmt="FLAC").read_bytes())
+    for i in range(len(flac) // 3, len(flac) // 3 + 2000):
+        flac[i] = (flac[i] * 7 + 13) % 256
+    (bad / "corrupt.flac").write_bytes(bytes(flac))
+    write_audio(bad / "silent.mp3", np.zeros(44100 * 8, np.float32))
+    write_audio(bad / "short.mp3", make_signal(3, seed=22))
+    write_audio(bad / "huge.wav", make_signal(30, channels=2, seed=23), fmt="WAV")  # 5.3 MB > 2 MB
+    shutil.copy(root / "rock/song one.mp3", root / "rock/zz copy of song one.mp3")
+    (root / "cover.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    write_audio(root / "rock/_hidden.mp3", make_signal(6, seed=24))
+    write_audio(root / ".hidden folder/song.mp3", make_signal(6, seed=25))
+    return root
+
+
+def uri(root: Path, relative: str) -> str:
+    return "file:" + os.path.abspath(root / relative)
+
+
+def tables(spark, warehouse: Path) -> dict[str, pd.DataFrame]:
+    store = Warehouse(spark, str(warehouse))
+    return {name: store.read(name).toPandas() for name in ("songs", "slices", "rejects")}
+
+
+@pytest.fixture(scope="module")
+def catalogue(tmp_path_factory) -> Path:
+    return build_catalogue(tmp_path_factory.mktemp("catalogue"))
+
+
+@pytest.fixture(scope="module")
+def ingested(spark, catalogue, tmp_path_factory):
+    warehouse = tmp_path_factory.mktemp("wh") / "warehouse"
+    summary = ingest(spark, audio=str(catalogue), warehouse=str(warehouse), config=resolve_config(overrides=CONFIG))
+    return summary, warehouse, tables(spark, warehouse)
+
+
+def test_every_file_ends_in_exactly_one_table(ingested, catalogue):
+    _, _, t = ingested
+    on_disk = {"file:" + os.path.join(d, f) for d, _, files in os.walk(catalogue) for f in files}
+    accounted = list(t["songs"]["path"]) + list(t["rejects"]["path"])
+    assert sorted(accounted) == sorted(on_disk)
+
+
+def test_rejects_carry_the_right_reason_and_name_the_file(ingested, catalogue):
+    summary, _, t = ingested
+    rejects = t["rejects"].set_index("path")
+    for relative, reason in BAD.items():
+        row = rejects.loc[uri(catalogue, relative)]
+        assert row["reason"] == reason, relative
+        assert os.path.basename(relative) in row["message"]
+    assert "song one.mp3" in rejects.loc[uri(catalogue, "rock/zz copy of song one.mp3"), "message"]
+    assert summary.rejects == pd.Series(BAD).value_counts().to_dict()
+
+
+def test_songs_record_what_each_file_is(ingested, catalogue):
+    summary, _, t = ingested
+    songs = t["songs"].set_index("path")
+    assert len(songs) == len(GOOD) == summary.songs
+    for relative, (seconds, rate, channels, _) in GOOD.items():
+        song = songs.loc[uri(catalogue, relative)]
+        data = (catalogue / relative).read_bytes()
+        assert song["content_sha256"] == hashlib.sha256(data).hexdigest()
+        assert song["song_id"] == song["content_sha256"][:16]
+        assert song["size_bytes"] == len(data)
+        assert (song["sample_rate"], song["channels"]) == (rate, channels)
+        assert song["duration_s"] == pytest.approx(seconds, abs=0.1)
+        expected_genre = relative.split("/")[0] if "/" in relative else None
+        assert song["genre"] == expected_genre
+    mix = songs.loc[uri(catalogue, "mixes/long mix.mp3")]
+    assert mix["cut_at_s"] == 15.0 and mix["n_slices"] == 2  # 15 s -> 749 columns -> 2 slices
+    assert songs.drop(uri(catalogue, "mixes/long mix.mp3"))["cut_at_s"].isna().all()
+    assert songs.loc[uri(catalogue, "rock/song one.mp3"), "n_slices"] == 2
+    assert songs.loc[uri(catalogue, "jazz/tone.wav"), "n_slices"] == 1
+
+
+def test_slices_match_songs_and_keep_one_split_per_song(ingested):
+    summary, _, t = ingested
+    songs, slices = t["songs"], t["slices"]
+    assert len(slices) == songs["n_slices"].sum() == summary.slices
+    per_song = slices.groupby("song_id")["slice_idx"].agg(sorted)
+    for song in songs.itertuples():
+        assert per_song[song.song_id] == list(range(song.n_slices))
+    merged = slices.merge(songs[["song_id", "split", "genre"]], on="song_id", suffixes=("", "_song"))
+    assert (merged["split"] == merged["split_song"]).all()
+    assert merged["genre"].equals(merged["genre_song"])
+    assert slices.groupby("song_id")["split"].nunique().max() == 1
+    np.testing.assert_allclose(slices["offset_s"], slices["slice_idx"] * 5.12)
+    assert slices["spectrogram"].map(len).eq(256 * 256).all()
+
+
+def test_stored_slice_equals_an_independent_decode_and_stft(ingested, catalogue):
+    _, _, t = ingested
+    songs = t["songs"].set_index("path")
+    song_id = songs.loc[uri(catalogue, "rock/song one.mp3"), "song_id"]
+    stored = t["slices"].query("song_id == @song_id").sort_values("slice_idx")
+    samples, rate = sf.read(catalogue / "rock/song one.mp3", dtype="float64")
+    assert rate == 44100
+    window = scipy.signal.get_window("hann", 512)
+    full_scale = (window.sum() / 2) ** 2
+    for k, blob in enumerate(stored["spectrogram"]):
+        image = np.frombuffer(blob, np.uint8).reshape(256, 256).astype(int)
+        starts = (k * 256 + np.arange(256)) * 882
+        frames = np.stack([samples[s : s + 512] for s in starts]) * window
+        db = 10 * np.log10(np.maximum(np.abs(np.fft.rfft(frames, axis=1)) ** 2 / full_scale, 1e-12))
+        expected = np.rint((np.clip(db, -120, 0) + 120) / 120 * 255).astype(int)[:, 1:][:, ::-1].T
+        assert np.abs(image - expected).max() <= 1
+
+
+def test_rerun_gives_identical_tables(spark, ingested, catalogue):
+    _, warehouse, before = ingested
+    ingest(spark, audio=str(catalogue), warehouse=str(warehouse), config=resolve_config(overrides=CONFIG))
+    after = tables(spark, warehouse)
+    keys = {"songs": ["song_id"], "slices": ["song_id", "slice_idx"], "rejects": ["path"]}
+    for name, key in keys.items():
+        pd.testing.assert_frame_equal(
+            before[name].sort_values(key, ignore_index=True), after[name].sort_values(key, ignore_index=True)
+        )
+
+
+def test_crash_while_writing_leaves_the_published_tables(spark, ingested, catalogue, monkeypatch):
+    _, warehouse, before = ingested
+    original = Warehouse.write_metadata
+
+    def crash_on_slices(self, uri, metadata):
+        if uri.endswith("/slices"):
+            raise RuntimeError("simulated crash")
+        original(self, uri, metadata)
+
+    monkeypatch.setattr(Warehouse, "write_metadata", crash_on_slices)
+    other = resolve_config(overrides=CONFIG + ["split.seed=99"])  # would change every split
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        ingest(spark, audio=str(catalogue), warehouse=str(warehouse), config=other)
+    monkeypatch.undo()
+    assert any((warehouse / "_staging").iterdir())  # the abandoned run is still there
+    after = tables(spark, warehouse)
+    pd.testing.assert_frame_equal(before["songs"].sort_values("song_id", ignore_index=True),
+                                  after["songs"].sort_values("song_id", ignore_index=True))
+    Warehouse(spark, str(warehouse)).begin_run()  # the next job cleans up
+    assert not any((warehouse / "_staging").iterdir())
+
+
+def test_manifest_supplies_labels_and_extra_columns(spark, catalogue, tmp_path):
+    manifest = tmp_path / "labels.csv"
+    pd.DataFrame([
+        {"path": "rock/song one.mp3", "genre": "indie", "artist": "A", "title": "One",
+         "release_date": "2001-02-03", "Catalogue Number": "CAT-1"},
+        {"path": str(catalogue / "jazz/tone.wav"), "genre": "ambient", "artist": "B", "title": "Tone",
+         "release_date": "someday", "Catalogue Number": ""},
+        {"path": "./jazz/low [8k].mp3", "genre": "lofi", "artist": "", "title": "", "release_date": "",
+         "Catalogue Number": ""},
+        {"path": "not/there.mp3", "genre": "x", "artist": "", "title": "", "release_date": "",
+         "Catalogue Number": ""},
+    ]).to_csv(manifest, index=False)
+    warehouse = tmp_path / "wh"
+    ingest(spark, audio=str(catalogue), manifest=str(manifest), warehouse=str(warehouse),
+           config=resolve_config(overrides=CONFIG))
+    songs = tables(spark, warehouse)["songs"].set_index("path")
+    one = songs.loc[uri(catalogue, "rock/song one.mp3")]
+    assert (one["genre"], one["artist"], one["title"], str(one["release_date"])) == ("indie", "A", "One", "2001-02-03")
+    assert one["catalogue_number"] == "CAT-1"
+    tone = songs.loc[uri(catalogue, "jazz/tone.wav")]
+    assert tone["genre"] == "ambient" and tone["release_date"] is None
+    assert songs.loc[uri(catalogue, "jazz/low [8k].mp3"), "genre"] == "lofi"
+    assert songs.loc[uri(catalogue, "loose.mp3"), "genre"] is None  # not in the manifest
+
+
+def test_missing_audio_folder_is_a_clear_error(spark, tmp_path):
+    from deepcrate.errors import InputError
+
+    with pytest.raises(InputError, match="no such folder"):
+        ingest(spark, audio=str(tmp_path / "nope"), warehouse=str(tmp_path / "wh"), config=resolve_config())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="holds no files"):
+        ingest(spark, audio=str(tmp_path / "empty"), warehouse=str(tmp_path / "wh"), config=resolve_config())
