@@ -151,7 +151,7 @@ def test_stored_slice_equals_an_independent_decode_and_stft(ingested, catalogue)
     _, _, t = ingested
     songs = t["songs"].set_index("path")
     song_id = songs.loc[uri(catalogue, "rock/song one.mp3"), "song_id"]
-    stored = t["slices"].query("song_id == @song_id").sort_values("slice_idx")
+    stored = t["slices"][t["slices"]["song_id"] == song_id].sort_values("slice_idx")
     samples, rate = sf.read(catalogue / "rock/song one.mp3", dtype="float64")
     assert rate == 44100
     window = scipy.signal.get_window("hann", 512)

@@ -48,7 +48,7 @@ from deepcrate.catalogue import (
 )
 from deepcrate.errors import AudioError
 from deepcrate.progress import Progress
-from deepcrate.schemas import REJECTS, SLICES, SONGS, validate
+from deepcrate.schemas import REJECTS, SONGS, validate
 from deepcrate.slicing import slice_audio_file
 from deepcrate.spectrogram import SpectrogramSettings
 from deepcrate.split import assign_splits

@@ -1,0 +1,85 @@
+"""The deepcrate command: ingest and sql as a user runs them."""
+import base64
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deepcrate.cli import main
+from deepcrate.warehouse import Warehouse
+from conftest import make_signal, write_audio
+
+
+@pytest.fixture(scope="module")
+def warehouse(spark, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cli")
+    for n, genre in enumerate(["house", "house", "ambient"]):
+        write_audio(root / "audio" / genre / f"song {n}.mp3", make_signal(6 + 6 * n, seed=n))
+    (root / "audio" / "ambient" / "broken.mp3").write_text("nope")
+    status = main(["ingest", "--audio", str(root / "audio"), "--warehouse", str(root / "wh"),
+                   "--set", "ingest.progress_interval_s=1"])
+    assert status == 0
+    return root / "wh"
+
+
+def run_sql(capsys, warehouse, query, fmt):
+    capsys.readouterr()
+    assert main(["sql", "--warehouse", str(warehouse), "--format", fmt, query]) == 0
+    return capsys.readouterr().out
+
+
+def test_ingest_prints_a_summary(spark, tmp_path, capsys):
+    write_audio(tmp_path / "a" / "x.mp3", make_signal(6))
+    (tmp_path / "a" / "y.mp3").write_bytes(b"")
+    assert main(["ingest", "--audio", str(tmp_path / "a"), "--warehouse", str(tmp_path / "wh")]) == 0
+    out = capsys.readouterr().out
+    assert "1 songs, 1 slices, 1 rejects" in out
+    assert "rejected, empty: 1" in out
+
+
+def test_sql_csv_returns_the_table_as_written(spark, warehouse, capsys):
+    out = run_sql(capsys, warehouse, "SELECT song_id, genre, n_slices FROM songs ORDER BY song_id", "csv")
+    rows = list(csv.reader(io.StringIO(out)))
+    assert rows[0] == ["song_id", "genre", "n_slices"]
+    written = Warehouse(spark, str(warehouse)).read("songs").orderBy("song_id").collect()
+    assert rows[1:] == [[r.song_id, r.genre, str(r.n_slices)] for r in written]
+    assert sorted(r.n_slices for r in written) == [1, 2, 3]
+
+
+def test_sql_json_is_one_array_with_lists_and_base64_binaries(spark, warehouse, capsys):
+    query = ("SELECT s.song_id, s.slice_idx, s.spectrogram, array(s.slice_idx, 7) AS pair, r.reason "
+             "FROM slices s CROSS JOIN rejects r ORDER BY s.song_id, s.slice_idx")
+    rows = json.loads(run_sql(capsys, warehouse, query, "json"))
+    written = Warehouse(spark, str(warehouse)).read("slices").orderBy("song_id", "slice_idx").collect()
+    assert len(rows) == len(written) == 6
+    for row, stored in zip(rows, written):
+        assert base64.b64decode(row["spectrogram"]) == stored.spectrogram
+        assert row["pair"] == [stored.slice_idx, 7]
+        assert row["reason"] == "not_audio"
+    image = np.frombuffer(base64.b64decode(rows[0]["spectrogram"]), np.uint8)
+    assert image.shape == (256 * 256,)
+
+
+def test_sql_table_format_and_empty_result(spark, warehouse, capsys):
+    out = run_sql(capsys, warehouse, "SELECT genre, count(*) AS n FROM songs GROUP BY genre ORDER BY genre", "table")
+    lines = out.splitlines()
+    assert lines[0].split() == ["genre", "n"]
+    assert lines[2].split() == ["ambient", "1"] and lines[3].split() == ["house", "2"]
+    assert lines[-1] == "(2 rows)"
+    assert json.loads(run_sql(capsys, warehouse, "SELECT * FROM songs WHERE false", "json")) == []
+
+
+def test_bad_query_and_missing_warehouse_exit_2_with_a_message(spark, warehouse, tmp_path, capsys):
+    assert main(["sql", "--warehouse", str(warehouse), "SELECT nope FROM songs"]) == 2
+    err = capsys.readouterr().err
+    assert "query failed" in err and "Traceback" not in err
+    assert main(["sql", "--warehouse", str(tmp_path / "none"), "SELECT 1"]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert main(["ingest", "--audio", str(tmp_path / "none"), "--warehouse", str(tmp_path / "wh")]) == 2
+    assert "audio folder" in capsys.readouterr().err
+    assert main(["ingest", "--audio", str(tmp_path), "--warehouse", str(tmp_path / "wh"),
+                 "--set", "spectrogram.preset=cqt"]) == 2
+    assert "spectrogram.preset must be one of" in capsys.readouterr().err

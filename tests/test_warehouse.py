@@ -1,0 +1,86 @@
+"""Write-then-publish: a published table is always a whole one."""
+import pytest
+
+from deepcrate.errors import WarehouseError
+from deepcrate.warehouse import Warehouse
+
+
+def stage(store, run, name, values):
+    uri = store.staging_uri(run, name)
+    store.spark.createDataFrame([(v,) for v in values], "v int").write.parquet(uri)
+    store.write_metadata(uri, {"table": name, "values": values})
+
+
+def read(store, name):
+    return sorted(r.v for r in store.read(name).collect())
+
+
+def test_publish_replaces_all_tables_of_a_run(spark, tmp_path):
+    store = Warehouse(spark, str(tmp_path / "wh"), create=True)
+    for values in ([1, 2], [3]):
+        run = store.begin_run()
+        stage(store, run, "a", values)
+        stage(store, run, "b", [v * 10 for v in values])
+        store.publish(run, ["a", "b"])
+        assert read(store, "a") == values and read(store, "b") == [v * 10 for v in values]
+    assert store.tables() == ["a", "b"]
+    assert store.metadata("a") == {"table": "a", "values": [3]}
+    assert not any((tmp_path / "wh" / "_staging").iterdir())
+
+
+def test_publish_interrupted_midway_is_rolled_forward_by_the_next_job(spark, tmp_path, monkeypatch):
+    store = Warehouse(spark, str(tmp_path / "wh"), create=True)
+    run = store.begin_run()
+    stage(store, run, "a", [1])
+    stage(store, run, "b", [1])
+    store.publish(run, ["a", "b"])
+
+    run = store.begin_run()
+    stage(store, run, "a", [2])
+    stage(store, run, "b", [2])
+    renames = []
+    original = Warehouse._rename
+
+    def crash_on_fourth_rename(self, src, dst):  # old a aside, new a in, old b aside, crash
+        renames.append(src)
+        if len(renames) == 4:
+            raise RuntimeError("power cut")
+        original(self, src, dst)
+
+    monkeypatch.setattr(Warehouse, "_rename", crash_on_fourth_rename)
+    with pytest.raises(RuntimeError, match="power cut"):
+        store.publish(run, ["a", "b"])
+    monkeypatch.undo()
+    assert store.tables() == ["a"]  # b is aside: mid-publish
+
+    Warehouse(spark, str(tmp_path / "wh")).recover()
+    assert read(store, "a") == [2] and read(store, "b") == [2]
+    assert not any((tmp_path / "wh" / "_staging").iterdir())
+
+
+def test_unfinished_run_is_dropped_and_published_tables_stay(spark, tmp_path):
+    store = Warehouse(spark, str(tmp_path / "wh"), create=True)
+    run = store.begin_run()
+    stage(store, run, "a", [1])
+    store.publish(run, ["a"])
+    run = store.begin_run()
+    stage(store, run, "a", [5])  # the job dies here, before publishing
+    store.recover()
+    assert read(store, "a") == [1]
+    with pytest.raises(WarehouseError, match="not written completely"):
+        store.publish(run, ["a"])
+
+
+def test_reading_a_missing_table_or_warehouse_says_what_is_there(spark, tmp_path):
+    with pytest.raises(WarehouseError, match="no such folder"):
+        Warehouse(spark, str(tmp_path / "nowhere"))
+    store = Warehouse(spark, str(tmp_path / "wh"), create=True)
+    with pytest.raises(WarehouseError, match="no table 'songs'"):
+        store.read("songs")
+
+
+def test_unwritable_warehouse_is_a_clear_error(spark, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(WarehouseError, match="not writable"):
+        Warehouse(spark, str(blocker / "wh"), create=True)
