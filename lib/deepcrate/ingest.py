@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import pandas as pd
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
@@ -152,21 +151,19 @@ def ingest(
         "spark.sql.files.maxPartitionBytes": str(int(options["partition_mb"] * 2**20)),
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(options["files_per_batch"]),
     }):
-        decoded = _decode(spark, audio_uri, settings=settings, limits=limits,
-                          extensions=extensions, max_bytes=max_bytes, progress_s=options["progress_interval_s"],
-                          total=to_decode)
-        try:
-            headers = decoded.filter(F.col("slice_idx") < 0).drop("spectrogram").toPandas()
-            songs, rejects = _songs_and_rejects(
-                headers, labels=labels, audio_uri=audio_uri, split=config["split"]
-            )
-            rejects = pd.concat([rejects, pd.DataFrame(early_rejects, columns=REJECTS.names)])
-            slices_written = _write_tables(
-                spark, store, run, decoded=decoded, songs=songs, rejects=rejects, settings=settings,
-                metadata=_metadata(settings, config, audio_uri=audio_uri),
-            )
-        finally:
-            decoded.unpersist()
+        decoded = _decode(
+            spark, audio_uri, out_uri=store.staging_uri(run, "_decoded"), settings=settings, limits=limits,
+            extensions=extensions, max_bytes=max_bytes, progress_s=options["progress_interval_s"], total=to_decode,
+        )
+    # Parquet prunes the image column: reading the per-file facts back is cheap.
+    headers = decoded.filter(F.col("slice_idx") < 0).drop("spectrogram").toPandas()
+    logger.debug("read back %d per-file rows", len(headers))
+    songs, rejects = _songs_and_rejects(headers, labels=labels, audio_uri=audio_uri, split=config["split"])
+    rejects = pd.concat([rejects, pd.DataFrame(early_rejects, columns=REJECTS.names)])
+    slices_written = _write_tables(
+        spark, store, run, decoded=decoded, songs=songs, rejects=rejects, settings=settings,
+        metadata=_metadata(settings, config, audio_uri=audio_uri),
+    )
     store.publish(run, TABLES)
     return IngestSummary(
         warehouse=store.root,
@@ -200,6 +197,7 @@ def _decode(
     spark: SparkSession,
     audio_uri: str,
     *,
+    out_uri: str,
     settings: SpectrogramSettings,
     limits: DecodeLimits,
     extensions: tuple[str, ...],
@@ -207,7 +205,12 @@ def _decode(
     progress_s: float,
     total: int,
 ) -> DataFrame:
-    """Decode and slice every audio file on the executors; the result is persisted."""
+    """Decode and slice every audio file on the executors into Parquet at ``out_uri``.
+
+    Written once to (staging) storage rather than cached: the per-file facts and the
+    slices are then read back separately, the slices only once, and an executor lost
+    later does not send any file back to the decoder.
+    """
     files_done = spark.sparkContext.accumulator(0)
 
     def decode_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -217,7 +220,7 @@ def _decode(
                 files_done.add(1)
 
     extension_pattern = "(" + "|".join(e.replace(".", r"\.") for e in extensions) + ")$"
-    decoded = (
+    decoding = (
         spark.read.format("binaryFile")
         .option("recursiveFileLookup", "true")
         .load(audio_uri)
@@ -225,12 +228,10 @@ def _decode(
         .filter(F.lower("path").rlike(extension_pattern))
         .select("path", "content")
         .mapInPandas(decode_batches, schema=_DECODED)
-        .persist(StorageLevel.DISK_ONLY)
     )
-    # The first action decodes everything; show progress while it runs.
     with Progress(label="files decoded", total=total, done=lambda: files_done.value, interval_s=progress_s):
-        decoded.count()
-    return decoded
+        decoding.write.mode("overwrite").parquet(out_uri)
+    return spark.read.schema(_DECODED).parquet(out_uri)
 
 
 def decode_file(
@@ -340,14 +341,15 @@ def _write_tables(
             "song_id", "slice_idx",
             (F.col("slice_idx") * F.lit(settings.slice_seconds)).alias("offset_s"),
             "genre", "split", "spectrogram",
-        )
-        .sortWithinPartitions("song_id", "slice_idx")
+        )  # already in file then slice order, as decoded: no sort needed
     )
     frames = {"songs": songs_df.coalesce(1), "slices": slices_df, "rejects": rejects_df.coalesce(1)}
     for name, frame in frames.items():
+        started = time.monotonic()
         uri = store.staging_uri(run, name)
         validate(frame, table=name).write.mode("overwrite").parquet(uri)
         store.write_metadata(uri, {"table": name, **metadata})
+        logger.debug("staged %s in %.2f s", name, time.monotonic() - started)
     return int(songs["n_slices"].sum()) if len(songs) else 0
 
 

@@ -1,0 +1,178 @@
+"""Ingest speed: decode floor, plain single-process loop, Spark with 1 and 2 cores.
+
+Run: .venv/bin/python bench/ingest.py [--songs 40] [--seconds 120] [--preset seed]
+All measured in one run on the same MP3s; prints ratios and writes bench/results/ingest.json.
+Also samples the resident memory of Spark's Python workers, for half and all of the
+songs, to show that it stays flat as the catalogue grows.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from deepcrate.audio import DecodeLimits
+from deepcrate.config import resolve_config
+from deepcrate.demo import GENRES, SAMPLE_RATE, render_song
+from deepcrate.slicing import slice_audio_file
+from deepcrate.spectrogram import SpectrogramSettings
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def make_songs(folder: Path, *, songs: int, seconds: float) -> list[Path]:
+    """Stereo 44.1 kHz MP3s like store previews, cached between runs."""
+    paths = []
+    for n in range(songs):
+        genre = GENRES[n % len(GENRES)]
+        path = folder / genre / f"{n:03d}.mp3"
+        paths.append(path)
+        if path.exists():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mono = render_song(genre, rng=np.random.default_rng([7, n]), seconds=seconds)
+        stereo = np.stack([mono, np.roll(mono, 200) * 0.9], axis=1)
+        sf.write(str(path), stereo, SAMPLE_RATE, format="MP3")
+    return paths
+
+
+def audio_seconds(paths: list[Path]) -> float:
+    return sum(sf.info(str(p)).duration for p in paths)
+
+
+def time_decode_only(paths: list[Path]) -> float:
+    started = time.perf_counter()
+    for path in paths:
+        sf.read(io.BytesIO(path.read_bytes()), dtype="float32")
+    return time.perf_counter() - started
+
+
+def time_plain_loop(paths: list[Path], settings: SpectrogramSettings, limits: DecodeLimits) -> float:
+    started = time.perf_counter()
+    for path in paths:
+        slice_audio_file(path.read_bytes(), name=str(path), settings=settings, limits=limits)
+    return time.perf_counter() - started
+
+
+class WorkerMemory:
+    """Peak resident memory of any one Spark Python worker while running."""
+
+    def __init__(self) -> None:
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.1):
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                    if b"pyspark.daemon" not in cmdline and b"pyspark.worker" not in cmdline:
+                        continue
+                    status = Path(f"/proc/{pid}/status").read_text()
+                except OSError:
+                    continue
+                for line in status.splitlines():
+                    if line.startswith("VmRSS:"):
+                        self.peak_mb = max(self.peak_mb, int(line.split()[1]) / 1024)
+
+
+def time_spark(folder: Path, *, cores: int, config: dict, warehouse: Path) -> tuple[float, float]:
+    """Wall time of one ingest (session already warm) and peak worker memory."""
+    from deepcrate.ingest import ingest
+    from deepcrate.session import spark_session
+
+    config = json.loads(json.dumps(config))
+    config["spark"]["master"] = f"local[{cores}]"
+    spark = spark_session(config)
+    try:
+        warm = folder.parent / "warm"  # start the Python workers before timing
+        if not warm.exists():
+            make_songs(warm, songs=2, seconds=12)
+        ingest(spark, audio=str(warm), warehouse=str(warehouse / "warm"), config=config)
+        with WorkerMemory() as memory:
+            started = time.perf_counter()
+            ingest(spark, audio=str(folder), warehouse=str(warehouse / f"cores{cores}"), config=config)
+            elapsed = time.perf_counter() - started
+        return elapsed, memory.peak_mb
+    finally:
+        spark.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--songs", type=int, default=40)
+    parser.add_argument("--seconds", type=float, default=120.0)
+    parser.add_argument("--preset", default="seed", choices=("seed", "mel"))
+    parser.add_argument("--cache", default=os.path.expanduser("~/.cache/deepcrate-bench"))
+    args = parser.parse_args()
+
+    config = resolve_config(overrides=[f"spectrogram.preset={args.preset}", "ingest.progress_interval_s=60"])
+    settings = SpectrogramSettings.from_config(config)
+    limits = DecodeLimits(max_duration_s=600, truncated_ratio=0.9, silence_dbfs=-60)
+    folder = Path(args.cache) / f"songs-{args.seconds:g}s"
+    paths = make_songs(folder / "all", songs=args.songs, seconds=args.seconds)
+    half = folder / "half"
+    if not half.exists():
+        for path in paths[: args.songs // 2]:
+            (half / path.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, half / path.parent.name / path.name)
+    total_s = audio_seconds(paths)
+    print(f"{len(paths)} songs, {total_s:.0f} s of audio, preset {args.preset}, {os.cpu_count()} cores")
+
+    decode_s = time_decode_only(paths)
+    loop_s = time_plain_loop(paths, settings, limits)
+    with tempfile.TemporaryDirectory() as tmp:
+        spark1_s, memory1 = time_spark(folder / "all", cores=1, config=config, warehouse=Path(tmp))
+        spark2_s, memory2 = time_spark(folder / "all", cores=2, config=config, warehouse=Path(tmp))
+        _, memory_half = time_spark(half, cores=2, config=config, warehouse=Path(tmp) / "half")
+
+    realtime = {
+        "decode_only": total_s / decode_s,
+        "plain_loop": total_s / loop_s,
+        "spark_1_core": total_s / spark1_s,
+        "spark_2_cores_per_core": total_s / spark2_s / 2,
+    }
+    ratios = {
+        "spark_1_core_vs_plain_loop": loop_s / spark1_s,
+        "spark_2_cores_vs_1_core": spark1_s / spark2_s,
+        "plain_loop_vs_decode_floor": decode_s / loop_s,
+    }
+    result = {
+        "songs": len(paths), "audio_seconds": total_s, "preset": args.preset,
+        "seconds": {"decode_only": decode_s, "plain_loop": loop_s, "spark_1_core": spark1_s, "spark_2_cores": spark2_s},
+        "x_realtime_per_core": realtime, "ratios": ratios,
+        "peak_worker_rss_mb": {"half_catalogue_2_cores": memory_half, "all_1_core": memory1, "all_2_cores": memory2},
+        "goals": {"pipeline_x_realtime_per_core": 800, "spark_per_core_vs_loop": 0.8, "two_vs_one_core": 1.7},
+    }
+    for name, value in realtime.items():
+        print(f"  {name:28s} {value:8.0f}x realtime per core")
+    for name, value in ratios.items():
+        print(f"  {name:28s} {value:8.2f}")
+    print(f"  peak Python worker RSS: {memory_half:.0f} MiB (half), {memory2:.0f} MiB (all, 2 cores)")
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"ingest-{args.preset}.json"
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
