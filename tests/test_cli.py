@@ -3,6 +3,7 @@ import base64
 import csv
 import io
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +32,16 @@ def run_sql(capsys, warehouse, query, fmt):
     return capsys.readouterr().out
 
 
-def test_ingest_prints_a_summary(spark, tmp_path, capsys):
+def test_ingest_prints_a_summary_and_progress(spark, tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO)
     write_audio(tmp_path / "a" / "x.mp3", make_signal(6))
     (tmp_path / "a" / "y.mp3").write_bytes(b"")
     assert main(["ingest", "--audio", str(tmp_path / "a"), "--warehouse", str(tmp_path / "wh")]) == 0
     out = capsys.readouterr().out
     assert "1 songs, 1 slices, 1 rejects" in out
     assert "rejected, empty: 1" in out
+    assert "files decoded: 1/1" in caplog.text
+    assert "resolved config" in caplog.text
 
 
 def test_sql_csv_returns_the_table_as_written(spark, warehouse, capsys):

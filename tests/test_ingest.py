@@ -231,3 +231,24 @@ def test_missing_audio_folder_is_a_clear_error(spark, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="holds no files"):
         ingest(spark, audio=str(tmp_path / "empty"), warehouse=str(tmp_path / "wh"), config=resolve_config())
+
+
+def test_mel_preset_ingest_resamples_and_records_its_settings(spark, tmp_path):
+    import soxr
+
+    from deepcrate.spectrogram import SpectrogramSettings, iter_slices
+
+    write_audio(tmp_path / "audio" / "x" / "a.mp3", make_signal(12, sample_rate=48000, channels=2, seed=1),
+                sample_rate=48000)
+    config = resolve_config(overrides=["spectrogram.preset=mel"])
+    summary = ingest(spark, audio=str(tmp_path / "audio"), warehouse=str(tmp_path / "wh"), config=config)
+    assert (summary.songs, summary.slices) == (1, 2)  # 12 s at 22.05 kHz: 596 columns
+    store = Warehouse(spark, str(tmp_path / "wh"))
+    assert store.metadata("slices")["spectrogram"] == SpectrogramSettings.from_config(config).to_dict()
+    stored = store.read("slices").orderBy("slice_idx").collect()
+    samples, rate = sf.read(tmp_path / "audio" / "x" / "a.mp3", dtype="float32")
+    mono = soxr.resample(samples.mean(axis=1), rate, 22050, quality="HQ")
+    expected = list(iter_slices(mono, settings=SpectrogramSettings.from_config(config)))
+    for row, image in zip(stored, expected, strict=True):
+        got = np.frombuffer(row.spectrogram, np.uint8).reshape(256, 256).astype(int)
+        assert np.abs(got - image.astype(int)).max() <= 1

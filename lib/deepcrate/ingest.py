@@ -152,7 +152,7 @@ def ingest(
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(options["files_per_batch"]),
     }):
         decoded = _decode(
-            spark, audio_uri, out_uri=store.staging_uri(run, "_decoded"), settings=settings, limits=limits,
+            spark, audio_uri, out_uri=store.staging_uri(run, "decoded"), settings=settings, limits=limits,
             extensions=extensions, max_bytes=max_bytes, progress_s=options["progress_interval_s"], total=to_decode,
         )
     # Parquet prunes the image column: reading the per-file facts back is cheap.

@@ -1,0 +1,36 @@
+"""jobs/ingest.py under a real spark-submit (local master), as a cluster user runs it."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.dataset as ds
+
+from conftest import make_signal, write_audio
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_spark_submit_ingest_job(tmp_path):
+    for n in range(3):
+        write_audio(tmp_path / "audio" / ("a" if n else "b") / f"{n}.mp3", make_signal(6, seed=n))
+    (tmp_path / "audio" / "a" / "bad.mp3").write_text("nope")
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
+           "SPARK_LOCAL_IP": "127.0.0.1"}
+    spark_submit = Path(sys.executable).parent / "spark-submit"
+    result = subprocess.run(
+        [str(spark_submit), "--master", "local[2]", "--conf", "spark.ui.enabled=false",
+         str(ROOT / "jobs" / "ingest.py"), "--audio", str(tmp_path / "audio"),
+         "--warehouse", str(tmp_path / "wh"), "--set", "split.seed=3"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr  # spark-submit sends the driver's stderr to stdout
+    assert "3 songs, 3 slices, 1 rejects" in output
+    assert "master local[2]" in output  # spark-submit's master, not the config's local[*]
+    assert "split:\n  train: 0.65" in output and "  seed: 3" in output  # the resolved config is logged
+    songs = ds.dataset(tmp_path / "wh" / "songs").to_table().to_pandas()
+    assert sorted(songs["genre"]) == ["a", "a", "b"]
+    metadata = json.loads((tmp_path / "wh" / "slices" / "_deepcrate.json").read_text())
+    assert metadata["spectrogram"]["preset"] == "seed" and metadata["split"]["seed"] == 3
