@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import io
 import math
+import os
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import soundfile as sf
@@ -76,13 +79,7 @@ def decode_audio(
     """
     if not data:
         raise AudioError(EMPTY, f"{name}: file is empty (0 bytes)")
-    try:
-        audio_file = sf.SoundFile(io.BytesIO(data))
-    except Exception as exc:  # libsndfile raises several types for garbage input
-        raise AudioError(
-            NOT_AUDIO, f"{name}: not a recognised audio format ({_reason_text(exc)})"
-        ) from None
-    with audio_file:
+    with _open_audio(data, name=name) as audio_file:
         sample_rate, channels, header_frames = (
             audio_file.samplerate,
             audio_file.channels,
@@ -104,7 +101,7 @@ def decode_audio(
             f"{name}: truncated: decoded {len(mono) / sample_rate:.1f} s of the "
             f"{wanted / sample_rate:.1f} s its header promises",
         )
-    rms = float(np.sqrt(np.mean(np.square(mono, dtype=np.float64))))
+    rms = math.sqrt(float(np.dot(mono, mono)) / len(mono))  # BLAS: ~25x faster than np.mean
     rms_dbfs = 20.0 * math.log10(rms) if rms > 0 else -math.inf
     if rms_dbfs < limits.silence_dbfs:
         raise AudioError(
@@ -122,6 +119,34 @@ def decode_audio(
         duration_s=duration_s,
         cut_at_s=limits.max_duration_s if cut else None,
     )
+
+
+@contextmanager
+def _open_audio(data: bytes, *, name: str) -> Iterator[sf.SoundFile]:
+    """Open in-memory file bytes with libsndfile.
+
+    On Linux the bytes go into an anonymous in-memory file, which libsndfile reads
+    natively; from a BytesIO it calls back into Python for every small read, ~10% of
+    an MP3's decode time.
+    """
+    with ExitStack() as cleanup:
+        if hasattr(os, "memfd_create"):
+            source: int | io.BytesIO = os.memfd_create("deepcrate-audio")
+            cleanup.callback(os.close, source)
+            remaining = memoryview(data)
+            while remaining:  # one write() may take less than everything
+                remaining = remaining[os.write(source, remaining) :]
+            os.lseek(source, 0, os.SEEK_SET)
+        else:
+            source = io.BytesIO(data)
+        try:
+            audio_file = sf.SoundFile(source, closefd=False)
+        except Exception as exc:  # libsndfile raises several types for garbage input
+            raise AudioError(
+                NOT_AUDIO, f"{name}: not a recognised audio format ({_reason_text(exc)})"
+            ) from None
+        with audio_file:
+            yield audio_file
 
 
 def _read_mono(audio_file: sf.SoundFile, wanted: int) -> np.ndarray:
@@ -144,9 +169,9 @@ def _read_mono(audio_file: sf.SoundFile, wanted: int) -> np.ndarray:
 
 
 def _reason_text(exc: Exception) -> str:
-    # libsndfile names the in-memory buffer ("<_io.BytesIO object at 0x..>"), not the
-    # file; keep only its explanation, the caller adds the file name.
+    # libsndfile names what it opened (a descriptor, "<_io.BytesIO object at 0x..>"),
+    # not the file; keep only its explanation, the caller adds the file name.
     text = str(exc)
-    if ": " in text and "BytesIO" in text:
+    if text.startswith("Error opening") and ": " in text:
         text = text.split(": ", 1)[1]
     return text.strip() or type(exc).__name__

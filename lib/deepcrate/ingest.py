@@ -133,7 +133,9 @@ def ingest(
     store = Warehouse(spark, warehouse, create=True)
     labels = read_manifest(manifest, audio_uri=audio_uri) if manifest else None
     manifest_uri = normalise_path(to_uri(manifest)) if manifest else None
-    listing = listing[listing["path"].map(normalise_path) != manifest_uri]
+    # Neither the manifest nor a warehouse kept inside the audio folder is a song.
+    listing = listing[(listing["path"].map(normalise_path) != manifest_uri)
+                      & ~listing["path"].str.startswith(store.root + "/")]
 
     extensions = tuple("." + e.lower().lstrip(".") for e in options["extensions"])
     max_bytes = int(float(options["max_file_mb"]) * 2**20)
