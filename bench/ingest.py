@@ -1,14 +1,14 @@
 """Ingest speed: decode floor, plain single-process loop, Spark with 1 and 2 cores.
 
-Run: .venv/bin/python bench/ingest.py [--songs 40] [--seconds 120] [--preset seed]
-All measured in one run on the same MP3s; prints ratios and writes bench/results/ingest.json.
+Run: .venv/bin/python bench/ingest.py [--songs 40] [--seconds 120] [--preset seed] [--repeat 2]
+All measured in one run on the same MP3s, each the best of --repeat tries (timings on a
+shared 2-core machine vary by ~15%); prints ratios and writes bench/results/ingest-<preset>.json.
 Also samples the resident memory of Spark's Python workers, for half and all of the
 songs, to show that it stays flat as the catalogue grows.
 """
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil
@@ -50,18 +50,23 @@ def audio_seconds(paths: list[Path]) -> float:
     return sum(sf.info(str(p)).duration for p in paths)
 
 
-def time_decode_only(paths: list[Path]) -> float:
-    started = time.perf_counter()
+def best_of(repeat: int, run) -> float:
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def decode_only(paths: list[Path]) -> None:
     for path in paths:
-        sf.read(io.BytesIO(path.read_bytes()), dtype="float32")
-    return time.perf_counter() - started
+        sf.read(path, dtype="float32")
 
 
-def time_plain_loop(paths: list[Path], settings: SpectrogramSettings, limits: DecodeLimits) -> float:
-    started = time.perf_counter()
+def plain_loop(paths: list[Path], settings: SpectrogramSettings, limits: DecodeLimits) -> None:
     for path in paths:
         slice_audio_file(path.read_bytes(), name=str(path), settings=settings, limits=limits)
-    return time.perf_counter() - started
 
 
 class WorkerMemory:
@@ -95,8 +100,8 @@ class WorkerMemory:
                         self.peak_mb = max(self.peak_mb, int(line.split()[1]) / 1024)
 
 
-def time_spark(folder: Path, *, cores: int, config: dict, warehouse: Path) -> tuple[float, float]:
-    """Wall time of one ingest (session already warm) and peak worker memory."""
+def time_spark(folder: Path, *, cores: int, config: dict, warehouse: Path, repeat: int) -> tuple[float, float]:
+    """Best wall time of an ingest (session already warm) and peak worker memory."""
     from deepcrate.ingest import ingest
     from deepcrate.session import spark_session
 
@@ -109,9 +114,8 @@ def time_spark(folder: Path, *, cores: int, config: dict, warehouse: Path) -> tu
             make_songs(warm, songs=2, seconds=12)
         ingest(spark, audio=str(warm), warehouse=str(warehouse / "warm"), config=config)
         with WorkerMemory() as memory:
-            started = time.perf_counter()
-            ingest(spark, audio=str(folder), warehouse=str(warehouse / f"cores{cores}"), config=config)
-            elapsed = time.perf_counter() - started
+            elapsed = best_of(repeat, lambda: ingest(
+                spark, audio=str(folder), warehouse=str(warehouse / f"cores{cores}"), config=config))
         return elapsed, memory.peak_mb
     finally:
         spark.stop()
@@ -122,6 +126,7 @@ def main() -> None:
     parser.add_argument("--songs", type=int, default=40)
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--preset", default="seed", choices=("seed", "mel"))
+    parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--cache", default=os.path.expanduser("~/.cache/deepcrate-bench"))
     args = parser.parse_args()
 
@@ -138,12 +143,12 @@ def main() -> None:
     total_s = audio_seconds(paths)
     print(f"{len(paths)} songs, {total_s:.0f} s of audio, preset {args.preset}, {os.cpu_count()} cores")
 
-    decode_s = time_decode_only(paths)
-    loop_s = time_plain_loop(paths, settings, limits)
+    decode_s = best_of(args.repeat, lambda: decode_only(paths))
+    loop_s = best_of(args.repeat, lambda: plain_loop(paths, settings, limits))
     with tempfile.TemporaryDirectory() as tmp:
-        spark1_s, memory1 = time_spark(folder / "all", cores=1, config=config, warehouse=Path(tmp))
-        spark2_s, memory2 = time_spark(folder / "all", cores=2, config=config, warehouse=Path(tmp))
-        _, memory_half = time_spark(half, cores=2, config=config, warehouse=Path(tmp) / "half")
+        spark1_s, memory1 = time_spark(folder / "all", cores=1, config=config, warehouse=Path(tmp), repeat=args.repeat)
+        spark2_s, memory2 = time_spark(folder / "all", cores=2, config=config, warehouse=Path(tmp), repeat=args.repeat)
+        _, memory_half = time_spark(half, cores=2, config=config, warehouse=Path(tmp) / "half", repeat=1)
 
     realtime = {
         "decode_only": total_s / decode_s,
@@ -157,7 +162,7 @@ def main() -> None:
         "plain_loop_vs_decode_floor": decode_s / loop_s,
     }
     result = {
-        "songs": len(paths), "audio_seconds": total_s, "preset": args.preset,
+        "songs": len(paths), "audio_seconds": total_s, "preset": args.preset, "repeat": args.repeat,
         "seconds": {"decode_only": decode_s, "plain_loop": loop_s, "spark_1_core": spark1_s, "spark_2_cores": spark2_s},
         "x_realtime_per_core": realtime, "ratios": ratios,
         "peak_worker_rss_mb": {"half_catalogue_2_cores": memory_half, "all_1_core": memory1, "all_2_cores": memory2},

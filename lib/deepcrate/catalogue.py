@@ -128,9 +128,7 @@ def _manifest_uri(path: str | None, *, audio_uri: str) -> str:
     if not path:
         return ""
     path = path.replace("\\", "/")
-    if "://" in path or path.startswith("file:"):
-        return normalise_path(to_uri(path))
-    if os.path.isabs(path):
+    if "://" in path or path.startswith("file:") or os.path.isabs(path):
         return normalise_path(to_uri(path))
     while path.startswith("./"):
         path = path[2:]
