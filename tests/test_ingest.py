@@ -198,7 +198,7 @@ def test_crash_while_writing_leaves_the_published_tables(spark, ingested, catalo
     assert not any((warehouse / "_staging").iterdir())
 
 
-def test_manifest_supplies_labels_and_extra_columns(spark, catalogue, tmp_path):
+def test_manifest_supplies_labels_and_extra_columns(spark, catalogue, tmp_path, caplog):
     manifest = tmp_path / "labels.csv"
     pd.DataFrame([
         {"path": "rock/song one.mp3", "genre": "indie", "artist": "A", "title": "One",
@@ -221,6 +221,7 @@ def test_manifest_supplies_labels_and_extra_columns(spark, catalogue, tmp_path):
     assert tone["genre"] == "ambient" and tone["release_date"] is None
     assert songs.loc[uri(catalogue, "jazz/low [8k].mp3"), "genre"] == "lofi"
     assert songs.loc[uri(catalogue, "loose.mp3"), "genre"] is None  # not in the manifest
+    assert "the manifest lists 1 files not found" in caplog.text and "not/there.mp3" in caplog.text
 
 
 def test_missing_audio_folder_is_a_clear_error(spark, tmp_path):

@@ -30,6 +30,7 @@ from pyspark.sql.types import (
 
 from deepcrate import __version__
 from deepcrate.audio import (
+    DECODE_ERROR,
     DUPLICATE,
     EMPTY,
     HIDDEN_NAME,
@@ -133,6 +134,11 @@ def ingest(
     store = Warehouse(spark, warehouse, create=True)
     labels = read_manifest(manifest, audio_uri=audio_uri) if manifest else None
     manifest_uri = normalise_path(to_uri(manifest)) if manifest else None
+    if labels is not None:
+        missing = sorted(set(labels.index) - set(listing["path"].map(normalise_path)) - {""})
+        if missing:
+            logger.warning("the manifest lists %d files not found under %s (first: %s)",
+                           len(missing), audio_uri, missing[0])
     # Neither the manifest nor a warehouse kept inside the audio folder is a song.
     listing = listing[(listing["path"].map(normalise_path) != manifest_uri)
                       & ~listing["path"].str.startswith(store.root + "/")]
@@ -250,7 +256,7 @@ def decode_file(
         header.update(reason=exc.reason, message=exc.message)
         return _frame([header])
     except Exception as exc:  # a decoder bug must not kill the job: reject the file
-        header.update(reason="decode_error", message=f"{path}: {type(exc).__name__}: {exc}")
+        header.update(reason=DECODE_ERROR, message=f"{path}: {type(exc).__name__}: {exc}")
         return _frame([header])
     audio = song.audio
     header.update(
@@ -299,10 +305,6 @@ def _songs_and_rejects(
         if (~found).any():
             logger.warning("%d songs are not in the manifest and stay unlabelled (first: %s)",
                            int((~found).sum()), songs.loc[~found, "path"].iloc[0])
-        missing = sorted(set(labels.index) - set(headers["path"].map(normalise_path)) - {""})
-        if missing:
-            logger.warning("the manifest lists %d files not found under %s (first: %s)",
-                           len(missing), audio_uri, missing[0])
         attached = labels.reindex(keys)
         attached.index = songs.index
         songs = songs.join(attached)
