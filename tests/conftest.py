@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.signal
 import soundfile as sf
 
 from deepcrate.config import resolve_config
@@ -63,3 +64,22 @@ def write_audio(path: Path, samples: np.ndarray, *, sample_rate: int = 44100, fm
     subtype = "VORBIS" if fmt == "OGG" else None
     sf.write(str(path), samples, sample_rate, format=fmt, subtype=subtype)
     return path
+
+
+def reference_grey(db: np.ndarray, db_range: float) -> np.ndarray:
+    """dBFS to grey levels, written out plainly."""
+    return np.rint((np.clip(db, -db_range, 0) + db_range) / db_range * 255).astype(int)
+
+
+def reference_seed_slice(samples: np.ndarray, k: int) -> np.ndarray:
+    """Slice ``k`` of the seed recipe, computed independently of deepcrate.
+
+    float64 numpy STFT: periodic Hann, 512 points, one column per 882 samples,
+    power relative to a full-scale sine, 120 dB, bins 256..1 (highest first).
+    """
+    window = scipy.signal.get_window("hann", 512)
+    full_scale = (window.sum() / 2) ** 2
+    starts = (k * 256 + np.arange(256)) * 882
+    frames = np.stack([samples[s : s + 512] for s in starts]).astype(np.float64) * window
+    db = 10 * np.log10(np.maximum(np.abs(np.fft.rfft(frames, axis=1)) ** 2 / full_scale, 1e-12))
+    return reference_grey(db, 120.0)[:, 1:][:, ::-1].T
