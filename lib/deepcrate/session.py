@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from typing import Any
 
@@ -22,7 +23,9 @@ def ensure_utf8_locale() -> None:
     Without a UTF-8 locale, Java decodes file names as ASCII and a song called
     "café.mp3" cannot be opened. Must run before the JVM starts.
     """
-    if not any("UTF-8" in os.environ.get(v, "").upper() for v in ("LC_ALL", "LC_CTYPE", "LANG")):
+    # The locale in effect is the first set of LC_ALL, LC_CTYPE, LANG.
+    effective = next((os.environ[v] for v in ("LC_ALL", "LC_CTYPE", "LANG") if os.environ.get(v)), "")
+    if not re.search(r"utf-?8", effective, re.IGNORECASE):
         os.environ["LC_ALL"] = "C.UTF-8"
 
 
@@ -49,7 +52,7 @@ def spark_session(config: dict[str, Any]) -> SparkSession:
                 "spark.driver.bindAddress", "127.0.0.1"
             )
     # Executors on a cluster decode file names too.
-    builder = builder.config("spark.executorEnv.LC_ALL", os.environ.get("LC_ALL") or "C.UTF-8")
+    builder = builder.config("spark.executorEnv.LC_ALL", "C.UTF-8")
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(section["log_level"])
     logger.info("Spark %s, master %s", spark.version, spark.sparkContext.master)
