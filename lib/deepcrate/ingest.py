@@ -134,14 +134,14 @@ def ingest(
     store = Warehouse(spark, warehouse, create=True)
     labels = read_manifest(manifest, audio_uri=audio_uri) if manifest else None
     manifest_uri = normalise_path(to_uri(manifest)) if manifest else None
+    normalised = listing["path"].map(normalise_path)
     if labels is not None:
-        missing = sorted(set(labels.index) - set(listing["path"].map(normalise_path)) - {""})
+        missing = sorted(set(labels.index) - set(normalised) - {""})
         if missing:
             logger.warning("the manifest lists %d files not found under %s (first: %s)",
                            len(missing), audio_uri, missing[0])
     # Neither the manifest nor a warehouse kept inside the audio folder is a song.
-    listing = listing[(listing["path"].map(normalise_path) != manifest_uri)
-                      & ~listing["path"].str.startswith(store.root + "/")]
+    listing = listing[(normalised != manifest_uri) & ~listing["path"].str.startswith(store.root + "/")]
 
     extensions = tuple("." + e.lower().lstrip(".") for e in options["extensions"])
     max_bytes = int(float(options["max_file_mb"]) * 2**20)
