@@ -28,6 +28,7 @@ setup(
         "faiss-cpu==1.15.1",
         "pyyaml==6.0.3",
         "scipy==1.17.1",
+        "matplotlib==3.11.2",  # evaluation plots (PNG, no display needed)
     ],
     extras_require={
         "cpu": [f"tensorflow-cpu=={TENSORFLOW}"],

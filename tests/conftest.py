@@ -83,3 +83,26 @@ def reference_seed_slice(samples: np.ndarray, k: int) -> np.ndarray:
     frames = np.stack([samples[s : s + 512] for s in starts]).astype(np.float64) * window
     db = 10 * np.log10(np.maximum(np.abs(np.fft.rfft(frames, axis=1)) ** 2 / full_scale, 1e-12))
     return reference_grey(db, 120.0)[:, 1:][:, ::-1].T
+
+
+@pytest.fixture(scope="session")
+def demo_warehouse(spark, tmp_path_factory):
+    """A small real warehouse: the demo catalogue (7 genres x 8 songs x 11 s = 2 slices each), ingested.
+
+    Shared read-only; a test that writes to a warehouse copies it first (:func:`copy_warehouse`).
+    """
+    from deepcrate.demo import write_demo_catalogue
+    from deepcrate.ingest import ingest
+
+    root = tmp_path_factory.mktemp("demo")
+    manifest = write_demo_catalogue(root / "audio", songs_per_genre=8, seconds=11.0, seed=3)
+    ingest(spark, audio=str(root / "audio"), manifest=str(manifest), warehouse=str(root / "wh"),
+           config=resolve_config())
+    return root / "wh"
+
+
+def copy_warehouse(source: Path, target: Path) -> Path:
+    import shutil
+
+    shutil.copytree(source, target)
+    return target

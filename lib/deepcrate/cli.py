@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Sequence
 
@@ -44,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--manifest", metavar="CSV", help="labels: path,genre[,artist,title,release_date,...]")
     _add_common(ingest)
     ingest.set_defaults(run=_ingest)
+
+    train = commands.add_parser("train", help="slices -> a genre CNN, evaluated on the test split")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the newest interrupted training run (with the config it started with)")
+    _add_common(train)
+    train.set_defaults(run=_train)
 
     sql = commands.add_parser("sql", help="run Spark SQL over the warehouse tables")
     sql.add_argument("query", metavar="QUERY")
@@ -98,6 +105,16 @@ def _ingest(args: argparse.Namespace) -> int:
     config, spark = _config_and_session(args)
     summary = ingest(spark, audio=args.audio, manifest=args.manifest, warehouse=args.warehouse, config=config)
     print("\n".join(summary.lines()))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's C++ INFO lines drown the progress
+    from deepcrate.training import train
+
+    config, spark = _config_and_session(args)
+    result = train(spark, warehouse=args.warehouse, config=config, resume=args.resume)
+    print("\n".join(result.lines()))
     return 0
 
 

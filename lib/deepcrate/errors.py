@@ -36,3 +36,11 @@ class AudioError(DeepcrateError):
         super().__init__(message)
         self.reason = reason
         self.message = message
+
+
+class TrainingError(DeepcrateError):
+    """The slices cannot train a classifier (no train split, one genre, ...)."""
+
+
+class ModelError(DeepcrateError):
+    """A model folder is missing, incomplete or does not fit the data it is given."""

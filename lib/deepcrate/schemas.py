@@ -55,7 +55,23 @@ REJECTS = StructType(
     ]
 )
 
-TABLES: dict[str, StructType] = {"songs": SONGS, "slices": SLICES, "rejects": REJECTS}
+# The test-split evaluation of the latest trained model: one row per genre, plus one
+# row with genre null for the whole test split.
+EVALUATION = StructType(
+    [
+        StructField("model_version", StringType(), False),
+        StructField("genre", StringType(), True),  # null: every genre together
+        StructField("songs", IntegerType(), False),
+        StructField("slices", IntegerType(), False),
+        StructField("song_accuracy", DoubleType(), True),  # null when there are no songs
+        StructField("slice_accuracy", DoubleType(), True),
+        StructField("most_confused_with", StringType(), True),  # the most frequent wrong song-level answer
+    ]
+)
+
+TABLES: dict[str, StructType] = {
+    "songs": SONGS, "slices": SLICES, "rejects": REJECTS, "evaluation": EVALUATION,
+}
 
 # Tables that may carry extra string columns after their fixed ones (manifest extras).
 EXTENSIBLE = {"songs"}

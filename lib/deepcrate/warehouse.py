@@ -110,6 +110,36 @@ class Warehouse:
     def write_metadata(self, uri: str, metadata: dict[str, Any]) -> None:
         self._write_text(f"{uri}/{METADATA_FILE}", json.dumps(metadata, indent=2, sort_keys=True))
 
+    def stage_folder(self, run: str, local_dir: str, name: str) -> None:
+        """Copy a local folder (a model) into the run, to be published like a table.
+
+        ``name`` may have several parts (``models/<version>``).
+        """
+        staged = self.staging_uri(run, name)
+        self._fs.mkdirs(self._path(staged).getParent())
+        self._fs.copyFromLocalFile(False, True, self._path(to_uri(local_dir)), self._path(staged))
+        self._fs.create(self._path(f"{staged}/_SUCCESS"), True).close()
+
+    def local_folder(self, name: str, *, scratch: str) -> str:
+        """A local path holding the published folder ``name`` (a copy when the warehouse is remote)."""
+        uri = self.table_uri(name)
+        if uri.startswith("file:"):
+            return "/" + uri[len("file:"):].lstrip("/")
+        target = os.path.join(scratch, name.replace("/", "_"))
+        self._fs.copyToLocalFile(False, self._path(uri), self._path(to_uri(target)), True)
+        return target
+
+    def exists(self, name: str) -> bool:
+        """Whether ``name`` (a table or folder under the root) is published."""
+        return self._exists(f"{self.table_uri(name)}/_SUCCESS")
+
+    def list_folder(self, name: str) -> list[str]:
+        """Names of the sub-folders of ``name`` (e.g. the model versions), sorted."""
+        uri = self.table_uri(name)
+        if not self._exists(uri):
+            return []
+        return sorted(s.getPath().getName() for s in self._fs.listStatus(self._path(uri)) if s.isDirectory())
+
     def publish(self, run: str, names: list[str]) -> None:
         """Replace the published tables ``names`` with the run's staged ones."""
         for name in names:
@@ -142,7 +172,9 @@ class Warehouse:
             if not self._exists(staged):
                 continue  # already published before the interruption
             if self._exists(final):
+                self._fs.mkdirs(self._path(f"{run_dir}/_old/{name}").getParent())
                 self._rename(final, f"{run_dir}/_old/{name}")
+            self._fs.mkdirs(self._path(final).getParent())
             self._rename(staged, final)
         self._fs.delete(self._path(run_dir), True)
 

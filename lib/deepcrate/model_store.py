@@ -1,0 +1,109 @@
+"""Model folders: ``WH/models/<version>/``, written once and read by later stages.
+
+A folder holds::
+
+    model.keras         the trained Keras model (best validation loss)
+    labels.json         the genre of each output, in order
+    spectrogram.json    the spectrogram settings of the slices it was trained on
+    train.json          model preset, precision, epochs, the slices table it came from
+    history.json        loss and accuracy per epoch (training.png draws them)
+    metrics.json        the test-split evaluation (confusion.png draws its matrix)
+    _SUCCESS            written last: the folder is complete
+
+Versions are named ``<UTC time>-<model preset>`` and sort by age.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from deepcrate.errors import ModelError
+from deepcrate.spectrogram import SpectrogramSettings
+
+logger = logging.getLogger(__name__)
+
+MODELS = "models"
+REQUIRED_FILES = ("model.keras", "labels.json", "spectrogram.json", "train.json")
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """A complete model folder on the local file system."""
+
+    path: str
+    version: str
+    labels: list[str]
+    spectrogram: SpectrogramSettings
+    train: dict[str, Any]
+
+    def load_keras(self, *, compile: bool = False):
+        """The Keras model (``compile=False`` for inference: no optimizer state)."""
+        import keras
+
+        import deepcrate.model  # noqa: F401  registers the augmentation layers
+
+        file = os.path.join(self.path, "model.keras")
+        try:
+            model = keras.models.load_model(file, compile=compile)
+        except Exception as exc:  # zip, h5 and deserialisation errors all mean the same to a user
+            raise ModelError(f"model {self.path}: model.keras cannot be loaded: {type(exc).__name__}: {exc}") from None
+        outputs = model.outputs[0].shape[-1]
+        if outputs != len(self.labels):
+            raise ModelError(f"model {self.path}: the network has {outputs} outputs but labels.json "
+                             f"lists {len(self.labels)} genres")
+        return model
+
+    def check_settings(self, settings: SpectrogramSettings, *, what: str) -> None:
+        """Refuse slices made with other spectrogram settings than the model's."""
+        if settings != self.spectrogram:
+            differ = {k: (v, settings.to_dict()[k]) for k, v in self.spectrogram.to_dict().items()
+                      if settings.to_dict()[k] != v}
+            detail = ", ".join(f"{k}: model {m!r}, {what} {t!r}" for k, (m, t) in differ.items())
+            raise ModelError(
+                f"model {self.version} was trained on '{self.spectrogram.preset}' spectrograms and "
+                f"{what} holds '{settings.preset}' ones ({detail}); re-ingest with "
+                f"--set spectrogram.preset={self.spectrogram.preset} or train a model on this table"
+            )
+
+
+def read_model_folder(path: str) -> ModelFolder:
+    """Open a model folder, checking that it is complete.
+
+    Raises
+    ------
+    ModelError
+        Missing folder, a missing or unreadable file, or inconsistent contents.
+    """
+    if not os.path.isdir(path):
+        raise ModelError(f"model {path}: no such folder")
+    missing = [name for name in (*REQUIRED_FILES, "_SUCCESS") if not os.path.isfile(os.path.join(path, name))]
+    if missing:
+        raise ModelError(f"model {path}: incomplete, missing {', '.join(missing)}")
+    labels = _read_json(path, "labels.json")
+    settings = _read_json(path, "spectrogram.json")
+    train = _read_json(path, "train.json")
+    if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(g, str) for g in labels):
+        raise ModelError(f"model {path}: labels.json must be a list of at least 2 genre names")
+    try:
+        spectrogram = SpectrogramSettings(**settings)
+    except TypeError as exc:
+        raise ModelError(f"model {path}: spectrogram.json does not describe spectrogram settings: {exc}") from None
+    return ModelFolder(path=path, version=os.path.basename(path.rstrip("/")), labels=labels,
+                       spectrogram=spectrogram, train=train)
+
+
+def write_json(folder: str, name: str, value: Any) -> None:
+    with open(os.path.join(folder, name), "w", encoding="utf-8") as out:
+        json.dump(value, out, indent=2, sort_keys=True)
+        out.write("\n")
+
+
+def _read_json(folder: str, name: str) -> Any:
+    try:
+        with open(os.path.join(folder, name), encoding="utf-8") as stream:
+            return json.load(stream)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"model {folder}: {name} is not readable JSON: {exc}") from None
