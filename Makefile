@@ -4,14 +4,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO := demo
 
-.PHONY: demo test bench-ingest clean
+.PHONY: demo test bench-ingest bench-train clean
 
 # Set up, synthesize the demo catalogue and run the main job on it.
 demo: $(BIN)/deepcrate
 	$(BIN)/deepcrate demo-catalogue $(DEMO)/audio --songs-per-genre 20 --seconds 30
 	$(BIN)/deepcrate ingest --audio $(DEMO)/audio --manifest $(DEMO)/audio/manifest.csv --warehouse $(DEMO)/warehouse
+	$(BIN)/deepcrate train --warehouse $(DEMO)/warehouse
 	$(BIN)/deepcrate sql --warehouse $(DEMO)/warehouse \
-	  "SELECT genre, count(*) AS songs, sum(n_slices) AS slices FROM songs GROUP BY genre ORDER BY genre"
+	  "SELECT genre, songs, slices, round(song_accuracy, 3) AS song_accuracy, most_confused_with FROM evaluation ORDER BY genre NULLS FIRST"
 
 # Set up if needed and run the whole test suite.
 test: $(BIN)/deepcrate
@@ -19,6 +20,9 @@ test: $(BIN)/deepcrate
 
 bench-ingest: $(BIN)/deepcrate
 	$(BIN)/python bench/ingest.py
+
+bench-train: $(BIN)/deepcrate
+	$(BIN)/python bench/train.py
 
 $(BIN)/deepcrate: setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
