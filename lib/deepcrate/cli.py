@@ -40,6 +40,16 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, metavar="K")
     demo.set_defaults(run=_demo_catalogue)
 
+    acquire = commands.add_parser("acquire", help="download the audio a manifest of URLs lists")
+    acquire.add_argument("--manifest", required=True, metavar="URLS",
+                         help="CSV or JSON lines with url and optional genre, artist, title, label, ...")
+    acquire.add_argument("--audio", required=True, metavar="DIR", help="where the files go (<genre>/<name>.mp3)")
+    acquire.add_argument("--workers", type=int, metavar="N", help="concurrent downloads (acquire.workers)")
+    acquire.add_argument("--per-host-delay", type=float, metavar="S",
+                         help="seconds between requests to one host (acquire.per_host_delay_s)")
+    _add_common(acquire)
+    acquire.set_defaults(run=_acquire)
+
     ingest = commands.add_parser("ingest", help="audio folder -> songs, slices, rejects tables")
     ingest.add_argument("--audio", required=True, metavar="DIR", help="folder of audio files (recursive)")
     ingest.add_argument("--manifest", metavar="CSV", help="labels: path,genre[,artist,title,release_date,...]")
@@ -96,6 +106,19 @@ def _demo_catalogue(args: argparse.Namespace) -> int:
         args.out_dir, songs_per_genre=args.songs_per_genre, seconds=args.seconds, seed=args.seed
     )
     print(f"demo catalogue written: {manifest.parent} (manifest: {manifest})")
+    return 0
+
+
+def _acquire(args: argparse.Namespace) -> int:
+    from deepcrate.acquire import acquire
+
+    if args.workers is not None:
+        args.overrides.append(f"acquire.workers={args.workers}")
+    if args.per_host_delay is not None:
+        args.overrides.append(f"acquire.per_host_delay_s={args.per_host_delay}")
+    config, spark = _config_and_session(args)
+    summary = acquire(spark, manifest=args.manifest, audio=args.audio, warehouse=args.warehouse, config=config)
+    print("\n".join(summary.lines()))
     return 0
 
 

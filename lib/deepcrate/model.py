@@ -130,8 +130,9 @@ class RandomTimeShift(layers.Layer):
             return inputs
         frames = keras.ops.shape(inputs)[2]
         batch = keras.ops.shape(inputs)[0]
-        shift = keras.random.randint((batch,), 0, frames, seed=self.generator)
-        columns = (keras.ops.arange(frames)[None, :] + shift[:, None]) % frames  # (batch, frames)
+        shift = keras.random.randint((batch,), 0, frames, seed=self.generator, dtype="int32")
+        # int32 indices: oneDNN has no int64 gather on CPUs without AVX-512
+        columns = (keras.ops.arange(frames, dtype="int32")[None, :] + shift[:, None]) % frames
         return keras.ops.take_along_axis(inputs, columns[:, None, :, None], axis=2)
 
     def get_config(self):

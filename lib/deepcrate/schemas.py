@@ -69,8 +69,21 @@ EVALUATION = StructType(
     ]
 )
 
+# One row per row of the acquire job's URL manifest.
+DOWNLOADS = StructType(
+    [
+        StructField("url", StringType(), False),
+        StructField("path", StringType(), True),  # relative to the audio folder; null when refused
+        StructField("status", StringType(), False),  # downloaded | present | failed | duplicate
+        StructField("http_status", IntegerType(), True),  # of the last attempt
+        StructField("bytes", LongType(), True),
+        StructField("attempts", IntegerType(), False),
+        StructField("error", StringType(), True),
+    ]
+)
+
 TABLES: dict[str, StructType] = {
-    "songs": SONGS, "slices": SLICES, "rejects": REJECTS, "evaluation": EVALUATION,
+    "songs": SONGS, "slices": SLICES, "rejects": REJECTS, "evaluation": EVALUATION, "downloads": DOWNLOADS,
 }
 
 # Tables that may carry extra string columns after their fixed ones (manifest extras).
