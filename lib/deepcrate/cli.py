@@ -62,6 +62,30 @@ def _parser() -> argparse.ArgumentParser:
     _add_common(train)
     train.set_defaults(run=_train)
 
+    embed = commands.add_parser("embed", help="slices -> slice_embeddings, song_embeddings (on Spark)")
+    embed.add_argument("--model", metavar="PATH_OR_VERSION",
+                       help="a model folder or a version under WH/models (default: the newest)")
+    _add_common(embed)
+    embed.set_defaults(run=_embed)
+
+    index = commands.add_parser("index", help="song_embeddings -> FAISS index, recommendations table")
+    _add_common(index)
+    index.set_defaults(run=_index)
+
+    recommend = commands.add_parser("recommend", help="songs that sound like a song, several songs, or a file")
+    recommend.add_argument("--song", action="append", default=[], metavar="ID_OR_PATH_OR_TITLE",
+                           help="a catalogue song by song_id, path, file name or title; repeatable (their mean)")
+    recommend.add_argument("--file", action="append", default=[], metavar="AUDIO",
+                           help="a song that need not be in the catalogue; repeatable")
+    recommend.add_argument("-k", type=int, default=10, help="how many (default 10)")
+    recommend.add_argument("--exclude-artist", action="store_true", help="no songs by the seeds' artists")
+    recommend.add_argument("--released-before", metavar="DATE", help="only songs released before DATE")
+    recommend.add_argument("--released-after", metavar="DATE", help="only songs released after DATE")
+    recommend.add_argument("--genre", metavar="G", help="only songs of genre G (predicted, for unlabelled songs)")
+    recommend.add_argument("--format", choices=("table", "json"), default="table")
+    _add_common(recommend)
+    recommend.set_defaults(run=_recommend)
+
     sql = commands.add_parser("sql", help="run Spark SQL over the warehouse tables")
     sql.add_argument("query", metavar="QUERY")
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
@@ -84,7 +108,7 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    for noisy in ("py4j", "pyspark"):
+    for noisy in ("py4j", "pyspark", "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -138,6 +162,47 @@ def _train(args: argparse.Namespace) -> int:
     config, spark = _config_and_session(args)
     result = train(spark, warehouse=args.warehouse, config=config, resume=args.resume)
     print("\n".join(result.lines()))
+    return 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    from deepcrate.embed import embed
+
+    config, spark = _config_and_session(args)
+    summary = embed(spark, warehouse=args.warehouse, config=config, model=args.model)
+    print("\n".join(summary.lines()))
+    return 0
+
+
+def _index(args: argparse.Namespace) -> int:
+    from deepcrate.index import build
+
+    config, spark = _config_and_session(args)
+    summary = build(spark, warehouse=args.warehouse, config=config)
+    print("\n".join(summary.lines()))
+    return 0
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from deepcrate.config import resolve_config
+    from deepcrate.recommend import Catalogue, Filters, parse_date, write_results
+
+    if args.k < 1:
+        raise DeepcrateError("-k must be at least 1")
+    if not args.song and not args.file:
+        raise DeepcrateError("give at least one --song or --file")
+    filters = Filters(
+        exclude_seed_artists=args.exclude_artist,
+        released_before=parse_date(args.released_before, flag="--released-before") if args.released_before else None,
+        released_after=parse_date(args.released_after, flag="--released-after") if args.released_after else None,
+        genre=args.genre,
+    )
+    catalogue = Catalogue(args.warehouse, config=resolve_config(conf_files=args.conf, overrides=args.overrides))
+    seeds = [catalogue.song_seed(text) for text in args.song] + [catalogue.file_seed(path) for path in args.file]
+    results = catalogue.recommend(seeds, k=args.k, filters=filters)
+    write_results(results, out=sys.stdout, fmt=args.format, seeds=seeds)
     return 0
 
 

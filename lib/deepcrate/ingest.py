@@ -11,7 +11,6 @@ import hashlib
 import logging
 import time
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -48,6 +47,7 @@ from deepcrate.catalogue import (
 )
 from deepcrate.errors import AudioError
 from deepcrate.progress import Progress
+from deepcrate.session import session_conf
 from deepcrate.schemas import REJECTS, SONGS, validate
 from deepcrate.slicing import slice_audio_file
 from deepcrate.spectrogram import SpectrogramSettings
@@ -155,7 +155,7 @@ def ingest(
     logger.info("%s: %d files, %d to decode", audio_uri, len(listing), to_decode)
 
     run = store.begin_run()
-    with _session_conf(spark, {
+    with session_conf(spark, {
         "spark.sql.files.maxPartitionBytes": str(int(options["partition_mb"] * 2**20)),
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(options["files_per_batch"]),
     }):
@@ -382,19 +382,3 @@ def _records(frame: pd.DataFrame, schema: StructType) -> list[tuple]:
 
 
 _PYTHON_TYPES = {IntegerType: int, LongType: int, DoubleType: float, StringType: str}
-
-
-@contextmanager
-def _session_conf(spark: SparkSession, values: dict[str, str]) -> Iterator[None]:
-    """Set SQL options for one stage and restore the session's own afterwards."""
-    previous = {key: spark.conf.get(key, None) for key in values}
-    for key, value in values.items():
-        spark.conf.set(key, value)
-    try:
-        yield
-    finally:
-        for key, value in previous.items():
-            if value is None:
-                spark.conf.unset(key)
-            else:
-                spark.conf.set(key, value)

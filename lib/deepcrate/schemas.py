@@ -3,12 +3,15 @@ from __future__ import annotations
 
 from pyspark.sql import DataFrame
 from pyspark.sql.types import (
+    ArrayType,
     BinaryType,
     DataType,
     DateType,
     DoubleType,
+    FloatType,
     IntegerType,
     LongType,
+    MapType,
     StringType,
     StructField,
     StructType,
@@ -82,8 +85,38 @@ DOWNLOADS = StructType(
     ]
 )
 
+SLICE_EMBEDDINGS = StructType(
+    [
+        StructField("song_id", StringType(), False),
+        StructField("slice_idx", IntegerType(), False),
+        StructField("embedding", ArrayType(FloatType(), False), False),  # 128-d, the Dense-128 output
+        StructField("genre_probabilities", ArrayType(FloatType(), False), False),  # in the model's label order
+    ]
+)
+
+SONG_EMBEDDINGS = StructType(
+    [
+        StructField("song_id", StringType(), False),
+        StructField("embedding", ArrayType(FloatType(), False), False),  # mean of the song's slice embeddings
+        StructField("predicted_genre", StringType(), False),  # argmax of the summed slice probabilities
+        StructField("genre_probabilities", MapType(StringType(), FloatType(), False), False),  # mean per genre
+        StructField("n_slices", IntegerType(), False),
+        StructField("model_version", StringType(), False),
+    ]
+)
+
+RECOMMENDATIONS = StructType(
+    [
+        StructField("song_id", StringType(), False),
+        StructField("rank", IntegerType(), False),  # 1 = the most similar
+        StructField("neighbor_id", StringType(), False),
+        StructField("similarity", DoubleType(), False),  # cosine of the two song vectors
+    ]
+)
+
 TABLES: dict[str, StructType] = {
     "songs": SONGS, "slices": SLICES, "rejects": REJECTS, "evaluation": EVALUATION, "downloads": DOWNLOADS,
+    "slice_embeddings": SLICE_EMBEDDINGS, "song_embeddings": SONG_EMBEDDINGS, "recommendations": RECOMMENDATIONS,
 }
 
 # Tables that may carry extra string columns after their fixed ones (manifest extras).

@@ -5,7 +5,8 @@ import logging
 import os
 import re
 import sys
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from pyspark.sql import SparkSession
 
@@ -61,3 +62,19 @@ def spark_session(config: dict[str, Any]) -> SparkSession:
 
 def _conf_value(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+@contextmanager
+def session_conf(spark: SparkSession, values: dict[str, str]) -> Iterator[None]:
+    """Set SQL options for one stage and restore the session's own afterwards."""
+    previous = {key: spark.conf.get(key, None) for key in values}
+    for key, value in values.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)

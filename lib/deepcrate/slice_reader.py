@@ -22,7 +22,7 @@ from deepcrate.errors import WarehouseError
 logger = logging.getLogger(__name__)
 
 
-def _filesystem_and_path(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
+def filesystem_and_path(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
     """``file:/x`` (Hadoop style, one slash) is a local path; other URIs go to pyarrow."""
     if uri.startswith("file:"):
         return pyarrow.fs.LocalFileSystem(), "/" + uri[len("file:"):].lstrip("/")
@@ -53,7 +53,7 @@ class SliceTable:
     """
 
     def __init__(self, uri: str, *, image_shape: tuple[int, int]) -> None:
-        filesystem, path = _filesystem_and_path(uri)
+        filesystem, path = filesystem_and_path(uri)
         try:
             self.dataset = ds.dataset(path, format="parquet", filesystem=filesystem)
         except (OSError, pa.ArrowInvalid) as exc:

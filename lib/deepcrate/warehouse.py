@@ -28,6 +28,7 @@ from deepcrate.errors import WarehouseError
 logger = logging.getLogger(__name__)
 
 METADATA_FILE = "_deepcrate.json"
+NOT_TABLES = {"models", "index"}  # folders of the warehouse that hold files, not a table
 _STAGING = "_staging"
 _PUBLISH = "_PUBLISH"
 
@@ -77,7 +78,7 @@ class Warehouse:
         names = []
         for status in self._fs.listStatus(self._path(self.root)):
             name = status.getPath().getName()
-            if status.isDirectory() and not name.startswith(("_", ".")):
+            if status.isDirectory() and not name.startswith(("_", ".")) and name not in NOT_TABLES:
                 if self._exists(f"{self.root}/{name}/_SUCCESS"):
                     names.append(name)
         return sorted(names)

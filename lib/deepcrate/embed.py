@@ -1,0 +1,183 @@
+"""Embed every slice on the Spark executors with a trained model; average the vectors per song.
+
+The model file travels to the executors as a broadcast (it is a few MB), so
+executors need no access to the warehouse's model folder; each Python worker loads it
+once and keeps it for every later batch and task (Spark reuses its Python workers).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import SparkSession
+
+from deepcrate.errors import WarehouseError
+from deepcrate.model_store import MODELS, ModelFolder, read_model_folder
+from deepcrate.progress import Progress
+from deepcrate.schemas import SLICE_EMBEDDINGS, SONG_EMBEDDINGS, validate
+from deepcrate.session import session_conf
+from deepcrate.spectrogram import SpectrogramSettings
+from deepcrate.training import latest_model
+from deepcrate.warehouse import Warehouse
+
+logger = logging.getLogger(__name__)
+
+# Per Python worker: model version -> a Keras model with two outputs (embedding, probabilities).
+_WORKER_MODELS: dict[str, Any] = {}
+
+
+@dataclass
+class EmbedSummary:
+    model_version: str
+    slices: int
+    songs: int
+    model_loads: int
+    seconds: float
+
+    def lines(self) -> list[str]:
+        return [
+            f"embedded {self.slices} slices of {self.songs} songs with model {self.model_version} "
+            f"in {self.seconds:.1f} s ({self.slices / max(self.seconds, 1e-9):.0f} slices/s; "
+            f"the model was loaded {self.model_loads} times, once per Python worker)",
+            "tables: slice_embeddings, song_embeddings",
+        ]
+
+
+def open_model(store: Warehouse, model: str | None) -> ModelFolder:
+    """``model`` as a folder path or a version under ``WH/models``; the newest one when None."""
+    if model is None:
+        return read_model_folder(latest_model(store))
+    if os.path.isdir(model):
+        return read_model_folder(model)
+    if store.exists(f"{MODELS}/{model}"):
+        return read_model_folder(store.local_folder(f"{MODELS}/{model}", scratch=tempfile.mkdtemp(prefix="deepcrate-")))
+    versions = store.list_folder(MODELS)
+    raise WarehouseError(f"no model {model!r}: not a folder, nor a version in {store.root}/{MODELS} "
+                         f"(has: {', '.join(versions) or 'none'})")
+
+
+def embed(spark: SparkSession, *, warehouse: str, config: dict[str, Any], model: str | None = None) -> EmbedSummary:
+    """Write ``slice_embeddings`` and ``song_embeddings`` for every slice of ``WH/slices``.
+
+    Songs of every split, labelled or not, are embedded.
+
+    Raises
+    ------
+    ModelError
+        When the model was trained on other spectrogram settings than the slices'.
+    """
+    started = time.monotonic()
+    store = Warehouse(spark, warehouse)
+    if not store.exists("slices"):
+        raise WarehouseError(f"warehouse {store.root}: no slices table; run deepcrate ingest first")
+    folder = open_model(store, model)
+    settings = SpectrogramSettings(**store.metadata("slices")["spectrogram"])
+    folder.check_settings(settings, what="the slices table")
+    folder.load_keras()  # fail here, with a clear message, rather than on every executor
+    batch_size = int(config["embed"]["batch_size"])
+    with open(os.path.join(folder.path, "model.keras"), "rb") as stream:
+        payload = spark.sparkContext.broadcast(stream.read())
+    loads = spark.sparkContext.accumulator(0)
+    done = spark.sparkContext.accumulator(0)
+    embed_batches = _embedder(payload, version=folder.version, shape=(settings.n_rows, settings.slice_frames),
+                              batch_size=batch_size, loads=loads, done=done)
+
+    slices = store.read("slices").select("song_id", "slice_idx", "spectrogram")
+    total = int(store.read("songs").agg({"n_slices": "sum"}).first()[0] or 0)
+    run = store.begin_run()
+    slice_uri = store.staging_uri(run, "slice_embeddings")
+    with session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": str(batch_size)}), \
+            Progress(label="slices embedded", total=total, done=lambda: done.value,
+                     interval_s=float(config["embed"]["progress_interval_s"])):
+        frame = slices.mapInPandas(embed_batches, schema=SLICE_EMBEDDINGS)
+        validate(frame, table="slice_embeddings").write.mode("overwrite").parquet(slice_uri)
+    store.write_metadata(slice_uri, {"table": "slice_embeddings", "model_version": folder.version,
+                                     "labels": folder.labels})
+
+    labels, version = list(folder.labels), folder.version
+    songs_frame = (
+        spark.read.parquet(slice_uri)
+        .groupBy("song_id")
+        .applyInPandas(lambda group: _song_vector(group, labels=labels, version=version), schema=SONG_EMBEDDINGS)
+    )
+    song_uri = store.staging_uri(run, "song_embeddings")
+    validate(songs_frame, table="song_embeddings").write.mode("overwrite").parquet(song_uri)
+    store.write_metadata(song_uri, {"table": "song_embeddings", "model_version": version, "labels": labels})
+    n_slices = spark.read.parquet(slice_uri).count()
+    n_songs = spark.read.parquet(song_uri).count()
+    store.publish(run, ["slice_embeddings", "song_embeddings"])
+    return EmbedSummary(model_version=version, slices=n_slices, songs=n_songs, model_loads=loads.value,
+                        seconds=time.monotonic() - started)
+
+
+def worker_model(version: str, payload: bytes | Any, *, loads: Any = None):
+    """The two-output model of ``version`` for this Python process, loaded on first use."""
+    model = _WORKER_MODELS.get(version)
+    if model is None:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import keras
+
+        import deepcrate.model  # noqa: F401  registers the augmentation layers
+        from deepcrate.model import EMBEDDING_LAYER
+
+        data = payload if isinstance(payload, bytes) else payload.value
+        with tempfile.TemporaryDirectory(prefix="deepcrate-model-") as tmp:
+            path = os.path.join(tmp, "model.keras")
+            with open(path, "wb") as out:
+                out.write(data)
+            trained = keras.models.load_model(path, compile=False)
+        model = keras.Model(trained.input, [trained.get_layer(EMBEDDING_LAYER).output, trained.output])
+        _WORKER_MODELS.clear()  # one model per worker at a time
+        _WORKER_MODELS[version] = model
+        if loads is not None:
+            loads.add(1)
+    return model
+
+
+def embed_images(model, images: np.ndarray, *, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings, probabilities) as float32 for uint8 images, ``batch_size`` at a time."""
+    embeddings, probabilities = [], []
+    for start in range(0, len(images), batch_size):
+        emb, prob = model(images[start:start + batch_size], training=False)
+        embeddings.append(np.asarray(emb, dtype=np.float32))
+        probabilities.append(np.asarray(prob, dtype=np.float32))
+    if not embeddings:
+        return np.zeros((0, 128), np.float32), np.zeros((0, model.outputs[1].shape[-1]), np.float32)
+    return np.concatenate(embeddings), np.concatenate(probabilities)
+
+
+def _embedder(payload, *, version: str, shape: tuple[int, int], batch_size: int, loads, done):
+    def embed_batches(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        model = worker_model(version, payload, loads=loads)
+        for frame in frames:
+            images = np.frombuffer(b"".join(frame["spectrogram"]), dtype=np.uint8).reshape(len(frame), *shape)
+            embeddings, probabilities = embed_images(model, images, batch_size=batch_size)
+            done.add(len(frame))
+            yield pd.DataFrame({
+                "song_id": frame["song_id"].to_numpy(),
+                "slice_idx": frame["slice_idx"].to_numpy(),
+                "embedding": list(embeddings),
+                "genre_probabilities": list(probabilities),
+            })
+
+    return embed_batches
+
+
+def _song_vector(group: pd.DataFrame, *, labels: list[str], version: str) -> pd.DataFrame:
+    """One song: the mean of its slice embeddings and of its slice probabilities."""
+    embedding = np.stack(group["embedding"].to_numpy()).mean(axis=0, dtype=np.float64).astype(np.float32)
+    probabilities = np.stack(group["genre_probabilities"].to_numpy()).mean(axis=0, dtype=np.float64)
+    return pd.DataFrame({
+        "song_id": [group["song_id"].iloc[0]],
+        "embedding": [embedding],
+        "predicted_genre": [labels[int(probabilities.argmax())]],
+        "genre_probabilities": [{g: float(p) for g, p in zip(labels, probabilities)}],
+        "n_slices": [len(group)],
+        "model_version": [version],
+    })
