@@ -156,7 +156,7 @@ class Catalogue:
         rows = []
         for rank, (position, similarity) in enumerate(found, start=1):
             song = self.songs.iloc[position]
-            rows.append({"rank": rank, "similarity": round(similarity, 4), "title": song["title"],
+            rows.append({"rank": rank, "similarity": similarity, "title": song["title"],
                          "artist": song["artist"], "genre": song["genre"] or song["predicted_genre"],
                          "release_date": song["release_date"], "path": song["path"],
                          "song_id": self.songs.index[position]})
@@ -202,7 +202,7 @@ def write_results(results: pd.DataFrame, *, out: TextIO, fmt: str, seeds: Sequen
     if results.empty:
         out.write("(no song passes the filters)\n")
         return
-    shown = results.drop(columns=["song_id"]).fillna("")
+    shown = results.drop(columns=["song_id"]).assign(similarity=results["similarity"].round(4)).fillna("")
     widths = {c: max(len(c), *(len(str(v)) for v in shown[c])) for c in shown.columns}
     out.write("  ".join(c.ljust(widths[c]) for c in shown.columns).rstrip() + "\n")
     out.write("  ".join("-" * widths[c] for c in shown.columns) + "\n")
