@@ -4,15 +4,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO := demo
 
-.PHONY: demo test bench-ingest bench-train clean
+.PHONY: demo test bench-ingest bench-train bench-embed bench-index clean
 
 # Set up, synthesize the demo catalogue and run the main job on it.
 demo: $(BIN)/deepcrate
 	$(BIN)/deepcrate demo-catalogue $(DEMO)/audio --songs-per-genre 20 --seconds 30
 	$(BIN)/deepcrate ingest --audio $(DEMO)/audio --manifest $(DEMO)/audio/manifest.csv --warehouse $(DEMO)/warehouse
 	$(BIN)/deepcrate train --warehouse $(DEMO)/warehouse
-	$(BIN)/deepcrate sql --warehouse $(DEMO)/warehouse \
-	  "SELECT genre, songs, slices, round(song_accuracy, 3) AS song_accuracy, most_confused_with FROM evaluation ORDER BY genre NULLS FIRST"
+	$(BIN)/deepcrate embed --warehouse $(DEMO)/warehouse
+	$(BIN)/deepcrate index --warehouse $(DEMO)/warehouse
+	$(BIN)/deepcrate recommend --warehouse $(DEMO)/warehouse -k 5 \
+	  --song "$$(ls $(DEMO)/audio/trance | head -n 1)"
 
 # Set up if needed and run the whole test suite.
 test: $(BIN)/deepcrate
@@ -23,6 +25,12 @@ bench-ingest: $(BIN)/deepcrate
 
 bench-train: $(BIN)/deepcrate
 	$(BIN)/python bench/train.py
+
+bench-embed: $(BIN)/deepcrate
+	$(BIN)/python bench/embed.py
+
+bench-index: $(BIN)/deepcrate
+	$(BIN)/python bench/index.py
 
 $(BIN)/deepcrate: setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -121,6 +121,7 @@ def worker_model(version: str, payload: bytes | Any, *, loads: Any = None):
     model = _WORKER_MODELS.get(version)
     if model is None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        _limit_threads_to_the_task()
         import keras
 
         import deepcrate.model  # noqa: F401  registers the augmentation layers
@@ -138,6 +139,25 @@ def worker_model(version: str, payload: bytes | Any, *, loads: Any = None):
         if loads is not None:
             loads.add(1)
     return model
+
+
+def _limit_threads_to_the_task() -> None:
+    """On an executor, let TensorFlow use the task's CPUs (spark.task.cpus), not every core.
+
+    Several Python workers share a machine; each using all cores would oversubscribe it.
+    """
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    if context is None:
+        return
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(max(1, context.cpus()))
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow already started in this process: keep its pools
+        pass
 
 
 def embed_images(model, images: np.ndarray, *, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -150,17 +150,30 @@ def set_search_params(index: faiss.Index, settings: IndexSettings) -> None:
         index.nprobe = settings.ivf_nprobe
 
 
-def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int, *, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force (similarities, positions) of the ``k`` nearest unit vectors, numpy only."""
-    sims, idx = [], []
-    for start in range(0, len(queries), block):
-        scores = queries[start:start + block] @ vectors.T
-        top = np.argpartition(-scores, min(k, scores.shape[1] - 1), axis=1)[:, :k]
-        top_scores = np.take_along_axis(scores, top, axis=1)
-        order = np.argsort(-top_scores, axis=1, kind="stable")
-        idx.append(np.take_along_axis(top, order, axis=1))
-        sims.append(np.take_along_axis(top_scores, order, axis=1))
-    return np.concatenate(sims), np.concatenate(idx)
+def exact_top_k(
+    vectors: np.ndarray, queries: np.ndarray, k: int, *, query_block: int = 256, vector_block: int = 65536
+) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force (similarities, positions) of the ``k`` nearest unit vectors, numpy only.
+
+    Blocks over queries and over the catalogue keep the score matrix at
+    ``query_block x vector_block`` (64 MiB), however large the catalogue.
+    """
+    all_sims, all_idx = [], []
+    for q_start in range(0, len(queries), query_block):
+        block = queries[q_start:q_start + query_block]
+        best_sims = np.zeros((len(block), 0), np.float32)
+        best_idx = np.zeros((len(block), 0), np.int64)
+        for v_start in range(0, len(vectors), vector_block):
+            scores = block @ vectors[v_start:v_start + vector_block].T
+            kk = min(k, scores.shape[1])
+            top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+            sims = np.concatenate([best_sims, np.take_along_axis(scores, top, axis=1)], axis=1)
+            idx = np.concatenate([best_idx, top + v_start], axis=1)
+            keep = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+            best_sims, best_idx = np.take_along_axis(sims, keep, axis=1), np.take_along_axis(idx, keep, axis=1)
+        all_sims.append(best_sims)
+        all_idx.append(best_idx)
+    return np.concatenate(all_sims), np.concatenate(all_idx)
 
 
 def measure_recall(index: faiss.Index, vectors: np.ndarray, *, k: int, sample: int) -> float:

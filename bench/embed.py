@@ -1,0 +1,100 @@
+"""Embedding through Spark vs the bare model on the same slices, per core.
+
+The baseline is the trained model called directly (``model(x)``, batches of 256) on
+every slice of the table already in memory, in one process whose TensorFlow uses one
+thread (then two). The Spark side is the whole ``deepcrate embed`` job (read the
+table, embed on the executors, write slice_embeddings, average per song, write
+song_embeddings) on ``local[1]`` and ``local[2]``. Goal: Spark >= 0.85 of the bare
+model per core, and the model loaded once per Python worker.
+
+    python bench/embed.py                # the cached 3,080-slice demo warehouse (see bench/train.py)
+    python bench/embed.py --warehouse WH
+
+Writes bench/results/embed.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BARE = """
+import json, os, sys, time
+import numpy as np
+import tensorflow as tf
+tf.config.threading.set_intra_op_parallelism_threads({threads})
+tf.config.threading.set_inter_op_parallelism_threads(1)
+from deepcrate.embed import embed_images, worker_model
+from deepcrate.slice_reader import SliceTable
+table = SliceTable({slices!r}, image_shape=(256, 256))
+images = np.concatenate([b.images for b in table.batches(split=s, labels=None, batch_size=4096)
+                         for s in ("train", "validation", "test")])
+model = worker_model("bench", open({model!r}, "rb").read())
+embed_images(model, images[:512], batch_size=256)  # warm-up: tracing, oneDNN kernels
+best = float("inf")
+for _ in range(2):
+    started = time.perf_counter()
+    embed_images(model, images, batch_size=256)
+    best = min(best, time.perf_counter() - started)
+print(json.dumps({{"slices": len(images), "seconds": best}}))
+"""
+
+SPARK = """
+import json, time
+from deepcrate.config import resolve_config
+from deepcrate.embed import embed
+from deepcrate.session import spark_session
+config = resolve_config(overrides=["spark.master=local[{cores}]", "spark.options.spark.ui.enabled=false"])
+spark = spark_session(config)
+embed(spark, warehouse={warehouse!r}, config=config)  # warm-up: Python workers, first model loads
+summary = embed(spark, warehouse={warehouse!r}, config=config)
+print(json.dumps({{"slices": summary.slices, "seconds": summary.seconds, "model_loads": summary.model_loads}}))
+"""
+
+
+def _run(code: str, *, threads: int) -> dict:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "OMP_NUM_THREADS": str(threads)}
+    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--warehouse", help="a warehouse with slices and a trained model")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args()
+    warehouse = Path(args.warehouse or Path.home() / ".cache" / "deepcrate-bench" / "train-demo" / "wh").resolve()
+    models = sorted((warehouse / "models").glob("*/model.keras"))
+    if not models:
+        print(f"{warehouse}: no trained model; run: deepcrate train --warehouse {warehouse} "
+              f"--set train.max_epochs=1", file=sys.stderr)
+        return 2
+    print(f"{warehouse}, model {models[-1].parent.name}, {os.cpu_count()} cores", flush=True)
+    results: dict = {"warehouse": str(warehouse), "model": models[-1].parent.name}
+    for threads in (1, 2):
+        bare = _run(BARE.format(threads=threads, slices=str(warehouse / "slices"), model=str(models[-1])),
+                    threads=threads)
+        results[f"bare_{threads}_thread"] = {**bare, "slices_per_s": bare["slices"] / bare["seconds"]}
+        print(f"bare model, {threads} thread(s): {results[f'bare_{threads}_thread']['slices_per_s']:.0f} slices/s",
+              flush=True)
+    for cores in (1, 2):
+        spark = _run(SPARK.format(cores=cores, warehouse=str(warehouse)), threads=1)
+        rate = spark["slices"] / spark["seconds"]
+        results[f"spark_local_{cores}"] = {**spark, "slices_per_s": rate,
+                                           "per_core_vs_bare_1_thread": rate / cores
+                                           / results["bare_1_thread"]["slices_per_s"]}
+        print(f"spark local[{cores}] (whole embed job): {rate:.0f} slices/s = "
+              f"{results[f'spark_local_{cores}']['per_core_vs_bare_1_thread']:.2f} of the bare model per core; "
+              f"model loaded {spark['model_loads']} times", flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "embed.json").write_text(json.dumps(results, indent=2))
+    print(f"written {out / 'embed.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
