@@ -15,6 +15,7 @@ together with the ``evaluation`` table.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -305,8 +306,6 @@ class _State:
 
     @classmethod
     def load(cls, run_dir: str) -> "_State":
-        import json
-
         try:
             with open(os.path.join(run_dir, "state.json"), encoding="utf-8") as stream:
                 return cls(**json.load(stream))
