@@ -225,6 +225,21 @@ def test_every_url_ends_intact_or_as_a_clear_error_and_a_rerun_downloads_nothing
     assert (first["genre"], first["artist"], first["label"], first["bpm"]) == ("house", "Ann", "L1", "124")
 
 
+def test_a_rerun_after_a_crash_before_the_manifest_keeps_the_finished_files(spark, server, tmp_path):
+    rows = [{"url": f"{server}/ok/{name}", "genre": "g"} for name in ("a.mp3", "b.mp3")]
+    manifest, audio = _manifest(tmp_path / "urls.csv", rows), tmp_path / "audio"
+    config = resolve_config(overrides=FAST)
+    acquire(spark, manifest=str(manifest), audio=str(audio), warehouse=str(tmp_path / "wh"), config=config)
+    (audio / "manifest.csv").unlink()  # as if killed after the downloads, before the manifest
+    (audio / ".partial").mkdir()
+    (audio / ".partial" / "leftover.part").write_bytes(b"half a file")
+    hits = dict(_Handler.hits)
+    again = acquire(spark, manifest=str(manifest), audio=str(audio), warehouse=str(tmp_path / "wh"), config=config)
+    assert _Handler.hits == hits and again.counts() == {"present": 2}
+    assert [d.bytes for d in again.downloads] == [len(BODIES["a.mp3"]), len(BODIES["b.mp3"])]
+    assert not (audio / ".partial").exists() and (audio / "manifest.csv").is_file()
+
+
 def test_requests_to_one_host_are_spaced_by_the_politeness_delay(spark, server, tmp_path):
     rows = [{"url": f"{server}/ok/{name}", "genre": "g"} for name in ("a.mp3", "b.mp3", "c.mp3", "d.mp3")]
     config = resolve_config(overrides=[*FAST, "acquire.per_host_delay_s=0.3"])

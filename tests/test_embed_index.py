@@ -15,10 +15,10 @@ from deepcrate.embed import embed
 from deepcrate.errors import InputError, ModelError
 from deepcrate.index import IndexSettings, build, build_index, exact_top_k, neighbours, normalise, recommendation_blocks
 from deepcrate.model import embedding_model
-from deepcrate.model_store import read_model_folder
+from deepcrate.model_store import latest_model, read_model_folder
 from deepcrate.recommend import Catalogue, Filters
 from deepcrate.session import session_conf
-from deepcrate.training import latest_model, train
+from deepcrate.training import train
 from deepcrate.warehouse import Warehouse
 from conftest import copy_warehouse
 

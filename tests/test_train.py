@@ -15,11 +15,11 @@ from deepcrate.config import resolve_config
 from deepcrate.errors import ModelError, TrainingError
 from deepcrate.evaluation import Evaluation, vote_songs
 from deepcrate.model import EMBEDDING_LAYER, OUTPUT_LAYER, build_model, embedding_model
-from deepcrate.model_store import read_model_folder
+from deepcrate.model_store import latest_model, read_model_folder
 from deepcrate.schemas import SLICES
 from deepcrate.slice_reader import SliceTable
 from deepcrate.spectrogram import SpectrogramSettings
-from deepcrate.training import latest_model, train
+from deepcrate.training import train
 from deepcrate.warehouse import Warehouse
 from conftest import copy_warehouse
 

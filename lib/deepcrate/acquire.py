@@ -347,8 +347,10 @@ class AcquireSummary:
 def acquire(spark, *, manifest: str, audio: str, warehouse: str, config: dict[str, Any]) -> AcquireSummary:
     """Download every URL of ``manifest`` into ``audio``; write ``audio/manifest.csv`` and ``downloads``.
 
-    Files an earlier run completed (listed in ``audio/manifest.csv`` for the same URL
-    and present with the recorded size) are not downloaded again. With
+    Files an earlier run completed are not downloaded again: those ``audio/manifest.csv``
+    lists for the same URL with the recorded size, and those at a URL's planned path that
+    the manifest does not list (a run killed before writing it; files only ever reach
+    their final name complete). With
     ``acquire.distributed`` the downloads run on Spark executors, which must see
     ``audio`` at the same path (shared storage).
     """
@@ -360,13 +362,18 @@ def acquire(spark, *, manifest: str, audio: str, warehouse: str, config: dict[st
     shutil.rmtree(audio_dir / PARTIAL, ignore_errors=True)  # what a killed run left half-written
     downloads = plan_downloads(read_url_manifest(manifest))
     done_before = _completed(audio_dir)
+    listed_paths = {entry["path"] for entry in done_before.values()}
     todo = []
     for item in downloads:
         if item.status:
             continue
         previous = done_before.get(item.url)
-        if previous and previous["path"] == item.path and _size(audio_dir / item.path) == previous["bytes"]:
-            item.status, item.bytes = PRESENT, previous["bytes"]
+        size = _size(audio_dir / item.path)
+        if previous and previous["path"] == item.path and size == previous["bytes"]:
+            item.status, item.bytes = PRESENT, size
+        elif not previous and item.path not in listed_paths and size:
+            # Renamed into place only when complete, but the run died before writing manifest.csv.
+            item.status, item.bytes = PRESENT, size
         else:
             todo.append(item)
     logger.info("%d URLs: %d to download, %d already present, %d refused or repeated", len(downloads), len(todo),

@@ -18,12 +18,11 @@ import pandas as pd
 from pyspark.sql import SparkSession
 
 from deepcrate.errors import WarehouseError
-from deepcrate.model_store import MODELS, ModelFolder, read_model_folder
+from deepcrate.model_store import MODELS, ModelFolder, latest_model, read_model_folder
 from deepcrate.progress import Progress
 from deepcrate.schemas import SLICE_EMBEDDINGS, SONG_EMBEDDINGS, validate
 from deepcrate.session import session_conf
 from deepcrate.spectrogram import SpectrogramSettings
-from deepcrate.training import latest_model
 from deepcrate.warehouse import Warehouse
 
 logger = logging.getLogger(__name__)

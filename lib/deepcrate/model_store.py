@@ -17,10 +17,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-from deepcrate.errors import ModelError
+from deepcrate.errors import ModelError, WarehouseError
 from deepcrate.spectrogram import SpectrogramSettings
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,14 @@ def read_model_folder(path: str) -> ModelFolder:
         raise ModelError(f"model {path}: spectrogram.json does not describe spectrogram settings: {exc}") from None
     return ModelFolder(path=path, version=os.path.basename(path.rstrip("/")), labels=labels,
                        spectrogram=spectrogram, train=train)
+
+
+def latest_model(store, *, scratch: str | None = None) -> str:
+    """The local path of the newest published model folder of a :class:`~deepcrate.warehouse.Warehouse`."""
+    versions = [v for v in store.list_folder(MODELS) if store.exists(f"{MODELS}/{v}")]
+    if not versions:
+        raise WarehouseError(f"warehouse {store.root}: no trained model; run deepcrate train first")
+    return store.local_folder(f"{MODELS}/{versions[-1]}", scratch=scratch or tempfile.mkdtemp(prefix="deepcrate-"))
 
 
 def write_json(folder: str, name: str, value: Any) -> None:

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -30,7 +29,7 @@ import yaml
 
 from deepcrate import __version__
 from deepcrate.config import config_to_yaml
-from deepcrate.errors import ConfigError, TrainingError, WarehouseError
+from deepcrate.errors import ConfigError, TrainingError
 from deepcrate.evaluation import Evaluation
 from deepcrate.model import MODEL_PRESETS, build_model
 from deepcrate.model_store import MODELS, write_json
@@ -526,11 +525,3 @@ def _publish(spark, store: Warehouse, *, version: str, model_dir: str, evaluatio
     validate(frame, table="evaluation").write.mode("overwrite").parquet(uri)
     store.write_metadata(uri, {"table": "evaluation", "model_version": version})
     store.publish(run, [f"{MODELS}/{version}", "evaluation"])
-
-
-def latest_model(store: Warehouse, *, scratch: str | None = None) -> str:
-    """The local path of the newest published model folder."""
-    versions = [v for v in store.list_folder(MODELS) if store.exists(f"{MODELS}/{v}")]
-    if not versions:
-        raise WarehouseError(f"warehouse {store.root}: no trained model; run deepcrate train first")
-    return store.local_folder(f"{MODELS}/{versions[-1]}", scratch=scratch or tempfile.mkdtemp(prefix="deepcrate-"))
