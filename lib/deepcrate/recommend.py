@@ -22,7 +22,7 @@ from deepcrate.index import INDEX, IndexSettings, load_index, neighbours, normal
 from deepcrate.model_store import MODELS, read_model_folder
 from deepcrate.slice_reader import filesystem_and_path
 from deepcrate.slicing import slice_audio_file
-from deepcrate.warehouse import to_uri
+from deepcrate.warehouse import local_path, to_uri
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class Catalogue:
         self.settings = IndexSettings.from_config(config)
         if not self.root.startswith("file:"):
             raise InputError(f"recommend reads local warehouses; copy {self.root} locally first")
-        self.local_root = "/" + self.root[len("file:"):].lstrip("/")
+        self.local_root = local_path(self.root)
         for needed, stage in (("songs", "ingest"), ("song_embeddings", "embed"), (INDEX, "index")):
             if not os.path.exists(os.path.join(self.local_root, needed, "_SUCCESS")):
                 raise WarehouseError(f"warehouse {self.root}: no {needed}; run deepcrate {stage} first")

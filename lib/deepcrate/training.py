@@ -36,7 +36,7 @@ from deepcrate.model_store import MODELS, write_json
 from deepcrate.schemas import EVALUATION, validate
 from deepcrate.slice_reader import SliceTable
 from deepcrate.spectrogram import SpectrogramSettings
-from deepcrate.warehouse import Warehouse
+from deepcrate.warehouse import Warehouse, local_path
 
 logger = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ def _work_root(store: Warehouse, settings: TrainSettings) -> str:
     if settings.work_dir:
         return os.path.abspath(os.path.expanduser(settings.work_dir))
     if store.root.startswith("file:"):
-        return "/" + store.root[len("file:"):].lstrip("/") + "/_training"
+        return local_path(store.root) + "/_training"
     digest = hashlib.sha256(store.root.encode()).hexdigest()[:12]
     return os.path.expanduser(f"~/.cache/deepcrate/training/{digest}")
 

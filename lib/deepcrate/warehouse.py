@@ -40,6 +40,11 @@ def to_uri(location: str) -> str:
     return "file:" + os.path.abspath(os.path.expanduser(location))
 
 
+def local_path(uri: str) -> str:
+    """The local path of a ``file:`` URI (``file:/x`` or ``file:///x``)."""
+    return "/" + uri[len("file:"):].lstrip("/")
+
+
 class Warehouse:
     """Tables under one root folder, published atomically.
 
@@ -125,7 +130,7 @@ class Warehouse:
         """A local path holding the published folder ``name`` (a copy when the warehouse is remote)."""
         uri = self.table_uri(name)
         if uri.startswith("file:"):
-            return "/" + uri[len("file:"):].lstrip("/")
+            return local_path(uri)
         target = os.path.join(scratch, name.replace("/", "_"))
         self._fs.copyToLocalFile(False, self._path(uri), self._path(to_uri(target)), True)
         return target
