@@ -3,8 +3,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO := demo
+PACK_ENV := build/pack-env
+ENV_ARCHIVE := dist/deepcrate-env.tar.gz
 
-.PHONY: demo test bench-ingest bench-train bench-embed bench-index clean
+.PHONY: demo test package wheel bench-ingest bench-train bench-embed bench-index bench-rebuild clean
 
 # Set up, synthesize the demo catalogue and run the main job on it.
 demo: $(BIN)/deepcrate
@@ -31,6 +33,24 @@ bench-embed: $(BIN)/deepcrate
 
 bench-index: $(BIN)/deepcrate
 	$(BIN)/python bench/index.py
+
+# What executors need on a cluster where nothing is installed (README, "On a cluster"):
+# the project as a wheel (--py-files) and its dependencies as a packed virtualenv (--archives).
+package: wheel $(ENV_ARCHIVE)
+
+wheel: $(BIN)/deepcrate
+	rm -f dist/deepcrate-*.whl
+	$(BIN)/pip wheel --quiet --no-deps --no-build-isolation --wheel-dir dist .
+	rm -rf build/lib build/bdist*
+
+# The dependencies only: the code travels as the wheel, so a code change needs no new archive.
+$(ENV_ARCHIVE): setup.py | $(BIN)/deepcrate
+	rm -rf $(PACK_ENV) && $(PYTHON) -m venv $(PACK_ENV)
+	$(PACK_ENV)/bin/pip install --quiet --upgrade pip
+	$(PACK_ENV)/bin/pip install --quiet '.[cpu]' venv-pack==0.2.0
+	$(PACK_ENV)/bin/pip uninstall --quiet --yes deepcrate pyspark py4j  # Spark puts its own on PYTHONPATH
+	rm -rf build/lib build/bdist*
+	mkdir -p dist && $(PACK_ENV)/bin/venv-pack --quiet --force -p $(PACK_ENV) -o $@
 
 $(BIN)/deepcrate: setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -357,7 +357,7 @@ def acquire(spark, *, manifest: str, audio: str, warehouse: str, config: dict[st
     settings = AcquireSettings.from_config(config)
     started = time.monotonic()
     audio_dir = Path(audio).resolve()
-    store = Warehouse(spark, warehouse, create=True)
+    store = Warehouse(spark, warehouse, create=True, table_format=config["warehouse"]["table_format"])
     audio_dir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(audio_dir / PARTIAL, ignore_errors=True)  # what a killed run left half-written
     downloads = plan_downloads(read_url_manifest(manifest))

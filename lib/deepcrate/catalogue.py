@@ -25,7 +25,8 @@ def normalise_path(uri: str) -> str:
 
 
 def list_files(spark: SparkSession, audio_uri: str) -> pd.DataFrame:
-    """Every file under ``audio_uri``, recursively: ``path`` (as Spark spells it), ``length``.
+    """Every file under ``audio_uri``, recursively: ``path`` (as Spark spells it), ``length``
+    (bytes) and ``modified`` (milliseconds since the epoch).
 
     Includes what Spark's own file listing leaves out (empty files, hidden names), so
     that those files can be reported instead of silently dropped. Local folders are
@@ -40,11 +41,11 @@ def list_files(spark: SparkSession, audio_uri: str) -> pd.DataFrame:
         root = audio_uri[len("file:") :]
         if not os.path.isdir(root):
             raise InputError(f"audio folder {audio_uri}: no such folder")
-        rows = [
-            ("file:" + os.path.join(folder, name), os.path.getsize(os.path.join(folder, name)))
-            for folder, _, names in os.walk(root)
-            for name in names
-        ]
+        rows = []
+        for folder, _, names in os.walk(root):
+            for name in names:
+                stat = os.stat(os.path.join(folder, name))
+                rows.append(("file:" + os.path.join(folder, name), stat.st_size, stat.st_mtime_ns // 1_000_000))
     else:
         jvm = spark.sparkContext._jvm
         path = jvm.org.apache.hadoop.fs.Path(audio_uri)
@@ -54,10 +55,10 @@ def list_files(spark: SparkSession, audio_uri: str) -> pd.DataFrame:
         rows, files = [], fs.listFiles(path, True)
         while files.hasNext():
             status = files.next()
-            rows.append((status.getPath().toString(), status.getLen()))
+            rows.append((status.getPath().toString(), status.getLen(), status.getModificationTime()))
     if not rows:
         raise InputError(f"audio folder {audio_uri}: holds no files")
-    return pd.DataFrame(rows, columns=["path", "length"]).sort_values("path", ignore_index=True)
+    return pd.DataFrame(rows, columns=["path", "length", "modified"]).sort_values("path", ignore_index=True)
 
 
 def skipped_by_spark(uri: str, *, audio_uri: str) -> bool:

@@ -86,6 +86,16 @@ def _parser() -> argparse.ArgumentParser:
     _add_common(recommend)
     recommend.set_defaults(run=_recommend)
 
+    rebuild = commands.add_parser("rebuild", help="the whole pipeline: ingest, train, embed, index "
+                                  "(skips stages that are up to date)")
+    rebuild.add_argument("--audio", required=True, metavar="DIR", help="folder of audio files (recursive)")
+    rebuild.add_argument("--manifest", metavar="CSV", help="labels: path,genre[,artist,title,release_date,...]")
+    rebuild.add_argument("--model", metavar="PATH_OR_VERSION",
+                         help="embed with this model (a folder or a version under WH/models) and skip training")
+    rebuild.add_argument("--force", action="store_true", help="run every stage from scratch")
+    _add_common(rebuild)
+    rebuild.set_defaults(run=_rebuild)
+
     sql = commands.add_parser("sql", help="run Spark SQL over the warehouse tables")
     sql.add_argument("query", metavar="QUERY")
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
@@ -180,6 +190,17 @@ def _index(args: argparse.Namespace) -> int:
 
     config, spark = _config_and_session(args)
     summary = build(spark, warehouse=args.warehouse, config=config)
+    print("\n".join(summary.lines()))
+    return 0
+
+
+def _rebuild(args: argparse.Namespace) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    from deepcrate.rebuild import rebuild
+
+    config, spark = _config_and_session(args)
+    summary = rebuild(spark, audio=args.audio, manifest=args.manifest, warehouse=args.warehouse, config=config,
+                      model=args.model, force=args.force)
     print("\n".join(summary.lines()))
     return 0
 

@@ -18,6 +18,7 @@ import pandas as pd
 from pyspark.sql import SparkSession
 
 from deepcrate.errors import WarehouseError
+from deepcrate.faults import fail_if_injected
 from deepcrate.model_store import MODELS, ModelFolder, latest_model, read_model_folder
 from deepcrate.progress import Progress
 from deepcrate.schemas import SLICE_EMBEDDINGS, SONG_EMBEDDINGS, validate
@@ -39,13 +40,15 @@ class EmbedSummary:
     model_loads: int
     seconds: float  # the whole job
     pass_seconds: float  # reading, embedding and writing the slices (no set-up, no per-song means)
+    embedded: int = 0  # slices this run embedded (fewer than ``slices`` when incremental)
 
     def lines(self) -> list[str]:
+        kept = f" ({self.slices - self.embedded} kept from the last run)" if self.embedded < self.slices else ""
         return [
-            f"embedded {self.slices} slices of {self.songs} songs with model {self.model_version} "
-            f"in {self.seconds:.1f} s ({self.slices / max(self.seconds, 1e-9):.0f} slices/s; "
-            f"the model was loaded {self.model_loads} times, once per Python worker)",
-            "tables: slice_embeddings, song_embeddings",
+            f"embedded {self.embedded} slices with model {self.model_version} in {self.seconds:.1f} s "
+            f"({self.embedded / max(self.seconds, 1e-9):.0f} slices/s; the model was loaded "
+            f"{self.model_loads} times, once per Python worker)",
+            f"tables: slice_embeddings ({self.slices} slices{kept}), song_embeddings ({self.songs} songs)",
         ]
 
 
@@ -62,10 +65,26 @@ def open_model(store: Warehouse, model: str | None) -> ModelFolder:
                          f"(has: {', '.join(versions) or 'none'})")
 
 
-def embed(spark: SparkSession, *, warehouse: str, config: dict[str, Any], model: str | None = None) -> EmbedSummary:
+def embed(
+    spark: SparkSession,
+    *,
+    warehouse: str,
+    config: dict[str, Any],
+    model: str | None = None,
+    incremental: bool = False,
+    fingerprint: str | None = None,
+) -> EmbedSummary:
     """Write ``slice_embeddings`` and ``song_embeddings`` for every slice of ``WH/slices``.
 
     Songs of every split, labelled or not, are embedded.
+
+    Parameters
+    ----------
+    incremental : bool
+        When the published embeddings come from the same model, keep those of songs
+        still in ``songs`` and embed only the songs that have none.
+    fingerprint : str, optional
+        Stored in the tables' metadata (the rebuild job's record of its inputs).
 
     Raises
     ------
@@ -73,7 +92,7 @@ def embed(spark: SparkSession, *, warehouse: str, config: dict[str, Any], model:
         When the model was trained on other spectrogram settings than the slices'.
     """
     started = time.monotonic()
-    store = Warehouse(spark, warehouse)
+    store = Warehouse(spark, warehouse, table_format=config["warehouse"]["table_format"])
     if not store.exists("slices"):
         raise WarehouseError(f"warehouse {store.root}: no slices table; run deepcrate ingest first")
     folder = open_model(store, model)
@@ -89,7 +108,16 @@ def embed(spark: SparkSession, *, warehouse: str, config: dict[str, Any], model:
                               batch_size=batch_size, loads=loads, done=done)
 
     slices = store.read("slices").select("song_id", "slice_idx", "spectrogram")
-    total = int(store.read("songs").agg({"n_slices": "sum"}).first()[0] or 0)
+    songs = store.read("songs").select("song_id", "n_slices")
+    kept = _embeddings_to_keep(store, version=folder.version, songs=songs) if incremental else None
+    if kept is not None:
+        kept_slices, kept_songs = kept
+        kept_ids = kept_songs.select("song_id")
+        slices = slices.join(kept_ids, "song_id", "left_anti")
+        songs = songs.join(kept_ids, "song_id", "left_anti")
+    total = int(songs.agg({"n_slices": "sum"}).first()[0] or 0)
+    if kept is not None:
+        logger.info("incremental embed: %d songs kept, %d slices to embed", kept_ids.count(), total)
     run = store.begin_run()
     slice_uri = store.staging_uri(run, "slice_embeddings")
     pass_started = time.monotonic()
@@ -97,27 +125,44 @@ def embed(spark: SparkSession, *, warehouse: str, config: dict[str, Any], model:
             Progress(label="slices embedded", total=total, done=lambda: done.value,
                      interval_s=float(config["embed"]["progress_interval_s"])):
         frame = slices.mapInPandas(embed_batches, schema=SLICE_EMBEDDINGS)
+        if kept is not None:
+            frame = kept_slices.unionByName(frame)
         validate(frame, table="slice_embeddings").write.mode("overwrite").parquet(slice_uri)
     pass_seconds = time.monotonic() - pass_started
     logger.info("slice embeddings written in %.1f s", pass_seconds)
-    store.write_metadata(slice_uri, {"table": "slice_embeddings", "model_version": folder.version,
-                                     "labels": folder.labels})
+    metadata = {"model_version": folder.version, "labels": folder.labels, "fingerprint": fingerprint}
+    store.write_metadata(slice_uri, {"table": "slice_embeddings", **metadata})
 
     labels, version = list(folder.labels), folder.version
-    songs_frame = (
-        spark.read.parquet(slice_uri)
-        .groupBy("song_id")
-        .applyInPandas(lambda group: _song_vector(group, labels=labels, version=version), schema=SONG_EMBEDDINGS)
-    )
+    new_slices = spark.read.parquet(slice_uri)
+    if kept is not None:
+        new_slices = new_slices.join(kept_ids, "song_id", "left_anti")
+    songs_frame = new_slices.groupBy("song_id").applyInPandas(
+        lambda group: _song_vector(group, labels=labels, version=version), schema=SONG_EMBEDDINGS)
+    if kept is not None:
+        songs_frame = kept_songs.unionByName(songs_frame)
     song_uri = store.staging_uri(run, "song_embeddings")
     validate(songs_frame, table="song_embeddings").write.mode("overwrite").parquet(song_uri)
-    store.write_metadata(song_uri, {"table": "song_embeddings", "model_version": version, "labels": labels})
+    store.write_metadata(song_uri, {"table": "song_embeddings", **metadata})
     logger.info("song embeddings written in %.1f s", time.monotonic() - pass_started - pass_seconds)
     n_slices = spark.read.parquet(slice_uri).count()
     n_songs = spark.read.parquet(song_uri).count()
     store.publish(run, ["slice_embeddings", "song_embeddings"])
     return EmbedSummary(model_version=version, slices=n_slices, songs=n_songs, model_loads=loads.value,
-                        seconds=time.monotonic() - started, pass_seconds=pass_seconds)
+                        seconds=time.monotonic() - started, pass_seconds=pass_seconds, embedded=total)
+
+
+def _embeddings_to_keep(store: Warehouse, *, version: str, songs):
+    """(slice_embeddings, song_embeddings) of the published songs still in ``songs``, or None."""
+    names = ("slice_embeddings", "song_embeddings")
+    if not all(store.exists(n) for n in names):
+        return None
+    previous = store.metadata("song_embeddings").get("model_version")
+    if previous != version:
+        logger.info("embedding every song: the published embeddings come from model %s", previous)
+        return None
+    current = songs.select("song_id")
+    return tuple(store.read(n).join(current, "song_id", "left_semi") for n in names)
 
 
 def worker_model(version: str, payload: bytes | Any, *, loads: Any = None):
@@ -189,6 +234,7 @@ def _embedder(payload, *, version: str, shape: tuple[int, int], batch_size: int,
                 "embedding": list(embeddings),
                 "genre_probabilities": list(probabilities),
             })
+            fail_if_injected("embed")
 
     return embed_batches
 

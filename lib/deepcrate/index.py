@@ -246,10 +246,13 @@ def recommendation_blocks(
                        schema=RECOMMENDATION_COLUMNS)
 
 
-def build(spark, *, warehouse: str, config: dict[str, Any]) -> IndexSummary:
-    """Index ``song_embeddings``, write ``recommendations``, publish both."""
+def build(spark, *, warehouse: str, config: dict[str, Any], fingerprint: str | None = None) -> IndexSummary:
+    """Index ``song_embeddings``, write ``recommendations``, publish both.
+
+    ``fingerprint`` is stored in ``index.json`` (the rebuild job's record of its inputs).
+    """
     settings = IndexSettings.from_config(config)
-    store = Warehouse(spark, warehouse)
+    store = Warehouse(spark, warehouse, table_format=config["warehouse"]["table_format"])
     if not store.exists("song_embeddings"):
         raise WarehouseError(f"warehouse {store.root}: no song_embeddings table; run deepcrate embed first")
     meta = store.metadata("song_embeddings")
@@ -287,7 +290,8 @@ def build(spark, *, warehouse: str, config: dict[str, Any]) -> IndexSummary:
         pq.write_table(pa.table({"song_id": pa.array(ids, pa.string())}), os.path.join(index_dir, "song_ids.parquet"))
         description = {**params, "songs": len(ids), "dim": int(vectors.shape[1]), "k": settings.k,
                        "recall_at_k": recall, "build_s": round(build_s, 3),
-                       "model_version": meta.get("model_version"), "settings": asdict(settings)}
+                       "model_version": meta.get("model_version"), "settings": asdict(settings),
+                       "fingerprint": fingerprint}
         with open(os.path.join(index_dir, "index.json"), "w", encoding="utf-8") as out:
             json.dump(description, out, indent=2)
 

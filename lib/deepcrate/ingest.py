@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -48,7 +49,8 @@ from deepcrate.catalogue import (
 from deepcrate.errors import AudioError
 from deepcrate.progress import Progress
 from deepcrate.session import session_conf
-from deepcrate.schemas import REJECTS, SONGS, validate
+from deepcrate.faults import fail_if_injected
+from deepcrate.schemas import REJECTS, SLICES, SONGS, validate
 from deepcrate.slicing import slice_audio_file
 from deepcrate.spectrogram import SpectrogramSettings
 from deepcrate.split import assign_splits
@@ -57,6 +59,10 @@ from deepcrate.warehouse import Warehouse, to_uri
 logger = logging.getLogger(__name__)
 
 TABLES = ["songs", "slices", "rejects"]
+# The ingest settings that change what a file becomes (the others only change speed).
+DECODING_KEYS = ("extensions", "max_file_mb", "max_duration_s", "truncated_ratio", "silence_dbfs")
+# What the kept songs of an incremental ingest must share with the new ones.
+_SAME_FOR_INCREMENTAL = ("audio", "spectrogram", "decoding", "split")
 
 # One row per file (slice_idx -1: the file's facts or its reject reason) and one per
 # slice (slice_idx >= 0: just the image), as the executors emit them.
@@ -88,12 +94,13 @@ class IngestSummary:
     rejects: Counter = field(default_factory=Counter)
     splits: Counter = field(default_factory=Counter)
     seconds: float = 0.0
+    decoded: int = 0  # files decoded by this run (fewer than songs + rejects when incremental)
 
     def lines(self) -> list[str]:
         rejected = sum(self.rejects.values())
         out = [
             f"ingest finished in {self.seconds:.1f} s: {self.songs} songs, {self.slices} slices, "
-            f"{rejected} rejects",
+            f"{rejected} rejects ({self.decoded} files decoded)",
             "  split: " + ", ".join(f"{k} {self.splits.get(k, 0)}" for k in ("train", "validation", "test")),
         ]
         for reason, count in sorted(self.rejects.items()):
@@ -109,10 +116,23 @@ def ingest(
     warehouse: str,
     config: dict[str, Any],
     manifest: str | None = None,
+    incremental: bool = False,
+    fingerprint: str | None = None,
 ) -> IngestSummary:
     """Decode and slice every audio file under ``audio`` into the warehouse tables.
 
     Every file under ``audio`` ends as exactly one row of ``songs`` or ``rejects``.
+
+    Parameters
+    ----------
+    incremental : bool
+        Keep the songs of the published tables whose file is still there with the same
+        size (their slices, labels from the manifest given now, and split), and decode
+        only the other files: new ones, changed ones and earlier rejects. Songs whose
+        file is gone are dropped. Falls back to a full ingest when the tables were made
+        from another folder or with other decoding, spectrogram or split settings.
+    fingerprint : str, optional
+        Stored in the tables' metadata (the rebuild job's record of its inputs).
 
     Raises
     ------
@@ -131,7 +151,7 @@ def ingest(
     )
     audio_uri = to_uri(audio)
     listing = list_files(spark, audio_uri)
-    store = Warehouse(spark, warehouse, create=True)
+    store = Warehouse(spark, warehouse, create=True, table_format=config["warehouse"]["table_format"])
     labels = read_manifest(manifest, audio_uri=audio_uri) if manifest else None
     manifest_uri = normalise_path(to_uri(manifest)) if manifest else None
     normalised = listing["path"].map(normalise_path)
@@ -151,7 +171,15 @@ def ingest(
             path, length, audio_uri=audio_uri, extensions=extensions, max_bytes=max_bytes,
             max_mb=options["max_file_mb"]))
     ]
-    to_decode = len(listing) - len(early_rejects)
+    metadata = _metadata(settings, config, audio_uri=audio_uri, fingerprint=fingerprint)
+    kept = _songs_to_keep(store, listing, metadata=metadata) if incremental else None
+    if kept is None:
+        paths, to_decode = None, len(listing) - len(early_rejects)  # the whole folder
+    else:
+        skip = {r["path"] for r in early_rejects} | set(kept["path"])
+        paths = [p for p in listing["path"] if p not in skip]
+        to_decode = len(paths)
+        logger.info("incremental ingest: %d songs kept, %d files to decode", len(kept), to_decode)
     logger.info("%s: %d files, %d to decode", audio_uri, len(listing), to_decode)
 
     run = store.begin_run()
@@ -162,15 +190,18 @@ def ingest(
         decoded = _decode(
             spark, audio_uri, out_uri=store.staging_uri(run, "decoded"), settings=settings, limits=limits,
             extensions=extensions, max_bytes=max_bytes, progress_s=options["progress_interval_s"], total=to_decode,
+            paths=paths,
         )
     # Parquet prunes the image column: reading the per-file facts back is cheap.
     headers = decoded.filter(F.col("slice_idx") < 0).drop("spectrogram").toPandas()
     logger.debug("read back %d per-file rows", len(headers))
-    songs, rejects = _songs_and_rejects(headers, labels=labels, audio_uri=audio_uri, split=config["split"])
+    songs, rejects = _songs_and_rejects(headers, labels=labels, audio_uri=audio_uri, split=config["split"],
+                                        kept=kept)
     rejects = pd.concat([rejects, pd.DataFrame(early_rejects, columns=REJECTS.names)])
+    kept_slices = store.read("slices") if kept is not None and len(kept) else None
     slices_written = _write_tables(
-        spark, store, run, decoded=decoded, songs=songs, rejects=rejects, settings=settings,
-        metadata=_metadata(settings, config, audio_uri=audio_uri),
+        spark, store, run, decoded=decoded, kept_slices=kept_slices, songs=songs, rejects=rejects,
+        settings=settings, metadata=metadata,
     )
     store.publish(run, TABLES)
     return IngestSummary(
@@ -180,7 +211,23 @@ def ingest(
         rejects=Counter(rejects["reason"]),
         splits=Counter(songs["split"]),
         seconds=time.monotonic() - started,
+        decoded=to_decode,
     )
+
+
+def _songs_to_keep(store: Warehouse, listing: pd.DataFrame, *, metadata: dict[str, Any]) -> pd.DataFrame | None:
+    """The published songs an incremental ingest keeps, or None when it must start over."""
+    if not all(store.exists(t) for t in TABLES):
+        return None
+    previous = store.metadata("songs")
+    changed = [key for key in _SAME_FOR_INCREMENTAL if previous.get(key) != metadata[key]]
+    if changed:
+        logger.info("full ingest: the published tables differ in %s", ", ".join(changed))
+        return None
+    songs = store.read("songs").toPandas()
+    sizes = dict(zip(listing["path"], listing["length"]))
+    same = [sizes.get(path) == size for path, size in zip(songs["path"], songs["size_bytes"])]
+    return songs[same].reset_index(drop=True)
 
 
 def _reject_before_decoding(
@@ -212,8 +259,11 @@ def _decode(
     max_bytes: int,
     progress_s: float,
     total: int,
+    paths: list[str] | None = None,
 ) -> DataFrame:
-    """Decode and slice every audio file on the executors into Parquet at ``out_uri``.
+    """Decode and slice the audio files on the executors into Parquet at ``out_uri``.
+
+    ``paths`` limits the work to those files; None decodes the whole folder.
 
     Written once to (staging) storage rather than cached: the per-file facts and the
     slices are then read back separately, the slices only once, and an executor lost
@@ -226,12 +276,16 @@ def _decode(
             for path, content in zip(batch["path"], batch["content"]):
                 yield decode_file(path, bytes(content), settings=settings, limits=limits)
                 files_done.add(1)
+                fail_if_injected("ingest")
 
     extension_pattern = "(" + "|".join(e.replace(".", r"\.") for e in extensions) + ")$"
+    if paths == []:
+        spark.createDataFrame([], schema=_DECODED).write.mode("overwrite").parquet(out_uri)
+        return spark.read.schema(_DECODED).parquet(out_uri)
     decoding = (
         spark.read.format("binaryFile")
         .option("recursiveFileLookup", "true")
-        .load(audio_uri)
+        .load(audio_uri if paths is None else [_literal_glob(p) for p in paths])
         .filter(F.col("length") <= max_bytes)  # pushed into the scan: big files are never read
         .filter(F.lower("path").rlike(extension_pattern))
         .select("path", "content")
@@ -240,6 +294,11 @@ def _decode(
     with Progress(label="files decoded", total=total, done=lambda: files_done.value, interval_s=progress_s):
         decoding.write.mode("overwrite").parquet(out_uri)
     return spark.read.schema(_DECODED).parquet(out_uri)
+
+
+def _literal_glob(path: str) -> str:
+    """``path`` with Hadoop's glob characters escaped: Spark globs every path it loads."""
+    return re.sub(r"([\\\[\]{}*?])", r"\\\1", path)
 
 
 def decode_file(
@@ -277,16 +336,28 @@ def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def _songs_and_rejects(
-    headers: pd.DataFrame, *, labels: pd.DataFrame | None, audio_uri: str, split: dict[str, Any]
+    headers: pd.DataFrame,
+    *,
+    labels: pd.DataFrame | None,
+    audio_uri: str,
+    split: dict[str, Any],
+    kept: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Turn per-file results into song rows (deduplicated, labelled, split) and rejects."""
+    """Turn per-file results into song rows (deduplicated, labelled, split) and rejects.
+
+    ``kept`` are songs of an earlier ingest: they keep their path and split, and a
+    decoded file with the same content is their duplicate.
+    """
+    kept = kept if kept is not None else pd.DataFrame(columns=SONGS.names)
     headers = headers.sort_values("path", ignore_index=True)
     failed = headers[headers["reason"].notna()]
     decoded = headers[headers["reason"].isna()].copy()
-    # Identical bytes are one song: the first path (sorted) keeps it, the rest are rejects.
+    # Identical bytes are one song: a kept song, else the first path (sorted), keeps it.
     first_path = decoded.groupby("content_sha256")["path"].transform("first")
+    kept_path = decoded["content_sha256"].map(dict(zip(kept["content_sha256"], kept["path"])))
+    first_path = kept_path.fillna(first_path)
     duplicates = decoded[decoded["path"] != first_path]
-    songs = decoded[decoded["path"] == first_path].copy()
+    new = decoded[decoded["path"] == first_path].copy()
     rejects = pd.concat([
         failed[["path", "reason", "message"]],
         pd.DataFrame({
@@ -298,26 +369,36 @@ def _songs_and_rejects(
         }),
     ], ignore_index=True)
 
-    songs["song_id"] = songs["content_sha256"].str[:16]
-    keys = songs["path"].map(normalise_path)
-    if labels is not None:
-        found = keys.isin(labels.index)
-        if (~found).any():
-            logger.warning("%d songs are not in the manifest and stay unlabelled (first: %s)",
-                           int((~found).sum()), songs.loc[~found, "path"].iloc[0])
-        attached = labels.reindex(keys)
-        attached.index = songs.index
-        songs = songs.join(attached)
-    else:
-        songs["genre"] = [folder_genre(p, audio_uri=audio_uri) for p in songs["path"]]
-        for column in LABEL_COLUMNS[1:]:
-            songs[column] = None
-    songs["split"] = assign_splits(
-        songs, train=split["train"], validation=split["validation"], test=split["test"], seed=split["seed"]
+    new["song_id"] = new["content_sha256"].str[:16]
+    new = _attach_labels(new, labels=labels, audio_uri=audio_uri)
+    # Only new songs are drawn: a kept song moving split would leak into a trained model's test.
+    new["split"] = assign_splits(
+        new, train=split["train"], validation=split["validation"], test=split["test"], seed=split["seed"]
     )
+    computed = [c for c in SONGS.names if c not in LABEL_COLUMNS]
+    kept = _attach_labels(kept[computed].copy(), labels=labels, audio_uri=audio_uri)
+    songs = pd.concat([kept, new], ignore_index=True) if len(kept) else new
     extras = [c for c in songs.columns if c not in SONGS.names and c not in _DECODED.names]
     songs = songs[SONGS.names + extras].sort_values("song_id", ignore_index=True)
     return songs, rejects
+
+
+def _attach_labels(songs: pd.DataFrame, *, labels: pd.DataFrame | None, audio_uri: str) -> pd.DataFrame:
+    """Songs with genre, artist, title, release_date and extras from the manifest or the folders."""
+    songs = songs.drop(columns=[c for c in LABEL_COLUMNS if c in songs.columns])
+    if labels is None:
+        songs["genre"] = [folder_genre(p, audio_uri=audio_uri) for p in songs["path"]]
+        for column in LABEL_COLUMNS[1:]:
+            songs[column] = None
+        return songs
+    keys = songs["path"].map(normalise_path)
+    found = keys.isin(labels.index)
+    if (~found).any():
+        logger.warning("%d songs are not in the manifest and stay unlabelled (first: %s)",
+                       int((~found).sum()), songs.loc[~found, "path"].iloc[0])
+    attached = labels.reindex(keys)
+    attached.index = songs.index
+    return songs.join(attached)
 
 
 def _write_tables(
@@ -326,6 +407,7 @@ def _write_tables(
     run: str,
     *,
     decoded: DataFrame,
+    kept_slices: DataFrame | None,
     songs: pd.DataFrame,
     rejects: pd.DataFrame,
     settings: SpectrogramSettings,
@@ -337,16 +419,20 @@ def _write_tables(
     songs_df = spark.createDataFrame(_records(songs, songs_schema), schema=songs_schema)
     rejects_df = spark.createDataFrame(_records(rejects.sort_values("path"), REJECTS), schema=REJECTS)
     keys_schema = StructType([SONGS["path"], SONGS["song_id"], SONGS["genre"], SONGS["split"]])
-    song_keys = spark.createDataFrame(_records(songs, keys_schema), schema=keys_schema)
+    song_keys = F.broadcast(spark.createDataFrame(_records(songs, keys_schema), schema=keys_schema))
     slices_df = (
         decoded.filter(F.col("slice_idx") >= 0)
-        .join(F.broadcast(song_keys), "path")  # drops duplicates' and rejects' rows
+        .join(song_keys, "path")  # drops duplicates' and rejects' rows
         .select(
             "song_id", "slice_idx",
             (F.col("slice_idx") * F.lit(settings.slice_seconds)).alias("offset_s"),
             "genre", "split", "spectrogram",
         )  # already in file then slice order, as decoded: no sort needed
     )
+    if kept_slices is not None:
+        # Kept songs' images are copied, not decoded again; labels may have changed.
+        kept_df = kept_slices.drop("genre", "split").join(song_keys.drop("path"), "song_id")
+        slices_df = kept_df.select(*SLICES.names).unionByName(slices_df)
     frames = {"songs": songs_df.coalesce(1), "slices": slices_df, "rejects": rejects_df.coalesce(1)}
     for name, frame in frames.items():
         started = time.monotonic()
@@ -357,13 +443,18 @@ def _write_tables(
     return int(songs["n_slices"].sum()) if len(songs) else 0
 
 
-def _metadata(settings: SpectrogramSettings, config: dict[str, Any], *, audio_uri: str) -> dict[str, Any]:
+def _metadata(
+    settings: SpectrogramSettings, config: dict[str, Any], *, audio_uri: str, fingerprint: str | None
+) -> dict[str, Any]:
+    options = config["ingest"]
     return {
         "deepcrate_version": __version__,
         "audio": audio_uri,
         "spectrogram": settings.to_dict(),
-        "ingest": config["ingest"],
+        "ingest": options,
+        "decoding": {key: options[key] for key in DECODING_KEYS},
         "split": config["split"],
+        "fingerprint": fingerprint,
     }
 
 

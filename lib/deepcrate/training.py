@@ -104,6 +104,7 @@ def train(
     config: dict[str, Any],
     resume: bool = False,
     callbacks: Sequence[Any] = (),
+    fingerprint: str | None = None,
 ) -> TrainResult:
     """Train, evaluate and publish a model from ``WH/slices``.
 
@@ -119,6 +120,9 @@ def train(
         Continue the newest unfinished run in the work folder (with that run's config).
     callbacks : sequence of keras.callbacks.Callback
         Extra callbacks, run after the checkpoint of each epoch is written.
+    fingerprint : str, optional
+        Stored in a new run's state and its model's ``train.json`` (the rebuild job's
+        record of its inputs).
 
     Raises
     ------
@@ -126,7 +130,7 @@ def train(
         No run to resume, no usable train split, a single genre, genres missing from
         the validation split, or a slices table made with other spectrogram settings.
     """
-    store = Warehouse(spark, warehouse)
+    store = Warehouse(spark, warehouse, table_format=config["warehouse"]["table_format"])
     work_root = _work_root(store, TrainSettings.from_config(config))
     if resume:
         run_dir, config = _unfinished_run(work_root, given=config)
@@ -138,7 +142,7 @@ def train(
     counts = table.genre_counts()
     labels = _check_splits(counts, uri=table.uri)
     if run_dir is None:
-        run_dir = _new_run(work_root, settings, config)
+        run_dir = _new_run(work_root, settings, config, fingerprint=fingerprint)
     version = os.path.basename(run_dir)
 
     import tensorflow as tf
@@ -259,7 +263,20 @@ def _work_root(store: Warehouse, settings: TrainSettings) -> str:
     return os.path.expanduser(f"~/.cache/deepcrate/training/{digest}")
 
 
-def _new_run(work_root: str, settings: TrainSettings, config: dict[str, Any]) -> str:
+def can_resume(store: Warehouse, config: dict[str, Any], *, fingerprint: str) -> bool:
+    """Whether ``resume=True`` would continue an interrupted run started with ``fingerprint``."""
+    runs = _runs_in(_work_root(store, TrainSettings.from_config(config)))
+    return bool(runs) and _State.load(runs[-1]).fingerprint == fingerprint
+
+
+def _runs_in(work_root: str) -> list[str]:
+    if not os.path.isdir(work_root):
+        return []
+    return sorted(os.path.join(work_root, d) for d in os.listdir(work_root)
+                  if os.path.isfile(os.path.join(work_root, d, "state.json")))
+
+
+def _new_run(work_root: str, settings: TrainSettings, config: dict[str, Any], *, fingerprint: str | None) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     base = os.path.join(work_root, f"{stamp}-{settings.model}")
     run_dir, n = base, 1
@@ -269,16 +286,15 @@ def _new_run(work_root: str, settings: TrainSettings, config: dict[str, Any]) ->
     os.makedirs(run_dir)
     with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as out:
         out.write(config_to_yaml(config) + "\n")
-    _State().save(run_dir)
+    _State(fingerprint=fingerprint).save(run_dir)
     return run_dir
 
 
 def _unfinished_run(work_root: str, *, given: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    runs = sorted(d for d in (os.listdir(work_root) if os.path.isdir(work_root) else [])
-                  if os.path.isfile(os.path.join(work_root, d, "state.json")))
+    runs = _runs_in(work_root)
     if not runs:
         raise TrainingError(f"nothing to resume: no unfinished training run in {work_root}")
-    run_dir = os.path.join(work_root, runs[-1])
+    run_dir = runs[-1]
     try:
         with open(os.path.join(run_dir, "config.yaml"), encoding="utf-8") as stream:
             config = yaml.safe_load(stream)
@@ -302,6 +318,7 @@ class _State:
     wait: int = 0
     stopped_early: bool = False
     finished: bool = False
+    fingerprint: str | None = None  # the rebuild job's record of the run's inputs
 
     @classmethod
     def load(cls, run_dir: str) -> "_State":
@@ -510,6 +527,7 @@ def _write_model_folder(model_dir: str, *, run_dir: str, labels, spectrogram: Sp
         "audio": slices_meta.get("audio"),
         "split": slices_meta.get("split"),
         "slices": {split: _total(counts, split, labels) for split in ("train", "validation", "test")},
+        "fingerprint": state.fingerprint,
     })
     plot_confusion(os.path.join(model_dir, "confusion.png"), matrix=evaluation.confusion, labels=labels,
                    title=f"{version}: test songs (song accuracy "

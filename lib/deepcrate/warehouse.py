@@ -11,6 +11,11 @@ renames. A crash before ``_PUBLISH`` leaves the published tables untouched (the 
 job deletes the half-written run); a crash during the renames is rolled forward by
 the next job. File-system calls go through Hadoop's FileSystem API, so the same code
 serves local folders, HDFS and object stores. One job writes to a warehouse at a time.
+
+With ``table_format="delta"`` every staged table is converted to Delta in place
+(``CONVERT TO DELTA``) before it is published. Each published table is then one Delta
+commit whose files are exactly the Parquet files in its folder, so readers that
+open the Parquet files directly (training, the index) see the same rows as Spark.
 """
 from __future__ import annotations
 
@@ -29,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 METADATA_FILE = "_deepcrate.json"
 NOT_TABLES = {"models", "index"}  # folders of the warehouse that hold files, not a table
+TABLE_FORMATS = ("parquet", "delta")
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 _STAGING = "_staging"
 _PUBLISH = "_PUBLISH"
 
@@ -55,11 +62,24 @@ class Warehouse:
         A local path or a Hadoop URI (``hdfs://``, ``s3a://``...).
     create : bool
         Create the folder when missing (writers); readers want ``False``.
+    table_format : {"parquet", "delta"}
+        The format tables are published in (``warehouse.table_format``).
+
+    Raises
+    ------
+    WarehouseError
+        When the folder is missing or not writable, or Delta is asked for without its jars.
     """
 
-    def __init__(self, spark: SparkSession, root: str, *, create: bool = False) -> None:
+    def __init__(self, spark: SparkSession, root: str, *, create: bool = False,
+                 table_format: str = "parquet") -> None:
         self.spark = spark
         self.root = to_uri(root)
+        if table_format not in TABLE_FORMATS:
+            raise WarehouseError(f"warehouse.table_format must be one of {TABLE_FORMATS}, got {table_format!r}")
+        if table_format == "delta":
+            check_delta(spark)
+        self.table_format = table_format
         jvm = spark.sparkContext._jvm
         self._path = jvm.org.apache.hadoop.fs.Path
         try:
@@ -91,6 +111,9 @@ class Warehouse:
     def read(self, name: str) -> DataFrame:
         if not self._exists(f"{self.root}/{name}/_SUCCESS"):
             raise WarehouseError(f"warehouse {self.root}: no table {name!r} (has: {self.tables()})")
+        if self._exists(f"{self.root}/{name}/_delta_log"):
+            check_delta(self.spark)
+            return self.spark.read.format("delta").load(self.table_uri(name))
         return self.spark.read.parquet(self.table_uri(name))
 
     def register(self) -> list[str]:
@@ -151,6 +174,10 @@ class Warehouse:
         for name in names:
             if not self._exists(f"{self.staging_uri(run, name)}/_SUCCESS"):
                 raise WarehouseError(f"run {run}: table {name} was not written completely")
+        if self.table_format == "delta":
+            for name in names:
+                if name.split("/")[0] not in NOT_TABLES:
+                    self.spark.sql(f"CONVERT TO DELTA parquet.`{self.staging_uri(run, name)}`")
         self._write_text(f"{self.root}/{_STAGING}/{run}/{_PUBLISH}", json.dumps(names))
         self._roll_forward(run, names)
         logger.info("published %s to %s", ", ".join(names), self.root)
@@ -209,6 +236,27 @@ class Warehouse:
         finally:
             stream.close()
         return bytes(data).decode("utf-8")
+
+
+def check_delta(spark: SparkSession) -> None:
+    """Raise a :class:`WarehouseError` saying what to add when Delta Lake is not usable."""
+    extensions = spark.conf.get("spark.sql.extensions", "") or ""
+    try:
+        spark.sparkContext._jvm.java.lang.Class.forName(DELTA_EXTENSION)
+        has_jars = True
+    except Exception:  # py4j wraps ClassNotFoundException
+        has_jars = False
+    if has_jars and DELTA_EXTENSION in extensions:
+        return
+    missing = "the Delta Lake jars are not on Spark's classpath" if not has_jars else \
+        f"spark.sql.extensions does not name {DELTA_EXTENSION}"
+    raise WarehouseError(
+        f"warehouse.table_format is delta but {missing}. Add them to the job, e.g. spark-submit "
+        f"--packages io.delta:delta-spark_2.13:<the version for Spark {spark.version}> (or --jars "
+        f"delta-spark_2.13-<v>.jar,delta-storage-<v>.jar) --conf spark.sql.extensions={DELTA_EXTENSION} "
+        f"--conf spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog; "
+        f"or keep the default, warehouse.table_format: parquet"
+    )
 
 
 def _java_message(exc: Exception) -> str:

@@ -1,0 +1,188 @@
+"""The rebuild job: all stages, skipping what is up to date, incremental, faults, bad input."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as ds
+import pytest
+
+from deepcrate.cli import main
+from deepcrate.config import resolve_config
+from deepcrate.demo import write_demo_catalogue
+from deepcrate.errors import InputError, ModelError, WarehouseError
+from deepcrate.faults import INJECT_FAILURE
+from deepcrate.rebuild import rebuild
+from conftest import make_signal, write_audio
+
+FAST = ["--set", "train.max_epochs=2", "--set", "train.batch_size=16", "--set", "train.shuffle_buffer=64"]
+TABLES = ["songs", "slices", "rejects", "slice_embeddings", "song_embeddings", "recommendations"]
+KEYS = {"songs": ["song_id"], "slices": ["song_id", "slice_idx"], "rejects": ["path"],
+        "slice_embeddings": ["song_id", "slice_idx"], "song_embeddings": ["song_id"],
+        "recommendations": ["song_id", "rank"]}
+
+
+def snapshot(wh, *, drop=()) -> dict[str, pd.DataFrame]:
+    """Every table as a frame sorted by its key; vectors and maps become float arrays."""
+    tables = {}
+    for name in TABLES:
+        frame = ds.dataset(str(wh / name), format="parquet").to_table().to_pandas()
+        for column in frame.columns:
+            if frame[column].map(lambda v: isinstance(v, (np.ndarray, list))).any():
+                frame[column] = frame[column].map(lambda v: np.asarray(
+                    [p[1] for p in v] if len(v) and isinstance(v[0], tuple) else v, dtype=np.float64))
+        frame = frame.drop(columns=[c for c in drop if c in frame.columns])
+        tables[name] = frame.sort_values(KEYS[name], ignore_index=True)
+    return tables
+
+
+def assert_same_tables(a: dict[str, pd.DataFrame], b: dict[str, pd.DataFrame]) -> None:
+    """Equal rows; vectors equal to 1e-5 (TensorFlow on CPU is not bit-exact across batch sizes)."""
+    for name in TABLES:
+        vectors = [c for c in a[name].columns if len(a[name]) and isinstance(a[name][c].iloc[0], np.ndarray)]
+        pd.testing.assert_frame_equal(a[name].drop(columns=vectors), b[name].drop(columns=vectors),
+                                      check_dtype=False, obj=name)
+        for column in vectors:
+            np.testing.assert_allclose(np.stack(a[name][column]), np.stack(b[name][column]), atol=1e-5,
+                                       err_msg=f"{name}.{column}")
+
+
+@pytest.fixture(scope="module")
+def rebuilt(spark, tmp_path_factory):  # spark first: the CLI must find the retrying test session
+    """A demo catalogue (7 genres x 5 songs x 11 s, one bad file) rebuilt from scratch with the CLI."""
+    root = tmp_path_factory.mktemp("rebuild")
+    manifest = write_demo_catalogue(root / "audio", songs_per_genre=5, seconds=11.0, seed=5)
+    (root / "audio" / "trance" / "broken.mp3").write_bytes(b"not audio")
+    args = ["rebuild", "--audio", str(root / "audio"), "--manifest", str(manifest), "--warehouse", str(root / "wh")]
+    return root, manifest, args
+
+
+def test_rebuild_runs_every_stage_then_skips_them_all(rebuilt, capsys):
+    root, _, args = rebuilt
+    assert main(args + FAST) == 0
+    out = capsys.readouterr().out
+    assert "35 songs, 70 slices, 1 rejects" in out
+    for stage in ("ingest", "train", "embed", "index"):
+        assert f"  {stage:<7} ran" in out
+    assert "rejected, not_audio: 1" in out and "test song accuracy" in out and "deepcrate sql" in out
+    for name in TABLES + ["evaluation"]:
+        assert (root / "wh" / name / "_SUCCESS").exists(), name
+    recommendations = ds.dataset(str(root / "wh" / "recommendations")).to_table().to_pandas()
+    assert recommendations["song_id"].nunique() == 35 and (recommendations["song_id"] != recommendations["neighbor_id"]).all()
+    before = snapshot(root / "wh")
+
+    assert main(args + FAST) == 0  # the same inputs: nothing to do
+    out = capsys.readouterr().out
+    for stage in ("ingest", "train", "embed", "index"):
+        assert f"  {stage:<7} skipped" in out
+    assert len(list((root / "wh" / "models").iterdir())) == 1
+    assert_same_tables(before, snapshot(root / "wh"))
+
+
+def test_rebuilding_twice_from_scratch_gives_identical_tables(spark, rebuilt, tmp_path):
+    root, manifest, _ = rebuilt
+    model = next((root / "wh" / "models").iterdir())
+    config = resolve_config()
+    kwargs = dict(audio=str(root / "audio"), manifest=str(manifest), warehouse=str(tmp_path / "wh"),
+                  config=config, model=str(model))
+    first = rebuild(spark, **kwargs, force=True)
+    tables = snapshot(tmp_path / "wh")
+    second = rebuild(spark, **kwargs, force=True)
+    assert [s.status for s in first.stages] == [s.status for s in second.stages] == ["ran", "given", "ran", "ran"]
+    assert_same_tables(tables, snapshot(tmp_path / "wh"))
+    assert_same_tables(tables, snapshot(root / "wh"))  # the CLI's run, with training, embeds the same way
+
+
+def test_adding_songs_ingests_and_embeds_only_them(spark, rebuilt, tmp_path, capsys):
+    root, _, _ = rebuilt
+    audio, wh = tmp_path / "audio", tmp_path / "wh"
+    shutil.copytree(root / "audio", audio)
+    model = next((root / "wh" / "models").iterdir())
+    args = ["rebuild", "--audio", str(audio), "--manifest", str(audio / "manifest.csv"), "--warehouse", str(wh),
+            "--model", str(model)]
+    assert main(args) == 0
+    before = ds.dataset(str(wh / "songs")).to_table().to_pandas().set_index("song_id")["split"]
+    capsys.readouterr()
+    # Two new songs (with glob characters in their names), one song removed.
+    write_audio(audio / "trance" / "new [live] {1}.mp3", make_signal(11, seed=40))
+    write_audio(audio / "rock_indie" / "new*2.mp3", make_signal(11, seed=41))
+    removed = sorted((audio / "downtempo").glob("*.mp3"))[0]
+    removed.unlink()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "36 songs, 72 slices, 1 rejects" in out
+    assert "3 files decoded" in out  # the two new ones and the earlier reject, which may have been fixed
+    assert "4 slices embedded" in out and "index   ran" in out
+    songs = ds.dataset(str(wh / "songs")).to_table().to_pandas()
+    assert not songs["path"].str.endswith(removed.name).any()
+    new = songs[songs["path"].str.contains("new")]
+    assert len(new) == 2 and new["genre"].isna().all()  # not in the manifest: unlabelled
+    kept = songs[~songs["path"].str.contains("new")].set_index("song_id")["split"]
+    assert (kept == before.reindex(kept.index)).all()
+
+    # The same catalogue rebuilt from scratch with the same model: the same tables,
+    # except the split, which an incremental ingest keeps for the songs it already had.
+    rebuild(spark, audio=str(audio), manifest=str(audio / "manifest.csv"), warehouse=str(tmp_path / "full"),
+            config=resolve_config(), model=str(model), force=True)
+    assert_same_tables(snapshot(wh, drop=["split"]), snapshot(tmp_path / "full", drop=["split"]))
+
+
+def test_a_task_that_fails_mid_stage_is_retried_without_duplicates(spark, rebuilt, tmp_path):
+    root, manifest, _ = rebuilt
+    model = next((root / "wh" / "models").iterdir())
+    context = spark.sparkContext
+    context.setJobGroup("fault-injection", "rebuild with failing first attempts")
+    context.setLocalProperty(INJECT_FAILURE, "ingest,embed")
+    try:
+        summary = rebuild(spark, audio=str(root / "audio"), manifest=str(manifest), warehouse=str(tmp_path / "wh"),
+                          config=resolve_config(overrides=["embed.batch_size=4"]), model=str(model))
+    finally:
+        context.setLocalProperty(INJECT_FAILURE, None)
+        context.setLocalProperty("spark.jobGroup.id", None)
+    tracker = context.statusTracker()
+    stages = [s for j in tracker.getJobIdsForGroup("fault-injection") for s in tracker.getJobInfo(j).stageIds]
+    failed = sum(tracker.getStageInfo(s).numFailedTasks for s in stages if tracker.getStageInfo(s))
+    assert failed >= 2  # the decoding task and the embedding task each failed once
+    assert (summary.songs, summary.slices) == (35, 70)
+    tables = snapshot(tmp_path / "wh")
+    for name in ("slices", "slice_embeddings"):
+        assert not tables[name].duplicated(["song_id", "slice_idx"]).any()
+    assert_same_tables(tables, snapshot(root / "wh"))
+
+
+def test_bad_input_fails_before_any_work(spark, rebuilt, tmp_path):
+    root, manifest, _ = rebuilt
+    config = resolve_config()
+    with pytest.raises(InputError, match="no such folder"):
+        rebuild(spark, audio=str(tmp_path / "missing"), warehouse=str(tmp_path / "wh"), config=config)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="holds no files"):
+        rebuild(spark, audio=str(tmp_path / "empty"), warehouse=str(tmp_path / "wh"), config=config)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(WarehouseError, match="not writable"):
+        rebuild(spark, audio=str(root / "audio"), warehouse=str(tmp_path / "file" / "wh"), config=config)
+    model = next((root / "wh" / "models").iterdir())
+    with pytest.raises(ModelError, match="trained on 'seed' spectrograms.*--set spectrogram.preset=seed"):
+        rebuild(spark, audio=str(root / "audio"), warehouse=str(tmp_path / "wh2"), model=str(model),
+                config=resolve_config(overrides=["spectrogram.preset=mel"]))
+    assert not (tmp_path / "wh2" / "songs").exists()
+
+
+def test_delta_without_its_jars_says_what_to_add(spark, rebuilt, tmp_path, capsys):
+    root, manifest, _ = rebuilt
+    code = main(["rebuild", "--audio", str(root / "audio"), "--warehouse", str(tmp_path / "wh"),
+                 "--set", "warehouse.table_format=delta"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "Delta Lake jars are not on Spark's classpath" in err and "io.delta:delta-spark_2.13" in err
+    assert "spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension" in err
+    assert not (tmp_path / "wh" / "songs").exists()
+
+
+def test_the_model_records_its_inputs(rebuilt):
+    root, _, _ = rebuilt
+    train = json.loads(next((root / "wh" / "models").iterdir()).joinpath("train.json").read_text())
+    songs = json.loads((root / "wh" / "songs" / "_deepcrate.json").read_text())
+    assert train["fingerprint"] and songs["fingerprint"] and train["fingerprint"] != songs["fingerprint"]
