@@ -18,8 +18,8 @@ demo: $(BIN)/deepcrate
 	$(BIN)/deepcrate recommend --warehouse $(DEMO)/warehouse -k 5 \
 	  --song "$$(ls $(DEMO)/audio/trance | head -n 1)"
 
-# Set up if needed and run the whole test suite.
-test: $(BIN)/deepcrate
+# Set up if needed and run the whole test suite (the cluster test needs the packed environment).
+test: $(BIN)/deepcrate $(ENV_ARCHIVE)
 	$(BIN)/python -m pytest tests
 
 bench-ingest: $(BIN)/deepcrate
@@ -38,10 +38,13 @@ bench-index: $(BIN)/deepcrate
 # the project as a wheel (--py-files) and its dependencies as a packed virtualenv (--archives).
 package: wheel $(ENV_ARCHIVE)
 
+# Spark puts only .zip, .egg and .jar --py-files on the executors' sys.path: the wheel
+# (a zip) is copied to dist/deepcrate.zip for that.
 wheel: $(BIN)/deepcrate
-	rm -f dist/deepcrate-*.whl
+	rm -f dist/deepcrate-*.whl dist/deepcrate.zip
 	$(BIN)/pip wheel --quiet --no-deps --no-build-isolation --wheel-dir dist .
 	rm -rf build/lib build/bdist*
+	cp dist/deepcrate-*.whl dist/deepcrate.zip
 
 # The dependencies only: the code travels as the wheel, so a code change needs no new archive.
 $(ENV_ARCHIVE): setup.py | $(BIN)/deepcrate

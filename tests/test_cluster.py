@@ -1,0 +1,127 @@
+"""jobs/rebuild.py on a real Spark standalone cluster (a master and two workers on 127.0.0.1).
+
+The executors get nothing from this checkout's virtualenv: their Python is the packed
+environment (``make package``: dist/deepcrate-env.tar.gz, shipped with --archives) and
+the code is a wheel built here (shipped with --py-files).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pyspark
+import pytest
+
+from deepcrate.demo import write_demo_catalogue
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV_ARCHIVE = ROOT / "dist" / "deepcrate-env.tar.gz"
+SPARK_HOME = Path(pyspark.__file__).parent  # the pip package is a Spark distribution too
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class StandaloneCluster:
+    """A master and workers started from the pyspark package, stopped by their PIDs."""
+
+    def __init__(self, work: Path, *, workers: int) -> None:
+        self.work, self.processes = work, []
+        self.env = {**os.environ, "SPARK_HOME": str(SPARK_HOME), "SPARK_LOCAL_IP": "127.0.0.1",
+                    "SPARK_LOG_DIR": str(work)}
+        port = free_port()
+        self.url = f"spark://127.0.0.1:{port}"
+        self._start("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+                    "--port", str(port), "--webui-port", str(free_port()))
+        for n in range(workers):
+            self._start(f"worker{n}", "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
+                        "--cores", "1", "--memory", "3g", "--webui-port", str(free_port()),
+                        "--work-dir", str(work / f"worker{n}"), self.url)
+        self._wait_for("Registering worker", count=workers, log=work / "master.log", timeout_s=120)
+
+    def _start(self, name: str, main_class: str, *args: str) -> None:
+        log = open(self.work / f"{name}.log", "w")
+        process = subprocess.Popen([str(SPARK_HOME / "bin" / "spark-class"), main_class, *args], env=self.env,
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes.append(process)
+
+    def _wait_for(self, text: str, *, count: int, log: Path, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while log.read_text().count(text) < count:
+            if time.monotonic() > deadline or any(p.poll() is not None for p in self.processes):
+                self.stop()
+                raise RuntimeError(f"the cluster did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    (tmp_path / "cluster").mkdir()
+    started = StandaloneCluster(tmp_path / "cluster", workers=2)
+    yield started
+    started.stop()
+    assert all(p.poll() is not None for p in started.processes)
+
+
+def test_spark_submit_rebuild_on_a_standalone_cluster_with_the_packed_environment(cluster, tmp_path):
+    if not ENV_ARCHIVE.is_file():
+        pytest.fail(f"{ENV_ARCHIVE} is missing: run `make package` (make test does)")
+    # The code as a wheel, built now so that the executors run this checkout.
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--wheel-dir", str(tmp_path / "dist"), str(ROOT)], check=True, cwd=tmp_path)
+    wheel = next((tmp_path / "dist").glob("deepcrate-*.whl"))
+    code = shutil.copyfile(wheel, tmp_path / "dist" / "deepcrate.zip")  # Spark imports .zip py-files only
+    manifest = write_demo_catalogue(tmp_path / "audio", songs_per_genre=5, seconds=11.0, seed=2)
+    (tmp_path / "audio" / "trance" / "broken.mp3").write_bytes(b"not audio")
+
+    command = [
+        str(SPARK_HOME / "bin" / "spark-submit"), "--master", cluster.url,
+        "--archives", f"{ENV_ARCHIVE}#env", "--py-files", str(code),
+        "--conf", "spark.pyspark.python=./env/bin/python",
+        "--conf", f"spark.pyspark.driver.python={sys.executable}",
+        "--conf", "spark.executor.memory=2g", "--conf", "spark.ui.enabled=false",
+        str(ROOT / "jobs" / "rebuild.py"), "--audio", str(tmp_path / "audio"), "--manifest", str(manifest),
+        "--warehouse", str(tmp_path / "wh"), "--conf", str(ROOT / "conf" / "cluster.yaml"),
+        "--set", "train.max_epochs=2",
+    ]
+    env = {k: v for k, v in cluster.env.items() if k not in ("PYSPARK_PYTHON", "PYTHONPATH")}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=540, cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert f"master {cluster.url}" in output
+    assert "35 songs, 70 slices, 1 rejects" in output and "rejected, not_audio: 1" in output
+    for stage in ("ingest", "train", "embed", "index"):
+        assert f"  {stage:<7} ran" in output
+
+    songs = ds.dataset(str(tmp_path / "wh" / "songs")).to_table().to_pandas()
+    embeddings = ds.dataset(str(tmp_path / "wh" / "slice_embeddings")).to_table().to_pandas()
+    recommendations = ds.dataset(str(tmp_path / "wh" / "recommendations")).to_table().to_pandas()
+    assert len(songs) == 35 and songs["genre"].nunique() == 7
+    assert len(embeddings) == 70 and not embeddings.duplicated(["song_id", "slice_idx"]).any()
+    assert set(recommendations["song_id"]) == set(songs["song_id"])
+    assert (recommendations.groupby("song_id").size() == 10).all()
+    # Both executors ran in the unpacked environment, not in this checkout's virtualenv.
+    executors = list((cluster.work).glob("worker*/app-*/*"))
+    assert len(executors) == 2 and all((e / "env" / "bin" / "python").exists() for e in executors)
+    assert all((e / "deepcrate.zip").exists() for e in executors)
