@@ -33,7 +33,8 @@ setup(
     extras_require={
         "cpu": [f"tensorflow-cpu=={TENSORFLOW}"],
         "gpu": [f"tensorflow[and-cuda]=={TENSORFLOW}"],
-        "test": ["pytest==9.2.0"],
+        "notebook": ["jupytext==1.19.6", "ipykernel==7.4.0"],
+        "test": ["pytest==9.2.0", "jupytext==1.19.6", "ipykernel==7.4.0", "nbclient==0.11.0", "nbformat==5.11.1"],
     },
     entry_points={"console_scripts": ["deepcrate=deepcrate.cli:main"]},
 )

@@ -106,3 +106,27 @@ def copy_warehouse(source: Path, target: Path) -> Path:
 
     shutil.copytree(source, target)
     return target
+
+
+@pytest.fixture(scope="session")
+def rebuilt(spark, tmp_path_factory):
+    """A demo catalogue (7 genres x 5 songs x 11 s, one bad file) rebuilt from scratch with the CLI.
+
+    Returns (root, manifest, the CLI arguments, the CLI's output). Shared read-only.
+    Depends on ``spark`` so that the CLI finds the retrying test session.
+    """
+    import contextlib
+    import io
+
+    from deepcrate.cli import main
+    from deepcrate.demo import write_demo_catalogue
+
+    root = tmp_path_factory.mktemp("rebuild")
+    manifest = write_demo_catalogue(root / "audio", songs_per_genre=5, seconds=11.0, seed=5)
+    (root / "audio" / "trance" / "broken.mp3").write_bytes(b"not audio")
+    args = ["rebuild", "--audio", str(root / "audio"), "--manifest", str(manifest), "--warehouse", str(root / "wh"),
+            "--set", "train.max_epochs=2", "--set", "train.batch_size=16", "--set", "train.shuffle_buffer=64"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(args) == 0
+    return root, manifest, args, out.getvalue()

@@ -11,13 +11,11 @@ import pytest
 
 from deepcrate.cli import main
 from deepcrate.config import resolve_config
-from deepcrate.demo import write_demo_catalogue
 from deepcrate.errors import InputError, ModelError, WarehouseError
 from deepcrate.faults import INJECT_FAILURE
 from deepcrate.rebuild import rebuild
 from conftest import make_signal, write_audio
 
-FAST = ["--set", "train.max_epochs=2", "--set", "train.batch_size=16", "--set", "train.shuffle_buffer=64"]
 TABLES = ["songs", "slices", "rejects", "slice_embeddings", "song_embeddings", "recommendations"]
 KEYS = {"songs": ["song_id"], "slices": ["song_id", "slice_idx"], "rejects": ["path"],
         "slice_embeddings": ["song_id", "slice_idx"], "song_embeddings": ["song_id"],
@@ -49,20 +47,8 @@ def assert_same_tables(a: dict[str, pd.DataFrame], b: dict[str, pd.DataFrame]) -
                                        err_msg=f"{name}.{column}")
 
 
-@pytest.fixture(scope="module")
-def rebuilt(spark, tmp_path_factory):  # spark first: the CLI must find the retrying test session
-    """A demo catalogue (7 genres x 5 songs x 11 s, one bad file) rebuilt from scratch with the CLI."""
-    root = tmp_path_factory.mktemp("rebuild")
-    manifest = write_demo_catalogue(root / "audio", songs_per_genre=5, seconds=11.0, seed=5)
-    (root / "audio" / "trance" / "broken.mp3").write_bytes(b"not audio")
-    args = ["rebuild", "--audio", str(root / "audio"), "--manifest", str(manifest), "--warehouse", str(root / "wh")]
-    return root, manifest, args
-
-
 def test_rebuild_runs_every_stage_then_skips_them_all(rebuilt, capsys):
-    root, _, args = rebuilt
-    assert main(args + FAST) == 0
-    out = capsys.readouterr().out
+    root, _, args, out = rebuilt
     assert "35 songs, 70 slices, 1 rejects" in out
     for stage in ("ingest", "train", "embed", "index"):
         assert f"  {stage:<7} ran" in out
@@ -73,7 +59,7 @@ def test_rebuild_runs_every_stage_then_skips_them_all(rebuilt, capsys):
     assert recommendations["song_id"].nunique() == 35 and (recommendations["song_id"] != recommendations["neighbor_id"]).all()
     before = snapshot(root / "wh")
 
-    assert main(args + FAST) == 0  # the same inputs: nothing to do
+    assert main(args) == 0  # the same inputs: nothing to do
     out = capsys.readouterr().out
     for stage in ("ingest", "train", "embed", "index"):
         assert f"  {stage:<7} skipped" in out
@@ -82,7 +68,7 @@ def test_rebuild_runs_every_stage_then_skips_them_all(rebuilt, capsys):
 
 
 def test_rebuilding_twice_from_scratch_gives_identical_tables(spark, rebuilt, tmp_path):
-    root, manifest, _ = rebuilt
+    root, manifest, _, _ = rebuilt
     model = next((root / "wh" / "models").iterdir())
     config = resolve_config()
     kwargs = dict(audio=str(root / "audio"), manifest=str(manifest), warehouse=str(tmp_path / "wh"),
@@ -96,7 +82,7 @@ def test_rebuilding_twice_from_scratch_gives_identical_tables(spark, rebuilt, tm
 
 
 def test_adding_songs_ingests_and_embeds_only_them(spark, rebuilt, tmp_path, capsys):
-    root, _, _ = rebuilt
+    root, _, _, _ = rebuilt
     audio, wh = tmp_path / "audio", tmp_path / "wh"
     shutil.copytree(root / "audio", audio)
     model = next((root / "wh" / "models").iterdir())
@@ -130,7 +116,7 @@ def test_adding_songs_ingests_and_embeds_only_them(spark, rebuilt, tmp_path, cap
 
 
 def test_a_task_that_fails_mid_stage_is_retried_without_duplicates(spark, rebuilt, tmp_path):
-    root, manifest, _ = rebuilt
+    root, manifest, _, _ = rebuilt
     model = next((root / "wh" / "models").iterdir())
     context = spark.sparkContext
     context.setJobGroup("fault-injection", "rebuild with failing first attempts")
@@ -153,7 +139,7 @@ def test_a_task_that_fails_mid_stage_is_retried_without_duplicates(spark, rebuil
 
 
 def test_bad_input_fails_before_any_work(spark, rebuilt, tmp_path):
-    root, manifest, _ = rebuilt
+    root, manifest, _, _ = rebuilt
     config = resolve_config()
     with pytest.raises(InputError, match="no such folder"):
         rebuild(spark, audio=str(tmp_path / "missing"), warehouse=str(tmp_path / "wh"), config=config)
@@ -171,7 +157,7 @@ def test_bad_input_fails_before_any_work(spark, rebuilt, tmp_path):
 
 
 def test_delta_without_its_jars_says_what_to_add(spark, rebuilt, tmp_path, capsys):
-    root, manifest, _ = rebuilt
+    root, manifest, _, _ = rebuilt
     code = main(["rebuild", "--audio", str(root / "audio"), "--warehouse", str(tmp_path / "wh"),
                  "--set", "warehouse.table_format=delta"])
     err = capsys.readouterr().err
@@ -182,7 +168,7 @@ def test_delta_without_its_jars_says_what_to_add(spark, rebuilt, tmp_path, capsy
 
 
 def test_the_model_records_its_inputs(rebuilt):
-    root, _, _ = rebuilt
+    root, _, _, _ = rebuilt
     train = json.loads(next((root / "wh" / "models").iterdir()).joinpath("train.json").read_text())
     songs = json.loads((root / "wh" / "songs" / "_deepcrate.json").read_text())
     assert train["fingerprint"] and songs["fingerprint"] and train["fingerprint"] != songs["fingerprint"]
