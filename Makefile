@@ -8,13 +8,10 @@ ENV_ARCHIVE := dist/deepcrate-env.tar.gz
 
 .PHONY: demo test package wheel bench-ingest bench-train bench-embed bench-index bench-rebuild clean
 
-# Set up, synthesize the demo catalogue and run the main job on it.
+# Set up, synthesize the demo catalogue, rebuild everything on it, show recommendations.
 demo: $(BIN)/deepcrate
 	$(BIN)/deepcrate demo-catalogue $(DEMO)/audio --songs-per-genre 20 --seconds 30
-	$(BIN)/deepcrate ingest --audio $(DEMO)/audio --manifest $(DEMO)/audio/manifest.csv --warehouse $(DEMO)/warehouse
-	$(BIN)/deepcrate train --warehouse $(DEMO)/warehouse
-	$(BIN)/deepcrate embed --warehouse $(DEMO)/warehouse
-	$(BIN)/deepcrate index --warehouse $(DEMO)/warehouse
+	$(BIN)/deepcrate rebuild --audio $(DEMO)/audio --manifest $(DEMO)/audio/manifest.csv --warehouse $(DEMO)/warehouse
 	$(BIN)/deepcrate recommend --warehouse $(DEMO)/warehouse -k 5 \
 	  --song "$$(ls $(DEMO)/audio/trance | head -n 1)"
 
@@ -33,6 +30,9 @@ bench-embed: $(BIN)/deepcrate
 
 bench-index: $(BIN)/deepcrate
 	$(BIN)/python bench/index.py
+
+bench-rebuild: $(BIN)/deepcrate package
+	$(BIN)/python bench/rebuild.py
 
 # What executors need on a cluster where nothing is installed (README, "On a cluster"):
 # the project as a wheel (--py-files) and its dependencies as a packed virtualenv (--archives).

@@ -6,73 +6,19 @@ the code is a wheel built here (shipped with --py-files).
 """
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.dataset as ds
-import pyspark
 import pytest
 
 from deepcrate.demo import write_demo_catalogue
+from deepcrate.local_cluster import SPARK_HOME, StandaloneCluster
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV_ARCHIVE = ROOT / "dist" / "deepcrate-env.tar.gz"
-SPARK_HOME = Path(pyspark.__file__).parent  # the pip package is a Spark distribution too
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class StandaloneCluster:
-    """A master and workers started from the pyspark package, stopped by their PIDs."""
-
-    def __init__(self, work: Path, *, workers: int) -> None:
-        self.work, self.processes = work, []
-        self.env = {**os.environ, "SPARK_HOME": str(SPARK_HOME), "SPARK_LOCAL_IP": "127.0.0.1",
-                    "SPARK_LOG_DIR": str(work)}
-        port = free_port()
-        self.url = f"spark://127.0.0.1:{port}"
-        self._start("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                    "--port", str(port), "--webui-port", str(free_port()))
-        for n in range(workers):
-            self._start(f"worker{n}", "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
-                        "--cores", "1", "--memory", "3g", "--webui-port", str(free_port()),
-                        "--work-dir", str(work / f"worker{n}"), self.url)
-        self._wait_for("Registering worker", count=workers, log=work / "master.log", timeout_s=120)
-
-    def _start(self, name: str, main_class: str, *args: str) -> None:
-        log = open(self.work / f"{name}.log", "w")
-        process = subprocess.Popen([str(SPARK_HOME / "bin" / "spark-class"), main_class, *args], env=self.env,
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.processes.append(process)
-
-    def _wait_for(self, text: str, *, count: int, log: Path, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while log.read_text().count(text) < count:
-            if time.monotonic() > deadline or any(p.poll() is not None for p in self.processes):
-                self.stop()
-                raise RuntimeError(f"the cluster did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.5)
-
-    def stop(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
 
 
 @pytest.fixture
