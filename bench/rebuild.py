@@ -37,7 +37,7 @@ from deepcrate.local_cluster import SPARK_HOME, StandaloneCluster
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path.home() / ".cache" / "deepcrate-bench" / "rebuild-200"
-STAGE_LINE = re.compile(r"^\s+(ingest|train|embed|index)\s+(ran|skipped|given)\s+([\d.]+) s\s*(.*)$")
+STAGE_LINE = re.compile(r"^\s+(ingest|train|embed|index|evaluate)\s+(ran|skipped|given)\s+([\d.]+) s\s*(.*)$")
 TOTALS = re.compile(r"rebuild finished in [\d.]+ s: (\d+) songs, (\d+) slices, (\d+) rejects")
 
 

@@ -77,11 +77,19 @@ for row, genre in enumerate(genres):
 fig.tight_layout()
 
 # %% [markdown]
-# ## How well the model tells the genres apart
-# Test-split songs, each voted by the sum of its slices' probabilities.
+# ## How good are the recommendations, and how well the model tells the genres apart
+# Each test-split song asks for its 10 nearest songs: the share of the same genre
+# (precision@10), for the model's embeddings and for two baselines (MFCC statistics,
+# random songs). Song accuracy: the model's genre vote (sum of its slices' probabilities).
 
 # %%
-display(spark.sql("SELECT * FROM evaluation ORDER BY genre NULLS FIRST").toPandas())
+display(spark.sql("""
+    SELECT method, round(song_accuracy, 3) AS song_accuracy, round(precision_at_5, 3) AS p_at_5,
+           round(precision_at_10, 3) AS p_at_10, round(map_at_10, 3) AS map_at_10
+    FROM evaluation WHERE genre IS NULL ORDER BY method""").toPandas())
+display(spark.sql("""
+    SELECT genre, songs, slices, song_accuracy, slice_accuracy, most_confused_with, precision_at_10
+    FROM evaluation WHERE method = 'model' ORDER BY genre NULLS FIRST""").toPandas())
 model = read_model_folder(latest_model(store))
 with open(os.path.join(model.path, "metrics.json"), encoding="utf-8") as stream:
     metrics = json.load(stream)

@@ -57,8 +57,8 @@ def test_spark_submit_rebuild_on_a_standalone_cluster_with_the_packed_environmen
     assert result.returncode == 0, output[-4000:]
     assert f"master {cluster.url}" in output
     assert "35 songs, 70 slices, 1 rejects" in output and "rejected, not_audio: 1" in output
-    for stage in ("ingest", "train", "embed", "index"):
-        assert f"  {stage:<7} ran" in output
+    for stage in ("ingest", "train", "embed", "index", "evaluate"):
+        assert f"  {stage:<8} ran" in output
 
     songs = ds.dataset(str(tmp_path / "wh" / "songs")).to_table().to_pandas()
     embeddings = ds.dataset(str(tmp_path / "wh" / "slice_embeddings")).to_table().to_pandas()

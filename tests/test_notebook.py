@@ -25,7 +25,7 @@ def test_the_notebook_runs_on_a_rebuilt_warehouse(rebuilt, tmp_path, monkeypatch
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     text = "\n".join(o.get("text", "") for o in outputs if o.output_type == "stream")
-    assert "tables: evaluation, recommendations, rejects, slice_embeddings, slices, song_embeddings, songs" in text
+    assert "tables: evaluation, mfcc_features, recommendations, rejects, slice_embeddings, slices, song_embeddings, songs" in text
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 3  # slices per genre, confusion matrix, embedding map
     players = [o for o in outputs if "<audio" in o.get("data", {}).get("text/html", "")]

@@ -50,8 +50,8 @@ def assert_same_tables(a: dict[str, pd.DataFrame], b: dict[str, pd.DataFrame]) -
 def test_rebuild_runs_every_stage_then_skips_them_all(rebuilt, capsys):
     root, _, args, out = rebuilt
     assert "35 songs, 70 slices, 1 rejects" in out
-    for stage in ("ingest", "train", "embed", "index"):
-        assert f"  {stage:<7} ran" in out
+    for stage in ("ingest", "train", "embed", "index", "evaluate"):
+        assert f"  {stage:<8} ran" in out
     assert "rejected, not_audio: 1" in out and "test song accuracy" in out and "deepcrate sql" in out
     for name in TABLES + ["evaluation"]:
         assert (root / "wh" / name / "_SUCCESS").exists(), name
@@ -61,8 +61,8 @@ def test_rebuild_runs_every_stage_then_skips_them_all(rebuilt, capsys):
 
     assert main(args) == 0  # the same inputs: nothing to do
     out = capsys.readouterr().out
-    for stage in ("ingest", "train", "embed", "index"):
-        assert f"  {stage:<7} skipped" in out
+    for stage in ("ingest", "train", "embed", "index", "evaluate"):
+        assert f"  {stage:<8} skipped" in out
     assert len(list((root / "wh" / "models").iterdir())) == 1
     assert_same_tables(before, snapshot(root / "wh"))
 
@@ -76,7 +76,7 @@ def test_rebuilding_twice_from_scratch_gives_identical_tables(spark, rebuilt, tm
     first = rebuild(spark, **kwargs, force=True)
     tables = snapshot(tmp_path / "wh")
     second = rebuild(spark, **kwargs, force=True)
-    assert [s.status for s in first.stages] == [s.status for s in second.stages] == ["ran", "given", "ran", "ran"]
+    assert [s.status for s in first.stages] == [s.status for s in second.stages] == ["ran", "given", "ran", "ran", "ran"]
     assert_same_tables(tables, snapshot(tmp_path / "wh"))
     assert_same_tables(tables, snapshot(root / "wh"))  # the CLI's run, with training, embeds the same way
 
@@ -100,7 +100,7 @@ def test_adding_songs_ingests_and_embeds_only_them(spark, rebuilt, tmp_path, cap
     out = capsys.readouterr().out
     assert "36 songs, 72 slices, 1 rejects" in out
     assert "3 files decoded" in out  # the two new ones and the earlier reject, which may have been fixed
-    assert "4 slices embedded" in out and "index   ran" in out
+    assert "4 slices embedded" in out and "index    ran" in out
     songs = ds.dataset(str(wh / "songs")).to_table().to_pandas()
     assert not songs["path"].str.endswith(removed.name).any()
     new = songs[songs["path"].str.contains("new")]

@@ -90,7 +90,7 @@ def test_song_vote_sums_probabilities_rather_than_counting_argmaxes():
     assert metrics["per_genre"]["house"] == {"songs": 1, "slices": 3, "song_accuracy": 1.0,
                                              "slice_accuracy": pytest.approx(1 / 3), "most_confused_with": None}
     rows = evaluation.table_rows()
-    assert rows[0] == ("v", None, 2, 5, 1.0, pytest.approx(0.6), None)
+    assert rows[0] == ("v", "model", None, 2, 5, 1.0, pytest.approx(0.6), None, None, None, None, None)
 
 
 # -- the slice reader --------------------------------------------------------------------

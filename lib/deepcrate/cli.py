@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -71,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     index = commands.add_parser("index", help="song_embeddings -> FAISS index, recommendations table")
     _add_common(index)
     index.set_defaults(run=_index)
+
+    evaluate = commands.add_parser("evaluate", help="retrieval quality of the song embeddings on the test split, "
+                                   "against MFCC and random baselines")
+    evaluate.add_argument("--json", metavar="FILE", help="also write the metrics to FILE (metrics.json)")
+    _add_common(evaluate)
+    evaluate.set_defaults(run=_evaluate)
 
     recommend = commands.add_parser("recommend", help="songs that sound like a song, several songs, or a file")
     recommend.add_argument("--song", action="append", default=[], metavar="ID_OR_PATH_OR_TITLE",
@@ -191,6 +198,19 @@ def _index(args: argparse.Namespace) -> int:
     config, spark = _config_and_session(args)
     summary = build(spark, warehouse=args.warehouse, config=config)
     print("\n".join(summary.lines()))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from deepcrate.evaluate import evaluate
+
+    config, spark = _config_and_session(args)
+    summary = evaluate(spark, warehouse=args.warehouse, config=config)
+    print("\n".join(summary.lines()))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as out:
+            json.dump(summary.metrics(), out, indent=2)
+            out.write("\n")
     return 0
 
 

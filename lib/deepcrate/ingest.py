@@ -144,11 +144,7 @@ def ingest(
     started = time.monotonic()
     settings = SpectrogramSettings.from_config(config)
     options = config["ingest"]
-    limits = DecodeLimits(
-        max_duration_s=float(options["max_duration_s"]),
-        truncated_ratio=float(options["truncated_ratio"]),
-        silence_dbfs=float(options["silence_dbfs"]),
-    )
+    limits = decode_limits(config)
     audio_uri = to_uri(audio)
     listing = list_files(spark, audio_uri)
     store = Warehouse(spark, warehouse, create=True, table_format=config["warehouse"]["table_format"])
@@ -213,6 +209,14 @@ def ingest(
         seconds=time.monotonic() - started,
         decoded=to_decode,
     )
+
+
+def decode_limits(config: dict[str, Any]) -> DecodeLimits:
+    """The ``ingest`` settings that cut or refuse a decoded file."""
+    options = config["ingest"]
+    return DecodeLimits(max_duration_s=float(options["max_duration_s"]),
+                        truncated_ratio=float(options["truncated_ratio"]),
+                        silence_dbfs=float(options["silence_dbfs"]))
 
 
 def _songs_to_keep(store: Warehouse, listing: pd.DataFrame, *, metadata: dict[str, Any]) -> pd.DataFrame | None:
@@ -285,7 +289,7 @@ def _decode(
     decoding = (
         spark.read.format("binaryFile")
         .option("recursiveFileLookup", "true")
-        .load(audio_uri if paths is None else [_literal_glob(p) for p in paths])
+        .load(audio_uri if paths is None else [literal_glob(p) for p in paths])
         .filter(F.col("length") <= max_bytes)  # pushed into the scan: big files are never read
         .filter(F.lower("path").rlike(extension_pattern))
         .select("path", "content")
@@ -296,7 +300,7 @@ def _decode(
     return spark.read.schema(_DECODED).parquet(out_uri)
 
 
-def _literal_glob(path: str) -> str:
+def literal_glob(path: str) -> str:
     """``path`` with Hadoop's glob characters escaped: Spark globs every path it loads."""
     return re.sub(r"([\\\[\]{}*?])", r"\\\1", path)
 

@@ -166,6 +166,29 @@ class RandomBandMask(layers.Layer):
         return {**super().get_config(), "axis": self.axis, "max_width": self.max_width, "seed": self.seed}
 
 
+# -- the label-free objective ------------------------------------------------------------
+
+CONTRASTIVE_TEMPERATURE = 0.1
+
+
+@keras.saving.register_keras_serializable(package="deepcrate")
+def pair_contrastive_loss(y_true, y_pred):
+    """NT-Xent (SimCLR) over a batch of pairs: rows 2i and 2i+1 are two slices of one song.
+
+    Each row's embedding, L2-normalised, must be more cosine-similar to its partner's
+    than to every other row of the batch (the other songs), at temperature
+    :data:`CONTRASTIVE_TEMPERATURE`. ``y_true`` is ignored: no labels are needed.
+    """
+    z = keras.ops.cast(y_pred, "float32")
+    z = z / keras.ops.maximum(keras.ops.norm(z, axis=1, keepdims=True), 1e-6)
+    n = keras.ops.shape(z)[0]
+    rows = keras.ops.arange(n)
+    logits = keras.ops.matmul(z, keras.ops.transpose(z)) / CONTRASTIVE_TEMPERATURE
+    logits = logits - 1e9 * keras.ops.eye(n, dtype="float32")  # a row is not its own partner
+    partner = rows + 1 - 2 * (rows % 2)
+    return keras.losses.sparse_categorical_crossentropy(partner, logits, from_logits=True)
+
+
 def embedding_model(model: keras.Model) -> keras.Model:
     """The same network cut at the embedding layer (128-d, before its activation)."""
     return keras.Model(model.input, model.get_layer(EMBEDDING_LAYER).output, name=f"{model.name}_embedding")

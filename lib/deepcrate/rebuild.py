@@ -1,4 +1,4 @@
-"""The full catalogue rebuild: ingest -> train -> embed -> index, in one job.
+"""The full catalogue rebuild: ingest -> train -> embed -> index -> evaluate, in one job.
 
 Every stage records a fingerprint of its inputs (the audio listing, the manifest,
 the settings that change its output, and the upstream stage's fingerprint) in what
@@ -25,6 +25,8 @@ from pyspark.sql import SparkSession
 
 from deepcrate.catalogue import list_files, read_manifest
 from deepcrate.embed import embed, open_model
+from deepcrate.errors import InputError
+from deepcrate.evaluate import METHODS, evaluate
 from deepcrate.index import build as build_index
 from deepcrate.ingest import DECODING_KEYS, ingest
 from deepcrate.model_store import MODELS, ModelFolder, read_model_folder
@@ -58,6 +60,7 @@ class RebuildSummary:
     model_version: str
     song_accuracy: float | None
     tables: list[str] = field(default_factory=list)
+    quality: dict[str, dict[str, Any]] = field(default_factory=dict)  # evaluation: method -> overall row
 
     @property
     def seconds(self) -> float:
@@ -67,11 +70,15 @@ class RebuildSummary:
         out = [f"rebuild finished in {self.seconds:.1f} s: {self.songs} songs, {self.slices} slices, "
                f"{sum(self.rejects.values())} rejects"]
         for stage in self.stages:
-            out.append(f"  {stage.name:<7} {stage.status:<8} {stage.seconds:7.1f} s  {stage.detail}".rstrip())
+            out.append(f"  {stage.name:<8} {stage.status:<8} {stage.seconds:7.1f} s  {stage.detail}".rstrip())
         for reason, count in sorted(self.rejects.items()):
             out.append(f"  rejected, {reason}: {count}")
         accuracy = "n/a" if self.song_accuracy is None else f"{100 * self.song_accuracy:.1f}%"
         out.append(f"  model {self.model_version}: test song accuracy {accuracy}")
+        if self.quality:
+            out.append("  same-genre precision@10 / song accuracy on the test songs: " + ", ".join(
+                f"{method} {row['precision_at_10']:.3f} / {100 * row['song_accuracy']:.1f}%"
+                for method, row in self.quality.items()))
         out.append(f"  tables in {self.warehouse}: {', '.join(self.tables)}")
         out.append(f"  try: deepcrate sql --warehouse {self.warehouse} "
                    "\"SELECT song_id, rank, neighbor_id, similarity FROM recommendations ORDER BY song_id, rank "
@@ -169,6 +176,17 @@ def rebuild(
 
     index_meta = store.metadata("recommendations").get("index", {}) if store.exists("recommendations") else {}
     run_stage("index", index_meta.get("fingerprint") == index_print, run_index)
+    evaluate_print = _digest(embed_print, _without(config["evaluate"], ("progress_interval_s",)))
+
+    def run_evaluate() -> str:
+        try:
+            summary = evaluate(spark, warehouse=warehouse, config=config, fingerprint=evaluate_print)
+        except InputError as exc:  # an unlabelled catalogue still gets its recommendations
+            logger.warning("rebuild: not evaluated: %s", exc)
+            return f"not evaluated: {exc}"
+        return f"{summary.queries} test songs as queries"
+
+    run_stage("evaluate", _recorded(store, "evaluation") == evaluate_print, run_evaluate)
     return _summary(store, stages, folder)
 
 
@@ -180,9 +198,14 @@ def _summary(store: Warehouse, stages: list[Stage], folder: ModelFolder) -> Rebu
     if os.path.isfile(metrics_file):
         with open(metrics_file, encoding="utf-8") as stream:
             accuracy = json.load(stream).get("song_accuracy")
+    quality = {}
+    if store.exists("evaluation"):
+        rows = store.read("evaluation").filter("genre IS NULL AND precision_at_10 IS NOT NULL").collect()
+        quality = {row["method"]: row.asDict() for row in sorted(rows, key=lambda r: METHODS.index(r["method"]))}
     return RebuildSummary(warehouse=store.root, stages=stages, songs=int(songs["count(song_id)"]),
                           slices=int(songs["sum(n_slices)"] or 0), rejects=rejects,
-                          model_version=folder.version, song_accuracy=accuracy, tables=store.tables())
+                          model_version=folder.version, song_accuracy=accuracy, tables=store.tables(),
+                          quality=quality)
 
 
 def _ingest_fingerprint(spark: SparkSession, *, audio_uri: str, manifest: str | None, config: dict[str, Any]) -> str:

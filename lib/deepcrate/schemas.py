@@ -58,17 +58,31 @@ REJECTS = StructType(
     ]
 )
 
-# The test-split evaluation of the latest trained model: one row per genre, plus one
-# row with genre null for the whole test split.
+# The test split's evaluation: one row per method and genre (genre null: all genres).
+# train writes the model's classification rows; evaluate rewrites the table with the
+# retrieval metrics and the baselines (deepcrate.evaluate).
 EVALUATION = StructType(
     [
         StructField("model_version", StringType(), False),
+        StructField("method", StringType(), False),  # model | mfcc | random
         StructField("genre", StringType(), True),  # null: every genre together
-        StructField("songs", IntegerType(), False),
-        StructField("slices", IntegerType(), False),
+        StructField("songs", IntegerType(), False),  # test songs (the queries)
+        StructField("slices", IntegerType(), True),  # test slices (the model's rows only)
         StructField("song_accuracy", DoubleType(), True),  # null when there are no songs
         StructField("slice_accuracy", DoubleType(), True),
         StructField("most_confused_with", StringType(), True),  # the most frequent wrong song-level answer
+        StructField("precision_at_5", DoubleType(), True),  # retrieval: null until evaluate runs
+        StructField("precision_at_10", DoubleType(), True),
+        StructField("map_at_5", DoubleType(), True),
+        StructField("map_at_10", DoubleType(), True),
+    ]
+)
+
+# The MFCC baseline's per-song features (deepcrate.mfcc), kept between evaluations.
+MFCC_FEATURES = StructType(
+    [
+        StructField("song_id", StringType(), False),
+        StructField("features", ArrayType(FloatType(), False), False),  # 80: mean and std of 20 MFCCs + deltas
     ]
 )
 
@@ -117,6 +131,7 @@ RECOMMENDATIONS = StructType(
 TABLES: dict[str, StructType] = {
     "songs": SONGS, "slices": SLICES, "rejects": REJECTS, "evaluation": EVALUATION, "downloads": DOWNLOADS,
     "slice_embeddings": SLICE_EMBEDDINGS, "song_embeddings": SONG_EMBEDDINGS, "recommendations": RECOMMENDATIONS,
+    "mfcc_features": MFCC_FEATURES,
 }
 
 # Tables that may carry extra string columns after their fixed ones (manifest extras).

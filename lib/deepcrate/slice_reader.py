@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -125,6 +125,27 @@ class SliceTable:
             yield from buffer.add(chunk, batch_size=batch_size)
         yield from buffer.drain(batch_size=batch_size)
 
+    def paired_batches(
+        self, *, split: str, batch_size: int, buffer_size: int, interleave: int, seed: int
+    ) -> Iterator[Batch]:
+        """Batches of pairs for a label-free objective: rows 2i and 2i+1 are two slices of one song.
+
+        Every row of ``split`` is read, labelled or not, in the random order of
+        :meth:`shuffled_batches`; a song appears in a batch at most once (its other
+        slices would be false negatives), so a batch holds at most as many pairs as
+        there are songs in the buffer. A slice is used at most once per pass; a song's
+        odd slice out is left over. Memory is bounded by ``buffer_size`` slices.
+        """
+        rng = np.random.default_rng(seed)
+        groups = self.row_groups(split=split)
+        order = rng.permutation(len(groups))
+        chunk_rows = max(16, min(256, buffer_size // max(interleave, 1) // 4))
+        streams = (self._read(groups[i], split=split, labels=None, chunk_rows=chunk_rows) for i in order)
+        buffer = ShuffleBuffer(capacity=buffer_size, image_shape=self.image_shape, rng=rng)
+        for chunk in _round_robin(streams, width=interleave):
+            yield from buffer.add_for_pairs(chunk, pairs=batch_size // 2)
+        yield from buffer.pairs(pairs=batch_size // 2, until_empty=True)
+
     def _read(
         self, group: ds.Fragment, *, split: str, labels: Sequence[str] | None, chunk_rows: int
     ) -> Iterator[Batch]:
@@ -180,6 +201,60 @@ class ShuffleBuffer:
                 yield from self._emit(max(batch_size, (self.capacity // 2) // batch_size * batch_size),
                                       batch_size=batch_size)
 
+    def add_for_pairs(self, batch: Batch, *, pairs: int) -> Iterator[Batch]:
+        """Like :meth:`add`, emitting batches of pairs (see :meth:`pairs`) whenever the pool is full."""
+        start, n = 0, len(batch.labels)
+        while start < n:
+            take = min(n - start, self.capacity - self.count)
+            end = self.count + take
+            for name in ("images", "labels", "song_ids", "slice_idx"):
+                getattr(self, name)[self.count:end] = getattr(batch, name)[start:start + take]
+            self.count, start = end, start + take
+            if self.count == self.capacity:
+                emitted = list(self.pairs(pairs=pairs, until_empty=False))
+                if not emitted:  # one song fills the pool (a tiny buffer): let the next ones in
+                    self._keep(self.rng.permutation(self.count)[self.count // 2:])
+                yield from emitted
+
+    def pairs(self, *, pairs: int, until_empty: bool) -> Iterator[Batch]:
+        """Batches of up to ``pairs`` pairs of distinct songs from the pool's slices.
+
+        A batch is smaller when the pool holds fewer songs. Without ``until_empty`` at
+        most half the pool is emitted, so that later rows still mix with the ones waiting.
+        """
+        by_song: dict[Any, list[int]] = {}
+        for position in self.rng.permutation(self.count):
+            by_song.setdefault(self.song_ids[position], []).append(int(position))
+        queue = [rows[i:i + 2] for rows in by_song.values() for i in range(0, len(rows) - 1, 2)]
+        queue = [queue[i] for i in self.rng.permutation(len(queue))]
+        used: list[int] = []
+        budget = self.count if until_empty else self.count // 2
+        while queue and len(used) < budget:
+            batch, songs, rest = [], set(), []
+            for pair in queue:
+                song = self.song_ids[pair[0]]
+                if len(batch) < pairs and song not in songs:
+                    batch.append(pair)
+                    songs.add(song)
+                else:
+                    rest.append(pair)
+            if len(batch) < 2:  # one song left: no negatives to contrast with
+                break
+            idx = np.array([row for pair in batch for row in pair])
+            yield Batch(self.images[idx], self.labels[idx], self.song_ids[idx], self.slice_idx[idx])
+            used.extend(idx.tolist())
+            queue = rest
+        if until_empty:
+            self.count = 0
+        else:
+            self._keep(np.setdiff1d(np.arange(self.count), np.array(used, dtype=np.int64)))
+
+    def _keep(self, rows: np.ndarray) -> None:
+        for name in ("images", "labels", "song_ids", "slice_idx"):
+            array = getattr(self, name)
+            array[: len(rows)] = array[rows]
+        self.count = len(rows)
+
     def drain(self, *, batch_size: int) -> Iterator[Batch]:
         yield from self._emit(self.count, batch_size=batch_size)
 
@@ -190,11 +265,7 @@ class ShuffleBuffer:
         for start in range(0, n_out, batch_size):
             idx = out[start:start + batch_size]
             yield Batch(self.images[idx], self.labels[idx], self.song_ids[idx], self.slice_idx[idx])
-        # Keep the rows not emitted at the front (fancy indexing copies, so no overlap issue).
-        for name in ("images", "labels", "song_ids", "slice_idx"):
-            array = getattr(self, name)
-            array[: len(rest)] = array[rest]
-        self.count = len(rest)
+        self._keep(rest)  # the rows not emitted, to the front (fancy indexing copies: no overlap)
 
 
 def _images(column: pa.Array, shape: tuple[int, int], *, where: str) -> np.ndarray:

@@ -31,7 +31,7 @@ from deepcrate import __version__
 from deepcrate.config import config_to_yaml
 from deepcrate.errors import ConfigError, TrainingError
 from deepcrate.evaluation import Evaluation
-from deepcrate.model import MODEL_PRESETS, build_model
+from deepcrate.model import MODEL_PRESETS, build_model, embedding_model, pair_contrastive_loss
 from deepcrate.model_store import MODELS, write_json
 from deepcrate.schemas import EVALUATION, validate
 from deepcrate.slice_reader import SliceTable
@@ -41,6 +41,8 @@ from deepcrate.warehouse import Warehouse, local_path
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+OBJECTIVES = ("classify", "contrastive")
+HEAD_EPOCHS = 10  # the genre head on a contrastive embedding: a linear layer, quick to fit
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class TrainSettings:
     """The ``train`` section of the config, checked."""
 
     model: str
+    objective: str
     batch_size: int
     max_epochs: int
     patience: int
@@ -65,6 +68,8 @@ class TrainSettings:
         settings = cls(**section)
         if settings.model not in MODEL_PRESETS:
             raise ConfigError(f"train.model must be one of {MODEL_PRESETS}, got {settings.model!r}")
+        if settings.objective not in OBJECTIVES:
+            raise ConfigError(f"train.objective must be one of {OBJECTIVES}, got {settings.objective!r}")
         if settings.precision not in PRECISIONS:
             raise ConfigError(f"train.precision must be one of {PRECISIONS}, got {settings.precision!r}")
         for name in ("batch_size", "max_epochs", "patience", "shuffle_buffer", "interleave"):
@@ -165,7 +170,10 @@ def train(
                                         input_shape=table.image_shape)
             _fit(model, table=table, labels=labels, counts=counts, settings=settings, state=state,
                  run_dir=run_dir, callbacks=callbacks)
-        best = keras.models.load_model(os.path.join(run_dir, "best.keras"), compile=False)
+        if settings.objective == "contrastive" and not os.path.exists(os.path.join(run_dir, "classifier.keras")):
+            with strategy.scope():
+                _fit_genre_head(run_dir, table=table, labels=labels, counts=counts, settings=settings)
+        best = keras.models.load_model(os.path.join(run_dir, _final_model_file(settings)), compile=False)
         evaluation = evaluate_model(best, table=table, labels=labels, version=version, batch_size=settings.batch_size)
     finally:
         keras.mixed_precision.set_dtype_policy(previous_policy)
@@ -278,7 +286,8 @@ def _runs_in(work_root: str) -> list[str]:
 
 def _new_run(work_root: str, settings: TrainSettings, config: dict[str, Any], *, fingerprint: str | None) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    base = os.path.join(work_root, f"{stamp}-{settings.model}")
+    kind = settings.model if settings.objective == "classify" else f"{settings.model}-{settings.objective}"
+    base = os.path.join(work_root, f"{stamp}-{kind}")
     run_dir, n = base, 1
     while os.path.exists(run_dir):
         n += 1
@@ -356,6 +365,11 @@ def _model_to_train(run_dir: str, state: _State, settings: TrainSettings, *, n_c
         except Exception as exc:
             raise TrainingError(f"cannot resume {run_dir}: last.keras is unreadable: {exc}") from None
     model = build_model(preset=settings.model, n_classes=n_classes, input_shape=input_shape, seed=settings.seed)
+    if settings.objective == "contrastive":  # the encoder alone: the genre head comes afterwards
+        encoder = embedding_model(model)
+        encoder.compile(optimizer=keras.optimizers.Adam(learning_rate=settings.learning_rate or 0.001),
+                        loss=pair_contrastive_loss)
+        return encoder
     if settings.model == "seed":  # the original's optimizer
         optimizer = keras.optimizers.RMSprop(learning_rate=settings.learning_rate or 0.001)
     else:
@@ -367,12 +381,19 @@ def _model_to_train(run_dir: str, state: _State, settings: TrainSettings, *, n_c
 
 def _fit(model, *, table: SliceTable, labels: list[str], counts, settings: TrainSettings, state: _State,
          run_dir: str, callbacks: Sequence[Any]) -> None:
-    train_slices = _total(counts, "train", labels)
+    if settings.objective == "contrastive":  # every slice, labelled or not
+        train_slices = sum(counts.get("train", {}).values())
+        data = pair_dataset(table, split="train", settings=settings, first_epoch=state.epochs_done)
+        validation = pair_dataset(table, split="validation", settings=settings, fixed_seed=True)
+    else:
+        train_slices = _total(counts, "train", labels)
+        data = training_dataset(table, labels=labels, settings=settings, n_slices=train_slices,
+                                first_epoch=state.epochs_done)
+        validation = validation_dataset(table, labels=labels, batch_size=settings.batch_size,
+                                        n_slices=_total(counts, "validation", labels))
     model.fit(
-        training_dataset(table, labels=labels, settings=settings, n_slices=train_slices,
-                         first_epoch=state.epochs_done),
-        validation_data=validation_dataset(table, labels=labels, batch_size=settings.batch_size,
-                                           n_slices=_total(counts, "validation", labels)),
+        data,
+        validation_data=validation,
         epochs=settings.max_epochs,
         initial_epoch=state.epochs_done,
         shuffle=False,  # the dataset shuffles itself
@@ -406,6 +427,66 @@ def training_dataset(table: SliceTable, *, labels: Sequence[str], settings: Trai
             yield batch.images, batch.labels
 
     return _dataset(batches, table.image_shape, n_batches=_n_batches(n_slices, settings.batch_size))
+
+
+def pair_dataset(table: SliceTable, *, split: str, settings: TrainSettings, first_epoch: int = 0,
+                 fixed_seed: bool = False):
+    """Batches of slice pairs for the contrastive objective (labels are not read: zeros).
+
+    The number of batches depends on how the songs fall into the shuffle buffer, so the
+    dataset has no declared length; ``fixed_seed`` gives the same pairs every pass (validation).
+    """
+    import tensorflow as tf
+
+    next_epoch = [first_epoch]
+
+    def batches():
+        epoch = 0 if fixed_seed else next_epoch[0]
+        next_epoch[0] += 1
+        epoch_seed = int(np.random.SeedSequence([settings.seed, epoch, 1]).generate_state(1)[0])
+        for batch in table.paired_batches(split=split, batch_size=settings.batch_size,
+                                          buffer_size=settings.shuffle_buffer, interleave=settings.interleave,
+                                          seed=epoch_seed):
+            yield batch.images, np.zeros(len(batch.images), np.int32)
+
+    signature = (tf.TensorSpec((None, *table.image_shape), tf.uint8), tf.TensorSpec((None,), tf.int32))
+    return tf.data.Dataset.from_generator(batches, output_signature=signature).prefetch(2)
+
+
+def _fit_genre_head(run_dir: str, *, table: SliceTable, labels: list[str], counts, settings: TrainSettings) -> None:
+    """The classifier on top of the best contrastive encoder: only its last layer learns.
+
+    Gives the embed stage its genre probabilities (predicted genres for unlabelled songs)
+    and the evaluation its song accuracy; the embedding itself is not changed.
+    """
+    encoder = keras.models.load_model(os.path.join(run_dir, "best.keras"), compile=False)
+    model = build_model(preset=settings.model, n_classes=len(labels), input_shape=table.image_shape,
+                        seed=settings.seed)
+    for layer in encoder.layers:
+        if layer.weights:
+            model.get_layer(layer.name).set_weights(layer.get_weights())
+    for layer in model.layers:
+        layer.trainable = layer.name == "logits"
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=0.003), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    logger.info("fitting the genre head on the contrastive embedding (%d genres)", len(labels))
+    model.fit(
+        training_dataset(table, labels=labels, settings=settings, n_slices=_total(counts, "train", labels)),
+        validation_data=validation_dataset(table, labels=labels, batch_size=settings.batch_size,
+                                           n_slices=_total(counts, "validation", labels)),
+        epochs=HEAD_EPOCHS, shuffle=False, verbose=0,
+        callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=2, restore_best_weights=True)],
+    )
+    for layer in model.layers:
+        layer.trainable = True
+    tmp = os.path.join(run_dir, "tmp-classifier.keras")
+    model.save(tmp)
+    os.replace(tmp, os.path.join(run_dir, "classifier.keras"))
+
+
+def _final_model_file(settings: TrainSettings) -> str:
+    """The run's file that becomes model.keras: the best classifier, or the encoder with its head."""
+    return "classifier.keras" if settings.objective == "contrastive" else "best.keras"
 
 
 def validation_dataset(table: SliceTable, *, labels: Sequence[str], batch_size: int, n_slices: int):
@@ -508,7 +589,7 @@ def _write_model_folder(model_dir: str, *, run_dir: str, labels, spectrogram: Sp
     version = os.path.basename(run_dir)
     shutil.rmtree(model_dir, ignore_errors=True)
     os.makedirs(model_dir)
-    shutil.copyfile(os.path.join(run_dir, "best.keras"), os.path.join(model_dir, "model.keras"))
+    shutil.copyfile(os.path.join(run_dir, _final_model_file(settings)), os.path.join(model_dir, "model.keras"))
     write_json(model_dir, "labels.json", list(labels))
     write_json(model_dir, "spectrogram.json", spectrogram.to_dict())
     write_json(model_dir, "history.json", state.history)

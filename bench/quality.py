@@ -1,0 +1,111 @@
+"""Recommendation quality of each front-end/model/objective on real recordings, over seeds.
+
+For every variant and seed, a full rebuild (ingest, train, embed, index, evaluate)
+into its own warehouse under ``--work``, on the corpus ``bench/real_corpus.py``
+builds. The seed draws both the split (by song, stratified by soundtrack) and the
+training (weights, order, augmentation). A larger test share than the default (30%)
+gives more queries on a small corpus. The MFCC and random baselines are computed in
+each run on the same queries.
+
+    python bench/real_corpus.py                      # once
+    python bench/quality.py --seeds 0 1 2            # all variants
+    python bench/quality.py --variants seed mel --seeds 0
+
+Writes bench/results/quality.json and prints mean ± standard deviation over the seeds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+CACHE = Path.home() / ".cache" / "deepcrate-bench"
+VARIANTS = {
+    "seed": ["spectrogram.preset=seed", "train.model=seed"],
+    "mel": ["spectrogram.preset=mel", "train.model=seed"],
+    "improved": ["spectrogram.preset=mel", "train.model=improved"],
+    "improved-linear": ["spectrogram.preset=seed", "train.model=improved"],
+    "contrastive": ["spectrogram.preset=mel", "train.model=improved", "train.objective=contrastive"],
+}
+SPLIT = ["split.train=0.5", "split.validation=0.2", "split.test=0.3"]
+REPORTED = ("precision_at_10", "map_at_10", "precision_at_5", "song_accuracy")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", default=str(CACHE / "real-corpus" / "audio"))
+    parser.add_argument("--work", default=str(CACHE / "quality"))
+    parser.add_argument("--variants", nargs="+", default=["seed", "mel", "improved", "contrastive"],
+                        choices=sorted(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--set", action="append", default=[], dest="overrides", help="extra config overrides")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "quality.json"))
+    args = parser.parse_args()
+    corpus = Path(args.corpus)
+    if not (corpus / "manifest.csv").is_file():
+        print(f"{corpus}/manifest.csv is missing: run python bench/real_corpus.py", file=sys.stderr)
+        return 2
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from deepcrate.config import resolve_config
+    from deepcrate.rebuild import rebuild
+    from deepcrate.session import spark_session
+    from deepcrate.warehouse import Warehouse
+
+    spark = spark_session(resolve_config(overrides=["spark.master=local[2]", "spark.options.spark.ui.enabled=false"]))
+    runs = []
+    for seed in args.seeds:
+        for variant in args.variants:
+            overrides = [*VARIANTS[variant], *SPLIT, f"split.seed={seed}", f"train.seed={seed}", *args.overrides]
+            warehouse = Path(args.work) / f"{variant}-{seed}"
+            started = time.monotonic()
+            summary = rebuild(spark, audio=str(corpus), manifest=str(corpus / "manifest.csv"),
+                              warehouse=str(warehouse), config=resolve_config(overrides=overrides))
+            metrics = Warehouse(spark, str(warehouse)).metadata("evaluation")["metrics"]
+            train_s = next(s.seconds for s in summary.stages if s.name == "train")
+            runs.append({"variant": variant, "seed": seed, "overrides": overrides, "metrics": metrics,
+                         "train_s": round(train_s, 1), "seconds": round(time.monotonic() - started, 1)})
+            model = metrics["methods"]["model"]
+            print(f"{variant:<16} seed {seed}: P@10 {model['precision_at_10']:.3f}  MAP@10 {model['map_at_10']:.3f}  "
+                  f"song acc {model['song_accuracy']:.3f}  (MFCC P@10 {metrics['methods']['mfcc']['precision_at_10']:.3f}"
+                  f", {metrics['queries']} queries, train {train_s:.0f} s)", flush=True)
+
+    table = aggregate(runs, variants=args.variants)
+    print(f"\n{len(args.seeds)} seeds; mean ± standard deviation")
+    print(f"{'':<16}" + "".join(f"{name:>18}" for name in REPORTED) + f"{'P@10 / MFCC':>14}")
+    for name, row in table.items():
+        ratio = row.get("p10_vs_mfcc")
+        print(f"{name:<16}" + "".join(f"{row[m]['mean']:>11.3f} ± {row[m]['std']:.3f}" for m in REPORTED)
+              + (f"{ratio['mean']:>8.2f} ± {ratio['std']:.2f}" if ratio else ""))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"corpus": str(corpus), "seeds": args.seeds, "summary": table, "runs": runs}, indent=2))
+    print(f"written {out}")
+    return 0
+
+
+def aggregate(runs: list[dict], *, variants: list[str]) -> dict[str, dict]:
+    """Mean and standard deviation over seeds of each variant's model rows and of the baselines."""
+    def stats(values: list[float]) -> dict[str, float]:
+        return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+
+    table = {}
+    for variant in variants:
+        mine = [r["metrics"]["methods"] for r in runs if r["variant"] == variant]
+        table[variant] = {m: stats([run["model"][m] for run in mine]) for m in REPORTED}
+        table[variant]["p10_vs_mfcc"] = stats([run["model"]["precision_at_10"] / run["mfcc"]["precision_at_10"]
+                                               for run in mine])
+    for baseline in ("mfcc", "random"):  # the same for every variant of a seed: take the first variant's
+        first = [r["metrics"]["methods"][baseline] for r in runs if r["variant"] == variants[0]]
+        table[baseline] = {m: stats([run[m] for run in first]) for m in REPORTED}
+    return table
+
+
+if __name__ == "__main__":
+    sys.exit(main())

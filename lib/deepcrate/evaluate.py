@@ -1,0 +1,276 @@
+"""How good are the recommendations? Retrieval quality on the test split, with baselines.
+
+Each labelled test song is a query against every labelled song of the catalogue (all
+splits, the query left out); its 10 nearest songs by cosine similarity are judged by
+genre (:mod:`deepcrate.retrieval`). Three methods answer the same queries:
+
+- ``model``: the song embeddings (``song_embeddings``); song accuracy is the model's
+  own genre prediction (summed slice votes);
+- ``mfcc``: classic MFCC statistics (:mod:`deepcrate.mfcc`), standardised over the
+  catalogue; song accuracy from a logistic regression fitted on the train and
+  validation songs' features;
+- ``random``: random neighbours and random genres, averaged over several draws.
+
+The MFCC features are computed on the executors and kept in ``mfcc_features``, so a
+later evaluation only decodes the songs added since.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+from pyspark.sql import SparkSession
+
+from deepcrate.errors import InputError, WarehouseError
+from deepcrate.index import list_column_matrix
+from deepcrate.ingest import decode_limits, literal_glob
+from deepcrate.mfcc import DIMENSIONS, SAMPLE_RATE, song_mfcc_statistics, standardise
+from deepcrate.progress import Progress
+from deepcrate.retrieval import nearest_songs, random_songs, retrieval_scores
+from deepcrate.schemas import EVALUATION, MFCC_FEATURES, validate
+from deepcrate.session import session_conf
+from deepcrate.slice_reader import filesystem_and_path
+from deepcrate.warehouse import Warehouse
+
+logger = logging.getLogger(__name__)
+
+KS = (5, 10)
+METHODS = ("model", "mfcc", "random")
+METRICS = tuple(f"{name}_at_{k}" for name in ("precision", "map") for k in KS)
+
+
+@dataclass
+class EvaluateSummary:
+    model_version: str
+    queries: int  # labelled test songs
+    catalogue: int  # labelled songs searched
+    rows: pd.DataFrame  # the evaluation table
+    mfcc_computed: int  # songs whose MFCC features this run computed
+    seconds: float
+
+    def lines(self) -> list[str]:
+        out = [f"evaluated model {self.model_version} in {self.seconds:.1f} s: {self.queries} test songs as "
+               f"queries against {self.catalogue} labelled songs ({self.mfcc_computed} MFCC features computed)",
+               f"  {'method':<8}{'song acc':>9}{'P@5':>7}{'P@10':>7}{'MAP@5':>7}{'MAP@10':>8}"]
+        overall = self.rows[self.rows["genre"].isna()].set_index("method")
+        for method in METHODS:
+            row = overall.loc[method]
+            out.append(f"  {method:<8}{_percent(row['song_accuracy']):>9}{row['precision_at_5']:>7.3f}"
+                       f"{row['precision_at_10']:>7.3f}{row['map_at_5']:>7.3f}{row['map_at_10']:>8.3f}")
+        mfcc, model = overall.loc["mfcc", "precision_at_10"], overall.loc["model", "precision_at_10"]
+        if mfcc > 0:
+            out.append(f"  P@10: the model is {model / mfcc:.2f}x the MFCC baseline")
+        per_genre = self.rows.dropna(subset=["genre"]).pivot(index="genre", columns="method", values="precision_at_10")
+        out.append("  P@10 per genre (model / mfcc / random): " + ", ".join(
+            f"{genre} {row['model']:.2f}/{row['mfcc']:.2f}/{row['random']:.2f}" for genre, row in per_genre.iterrows()))
+        return out
+
+    def metrics(self) -> dict[str, Any]:
+        """The whole evaluation as JSON-ready values (``--json FILE``)."""
+        def clean(record: dict) -> dict:
+            return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in record.items()}
+        result: dict[str, Any] = {"model_version": self.model_version, "queries": self.queries,
+                                  "catalogue": self.catalogue, "methods": {}}
+        for method in METHODS:
+            rows = self.rows[self.rows["method"] == method]
+            overall = rows[rows["genre"].isna()].iloc[0]
+            result["methods"][method] = {
+                **clean({k: overall[k] for k in ("song_accuracy", *METRICS)}),
+                "per_genre": {r["genre"]: clean({k: r[k] for k in ("songs", "song_accuracy", *METRICS)})
+                              for r in rows.dropna(subset=["genre"]).to_dict("records")},
+            }
+        return result
+
+
+def evaluate(spark: SparkSession, *, warehouse: str, config: dict[str, Any], fingerprint: str | None = None
+             ) -> EvaluateSummary:
+    """Write the ``evaluation`` table (and ``mfcc_features``) for the published song embeddings.
+
+    Raises
+    ------
+    WarehouseError
+        When ``songs`` or ``song_embeddings`` is missing.
+    InputError
+        When there is no labelled test song, or fewer than two genres.
+    """
+    started = time.monotonic()
+    store = Warehouse(spark, warehouse, table_format=config["warehouse"]["table_format"])
+    for name in ("songs", "song_embeddings"):
+        if not store.exists(name):
+            raise WarehouseError(f"warehouse {store.root}: no {name} table; run deepcrate rebuild (or embed) first")
+    songs = store.read("songs").select("song_id", "path", "genre", "split").toPandas()
+    embeddings = _song_embeddings(store)
+    version = str(embeddings["model_version"].iloc[0]) if len(embeddings) else ""
+    labelled = songs.dropna(subset=["genre"]).merge(embeddings, on="song_id").sort_values("song_id")
+    if not (labelled["split"] == "test").any():
+        raise InputError(f"warehouse {store.root}: no labelled test songs to evaluate on")
+    if labelled["genre"].nunique() < 2:
+        raise InputError(f"warehouse {store.root}: one genre only; same-genre retrieval would be trivial")
+
+    run = store.begin_run()
+    features_uri = store.staging_uri(run, "mfcc_features")
+    computed = _write_mfcc_features(spark, store, labelled[["song_id", "path"]], uri=features_uri, config=config)
+    features = _read_features(features_uri)
+    catalogue = labelled.merge(features, on="song_id").sort_values("song_id").reset_index(drop=True)
+    if len(catalogue) < len(labelled):
+        logger.warning("%d labelled songs could not be decoded for MFCC features and are left out of the evaluation",
+                       len(labelled) - len(catalogue))
+    test_slices = _test_slice_predictions(store, catalogue[catalogue["split"] == "test"])
+    rows = _evaluation_rows(catalogue, version=version, settings=config["evaluate"], test_slices=test_slices)
+    frame = spark.createDataFrame(rows[list(EVALUATION.names)].astype(object).where(rows.notna(), None)
+                                  .itertuples(index=False, name=None), schema=EVALUATION).coalesce(1)
+    summary = EvaluateSummary(model_version=version, queries=int((catalogue["split"] == "test").sum()),
+                              catalogue=len(catalogue), rows=rows, mfcc_computed=computed,
+                              seconds=time.monotonic() - started)
+    evaluation_uri = store.staging_uri(run, "evaluation")
+    validate(frame, table="evaluation").write.mode("overwrite").parquet(evaluation_uri)
+    store.write_metadata(evaluation_uri, {"table": "evaluation", "model_version": version,
+                                          "fingerprint": fingerprint, "metrics": summary.metrics()})
+    store.publish(run, ["mfcc_features", "evaluation"])
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _evaluation_rows(catalogue: pd.DataFrame, *, version: str, settings: dict[str, Any],
+                     test_slices: pd.DataFrame) -> pd.DataFrame:
+    """One row per method and genre (genre None first) for the test songs of ``catalogue``.
+
+    ``test_slices``: the test songs' slices with their ``genre`` and the model's ``predicted`` genre.
+    """
+    genres = catalogue["genre"].to_numpy(dtype=object)
+    queries = np.flatnonzero(catalogue["split"].to_numpy() == "test")
+    query_genres = genres[queries]
+    k = max(KS)
+    mfcc = standardise(np.stack(catalogue["features"].to_numpy()))
+    rng = np.random.default_rng(int(settings["seed"]))
+    draws = int(settings["random_draws"])
+    labels = np.array(sorted(set(genres)), dtype=object)
+
+    model_answers = catalogue["predicted_genre"].to_numpy(dtype=object)[queries]
+    answers = {
+        "model": model_answers,
+        "mfcc": _probe_predictions(mfcc, catalogue, queries),
+        "random": None,
+    }
+    scores = {
+        "model": retrieval_scores(genres, queries, nearest_songs(np.stack(catalogue["embedding"].to_numpy()),
+                                                                 queries, k=k), ks=KS),
+        "mfcc": retrieval_scores(genres, queries, nearest_songs(mfcc, queries, k=k), ks=KS),
+    }
+    random_draws = [retrieval_scores(genres, queries, random_songs(len(catalogue), queries, k=k, rng=rng), ks=KS)
+                    for _ in range(draws)]
+    scores["random"] = {name: np.mean([d[name] for d in random_draws], axis=0) for name in METRICS}
+    correct = {method: answers[method] == query_genres for method in ("model", "mfcc")}
+    correct["random"] = np.mean([rng.choice(labels, size=len(queries)) == query_genres for _ in range(draws)], axis=0)
+
+    rows = []
+    for method in METHODS:
+        for genre in [None, *sorted(set(query_genres))]:
+            mask = np.ones(len(queries), bool) if genre is None else query_genres == genre
+            row = {"model_version": version, "method": method, "genre": genre, "songs": int(mask.sum()),
+                   "slices": None, "song_accuracy": float(np.mean(correct[method][mask])),
+                   "slice_accuracy": None, "most_confused_with": None,
+                   **{name: float(np.mean(scores[method][name][mask])) for name in METRICS}}
+            if method == "model":  # the classifier's details, as the train job reports them
+                slices = test_slices if genre is None else test_slices[test_slices["genre"] == genre]
+                row["slices"] = len(slices)
+                row["slice_accuracy"] = float((slices["genre"] == slices["predicted"]).mean()) if len(slices) else None
+                wrong = model_answers[mask][model_answers[mask] != genre] if genre is not None else []
+                row["most_confused_with"] = pd.Series(wrong).value_counts().sort_index(
+                    ).sort_values(ascending=False, kind="stable").index[0] if len(wrong) else None
+            rows.append(row)
+    frame = pd.DataFrame(rows)
+    frame["slices"] = frame["slices"].astype("Int64")
+    return frame
+
+
+def _probe_predictions(features: np.ndarray, catalogue: pd.DataFrame, queries: np.ndarray) -> np.ndarray:
+    """Genres of the query songs by a logistic regression fitted on the train and validation songs."""
+    from sklearn.linear_model import LogisticRegression
+
+    fit = catalogue["split"].isin(["train", "validation"]).to_numpy()
+    if catalogue.loc[fit, "genre"].nunique() < 2:
+        return np.full(len(queries), None, dtype=object)
+    probe = LogisticRegression(max_iter=2000, C=1.0).fit(features[fit], catalogue.loc[fit, "genre"])
+    return probe.predict(features[queries]).astype(object)
+
+
+def _song_embeddings(store: Warehouse) -> pd.DataFrame:
+    filesystem, path = filesystem_and_path(store.table_uri("song_embeddings"))
+    table = ds.dataset(path, format="parquet", filesystem=filesystem).to_table(
+        columns=["song_id", "embedding", "predicted_genre", "model_version"])
+    frame = table.drop(["embedding"]).to_pandas()
+    frame["embedding"] = list(list_column_matrix(table.column("embedding")))
+    return frame
+
+
+def _test_slice_predictions(store: Warehouse, test_songs: pd.DataFrame) -> pd.DataFrame:
+    """``genre`` and the model's ``predicted`` genre (argmax of its probabilities) of every test slice."""
+    labels = np.array(store.metadata("slice_embeddings")["labels"], dtype=object)
+    filesystem, path = filesystem_and_path(store.table_uri("slice_embeddings"))
+    table = ds.dataset(path, format="parquet", filesystem=filesystem).to_table(
+        columns=["song_id", "genre_probabilities"],
+        filter=pc.field("song_id").isin(pa.array(test_songs["song_id"].tolist(), pa.string())))
+    probabilities = list_column_matrix(table.column("genre_probabilities"))
+    genre_of = dict(zip(test_songs["song_id"], test_songs["genre"]))
+    return pd.DataFrame({
+        "genre": [genre_of[s] for s in table.column("song_id").to_pylist()],
+        "predicted": labels[probabilities.argmax(axis=1)] if len(probabilities) else np.array([], dtype=object),
+    })
+
+
+def _write_mfcc_features(spark: SparkSession, store: Warehouse, songs: pd.DataFrame, *, uri: str,
+                         config: dict[str, Any]) -> int:
+    """Stage ``mfcc_features`` for ``songs``: the published rows of these songs, the rest computed."""
+    settings = {"sample_rate": SAMPLE_RATE, "dimensions": DIMENSIONS, "max_duration_s": config["ingest"]["max_duration_s"]}
+    kept = None
+    if store.exists("mfcc_features") and store.metadata("mfcc_features").get("settings") == settings:
+        kept = store.read("mfcc_features").join(spark.createDataFrame(songs[["song_id"]]), "song_id", "left_semi")
+        have = {row["song_id"] for row in kept.select("song_id").collect()}
+        songs = songs[~songs["song_id"].isin(have)]
+    logger.info("MFCC features: %d songs to decode", len(songs))
+    limits = decode_limits(config)
+    done = spark.sparkContext.accumulator(0)
+    ids = dict(zip(songs["path"], songs["song_id"]))
+
+    def compute(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            rows = []
+            for path, content in zip(batch["path"], batch["content"]):
+                try:
+                    rows.append((ids[path], song_mfcc_statistics(bytes(content), name=path, limits=limits).tolist()))
+                except Exception as exc:  # the file changed since ingest: leave the song out, say so
+                    logger.warning("%s: no MFCC features: %s", path, exc)
+                done.add(1)
+            yield pd.DataFrame(rows, columns=["song_id", "features"])
+
+    if len(songs):
+        computed = (spark.read.format("binaryFile").load([literal_glob(p) for p in sorted(ids)])
+                    .select("path", "content").mapInPandas(compute, schema=MFCC_FEATURES))
+    else:
+        computed = spark.createDataFrame([], schema=MFCC_FEATURES)
+    frame = computed if kept is None else kept.unionByName(computed)
+    with session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": "1"}), \
+            Progress(label="songs' MFCC features", total=len(songs), done=lambda: done.value,
+                     interval_s=float(config["evaluate"]["progress_interval_s"])):
+        validate(frame, table="mfcc_features").write.mode("overwrite").parquet(uri)
+    store.write_metadata(uri, {"table": "mfcc_features", "settings": settings})
+    return len(songs)
+
+
+def _read_features(uri: str) -> pd.DataFrame:
+    filesystem, path = filesystem_and_path(uri)
+    table = ds.dataset(path, format="parquet", filesystem=filesystem).to_table()
+    return pd.DataFrame({"song_id": table.column("song_id").to_pylist(),
+                         "features": list(list_column_matrix(table.column("features")))})
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{100 * value:.1f}%"

@@ -1,0 +1,196 @@
+"""Recommendation quality: the metrics by hand, the MFCC baseline by an independent
+computation, and `deepcrate evaluate` on a rebuilt demo warehouse."""
+from __future__ import annotations
+
+import json
+
+import librosa
+import numpy as np
+import pyarrow.dataset as ds
+import pytest
+import scipy.fft
+import soundfile as sf
+import soxr
+from conftest import make_signal, write_audio
+from deepcrate.audio import DecodeLimits
+from deepcrate.cli import main
+from deepcrate.mfcc import mfcc_statistics, song_mfcc_statistics, standardise
+from deepcrate.retrieval import (
+    average_precision_at_k,
+    nearest_songs,
+    precision_at_k,
+    random_songs,
+    retrieval_scores,
+)
+
+# -- the metrics, by hand ----------------------------------------------------------------
+
+
+def test_precision_and_average_precision_match_hand_computed_values():
+    relevant = np.array([
+        [1, 0, 1, 0, 0],  # hits at ranks 1 and 3; 3 relevant songs exist
+        [0, 0, 0, 0, 0],  # no hit
+        [1, 1, 0, 0, 0],  # both of the only 2 relevant songs, first: perfect
+        [0, 1, 1, 1, 1],  # 4 hits after a miss; 10 relevant songs exist
+    ], dtype=bool)
+    n_relevant = np.array([3, 4, 2, 10])
+    np.testing.assert_allclose(precision_at_k(relevant, k=5), [2 / 5, 0, 2 / 5, 4 / 5])
+    np.testing.assert_allclose(precision_at_k(relevant, k=2), [1 / 2, 0, 1, 1 / 2])
+    np.testing.assert_allclose(average_precision_at_k(relevant, n_relevant, k=5), [
+        (1 / 1 + 2 / 3) / 3,
+        0.0,
+        (1 / 1 + 2 / 2) / 2,
+        (1 / 2 + 2 / 3 + 3 / 4 + 4 / 5) / 5,
+    ])
+    # Nothing relevant in the catalogue: 0, not a division by zero.
+    assert average_precision_at_k(np.zeros((1, 3), bool), np.array([0]), k=3)[0] == 0
+
+
+def test_a_tiny_catalogue_with_known_neighbours():
+    # Two genres in two directions; song 2 (genre a) sits nearer the b songs.
+    vectors = np.array([[1.0, 0.0], [0.9, 0.1], [0.2, 1.0], [0.0, 1.0], [0.1, 0.9], [0.05, 1.0]])
+    genres = np.array(["a", "a", "a", "b", "b", "b"], dtype=object)
+    queries = np.array([0, 2, 3])
+    found = nearest_songs(vectors, queries, k=3)
+    cosine = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)) @ \
+        (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).T
+    for row, query in enumerate(queries):
+        order = [p for p in np.argsort(-cosine[query], kind="stable") if p != query][:3]
+        assert list(found[row]) == order
+    assert list(found[0][:2]) == [1, 2]  # the a songs first, nearest first
+    scores = retrieval_scores(genres, queries, found, ks=(1, 3))
+    # query 0: a, a, b -> P@3 2/3; query 2 (an a among b's): b, b, b -> 0; query 3: b, b, a -> 2/3
+    np.testing.assert_allclose(scores["precision_at_3"], [2 / 3, 0, 2 / 3])
+    np.testing.assert_allclose(scores["precision_at_1"], [1, 0, 1])
+    np.testing.assert_allclose(scores["map_at_3"], [(1 + 1) / 2, 0, (1 + 1) / 2])
+
+
+def test_random_neighbours_are_distinct_never_the_query_and_cover_the_catalogue():
+    rng = np.random.default_rng(0)
+    queries = np.arange(6)
+    seen = set()
+    for _ in range(200):
+        found = random_songs(6, queries, k=5, rng=rng)
+        for query, row in zip(queries, found):
+            assert query not in row and len(set(row)) == 5 and row.min() >= 0 and row.max() < 6
+        seen |= set(found[0])
+    assert seen == {1, 2, 3, 4, 5}
+
+
+# -- the MFCC baseline against an independent computation -----------------------------------
+
+
+def reference_mfcc_statistics(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+    """The textbook recipe written out: centred 2048-point Hann STFT (hop 512, reflect-padded),
+    power, 128 Slaney mel filters, 10·log10 with an 80 dB floor, orthonormal DCT-II,
+    first 20; deltas by the 9-point regression formula, edges repeated."""
+    padded = np.pad(samples.astype(np.float64), 1024, mode="constant")
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(2048) / 2048)  # periodic Hann
+    frames = np.lib.stride_tricks.sliding_window_view(padded, 2048)[::512]
+    power = np.abs(np.fft.rfft(frames * window, axis=1)).T ** 2
+    mel = librosa.filters.mel(sr=sample_rate, n_fft=2048, n_mels=128) @ power
+    db = 10 * np.log10(np.maximum(mel, 1e-10))
+    db = np.maximum(db, db.max() - 80.0)
+    mfcc = scipy.fft.dct(db, type=2, axis=0, norm="ortho")[:20]
+    edge = np.pad(mfcc, ((0, 0), (4, 4)), mode="edge")
+    weights = np.arange(-4, 5)
+    delta = sum(w * edge[:, 4 + w:edge.shape[1] - 4 + w] for w in weights if w) / np.sum(weights ** 2)
+    both = np.concatenate([mfcc, delta])
+    return np.concatenate([both.mean(axis=1), both.std(axis=1)])
+
+
+def test_mfcc_statistics_match_an_independent_computation(tmp_path):
+    path = write_audio(tmp_path / "song.mp3", make_signal(8.0, channels=2, seed=3))
+    features = song_mfcc_statistics(path.read_bytes(), name=str(path),
+                                     limits=DecodeLimits(max_duration_s=600, truncated_ratio=0.9, silence_dbfs=-60))
+    # Decoded independently: soundfile, the mean of the channels, soxr to 22,050 Hz.
+    stereo, rate = sf.read(path, dtype="float32")
+    samples = soxr.resample(stereo.mean(axis=1), rate, 22050, quality="HQ")
+    expected = reference_mfcc_statistics(samples, 22050)
+    assert features.shape == (80,)
+    np.testing.assert_allclose(features, expected, rtol=1e-3, atol=1e-2)
+    # And the dimensions are what they claim: the first is the mean of MFCC 0, a large negative number.
+    assert features[0] < -100 and np.all(features[40:] >= 0)
+
+
+def test_standardise_gives_zero_mean_unit_variance_columns_and_zero_for_constant_ones():
+    features = np.array([[1.0, 5.0, 2.0], [3.0, 5.0, 4.0], [5.0, 5.0, 9.0]])
+    out = standardise(features)
+    np.testing.assert_allclose(out.mean(axis=0), 0, atol=1e-6)
+    np.testing.assert_allclose(out[:, [0, 2]].std(axis=0), 1, atol=1e-6)
+    assert (out[:, 1] == 0).all()
+
+
+def test_mfcc_statistics_of_a_single_frame_do_not_fail():
+    assert mfcc_statistics(np.zeros(100, np.float32) + 0.1).shape == (80,)
+
+
+# -- deepcrate evaluate on a rebuilt demo warehouse -----------------------------------------
+
+
+def test_evaluate_writes_the_table_with_independently_checked_numbers(rebuilt, tmp_path, capsys):
+    root, _, _, out = rebuilt
+    wh = root / "wh"
+    assert "evaluate ran" in out and "same-genre precision@10" in out
+    songs = ds.dataset(str(wh / "songs")).to_table().to_pandas().set_index("song_id").sort_index()
+    table = ds.dataset(str(wh / "evaluation")).to_table().to_pandas()
+    test = songs[(songs["split"] == "test") & songs["genre"].notna()]
+    assert len(test) >= 5
+    genres = sorted(test["genre"].unique())
+    assert len(table) == 3 * (1 + len(genres))
+    assert sorted(table["method"].unique()) == ["mfcc", "model", "random"]
+
+    # The model's numbers, recomputed from song_embeddings with plain numpy.
+    embeddings = ds.dataset(str(wh / "song_embeddings")).to_table().to_pandas().set_index("song_id").sort_index()
+    vectors = np.stack(embeddings["embedding"].to_numpy()).astype(np.float64)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    labels = songs.loc[embeddings.index, "genre"].to_numpy()
+    position = {song: i for i, song in enumerate(embeddings.index)}
+    p10, p5 = [], []
+    for song in test.index:
+        similarity = vectors @ vectors[position[song]]
+        similarity[position[song]] = -np.inf
+        order = np.argsort(-similarity, kind="stable")
+        p10.append(np.mean(labels[order[:10]] == test.loc[song, "genre"]))
+        p5.append(np.mean(labels[order[:5]] == test.loc[song, "genre"]))
+    model = table[(table["method"] == "model") & table["genre"].isna()].iloc[0]
+    assert model["songs"] == len(test)
+    assert model["precision_at_10"] == pytest.approx(np.mean(p10))
+    assert model["precision_at_5"] == pytest.approx(np.mean(p5))
+    accuracy = np.mean(embeddings.loc[test.index, "predicted_genre"] == test["genre"])
+    assert model["song_accuracy"] == pytest.approx(accuracy)
+    assert model["slices"] == test["n_slices"].sum()
+
+    # Random neighbours: close to what chance gives (4 of the other 34 songs share a genre).
+    random = table[(table["method"] == "random") & table["genre"].isna()].iloc[0]
+    assert random["precision_at_10"] == pytest.approx(4 / 34, abs=0.05)
+    # Every labelled song has its MFCC features, equal to the local computation.
+    features = ds.dataset(str(wh / "mfcc_features")).to_table().to_pandas().set_index("song_id")
+    assert set(features.index) == set(songs.index[songs["genre"].notna()])
+    some = test.index[0]
+    path = songs.loc[some, "path"].removeprefix("file:")
+    local = song_mfcc_statistics(open(path, "rb").read(), name=path,
+                                 limits=DecodeLimits(max_duration_s=600, truncated_ratio=0.9, silence_dbfs=-60))
+    np.testing.assert_allclose(features.loc[some, "features"], local, rtol=1e-5)
+
+    # The CLI: the same numbers, printed and written as JSON; the MFCC features are reused.
+    copy = tmp_path / "wh"
+    import shutil
+    shutil.copytree(wh, copy)
+    assert main(["evaluate", "--warehouse", str(copy), "--json", str(tmp_path / "metrics.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "(0 MFCC features computed)" in printed and "P@10" in printed
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["queries"] == len(test)
+    assert metrics["methods"]["model"]["precision_at_10"] == pytest.approx(np.mean(p10))
+    assert set(metrics["methods"]["mfcc"]["per_genre"]) == set(genres)
+    again = ds.dataset(str(copy / "evaluation")).to_table().to_pandas()
+    key = ["method", "genre"]
+    left = table.sort_values(key, ignore_index=True)
+    right = again.sort_values(key, ignore_index=True)
+    assert left.equals(right)
+
+
+def test_evaluate_refuses_a_warehouse_without_embeddings(spark, demo_warehouse, capsys):
+    assert main(["evaluate", "--warehouse", str(demo_warehouse)]) == 2
+    assert "no song_embeddings table" in capsys.readouterr().err
