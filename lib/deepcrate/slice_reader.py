@@ -116,12 +116,9 @@ class SliceTable:
         bounded by the buffer plus ``interleave`` chunks.
         """
         rng = np.random.default_rng(seed)
-        groups = self.row_groups(split=split)
-        order = rng.permutation(len(groups))
-        chunk_rows = max(16, min(256, buffer_size // max(interleave, 1) // 4))
-        streams = (self._read(groups[i], split=split, labels=labels, chunk_rows=chunk_rows) for i in order)
         buffer = ShuffleBuffer(capacity=buffer_size, image_shape=self.image_shape, rng=rng)
-        for chunk in _round_robin(streams, width=interleave):
+        for chunk in self._interleaved(split=split, labels=labels, buffer_size=buffer_size, interleave=interleave,
+                                       rng=rng):
             yield from buffer.add(chunk, batch_size=batch_size)
         yield from buffer.drain(batch_size=batch_size)
 
@@ -137,14 +134,20 @@ class SliceTable:
         odd slice out is left over. Memory is bounded by ``buffer_size`` slices.
         """
         rng = np.random.default_rng(seed)
+        buffer = ShuffleBuffer(capacity=buffer_size, image_shape=self.image_shape, rng=rng)
+        for chunk in self._interleaved(split=split, labels=None, buffer_size=buffer_size, interleave=interleave,
+                                       rng=rng):
+            yield from buffer.add_for_pairs(chunk, pairs=batch_size // 2)
+        yield from buffer.pairs(pairs=batch_size // 2, until_empty=True)
+
+    def _interleaved(self, *, split: str, labels: Sequence[str] | None, buffer_size: int, interleave: int,
+                     rng: np.random.Generator) -> Iterator[Batch]:
+        """Chunks of the row groups of ``split`` in a random order, ``interleave`` groups in turn."""
         groups = self.row_groups(split=split)
         order = rng.permutation(len(groups))
         chunk_rows = max(16, min(256, buffer_size // max(interleave, 1) // 4))
-        streams = (self._read(groups[i], split=split, labels=None, chunk_rows=chunk_rows) for i in order)
-        buffer = ShuffleBuffer(capacity=buffer_size, image_shape=self.image_shape, rng=rng)
-        for chunk in _round_robin(streams, width=interleave):
-            yield from buffer.add_for_pairs(chunk, pairs=batch_size // 2)
-        yield from buffer.pairs(pairs=batch_size // 2, until_empty=True)
+        streams = (self._read(groups[i], split=split, labels=labels, chunk_rows=chunk_rows) for i in order)
+        return _round_robin(streams, width=interleave)
 
     def _read(
         self, group: ds.Fragment, *, split: str, labels: Sequence[str] | None, chunk_rows: int
