@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -192,20 +192,21 @@ class ShuffleBuffer:
         self.rng = rng
 
     def add(self, batch: Batch, *, batch_size: int) -> Iterator[Batch]:
-        start = 0
-        n = len(batch.labels)
-        while start < n:
-            take = min(n - start, self.capacity - self.count)
-            end = self.count + take
-            for name in ("images", "labels", "song_ids", "slice_idx"):
-                getattr(self, name)[self.count:end] = getattr(batch, name)[start:start + take]
-            self.count, start = end, start + take
-            if self.count == self.capacity:
-                yield from self._emit(max(batch_size, (self.capacity // 2) // batch_size * batch_size),
-                                      batch_size=batch_size)
+        half = max(batch_size, (self.capacity // 2) // batch_size * batch_size)
+        yield from self._fill(batch, when_full=lambda: self._emit(half, batch_size=batch_size))
 
     def add_for_pairs(self, batch: Batch, *, pairs: int) -> Iterator[Batch]:
         """Like :meth:`add`, emitting batches of pairs (see :meth:`pairs`) whenever the pool is full."""
+        def when_full() -> Iterator[Batch]:
+            emitted = list(self.pairs(pairs=pairs, until_empty=False))
+            if not emitted:  # one song fills the pool (a tiny buffer): let the next ones in
+                self._keep(self.rng.permutation(self.count)[self.count // 2:])
+            yield from emitted
+
+        yield from self._fill(batch, when_full=when_full)
+
+    def _fill(self, batch: Batch, *, when_full: Callable[[], Iterator[Batch]]) -> Iterator[Batch]:
+        """Copy ``batch`` into the pool, running ``when_full`` each time the pool fills up."""
         start, n = 0, len(batch.labels)
         while start < n:
             take = min(n - start, self.capacity - self.count)
@@ -214,10 +215,7 @@ class ShuffleBuffer:
                 getattr(self, name)[self.count:end] = getattr(batch, name)[start:start + take]
             self.count, start = end, start + take
             if self.count == self.capacity:
-                emitted = list(self.pairs(pairs=pairs, until_empty=False))
-                if not emitted:  # one song fills the pool (a tiny buffer): let the next ones in
-                    self._keep(self.rng.permutation(self.count)[self.count // 2:])
-                yield from emitted
+                yield from when_full()
 
     def pairs(self, *, pairs: int, until_empty: bool) -> Iterator[Batch]:
         """Batches of up to ``pairs`` pairs of distinct songs from the pool's slices.
