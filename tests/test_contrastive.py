@@ -34,3 +34,48 @@ def test_the_pair_loss_is_low_when_partners_agree_and_high_when_they_do_not():
     good = float(np.mean(pair_contrastive_loss(dummy, aligned)))
     bad = float(np.mean(pair_contrastive_loss(dummy, swapped)))
     assert good < 0.1 < 2.0 < bad
+
+
+def test_an_unlabelled_catalogue_gets_an_embedding_only_model_and_recommendations(spark, tmp_path, capsys):
+    """No genres at all: the contrastive objective still trains, embed and index run, evaluate is skipped."""
+    import json
+    import shutil
+
+    import keras
+    import pyarrow.dataset as ds
+
+    from deepcrate.cli import main
+    from deepcrate.demo import write_demo_catalogue
+    from deepcrate.model import embedding_model  # noqa: F401  registers the custom layers
+
+    labelled = tmp_path / "labelled"
+    write_demo_catalogue(labelled, songs_per_genre=2, seconds=11.0, seed=7, genres=("trance", "hip_hop", "rock_indie"))
+    audio = tmp_path / "audio"  # one flat folder, no manifest: no genre anywhere
+    audio.mkdir()
+    for file in labelled.glob("*/*.mp3"):
+        shutil.copyfile(file, audio / f"{file.parent.name}-{file.name}")
+    wh = tmp_path / "wh"
+    assert main(["rebuild", "--audio", str(audio), "--warehouse", str(wh), "--set", "train.objective=contrastive",
+                 "--set", "train.max_epochs=2", "--set", "train.batch_size=8",
+                 "--set", "split.train=0.5", "--set", "split.validation=0.34", "--set", "split.test=0.16"]) == 0
+    out = capsys.readouterr().out
+    assert "not evaluated" in out and "test song accuracy n/a" in out
+
+    (model_dir,) = (wh / "models").iterdir()
+    assert json.loads((model_dir / "labels.json").read_text()) == []
+    assert not (model_dir / "metrics.json").exists()
+    encoder = keras.models.load_model(model_dir / "model.keras", compile=False)
+    assert encoder.output_names == ["embedding"]
+
+    slices = ds.dataset(str(wh / "slices"), format="parquet").to_table().to_pandas()
+    songs = ds.dataset(str(wh / "song_embeddings"), format="parquet").to_table().to_pandas().set_index("song_id")
+    assert len(songs) == 6 and songs["predicted_genre"].isna().all()
+    assert all(len(p) == 0 for p in songs["genre_probabilities"])
+    for song_id, group in slices.groupby("song_id"):  # the song vector: the encoder's mean over its slices
+        images = np.stack([np.frombuffer(b, np.uint8).reshape(256, 256) for b in group["spectrogram"]])
+        expected = np.asarray(encoder(images, training=False)).mean(axis=0)
+        np.testing.assert_allclose(songs.loc[song_id, "embedding"], expected, atol=1e-4)
+
+    recommendations = ds.dataset(str(wh / "recommendations"), format="parquet").to_table().to_pandas()
+    assert (recommendations.groupby("song_id").size() == 5).all() and len(recommendations) == 30
+    assert not (recommendations["song_id"] == recommendations["neighbor_id"]).any()

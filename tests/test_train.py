@@ -261,6 +261,12 @@ def test_corrupt_model_folders_are_refused(tmp_path):
     build_model(preset="seed", n_classes=3).save(folder / "model.keras")
     with pytest.raises(ModelError, match="3 outputs but labels.json lists 2 genres"):
         read_model_folder(str(folder)).load_keras()
+    (folder / "labels.json").write_text("[]")  # no genres: only an embedding-only network fits
+    with pytest.raises(ModelError, match="lists no genres but the network's output is"):
+        read_model_folder(str(folder)).load_keras()
+    (folder / "labels.json").write_text('["a"]')
+    with pytest.raises(ModelError, match="at least 2 genre names"):
+        read_model_folder(str(folder))
     (folder / "labels.json").write_text('["a", "b"')
     with pytest.raises(ModelError, match="labels.json is not readable JSON"):
         read_model_folder(str(folder))
@@ -268,3 +274,15 @@ def test_corrupt_model_folders_are_refused(tmp_path):
     mel = SpectrogramSettings.from_config(resolve_config(overrides=["spectrogram.preset=mel"]))
     with pytest.raises(ModelError, match="trained on 'seed' spectrograms and the slices table holds 'mel'"):
         read_model_folder(str(folder)).check_settings(mel, what="the slices table")
+
+
+def test_balanced_genre_weights_make_every_genre_weigh_the_same():
+    from deepcrate.training import TrainSettings, _genre_weights
+
+    counts = {"train": {"rock": 300, "jazz": 100, "pop": 50, None: 999}, "validation": {"rock": 9}}
+    labels = ["jazz", "pop", "rock"]
+    settings = TrainSettings.from_config(resolve_config(overrides=["train.balance_genres=true"]))
+    weights = _genre_weights(counts, labels=labels, settings=settings)
+    totals = [weights[i] * counts["train"][genre] for i, genre in enumerate(labels)]
+    np.testing.assert_allclose(totals, [150.0] * 3)  # 450 labelled slices shared by 3 genres
+    assert _genre_weights(counts, labels=labels, settings=TrainSettings.from_config(resolve_config())) is None

@@ -182,7 +182,10 @@ def worker_model(version: str, payload: bytes | Any, *, loads: Any = None):
             with open(path, "wb") as out:
                 out.write(data)
             trained = keras.models.load_model(path, compile=False)
-        model = keras.Model(trained.input, [trained.get_layer(EMBEDDING_LAYER).output, trained.output])
+        outputs = [trained.get_layer(EMBEDDING_LAYER).output]
+        if trained.output_names != [EMBEDDING_LAYER]:  # an embedding-only model has no genre head
+            outputs.append(trained.output)
+        model = keras.Model(trained.input, outputs)
         _WORKER_MODELS.clear()  # one model per worker at a time
         _WORKER_MODELS[version] = model
         if loads is not None:
@@ -210,14 +213,20 @@ def _limit_threads_to_the_task() -> None:
 
 
 def embed_images(model, images: np.ndarray, *, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(embeddings, probabilities) as float32 for uint8 images, ``batch_size`` at a time."""
-    embeddings, probabilities = [], []
+    """(embeddings, probabilities) as float32 for uint8 images, ``batch_size`` at a time.
+
+    A model without a genre head gives probabilities of width 0.
+    """
+    from deepcrate.model import EMBEDDING_SIZE
+
+    n_genres = model.outputs[1].shape[-1] if len(model.outputs) > 1 else 0
+    embeddings, probabilities = [np.zeros((0, EMBEDDING_SIZE), np.float32)], [np.zeros((0, n_genres), np.float32)]
     for start in range(0, len(images), batch_size):
-        emb, prob = model(images[start:start + batch_size], training=False)
-        embeddings.append(np.asarray(emb, dtype=np.float32))
-        probabilities.append(np.asarray(prob, dtype=np.float32))
-    if not embeddings:
-        return np.zeros((0, 128), np.float32), np.zeros((0, model.outputs[1].shape[-1]), np.float32)
+        outputs = model(images[start:start + batch_size], training=False)
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]  # Keras unwraps one output
+        embeddings.append(np.asarray(outputs[0], dtype=np.float32))
+        probabilities.append(np.asarray(outputs[1], dtype=np.float32) if n_genres
+                             else np.zeros((len(embeddings[-1]), 0), np.float32))
     return np.concatenate(embeddings), np.concatenate(probabilities)
 
 
@@ -240,13 +249,14 @@ def _embedder(payload, *, version: str, shape: tuple[int, int], batch_size: int,
 
 
 def _song_vector(group: pd.DataFrame, *, labels: list[str], version: str) -> pd.DataFrame:
-    """One song: the mean of its slice embeddings and of its slice probabilities."""
+    """One song: the mean of its slice embeddings and of its slice probabilities
+    (no predicted genre when the model has no genre head)."""
     embedding = np.stack(group["embedding"].to_numpy()).mean(axis=0, dtype=np.float64).astype(np.float32)
     probabilities = np.stack(group["genre_probabilities"].to_numpy()).mean(axis=0, dtype=np.float64)
     return pd.DataFrame({
         "song_id": [group["song_id"].iloc[0]],
         "embedding": [embedding],
-        "predicted_genre": [labels[int(probabilities.argmax())]],
+        "predicted_genre": [labels[int(probabilities.argmax())] if labels else None],
         "genre_probabilities": [{g: float(p) for g, p in zip(labels, probabilities)}],
         "n_slices": [len(group)],
         "model_version": [version],

@@ -5,7 +5,8 @@ splits, the query left out); its 10 nearest songs by cosine similarity are judge
 genre (:mod:`deepcrate.retrieval`). Three methods answer the same queries:
 
 - ``model``: the song embeddings (``song_embeddings``); song accuracy is the model's
-  own genre prediction (summed slice votes);
+  own genre prediction (summed slice votes), or for a model without a genre head the
+  same logistic regression as for MFCCs, fitted on its embeddings;
 - ``mfcc``: classic MFCC statistics (:mod:`deepcrate.mfcc`), standardised over the
   catalogue; song accuracy from a logistic regression fitted on the train and
   validation songs' features;
@@ -154,6 +155,9 @@ def _evaluation_rows(catalogue: pd.DataFrame, *, version: str, settings: dict[st
     labels = np.array(sorted(set(genres)), dtype=object)
 
     model_answers = catalogue["predicted_genre"].to_numpy(dtype=object)[queries]
+    if catalogue["predicted_genre"].isna().all():  # an embedding-only model: probe it as MFCCs are
+        model_answers = _probe_predictions(standardise(np.stack(catalogue["embedding"].to_numpy())), catalogue,
+                                           queries)
     answers = {
         "model": model_answers,
         "mfcc": _probe_predictions(mfcc, catalogue, queries),
@@ -181,7 +185,8 @@ def _evaluation_rows(catalogue: pd.DataFrame, *, version: str, settings: dict[st
             if method == "model":  # the classifier's details, as the train job reports them
                 slices = test_slices if genre is None else test_slices[test_slices["genre"] == genre]
                 row["slices"] = len(slices)
-                row["slice_accuracy"] = float((slices["genre"] == slices["predicted"]).mean()) if len(slices) else None
+                predicted = slices["predicted"].notna().any()
+                row["slice_accuracy"] = float((slices["genre"] == slices["predicted"]).mean()) if predicted else None
                 wrong = model_answers[mask][model_answers[mask] != genre] if genre is not None else []
                 row["most_confused_with"] = pd.Series(wrong).value_counts().sort_index(
                     ).sort_values(ascending=False, kind="stable").index[0] if len(wrong) else None
@@ -222,7 +227,9 @@ def _test_slice_predictions(store: Warehouse, test_songs: pd.DataFrame) -> pd.Da
     genre_of = dict(zip(test_songs["song_id"], test_songs["genre"]))
     return pd.DataFrame({
         "genre": [genre_of[s] for s in table.column("song_id").to_pylist()],
-        "predicted": labels[probabilities.argmax(axis=1)] if len(probabilities) else np.array([], dtype=object),
+        # no genre head (probabilities of width 0): no slice predictions
+        "predicted": (labels[probabilities.argmax(axis=1)] if len(probabilities) and len(labels)
+                      else np.full(len(probabilities), None, dtype=object)),
     })
 
 

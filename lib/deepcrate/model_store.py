@@ -3,11 +3,13 @@
 A folder holds::
 
     model.keras         the trained Keras model (best validation loss)
-    labels.json         the genre of each output, in order
+    labels.json         the genre of each output, in order; empty for an embedding-only
+                        model (contrastive objective on a catalogue without genres)
     spectrogram.json    the spectrogram settings of the slices it was trained on
     train.json          model preset, precision, epochs, the slices table it came from
     history.json        loss and accuracy per epoch (training.png draws them)
-    metrics.json        the test-split evaluation (confusion.png draws its matrix)
+    metrics.json        the test-split evaluation (confusion.png draws its matrix), when
+                        the model predicts genres
     _SUCCESS            written last: the folder is complete
 
 Versions are named ``<UTC time>-<model preset>`` and sort by age.
@@ -51,6 +53,13 @@ class ModelFolder:
             model = keras.models.load_model(file, compile=compile)
         except Exception as exc:  # zip, h5 and deserialisation errors all mean the same to a user
             raise ModelError(f"model {self.path}: model.keras cannot be loaded: {type(exc).__name__}: {exc}") from None
+        from deepcrate.model import EMBEDDING_LAYER
+
+        if not self.labels:
+            if model.output_names != [EMBEDDING_LAYER]:
+                raise ModelError(f"model {self.path}: labels.json lists no genres but the network's output is "
+                                 f"{model.output_names}, not the {EMBEDDING_LAYER!r} layer")
+            return model
         outputs = model.outputs[0].shape[-1]
         if outputs != len(self.labels):
             raise ModelError(f"model {self.path}: the network has {outputs} outputs but labels.json "
@@ -86,8 +95,9 @@ def read_model_folder(path: str) -> ModelFolder:
     labels = _read_json(path, "labels.json")
     settings = _read_json(path, "spectrogram.json")
     train = _read_json(path, "train.json")
-    if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(g, str) for g in labels):
-        raise ModelError(f"model {path}: labels.json must be a list of at least 2 genre names")
+    if not isinstance(labels, list) or len(labels) == 1 or not all(isinstance(g, str) for g in labels):
+        raise ModelError(f"model {path}: labels.json must be a list of at least 2 genre names "
+                         f"(or empty, for an embedding-only model)")
     try:
         spectrogram = SpectrogramSettings(**settings)
     except TypeError as exc:

@@ -39,11 +39,12 @@ def plot_confusion(path: str, *, matrix: np.ndarray, labels: Sequence[str], titl
 
 
 def plot_training(path: str, *, history: dict[str, list[float]], title: str) -> None:
-    """Loss and accuracy per epoch, training and validation."""
+    """Loss and accuracy per epoch, training and validation (loss alone for the contrastive objective)."""
     plt = _pyplot()
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    metrics = ["loss", *(["accuracy"] if history.get("accuracy") else [])]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
     epochs = np.arange(1, len(history.get("loss", [])) + 1)
-    for ax, metric in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+    for ax, metric in zip(axes[0], metrics):
         for prefix, style in (("", "-o"), ("val_", "--s")):
             values = history.get(prefix + metric)
             if values:

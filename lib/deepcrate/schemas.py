@@ -112,7 +112,8 @@ SONG_EMBEDDINGS = StructType(
     [
         StructField("song_id", StringType(), False),
         StructField("embedding", ArrayType(FloatType(), False), False),  # mean of the song's slice embeddings
-        StructField("predicted_genre", StringType(), False),  # argmax of the summed slice probabilities
+        # argmax of the summed slice probabilities; null when the model has no genre head
+        StructField("predicted_genre", StringType(), True),
         StructField("genre_probabilities", MapType(StringType(), FloatType(), False), False),  # mean per genre
         StructField("n_slices", IntegerType(), False),
         StructField("model_version", StringType(), False),

@@ -55,6 +55,7 @@ class TrainSettings:
     max_epochs: int
     patience: int
     learning_rate: float
+    balance_genres: bool
     precision: str
     shuffle_buffer: int
     interleave: int
@@ -84,7 +85,7 @@ class TrainSettings:
 class TrainResult:
     version: str
     model_uri: str
-    evaluation: Evaluation
+    evaluation: Evaluation | None  # None: no genre head to evaluate
     epochs: int
     best_epoch: int
     stopped_early: bool
@@ -96,7 +97,8 @@ class TrainResult:
         return [
             f"model {self.version}: {stop}, best validation loss at epoch {self.best_epoch} "
             f"({self.precision} on {', '.join(self.devices)})",
-            *self.evaluation.report_lines(),
+            *(self.evaluation.report_lines() if self.evaluation is not None
+              else ["no genre head: the catalogue has no usable genres; songs are embedded, not classified"]),
             f"model folder: {self.model_uri} (metrics.json, confusion.png, training.png)",
             "evaluation table: deepcrate sql --warehouse WH \"SELECT * FROM evaluation\"",
         ]
@@ -134,6 +136,9 @@ def train(
     TrainingError
         No run to resume, no usable train split, a single genre, genres missing from
         the validation split, or a slices table made with other spectrogram settings.
+        With ``train.objective=contrastive`` the genre checks only decide whether a genre
+        head is fitted (without one, ``labels.json`` is empty and no genre is predicted);
+        the train and validation splits just need slices.
     """
     store = Warehouse(spark, warehouse, table_format=config["warehouse"]["table_format"])
     work_root = _work_root(store, TrainSettings.from_config(config))
@@ -145,7 +150,7 @@ def train(
     spectrogram = _table_settings(store, config)
     table = SliceTable(store.table_uri("slices"), image_shape=(spectrogram.n_rows, spectrogram.slice_frames))
     counts = table.genre_counts()
-    labels = _check_splits(counts, uri=table.uri)
+    labels = _genres_to_learn(counts, uri=table.uri, objective=settings.objective)
     if run_dir is None:
         run_dir = _new_run(work_root, settings, config, fingerprint=fingerprint)
     version = os.path.basename(run_dir)
@@ -163,18 +168,24 @@ def train(
         strategy = tf.distribute.MirroredStrategy() if gpus else tf.distribute.get_strategy()
         if not state.finished:
             logger.info("training %s (%s model, %s, %d train / %d validation slices, %d genres) on %s",
-                        version, settings.model, precision, _total(counts, "train", labels),
-                        _total(counts, "validation", labels), len(labels), ", ".join(devices))
-            with strategy.scope():
-                model = _model_to_train(run_dir, state, settings, n_classes=len(labels),
+                        version, settings.model, precision,
+                        _slices_learnt(counts, "train", labels=labels, settings=settings),
+                        _slices_learnt(counts, "validation", labels=labels, settings=settings),
+                        len(labels), ", ".join(devices))
+            with strategy.scope():  # a contrastive encoder drops the head: any width builds it
+                model = _model_to_train(run_dir, state, settings, n_classes=max(len(labels), 2),
                                         input_shape=table.image_shape)
             _fit(model, table=table, labels=labels, counts=counts, settings=settings, state=state,
                  run_dir=run_dir, callbacks=callbacks)
-        if settings.objective == "contrastive" and not os.path.exists(os.path.join(run_dir, "classifier.keras")):
+        final = _final_model_file(settings, labels)
+        if final == "classifier.keras" and not os.path.exists(os.path.join(run_dir, final)):
             with strategy.scope():
                 _fit_genre_head(run_dir, table=table, labels=labels, counts=counts, settings=settings)
-        best = keras.models.load_model(os.path.join(run_dir, _final_model_file(settings)), compile=False)
-        evaluation = evaluate_model(best, table=table, labels=labels, version=version, batch_size=settings.batch_size)
+        evaluation = None
+        if labels:
+            best = keras.models.load_model(os.path.join(run_dir, final), compile=False)
+            evaluation = evaluate_model(best, table=table, labels=labels, version=version,
+                                        batch_size=settings.batch_size)
     finally:
         keras.mixed_precision.set_dtype_policy(previous_policy)
 
@@ -228,6 +239,22 @@ def _table_settings(store: Warehouse, config: dict[str, Any]) -> SpectrogramSett
     return table
 
 
+def _genres_to_learn(counts: dict[str, dict[str | None, int]], *, uri: str, objective: str) -> list[str]:
+    """The genres the model's head predicts: none for a contrastive embedding without usable labels."""
+    if objective == "classify":
+        return _check_splits(counts, uri=uri)
+    for split in ("train", "validation"):  # pairs to learn from, and pairs for early stopping
+        if not sum(counts.get(split, {}).values()):
+            raise TrainingError(f"slices table {uri}: the {split} split has no slices; the contrastive "
+                                f"objective needs songs in both the train and the validation split")
+    try:
+        return _check_splits(counts, uri=uri)
+    except TrainingError as exc:
+        logger.warning("no genre head (%s): the embedding is learnt without labels and songs get no "
+                       "predicted genre", exc)
+        return []
+
+
 def _check_splits(counts: dict[str, dict[str | None, int]], *, uri: str) -> list[str]:
     """The label list (the train split's genres, sorted), after checking the splits can train."""
     train = {g: n for g, n in counts.get("train", {}).items() if g is not None}
@@ -253,6 +280,14 @@ def _check_splits(counts: dict[str, dict[str | None, int]], *, uri: str) -> list
             logger.warning("%s slices of genres absent from the train split are ignored: %s",
                            split, ", ".join(unknown))
     return labels
+
+
+def _slices_learnt(counts: dict[str, dict[str | None, int]], split: str, *, labels: Sequence[str],
+                   settings: TrainSettings) -> int:
+    """Slices of ``split`` the objective reads: every one for contrastive pairs, labelled ones otherwise."""
+    if settings.objective == "contrastive":
+        return sum(counts.get(split, {}).values())
+    return _total(counts, split, labels)
 
 
 def _total(counts: dict[str, dict[str | None, int]], split: str, labels: Sequence[str]) -> int:
@@ -381,12 +416,13 @@ def _model_to_train(run_dir: str, state: _State, settings: TrainSettings, *, n_c
 
 def _fit(model, *, table: SliceTable, labels: list[str], counts, settings: TrainSettings, state: _State,
          run_dir: str, callbacks: Sequence[Any]) -> None:
+    train_slices = _slices_learnt(counts, "train", labels=labels, settings=settings)
+    weights = None
     if settings.objective == "contrastive":  # every slice, labelled or not
-        train_slices = sum(counts.get("train", {}).values())
         data = pair_dataset(table, split="train", settings=settings, first_epoch=state.epochs_done)
         validation = pair_dataset(table, split="validation", settings=settings, fixed_seed=True)
     else:
-        train_slices = _total(counts, "train", labels)
+        weights = _genre_weights(counts, labels=labels, settings=settings)
         data = training_dataset(table, labels=labels, settings=settings, n_slices=train_slices,
                                 first_epoch=state.epochs_done)
         validation = validation_dataset(table, labels=labels, batch_size=settings.batch_size,
@@ -396,6 +432,7 @@ def _fit(model, *, table: SliceTable, labels: list[str], counts, settings: Train
         validation_data=validation,
         epochs=settings.max_epochs,
         initial_epoch=state.epochs_done,
+        class_weight=weights,
         shuffle=False,  # the dataset shuffles itself
         verbose=0,
         callbacks=[
@@ -407,6 +444,21 @@ def _fit(model, *, table: SliceTable, labels: list[str], counts, settings: Train
     )
     state.finished = True
     state.save(run_dir)
+
+
+def _genre_weights(counts: dict[str, dict[str | None, int]], *, labels: Sequence[str],
+                   settings: TrainSettings) -> dict[int, float] | None:
+    """Loss weight of each genre index so that every genre of the train split weighs the same
+    in total (``train.balance_genres``); None when off.
+
+    Real catalogues are uneven: unweighted, a small model can settle on always answering
+    the largest genre.
+    """
+    if not settings.balance_genres:
+        return None
+    train = counts.get("train", {})
+    total = sum(train[genre] for genre in labels)
+    return {index: total / (len(labels) * train[genre]) for index, genre in enumerate(labels)}
 
 
 def training_dataset(table: SliceTable, *, labels: Sequence[str], settings: TrainSettings, n_slices: int,
@@ -474,7 +526,8 @@ def _fit_genre_head(run_dir: str, *, table: SliceTable, labels: list[str], count
         training_dataset(table, labels=labels, settings=settings, n_slices=_total(counts, "train", labels)),
         validation_data=validation_dataset(table, labels=labels, batch_size=settings.batch_size,
                                            n_slices=_total(counts, "validation", labels)),
-        epochs=HEAD_EPOCHS, shuffle=False, verbose=0,
+        epochs=HEAD_EPOCHS, class_weight=_genre_weights(counts, labels=labels, settings=settings),
+        shuffle=False, verbose=0,
         callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=2, restore_best_weights=True)],
     )
     for layer in model.layers:
@@ -484,9 +537,10 @@ def _fit_genre_head(run_dir: str, *, table: SliceTable, labels: list[str], count
     os.replace(tmp, os.path.join(run_dir, "classifier.keras"))
 
 
-def _final_model_file(settings: TrainSettings) -> str:
-    """The run's file that becomes model.keras: the best classifier, or the encoder with its head."""
-    return "classifier.keras" if settings.objective == "contrastive" else "best.keras"
+def _final_model_file(settings: TrainSettings, labels: Sequence[str]) -> str:
+    """The run's file that becomes model.keras: the best classifier, the contrastive encoder
+    with its genre head, or the encoder alone when there are no genres to predict."""
+    return "classifier.keras" if settings.objective == "contrastive" and labels else "best.keras"
 
 
 def validation_dataset(table: SliceTable, *, labels: Sequence[str], batch_size: int, n_slices: int):
@@ -582,18 +636,19 @@ class _ProgressLog(keras.callbacks.Callback):
 
 
 def _write_model_folder(model_dir: str, *, run_dir: str, labels, spectrogram: SpectrogramSettings,
-                        settings: TrainSettings, state: _State, evaluation: Evaluation, precision: str,
+                        settings: TrainSettings, state: _State, evaluation: Evaluation | None, precision: str,
                         devices: list[str], slices_meta: dict[str, Any], table_uri: str, counts) -> None:
     from deepcrate.plots import plot_confusion, plot_training
 
     version = os.path.basename(run_dir)
     shutil.rmtree(model_dir, ignore_errors=True)
     os.makedirs(model_dir)
-    shutil.copyfile(os.path.join(run_dir, _final_model_file(settings)), os.path.join(model_dir, "model.keras"))
+    shutil.copyfile(os.path.join(run_dir, _final_model_file(settings, labels)), os.path.join(model_dir, "model.keras"))
     write_json(model_dir, "labels.json", list(labels))
     write_json(model_dir, "spectrogram.json", spectrogram.to_dict())
     write_json(model_dir, "history.json", state.history)
-    write_json(model_dir, "metrics.json", evaluation.metrics())
+    if evaluation is not None:
+        write_json(model_dir, "metrics.json", evaluation.metrics())
     write_json(model_dir, "train.json", {
         "version": version,
         "deepcrate_version": __version__,
@@ -607,20 +662,25 @@ def _write_model_folder(model_dir: str, *, run_dir: str, labels, spectrogram: Sp
         "slices_table": table_uri,
         "audio": slices_meta.get("audio"),
         "split": slices_meta.get("split"),
-        "slices": {split: _total(counts, split, labels) for split in ("train", "validation", "test")},
+        "slices": {split: _slices_learnt(counts, split, labels=labels, settings=settings)
+                   for split in ("train", "validation", "test")},
         "fingerprint": state.fingerprint,
     })
-    plot_confusion(os.path.join(model_dir, "confusion.png"), matrix=evaluation.confusion, labels=labels,
-                   title=f"{version}: test songs (song accuracy "
-                         f"{100 * (evaluation.metrics()['song_accuracy'] or 0):.1f}%)")
+    if evaluation is not None:
+        plot_confusion(os.path.join(model_dir, "confusion.png"), matrix=evaluation.confusion, labels=labels,
+                       title=f"{version}: test songs (song accuracy "
+                             f"{100 * (evaluation.metrics()['song_accuracy'] or 0):.1f}%)")
     plot_training(os.path.join(model_dir, "training.png"), history=state.history, title=version)
 
 
-def _publish(spark, store: Warehouse, *, version: str, model_dir: str, evaluation: Evaluation) -> None:
+def _publish(spark, store: Warehouse, *, version: str, model_dir: str, evaluation: Evaluation | None) -> None:
+    """The model folder and its ``evaluation`` rows (none without a genre head, so that no
+    earlier model's rows stay behind)."""
     run = store.begin_run()
     store.stage_folder(run, model_dir, f"{MODELS}/{version}")
     uri = store.staging_uri(run, "evaluation")
-    frame = spark.createDataFrame(evaluation.table_rows(), schema=EVALUATION).coalesce(1)
+    rows = evaluation.table_rows() if evaluation is not None else []
+    frame = spark.createDataFrame(rows, schema=EVALUATION).coalesce(1)
     validate(frame, table="evaluation").write.mode("overwrite").parquet(uri)
     store.write_metadata(uri, {"table": "evaluation", "model_version": version})
     store.publish(run, [f"{MODELS}/{version}", "evaluation"])
