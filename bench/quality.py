@@ -32,6 +32,11 @@ VARIANTS = {
     "improved": ["spectrogram.preset=mel", "train.model=improved"],
     "improved-linear": ["spectrogram.preset=seed", "train.model=improved"],
     "contrastive": ["spectrogram.preset=mel", "train.model=improved", "train.objective=contrastive"],
+    # tuning candidates: the loss weighted so each soundtrack counts the same, a lower learning rate
+    "seed-balanced": ["spectrogram.preset=seed", "train.model=seed", "train.balance_genres=true"],
+    "improved-balanced": ["spectrogram.preset=mel", "train.model=improved", "train.balance_genres=true"],
+    "improved-slow": ["spectrogram.preset=mel", "train.model=improved", "train.balance_genres=true",
+                      "train.learning_rate=0.001"],
 }
 SPLIT = ["split.train=0.5", "split.validation=0.2", "split.test=0.3"]
 REPORTED = ("precision_at_10", "map_at_10", "precision_at_5", "song_accuracy")
