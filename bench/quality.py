@@ -10,6 +10,7 @@ each run on the same queries.
     python bench/real_corpus.py                      # once
     python bench/quality.py --seeds 0 1 2            # all variants
     python bench/quality.py --variants seed mel --seeds 0
+    python bench/quality.py --report a.json b.json   # one table from earlier runs
 
 Writes bench/results/quality.json and prints mean ± standard deviation over the seeds.
 """
@@ -51,7 +52,14 @@ def main() -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--set", action="append", default=[], dest="overrides", help="extra config overrides")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "quality.json"))
+    parser.add_argument("--report", nargs="+", metavar="JSON", help="no runs: merge these results into one table")
     args = parser.parse_args()
+    if args.report:
+        runs = [run for file in args.report for run in json.loads(Path(file).read_text())["runs"]]
+        variants = list(dict.fromkeys(run["variant"] for run in runs))
+        seeds = sorted({run["seed"] for run in runs})
+        report(runs, variants=variants, seeds=seeds, corpus=args.corpus, out=Path(args.out))
+        return 0
     corpus = Path(args.corpus)
     if not (corpus / "manifest.csv").is_file():
         print(f"{corpus}/manifest.csv is missing: run python bench/real_corpus.py", file=sys.stderr)
@@ -81,18 +89,22 @@ def main() -> int:
                   f"song acc {model['song_accuracy']:.3f}  (MFCC P@10 {metrics['methods']['mfcc']['precision_at_10']:.3f}"
                   f", {metrics['queries']} queries, train {train_s:.0f} s)", flush=True)
 
-    table = aggregate(runs, variants=args.variants)
-    print(f"\n{len(args.seeds)} seeds; mean ± standard deviation")
+    report(runs, variants=args.variants, seeds=args.seeds, corpus=str(corpus), out=Path(args.out))
+    return 0
+
+
+def report(runs: list[dict], *, variants: list[str], seeds: list[int], corpus: str, out: Path) -> None:
+    """Print the mean ± std table over the seeds and write it with every run to ``out``."""
+    table = aggregate(runs, variants=variants)
+    print(f"\n{len(seeds)} seeds; mean ± standard deviation")
     print(f"{'':<16}" + "".join(f"{name:>18}" for name in REPORTED) + f"{'P@10 / MFCC':>14}")
     for name, row in table.items():
         ratio = row.get("p10_vs_mfcc")
         print(f"{name:<16}" + "".join(f"{row[m]['mean']:>11.3f} ± {row[m]['std']:.3f}" for m in REPORTED)
               + (f"{ratio['mean']:>8.2f} ± {ratio['std']:.2f}" if ratio else ""))
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"corpus": str(corpus), "seeds": args.seeds, "summary": table, "runs": runs}, indent=2))
+    out.write_text(json.dumps({"corpus": corpus, "seeds": seeds, "summary": table, "runs": runs}, indent=2))
     print(f"written {out}")
-    return 0
 
 
 def aggregate(runs: list[dict], *, variants: list[str]) -> dict[str, dict]:
