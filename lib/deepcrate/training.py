@@ -99,7 +99,8 @@ class TrainResult:
             f"({self.precision} on {', '.join(self.devices)})",
             *(self.evaluation.report_lines() if self.evaluation is not None
               else ["no genre head: the catalogue has no usable genres; songs are embedded, not classified"]),
-            f"model folder: {self.model_uri} (metrics.json, confusion.png, training.png)",
+            f"model folder: {self.model_uri} "
+            f"({'metrics.json, confusion.png, ' if self.evaluation is not None else ''}training.png)",
             "evaluation table: deepcrate sql --warehouse WH \"SELECT * FROM evaluation\"",
         ]
 
