@@ -6,7 +6,7 @@ DEMO := demo
 PACK_ENV := build/pack-env
 ENV_ARCHIVE := dist/deepcrate-env.tar.gz
 
-.PHONY: demo test package wheel bench-ingest bench-train bench-embed bench-index bench-rebuild clean
+.PHONY: demo test package wheel bench-ingest bench-train bench-embed bench-index bench-rebuild bench-quality clean
 
 # Set up, synthesize the demo catalogue, rebuild everything on it, show recommendations.
 demo: $(BIN)/deepcrate
@@ -33,6 +33,11 @@ bench-index: $(BIN)/deepcrate
 
 bench-rebuild: $(BIN)/deepcrate package
 	$(BIN)/python bench/rebuild.py
+
+# Needs apt-get (Debian's game-soundtrack packages); the corpus is cached in ~/.cache/deepcrate-bench.
+bench-quality: $(BIN)/deepcrate
+	$(BIN)/python bench/real_corpus.py
+	$(BIN)/python bench/quality.py --seeds 0 1 2
 
 # What executors need on a cluster where nothing is installed (README, "On a cluster"):
 # the project as a wheel (--py-files) and its dependencies as a packed virtualenv (--archives).
