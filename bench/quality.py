@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 CACHE = Path.home() / ".cache" / "deepcrate-bench"
+LONG = ["train.batch_size=32", "train.max_epochs=60", "train.patience=8"]
 VARIANTS = {
     "seed": ["spectrogram.preset=seed", "train.model=seed"],
     "mel": ["spectrogram.preset=mel", "train.model=seed"],
@@ -39,6 +40,11 @@ VARIANTS = {
     "improved-adam3e-3": ["spectrogram.preset=mel", "train.model=improved", "train.learning_rate=0.003"],
     "improved-balanced-adam3e-3": ["spectrogram.preset=mel", "train.model=improved", "train.balance_genres=true",
                                    "train.learning_rate=0.003"],
+    # tuning: ~700 training slices make ~6 steps an epoch at batch 128, so patience 3 stops early
+    "seed-long": ["spectrogram.preset=seed", "train.model=seed", *LONG],
+    "improved-long": ["spectrogram.preset=mel", "train.model=improved", *LONG],
+    "contrastive-long": ["spectrogram.preset=mel", "train.model=improved", "train.objective=contrastive",
+                         "train.max_epochs=60", "train.patience=10"],
 }
 SPLIT = ["split.train=0.5", "split.validation=0.2", "split.test=0.3"]
 REPORTED = ("precision_at_10", "map_at_10", "precision_at_5", "song_accuracy")
@@ -97,11 +103,11 @@ def main() -> int:
 def report(runs: list[dict], *, variants: list[str], seeds: list[int], corpus: str, out: Path) -> None:
     """Print the mean ± std table over the seeds and write it with every run to ``out``."""
     table = aggregate(runs, variants=variants)
-    print(f"\n{len(seeds)} seeds; mean ± standard deviation")
-    print(f"{'':<28}" + "".join(f"{name:>18}" for name in REPORTED) + f"{'P@10 / MFCC':>14}")
+    print(f"\nseeds {', '.join(map(str, seeds))}; mean ± standard deviation over the n seeds each row ran")
+    print(f"{'':<28}{'n':>3}" + "".join(f"{name:>18}" for name in REPORTED) + f"{'P@10 / MFCC':>14}")
     for name, row in table.items():
         ratio = row.get("p10_vs_mfcc")
-        print(f"{name:<28}" + "".join(f"{row[m]['mean']:>11.3f} ± {row[m]['std']:.3f}" for m in REPORTED)
+        print(f"{name:<28}{row['seeds']:>3}" + "".join(f"{row[m]['mean']:>11.3f} ± {row[m]['std']:.3f}" for m in REPORTED)
               + (f"{ratio['mean']:>8.2f} ± {ratio['std']:.2f}" if ratio else ""))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"corpus": corpus, "seeds": seeds, "summary": table, "runs": runs}, indent=2))
@@ -117,11 +123,13 @@ def aggregate(runs: list[dict], *, variants: list[str]) -> dict[str, dict]:
     for variant in variants:
         mine = [r["metrics"]["methods"] for r in runs if r["variant"] == variant]
         table[variant] = {m: stats([run["model"][m] for run in mine]) for m in REPORTED}
+        table[variant]["seeds"] = len(mine)
         table[variant]["p10_vs_mfcc"] = stats([run["model"]["precision_at_10"] / run["mfcc"]["precision_at_10"]
                                                for run in mine])
     for baseline in ("mfcc", "random"):  # the same for every variant of a seed: take the first variant's
         first = [r["metrics"]["methods"][baseline] for r in runs if r["variant"] == variants[0]]
         table[baseline] = {m: stats([run[m] for run in first]) for m in REPORTED}
+        table[baseline]["seeds"] = len(first)
     return table
 
 
