@@ -63,7 +63,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.report:
         runs = [run for file in args.report for run in json.loads(Path(file).read_text())["runs"]]
-        variants = list(dict.fromkeys(run["variant"] for run in runs))
+        variants = [name for name in VARIANTS if any(run["variant"] == name for run in runs)]
         seeds = sorted({run["seed"] for run in runs})
         report(runs, variants=variants, seeds=seeds, corpus=args.corpus, out=Path(args.out))
         return 0
@@ -126,10 +126,10 @@ def aggregate(runs: list[dict], *, variants: list[str]) -> dict[str, dict]:
         table[variant]["seeds"] = len(mine)
         table[variant]["p10_vs_mfcc"] = stats([run["model"]["precision_at_10"] / run["mfcc"]["precision_at_10"]
                                                for run in mine])
-    for baseline in ("mfcc", "random"):  # the same for every variant of a seed: take the first variant's
-        first = [r["metrics"]["methods"][baseline] for r in runs if r["variant"] == variants[0]]
-        table[baseline] = {m: stats([run[m] for run in first]) for m in REPORTED}
-        table[baseline]["seeds"] = len(first)
+    for baseline in ("mfcc", "random"):  # the same for every variant of a seed: one row per seed
+        per_seed = list({r["seed"]: r["metrics"]["methods"][baseline] for r in runs}.values())
+        table[baseline] = {m: stats([run[m] for run in per_seed]) for m in REPORTED}
+        table[baseline]["seeds"] = len(per_seed)
     return table
 
 

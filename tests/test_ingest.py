@@ -246,3 +246,22 @@ def test_mel_preset_ingest_resamples_and_records_its_settings(spark, tmp_path):
     for row, image in zip(stored, expected, strict=True):
         got = np.frombuffer(row.spectrogram, np.uint8).reshape(256, 256).astype(int)
         assert np.abs(got - image.astype(int)).max() <= 1
+
+
+def test_overlapping_slices_are_ingested_with_their_offsets(spark, tmp_path):
+    from deepcrate.spectrogram import SpectrogramSettings
+
+    path = tmp_path / "audio" / "x" / "a.mp3"
+    write_audio(path, make_signal(11, seed=4), sample_rate=44100)
+    config = resolve_config(overrides=["spectrogram.slice_hop_frames=128"])
+    summary = ingest(spark, audio=str(tmp_path / "audio"), warehouse=str(tmp_path / "wh"), config=config)
+    assert (summary.songs, summary.slices) == (1, 3)  # 550 columns: starts 0, 128, 256
+    store = Warehouse(spark, str(tmp_path / "wh"))
+    assert store.metadata("slices")["spectrogram"]["slice_hop_frames"] == 128
+    assert SpectrogramSettings(**store.metadata("slices")["spectrogram"]) == SpectrogramSettings.from_config(config)
+    stored = store.read("slices").orderBy("slice_idx").toPandas()
+    np.testing.assert_allclose(stored["offset_s"], [0.0, 2.56, 5.12])
+    samples, _ = sf.read(path, dtype="float32")
+    for row in stored.itertuples():
+        got = np.frombuffer(row.spectrogram, np.uint8).reshape(256, 256).astype(int)
+        assert np.abs(got - reference_seed_slice(samples[row.slice_idx * 128 * 882 :], 0)).max() <= 1

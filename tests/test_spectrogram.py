@@ -4,6 +4,7 @@ import pytest
 import scipy.signal
 
 from deepcrate.config import resolve_config
+from deepcrate.errors import ConfigError
 from deepcrate.spectrogram import SpectrogramSettings, count_slices, grey_to_db, iter_slices
 from conftest import make_signal, reference_grey, reference_seed_slice
 
@@ -20,6 +21,40 @@ def test_seed_geometry_is_the_original_recipe():
     assert count_slices(120 * 44100, settings=s) == 23
     assert count_slices(s.min_samples, settings=s) == 1
     assert count_slices(s.min_samples - 1, settings=s) == 0
+
+
+def test_overlapping_slices_start_every_hop_and_show_the_same_pixels():
+    s = SpectrogramSettings.from_config(resolve_config(overrides=["spectrogram.slice_hop_frames=128"]))
+    assert (s.slice_frames, s.slice_hop_frames, s.slice_hop_seconds) == (256, 128, pytest.approx(2.56))
+    # 5999 columns: slices start at columns 0, 128, ..., 5632 (the last ends at 5888)
+    assert count_slices(120 * 44100, settings=s) == 1 + (5999 - 256) // 128 == 45
+    assert count_slices(s.min_samples, settings=s) == 1
+    assert count_slices(s.min_samples + 127 * 882, settings=s) == 1
+    assert count_slices(s.min_samples + 128 * 882, settings=s) == 2
+    x = make_signal(11.0, seed=3)  # 550 columns: 2 slices end to end, 3 half-overlapping
+    slices = list(iter_slices(x, settings=s))
+    assert len(slices) == 3
+    for k, image in enumerate(slices):  # slice k is the first end-to-end slice of the audio from column 128 k
+        assert np.abs(image.astype(int) - reference_seed_slice(x[k * 128 * 882 :], 0)).max() <= 1
+
+
+def test_settings_stored_before_the_slice_hop_existed_still_match():
+    default = settings_for("seed")
+    assert default.slice_hop_frames == default.slice_frames
+    stored = default.to_dict()
+    assert "slice_hop_frames" not in stored  # tables and models written end to end keep their fingerprint
+    assert SpectrogramSettings(**stored) == default
+    overlapping = SpectrogramSettings.from_config(resolve_config(overrides=["spectrogram.slice_hop_frames=64"]))
+    assert overlapping.to_dict()["slice_hop_frames"] == 64
+    assert SpectrogramSettings(**overlapping.to_dict()) == overlapping
+    assert default.differences(overlapping) == {"slice_hop_frames": (256, 64)}
+    assert default.differences(overlapping, pixels_only=True) == {}
+
+
+@pytest.mark.parametrize("hop", [-1, 257])
+def test_a_slice_hop_outside_the_slice_is_refused(hop):
+    with pytest.raises(ConfigError, match=f"slice_hop_frames must be 0 \\(= slice_frames\\) or 1..256, got {hop}"):
+        SpectrogramSettings.from_config(resolve_config(overrides=[f"spectrogram.slice_hop_frames={hop}"]))
 
 
 def test_seed_slices_match_a_plain_numpy_stft():

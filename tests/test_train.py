@@ -229,7 +229,11 @@ def test_bad_training_data_is_refused_with_a_clear_message(spark, tmp_path):
 
     mel = _slices_warehouse(spark, tmp_path / "e", [("s1", "rock", "train"), ("s2", "jazz", "train")], preset="mel")
     message = _train_fails(spark, mel)
-    assert "preset 'mel' but the config asks for 'seed'" in message and "--set spectrogram.preset=mel" in message
+    assert "(preset: table 'mel', config 'seed', " in message
+    assert "train with --set spectrogram.preset=mel or re-ingest" in message
+    message = _train_fails(spark, mel, "spectrogram.preset=mel", "spectrogram.slice_hop_frames=128")
+    assert "(slice_hop_frames: table 256, config 128)" in message
+    assert "train with --set spectrogram.slice_hop_frames=256 or re-ingest" in message
 
     nothing = Warehouse(spark, str(tmp_path / "f"), create=True).root
     with pytest.raises(TrainingError, match="no slices table; run deepcrate ingest first"):
@@ -274,6 +278,9 @@ def test_corrupt_model_folders_are_refused(tmp_path):
     mel = SpectrogramSettings.from_config(resolve_config(overrides=["spectrogram.preset=mel"]))
     with pytest.raises(ModelError, match="trained on 'seed' spectrograms and the slices table holds 'mel'"):
         read_model_folder(str(folder)).check_settings(mel, what="the slices table")
+    # Overlapping slices show the same pixels: the model embeds them, as it would the stored ones.
+    overlapping = SpectrogramSettings.from_config(resolve_config(overrides=["spectrogram.slice_hop_frames=128"]))
+    read_model_folder(str(folder)).check_settings(overlapping, what="the slices table")
 
 
 def test_balanced_genre_weights_make_every_genre_weigh_the_same():

@@ -429,7 +429,7 @@ def _write_tables(
         .join(song_keys, "path")  # drops duplicates' and rejects' rows
         .select(
             "song_id", "slice_idx",
-            (F.col("slice_idx") * F.lit(settings.slice_seconds)).alias("offset_s"),
+            (F.col("slice_idx") * F.lit(settings.slice_hop_seconds)).alias("offset_s"),
             "genre", "split", "spectrogram",
         )  # already in file then slice order, as decoded: no sort needed
     )

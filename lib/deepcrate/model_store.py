@@ -67,10 +67,9 @@ class ModelFolder:
         return model
 
     def check_settings(self, settings: SpectrogramSettings, *, what: str) -> None:
-        """Refuse slices made with other spectrogram settings than the model's."""
-        if settings != self.spectrogram:
-            differ = {k: (v, settings.to_dict()[k]) for k, v in self.spectrogram.to_dict().items()
-                      if settings.to_dict()[k] != v}
+        """Refuse slices whose pixels mean something else than the model's (the hop between slices may differ)."""
+        differ = self.spectrogram.differences(settings, pixels_only=True)
+        if differ:
             detail = ", ".join(f"{k}: model {m!r}, {what} {t!r}" for k, (m, t) in differ.items())
             raise ModelError(
                 f"model {self.version} was trained on '{self.spectrogram.preset}' spectrograms and "

@@ -2,14 +2,16 @@
 
 Both presets share one time grid: column ``j`` is the window that starts at sample
 ``j * hop_length`` (no centring, no padding), so slice ``k`` covers columns
-``[k * slice_frames, (k + 1) * slice_frames)`` and starts at ``k * slice_frames *
-hop_length / sample_rate`` seconds. Rows are ordered like an image: row 0 is the
+``[k * slice_hop_frames, k * slice_hop_frames + slice_frames)`` and starts at
+``k * slice_hop_frames * hop_length / sample_rate`` seconds. By default slices lie end
+to end (``slice_hop_frames == slice_frames``, the original method); a smaller hop
+makes overlapping slices, more of them per song. Rows are ordered like an image: row 0 is the
 highest frequency. Levels are dB relative to full scale (a full-scale sine at a bin
 centre reads 0 dB), clipped to ``[-db_range, 0]`` and drawn as grey levels 0..255.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from typing import Any, Iterator
 
@@ -27,6 +29,8 @@ class SpectrogramSettings:
 
     A model trained on one set of settings must only ever see slices made with the
     same settings, so the settings are stored with every slice table and model.
+    ``slice_hop_frames`` (0: ``slice_frames``) only decides where slices start, not
+    what their pixels mean, so a model may embed slices cut with another hop.
     """
 
     preset: str
@@ -36,10 +40,20 @@ class SpectrogramSettings:
     n_rows: int
     db_range: float
     slice_frames: int
+    slice_hop_frames: int = 0  # 0, or absent from settings stored before it existed: slice_frames
+
+    def __post_init__(self) -> None:
+        if self.slice_hop_frames == 0:
+            object.__setattr__(self, "slice_hop_frames", self.slice_frames)
 
     @property
     def slice_seconds(self) -> float:
         return self.slice_frames * self.hop_length / self.sample_rate
+
+    @property
+    def slice_hop_seconds(self) -> float:
+        """Seconds between the starts of consecutive slices."""
+        return self.slice_hop_frames * self.hop_length / self.sample_rate
 
     @property
     def min_samples(self) -> int:
@@ -47,7 +61,19 @@ class SpectrogramSettings:
         return (self.slice_frames - 1) * self.hop_length + self.n_fft
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings as stored with tables and models; the hop only where slices overlap,
+        so what was written before the option existed reads (and fingerprints) the same."""
+        settings = asdict(self)
+        if self.slice_hop_frames == self.slice_frames:
+            del settings["slice_hop_frames"]
+        return settings
+
+    def differences(self, other: "SpectrogramSettings", *, pixels_only: bool = False) -> dict[str, tuple]:
+        """``{name: (mine, other's)}`` for each setting that differs; ``pixels_only``
+        leaves out the hop between slices, which does not change what a slice shows."""
+        return {f.name: (getattr(self, f.name), getattr(other, f.name)) for f in fields(self)
+                if getattr(self, f.name) != getattr(other, f.name)
+                and not (pixels_only and f.name == "slice_hop_frames")}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "SpectrogramSettings":
@@ -68,9 +94,14 @@ class SpectrogramSettings:
             n_rows=n_rows,
             db_range=float(params["db_range"]),
             slice_frames=int(section["slice_frames"]),
+            slice_hop_frames=int(section["slice_hop_frames"]),
         )
         if settings.hop_length < 1 or settings.db_range <= 0 or settings.slice_frames < 1:
             raise ConfigError(f"spectrogram.{preset}: hop_s, db_range, slice_frames must be > 0")
+        if not 1 <= settings.slice_hop_frames <= settings.slice_frames:
+            # A hop beyond the slice would skip audio between slices.
+            raise ConfigError(f"spectrogram.slice_hop_frames must be 0 (= slice_frames) or 1..{settings.slice_frames}"
+                              f", got {section['slice_hop_frames']}")
         return settings
 
 
@@ -79,7 +110,9 @@ def count_slices(n_samples: int, *, settings: SpectrogramSettings) -> int:
     if n_samples < settings.n_fft:
         return 0
     n_frames = 1 + (n_samples - settings.n_fft) // settings.hop_length
-    return n_frames // settings.slice_frames
+    if n_frames < settings.slice_frames:
+        return 0
+    return 1 + (n_frames - settings.slice_frames) // settings.slice_hop_frames
 
 
 def iter_slices(samples: np.ndarray, *, settings: SpectrogramSettings) -> Iterator[np.ndarray]:
@@ -88,13 +121,12 @@ def iter_slices(samples: np.ndarray, *, settings: SpectrogramSettings) -> Iterat
     Works one slice at a time, so memory stays flat however long the song is.
     """
     samples = np.asarray(samples, dtype=np.float32)
-    frames_per_slice = settings.slice_frames
     window = _hann(settings.n_fft)
     ref_power = (float(window.sum()) / 2.0) ** 2
     floor = 10.0 ** (-settings.db_range / 10.0)
     mel_basis = _mel_basis(settings) if settings.preset == "mel" else None
     for k in range(count_slices(len(samples), settings=settings)):
-        start = k * frames_per_slice * settings.hop_length
+        start = k * settings.slice_hop_frames * settings.hop_length
         stop = start + settings.min_samples
         frames = np.lib.stride_tricks.sliding_window_view(samples[start:stop], settings.n_fft)
         frames = frames[:: settings.hop_length] * window  # (slice_frames, n_fft)

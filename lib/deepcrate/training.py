@@ -230,12 +230,13 @@ def _table_settings(store: Warehouse, config: dict[str, Any]) -> SpectrogramSett
     table = SpectrogramSettings(**store.metadata("slices")["spectrogram"])
     wanted = SpectrogramSettings.from_config(config)
     if table != wanted:
-        differ = ", ".join(f"{k}: table {v!r}, config {wanted.to_dict()[k]!r}"
-                           for k, v in table.to_dict().items() if wanted.to_dict()[k] != v)
+        differ = ", ".join(f"{k}: table {t!r}, config {c!r}" for k, (t, c) in table.differences(wanted).items())
+        hint = " ".join(f"--set spectrogram.{k}={v}" for k, v in [("preset", table.preset),
+                        ("slice_frames", table.slice_frames), ("slice_hop_frames", table.slice_hop_frames)]
+                        if getattr(wanted, k) != v) or "the table's spectrogram settings"
         raise TrainingError(
-            f"the slices table was made with spectrogram preset '{table.preset}' but the config asks for "
-            f"'{wanted.preset}' ({differ}); train with --set spectrogram.preset={table.preset} "
-            f"or re-ingest with the settings you want"
+            f"the slices table was made with other spectrogram settings than the config asks for ({differ}); "
+            f"train with {hint} or re-ingest with the settings you want"
         )
     return table
 
