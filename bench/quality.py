@@ -28,6 +28,7 @@ import numpy as np
 
 CACHE = Path.home() / ".cache" / "deepcrate-bench"
 LONG = ["train.batch_size=32", "train.max_epochs=60", "train.patience=8"]
+OVERLAP = ["spectrogram.slice_hop_frames=128"]
 VARIANTS = {
     "seed": ["spectrogram.preset=seed", "train.model=seed"],
     "mel": ["spectrogram.preset=mel", "train.model=seed"],
@@ -45,6 +46,11 @@ VARIANTS = {
     "improved-long": ["spectrogram.preset=mel", "train.model=improved", *LONG],
     "contrastive-long": ["spectrogram.preset=mel", "train.model=improved", "train.objective=contrastive",
                          "train.max_epochs=60", "train.patience=10"],
+    # half-overlapping slices: twice the training slices (and twice the slices to embed)
+    "seed-overlap": ["spectrogram.preset=seed", "train.model=seed", *OVERLAP],
+    "improved-overlap": ["spectrogram.preset=mel", "train.model=improved", *OVERLAP],
+    "seed-long-overlap": ["spectrogram.preset=seed", "train.model=seed", *LONG, *OVERLAP],
+    "improved-long-overlap": ["spectrogram.preset=mel", "train.model=improved", *LONG, *OVERLAP],
 }
 SPLIT = ["split.train=0.5", "split.validation=0.2", "split.test=0.3"]
 REPORTED = ("precision_at_10", "map_at_10", "precision_at_5", "song_accuracy")
