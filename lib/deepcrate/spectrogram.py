@@ -5,9 +5,10 @@ Both presets share one time grid: column ``j`` is the window that starts at samp
 ``[k * slice_hop_frames, k * slice_hop_frames + slice_frames)`` and starts at
 ``k * slice_hop_frames * hop_length / sample_rate`` seconds. By default slices lie end
 to end (``slice_hop_frames == slice_frames``, the original method); a smaller hop
-makes overlapping slices, more of them per song. Rows are ordered like an image: row 0 is the
-highest frequency. Levels are dB relative to full scale (a full-scale sine at a bin
-centre reads 0 dB), clipped to ``[-db_range, 0]`` and drawn as grey levels 0..255.
+makes overlapping slices, more of them per song. Rows are ordered like an image:
+row 0 is the highest frequency. Levels are dB relative to full scale (a full-scale
+sine at a bin centre reads 0 dB), clipped to ``[-db_range, 0]`` and drawn as grey
+levels 0..255.
 """
 from __future__ import annotations
 
