@@ -229,13 +229,14 @@ def _table_settings(store: Warehouse, config: dict[str, Any]) -> SpectrogramSett
         raise TrainingError(f"warehouse {store.root}: no slices table; run deepcrate ingest first")
     table = SpectrogramSettings(**store.metadata("slices")["spectrogram"])
     wanted = SpectrogramSettings.from_config(config)
-    if table != wanted:
-        differ = ", ".join(f"{k}: table {t!r}, config {c!r}" for k, (t, c) in table.differences(wanted).items())
-        hint = " ".join(f"--set spectrogram.{k}={v}" for k, v in [("preset", table.preset),
-                        ("slice_frames", table.slice_frames), ("slice_hop_frames", table.slice_hop_frames)]
-                        if getattr(wanted, k) != v) or "the table's spectrogram settings"
+    differences = table.differences(wanted)
+    if differences:
+        detail = ", ".join(f"{k}: table {t!r}, config {c!r}" for k, (t, c) in differences.items())
+        # Only these are config keys of their own; the rest follow from the preset.
+        hint = " ".join(f"--set spectrogram.{k}={t}" for k, (t, _) in differences.items()
+                        if k in ("preset", "slice_frames", "slice_hop_frames")) or "the table's spectrogram settings"
         raise TrainingError(
-            f"the slices table was made with other spectrogram settings than the config asks for ({differ}); "
+            f"the slices table was made with other spectrogram settings than the config asks for ({detail}); "
             f"train with {hint} or re-ingest with the settings you want"
         )
     return table
