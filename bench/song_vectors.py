@@ -1,0 +1,163 @@
+"""Is it the song vector or the model? Other song vectors from the same slice embeddings.
+
+Reads warehouses that ``bench/quality.py`` rebuilt and evaluated (their ``songs``,
+``slice_embeddings`` and ``mfcc_features``), builds song vectors in several ways from
+the *same* trained model's slice embeddings, and scores each on the evaluation's
+queries (the labelled test songs against every labelled song), as ``evaluate`` does:
+
+- ``mean``: the unweighted mean of the slice vectors (MISSION.md step 6; what deepcrate
+  publishes, so it reproduces the evaluation's model row);
+- ``mean, standardised``: each dimension to mean 0, std 1 over the catalogue (as the
+  MFCC baseline is);
+- ``mean + std, standardised``: the slices' spread appended (256-d);
+- ``slice matching``: no song vector; song A's similarity to song B is the mean over
+  A's slices of the best cosine to one of B's slices, symmetrised (quadratic in the
+  slices: a reference, not something that scales);
+- ``untrained network``: the mean over the slices of the same network with fresh random
+  weights, as it was before training: what training buys;
+- ``MFCC``: the evaluation's baseline;
+- ``MFCC + LDA``: the MFCC statistics projected by a linear discriminant analysis
+  fitted on the train and validation songs' genres (shrinkage 0.5): what supervision
+  buys hand-made features, as the CNN's training buys the spectrogram.
+
+    python bench/song_vectors.py ~/.cache/deepcrate-bench/quality/seed-{0,1,2,3,4}
+
+Warehouses are grouped by name without the trailing ``-SEED``; prints mean ± std of
+P@10 and MAP@10 per group and method, and the paired change against ``mean``; writes
+bench/results/song_vectors.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import defaultdict
+from collections.abc import Callable
+from itertools import pairwise
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as ds
+
+from deepcrate.index import normalise
+from deepcrate.mfcc import standardise
+from deepcrate.retrieval import nearest_songs, retrieval_scores
+
+K = 10
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("warehouses", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "song_vectors.json")
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    scores: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    for warehouse in args.warehouses:
+        group = f"{warehouse.parent.name}/{warehouse.name.rsplit('-', 1)[0]}"
+        for method, (precision, average_precision) in score_warehouse(warehouse).items():
+            scores[group][method].append((precision, average_precision))
+    report = {group: {method: summary(values, baseline=methods["mean"]) for method, values in methods.items()}
+              for group, methods in scores.items()}
+    for group, methods in report.items():
+        print(f"\n{group} (n = {len(scores[group]['mean'])})")
+        print(f"  {'song vector':28s} {'P@10':>15s} {'MAP@10':>15s} {'P@10 vs mean':>22s}")
+        for method, row in methods.items():
+            change = (f"{row['p10_change']:+.3f} ({row['p10_better']}/{row['n']} better)" if method != "mean"
+                      else "")
+            print(f"  {method:28s} {row['p10']:.3f} ± {row['p10_std']:.3f} {row['map10']:.3f} ± "
+                  f"{row['map10_std']:.3f} {change:>22s}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"warehouses": [str(w) for w in args.warehouses], "groups": report}, indent=1))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+def score_warehouse(warehouse: Path) -> dict[str, tuple[float, float]]:
+    """P@10 and MAP@10 of each way of comparing songs, on the warehouse's evaluation queries."""
+    def table(name: str, columns: list[str] | None = None) -> pd.DataFrame:
+        return ds.dataset(warehouse / name, format="parquet").to_table(columns=columns).to_pandas()
+
+    songs = table("songs", ["song_id", "genre", "split"]).dropna(subset=["genre"])
+    catalogue = songs.merge(table("mfcc_features"), on="song_id").sort_values("song_id").reset_index(drop=True)
+    slices = table("slice_embeddings", ["song_id", "embedding"])
+    vectors = np.stack(slices["embedding"].to_numpy())
+    rows_of = slices.groupby("song_id").indices
+    song_slices = [vectors[rows_of[song]] for song in catalogue["song_id"]]
+    genres = catalogue["genre"].to_numpy(dtype=object)
+    queries = np.flatnonzero(catalogue["split"].to_numpy() == "test")
+    fitted = catalogue["split"].isin(["train", "validation"]).to_numpy()
+    mean = np.stack([s.mean(axis=0) for s in song_slices])
+    spread = np.stack([s.std(axis=0) for s in song_slices])
+    mfcc = standardise(np.stack(catalogue["features"].to_numpy()))
+
+    def scored(found: np.ndarray) -> tuple[float, float]:
+        result = retrieval_scores(genres, queries, found, ks=(K,))
+        return float(result[f"precision_at_{K}"].mean()), float(result[f"map_at_{K}"].mean())
+
+    by_vector: dict[str, Callable[[], np.ndarray]] = {
+        "mean": lambda: mean,
+        "mean, standardised": lambda: standardise(mean),
+        "mean + std, standardised": lambda: standardise(np.hstack([mean, spread])),
+        "untrained network": lambda: untrained_song_vectors(warehouse, catalogue["song_id"]),
+        "MFCC": lambda: mfcc,
+        "MFCC + LDA": lambda: discriminant_projection(mfcc, genres=genres, fitted=fitted),
+    }
+    results = {name: scored(nearest_songs(build(), queries, k=K)) for name, build in by_vector.items()}
+    results["slice matching"] = scored(slice_matching_neighbours(song_slices, queries, k=K))
+    return results
+
+
+def untrained_song_vectors(warehouse: Path, song_ids: pd.Series) -> np.ndarray:
+    """Per song, the mean embedding of its slices by the warehouse's newest model re-initialised."""
+    import keras
+
+    from deepcrate.model import embedding_model
+
+    folder = sorted(p for p in (warehouse / "models").iterdir() if (p / "_SUCCESS").is_file())[-1]
+    keras.utils.set_random_seed(0)
+    network = embedding_model(keras.models.clone_model(keras.models.load_model(folder / "model.keras", compile=False)))
+    slices = ds.dataset(warehouse / "slices", format="parquet").to_table(columns=["song_id", "spectrogram"]).to_pandas()
+    rows, frames = network.input_shape[1:]
+    images = np.stack([np.frombuffer(pixels, np.uint8).reshape(rows, frames) for pixels in slices["spectrogram"]])
+    vectors = network.predict(images, batch_size=64, verbose=0)
+    rows_of = slices.groupby("song_id").indices
+    return np.stack([vectors[rows_of[song]].mean(axis=0) for song in song_ids])
+
+
+def discriminant_projection(features: np.ndarray, *, genres: np.ndarray, fitted: np.ndarray) -> np.ndarray:
+    """``features`` projected on the discriminant axes of the ``fitted`` songs' genres, centred on them."""
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage=0.5).fit(features[fitted], genres[fitted])
+    projected = lda.transform(features)
+    return projected - projected[fitted].mean(axis=0)
+
+
+def slice_matching_neighbours(song_slices: list[np.ndarray], queries: np.ndarray, *, k: int) -> np.ndarray:
+    """The ``k`` songs whose slices best match each query's slices (see the module doc), itself left out."""
+    unit = normalise(np.concatenate(song_slices).astype(np.float32))
+    bounds = np.cumsum([0, *(len(s) for s in song_slices)])
+    similarity = unit @ unit.T
+    # best[i, j]: for slice i, the best cosine to any slice of song j
+    best = np.stack([similarity[:, start:end].max(axis=1) for start, end in pairwise(bounds)], axis=1)
+    songs = np.stack([best[start:end].mean(axis=0) for start, end in pairwise(bounds)])
+    songs = (songs + songs.T) / 2
+    np.fill_diagonal(songs, -np.inf)
+    return np.argsort(-songs[queries], axis=1, kind="stable")[:, :k]
+
+
+def summary(values: list[tuple[float, float]], *, baseline: list[tuple[float, float]]) -> dict[str, float]:
+    """Mean and sample standard deviation (as bench/quality.py reports them), and the paired change."""
+    scores, reference = np.array(values), np.array(baseline)
+    ddof = 1 if len(scores) > 1 else 0
+    change = scores[:, 0] - reference[:, 0]
+    return {"n": len(scores), "p10": scores[:, 0].mean(), "p10_std": scores[:, 0].std(ddof=ddof),
+            "map10": scores[:, 1].mean(), "map10_std": scores[:, 1].std(ddof=ddof),
+            "p10_change": change.mean(), "p10_better": int((change > 1e-9).sum())}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
