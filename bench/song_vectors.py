@@ -46,6 +46,7 @@ from deepcrate.mfcc import standardise
 from deepcrate.retrieval import nearest_songs, retrieval_scores
 
 K = 10
+NEEDED = ("songs", "slices", "slice_embeddings", "mfcc_features", "models")
 
 
 def main() -> int:
@@ -54,6 +55,12 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "song_vectors.json")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    for warehouse in args.warehouses:
+        missing = [name for name in NEEDED if not (warehouse / name).is_dir()]
+        if missing:
+            print(f"{warehouse}: no {', '.join(missing)}; give warehouses that bench/quality.py rebuilt and evaluated",
+                  file=sys.stderr)
+            return 2
     scores: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
     for warehouse in args.warehouses:
         group = f"{warehouse.parent.name}/{warehouse.name.rsplit('-', 1)[0]}"
