@@ -1,9 +1,9 @@
 """Is it the song vector or the model? Other song vectors from the same slice embeddings.
 
 Reads warehouses that ``bench/quality.py`` rebuilt and evaluated (their ``songs``,
-``slice_embeddings`` and ``mfcc_features``), builds song vectors in several ways from
-the *same* trained model's slice embeddings, and scores each on the evaluation's
-queries (the labelled test songs against every labelled song), as ``evaluate`` does:
+``slices``, ``slice_embeddings``, ``mfcc_features`` and model), builds song vectors in
+several ways from the *same* trained model's slice embeddings, and scores each on the
+evaluation's queries (the labelled test songs against every labelled song), as ``evaluate`` does:
 
 - ``mean``: the unweighted mean of the slice vectors (MISSION.md step 6; what deepcrate
   publishes, so it reproduces the evaluation's model row);
@@ -18,7 +18,7 @@ queries (the labelled test songs against every labelled song), as ``evaluate`` d
 - ``MFCC``: the evaluation's baseline;
 - ``MFCC + LDA``: the MFCC statistics projected by a linear discriminant analysis
   fitted on the train and validation songs' genres (shrinkage 0.5): what supervision
-  buys hand-made features, as the CNN's training buys the spectrogram.
+  buys hand-made features.
 
     python bench/song_vectors.py ~/.cache/deepcrate-bench/quality/seed-{0,1,2,3,4}
 
@@ -44,6 +44,8 @@ import pyarrow.dataset as ds
 from deepcrate.index import normalise
 from deepcrate.mfcc import standardise
 from deepcrate.retrieval import nearest_songs, retrieval_scores
+from deepcrate.slice_reader import SliceTable
+from deepcrate.split import SPLITS
 
 K = 10
 NEEDED = ("songs", "slices", "slice_embeddings", "mfcc_features", "models")
@@ -90,9 +92,7 @@ def score_warehouse(warehouse: Path) -> dict[str, tuple[float, float]]:
     songs = table("songs", ["song_id", "genre", "split"]).dropna(subset=["genre"])
     catalogue = songs.merge(table("mfcc_features"), on="song_id").sort_values("song_id").reset_index(drop=True)
     slices = table("slice_embeddings", ["song_id", "embedding"])
-    vectors = np.stack(slices["embedding"].to_numpy())
-    rows_of = slices.groupby("song_id").indices
-    song_slices = [vectors[rows_of[song]] for song in catalogue["song_id"]]
+    song_slices = per_song(slices["song_id"], np.stack(slices["embedding"].to_numpy()), catalogue["song_id"])
     genres = catalogue["genre"].to_numpy(dtype=object)
     queries = np.flatnonzero(catalogue["split"].to_numpy() == "test")
     fitted = catalogue["split"].isin(["train", "validation"]).to_numpy()
@@ -126,12 +126,17 @@ def untrained_song_vectors(warehouse: Path, song_ids: pd.Series) -> np.ndarray:
     folder = sorted(p for p in (warehouse / "models").iterdir() if (p / "_SUCCESS").is_file())[-1]
     keras.utils.set_random_seed(0)
     network = embedding_model(keras.models.clone_model(keras.models.load_model(folder / "model.keras", compile=False)))
-    slices = ds.dataset(warehouse / "slices", format="parquet").to_table(columns=["song_id", "spectrogram"]).to_pandas()
-    rows, frames = network.input_shape[1:]
-    images = np.stack([np.frombuffer(pixels, np.uint8).reshape(rows, frames) for pixels in slices["spectrogram"]])
-    vectors = network.predict(images, batch_size=64, verbose=0)
-    rows_of = slices.groupby("song_id").indices
-    return np.stack([vectors[rows_of[song]].mean(axis=0) for song in song_ids])
+    table = SliceTable(str(warehouse / "slices"), image_shape=tuple(network.input_shape[1:]))
+    batches = [batch for split in SPLITS for batch in table.batches(split=split, labels=None, batch_size=1024)]
+    vectors = network.predict(np.concatenate([b.images for b in batches]), batch_size=64, verbose=0)
+    owners = pd.Series(np.concatenate([b.song_ids for b in batches]))
+    return np.stack([song.mean(axis=0) for song in per_song(owners, vectors, song_ids)])
+
+
+def per_song(owners: pd.Series, vectors: np.ndarray, song_ids: pd.Series) -> list[np.ndarray]:
+    """The rows of ``vectors`` of each song in ``song_ids``; ``owners`` names each row's song."""
+    rows_of = owners.groupby(owners).indices
+    return [vectors[rows_of[song]] for song in song_ids]
 
 
 def discriminant_projection(features: np.ndarray, *, genres: np.ndarray, fitted: np.ndarray) -> np.ndarray:
