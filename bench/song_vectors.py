@@ -71,7 +71,7 @@ def main() -> int:
     report = {group: {method: summary(values, baseline=methods["mean"]) for method, values in methods.items()}
               for group, methods in scores.items()}
     for group, methods in report.items():
-        print(f"\n{group} (n = {len(scores[group]['mean'])})")
+        print(f"\n{group} (n = {methods['mean']['n']})")
         print(f"  {'song vector':28s} {'P@10':>15s} {'MAP@10':>15s} {'P@10 vs mean':>22s}")
         for method, row in methods.items():
             change = (f"{row['p10_change']:+.3f} ({row['p10_better']}/{row['n']} better)" if method != "mean"
