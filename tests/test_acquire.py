@@ -7,13 +7,14 @@ import io
 import json
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import soundfile as sf
 
-from deepcrate.acquire import acquire, plan_downloads, read_url_manifest, safe_name
+from deepcrate.acquire import HostPacer, acquire, plan_downloads, read_url_manifest, safe_name
 from deepcrate.cli import main
 from deepcrate.config import resolve_config
 from deepcrate.errors import InputError
@@ -36,7 +37,6 @@ BODIES = {f"{name}.mp3": _mp3(seed) for seed, name in enumerate(["a", "b", "c", 
 
 class _Handler(BaseHTTPRequestHandler):
     hits: dict[str, int] = {}
-    starts: list[float] = []
     lock = threading.Lock()
 
     def log_message(self, *args):  # keep pytest output clean
@@ -45,7 +45,6 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 (http.server's naming)
         with self.lock:
             self.hits[self.path] = self.hits.get(self.path, 0) + 1
-            self.starts.append(time.monotonic())
             hit = self.hits[self.path]
         path = self.path
         if path.startswith("/ok/"):
@@ -111,7 +110,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server():
-    _Handler.hits, _Handler.starts = {}, []
+    _Handler.hits = {}
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.daemon_threads = True
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
@@ -240,14 +239,35 @@ def test_a_rerun_after_a_crash_before_the_manifest_keeps_the_finished_files(spar
     assert not (audio / ".partial").exists() and (audio / "manifest.csv").is_file()
 
 
-def test_requests_to_one_host_are_spaced_by_the_politeness_delay(spark, server, tmp_path):
+def test_pacer_gives_each_host_start_times_spaced_by_the_delay():
+    slept: list[float] = []
+    pacer = HostPacer(0.3, clock=lambda: 100.0, sleep=slept.append)  # a clock that stands still
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        starts = sorted(pool.map(lambda _: pacer.wait("a.example"), range(4)))
+    assert starts == pytest.approx([100.0, 100.3, 100.6, 100.9])
+    assert sorted(slept) == pytest.approx([0.3, 0.6, 0.9])  # the first request does not wait
+    assert pacer.wait("b.example") == 100.0  # another host has its own schedule
+    assert HostPacer(0.0, clock=lambda: 5.0, sleep=slept.append).wait("a.example") == 5.0
+
+
+def test_requests_to_one_host_wait_for_each_other(spark, server, tmp_path, monkeypatch):
+    starts: list[float] = []
+
+    class RecordingPacer(HostPacer):
+        def wait(self, host: str) -> float:
+            start = super().wait(host)
+            starts.append(start)
+            return start
+
+    monkeypatch.setattr("deepcrate.acquire.HostPacer", RecordingPacer)
     rows = [{"url": f"{server}/ok/{name}", "genre": "g"} for name in ("a.mp3", "b.mp3", "c.mp3", "d.mp3")]
     config = resolve_config(overrides=[*FAST, "acquire.per_host_delay_s=0.3"])
-    acquire(spark, manifest=str(_manifest(tmp_path / "urls.csv", rows)), audio=str(tmp_path / "audio"),
-            warehouse=str(tmp_path / "wh"), config=config)
-    starts = sorted(_Handler.starts)
-    assert len(starts) == 4
-    assert min(b - a for a, b in zip(starts, starts[1:])) >= 0.29  # 4 workers, yet one request at a time
+    summary = acquire(spark, manifest=str(_manifest(tmp_path / "urls.csv", rows)), audio=str(tmp_path / "audio"),
+                      warehouse=str(tmp_path / "wh"), config=config)
+    assert summary.counts() == {"downloaded": 4}
+    starts.sort()
+    assert len(starts) == 4  # 4 workers, yet one schedule: pacers per worker would start them together
+    assert min(b - a for a, b in zip(starts, starts[1:])) >= 0.3 - 1e-9
 
 
 def test_distributed_downloads_on_spark_executors(spark, server, tmp_path, capsys):

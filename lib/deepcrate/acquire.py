@@ -28,7 +28,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from deepcrate import __version__
 from deepcrate.errors import ConfigError, InputError
@@ -198,20 +198,28 @@ def _column(name: str) -> str:
 
 
 class HostPacer:
-    """Spaces the starts of requests to one host by at least ``delay_s`` seconds."""
+    """Spaces the starts of requests to one host by at least ``delay_s`` seconds.
 
-    def __init__(self, delay_s: float) -> None:
+    ``clock`` and ``sleep`` are ``time.monotonic`` and ``time.sleep`` unless a test
+    hands in its own.
+    """
+
+    def __init__(self, delay_s: float, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.delay_s = delay_s
+        self._clock, self._sleep = clock, sleep
         self._lock = threading.Lock()
         self._next: dict[str, float] = {}
 
-    def wait(self, host: str) -> None:
+    def wait(self, host: str) -> float:
+        """Block until this request to ``host`` may start; return the start time it was given."""
         with self._lock:  # reserve a start time, then sleep outside the lock
-            now = time.monotonic()
+            now = self._clock()
             start = max(now, self._next.get(host, now))
             self._next[host] = start + self.delay_s
         if start > now:
-            time.sleep(start - now)
+            self._sleep(start - now)
+        return start
 
 
 class _Refused(Exception):
