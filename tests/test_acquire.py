@@ -22,7 +22,8 @@ from deepcrate.ingest import ingest
 from conftest import make_signal
 
 LIMIT_MB = 0.2
-FAST = ["acquire.retries=1", "acquire.backoff_s=0.01", "acquire.timeout_s=0.5", "acquire.per_host_delay_s=0",
+TIMEOUT_S = 3  # roomy, so that a loaded test machine never times out a healthy download
+FAST = ["acquire.retries=1", "acquire.backoff_s=0.01", f"acquire.timeout_s={TIMEOUT_S}", "acquire.per_host_delay_s=0",
         f"acquire.max_file_mb={LIMIT_MB}", "acquire.workers=4"]
 
 
@@ -54,7 +55,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/missing.mp3":
             return self._status(404)
         if path == "/slow.mp3":
-            time.sleep(1.5)  # past the client's 0.5 s timeout, every time
+            time.sleep(2 * TIMEOUT_S)  # past the client's timeout, every time
             return self._send(BODIES["a.mp3"])
         if path in ("/cut-once.mp3", "/cut.mp3"):
             body = BODIES["e.mp3"]
@@ -171,7 +172,7 @@ def test_every_url_ends_intact_or_as_a_clear_error_and_a_rerun_downloads_nothing
         "a.mp3": ("downloaded", 200, 1, None),
         "flaky.mp3": ("downloaded", 200, 2, None),
         "missing.mp3": ("failed", 404, 1, "HTTP 404"),
-        "slow.mp3": ("failed", None, 2, "timed out after 0.5 s (gave up after 2 attempts)"),
+        "slow.mp3": ("failed", None, 2, f"timed out after {TIMEOUT_S} s (gave up after 2 attempts)"),
         "cut-once.mp3": ("downloaded", 200, 2, None),
         "cut.mp3": ("failed", 200, 2, "cut off"),
         "page.mp3": ("failed", 200, 1, "content type 'text/html' is not audio"),
