@@ -15,16 +15,24 @@ evaluation's queries (the labelled test songs against every labelled song), as `
   slices: a reference, not something that scales);
 - ``untrained network``: the mean over the slices of the same network with fresh random
   weights, as it was before training: what training buys;
+- ``spectrum, no model``: the mean and std of each spectrogram row over all of the
+  song's slices (its long-term average spectrum and spread), standardised: what the
+  slices say before any network sees them;
 - ``MFCC``: the evaluation's baseline;
-- ``MFCC + LDA``: the MFCC statistics projected by a linear discriminant analysis
-  fitted on the train and validation songs' genres (shrinkage 0.5): what supervision
-  buys hand-made features.
+- ``MFCC + LDA``, ``spectrum + MFCC + LDA``: those statistics projected by a linear
+  discriminant analysis fitted on the train and validation songs' genres (shrinkage
+  0.5): what supervision buys hand-made features.
+
+Then, once per spectrogram preset, a reference that no split limits: every labelled
+song in turn is the query, and the LDA is fitted on *all the other* labelled songs
+(leave one out), for the model-free features (MFCC, spectrum, both). It bounds what a
+linear projection of these features reaches when nearly every label is known.
 
     python bench/song_vectors.py ~/.cache/deepcrate-bench/quality/seed-{0,1,2,3,4}
 
 Warehouses are grouped by name without the trailing ``-SEED``; prints mean ± std of
-P@10 and MAP@10 per group and method, and the paired change against ``mean``; writes
-bench/results/song_vectors.json.
+P@10 and MAP@10 per group and method, and the paired change against ``mean``, then the
+leave-one-out reference; writes bench/results/song_vectors.json.
 """
 from __future__ import annotations
 
@@ -34,6 +42,7 @@ import os
 import sys
 from collections import defaultdict
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from itertools import pairwise
 from pathlib import Path
 
@@ -46,6 +55,9 @@ from deepcrate.mfcc import standardise
 from deepcrate.retrieval import nearest_songs, retrieval_scores
 from deepcrate.slice_reader import SliceTable
 from deepcrate.split import SPLITS
+
+if TYPE_CHECKING:
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
 K = 10
 NEEDED = ("songs", "slices", "slice_embeddings", "mfcc_features", "models")
@@ -64,10 +76,16 @@ def main() -> int:
                   file=sys.stderr)
             return 2
     scores: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    left_out: dict[str, dict[str, dict[str, float]]] = {}
     for warehouse in args.warehouses:
         group = f"{warehouse.parent.name}/{warehouse.name.rsplit('-', 1)[0]}"
-        for method, (precision, average_precision) in score_warehouse(warehouse).items():
+        catalogue = read_catalogue(warehouse)
+        spectrum = spectrum_statistics(warehouse, catalogue["song_id"])
+        for method, (precision, average_precision) in score_warehouse(warehouse, catalogue, spectrum).items():
             scores[group][method].append((precision, average_precision))
+        setting = spectrogram_setting(warehouse)
+        if setting not in left_out:
+            left_out[setting] = leave_one_out_reference(catalogue, spectrum)
     report = {group: {method: summary(values, baseline=methods["mean"]) for method, values in methods.items()}
               for group, methods in scores.items()}
     for group, methods in report.items():
@@ -78,20 +96,39 @@ def main() -> int:
                       else "")
             print(f"  {method:28s} {row['p10']:.3f} ± {row['p10_std']:.3f} {row['map10']:.3f} ± "
                   f"{row['map10_std']:.3f} {change:>22s}")
+    for setting, rows in left_out.items():
+        print(f"\nleave one out, spectrogram {setting}: every labelled song a query, LDA fitted on all the others")
+        print(f"  {'features':22s} {'P@10 as is':>10s} {'P@10 LDA':>9s} {'accuracy LDA':>12s} {'P@10 ceiling':>12s}")
+        for features, row in rows.items():
+            print(f"  {features:22s} {row['p10']:10.3f} {row['p10_lda']:9.3f} {row['accuracy_lda']:11.1%} "
+                  f"{row['p10_ceiling']:12.3f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"warehouses": [str(w) for w in args.warehouses], "groups": report}, indent=1))
+    args.out.write_text(json.dumps({"warehouses": [str(w) for w in args.warehouses], "groups": report,
+                                    "leave_one_out": left_out}, indent=1))
     print(f"\nwrote {args.out}")
     return 0
 
 
-def score_warehouse(warehouse: Path) -> dict[str, tuple[float, float]]:
-    """P@10 and MAP@10 of each way of comparing songs, on the warehouse's evaluation queries."""
-    def table(name: str, columns: list[str] | None = None) -> pd.DataFrame:
-        return ds.dataset(warehouse / name, format="parquet").to_table(columns=columns).to_pandas()
+def read_table(warehouse: Path, name: str, columns: list[str] | None = None) -> pd.DataFrame:
+    return ds.dataset(warehouse / name, format="parquet").to_table(columns=columns).to_pandas()
 
-    songs = table("songs", ["song_id", "genre", "split"]).dropna(subset=["genre"])
-    catalogue = songs.merge(table("mfcc_features"), on="song_id").sort_values("song_id").reset_index(drop=True)
-    slices = table("slice_embeddings", ["song_id", "embedding"])
+
+def read_catalogue(warehouse: Path) -> pd.DataFrame:
+    """The labelled songs (id, genre, split) with their MFCC statistics, in song id order."""
+    songs = read_table(warehouse, "songs", ["song_id", "genre", "split"]).dropna(subset=["genre"])
+    return songs.merge(read_table(warehouse, "mfcc_features"), on="song_id").sort_values("song_id").reset_index(
+        drop=True)
+
+
+def spectrogram_setting(warehouse: Path) -> str:
+    """The slices' spectrogram preset, as ingest recorded it (where slices start hardly
+    changes a song's row statistics, so the hop is left out)."""
+    return json.loads((warehouse / "slices" / "_deepcrate.json").read_text())["spectrogram"]["preset"]
+
+
+def score_warehouse(warehouse: Path, catalogue: pd.DataFrame, spectrum: np.ndarray) -> dict[str, tuple[float, float]]:
+    """P@10 and MAP@10 of each way of comparing songs, on the warehouse's evaluation queries."""
+    slices = read_table(warehouse, "slice_embeddings", ["song_id", "embedding"])
     song_slices = per_song(slices["song_id"], np.stack(slices["embedding"].to_numpy()), catalogue["song_id"])
     genres = catalogue["genre"].to_numpy(dtype=object)
     queries = np.flatnonzero(catalogue["split"].to_numpy() == "test")
@@ -109,8 +146,11 @@ def score_warehouse(warehouse: Path) -> dict[str, tuple[float, float]]:
         "mean, standardised": lambda: standardise(mean),
         "mean + std, standardised": lambda: standardise(np.hstack([mean, spread])),
         "untrained network": lambda: untrained_song_vectors(warehouse, catalogue["song_id"]),
+        "spectrum, no model": lambda: standardise(spectrum),
         "MFCC": lambda: mfcc,
         "MFCC + LDA": lambda: discriminant_projection(mfcc, genres=genres, fitted=fitted),
+        "spectrum + MFCC + LDA": lambda: discriminant_projection(np.hstack([standardise(spectrum), mfcc]),
+                                                                 genres=genres, fitted=fitted),
     }
     results = {name: scored(nearest_songs(build(), queries, k=K)) for name, build in by_vector.items()}
     results["slice matching"] = scored(slice_matching_neighbours(song_slices, queries, k=K))
@@ -126,11 +166,27 @@ def untrained_song_vectors(warehouse: Path, song_ids: pd.Series) -> np.ndarray:
     folder = sorted(p for p in (warehouse / "models").iterdir() if (p / "_SUCCESS").is_file())[-1]
     keras.utils.set_random_seed(0)
     network = embedding_model(keras.models.clone_model(keras.models.load_model(folder / "model.keras", compile=False)))
-    table = SliceTable(str(warehouse / "slices"), image_shape=tuple(network.input_shape[1:]))
-    batches = [batch for split in SPLITS for batch in table.batches(split=split, labels=None, batch_size=1024)]
-    vectors = network.predict(np.concatenate([b.images for b in batches]), batch_size=64, verbose=0)
-    owners = pd.Series(np.concatenate([b.song_ids for b in batches]))
+    images, owners = read_slices(warehouse)
+    vectors = network.predict(images, batch_size=64, verbose=0)
     return np.stack([song.mean(axis=0) for song in per_song(owners, vectors, song_ids)])
+
+
+def spectrum_statistics(warehouse: Path, song_ids: pd.Series) -> np.ndarray:
+    """Per song, the mean and std of each spectrogram row (grey levels) over all its slices' columns."""
+    images, owners = read_slices(warehouse)
+    rows = images.shape[1]
+    # each song's columns side by side: (rows, slices * frames)
+    columns = (song.transpose(1, 0, 2).reshape(rows, -1).astype(np.float32)
+               for song in per_song(owners, images, song_ids))
+    return np.stack([np.hstack([song.mean(axis=1), song.std(axis=1)]) for song in columns])
+
+
+def read_slices(warehouse: Path) -> tuple[np.ndarray, pd.Series]:
+    """Every slice image of the warehouse (n, rows, frames) uint8, and the song of each."""
+    settings = json.loads((warehouse / "slices" / "_deepcrate.json").read_text())["spectrogram"]
+    table = SliceTable(str(warehouse / "slices"), image_shape=(settings["n_rows"], settings["slice_frames"]))
+    batches = [batch for split in SPLITS for batch in table.batches(split=split, labels=None, batch_size=1024)]
+    return np.concatenate([b.images for b in batches]), pd.Series(np.concatenate([b.song_ids for b in batches]))
 
 
 def per_song(owners: pd.Series, vectors: np.ndarray, song_ids: pd.Series) -> list[np.ndarray]:
@@ -141,11 +197,45 @@ def per_song(owners: pd.Series, vectors: np.ndarray, song_ids: pd.Series) -> lis
 
 def discriminant_projection(features: np.ndarray, *, genres: np.ndarray, fitted: np.ndarray) -> np.ndarray:
     """``features`` projected on the discriminant axes of the ``fitted`` songs' genres, centred on them."""
+    projected = fitted_discriminant(features, genres=genres, fitted=fitted).transform(features)
+    return projected - projected[fitted].mean(axis=0)
+
+
+def fitted_discriminant(features: np.ndarray, *, genres: np.ndarray, fitted: np.ndarray
+                        ) -> LinearDiscriminantAnalysis:
+    """A linear discriminant analysis (shrinkage 0.5) of the ``fitted`` rows' genres."""
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
-    lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage=0.5).fit(features[fitted], genres[fitted])
-    projected = lda.transform(features)
-    return projected - projected[fitted].mean(axis=0)
+    return LinearDiscriminantAnalysis(solver="eigen", shrinkage=0.5).fit(features[fitted], genres[fitted])
+
+
+def leave_one_out_reference(catalogue: pd.DataFrame, spectrum: np.ndarray) -> dict[str, dict[str, float]]:
+    """Per model-free feature set: P@10 as is and after an LDA fitted on every other labelled
+    song, the LDA's accuracy on the left-out song, and the best P@10 the labels allow.
+
+    Every labelled song is a query in turn (not only the test split): the most labels a
+    linear projection of these features could be fitted on in this catalogue.
+    """
+    genres = catalogue["genre"].to_numpy(dtype=object)
+    everyone = np.arange(len(genres))
+    mfcc = standardise(np.stack(catalogue["features"].to_numpy()))
+    per_genre = pd.Series(genres).value_counts()
+    ceiling = float(np.mean([min(K, per_genre[g] - 1) / K for g in genres]))
+    out = {}
+    for name, features in {"MFCC": mfcc, "spectrum": standardise(spectrum),
+                           "spectrum + MFCC": np.hstack([standardise(spectrum), mfcc])}.items():
+        as_is = retrieval_scores(genres, everyone, nearest_songs(features, everyone, k=K), ks=(K,))
+        precision, correct = [], []
+        for query in everyone:
+            others = everyone != query
+            lda = fitted_discriminant(features, genres=genres, fitted=others)
+            projected = lda.transform(features)
+            found = nearest_songs(projected - projected[others].mean(axis=0), np.array([query]), k=K)
+            precision.append(float(np.mean(genres[found[0]] == genres[query])))
+            correct.append(lda.predict(features[query:query + 1])[0] == genres[query])
+        out[name] = {"p10": float(as_is[f"precision_at_{K}"].mean()), "p10_lda": float(np.mean(precision)),
+                     "accuracy_lda": float(np.mean(correct)), "p10_ceiling": ceiling}
+    return out
 
 
 def slice_matching_neighbours(song_slices: list[np.ndarray], queries: np.ndarray, *, k: int) -> np.ndarray:
