@@ -83,9 +83,9 @@ def main() -> int:
         spectrum = spectrum_statistics(warehouse, catalogue["song_id"])
         for method, (precision, average_precision) in score_warehouse(warehouse, catalogue, spectrum).items():
             scores[group][method].append((precision, average_precision))
-        setting = spectrogram_setting(warehouse)
-        if setting not in left_out:
-            left_out[setting] = leave_one_out_reference(catalogue, spectrum)
+        preset = spectrogram_preset(warehouse)
+        if preset not in left_out:
+            left_out[preset] = leave_one_out_reference(catalogue, spectrum)
     report = {group: {method: summary(values, baseline=methods["mean"]) for method, values in methods.items()}
               for group, methods in scores.items()}
     for group, methods in report.items():
@@ -96,8 +96,8 @@ def main() -> int:
                       else "")
             print(f"  {method:28s} {row['p10']:.3f} ± {row['p10_std']:.3f} {row['map10']:.3f} ± "
                   f"{row['map10_std']:.3f} {change:>22s}")
-    for setting, rows in left_out.items():
-        print(f"\nleave one out, spectrogram {setting}: every labelled song a query, LDA fitted on all the others")
+    for preset, rows in left_out.items():
+        print(f"\nleave one out, spectrogram {preset}: every labelled song a query, LDA fitted on all the others")
         print(f"  {'features':22s} {'P@10 as is':>10s} {'P@10 LDA':>9s} {'accuracy LDA':>12s} {'P@10 ceiling':>12s}")
         for features, row in rows.items():
             print(f"  {features:22s} {row['p10']:10.3f} {row['p10_lda']:9.3f} {row['accuracy_lda']:11.1%} "
@@ -120,7 +120,7 @@ def read_catalogue(warehouse: Path) -> pd.DataFrame:
         drop=True)
 
 
-def spectrogram_setting(warehouse: Path) -> str:
+def spectrogram_preset(warehouse: Path) -> str:
     """The slices' spectrogram preset, as ingest recorded it (where slices start hardly
     changes a song's row statistics, so the hop is left out)."""
     return json.loads((warehouse / "slices" / "_deepcrate.json").read_text())["spectrogram"]["preset"]
