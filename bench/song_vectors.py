@@ -80,8 +80,10 @@ def main() -> int:
     for warehouse in args.warehouses:
         group = f"{warehouse.parent.name}/{warehouse.name.rsplit('-', 1)[0]}"
         catalogue = read_catalogue(warehouse)
-        spectrum = spectrum_statistics(warehouse, catalogue["song_id"])
-        for method, (precision, average_precision) in score_warehouse(warehouse, catalogue, spectrum).items():
+        images, owners = read_slices(warehouse)
+        spectrum = spectrum_statistics(images, owners, catalogue["song_id"])
+        by_method = score_warehouse(warehouse, catalogue, images=images, owners=owners, spectrum=spectrum)
+        for method, (precision, average_precision) in by_method.items():
             scores[group][method].append((precision, average_precision))
         preset = spectrogram_preset(warehouse)
         if preset not in left_out:
@@ -126,8 +128,10 @@ def spectrogram_preset(warehouse: Path) -> str:
     return json.loads((warehouse / "slices" / "_deepcrate.json").read_text())["spectrogram"]["preset"]
 
 
-def score_warehouse(warehouse: Path, catalogue: pd.DataFrame, spectrum: np.ndarray) -> dict[str, tuple[float, float]]:
-    """P@10 and MAP@10 of each way of comparing songs, on the warehouse's evaluation queries."""
+def score_warehouse(warehouse: Path, catalogue: pd.DataFrame, *, images: np.ndarray, owners: pd.Series,
+                    spectrum: np.ndarray) -> dict[str, tuple[float, float]]:
+    """P@10 and MAP@10 of each way of comparing songs, on the warehouse's evaluation queries
+    (``images`` and ``owners``: its slices, as :func:`read_slices` gives them)."""
     slices = read_table(warehouse, "slice_embeddings", ["song_id", "embedding"])
     song_slices = per_song(slices["song_id"], np.stack(slices["embedding"].to_numpy()), catalogue["song_id"])
     genres = catalogue["genre"].to_numpy(dtype=object)
@@ -145,7 +149,7 @@ def score_warehouse(warehouse: Path, catalogue: pd.DataFrame, spectrum: np.ndarr
         "mean": lambda: mean,
         "mean, standardised": lambda: standardise(mean),
         "mean + std, standardised": lambda: standardise(np.hstack([mean, spread])),
-        "untrained network": lambda: untrained_song_vectors(warehouse, catalogue["song_id"]),
+        "untrained network": lambda: untrained_song_vectors(warehouse, images, owners, catalogue["song_id"]),
         "spectrum, no model": lambda: standardise(spectrum),
         "MFCC": lambda: mfcc,
         "MFCC + LDA": lambda: discriminant_projection(mfcc, genres=genres, fitted=fitted),
@@ -157,7 +161,8 @@ def score_warehouse(warehouse: Path, catalogue: pd.DataFrame, spectrum: np.ndarr
     return results
 
 
-def untrained_song_vectors(warehouse: Path, song_ids: pd.Series) -> np.ndarray:
+def untrained_song_vectors(warehouse: Path, images: np.ndarray, owners: pd.Series, song_ids: pd.Series
+                           ) -> np.ndarray:
     """Per song, the mean embedding of its slices by the warehouse's newest model re-initialised."""
     import keras
 
@@ -166,14 +171,12 @@ def untrained_song_vectors(warehouse: Path, song_ids: pd.Series) -> np.ndarray:
     folder = sorted(p for p in (warehouse / "models").iterdir() if (p / "_SUCCESS").is_file())[-1]
     keras.utils.set_random_seed(0)
     network = embedding_model(keras.models.clone_model(keras.models.load_model(folder / "model.keras", compile=False)))
-    images, owners = read_slices(warehouse)
     vectors = network.predict(images, batch_size=64, verbose=0)
     return np.stack([song.mean(axis=0) for song in per_song(owners, vectors, song_ids)])
 
 
-def spectrum_statistics(warehouse: Path, song_ids: pd.Series) -> np.ndarray:
+def spectrum_statistics(images: np.ndarray, owners: pd.Series, song_ids: pd.Series) -> np.ndarray:
     """Per song, the mean and std of each spectrogram row (grey levels) over all its slices' columns."""
-    images, owners = read_slices(warehouse)
     rows = images.shape[1]
     # each song's columns side by side: (rows, slices * frames)
     columns = (song.transpose(1, 0, 2).reshape(rows, -1).astype(np.float32)
