@@ -4,8 +4,8 @@ For every variant and seed, a full rebuild (ingest, train, embed, index, evaluat
 into its own warehouse under ``--work``, on the corpus ``bench/real_corpus.py``
 builds. The seed draws both the split (by song, stratified by soundtrack) and the
 training (weights, order, augmentation). A larger test share than the default (30%)
-gives more queries on a small corpus. The MFCC and random baselines are computed in
-each run on the same queries.
+gives more queries on a small corpus. The MFCC, timbre and random baselines are
+computed in each run on the same queries.
 
     python bench/real_corpus.py                      # once
     python bench/quality.py --seeds 0 1 2            # all variants
@@ -113,7 +113,8 @@ def report(runs: list[dict], *, variants: list[str], seeds: list[int], corpus: s
     print(f"{'':<28}{'n':>3}" + "".join(f"{name:>18}" for name in REPORTED) + f"{'P@10 / MFCC':>14}")
     for name, row in table.items():
         ratio = row.get("p10_vs_mfcc")
-        print(f"{name:<28}{row['seeds']:>3}" + "".join(f"{row[m]['mean']:>11.3f} ± {row[m]['std']:.3f}" for m in REPORTED)
+        print(f"{name:<28}{row['seeds']:>3}" + "".join(f"{row[m]['mean']:>11.3f} ± {row[m]['std']:.3f}" if row[m]
+                                                         else f"{'–':>18}" for m in REPORTED)
               + (f"{ratio['mean']:>8.2f} ± {ratio['std']:.2f}" if ratio else ""))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"corpus": corpus, "seeds": seeds, "summary": table, "runs": runs}, indent=2))
@@ -121,8 +122,11 @@ def report(runs: list[dict], *, variants: list[str], seeds: list[int], corpus: s
 
 
 def aggregate(runs: list[dict], *, variants: list[str]) -> dict[str, dict]:
-    """Mean and standard deviation over seeds of each variant's model rows and of the baselines."""
-    def stats(values: list[float]) -> dict[str, float]:
+    """Mean and standard deviation over seeds of each variant's model rows and of the baselines
+    (None for a metric a method has not, such as the timbre baseline's song accuracy)."""
+    def stats(values: list[float | None]) -> dict[str, float] | None:
+        if any(v is None for v in values):
+            return None
         return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
 
     table = {}
@@ -132,7 +136,9 @@ def aggregate(runs: list[dict], *, variants: list[str]) -> dict[str, dict]:
         table[variant]["seeds"] = len(mine)
         table[variant]["p10_vs_mfcc"] = stats([run["model"]["precision_at_10"] / run["mfcc"]["precision_at_10"]
                                                for run in mine])
-    for baseline in ("mfcc", "random"):  # the same for every variant of a seed: one row per seed
+    for baseline in ("mfcc", "timbre", "random"):  # the same for every variant of a seed: one row per seed
+        if any(baseline not in r["metrics"]["methods"] for r in runs):  # runs from before it existed
+            continue
         per_seed = list({r["seed"]: r["metrics"]["methods"][baseline] for r in runs}.values())
         table[baseline] = {m: stats([run[m] for run in per_seed]) for m in REPORTED}
         table[baseline]["seeds"] = len(per_seed)

@@ -19,11 +19,9 @@ evaluation's queries (the labelled test songs against every labelled song), as `
   song's slices (its long-term average spectrum and spread), standardised: what the
   slices say before any network sees them;
 - ``MFCC``: the evaluation's baseline;
-- ``MFCC Gaussian (KL), no model``: the classic timbre model (Mandel & Ellis, 2005): a
-  Gaussian with full covariance over the song's frames of the same 20 MFCCs, songs
-  compared by symmetric Kullback-Leibler divergence. Needs no labels and no training; the
-  divergence is computed as an inner product of two 842-d vectors per song (see
-  :func:`gaussian_kl_terms`), so a FAISS inner-product index could serve it exactly;
+- ``timbre Gaussian, no model``: the evaluation's timbre baseline (:mod:`deepcrate.timbre`,
+  Mandel & Ellis 2005): a Gaussian over the song's MFCC frames, neighbours by symmetric
+  KL divergence; no labels, no training;
 - ``MFCC + LDA``, ``spectrum + MFCC + LDA``: those statistics projected by a linear
   discriminant analysis fitted on the train and validation songs' genres (shrinkage
   0.5): what supervision buys hand-made features.
@@ -32,7 +30,7 @@ Then, once per spectrogram preset, a reference that no split limits: every label
 song in turn is the query, and the LDA is fitted on *all the other* labelled songs
 (leave one out), for the model-free features (MFCC, spectrum, both). It bounds what a
 linear projection of these features reaches when nearly every label is known. The
-label-free MFCC Gaussian is scored on the same queries.
+label-free timbre Gaussian is scored on the same queries.
 
     python bench/song_vectors.py ~/.cache/deepcrate-bench/quality/seed-{0,1,2,3,4}
 
@@ -52,19 +50,16 @@ from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import librosa
 import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 
-from deepcrate.audio import decode_audio
 from deepcrate.index import normalise
-from deepcrate.ingest import decode_limits
-from deepcrate.mfcc import N_MFCC, SAMPLE_RATE, standardise
-from deepcrate.warehouse import local_path
+from deepcrate.mfcc import standardise
 from deepcrate.retrieval import nearest_songs, retrieval_scores
 from deepcrate.slice_reader import SliceTable
 from deepcrate.split import SPLITS
+from deepcrate.timbre import least_divergent
 
 if TYPE_CHECKING:
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
@@ -85,22 +80,23 @@ def main() -> int:
             print(f"{warehouse}: no {', '.join(missing)}; give warehouses that bench/quality.py rebuilt and evaluated",
                   file=sys.stderr)
             return 2
+        if "timbre" not in ds.dataset(warehouse / "mfcc_features", format="parquet").schema.names:
+            print(f"{warehouse}: mfcc_features has no timbre Gaussians; run deepcrate evaluate --warehouse {warehouse}",
+                  file=sys.stderr)
+            return 2
     scores: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
     left_out: dict[str, dict[str, dict[str, float | None]]] = {}
-    frames_by_content: dict[str, np.ndarray] = {}  # every warehouse holds the same corpus: decode it once
     for warehouse in args.warehouses:
         group = f"{warehouse.parent.name}/{warehouse.name.rsplit('-', 1)[0]}"
         catalogue = read_catalogue(warehouse)
         images, owners = read_slices(warehouse)
         spectrum = spectrum_statistics(images, owners, catalogue["song_id"])
-        timbre = timbre_divergences(warehouse, catalogue, cache=frames_by_content)
-        by_method = score_warehouse(warehouse, catalogue, images=images, owners=owners, spectrum=spectrum,
-                                    timbre=timbre)
+        by_method = score_warehouse(warehouse, catalogue, images=images, owners=owners, spectrum=spectrum)
         for method, (precision, average_precision) in by_method.items():
             scores[group][method].append((precision, average_precision))
         preset = spectrogram_preset(warehouse)
         if preset not in left_out:
-            left_out[preset] = leave_one_out_reference(catalogue, spectrum, timbre=timbre)
+            left_out[preset] = leave_one_out_reference(catalogue, spectrum)
     report = {group: {method: summary(values, baseline=methods["mean"]) for method, values in methods.items()}
               for group, methods in scores.items()}
     for group, methods in report.items():
@@ -130,7 +126,8 @@ def read_table(warehouse: Path, name: str, columns: list[str] | None = None) -> 
 
 
 def read_catalogue(warehouse: Path) -> pd.DataFrame:
-    """The labelled songs (id, genre, split) with their MFCC statistics, in song id order."""
+    """The labelled songs (id, genre, split) with their MFCC statistics (``features``) and
+    timbre Gaussians (``timbre``), in song id order."""
     songs = read_table(warehouse, "songs", ["song_id", "genre", "split"]).dropna(subset=["genre"])
     return songs.merge(read_table(warehouse, "mfcc_features"), on="song_id").sort_values("song_id").reset_index(
         drop=True)
@@ -143,10 +140,9 @@ def spectrogram_preset(warehouse: Path) -> str:
 
 
 def score_warehouse(warehouse: Path, catalogue: pd.DataFrame, *, images: np.ndarray, owners: pd.Series,
-                    spectrum: np.ndarray, timbre: np.ndarray) -> dict[str, tuple[float, float]]:
+                    spectrum: np.ndarray) -> dict[str, tuple[float, float]]:
     """P@10 and MAP@10 of each way of comparing songs, on the warehouse's evaluation queries
-    (``images`` and ``owners``: its slices, as :func:`read_slices` gives them; ``timbre``: the
-    songs' :func:`timbre_divergences`)."""
+    (``images`` and ``owners``: its slices, as :func:`read_slices` gives them)."""
     slices = read_table(warehouse, "slice_embeddings", ["song_id", "embedding"])
     song_slices = per_song(slices["song_id"], np.stack(slices["embedding"].to_numpy()), catalogue["song_id"])
     genres = catalogue["genre"].to_numpy(dtype=object)
@@ -173,7 +169,8 @@ def score_warehouse(warehouse: Path, catalogue: pd.DataFrame, *, images: np.ndar
     }
     results = {name: scored(nearest_songs(build(), queries, k=K)) for name, build in by_vector.items()}
     results["slice matching"] = scored(slice_matching_neighbours(song_slices, queries, k=K))
-    results["MFCC Gaussian (KL), no model"] = scored(least_divergent(timbre, queries, k=K))
+    results["timbre Gaussian, no model"] = scored(least_divergent(np.stack(catalogue["timbre"].to_numpy()),
+                                                                  queries, k=K))
     return results
 
 
@@ -228,11 +225,10 @@ def fitted_discriminant(features: np.ndarray, *, genres: np.ndarray, fitted: np.
     return LinearDiscriminantAnalysis(solver="eigen", shrinkage=0.5).fit(features[fitted], genres[fitted])
 
 
-def leave_one_out_reference(catalogue: pd.DataFrame, spectrum: np.ndarray, *, timbre: np.ndarray
-                            ) -> dict[str, dict[str, float | None]]:
+def leave_one_out_reference(catalogue: pd.DataFrame, spectrum: np.ndarray) -> dict[str, dict[str, float | None]]:
     """Per model-free feature set: P@10 as is and after an LDA fitted on every other labelled
     song, the LDA's accuracy on the left-out song, and the best P@10 the labels allow; for
-    the MFCC Gaussians (``timbre``, no LDA) P@10 as is.
+    the timbre Gaussians (no LDA) P@10 as is.
 
     Every labelled song is a query in turn (not only the test split): the most labels a
     linear projection of these features could be fitted on in this catalogue.
@@ -257,64 +253,11 @@ def leave_one_out_reference(catalogue: pd.DataFrame, spectrum: np.ndarray, *, ti
         out[name] = {"p10": float(as_is[f"precision_at_{K}"].mean()),
                      "p10_lda": float(with_lda[f"precision_at_{K}"].mean()),
                      "accuracy_lda": float(np.mean(correct)), "p10_ceiling": ceiling}
-    label_free = retrieval_scores(genres, everyone, least_divergent(timbre, everyone, k=K), ks=(K,))
-    out["MFCC Gaussian (KL)"] = {"p10": float(label_free[f"precision_at_{K}"].mean()), "p10_lda": None,
+    timbre = least_divergent(np.stack(catalogue["timbre"].to_numpy()), everyone, k=K)
+    label_free = retrieval_scores(genres, everyone, timbre, ks=(K,))
+    out["timbre Gaussian"] = {"p10": float(label_free[f"precision_at_{K}"].mean()), "p10_lda": None,
                                  "accuracy_lda": None, "p10_ceiling": ceiling}
     return out
-
-
-def timbre_divergences(warehouse: Path, catalogue: pd.DataFrame, *, cache: dict[str, np.ndarray]) -> np.ndarray:
-    """Symmetric KL divergence between the catalogue's songs' MFCC Gaussians, (n, n).
-
-    Each song is decoded as ingest decoded it (the warehouse's limits, 22,050 Hz) and
-    its 20 MFCCs per frame computed as the MFCC baseline computes them; ``cache`` keeps
-    the frames by content hash across warehouses.
-    """
-    metadata = json.loads((warehouse / "songs" / "_deepcrate.json").read_text())
-    limits = decode_limits(metadata)
-    songs = read_table(warehouse, "songs", ["song_id", "path", "content_sha256"]).set_index("song_id")
-    frames = []
-    for path, content in songs.loc[catalogue["song_id"], ["path", "content_sha256"]].itertuples(index=False):
-        if content not in cache:
-            audio = decode_audio(Path(local_path(path)).read_bytes(), name=path, target_rate=SAMPLE_RATE,
-                                 limits=limits)
-            cache[content] = librosa.feature.mfcc(y=audio.samples.astype(np.float32), sr=SAMPLE_RATE,
-                                                  n_mfcc=N_MFCC).T.astype(np.float64)
-        frames.append(cache[content])
-    queries, database = gaussian_kl_terms(frames)
-    return 0.5 * queries @ database.T - N_MFCC
-
-
-def gaussian_kl_terms(frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Per song (rows: frames, columns: coefficients), vectors ``q`` and ``v`` such that the
-    symmetric KL divergence of songs i and j's Gaussians is ``q[i] @ v[j] / 2 - d``.
-
-    With mean m, covariance S and precision P = S^-1, KL(i||j) + KL(j||i) is
-    (tr(P_i S_j) + tr(P_j S_i) + (m_i - m_j)'(P_i + P_j)(m_i - m_j)) / 2 - d; expanded, every
-    term is an inner product of something of song i with something of song j, or a
-    constant of one song: q = [vec P, P m, vec(S + m m'), -2 m, m'P m, 1] and
-    v = [vec(S + m m'), -2 m, vec P, P m, 1, m'P m].
-    """
-    # KL is unchanged by a shift common to all songs; centring keeps the terms small
-    centre = np.concatenate(frames).mean(axis=0)
-    queries, database = [], []
-    for song in frames:
-        mean = song.mean(axis=0) - centre
-        # a little ridge: a song with a constant coefficient still has an inverse
-        covariance = np.cov(song, rowvar=False) + 1e-3 * np.eye(song.shape[1])
-        precision = np.linalg.inv(covariance)
-        second_moment = (covariance + np.outer(mean, mean)).ravel()
-        own = mean @ precision @ mean
-        queries.append(np.concatenate([precision.ravel(), precision @ mean, second_moment, -2 * mean, [own, 1.0]]))
-        database.append(np.concatenate([second_moment, -2 * mean, precision.ravel(), precision @ mean, [1.0, own]]))
-    return np.stack(queries), np.stack(database)
-
-
-def least_divergent(divergence: np.ndarray, queries: np.ndarray, *, k: int) -> np.ndarray:
-    """The ``k`` songs of smallest divergence from each query, itself left out."""
-    rows = divergence[queries].copy()
-    rows[np.arange(len(queries)), queries] = np.inf
-    return np.argsort(rows, axis=1, kind="stable")[:, :k]
 
 
 def slice_matching_neighbours(song_slices: list[np.ndarray], queries: np.ndarray, *, k: int) -> np.ndarray:

@@ -1,7 +1,7 @@
 """spark-submit entry point: ``spark-submit jobs/evaluate.py --warehouse WH [--json metrics.json]``.
 
-The same code as ``deepcrate evaluate``: the MFCC baseline's features are computed on
-the executors; the neighbours and metrics in the driver.
+The same code as ``deepcrate evaluate``: the MFCC and timbre baselines' features are
+computed on the executors; the neighbours and metrics in the driver.
 """
 import sys
 

@@ -1,5 +1,5 @@
-"""Recommendation quality: the metrics by hand, the MFCC baseline by an independent
-computation, and `deepcrate evaluate` on a rebuilt demo warehouse."""
+"""Recommendation quality: the metrics by hand, the MFCC and timbre baselines by
+independent computations, and `deepcrate evaluate` on a rebuilt demo warehouse."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,7 @@ import soxr
 from conftest import make_signal, write_audio
 from deepcrate.audio import DecodeLimits
 from deepcrate.cli import main
-from deepcrate.mfcc import mfcc_statistics, song_mfcc_statistics, standardise
+from deepcrate.mfcc import mfcc_statistics, song_mfcc_features, standardise
 from deepcrate.retrieval import (
     average_precision_at_k,
     nearest_songs,
@@ -22,6 +22,7 @@ from deepcrate.retrieval import (
     random_songs,
     retrieval_scores,
 )
+from deepcrate.timbre import RIDGE, divergence_vectors, least_divergent
 
 # -- the metrics, by hand ----------------------------------------------------------------
 
@@ -80,10 +81,9 @@ def test_random_neighbours_are_distinct_never_the_query_and_cover_the_catalogue(
 # -- the MFCC baseline against an independent computation -----------------------------------
 
 
-def reference_mfcc_statistics(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+def reference_mfcc_frames(samples: np.ndarray, sample_rate: int) -> np.ndarray:
     """The textbook recipe written out: centred 2048-point Hann STFT (hop 512, reflect-padded),
-    power, 128 Slaney mel filters, 10·log10 with an 80 dB floor, orthonormal DCT-II,
-    first 20; deltas by the 9-point regression formula, edges repeated."""
+    power, 128 Slaney mel filters, 10·log10 with an 80 dB floor, orthonormal DCT-II, first 20."""
     padded = np.pad(samples.astype(np.float64), 1024, mode="constant")
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(2048) / 2048)  # periodic Hann
     frames = np.lib.stride_tricks.sliding_window_view(padded, 2048)[::512]
@@ -91,7 +91,11 @@ def reference_mfcc_statistics(samples: np.ndarray, sample_rate: int) -> np.ndarr
     mel = librosa.filters.mel(sr=sample_rate, n_fft=2048, n_mels=128) @ power
     db = 10 * np.log10(np.maximum(mel, 1e-10))
     db = np.maximum(db, db.max() - 80.0)
-    mfcc = scipy.fft.dct(db, type=2, axis=0, norm="ortho")[:20]
+    return scipy.fft.dct(db, type=2, axis=0, norm="ortho")[:20]
+
+
+def reference_mfcc_statistics(mfcc: np.ndarray) -> np.ndarray:
+    """Deltas by the 9-point regression formula, edges repeated; mean and std of both."""
     edge = np.pad(mfcc, ((0, 0), (4, 4)), mode="edge")
     weights = np.arange(-4, 5)
     delta = sum(w * edge[:, 4 + w:edge.shape[1] - 4 + w] for w in weights if w) / np.sum(weights ** 2)
@@ -99,18 +103,26 @@ def reference_mfcc_statistics(samples: np.ndarray, sample_rate: int) -> np.ndarr
     return np.concatenate([both.mean(axis=1), both.std(axis=1)])
 
 
-def test_mfcc_statistics_match_an_independent_computation(tmp_path):
+LIMITS = DecodeLimits(max_duration_s=600, truncated_ratio=0.9, silence_dbfs=-60)
+
+
+def test_mfcc_statistics_and_gaussian_match_an_independent_computation(tmp_path):
     path = write_audio(tmp_path / "song.mp3", make_signal(8.0, channels=2, seed=3))
-    features = song_mfcc_statistics(path.read_bytes(), name=str(path),
-                                     limits=DecodeLimits(max_duration_s=600, truncated_ratio=0.9, silence_dbfs=-60))
+    features, gaussian = song_mfcc_features(path.read_bytes(), name=str(path), limits=LIMITS)
     # Decoded independently: soundfile, the mean of the channels, soxr to 22,050 Hz.
     stereo, rate = sf.read(path, dtype="float32")
     samples = soxr.resample(stereo.mean(axis=1), rate, 22050, quality="HQ")
-    expected = reference_mfcc_statistics(samples, 22050)
+    frames = reference_mfcc_frames(samples, 22050)
     assert features.shape == (80,)
-    np.testing.assert_allclose(features, expected, rtol=1e-3, atol=1e-2)
+    np.testing.assert_allclose(features, reference_mfcc_statistics(frames), rtol=1e-3, atol=1e-2)
     # And the dimensions are what they claim: the first is the mean of MFCC 0, a large negative number.
     assert features[0] < -100 and np.all(features[40:] >= 0)
+    # The timbre Gaussian: the frames' mean, then their (unbiased) covariance row by row.
+    assert gaussian.shape == (420,) and gaussian.dtype == np.float64
+    np.testing.assert_allclose(gaussian[:20], frames.mean(axis=1), rtol=1e-3, atol=1e-2)
+    covariance = gaussian[20:].reshape(20, 20)
+    np.testing.assert_allclose(covariance, np.cov(frames), rtol=1e-3, atol=1e-3 * np.abs(np.cov(frames)).max())
+    np.testing.assert_array_equal(covariance, covariance.T)
 
 
 def test_standardise_gives_zero_mean_unit_variance_columns_and_zero_for_constant_ones():
@@ -125,6 +137,58 @@ def test_mfcc_statistics_of_a_single_frame_do_not_fail():
     assert mfcc_statistics(np.zeros(100, np.float32) + 0.1).shape == (80,)
 
 
+# -- the timbre baseline's divergence against the direct formula ----------------------------
+
+
+def direct_symmetric_kl(a: np.ndarray, b: np.ndarray) -> float:
+    """KL(a||b) + KL(b||a) of two packed Gaussians (20 means, 20 x 20 covariance), each
+    KL written out with its log-determinants, covariances ridged as the baseline does."""
+    def kl(p: np.ndarray, q: np.ndarray) -> float:
+        mean_p, cov_p = p[:20], p[20:].reshape(20, 20) + RIDGE * np.eye(20)
+        mean_q, cov_q = q[:20], q[20:].reshape(20, 20) + RIDGE * np.eye(20)
+        inverse_q = np.linalg.inv(cov_q)
+        gap = mean_q - mean_p
+        return 0.5 * (np.trace(inverse_q @ cov_p) + gap @ inverse_q @ gap - 20
+                      + np.linalg.slogdet(cov_q)[1] - np.linalg.slogdet(cov_p)[1])
+    return kl(a, b) + kl(b, a)
+
+
+def random_gaussians(n: int, rng: np.random.Generator) -> np.ndarray:
+    out = []
+    for _ in range(n):
+        mixing = rng.normal(size=(20, 20)) * rng.uniform(0.5, 3.0)
+        out.append(np.concatenate([rng.normal(scale=10.0, size=20) - 50.0, (mixing @ mixing.T + np.eye(20)).ravel()]))
+    return np.stack(out)
+
+
+def test_timbre_divergence_is_the_symmetric_kl_divergence():
+    gaussians = random_gaussians(7, np.random.default_rng(0))
+    queries, database = divergence_vectors(gaussians)
+    assert queries.shape == database.shape == (7, 842)
+    divergence = queries @ database.T / 2 - 20
+    expected = np.array([[direct_symmetric_kl(a, b) for b in gaussians] for a in gaussians])
+    np.testing.assert_allclose(divergence, expected, rtol=1e-9, atol=1e-8)
+    np.testing.assert_allclose(np.diag(divergence), 0, atol=1e-8)
+    # By hand: same mean, covariances s·I and t·I give d/2 (s/t + t/s) - d.
+    mean = np.full(20, -3.0)
+    spherical = np.stack([np.concatenate([mean, (s - RIDGE) * np.eye(20).ravel()]) for s in (2.0, 8.0)])
+    queries, database = divergence_vectors(spherical)
+    assert queries[0] @ database[1] / 2 - 20 == pytest.approx(10 * (2 / 8 + 8 / 2) - 20)
+
+
+def test_least_divergent_songs_come_in_order_of_divergence():
+    gaussians = random_gaussians(12, np.random.default_rng(1))
+    queries = np.array([0, 5, 11])
+    found = least_divergent(gaussians, queries, k=4)
+    for row, query in enumerate(queries):
+        divergence = np.array([direct_symmetric_kl(gaussians[query], other) for other in gaussians])
+        divergence[query] = np.inf
+        assert list(found[row]) == list(np.argsort(divergence, kind="stable")[:4])
+    # A song's own Gaussian repeated is its least divergent neighbour, the query itself never.
+    twin = np.vstack([gaussians, gaussians[5]])
+    assert least_divergent(twin, np.array([5]), k=1)[0, 0] == 12
+
+
 # -- deepcrate evaluate on a rebuilt demo warehouse -----------------------------------------
 
 
@@ -137,8 +201,8 @@ def test_evaluate_writes_the_table_with_independently_checked_numbers(rebuilt, t
     test = songs[(songs["split"] == "test") & songs["genre"].notna()]
     assert len(test) >= 5
     genres = sorted(test["genre"].unique())
-    assert len(table) == 3 * (1 + len(genres))
-    assert sorted(table["method"].unique()) == ["mfcc", "model", "random"]
+    assert len(table) == 4 * (1 + len(genres))
+    assert sorted(table["method"].unique()) == ["mfcc", "model", "random", "timbre"]
 
     # The model's numbers, recomputed from song_embeddings with plain numpy.
     embeddings = ds.dataset(str(wh / "song_embeddings")).to_table().to_pandas().set_index("song_id").sort_index()
@@ -165,13 +229,26 @@ def test_evaluate_writes_the_table_with_independently_checked_numbers(rebuilt, t
     random = table[(table["method"] == "random") & table["genre"].isna()].iloc[0]
     assert random["precision_at_10"] == pytest.approx(4 / 34, abs=0.05)
     # Every labelled song has its MFCC features, equal to the local computation.
-    features = ds.dataset(str(wh / "mfcc_features")).to_table().to_pandas().set_index("song_id")
+    features = ds.dataset(str(wh / "mfcc_features")).to_table().to_pandas().set_index("song_id").sort_index()
     assert set(features.index) == set(songs.index[songs["genre"].notna()])
     some = test.index[0]
     path = songs.loc[some, "path"].removeprefix("file:")
-    local = song_mfcc_statistics(open(path, "rb").read(), name=path,
-                                 limits=DecodeLimits(max_duration_s=600, truncated_ratio=0.9, silence_dbfs=-60))
+    local, local_gaussian = song_mfcc_features(open(path, "rb").read(), name=path, limits=LIMITS)
     np.testing.assert_allclose(features.loc[some, "features"], local, rtol=1e-5)
+    np.testing.assert_allclose(features.loc[some, "timbre"], local_gaussian, rtol=1e-5)
+
+    # The timbre baseline's numbers, from those Gaussians by the direct divergence formula.
+    gaussians = np.stack(features["timbre"].to_numpy())
+    labels = songs.loc[features.index, "genre"].to_numpy()
+    timbre_p10 = []
+    for song in test.index:
+        query = features.index.get_loc(song)
+        divergence = np.array([direct_symmetric_kl(gaussians[query], other) for other in gaussians])
+        divergence[query] = np.inf
+        timbre_p10.append(np.mean(labels[np.argsort(divergence, kind="stable")[:10]] == test.loc[song, "genre"]))
+    timbre = table[(table["method"] == "timbre") & table["genre"].isna()].iloc[0]
+    assert timbre["precision_at_10"] == pytest.approx(np.mean(timbre_p10))
+    assert timbre["song_accuracy"] is None or np.isnan(timbre["song_accuracy"])
 
     # The CLI: the same numbers, printed and written as JSON; the MFCC features are reused.
     copy = tmp_path / "wh"
@@ -184,6 +261,8 @@ def test_evaluate_writes_the_table_with_independently_checked_numbers(rebuilt, t
     assert metrics["queries"] == len(test)
     assert metrics["methods"]["model"]["precision_at_10"] == pytest.approx(np.mean(p10))
     assert set(metrics["methods"]["mfcc"]["per_genre"]) == set(genres)
+    assert metrics["methods"]["timbre"]["song_accuracy"] is None
+    assert "n/a" in printed and "x the timbre baseline" in printed
     again = ds.dataset(str(copy / "evaluation")).to_table().to_pandas()
     key = ["method", "genre"]
     left = table.sort_values(key, ignore_index=True)

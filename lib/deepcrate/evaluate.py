@@ -2,7 +2,7 @@
 
 Each labelled test song is a query against every labelled song of the catalogue (all
 splits, the query left out); its 10 nearest songs by cosine similarity are judged by
-genre (:mod:`deepcrate.retrieval`). Three methods answer the same queries:
+genre (:mod:`deepcrate.retrieval`). Four methods answer the same queries:
 
 - ``model``: the song embeddings (``song_embeddings``); song accuracy is the model's
   own genre prediction (summed slice votes), or for a model without a genre head the
@@ -10,10 +10,13 @@ genre (:mod:`deepcrate.retrieval`). Three methods answer the same queries:
 - ``mfcc``: classic MFCC statistics (:mod:`deepcrate.mfcc`), standardised over the
   catalogue; song accuracy from a logistic regression fitted on the train and
   validation songs' features;
+- ``timbre``: the classic timbre model (:mod:`deepcrate.timbre`): a Gaussian over each
+  song's MFCC frames, the least divergent songs as neighbours; no labels, no training,
+  no genre prediction (song accuracy n/a). What a trained network should beat;
 - ``random``: random neighbours and random genres, averaged over several draws.
 
-The MFCC features are computed on the executors and kept in ``mfcc_features``, so a
-later evaluation only decodes the songs added since.
+The MFCC features of both baselines are computed on the executors and kept in
+``mfcc_features``, so a later evaluation only decodes the songs added since.
 """
 from __future__ import annotations
 
@@ -30,20 +33,22 @@ import pyarrow.dataset as ds
 from pyspark.sql import SparkSession
 
 from deepcrate.errors import InputError, WarehouseError
+from deepcrate.evaluation import percent
 from deepcrate.index import list_column_matrix
 from deepcrate.ingest import decode_limits, literal_glob
-from deepcrate.mfcc import DIMENSIONS, SAMPLE_RATE, song_mfcc_statistics, standardise
+from deepcrate.mfcc import DIMENSIONS, GAUSSIAN_DIMENSIONS, SAMPLE_RATE, song_mfcc_features, standardise
 from deepcrate.progress import Progress
 from deepcrate.retrieval import nearest_songs, random_songs, retrieval_scores
 from deepcrate.schemas import EVALUATION, MFCC_FEATURES, validate
 from deepcrate.session import session_conf
 from deepcrate.slice_reader import filesystem_and_path
+from deepcrate.timbre import least_divergent
 from deepcrate.warehouse import Warehouse
 
 logger = logging.getLogger(__name__)
 
 KS = (5, 10)
-METHODS = ("model", "mfcc", "random")
+METHODS = ("model", "mfcc", "timbre", "random")
 METRICS = tuple(f"{name}_at_{k}" for name in ("precision", "map") for k in KS)
 
 
@@ -63,14 +68,17 @@ class EvaluateSummary:
         overall = self.rows[self.rows["genre"].isna()].set_index("method")
         for method in METHODS:
             row = overall.loc[method]
-            out.append(f"  {method:<8}{_percent(row['song_accuracy']):>9}{row['precision_at_5']:>7.3f}"
+            out.append(f"  {method:<8}{percent(row['song_accuracy']):>9}{row['precision_at_5']:>7.3f}"
                        f"{row['precision_at_10']:>7.3f}{row['map_at_5']:>7.3f}{row['map_at_10']:>8.3f}")
-        mfcc, model = overall.loc["mfcc", "precision_at_10"], overall.loc["model", "precision_at_10"]
-        if mfcc > 0:
-            out.append(f"  P@10: the model is {model / mfcc:.2f}x the MFCC baseline")
+        model = overall.loc["model", "precision_at_10"]
+        ratios = [f"{model / overall.loc[baseline, 'precision_at_10']:.2f}x the {name} baseline"
+                  for baseline, name in (("mfcc", "MFCC"), ("timbre", "timbre"))
+                  if overall.loc[baseline, "precision_at_10"] > 0]
+        if ratios:
+            out.append(f"  P@10: the model is {', '.join(ratios)}")
         per_genre = self.rows.dropna(subset=["genre"]).pivot(index="genre", columns="method", values="precision_at_10")
-        out.append("  P@10 per genre (model / mfcc / random): " + ", ".join(
-            f"{genre} {row['model']:.2f}/{row['mfcc']:.2f}/{row['random']:.2f}" for genre, row in per_genre.iterrows()))
+        out.append(f"  P@10 per genre ({' / '.join(METHODS)}): " + ", ".join(
+            f"{genre} " + "/".join(f"{row[method]:.2f}" for method in METHODS) for genre, row in per_genre.iterrows()))
         return out
 
     def metrics(self) -> dict[str, Any]:
@@ -161,25 +169,28 @@ def _evaluation_rows(catalogue: pd.DataFrame, *, version: str, settings: dict[st
     answers = {
         "model": model_answers,
         "mfcc": _probe_predictions(mfcc, catalogue, queries),
-        "random": None,
     }
     scores = {
         "model": retrieval_scores(genres, queries, nearest_songs(np.stack(catalogue["embedding"].to_numpy()),
                                                                  queries, k=k), ks=KS),
         "mfcc": retrieval_scores(genres, queries, nearest_songs(mfcc, queries, k=k), ks=KS),
+        "timbre": retrieval_scores(genres, queries, least_divergent(np.stack(catalogue["timbre"].to_numpy()),
+                                                                    queries, k=k), ks=KS),
     }
     random_draws = [retrieval_scores(genres, queries, random_songs(len(catalogue), queries, k=k, rng=rng), ks=KS)
                     for _ in range(draws)]
     scores["random"] = {name: np.mean([d[name] for d in random_draws], axis=0) for name in METRICS}
     correct = {method: answers[method] == query_genres for method in ("model", "mfcc")}
     correct["random"] = np.mean([rng.choice(labels, size=len(queries)) == query_genres for _ in range(draws)], axis=0)
+    correct["timbre"] = None  # a similarity, not a classifier
 
     rows = []
     for method in METHODS:
         for genre in [None, *sorted(set(query_genres))]:
             mask = np.ones(len(queries), bool) if genre is None else query_genres == genre
             row = {"model_version": version, "method": method, "genre": genre, "songs": int(mask.sum()),
-                   "slices": None, "song_accuracy": float(np.mean(correct[method][mask])),
+                   "slices": None,
+                   "song_accuracy": None if correct[method] is None else float(np.mean(correct[method][mask])),
                    "slice_accuracy": None, "most_confused_with": None,
                    **{name: float(np.mean(scores[method][name][mask])) for name in METRICS}}
             if method == "model":  # the classifier's details, as the train job reports them
@@ -236,7 +247,8 @@ def _test_slice_predictions(store: Warehouse, test_songs: pd.DataFrame) -> pd.Da
 def _write_mfcc_features(spark: SparkSession, store: Warehouse, songs: pd.DataFrame, *, uri: str,
                          config: dict[str, Any]) -> int:
     """Stage ``mfcc_features`` for ``songs``: the published rows of these songs, the rest computed."""
-    settings = {"sample_rate": SAMPLE_RATE, "dimensions": DIMENSIONS, "max_duration_s": config["ingest"]["max_duration_s"]}
+    settings = {"sample_rate": SAMPLE_RATE, "dimensions": DIMENSIONS, "timbre_dimensions": GAUSSIAN_DIMENSIONS,
+                "max_duration_s": config["ingest"]["max_duration_s"]}
     kept = None
     if store.exists("mfcc_features") and store.metadata("mfcc_features").get("settings") == settings:
         kept = store.read("mfcc_features").join(spark.createDataFrame(songs[["song_id"]]), "song_id", "left_semi")
@@ -252,11 +264,12 @@ def _write_mfcc_features(spark: SparkSession, store: Warehouse, songs: pd.DataFr
             rows = []
             for path, content in zip(batch["path"], batch["content"]):
                 try:
-                    rows.append((ids[path], song_mfcc_statistics(bytes(content), name=path, limits=limits).tolist()))
+                    statistics, gaussian = song_mfcc_features(bytes(content), name=path, limits=limits)
+                    rows.append((ids[path], statistics.tolist(), gaussian.tolist()))
                 except Exception as exc:  # the file changed since ingest: leave the song out, say so
                     logger.warning("%s: no MFCC features: %s", path, exc)
                 done.add(1)
-            yield pd.DataFrame(rows, columns=["song_id", "features"])
+            yield pd.DataFrame(rows, columns=["song_id", "features", "timbre"])
 
     if len(songs):
         computed = (spark.read.format("binaryFile").load([literal_glob(p) for p in sorted(ids)])
@@ -276,8 +289,6 @@ def _read_features(uri: str) -> pd.DataFrame:
     filesystem, path = filesystem_and_path(uri)
     table = ds.dataset(path, format="parquet", filesystem=filesystem).to_table()
     return pd.DataFrame({"song_id": table.column("song_id").to_pylist(),
-                         "features": list(list_column_matrix(table.column("features")))})
+                         "features": list(list_column_matrix(table.column("features"))),
+                         "timbre": list(list_column_matrix(table.column("timbre"), dtype=np.float64))})
 
-
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{100 * value:.1f}%"

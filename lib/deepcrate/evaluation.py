@@ -116,9 +116,9 @@ class Evaluation:
         m = self.metrics()
         lines = [
             f"test split: {m['test_songs']} songs, {m['test_slices']} slices, {len(self.labels)} genres "
-            f"(chance {_percent(m['chance'])})",
-            f"song accuracy  {_percent(m['song_accuracy'])}",
-            f"slice accuracy {_percent(m['slice_accuracy'])}",
+            f"(chance {percent(m['chance'])})",
+            f"song accuracy  {percent(m['song_accuracy'])}",
+            f"slice accuracy {percent(m['slice_accuracy'])}",
             "per genre (songs right / songs):",
         ]
         ranked = sorted(m["per_genre"].items(), key=lambda kv: -(kv[1]["song_accuracy"] or -1))
@@ -126,7 +126,7 @@ class Evaluation:
         for genre, row in ranked:
             right = int(round((row["song_accuracy"] or 0) * row["songs"]))
             confused = f"  most often taken for {row['most_confused_with']}" if row["most_confused_with"] else ""
-            lines.append(f"  {genre:<{width}}  {_percent(row['song_accuracy']):>6}  {right}/{row['songs']}{confused}")
+            lines.append(f"  {genre:<{width}}  {percent(row['song_accuracy']):>6}  {right}/{row['songs']}{confused}")
         return lines
 
     def _genre_row(self, index: int) -> dict[str, Any]:
@@ -150,5 +150,6 @@ def _accuracy(true: np.ndarray, pred: np.ndarray) -> float | None:
     return float(np.mean(true == pred)) if len(true) else None
 
 
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
+def percent(value: float | None) -> str:
+    """A share as ``12.3%``; ``n/a`` where there is none (None or NaN)."""
+    return "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{100 * value:.1f}%"

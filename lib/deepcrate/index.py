@@ -101,16 +101,16 @@ def read_song_vectors(uri: str) -> tuple[np.ndarray, np.ndarray]:
     return ids, list_column_matrix(table.column("embedding"))
 
 
-def list_column_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """A list<float> column of equal-length lists as one (n, d) float32 matrix."""
+def list_column_matrix(column: pa.ChunkedArray | pa.Array, *, dtype: type = np.float32) -> np.ndarray:
+    """A list<float> (or list<double>) column of equal-length lists as one (n, d) matrix of ``dtype``."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     if len(column) == 0:
-        return np.zeros((0, 0), np.float32)
+        return np.zeros((0, 0), dtype)
     lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
     if lengths.min() != lengths.max():
         raise WarehouseError("embeddings of different lengths in one table")
-    return column.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(column), int(lengths[0]))
+    return column.flatten().to_numpy(zero_copy_only=False).astype(dtype).reshape(len(column), int(lengths[0]))
 
 
 def normalise(vectors: np.ndarray) -> np.ndarray:

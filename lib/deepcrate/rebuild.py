@@ -27,6 +27,7 @@ from deepcrate.catalogue import list_files, read_manifest
 from deepcrate.embed import embed, open_model
 from deepcrate.errors import InputError
 from deepcrate.evaluate import METHODS, evaluate
+from deepcrate.evaluation import percent
 from deepcrate.index import build as build_index
 from deepcrate.ingest import DECODING_KEYS, ingest
 from deepcrate.model_store import MODELS, ModelFolder, read_model_folder
@@ -73,11 +74,10 @@ class RebuildSummary:
             out.append(f"  {stage.name:<8} {stage.status:<8} {stage.seconds:7.1f} s  {stage.detail}".rstrip())
         for reason, count in sorted(self.rejects.items()):
             out.append(f"  rejected, {reason}: {count}")
-        accuracy = "n/a" if self.song_accuracy is None else f"{100 * self.song_accuracy:.1f}%"
-        out.append(f"  model {self.model_version}: test song accuracy {accuracy}")
+        out.append(f"  model {self.model_version}: test song accuracy {percent(self.song_accuracy)}")
         if self.quality:
             out.append("  same-genre precision@10 / song accuracy on the test songs: " + ", ".join(
-                f"{method} {row['precision_at_10']:.3f} / {100 * row['song_accuracy']:.1f}%"
+                f"{method} {row['precision_at_10']:.3f} / {percent(row['song_accuracy'])}"
                 for method, row in self.quality.items()))
         out.append(f"  tables in {self.warehouse}: {', '.join(self.tables)}")
         out.append(f"  try: deepcrate sql --warehouse {self.warehouse} "

@@ -48,6 +48,11 @@ def nearest_songs(vectors: np.ndarray, queries: np.ndarray, *, k: int) -> np.nda
     in ``queries``, the query itself left out (exact search)."""
     unit = normalise(np.asarray(vectors, dtype=np.float32))
     _, found = exact_top_k(unit, unit[queries], min(k + 1, len(unit)))
+    return other_songs(found, queries, k=k)
+
+
+def other_songs(found: np.ndarray, queries: np.ndarray, *, k: int) -> np.ndarray:
+    """The first ``k`` positions of each row of ``found`` that are not that row's query."""
     out = np.empty((len(queries), k), dtype=np.int64)
     for row, (query, positions) in enumerate(zip(queries, found)):
         out[row] = [p for p in positions if p != query][:k]

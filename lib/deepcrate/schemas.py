@@ -64,7 +64,7 @@ REJECTS = StructType(
 EVALUATION = StructType(
     [
         StructField("model_version", StringType(), False),
-        StructField("method", StringType(), False),  # model | mfcc | random
+        StructField("method", StringType(), False),  # model | mfcc | timbre | random
         StructField("genre", StringType(), True),  # null: every genre together
         StructField("songs", IntegerType(), False),  # test songs (the queries)
         StructField("slices", IntegerType(), True),  # test slices (the model's rows only)
@@ -78,11 +78,13 @@ EVALUATION = StructType(
     ]
 )
 
-# The MFCC baseline's per-song features (deepcrate.mfcc), kept between evaluations.
+# The MFCC and timbre baselines' per-song features (deepcrate.mfcc), kept between evaluations.
 MFCC_FEATURES = StructType(
     [
         StructField("song_id", StringType(), False),
         StructField("features", ArrayType(FloatType(), False), False),  # 80: mean and std of 20 MFCCs + deltas
+        # 420: the 20 MFCCs' mean and covariance (row by row); double, as the divergence inverts it
+        StructField("timbre", ArrayType(DoubleType(), False), False),
     ]
 )
 
