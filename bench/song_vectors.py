@@ -256,7 +256,7 @@ def leave_one_out_reference(catalogue: pd.DataFrame, spectrum: np.ndarray) -> di
     timbre = least_divergent(np.stack(catalogue["timbre"].to_numpy()), everyone, k=K)
     label_free = retrieval_scores(genres, everyone, timbre, ks=(K,))
     out["timbre Gaussian"] = {"p10": float(label_free[f"precision_at_{K}"].mean()), "p10_lda": None,
-                                 "accuracy_lda": None, "p10_ceiling": ceiling}
+                              "accuracy_lda": None, "p10_ceiling": ceiling}
     return out
 
 

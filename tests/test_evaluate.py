@@ -184,6 +184,8 @@ def test_least_divergent_songs_come_in_order_of_divergence():
         divergence = np.array([direct_symmetric_kl(gaussians[query], other) for other in gaussians])
         divergence[query] = np.inf
         assert list(found[row]) == list(np.argsort(divergence, kind="stable")[:4])
+    # The same answer when the catalogue is searched in blocks of 5 songs.
+    np.testing.assert_array_equal(least_divergent(gaussians, queries, k=4, block=5), found)
     # A song's own Gaussian repeated is its least divergent neighbour, the query itself never.
     twin = np.vstack([gaussians, gaussians[5]])
     assert least_divergent(twin, np.array([5]), k=1)[0, 0] == 12

@@ -1,8 +1,9 @@
 """How good are the recommendations? Retrieval quality on the test split, with baselines.
 
 Each labelled test song is a query against every labelled song of the catalogue (all
-splits, the query left out); its 10 nearest songs by cosine similarity are judged by
-genre (:mod:`deepcrate.retrieval`). Four methods answer the same queries:
+splits, the query left out); its 10 nearest songs (by cosine similarity; for the timbre
+baseline, by divergence) are judged by genre (:mod:`deepcrate.retrieval`). Four methods
+answer the same queries:
 
 - ``model``: the song embeddings (``song_embeddings``); song accuracy is the model's
   own genre prediction (summed slice votes), or for a model without a genre head the

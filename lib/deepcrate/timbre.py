@@ -32,13 +32,18 @@ from deepcrate.retrieval import other_songs
 RIDGE = 1e-3
 
 
-def divergence_vectors(gaussians: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def divergence_vectors(gaussians: np.ndarray, *, centre: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
     """The query and database vectors ``q`` and ``v`` of each song (see the module doc).
 
     Parameters
     ----------
     gaussians : ndarray, shape (n_songs, 420)
         Per song, its MFCC mean and covariance (:func:`deepcrate.mfcc.gaussian_of_frames`).
+    centre : ndarray, shape (20,), optional
+        Subtracted from every mean (the divergence does not change when all songs shift
+        alike; centring keeps the terms small). Vectors to be compared must share it;
+        by default the mean of these songs' means.
 
     Returns
     -------
@@ -47,9 +52,8 @@ def divergence_vectors(gaussians: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     gaussians = np.asarray(gaussians, dtype=np.float64)
     means = gaussians[:, :N_MFCC]
+    means = means - (means.mean(axis=0) if centre is None else centre)
     covariances = gaussians[:, N_MFCC:].reshape(-1, N_MFCC, N_MFCC) + RIDGE * np.eye(N_MFCC)
-    # KL is unchanged by a shift common to all songs; centring keeps the terms small
-    means = means - means.mean(axis=0)
     precisions = np.linalg.inv(covariances)
     precise_means = np.einsum("nij,nj->ni", precisions, means)
     second_moments = covariances + np.einsum("ni,nj->nij", means, means)
@@ -62,7 +66,7 @@ def divergence_vectors(gaussians: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return queries, database
 
 
-def least_divergent(gaussians: np.ndarray, queries: np.ndarray, *, k: int) -> np.ndarray:
+def least_divergent(gaussians: np.ndarray, queries: np.ndarray, *, k: int, block: int = 16384) -> np.ndarray:
     """Positions of the ``k`` songs whose Gaussians are least divergent from each query's,
     the query itself left out (exact search).
 
@@ -71,7 +75,20 @@ def least_divergent(gaussians: np.ndarray, queries: np.ndarray, *, k: int) -> np
     gaussians : ndarray, shape (n_songs, 420)
     queries : ndarray of int
         Positions of the query songs.
+    block : int
+        Songs whose database vectors are held at once (16,384: 110 MiB), so memory
+        stays flat however large the catalogue.
     """
-    query_vectors, database = divergence_vectors(gaussians)
-    _, found = exact_top_k(database, -query_vectors[queries], min(k + 1, len(database)))
-    return other_songs(found, queries, k=k)
+    centre = np.asarray(gaussians[:, :N_MFCC], dtype=np.float64).mean(axis=0)
+    query_vectors, _ = divergence_vectors(gaussians[queries], centre=centre)
+    wanted = min(k + 1, len(gaussians))
+    best_scores = np.zeros((len(queries), 0))
+    best_found = np.zeros((len(queries), 0), np.int64)
+    for start in range(0, len(gaussians), block):
+        _, database = divergence_vectors(gaussians[start:start + block], centre=centre)
+        scores, found = exact_top_k(database, -query_vectors, min(wanted, len(database)))
+        scores = np.concatenate([best_scores, scores], axis=1)
+        found = np.concatenate([best_found, found + start], axis=1)
+        keep = np.argsort(-scores, axis=1, kind="stable")[:, :wanted]
+        best_scores, best_found = np.take_along_axis(scores, keep, axis=1), np.take_along_axis(found, keep, axis=1)
+    return other_songs(best_found, queries, k=k)
