@@ -167,13 +167,20 @@ def exact_top_k(
             scores = block @ vectors[v_start:v_start + vector_block].T
             kk = min(k, scores.shape[1])
             top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
-            sims = np.concatenate([best_sims, np.take_along_axis(scores, top, axis=1)], axis=1)
-            idx = np.concatenate([best_idx, top + v_start], axis=1)
-            keep = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-            best_sims, best_idx = np.take_along_axis(sims, keep, axis=1), np.take_along_axis(idx, keep, axis=1)
+            best_sims, best_idx = merge_top_k(best_sims, best_idx, np.take_along_axis(scores, top, axis=1),
+                                              top + v_start, k=k)
         all_sims.append(best_sims)
         all_idx.append(best_idx)
     return np.concatenate(all_sims), np.concatenate(all_idx)
+
+
+def merge_top_k(sims: np.ndarray, positions: np.ndarray, more_sims: np.ndarray, more_positions: np.ndarray, *,
+                k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best (similarities, positions) per row of two candidate lists, best first."""
+    sims = np.concatenate([sims, more_sims], axis=1)
+    positions = np.concatenate([positions, more_positions], axis=1)
+    keep = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(sims, keep, axis=1), np.take_along_axis(positions, keep, axis=1)
 
 
 def measure_recall(index: faiss.Index, vectors: np.ndarray, *, k: int, sample: int) -> float:

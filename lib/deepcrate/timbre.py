@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deepcrate.index import exact_top_k
+from deepcrate.index import exact_top_k, merge_top_k
 from deepcrate.mfcc import N_MFCC
 from deepcrate.retrieval import other_songs
 
@@ -87,8 +87,5 @@ def least_divergent(gaussians: np.ndarray, queries: np.ndarray, *, k: int, block
     for start in range(0, len(gaussians), block):
         _, database = divergence_vectors(gaussians[start:start + block], centre=centre)
         scores, found = exact_top_k(database, -query_vectors, min(wanted, len(database)))
-        scores = np.concatenate([best_scores, scores], axis=1)
-        found = np.concatenate([best_found, found + start], axis=1)
-        keep = np.argsort(-scores, axis=1, kind="stable")[:, :wanted]
-        best_scores, best_found = np.take_along_axis(scores, keep, axis=1), np.take_along_axis(found, keep, axis=1)
+        best_scores, best_found = merge_top_k(best_scores, best_found, scores, found + start, k=wanted)
     return other_songs(best_found, queries, k=k)
