@@ -6,7 +6,7 @@ DEMO := demo
 PACK_ENV := build/pack-env
 ENV_ARCHIVE := dist/deepcrate-env.tar.gz
 
-.PHONY: demo test package wheel bench-ingest bench-train bench-embed bench-index bench-rebuild bench-quality clean
+.PHONY: demo test lint package wheel bench-ingest bench-train bench-embed bench-index bench-rebuild bench-quality clean
 
 # Set up, synthesize the demo catalogue, rebuild everything on it, show recommendations.
 demo: $(BIN)/deepcrate
@@ -18,6 +18,10 @@ demo: $(BIN)/deepcrate
 # Set up if needed and run the whole test suite (the cluster test needs the packed environment).
 test: $(BIN)/deepcrate $(ENV_ARCHIVE)
 	$(BIN)/python -m pytest tests
+
+# Style (.ruff.toml): ruff's default rules at the project's 120-column lines.
+lint: $(BIN)/deepcrate
+	$(BIN)/ruff check .
 
 bench-ingest: $(BIN)/deepcrate
 	$(BIN)/python bench/ingest.py

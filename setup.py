@@ -1,4 +1,6 @@
 """deepcrate: content-based music recommendations as a Spark batch job."""
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 # Pinned to a set that installs together on Python 3.11 (see ../shared/FIELD-NOTES.md).
@@ -11,7 +13,7 @@ setup(
     version="0.1.0",
     description="Content-based music recommender: MP3s -> spectrogram slices -> CNN "
     "embeddings -> FAISS cosine neighbours, as Spark batch jobs.",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
     package_dir={"": "lib"},
@@ -34,7 +36,8 @@ setup(
         "cpu": [f"tensorflow-cpu=={TENSORFLOW}"],
         "gpu": [f"tensorflow[and-cuda]=={TENSORFLOW}"],
         "notebook": ["jupytext==1.19.6", "ipykernel==7.4.0"],
-        "test": ["pytest==9.2.0", "jupytext==1.19.6", "ipykernel==7.4.0", "nbclient==0.11.0", "nbformat==5.11.1"],
+        "test": ["pytest==9.2.0", "ruff==0.17.6", "jupytext==1.19.6", "ipykernel==7.4.0", "nbclient==0.11.0",
+                 "nbformat==5.11.1"],
     },
     entry_points={"console_scripts": ["deepcrate=deepcrate.cli:main"]},
 )

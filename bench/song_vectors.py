@@ -181,7 +181,7 @@ def untrained_song_vectors(warehouse: Path, images: np.ndarray, owners: pd.Serie
 
     from deepcrate.model import embedding_model
 
-    folder = sorted(p for p in (warehouse / "models").iterdir() if (p / "_SUCCESS").is_file())[-1]
+    folder = max(p for p in (warehouse / "models").iterdir() if (p / "_SUCCESS").is_file())
     keras.utils.set_random_seed(0)
     network = embedding_model(keras.models.clone_model(keras.models.load_model(folder / "model.keras", compile=False)))
     vectors = network.predict(images, batch_size=64, verbose=0)

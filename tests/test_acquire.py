@@ -9,7 +9,9 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import pairwise
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import soundfile as sf
@@ -19,6 +21,7 @@ from deepcrate.cli import main
 from deepcrate.config import resolve_config
 from deepcrate.errors import InputError
 from deepcrate.ingest import ingest
+
 from conftest import make_signal
 
 LIMIT_MB = 0.2
@@ -37,13 +40,13 @@ BODIES = {f"{name}.mp3": _mp3(seed) for seed, name in enumerate(["a", "b", "c", 
 
 
 class _Handler(BaseHTTPRequestHandler):
-    hits: dict[str, int] = {}
+    hits: ClassVar[dict[str, int]] = {}
     lock = threading.Lock()
 
     def log_message(self, *args):  # keep pytest output clean
         pass
 
-    def do_GET(self):  # noqa: N802 (http.server's naming)
+    def do_GET(self):
         with self.lock:
             self.hits[self.path] = self.hits.get(self.path, 0) + 1
             hit = self.hits[self.path]
@@ -268,7 +271,7 @@ def test_requests_to_one_host_wait_for_each_other(spark, server, tmp_path, monke
     assert summary.counts() == {"downloaded": 4}
     starts.sort()
     assert len(starts) == 4  # 4 workers, yet one schedule: pacers per worker would start them together
-    assert min(b - a for a, b in zip(starts, starts[1:])) >= 0.3 - 1e-9
+    assert min(b - a for a, b in pairwise(starts)) >= 0.3 - 1e-9
 
 
 def test_distributed_downloads_on_spark_executors(spark, server, tmp_path, capsys):

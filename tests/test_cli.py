@@ -11,6 +11,7 @@ import pytest
 
 from deepcrate.cli import main
 from deepcrate.warehouse import Warehouse
+
 from conftest import make_signal, write_audio
 
 

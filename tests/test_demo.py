@@ -35,7 +35,7 @@ def test_styles_differ_audibly(tmp_path):
     write_demo_catalogue(tmp_path, songs_per_genre=1, seconds=6, seed=0, genres=("funky_house", "downtempo"))
 
     def flux(genre):
-        x, rate = sf.read(next((tmp_path / genre).glob("*.mp3")))
+        x, _ = sf.read(next((tmp_path / genre).glob("*.mp3")))
         frames = np.abs(np.fft.rfft(x[: len(x) // 1024 * 1024].reshape(-1, 1024), axis=1))
         return np.maximum(np.diff(frames, axis=0), 0).sum(axis=1).std() / frames.sum(axis=1).mean()
 

@@ -20,6 +20,7 @@ from deepcrate.recommend import Catalogue, Filters
 from deepcrate.session import session_conf
 from deepcrate.training import train
 from deepcrate.warehouse import Warehouse
+
 from conftest import copy_warehouse
 
 FAST = ["train.batch_size=16", "train.max_epochs=3", "train.shuffle_buffer=64", "train.interleave=2"]

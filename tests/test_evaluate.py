@@ -3,6 +3,7 @@ independent computations, and `deepcrate evaluate` on a rebuilt demo warehouse."
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import librosa
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import scipy.fft
 import soundfile as sf
 import soxr
-from conftest import make_signal, write_audio
+
 from deepcrate.audio import DecodeLimits
 from deepcrate.cli import main
 from deepcrate.mfcc import mfcc_statistics, song_mfcc_features, standardise
@@ -23,6 +24,8 @@ from deepcrate.retrieval import (
     retrieval_scores,
 )
 from deepcrate.timbre import RIDGE, divergence_vectors, least_divergent
+
+from conftest import make_signal, write_audio
 
 # -- the metrics, by hand ----------------------------------------------------------------
 
@@ -235,7 +238,7 @@ def test_evaluate_writes_the_table_with_independently_checked_numbers(rebuilt, t
     assert set(features.index) == set(songs.index[songs["genre"].notna()])
     some = test.index[0]
     path = songs.loc[some, "path"].removeprefix("file:")
-    local, local_gaussian = song_mfcc_features(open(path, "rb").read(), name=path, limits=LIMITS)
+    local, local_gaussian = song_mfcc_features(Path(path).read_bytes(), name=path, limits=LIMITS)
     np.testing.assert_allclose(features.loc[some, "features"], local, rtol=1e-5)
     np.testing.assert_allclose(features.loc[some, "timbre"], local_gaussian, rtol=1e-5)
 

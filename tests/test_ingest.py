@@ -14,6 +14,7 @@ import soundfile as sf
 from deepcrate.config import resolve_config
 from deepcrate.ingest import ingest
 from deepcrate.warehouse import Warehouse
+
 from conftest import make_signal, reference_seed_slice, write_audio
 
 CONFIG = ["ingest.max_file_mb=2", "ingest.max_duration_s=15", "ingest.progress_interval_s=1"]

@@ -14,6 +14,7 @@ from deepcrate.config import resolve_config
 from deepcrate.errors import InputError, ModelError, WarehouseError
 from deepcrate.faults import INJECT_FAILURE
 from deepcrate.rebuild import rebuild
+
 from conftest import make_signal, write_audio
 
 TABLES = ["songs", "slices", "rejects", "slice_embeddings", "song_embeddings", "recommendations"]
@@ -71,8 +72,8 @@ def test_rebuilding_twice_from_scratch_gives_identical_tables(spark, rebuilt, tm
     root, manifest, _, _ = rebuilt
     model = next((root / "wh" / "models").iterdir())
     config = resolve_config()
-    kwargs = dict(audio=str(root / "audio"), manifest=str(manifest), warehouse=str(tmp_path / "wh"),
-                  config=config, model=str(model))
+    kwargs = {"audio": str(root / "audio"), "manifest": str(manifest), "warehouse": str(tmp_path / "wh"),
+              "config": config, "model": str(model)}
     first = rebuild(spark, **kwargs, force=True)
     tables = snapshot(tmp_path / "wh")
     second = rebuild(spark, **kwargs, force=True)
@@ -94,7 +95,7 @@ def test_adding_songs_ingests_and_embeds_only_them(spark, rebuilt, tmp_path, cap
     # Two new songs (with glob characters in their names), one song removed.
     write_audio(audio / "trance" / "new [live] {1}.mp3", make_signal(11, seed=40))
     write_audio(audio / "rock_indie" / "new*2.mp3", make_signal(11, seed=41))
-    removed = sorted((audio / "downtempo").glob("*.mp3"))[0]
+    removed = min((audio / "downtempo").glob("*.mp3"))
     removed.unlink()
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -139,7 +140,7 @@ def test_a_task_that_fails_mid_stage_is_retried_without_duplicates(spark, rebuil
 
 
 def test_bad_input_fails_before_any_work(spark, rebuilt, tmp_path):
-    root, manifest, _, _ = rebuilt
+    root, _, _, _ = rebuilt
     config = resolve_config()
     with pytest.raises(InputError, match="no such folder"):
         rebuild(spark, audio=str(tmp_path / "missing"), warehouse=str(tmp_path / "wh"), config=config)
@@ -157,7 +158,7 @@ def test_bad_input_fails_before_any_work(spark, rebuilt, tmp_path):
 
 
 def test_delta_without_its_jars_says_what_to_add(spark, rebuilt, tmp_path, capsys):
-    root, manifest, _, _ = rebuilt
+    root, _, _, _ = rebuilt
     code = main(["rebuild", "--audio", str(root / "audio"), "--warehouse", str(tmp_path / "wh"),
                  "--set", "warehouse.table_format=delta"])
     err = capsys.readouterr().err

@@ -21,6 +21,7 @@ from deepcrate.slice_reader import SliceTable
 from deepcrate.spectrogram import SpectrogramSettings
 from deepcrate.training import train
 from deepcrate.warehouse import Warehouse
+
 from conftest import copy_warehouse
 
 FAST = ["train.batch_size=16", "train.progress_interval_s=1", "train.shuffle_buffer=64", "train.interleave=2"]

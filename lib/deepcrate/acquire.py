@@ -18,17 +18,17 @@ import os
 import random
 import re
 import shutil
-import socket
 import threading
 import time
 import unicodedata
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from deepcrate import __version__
 from deepcrate.errors import ConfigError, InputError
@@ -61,7 +61,7 @@ class AcquireSettings:
     progress_interval_s: float
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "AcquireSettings":
+    def from_config(cls, config: dict[str, Any]) -> AcquireSettings:
         settings = cls(**config["acquire"])
         if settings.workers < 1 or settings.retries < 0 or settings.timeout_s <= 0 or settings.max_file_mb <= 0:
             raise ConfigError("acquire: workers >= 1, retries >= 0, timeout_s > 0 and max_file_mb > 0 are required")
@@ -310,7 +310,7 @@ def _stream(url: str, final: Path, *, audio_dir: Path, settings: AcquireSettings
         raise _Refused(message, exc.code) from None
     except http.client.IncompleteRead as exc:
         raise _Retryable(f"cut off: {len(exc.partial)} bytes then the connection closed") from None
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         raise _Retryable(f"timed out after {settings.timeout_s:g} s") from None
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, _Refused):

@@ -10,9 +10,9 @@ from __future__ import annotations
 import io
 import math
 import os
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import soundfile as sf
@@ -87,7 +87,7 @@ def decode_audio(
         )
         if sample_rate <= 0 or channels <= 0:
             raise AudioError(NOT_AUDIO, f"{name}: header says {channels} channels at {sample_rate} Hz")
-        cap_frames = int(math.ceil(limits.max_duration_s * sample_rate))
+        cap_frames = math.ceil(limits.max_duration_s * sample_rate)
         wanted = min(header_frames, cap_frames) if header_frames > 0 else cap_frames
         try:
             mono = _read_mono(audio_file, wanted)

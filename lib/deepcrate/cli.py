@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from deepcrate.errors import DeepcrateError
 

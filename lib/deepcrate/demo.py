@@ -143,14 +143,14 @@ def render_song(genre: str, *, rng: np.random.Generator, seconds: float) -> np.n
     step = 60.0 / tempo / 4.0
     bars = 4
     key = 36 + int(rng.integers(0, 12))  # MIDI note of the bass root
-    length = int(round(bars * STEPS * step * SAMPLE_RATE))
+    length = round(bars * STEPS * step * SAMPLE_RATE)
     loop = np.zeros(length, dtype=np.float32)
     swing = style.swing * rng.uniform(0.5, 1.5)
     brightness = style.brightness * rng.uniform(0.6, 1.6)
 
     def at(bar: int, s: int) -> int:
         delay = swing * step if s % 2 else 0.0
-        return int(round(((bar * STEPS + s) * step + delay) * SAMPLE_RATE))
+        return round(((bar * STEPS + s) * step + delay) * SAMPLE_RATE)
 
     gains = rng.uniform(0.6, 1.2, size=4)
     for bar in range(bars):

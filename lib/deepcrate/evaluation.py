@@ -6,8 +6,9 @@ A song's genre is the argmax of the *sum* of its slices' softmax outputs
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -56,7 +57,7 @@ class Evaluation:
         song_ids: np.ndarray,
         true_labels: np.ndarray,
         probabilities: np.ndarray,
-    ) -> "Evaluation":
+    ) -> Evaluation:
         """Score slice predictions; every slice of a song must carry the song's label."""
         songs, votes = vote_songs(song_ids, probabilities)
         _, first = np.unique(np.asarray(song_ids), return_index=True)
@@ -88,8 +89,8 @@ class Evaluation:
         return {
             "model_version": self.model_version,
             "labels": self.labels,
-            "test_songs": int(len(self.song_ids)),
-            "test_slices": int(len(self.slice_true)),
+            "test_songs": len(self.song_ids),
+            "test_slices": len(self.slice_true),
             "song_accuracy": _accuracy(self.song_true, self.song_pred),
             "slice_accuracy": _accuracy(self.slice_true, self.slice_pred),
             "chance": 1.0 / len(self.labels),
@@ -101,7 +102,7 @@ class Evaluation:
     def table_rows(self) -> list[tuple]:
         """Rows of the ``evaluation`` table: the whole test split first, then each genre."""
         retrieval = (None, None, None, None)  # filled in by deepcrate evaluate
-        overall = (self.model_version, "model", None, int(len(self.song_ids)), int(len(self.slice_true)),
+        overall = (self.model_version, "model", None, len(self.song_ids), len(self.slice_true),
                    _accuracy(self.song_true, self.song_pred), _accuracy(self.slice_true, self.slice_pred), None,
                    *retrieval)
         rows = [overall]
@@ -124,7 +125,7 @@ class Evaluation:
         ranked = sorted(m["per_genre"].items(), key=lambda kv: -(kv[1]["song_accuracy"] or -1))
         width = max(len(g) for g in self.labels)
         for genre, row in ranked:
-            right = int(round((row["song_accuracy"] or 0) * row["songs"]))
+            right = round((row["song_accuracy"] or 0) * row["songs"])
             confused = f"  most often taken for {row['most_confused_with']}" if row["most_confused_with"] else ""
             lines.append(f"  {genre:<{width}}  {percent(row['song_accuracy']):>6}  {right}/{row['songs']}{confused}")
         return lines

@@ -18,8 +18,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import faiss
 import numpy as np
@@ -62,7 +63,7 @@ class IndexSettings:
     progress_interval_s: float
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "IndexSettings":
+    def from_config(cls, config: dict[str, Any]) -> IndexSettings:
         settings = cls(**config["index"])
         if settings.approximate not in KINDS:
             raise ConfigError(f"index.approximate must be one of {KINDS}, got {settings.approximate!r}")

@@ -12,8 +12,9 @@ import logging
 import re
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
@@ -47,10 +48,10 @@ from deepcrate.catalogue import (
     skipped_by_spark,
 )
 from deepcrate.errors import AudioError
-from deepcrate.progress import Progress
-from deepcrate.session import session_conf
 from deepcrate.faults import fail_if_injected
+from deepcrate.progress import Progress
 from deepcrate.schemas import REJECTS, SLICES, SONGS, validate
+from deepcrate.session import session_conf
 from deepcrate.slicing import slice_audio_file
 from deepcrate.spectrogram import SpectrogramSettings
 from deepcrate.split import assign_splits

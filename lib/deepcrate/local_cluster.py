@@ -48,9 +48,10 @@ class StandaloneCluster:
         self._wait_for("Registering worker", count=workers, log=work / "master.log", timeout_s=120)
 
     def _start(self, name: str, main_class: str, *args: str) -> None:
-        log = open(self.work / f"{name}.log", "w")
-        process = subprocess.Popen([str(SPARK_HOME / "bin" / "spark-class"), main_class, *args], env=self.env,
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # the child keeps its own copy of the log's descriptor; ours closes once it is started
+        with open(self.work / f"{name}.log", "w") as log:
+            process = subprocess.Popen([str(SPARK_HOME / "bin" / "spark-class"), main_class, *args], env=self.env,
+                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.processes.append(process)
 
     def _wait_for(self, text: str, *, count: int, log: Path, timeout_s: float) -> None:

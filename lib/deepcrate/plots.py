@@ -1,7 +1,7 @@
 """PNG figures a person can look at: the confusion matrix and the training curves."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

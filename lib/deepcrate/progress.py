@@ -4,7 +4,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
+from typing import Self
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ class Progress:
         self._thread = threading.Thread(target=self._run, name="deepcrate-progress", daemon=True)
         self._start = 0.0
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Self:
         self._start = time.monotonic()
         self._thread.start()
         return self

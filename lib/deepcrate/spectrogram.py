@@ -12,9 +12,10 @@ levels 0..255.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import scipy.fft
@@ -69,7 +70,7 @@ class SpectrogramSettings:
             del settings["slice_hop_frames"]
         return settings
 
-    def differences(self, other: "SpectrogramSettings", *, pixels_only: bool = False) -> dict[str, tuple]:
+    def differences(self, other: SpectrogramSettings, *, pixels_only: bool = False) -> dict[str, tuple]:
         """``{name: (mine, other's)}`` for each setting that differs; ``pixels_only``
         leaves out the hop between slices, which does not change what a slice shows."""
         return {f.name: (getattr(self, f.name), getattr(other, f.name)) for f in fields(self)
@@ -77,7 +78,7 @@ class SpectrogramSettings:
                 and not (pixels_only and f.name == "slice_hop_frames")}
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "SpectrogramSettings":
+    def from_config(cls, config: dict[str, Any]) -> SpectrogramSettings:
         section = config["spectrogram"]
         preset = section["preset"]
         if preset not in PRESETS:
@@ -91,7 +92,7 @@ class SpectrogramSettings:
             preset=preset,
             sample_rate=sample_rate,
             n_fft=n_fft,
-            hop_length=int(round(float(params["hop_s"]) * sample_rate)),
+            hop_length=round(float(params["hop_s"]) * sample_rate),
             n_rows=n_rows,
             db_range=float(params["db_range"]),
             slice_frames=int(section["slice_frames"]),

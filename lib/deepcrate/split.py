@@ -46,4 +46,4 @@ def assign_splits(
 
 
 def _round_half_up(value: float) -> int:
-    return int(math.floor(value + 0.5 + 1e-9))
+    return math.floor(value + 0.5 + 1e-9)

@@ -6,7 +6,8 @@ import csv
 import datetime as dt
 import decimal
 import json
-from typing import Any, Iterable, TextIO
+from collections.abc import Iterable
+from typing import Any, TextIO
 
 from pyspark.sql import Row, SparkSession
 from pyspark.sql.utils import AnalysisException

@@ -20,8 +20,9 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -64,7 +65,7 @@ class TrainSettings:
     progress_interval_s: float
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "TrainSettings":
+    def from_config(cls, config: dict[str, Any]) -> TrainSettings:
         section = dict(config["train"])
         settings = cls(**section)
         if settings.model not in MODEL_PRESETS:
@@ -368,7 +369,7 @@ class _State:
     fingerprint: str | None = None  # the rebuild job's record of the run's inputs
 
     @classmethod
-    def load(cls, run_dir: str) -> "_State":
+    def load(cls, run_dir: str) -> _State:
         try:
             with open(os.path.join(run_dir, "state.json"), encoding="utf-8") as stream:
                 return cls(**json.load(stream))

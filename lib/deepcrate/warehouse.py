@@ -103,9 +103,9 @@ class Warehouse:
         names = []
         for status in self._fs.listStatus(self._path(self.root)):
             name = status.getPath().getName()
-            if status.isDirectory() and not name.startswith(("_", ".")) and name not in NOT_TABLES:
-                if self._exists(f"{self.root}/{name}/_SUCCESS"):
-                    names.append(name)
+            if (status.isDirectory() and not name.startswith(("_", ".")) and name not in NOT_TABLES
+                    and self._exists(f"{self.root}/{name}/_SUCCESS")):
+                names.append(name)
         return sorted(names)
 
     def read(self, name: str) -> DataFrame:
