@@ -56,10 +56,13 @@ wheel: $(BIN)/deepcrate
 	cp dist/deepcrate-*.whl dist/deepcrate.zip
 
 # The dependencies only: the code travels as the wheel, so a code change needs no new archive.
+# librosa compiles its numba functions on first use (~15 s in a fresh environment) and caches
+# them beside its sources: they are compiled here once, so that executors load them instead.
 $(ENV_ARCHIVE): setup.py | $(BIN)/deepcrate
 	rm -rf $(PACK_ENV) && $(PYTHON) -m venv $(PACK_ENV)
 	$(PACK_ENV)/bin/pip install --quiet --upgrade pip
 	$(PACK_ENV)/bin/pip install --quiet '.[cpu]' venv-pack==0.2.0
+	$(PACK_ENV)/bin/python -c "import numpy, librosa; librosa.feature.mfcc(y=numpy.zeros(22050, numpy.float32))"
 	$(PACK_ENV)/bin/pip uninstall --quiet --yes deepcrate pyspark py4j  # Spark puts its own on PYTHONPATH
 	rm -rf build/lib build/bdist*
 	mkdir -p dist && $(PACK_ENV)/bin/venv-pack --quiet --force -p $(PACK_ENV) -o $@

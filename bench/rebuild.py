@@ -127,7 +127,7 @@ def main() -> int:
             cluster.stop()
 
     print(f"\n{'stage':<8}{'local s':>9}{'songs/s':>9}{'cluster s':>11}{'songs/s':>9}{'cluster/local':>15}")
-    for name in ("ingest", "train", "embed", "index"):
+    for name in ("ingest", "train", "embed", "index", "evaluate"):
         here, there = results["local"]["stages"][name], results["cluster"]["stages"][name]
         ratio = there["seconds"] / here["seconds"] if there["status"] == "ran" and here["seconds"] else None
         results.setdefault("cluster_vs_local", {})[name] = None if ratio is None else round(ratio, 2)
