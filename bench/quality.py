@@ -5,7 +5,7 @@ into its own warehouse under ``--work``, on the corpus ``bench/real_corpus.py``
 builds. The seed draws both the split (by song, stratified by soundtrack) and the
 training (weights, order, augmentation). A larger test share than the default (30%)
 gives more queries on a small corpus. The MFCC, timbre and random baselines are
-computed in each run on the same queries.
+computed in each run on the same queries, with the ideal ranking (the ceiling).
 
     python bench/real_corpus.py                      # once
     python bench/quality.py --seeds 0 1 2            # all variants
@@ -136,7 +136,7 @@ def aggregate(runs: list[dict], *, variants: list[str]) -> dict[str, dict]:
         table[variant]["seeds"] = len(mine)
         table[variant]["p10_vs_mfcc"] = stats([run["model"]["precision_at_10"] / run["mfcc"]["precision_at_10"]
                                                for run in mine])
-    for baseline in ("mfcc", "timbre", "random"):  # the same for every variant of a seed: one row per seed
+    for baseline in ("mfcc", "timbre", "random", "ideal"):  # the same for every variant of a seed: one row per seed
         if any(baseline not in r["metrics"]["methods"] for r in runs):  # runs from before it existed
             continue
         per_seed = list({r["seed"]: r["metrics"]["methods"][baseline] for r in runs}.values())

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import librosa
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 import scipy.fft
@@ -18,6 +19,7 @@ from deepcrate.cli import main
 from deepcrate.mfcc import mfcc_statistics, song_mfcc_features, standardise
 from deepcrate.retrieval import (
     average_precision_at_k,
+    ideal_songs,
     nearest_songs,
     precision_at_k,
     random_songs,
@@ -67,6 +69,18 @@ def test_a_tiny_catalogue_with_known_neighbours():
     np.testing.assert_allclose(scores["precision_at_3"], [2 / 3, 0, 2 / 3])
     np.testing.assert_allclose(scores["precision_at_1"], [1, 0, 1])
     np.testing.assert_allclose(scores["map_at_3"], [(1 + 1) / 2, 0, (1 + 1) / 2])
+
+
+def test_the_ideal_ranking_puts_the_query_genre_first_and_scores_the_ceiling():
+    genres = np.array(["a", "b", "a", "c", "a", "b"], dtype=object)
+    queries = np.array([0, 3, 5])
+    found = ideal_songs(genres, queries, k=3)
+    # by hand: the other songs of the query's genre in catalogue order, then the rest
+    assert found.tolist() == [[2, 4, 1], [0, 1, 2], [1, 0, 2]]
+    scores = retrieval_scores(genres, queries, found, ks=(3,))
+    # 2 other a's, no other c, 1 other b: P@3 = 2/3, 0, 1/3; every list as good as it can be
+    np.testing.assert_allclose(scores["precision_at_3"], [2 / 3, 0, 1 / 3])
+    np.testing.assert_allclose(scores["map_at_3"], [1, 0, 1])
 
 
 def test_random_neighbours_are_distinct_never_the_query_and_cover_the_catalogue():
@@ -206,8 +220,8 @@ def test_evaluate_writes_the_table_with_independently_checked_numbers(rebuilt, t
     test = songs[(songs["split"] == "test") & songs["genre"].notna()]
     assert len(test) >= 5
     genres = sorted(test["genre"].unique())
-    assert len(table) == 4 * (1 + len(genres))
-    assert sorted(table["method"].unique()) == ["mfcc", "model", "random", "timbre"]
+    assert len(table) == 5 * (1 + len(genres))
+    assert sorted(table["method"].unique()) == ["ideal", "mfcc", "model", "random", "timbre"]
 
     # The model's numbers, recomputed from song_embeddings with plain numpy.
     embeddings = ds.dataset(str(wh / "song_embeddings")).to_table().to_pandas().set_index("song_id").sort_index()
@@ -233,6 +247,11 @@ def test_evaluate_writes_the_table_with_independently_checked_numbers(rebuilt, t
     # Random neighbours: close to what chance gives (4 of the other 34 songs share a genre).
     random = table[(table["method"] == "random") & table["genre"].isna()].iloc[0]
     assert random["precision_at_10"] == pytest.approx(4 / 34, abs=0.05)
+    # The ideal ranking: min(10, other songs of the genre) / 10, counted from the songs table.
+    per_genre = songs["genre"].value_counts()
+    ideal = table[(table["method"] == "ideal") & table["genre"].isna()].iloc[0]
+    assert ideal["precision_at_10"] == pytest.approx(np.mean([min(10, per_genre[g] - 1) / 10 for g in test["genre"]]))
+    assert ideal["map_at_10"] == pytest.approx(1.0)
     # Every labelled song has its MFCC features, equal to the local computation.
     features = ds.dataset(str(wh / "mfcc_features")).to_table().to_pandas().set_index("song_id").sort_index()
     assert set(features.index) == set(songs.index[songs["genre"].notna()])
@@ -278,3 +297,32 @@ def test_evaluate_writes_the_table_with_independently_checked_numbers(rebuilt, t
 def test_evaluate_refuses_a_warehouse_without_embeddings(spark, demo_warehouse, capsys):
     assert main(["evaluate", "--warehouse", str(demo_warehouse)]) == 2
     assert "no song_embeddings table" in capsys.readouterr().err
+
+
+def test_too_few_labelled_songs_are_refused_with_a_reason(rebuilt, tmp_path, capsys):
+    # The demo warehouse with the genres of all but 10 songs removed: 10 labelled songs
+    # cannot rank a query's 10 neighbours, so evaluate refuses (and rebuild reports
+    # "not evaluated") instead of failing inside the ranking.
+    import shutil
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    root, _, _, _ = rebuilt
+    copy = tmp_path / "wh"
+    shutil.copytree(root / "wh", copy)
+    songs = ds.dataset(str(copy / "songs")).to_table()
+    frame = songs.to_pandas()
+    labelled = frame[frame["genre"].notna()].sort_values("split", key=lambda s: s != "test")  # test songs first
+    keep = pc.is_in(songs["song_id"], value_set=pa.array(labelled["song_id"].head(10).tolist()))
+    genres = pc.if_else(keep, songs["genre"], pa.scalar(None, pa.string()))
+    for part in (copy / "songs").glob("*.parquet"):
+        part.unlink()
+    pq.write_table(songs.set_column(songs.schema.get_field_index("genre"), "genre", genres),
+                   copy / "songs" / "part-00000.parquet")
+    before = ds.dataset(str(copy / "evaluation")).to_table().to_pandas()
+
+    assert main(["evaluate", "--warehouse", str(copy)]) == 2
+    assert "10 labelled songs; precision@10 needs a query and 10 other songs" in capsys.readouterr().err
+    after = ds.dataset(str(copy / "evaluation")).to_table().to_pandas()
+    assert after.equals(before)  # nothing published

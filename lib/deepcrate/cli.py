@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     index.set_defaults(run=_index)
 
     evaluate = commands.add_parser("evaluate", help="retrieval quality of the song embeddings on the test split, "
-                                   "against MFCC, timbre and random baselines")
+                                   "against MFCC, timbre and random baselines and the ideal ranking")
     evaluate.add_argument("--json", metavar="FILE", help="also write the metrics to FILE (metrics.json)")
     _add_common(evaluate)
     evaluate.set_defaults(run=_evaluate)

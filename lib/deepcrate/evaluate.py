@@ -3,7 +3,7 @@
 Each labelled test song is a query against every labelled song of the catalogue (all
 splits, the query left out); its 10 nearest songs (by cosine similarity; for the timbre
 baseline, by divergence) are judged by genre (:mod:`deepcrate.retrieval`). Four methods
-answer the same queries:
+answer the same queries, beside the best answer the labels allow:
 
 - ``model``: the song embeddings (``song_embeddings``); song accuracy is the model's
   own genre prediction (summed slice votes), or for a model without a genre head the
@@ -14,7 +14,10 @@ answer the same queries:
 - ``timbre``: the classic timbre model (:mod:`deepcrate.timbre`): a Gaussian over each
   song's MFCC frames, the least divergent songs as neighbours; no labels, no training,
   no genre prediction (song accuracy n/a). What a trained network should beat;
-- ``random``: random neighbours and random genres, averaged over several draws.
+- ``random``: random neighbours and random genres, averaged over several draws;
+- ``ideal``: not a method but the ceiling: what a perfect ranking scores with these
+  labels (every other song of the query's genre first). A genre with fewer than ``k``
+  other songs cannot fill the top ``k``, so this is below 1 on small catalogues.
 
 The MFCC features of both baselines are computed on the executors and kept in
 ``mfcc_features``, so a later evaluation only decodes the songs added since.
@@ -40,7 +43,7 @@ from deepcrate.index import list_column_matrix
 from deepcrate.ingest import decode_limits, literal_glob
 from deepcrate.mfcc import DIMENSIONS, GAUSSIAN_DIMENSIONS, SAMPLE_RATE, song_mfcc_features, standardise
 from deepcrate.progress import Progress
-from deepcrate.retrieval import nearest_songs, random_songs, retrieval_scores
+from deepcrate.retrieval import ideal_songs, nearest_songs, random_songs, retrieval_scores
 from deepcrate.schemas import EVALUATION, MFCC_FEATURES, validate
 from deepcrate.session import session_conf
 from deepcrate.slice_reader import filesystem_and_path
@@ -50,7 +53,7 @@ from deepcrate.warehouse import Warehouse
 logger = logging.getLogger(__name__)
 
 KS = (5, 10)
-METHODS = ("model", "mfcc", "timbre", "random")
+METHODS = ("model", "mfcc", "timbre", "random", "ideal")
 METRICS = tuple(f"{name}_at_{k}" for name in ("precision", "map") for k in KS)
 
 
@@ -109,7 +112,8 @@ def evaluate(spark: SparkSession, *, warehouse: str, config: dict[str, Any], fin
     WarehouseError
         When ``songs`` or ``song_embeddings`` is missing.
     InputError
-        When there is no labelled test song, or fewer than two genres.
+        When there is no labelled test song, fewer than two genres, or too few labelled
+        songs to rank ``max(KS)`` neighbours.
     """
     started = time.monotonic()
     store = Warehouse(spark, warehouse, table_format=config["warehouse"]["table_format"])
@@ -120,10 +124,7 @@ def evaluate(spark: SparkSession, *, warehouse: str, config: dict[str, Any], fin
     embeddings = _song_embeddings(store)
     version = str(embeddings["model_version"].iloc[0]) if len(embeddings) else ""
     labelled = songs.dropna(subset=["genre"]).merge(embeddings, on="song_id").sort_values("song_id")
-    if not (labelled["split"] == "test").any():
-        raise InputError(f"warehouse {store.root}: no labelled test songs to evaluate on")
-    if labelled["genre"].nunique() < 2:
-        raise InputError(f"warehouse {store.root}: one genre only; same-genre retrieval would be trivial")
+    _check_evaluable(labelled, where=f"warehouse {store.root}")
 
     run = store.begin_run()
     features_uri = store.staging_uri(run, "mfcc_features")
@@ -133,6 +134,7 @@ def evaluate(spark: SparkSession, *, warehouse: str, config: dict[str, Any], fin
     if len(catalogue) < len(labelled):
         logger.warning("%d labelled songs could not be decoded for MFCC features and are left out of the evaluation",
                        len(labelled) - len(catalogue))
+        _check_evaluable(catalogue, where=f"warehouse {store.root}")
     test_slices = _test_slice_predictions(store, catalogue[catalogue["split"] == "test"])
     rows = _evaluation_rows(catalogue, version=version, settings=config["evaluate"], test_slices=test_slices)
     frame = spark.createDataFrame(rows[list(EVALUATION.names)].astype(object).where(rows.notna(), None)
@@ -147,6 +149,17 @@ def evaluate(spark: SparkSession, *, warehouse: str, config: dict[str, Any], fin
     store.publish(run, ["mfcc_features", "evaluation"])
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _check_evaluable(catalogue: pd.DataFrame, *, where: str) -> None:
+    """Raise InputError unless the labelled songs (``genre``, ``split``) can be evaluated."""
+    if not (catalogue["split"] == "test").any():
+        raise InputError(f"{where}: no labelled test songs to evaluate on")
+    if catalogue["genre"].nunique() < 2:
+        raise InputError(f"{where}: one genre only; same-genre retrieval would be trivial")
+    if len(catalogue) <= max(KS):
+        raise InputError(f"{where}: {len(catalogue)} labelled songs; precision@{max(KS)} needs a query and "
+                         f"{max(KS)} other songs")
 
 
 def _evaluation_rows(catalogue: pd.DataFrame, *, version: str, settings: dict[str, Any],
@@ -178,13 +191,14 @@ def _evaluation_rows(catalogue: pd.DataFrame, *, version: str, settings: dict[st
         "mfcc": retrieval_scores(genres, queries, nearest_songs(mfcc, queries, k=k), ks=KS),
         "timbre": retrieval_scores(genres, queries, least_divergent(np.stack(catalogue["timbre"].to_numpy()),
                                                                     queries, k=k), ks=KS),
+        "ideal": retrieval_scores(genres, queries, ideal_songs(genres, queries, k=k), ks=KS),
     }
     random_draws = [retrieval_scores(genres, queries, random_songs(len(catalogue), queries, k=k, rng=rng), ks=KS)
                     for _ in range(draws)]
     scores["random"] = {name: np.mean([d[name] for d in random_draws], axis=0) for name in METRICS}
     correct = {method: answers[method] == query_genres for method in ("model", "mfcc")}
     correct["random"] = np.mean([rng.choice(labels, size=len(queries)) == query_genres for _ in range(draws)], axis=0)
-    correct["timbre"] = None  # a similarity, not a classifier
+    correct["timbre"] = correct["ideal"] = None  # rankings, not classifiers
 
     rows = []
     for method in METHODS:

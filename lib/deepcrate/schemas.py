@@ -64,7 +64,7 @@ REJECTS = StructType(
 EVALUATION = StructType(
     [
         StructField("model_version", StringType(), False),
-        StructField("method", StringType(), False),  # model | mfcc | timbre | random
+        StructField("method", StringType(), False),  # model | mfcc | timbre | random | ideal
         StructField("genre", StringType(), True),  # null: every genre together
         StructField("songs", IntegerType(), False),  # test songs (the queries)
         StructField("slices", IntegerType(), True),  # test slices (the model's rows only)
