@@ -3,12 +3,15 @@ independent computations, and `deepcrate evaluate` on a rebuilt demo warehouse."
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import librosa
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 import scipy.fft
 import soundfile as sf
@@ -276,7 +279,6 @@ def test_evaluate_writes_the_table_with_independently_checked_numbers(rebuilt, t
 
     # The CLI: the same numbers, printed and written as JSON; the MFCC features are reused.
     copy = tmp_path / "wh"
-    import shutil
     shutil.copytree(wh, copy)
     assert main(["evaluate", "--warehouse", str(copy), "--json", str(tmp_path / "metrics.json")]) == 0
     printed = capsys.readouterr().out
@@ -303,11 +305,6 @@ def test_too_few_labelled_songs_are_refused_with_a_reason(rebuilt, tmp_path, cap
     # The demo warehouse with the genres of all but 10 songs removed: 10 labelled songs
     # cannot rank a query's 10 neighbours, so evaluate refuses (and rebuild reports
     # "not evaluated") instead of failing inside the ranking.
-    import shutil
-
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
     root, _, _, _ = rebuilt
     copy = tmp_path / "wh"
     shutil.copytree(root / "wh", copy)
