@@ -56,7 +56,7 @@ import pyarrow.dataset as ds
 
 from deepcrate.index import normalise
 from deepcrate.mfcc import standardise
-from deepcrate.retrieval import nearest_songs, retrieval_scores
+from deepcrate.retrieval import ideal_songs, nearest_songs, retrieval_scores
 from deepcrate.slice_reader import SliceTable
 from deepcrate.split import SPLITS
 from deepcrate.timbre import least_divergent
@@ -236,8 +236,8 @@ def leave_one_out_reference(catalogue: pd.DataFrame, spectrum: np.ndarray) -> di
     genres = catalogue["genre"].to_numpy(dtype=object)
     everyone = np.arange(len(genres))
     mfcc = standardise(np.stack(catalogue["features"].to_numpy()))
-    per_genre = pd.Series(genres).value_counts()
-    ceiling = float(np.mean([min(K, per_genre[g] - 1) / K for g in genres]))
+    ceiling = float(retrieval_scores(genres, everyone, ideal_songs(genres, everyone, k=K), ks=(K,))[
+        f"precision_at_{K}"].mean())
     out = {}
     for name, features in {"MFCC": mfcc, "spectrum": standardise(spectrum),
                            "spectrum + MFCC": np.hstack([standardise(spectrum), mfcc])}.items():
