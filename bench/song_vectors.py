@@ -10,6 +10,8 @@ evaluation's queries (the labelled test songs against every labelled song), as `
 - ``mean, standardised``: each dimension to mean 0, std 1 over the catalogue (as the
   MFCC baseline is);
 - ``mean + std, standardised``: the slices' spread appended (256-d);
+- ``the model's genre probabilities``: the mean of the slices' softmax outputs (the
+  song's genre prediction, as a vector), cosine;
 - ``slice matching``: no song vector; song A's similarity to song B is the mean over
   A's slices of the best cosine to one of B's slices, symmetrised (quadratic in the
   slices: a reference, not something that scales);
@@ -24,13 +26,18 @@ evaluation's queries (the labelled test songs against every labelled song), as `
   KL divergence; no labels, no training;
 - ``MFCC + LDA``, ``spectrum + MFCC + LDA``: those statistics projected by a linear
   discriminant analysis fitted on the train and validation songs' genres (shrinkage
-  0.5): what supervision buys hand-made features.
+  0.5): what supervision buys hand-made features;
+- ``..., classifier posterior``: the genre probabilities of a logistic regression
+  fitted on the train and validation songs (as ``evaluate`` fits it for the MFCC
+  baseline's song accuracy) as the song vector, cosine: a song's neighbours are the songs
+  the classifier is as sure of; ``timbre`` here is the timbre Gaussian's mean and upper
+  triangle of its covariance, standardised.
 
 Then, once per spectrogram preset, a reference that no split limits: every labelled
-song in turn is the query, and the LDA is fitted on *all the other* labelled songs
-(leave one out), for the model-free features (MFCC, spectrum, both). It bounds what a
-linear projection of these features reaches when nearly every label is known. The
-label-free timbre Gaussian is scored on the same queries.
+song in turn is the query, and the LDA and the classifier are fitted on *all the other*
+labelled songs (leave one out), for the model-free features. It shows what these
+features reach when nearly every label is known. The label-free timbre Gaussian is
+scored on the same queries.
 
     python bench/song_vectors.py ~/.cache/deepcrate-bench/quality/seed-{0,1,2,3,4}
 
@@ -55,7 +62,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 
 from deepcrate.index import normalise
-from deepcrate.mfcc import standardise
+from deepcrate.mfcc import N_MFCC, standardise
 from deepcrate.retrieval import ideal_songs, nearest_songs, retrieval_scores
 from deepcrate.slice_reader import SliceTable
 from deepcrate.split import SPLITS
@@ -101,19 +108,23 @@ def main() -> int:
               for group, methods in scores.items()}
     for group, methods in report.items():
         print(f"\n{group} (n = {methods['mean']['n']})")
-        print(f"  {'song vector':28s} {'P@10':>15s} {'MAP@10':>15s} {'P@10 vs mean':>22s}")
+        print(f"  {'song vector':46s} {'P@10':>15s} {'MAP@10':>15s} {'P@10 vs mean':>22s}")
         for method, row in methods.items():
             change = (f"{row['p10_change']:+.3f} ({row['p10_better']}/{row['n']} better)" if method != "mean"
                       else "")
-            print(f"  {method:28s} {row['p10']:.3f} ± {row['p10_std']:.3f} {row['map10']:.3f} ± "
+            print(f"  {method:46s} {row['p10']:.3f} ± {row['p10_std']:.3f} {row['map10']:.3f} ± "
                   f"{row['map10_std']:.3f} {change:>22s}")
     for preset, rows in left_out.items():
-        print(f"\nleave one out, spectrogram {preset}: every labelled song a query, LDA fitted on all the others")
-        print(f"  {'features':22s} {'P@10 as is':>10s} {'P@10 LDA':>9s} {'accuracy LDA':>12s} {'P@10 ceiling':>12s}")
+        print(f"\nleave one out, spectrogram {preset}: every labelled song a query, LDA and classifier fitted on "
+              "all the others")
+        print(f"  {'features':26s} {'P@10 as is':>10s} {'P@10 LDA':>9s} {'acc. LDA':>9s} {'P@10 posterior':>15s} "
+              f"{'acc. classifier':>16s} {'P@10 ceiling':>12s}")
         for features, row in rows.items():
-            p10_lda = f"{row['p10_lda']:9.3f}" if row["p10_lda"] is not None else f"{'–':>9s}"
-            accuracy = f"{row['accuracy_lda']:11.1%}" if row["accuracy_lda"] is not None else f"{'–':>11s}"
-            print(f"  {features:22s} {row['p10']:10.3f} {p10_lda} {accuracy} {row['p10_ceiling']:12.3f}")
+            cells = [f"{row[key]:{width}.{'1%' if key.startswith('accuracy') else '3f'}}" if row[key] is not None
+                     else f"{'–':>{width}s}"
+                     for key, width in (("p10_lda", 9), ("accuracy_lda", 9), ("p10_posterior", 15),
+                                        ("accuracy_posterior", 16))]
+            print(f"  {features:26s} {row['p10']:10.3f} {' '.join(cells)} {row['p10_ceiling']:12.3f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"warehouses": [str(w) for w in args.warehouses], "groups": report,
                                     "leave_one_out": left_out}, indent=1))
@@ -143,14 +154,17 @@ def score_warehouse(warehouse: Path, catalogue: pd.DataFrame, *, images: np.ndar
                     spectrum: np.ndarray) -> dict[str, tuple[float, float]]:
     """P@10 and MAP@10 of each way of comparing songs, on the warehouse's evaluation queries
     (``images`` and ``owners``: its slices, as :func:`read_slices` gives them)."""
-    slices = read_table(warehouse, "slice_embeddings", ["song_id", "embedding"])
+    slices = read_table(warehouse, "slice_embeddings", ["song_id", "embedding", "genre_probabilities"])
     song_slices = per_song(slices["song_id"], np.stack(slices["embedding"].to_numpy()), catalogue["song_id"])
+    song_probabilities = np.stack([p.mean(axis=0) for p in per_song(
+        slices["song_id"], np.stack(slices["genre_probabilities"].to_numpy()), catalogue["song_id"])])
     genres = catalogue["genre"].to_numpy(dtype=object)
     queries = np.flatnonzero(catalogue["split"].to_numpy() == "test")
     fitted = catalogue["split"].isin(["train", "validation"]).to_numpy()
     mean = np.stack([s.mean(axis=0) for s in song_slices])
     spread = np.stack([s.std(axis=0) for s in song_slices])
     mfcc = standardise(np.stack(catalogue["features"].to_numpy()))
+    timbre = timbre_statistics(np.stack(catalogue["timbre"].to_numpy()))
 
     def scored(found: np.ndarray) -> tuple[float, float]:
         result = retrieval_scores(genres, queries, found, ks=(K,))
@@ -160,12 +174,18 @@ def score_warehouse(warehouse: Path, catalogue: pd.DataFrame, *, images: np.ndar
         "mean": lambda: mean,
         "mean, standardised": lambda: standardise(mean),
         "mean + std, standardised": lambda: standardise(np.hstack([mean, spread])),
+        "the model's genre probabilities": lambda: song_probabilities,
         "untrained network": lambda: untrained_song_vectors(warehouse, images, owners, catalogue["song_id"]),
         "spectrum, no model": lambda: standardise(spectrum),
         "MFCC": lambda: mfcc,
         "MFCC + LDA": lambda: discriminant_projection(mfcc, genres=genres, fitted=fitted),
         "spectrum + MFCC + LDA": lambda: discriminant_projection(np.hstack([standardise(spectrum), mfcc]),
                                                                  genres=genres, fitted=fitted),
+        "MFCC, classifier posterior": lambda: classifier_posteriors(mfcc, genres=genres, fitted=fitted),
+        "spectrum + MFCC, classifier posterior": lambda: classifier_posteriors(
+            np.hstack([standardise(spectrum), mfcc]), genres=genres, fitted=fitted),
+        "spectrum + MFCC + timbre, classifier posterior": lambda: classifier_posteriors(
+            np.hstack([standardise(spectrum), mfcc, timbre]), genres=genres, fitted=fitted),
     }
     results = {name: scored(nearest_songs(build(), queries, k=K)) for name, build in by_vector.items()}
     results["slice matching"] = scored(slice_matching_neighbours(song_slices, queries, k=K))
@@ -225,38 +245,61 @@ def fitted_discriminant(features: np.ndarray, *, genres: np.ndarray, fitted: np.
     return LinearDiscriminantAnalysis(solver="eigen", shrinkage=0.5).fit(features[fitted], genres[fitted])
 
 
-def leave_one_out_reference(catalogue: pd.DataFrame, spectrum: np.ndarray) -> dict[str, dict[str, float | None]]:
-    """Per model-free feature set: P@10 as is and after an LDA fitted on every other labelled
-    song, the LDA's accuracy on the left-out song, and the best P@10 the labels allow; for
-    the timbre Gaussians (no LDA) P@10 as is.
+def classifier_posteriors(features: np.ndarray, *, genres: np.ndarray, fitted: np.ndarray) -> np.ndarray:
+    """Every song's genre probabilities by a logistic regression fitted on the ``fitted`` rows
+    (the settings of ``evaluate``'s probe)."""
+    from sklearn.linear_model import LogisticRegression
 
-    Every labelled song is a query in turn (not only the test split): the most labels a
-    linear projection of these features could be fitted on in this catalogue.
+    return LogisticRegression(max_iter=2000, C=1.0).fit(features[fitted], genres[fitted]).predict_proba(features)
+
+
+def timbre_statistics(gaussians: np.ndarray) -> np.ndarray:
+    """The timbre Gaussians as plain features: the mean and the covariance's upper triangle, standardised."""
+    upper = np.triu_indices(N_MFCC)
+    covariances = gaussians[:, N_MFCC:].reshape(-1, N_MFCC, N_MFCC)
+    return standardise(np.hstack([gaussians[:, :N_MFCC], covariances[:, upper[0], upper[1]]]))
+
+
+def leave_one_out_reference(catalogue: pd.DataFrame, spectrum: np.ndarray) -> dict[str, dict[str, float | None]]:
+    """Per model-free feature set: P@10 as is, after an LDA and as classifier posteriors
+    (each fitted on every other labelled song), the LDA's and the classifier's accuracy on
+    the left-out song, and the best P@10 the labels allow; for the timbre Gaussians (no
+    fitting) P@10 as is.
+
+    Every labelled song is a query in turn (not only the test split): the most labels
+    these features could be fitted on in this catalogue.
     """
     genres = catalogue["genre"].to_numpy(dtype=object)
     everyone = np.arange(len(genres))
     mfcc = standardise(np.stack(catalogue["features"].to_numpy()))
+    timbre = timbre_statistics(np.stack(catalogue["timbre"].to_numpy()))
     ceiling = float(retrieval_scores(genres, everyone, ideal_songs(genres, everyone, k=K), ks=(K,))[
         f"precision_at_{K}"].mean())
+
+    def precision(found: np.ndarray) -> float:
+        return float(retrieval_scores(genres, everyone, found, ks=(K,))[f"precision_at_{K}"].mean())
+
     out = {}
     for name, features in {"MFCC": mfcc, "spectrum": standardise(spectrum),
-                           "spectrum + MFCC": np.hstack([standardise(spectrum), mfcc])}.items():
-        as_is = retrieval_scores(genres, everyone, nearest_songs(features, everyone, k=K), ks=(K,))
-        found, correct = [], []
+                           "spectrum + MFCC": np.hstack([standardise(spectrum), mfcc]),
+                           "spectrum + MFCC + timbre": np.hstack([standardise(spectrum), mfcc, timbre])}.items():
+        by_lda, by_posterior, lda_correct, posterior_correct = [], [], [], []
         for query in everyone:
             others = everyone != query
             lda = fitted_discriminant(features, genres=genres, fitted=others)
             projected = lda.transform(features)
-            found.append(nearest_songs(projected - projected[others].mean(axis=0), np.array([query]), k=K)[0])
-            correct.append(lda.predict(features[query:query + 1])[0] == genres[query])
-        with_lda = retrieval_scores(genres, everyone, np.stack(found), ks=(K,))
-        out[name] = {"p10": float(as_is[f"precision_at_{K}"].mean()),
-                     "p10_lda": float(with_lda[f"precision_at_{K}"].mean()),
-                     "accuracy_lda": float(np.mean(correct)), "p10_ceiling": ceiling}
-    timbre = least_divergent(np.stack(catalogue["timbre"].to_numpy()), everyone, k=K)
-    label_free = retrieval_scores(genres, everyone, timbre, ks=(K,))
-    out["timbre Gaussian"] = {"p10": float(label_free[f"precision_at_{K}"].mean()), "p10_lda": None,
-                              "accuracy_lda": None, "p10_ceiling": ceiling}
+            by_lda.append(nearest_songs(projected - projected[others].mean(axis=0), np.array([query]), k=K)[0])
+            lda_correct.append(lda.predict(features[query:query + 1])[0] == genres[query])
+            posteriors = classifier_posteriors(features, genres=genres, fitted=others)
+            by_posterior.append(nearest_songs(posteriors, np.array([query]), k=K)[0])
+            posterior_correct.append(np.unique(genres[others])[posteriors[query].argmax()] == genres[query])
+        out[name] = {"p10": precision(nearest_songs(features, everyone, k=K)),
+                     "p10_lda": precision(np.stack(by_lda)), "accuracy_lda": float(np.mean(lda_correct)),
+                     "p10_posterior": precision(np.stack(by_posterior)),
+                     "accuracy_posterior": float(np.mean(posterior_correct)), "p10_ceiling": ceiling}
+    timbre_found = least_divergent(np.stack(catalogue["timbre"].to_numpy()), everyone, k=K)
+    out["timbre Gaussian"] = {"p10": precision(timbre_found), "p10_lda": None, "accuracy_lda": None,
+                              "p10_posterior": None, "accuracy_posterior": None, "p10_ceiling": ceiling}
     return out
 
 
