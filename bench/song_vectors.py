@@ -61,6 +61,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 
+from deepcrate.evaluate import genre_probe
 from deepcrate.index import normalise
 from deepcrate.mfcc import N_MFCC, standardise
 from deepcrate.retrieval import ideal_songs, nearest_songs, retrieval_scores
@@ -246,11 +247,8 @@ def fitted_discriminant(features: np.ndarray, *, genres: np.ndarray, fitted: np.
 
 
 def classifier_posteriors(features: np.ndarray, *, genres: np.ndarray, fitted: np.ndarray) -> np.ndarray:
-    """Every song's genre probabilities by a logistic regression fitted on the ``fitted`` rows
-    (the settings of ``evaluate``'s probe)."""
-    from sklearn.linear_model import LogisticRegression
-
-    return LogisticRegression(max_iter=2000, C=1.0).fit(features[fitted], genres[fitted]).predict_proba(features)
+    """Every song's genre probabilities by ``evaluate``'s genre probe fitted on the ``fitted`` rows."""
+    return genre_probe(features[fitted], genres[fitted]).predict_proba(features)
 
 
 def timbre_statistics(gaussians: np.ndarray) -> np.ndarray:
@@ -290,9 +288,9 @@ def leave_one_out_reference(catalogue: pd.DataFrame, spectrum: np.ndarray) -> di
             projected = lda.transform(features)
             by_lda.append(nearest_songs(projected - projected[others].mean(axis=0), np.array([query]), k=K)[0])
             lda_correct.append(lda.predict(features[query:query + 1])[0] == genres[query])
-            posteriors = classifier_posteriors(features, genres=genres, fitted=others)
-            by_posterior.append(nearest_songs(posteriors, np.array([query]), k=K)[0])
-            posterior_correct.append(np.unique(genres[others])[posteriors[query].argmax()] == genres[query])
+            probe = genre_probe(features[others], genres[others])
+            by_posterior.append(nearest_songs(probe.predict_proba(features), np.array([query]), k=K)[0])
+            posterior_correct.append(probe.predict(features[query:query + 1])[0] == genres[query])
         out[name] = {"p10": precision(nearest_songs(features, everyone, k=K)),
                      "p10_lda": precision(np.stack(by_lda)), "accuracy_lda": float(np.mean(lda_correct)),
                      "p10_posterior": precision(np.stack(by_posterior)),
