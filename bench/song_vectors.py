@@ -164,8 +164,7 @@ def score_warehouse(warehouse: Path, catalogue: pd.DataFrame, *, images: np.ndar
     fitted = catalogue["split"].isin(["train", "validation"]).to_numpy()
     mean = np.stack([s.mean(axis=0) for s in song_slices])
     spread = np.stack([s.std(axis=0) for s in song_slices])
-    mfcc = standardise(np.stack(catalogue["features"].to_numpy()))
-    timbre = timbre_statistics(np.stack(catalogue["timbre"].to_numpy()))
+    hand_made = hand_made_features(catalogue, spectrum)
 
     def scored(found: np.ndarray) -> tuple[float, float]:
         result = retrieval_scores(genres, queries, found, ks=(K,))
@@ -177,16 +176,13 @@ def score_warehouse(warehouse: Path, catalogue: pd.DataFrame, *, images: np.ndar
         "mean + std, standardised": lambda: standardise(np.hstack([mean, spread])),
         "the model's genre probabilities": lambda: song_probabilities,
         "untrained network": lambda: untrained_song_vectors(warehouse, images, owners, catalogue["song_id"]),
-        "spectrum, no model": lambda: standardise(spectrum),
-        "MFCC": lambda: mfcc,
-        "MFCC + LDA": lambda: discriminant_projection(mfcc, genres=genres, fitted=fitted),
-        "spectrum + MFCC + LDA": lambda: discriminant_projection(np.hstack([standardise(spectrum), mfcc]),
-                                                                 genres=genres, fitted=fitted),
-        "MFCC, classifier posterior": lambda: classifier_posteriors(mfcc, genres=genres, fitted=fitted),
-        "spectrum + MFCC, classifier posterior": lambda: classifier_posteriors(
-            np.hstack([standardise(spectrum), mfcc]), genres=genres, fitted=fitted),
-        "spectrum + MFCC + timbre, classifier posterior": lambda: classifier_posteriors(
-            np.hstack([standardise(spectrum), mfcc, timbre]), genres=genres, fitted=fitted),
+        "spectrum, no model": lambda: hand_made["spectrum"],
+        "MFCC": lambda: hand_made["MFCC"],
+        **{f"{name} + LDA": lambda name=name: discriminant_projection(hand_made[name], genres=genres, fitted=fitted)
+           for name in ("MFCC", "spectrum + MFCC")},
+        **{f"{name}, classifier posterior": lambda name=name: classifier_posteriors(hand_made[name], genres=genres,
+                                                                                     fitted=fitted)
+           for name in ("MFCC", "spectrum + MFCC", "spectrum + MFCC + timbre")},
     }
     results = {name: scored(nearest_songs(build(), queries, k=K)) for name, build in by_vector.items()}
     results["slice matching"] = scored(slice_matching_neighbours(song_slices, queries, k=K))
@@ -251,6 +247,16 @@ def classifier_posteriors(features: np.ndarray, *, genres: np.ndarray, fitted: n
     return genre_probe(features[fitted], genres[fitted]).predict_proba(features)
 
 
+def hand_made_features(catalogue: pd.DataFrame, spectrum: np.ndarray) -> dict[str, np.ndarray]:
+    """The model-free feature sets, standardised: MFCC statistics, the spectrum's row
+    statistics, both, and both with the timbre Gaussians."""
+    mfcc = standardise(np.stack(catalogue["features"].to_numpy()))
+    rows = standardise(spectrum)
+    timbre = timbre_statistics(np.stack(catalogue["timbre"].to_numpy()))
+    return {"MFCC": mfcc, "spectrum": rows, "spectrum + MFCC": np.hstack([rows, mfcc]),
+            "spectrum + MFCC + timbre": np.hstack([rows, mfcc, timbre])}
+
+
 def timbre_statistics(gaussians: np.ndarray) -> np.ndarray:
     """The timbre Gaussians as plain features: the mean and the covariance's upper triangle, standardised."""
     upper = np.triu_indices(N_MFCC)
@@ -269,8 +275,6 @@ def leave_one_out_reference(catalogue: pd.DataFrame, spectrum: np.ndarray) -> di
     """
     genres = catalogue["genre"].to_numpy(dtype=object)
     everyone = np.arange(len(genres))
-    mfcc = standardise(np.stack(catalogue["features"].to_numpy()))
-    timbre = timbre_statistics(np.stack(catalogue["timbre"].to_numpy()))
     ceiling = float(retrieval_scores(genres, everyone, ideal_songs(genres, everyone, k=K), ks=(K,))[
         f"precision_at_{K}"].mean())
 
@@ -278,9 +282,7 @@ def leave_one_out_reference(catalogue: pd.DataFrame, spectrum: np.ndarray) -> di
         return float(retrieval_scores(genres, everyone, found, ks=(K,))[f"precision_at_{K}"].mean())
 
     out = {}
-    for name, features in {"MFCC": mfcc, "spectrum": standardise(spectrum),
-                           "spectrum + MFCC": np.hstack([standardise(spectrum), mfcc]),
-                           "spectrum + MFCC + timbre": np.hstack([standardise(spectrum), mfcc, timbre])}.items():
+    for name, features in hand_made_features(catalogue, spectrum).items():
         by_lda, by_posterior, lda_correct, posterior_correct = [], [], [], []
         for query in everyone:
             others = everyone != query
