@@ -1,6 +1,6 @@
 """The Keras genre classifiers whose penultimate layer is the song embedding.
 
-Both presets take raw slices, ``uint8`` of shape ``(rows, frames)``, and scale them
+Every preset takes raw slices, ``uint8`` of shape ``(rows, frames)``, and scale them
 to [0, 1] themselves, so training, evaluation and the embedding UDF all feed the
 same bytes that the ``slices`` table stores. The 128-d embedding is the output of
 the Dense layer named :data:`EMBEDDING_LAYER`, before its activation
@@ -13,28 +13,35 @@ from keras import layers
 
 from deepcrate.errors import ConfigError
 
-MODEL_PRESETS = ("seed", "improved")
+MODEL_PRESETS = ("seed", "improved", "musicnn")
 EMBEDDING_LAYER = "embedding"
 OUTPUT_LAYER = "genre_probabilities"
 EMBEDDING_SIZE = 128
 
 
 def build_model(
-    *, preset: str, n_classes: int, input_shape: tuple[int, int] = (256, 256), seed: int = 0
+    *, preset: str, n_classes: int, input_shape: tuple[int, int] = (256, 256), seed: int = 0,
+    level_range: float = 8.0,
 ) -> keras.Model:
     """A compiled-ready (not yet compiled) classifier.
 
     Parameters
     ----------
-    preset : {"seed", "improved"}
+    preset : {"seed", "improved", "musicnn"}
         ``seed`` is the original architecture exactly (MISSION.md step 4).
         ``improved`` uses 3x3 convolutions with group norm, global average pooling
         and training-time augmentation (random gain, time shift, frequency mask).
+        ``musicnn`` is the pretrained tagging network of :mod:`deepcrate.musicnn`
+        (randomly initialised here: :func:`deepcrate.musicnn.load_pretrained` sets its
+        weights) with the embedding and genre layers on its 200-d features; it reads
+        the ``musicnn`` spectrogram preset's slices (96 mel bands).
     n_classes : int
         Number of genres.
     input_shape : (rows, frames)
     seed : int
-        Seeds the augmentation layers.
+        Seeds the augmentation and dropout layers.
+    level_range : float
+        ``musicnn`` only: the slices' ``db_range`` (the log10 level drawn as grey 255).
 
     The layers take their dtype from Keras' global dtype policy at build time
     (``mixed_bfloat16`` for mixed precision); the softmax always computes in float32.
@@ -44,16 +51,29 @@ def build_model(
     if n_classes < 2:
         raise ConfigError(f"a classifier needs at least 2 genres, got {n_classes}")
     inputs = keras.Input(shape=input_shape, dtype="uint8", name="slice")
-    x = layers.Rescaling(1.0 / 255.0, name="scale_to_unit")(inputs)
-    x = layers.Reshape((*input_shape, 1), name="add_channel")(x)
-    body = _seed_body if preset == "seed" else _improved_body
-    x = body(x, seed=seed)
+    if preset == "musicnn":
+        from deepcrate.musicnn import N_MELS, musicnn_features
+
+        if input_shape[0] != N_MELS:
+            raise ConfigError(f"train.model=musicnn reads {N_MELS} mel bands (spectrogram.preset=musicnn); "
+                              f"the slices have {input_shape[0]} rows")
+        x = musicnn_features(inputs, level_range=level_range)
+    else:
+        x = layers.Rescaling(1.0 / 255.0, name="scale_to_unit")(inputs)
+        x = layers.Reshape((*input_shape, 1), name="add_channel")(x)
+        body = _seed_body if preset == "seed" else _improved_body
+        x = body(x, seed=seed)
+    outputs = classifier_head(x, n_classes=n_classes, seed=seed)
+    return keras.Model(inputs, outputs, name=f"deepcrate_{preset}")
+
+
+def classifier_head(x, *, n_classes: int, seed: int):
+    """Dense 128 (the embedding) -> ELU -> Dropout 0.5 -> Dense n -> softmax (MISSION.md step 4)."""
     x = layers.Dense(EMBEDDING_SIZE, name=EMBEDDING_LAYER)(x)
     x = layers.Activation("elu", name="embedding_elu")(x)
     x = layers.Dropout(0.5, name="dropout", seed=seed)(x)
     x = layers.Dense(n_classes, name="logits")(x)
-    outputs = layers.Activation("softmax", dtype="float32", name=OUTPUT_LAYER)(x)
-    return keras.Model(inputs, outputs, name=f"deepcrate_{preset}")
+    return layers.Activation("softmax", dtype="float32", name=OUTPUT_LAYER)(x)
 
 
 def _seed_body(x, *, seed: int):

@@ -1,4 +1,4 @@
-"""Spectrogram front-ends and slicing: mono samples in, uint8 256x256 slices out.
+"""Spectrogram front-ends and slicing: mono samples in, uint8 slice images out.
 
 Both presets share one time grid: column ``j`` is the window that starts at sample
 ``j * hop_length`` (no centring, no padding), so slice ``k`` covers columns
@@ -6,9 +6,17 @@ Both presets share one time grid: column ``j`` is the window that starts at samp
 ``k * slice_hop_frames * hop_length / sample_rate`` seconds. By default slices lie end
 to end (``slice_hop_frames == slice_frames``, the original method); a smaller hop
 makes overlapping slices, more of them per song. Rows are ordered like an image:
-row 0 is the highest frequency. Levels are dB relative to full scale (a full-scale
-sine at a bin centre reads 0 dB), clipped to ``[-db_range, 0]`` and drawn as grey
-levels 0..255.
+row 0 is the highest frequency.
+
+Levels (``SpectrogramSettings.levels``):
+
+- ``db`` (presets ``seed`` and ``mel``): dB relative to full scale (a full-scale sine
+  at a bin centre reads 0 dB), clipped to ``[-db_range, 0]`` and drawn as grey 0..255;
+- ``musicnn`` (preset ``musicnn``): the front-end the pretrained musicnn networks were
+  trained on (Pons & Serra, 2019): the power of the unnormalised STFT through
+  Slaney-normalised mel filters (librosa's ``melspectrogram`` defaults), compressed as
+  ``log10(1 + 10000 x)`` and drawn as grey 0..255 over ``[0, db_range]`` in those log10
+  units, so the model undoes the drawing exactly (to within one grey step).
 """
 from __future__ import annotations
 
@@ -22,7 +30,8 @@ import scipy.fft
 
 from deepcrate.errors import ConfigError
 
-PRESETS = ("seed", "mel")
+PRESETS = ("seed", "mel", "musicnn")
+LEVELS = ("db", "musicnn")
 
 
 @dataclass(frozen=True)
@@ -43,10 +52,13 @@ class SpectrogramSettings:
     db_range: float
     slice_frames: int
     slice_hop_frames: int = 0  # 0, or absent from settings stored before it existed: slice_frames
+    levels: str = "db"  # how power becomes grey levels (module doc); absent before musicnn existed: db
 
     def __post_init__(self) -> None:
         if self.slice_hop_frames == 0:
             object.__setattr__(self, "slice_hop_frames", self.slice_frames)
+        if self.levels not in LEVELS:
+            raise ConfigError(f"spectrogram levels must be one of {LEVELS}, got {self.levels!r}")
 
     @property
     def slice_seconds(self) -> float:
@@ -68,6 +80,8 @@ class SpectrogramSettings:
         settings = asdict(self)
         if self.slice_hop_frames == self.slice_frames:
             del settings["slice_hop_frames"]
+        if self.levels == "db":
+            del settings["levels"]
         return settings
 
     def differences(self, other: SpectrogramSettings, *, pixels_only: bool = False) -> dict[str, tuple]:
@@ -87,7 +101,9 @@ class SpectrogramSettings:
         sample_rate = int(params["sample_rate"])
         n_fft = int(params["n_fft"])
         # seed keeps the top n_fft/2 of the n_fft/2 + 1 linear bins (drops DC).
-        n_rows = int(params["n_mels"]) if preset == "mel" else n_fft // 2
+        n_rows = n_fft // 2 if preset == "seed" else int(params["n_mels"])
+        # 0: the preset's own length (the length its model was made for)
+        slice_frames = int(section["slice_frames"]) or int(params["slice_frames"])
         settings = cls(
             preset=preset,
             sample_rate=sample_rate,
@@ -95,8 +111,9 @@ class SpectrogramSettings:
             hop_length=round(float(params["hop_s"]) * sample_rate),
             n_rows=n_rows,
             db_range=float(params["db_range"]),
-            slice_frames=int(section["slice_frames"]),
+            slice_frames=slice_frames,
             slice_hop_frames=int(section["slice_hop_frames"]),
+            levels="musicnn" if preset == "musicnn" else "db",
         )
         if settings.hop_length < 1 or settings.db_range <= 0 or settings.slice_frames < 1:
             raise ConfigError(f"spectrogram.{preset}: hop_s, db_range, slice_frames must be > 0")
@@ -126,7 +143,7 @@ def iter_slices(samples: np.ndarray, *, settings: SpectrogramSettings) -> Iterat
     window = _hann(settings.n_fft)
     ref_power = (float(window.sum()) / 2.0) ** 2
     floor = 10.0 ** (-settings.db_range / 10.0)
-    mel_basis = _mel_basis(settings) if settings.preset == "mel" else None
+    mel_basis = _mel_basis(settings) if settings.preset != "seed" else None
     for k in range(count_slices(len(samples), settings=settings)):
         start = k * settings.slice_hop_frames * settings.hop_length
         stop = start + settings.min_samples
@@ -138,6 +155,10 @@ def iter_slices(samples: np.ndarray, *, settings: SpectrogramSettings) -> Iterat
             power = power[:, 1:]  # drop DC: the top 256 of 257 rows
         else:
             power = power @ mel_basis.T
+        if settings.levels == "musicnn":
+            levels = np.log10(1.0 + 10000.0 * power, dtype=np.float32)
+            yield levels_to_grey(levels.T[::-1], top=settings.db_range)
+            continue
         relative = np.maximum(power / ref_power, floor)
         db = 10.0 * np.log10(relative, dtype=np.float32)
         yield db_to_grey(db.T[::-1], db_range=settings.db_range)
@@ -147,6 +168,11 @@ def db_to_grey(db: np.ndarray, *, db_range: float) -> np.ndarray:
     """Map dBFS values to grey levels: ``-db_range`` (or less) -> 0, 0 dB (or more) -> 255."""
     grey = (np.clip(db, -db_range, 0.0) + db_range) * (255.0 / db_range)
     return np.rint(grey).astype(np.uint8)
+
+
+def levels_to_grey(levels: np.ndarray, *, top: float) -> np.ndarray:
+    """Map musicnn's log10 levels to grey: 0 -> 0, ``top`` (or more) -> 255."""
+    return np.rint(np.clip(levels, 0.0, top) * (255.0 / top)).astype(np.uint8)
 
 
 def grey_to_db(grey: np.ndarray, *, db_range: float) -> np.ndarray:
@@ -169,13 +195,14 @@ def _hann(n_fft: int) -> np.ndarray:
 def _mel_basis(settings: SpectrogramSettings) -> np.ndarray:
     import librosa  # imported here: the seed preset does not need it
 
-    # norm=None keeps triangle peaks at 1, so a full-scale sine still reads 0 dBFS.
+    # norm=None keeps triangle peaks at 1, so a full-scale sine still reads 0 dBFS;
+    # musicnn's networks learnt on librosa's default, Slaney's area normalisation.
     basis = librosa.filters.mel(
         sr=settings.sample_rate,
         n_fft=settings.n_fft,
         n_mels=settings.n_rows,
         fmin=0.0,
         fmax=settings.sample_rate / 2.0,
-        norm=None,
+        norm="slaney" if settings.levels == "musicnn" else None,
     )
     return basis.astype(np.float32)

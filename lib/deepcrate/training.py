@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 OBJECTIVES = ("classify", "contrastive")
+FINE_TUNING = ("head", "all")
 HEAD_EPOCHS = 10  # the genre head on a contrastive embedding: a linear layer, quick to fit
 
 
@@ -57,6 +58,8 @@ class TrainSettings:
     patience: int
     learning_rate: float
     balance_genres: bool
+    fine_tune: str
+    pretrained: str
     precision: str
     shuffle_buffer: int
     interleave: int
@@ -72,6 +75,11 @@ class TrainSettings:
             raise ConfigError(f"train.model must be one of {MODEL_PRESETS}, got {settings.model!r}")
         if settings.objective not in OBJECTIVES:
             raise ConfigError(f"train.objective must be one of {OBJECTIVES}, got {settings.objective!r}")
+        if settings.fine_tune not in FINE_TUNING:
+            raise ConfigError(f"train.fine_tune must be one of {FINE_TUNING}, got {settings.fine_tune!r}")
+        if settings.model == "musicnn" and settings.objective != "classify":
+            raise ConfigError("train.model=musicnn learns with train.objective=classify (the pretrained "
+                              "embedding needs no labels: a catalogue without genres gets it as it is)")
         if settings.precision not in PRECISIONS:
             raise ConfigError(f"train.precision must be one of {PRECISIONS}, got {settings.precision!r}")
         for name in ("batch_size", "max_epochs", "patience", "shuffle_buffer", "interleave"):
@@ -152,7 +160,8 @@ def train(
     spectrogram = _table_settings(store, config)
     table = SliceTable(store.table_uri("slices"), image_shape=(spectrogram.n_rows, spectrogram.slice_frames))
     counts = table.genre_counts()
-    labels = _genres_to_learn(counts, uri=table.uri, objective=settings.objective)
+    labels = _genres_to_learn(counts, uri=table.uri, objective=settings.objective,
+                              labels_optional=settings.model == "musicnn")
     if run_dir is None:
         run_dir = _new_run(work_root, settings, config, fingerprint=fingerprint)
     version = os.path.basename(run_dir)
@@ -174,11 +183,15 @@ def train(
                         _slices_learnt(counts, "train", labels=labels, settings=settings),
                         _slices_learnt(counts, "validation", labels=labels, settings=settings),
                         len(labels), ", ".join(devices))
-            with strategy.scope():  # a contrastive encoder drops the head: any width builds it
-                model = _model_to_train(run_dir, state, settings, n_classes=max(len(labels), 2),
-                                        input_shape=table.image_shape)
-            _fit(model, table=table, labels=labels, counts=counts, settings=settings, state=state,
-                 run_dir=run_dir, callbacks=callbacks)
+            if _on_frozen_features(settings):
+                _fit_pretrained_head(run_dir, table=table, labels=labels, counts=counts, settings=settings,
+                                     state=state, spectrogram=spectrogram)
+            else:
+                with strategy.scope():  # a contrastive encoder drops the head: any width builds it
+                    model = _model_to_train(run_dir, state, settings, n_classes=max(len(labels), 2),
+                                            input_shape=table.image_shape, spectrogram=spectrogram)
+                _fit(model, table=table, labels=labels, counts=counts, settings=settings, state=state,
+                     run_dir=run_dir, callbacks=callbacks)
         final = _final_model_file(settings, labels)
         if final == "classifier.keras" and not os.path.exists(os.path.join(run_dir, final)):
             with strategy.scope():
@@ -243,8 +256,17 @@ def _table_settings(store: Warehouse, config: dict[str, Any]) -> SpectrogramSett
     return table
 
 
-def _genres_to_learn(counts: dict[str, dict[str | None, int]], *, uri: str, objective: str) -> list[str]:
-    """The genres the model's head predicts: none for a contrastive embedding without usable labels."""
+def _genres_to_learn(counts: dict[str, dict[str | None, int]], *, uri: str, objective: str,
+                     labels_optional: bool = False) -> list[str]:
+    """The genres the model's head predicts: none for a contrastive embedding without usable
+    labels, nor for a pretrained one (``labels_optional``)."""
+    if objective == "classify" and labels_optional:
+        genres = {g for g, n in counts.get("train", {}).items() if g is not None and n}
+        if len(genres) < 2:
+            logger.warning("no genre head (%s in the train split): songs get the pretrained embedding and no "
+                           "predicted genre", f"one genre, {genres.pop()!r}," if genres else "no genres")
+            return []
+        return _check_splits(counts, uri=uri)
     if objective == "classify":
         return _check_splits(counts, uri=uri)
     for split in ("train", "validation"):  # pairs to learn from, and pairs for early stopping
@@ -396,13 +418,53 @@ def _precision(requested: str, gpus: list) -> str:
     return "mixed_bfloat16" if min(capabilities) >= (8, 0) else "mixed_float16"
 
 
+def _on_frozen_features(settings: TrainSettings) -> bool:
+    """Whether only a head is learnt, on a pretrained network's features computed once."""
+    return settings.model == "musicnn" and settings.fine_tune == "head"
+
+
+def _fit_pretrained_head(run_dir: str, *, table: SliceTable, labels: list[str], counts, settings: TrainSettings,
+                         state: _State, spectrogram: SpectrogramSettings) -> None:
+    """The head on the frozen musicnn features (or, without genres, the principal-component
+    embedding), saved as best.keras: minutes on a CPU, so a resumed run starts it again."""
+    from deepcrate.transfer import fit_head, pretrained_model, principal_embedding
+
+    model = pretrained_model(n_classes=max(len(labels), 2), image_shape=table.image_shape,
+                             level_range=spectrogram.db_range, checkpoint=settings.pretrained, seed=settings.seed)
+    if labels:
+        history, best_epoch, stopped_early = fit_head(
+            model, table=table, labels=labels, batch_size=settings.batch_size, max_epochs=settings.max_epochs,
+            patience=settings.patience, learning_rate=settings.learning_rate or 0.001,
+            class_weight=_genre_weights(counts, labels=labels, settings=settings),
+            interval_s=settings.progress_interval_s)
+        state.history, state.best_epoch, state.stopped_early = history, best_epoch, stopped_early
+        state.epochs_done = len(history["loss"])
+        state.best_val_loss = min(history["val_loss"])
+    else:
+        model = principal_embedding(model, table=table, batch_size=settings.batch_size,
+                                    interval_s=settings.progress_interval_s)
+    tmp = os.path.join(run_dir, "tmp-best.keras")
+    model.save(tmp)
+    os.replace(tmp, os.path.join(run_dir, "best.keras"))
+    state.finished = True
+    state.save(run_dir)
+
+
 def _model_to_train(run_dir: str, state: _State, settings: TrainSettings, *, n_classes: int,
-                    input_shape: tuple[int, int]):
+                    input_shape: tuple[int, int], spectrogram: SpectrogramSettings):
     if state.epochs_done:
         try:  # the optimizer state comes back with the weights
             return keras.models.load_model(os.path.join(run_dir, "last.keras"))
         except Exception as exc:
             raise TrainingError(f"cannot resume {run_dir}: last.keras is unreadable: {exc}") from None
+    if settings.model == "musicnn":  # train.fine_tune=all: every layer learns, from the pretrained weights
+        from deepcrate.transfer import pretrained_model
+
+        model = pretrained_model(n_classes=n_classes, image_shape=input_shape, level_range=spectrogram.db_range,
+                                 checkpoint=settings.pretrained, seed=settings.seed)
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate=settings.learning_rate or 0.0001),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        return model
     model = build_model(preset=settings.model, n_classes=n_classes, input_shape=input_shape, seed=settings.seed)
     if settings.objective == "contrastive":  # the encoder alone: the genre head comes afterwards
         encoder = embedding_model(model)
