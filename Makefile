@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 DEMO := demo
 PACK_ENV := build/pack-env
 ENV_ARCHIVE := dist/deepcrate-env.tar.gz
+# musicnn's wheel carries the pretrained weights of train.model=musicnn; it declares numpy<1.17,
+# which cannot sit beside numpy 2, so it is installed without its dependencies (its code is never run)
+MUSICNN := musicnn==0.1.0
 
 .PHONY: demo test lint package wheel bench-ingest bench-train bench-embed bench-index bench-rebuild bench-quality clean
 
@@ -62,6 +65,7 @@ $(ENV_ARCHIVE): setup.py | $(BIN)/deepcrate
 	rm -rf $(PACK_ENV) && $(PYTHON) -m venv $(PACK_ENV)
 	$(PACK_ENV)/bin/pip install --quiet --upgrade pip
 	$(PACK_ENV)/bin/pip install --quiet '.[cpu]' venv-pack==0.2.0
+	$(PACK_ENV)/bin/pip install --quiet --no-deps $(MUSICNN)
 	$(PACK_ENV)/bin/python -c "import numpy, librosa; librosa.feature.mfcc(y=numpy.zeros(22050, numpy.float32))"
 	$(PACK_ENV)/bin/pip uninstall --quiet --yes deepcrate pyspark py4j  # Spark puts its own on PYTHONPATH
 	rm -rf build/lib build/bdist*
@@ -71,6 +75,7 @@ $(BIN)/deepcrate: setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[cpu,test]'
+	$(BIN)/pip install --quiet --no-deps $(MUSICNN)
 	touch $@
 
 clean:

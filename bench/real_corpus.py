@@ -13,8 +13,11 @@ Every track is decoded the same way whatever its source format (Ogg or WAV, 44.1
 
 Leaks are removed before anything is split: named variants of a track that is also
 kept (a sped-up, raw, quieter or second copy, listed per source in :data:`SOURCES`)
-are dropped, and so is any track whose MFCC statistics are near-identical (cosine >=
-0.995) to a track already kept. Labels with fewer than :data:`MIN_TRACKS` usable
+are dropped, and so is any track whose first minute is the same recording as a track
+already kept: the cosine of their band-normalised log-mel spectrograms, frame for frame,
+>= 0.8 (the same recording louder, quieter or re-encoded scores ~1, unrelated music
+~0). (MFCC statistics, used for this before, also matched unrelated tracks of the same
+loudness and brightness.) Labels with fewer than :data:`MIN_TRACKS` usable
 tracks are left out. ``OUT/corpus.json`` reports the tracks kept per label and
 everything skipped, with the reason.
 
@@ -45,13 +48,14 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from deepcrate.mfcc import SAMPLE_RATE, mfcc_statistics
+import librosa
 
 MIN_S, MAX_S = 30.0, 120.0
 MIN_TRACKS = 8
 RATE = 44100
 FORMAT = "mono-44100-mp3-v1"  # how the tracks under audio/ were written; another value rebuilds them
-NEAR_DUPLICATE = 0.995
+SAME_RECORDING = 0.8
+FINGERPRINT_RATE, FINGERPRINT_HOP, FINGERPRINT_S = 11025, 1024, 60.0
 MUSIC_FOLDER = r"/(music|Music\.ocg)/"
 
 
@@ -155,6 +159,20 @@ def decode(data: bytes) -> np.ndarray | None:
     return soxr.resample(mono, rate, RATE).astype(np.float32) if rate != RATE else mono
 
 
+def fingerprint(mono: np.ndarray) -> np.ndarray:
+    """The first minute's log-mel spectrogram (40 bands, ~10 frames/s), each band centred and
+    scaled over time, flattened to a unit vector: loudness and equalisation drop out."""
+    head = soxr.resample(mono[: int(FINGERPRINT_S * RATE)], RATE, FINGERPRINT_RATE)
+    frames = int(FINGERPRINT_S * FINGERPRINT_RATE) // FINGERPRINT_HOP
+    mel = librosa.feature.melspectrogram(y=head, sr=FINGERPRINT_RATE, n_fft=2048, hop_length=FINGERPRINT_HOP,
+                                         n_mels=40)[:, :frames]
+    bands = np.log(mel + 1e-10)
+    bands = (bands - bands.mean(axis=1, keepdims=True)) / (bands.std(axis=1, keepdims=True) + 1e-6)
+    vector = np.zeros((40, frames), np.float32)
+    vector[:, : bands.shape[1]] = bands
+    return (vector / (np.linalg.norm(vector) + 1e-9)).ravel()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(Path.home() / ".cache" / "deepcrate-bench" / "real-corpus"))
@@ -183,11 +201,10 @@ def main() -> int:
             if not len(mono):
                 skipped[f"{source.label}: shorter than {MIN_S:.0f} s"] += 1
                 continue
-            stats = mfcc_statistics(soxr.resample(mono, RATE, SAMPLE_RATE), sample_rate=SAMPLE_RATE)
-            unit = stats / np.linalg.norm(stats)
-            twin = next((r for r, f in zip(rows, features) if float(unit @ f) >= NEAR_DUPLICATE), None)
+            unit = fingerprint(mono)
+            twin = next((r for r, f in zip(rows, features) if float(unit @ f) >= SAME_RECORDING), None)
             if twin is not None:
-                skipped[f"{source.label}: near-duplicate of {twin['path']}"] += 1
+                skipped[f"{source.label}: the same recording as {twin['path']}"] += 1
                 continue
             # a label spanning several packages names the game in the file, so names stay unique
             file_name = f"{game}-{stem}.mp3" if source.label == "kentacho" else f"{stem}.mp3"

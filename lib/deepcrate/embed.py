@@ -218,8 +218,9 @@ def embed_images(model, images: np.ndarray, *, batch_size: int) -> tuple[np.ndar
 
     A model without a genre head gives probabilities of width 0.
     """
-    from deepcrate.model import EMBEDDING_SIZE
+    from deepcrate.model import EMBEDDING_SIZE, slices_per_call
 
+    batch_size = slices_per_call(model, batch_size)
     n_genres = model.outputs[1].shape[-1] if len(model.outputs) > 1 else 0
     embeddings, probabilities = [np.zeros((0, EMBEDDING_SIZE), np.float32)], [np.zeros((0, n_genres), np.float32)]
     for start in range(0, len(images), batch_size):

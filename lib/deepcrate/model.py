@@ -12,6 +12,7 @@ import keras
 from keras import layers
 
 from deepcrate.errors import ConfigError
+from deepcrate.musicnn import N_MELS, musicnn_features  # also registers its layer for loading saved models
 
 MODEL_PRESETS = ("seed", "improved", "musicnn")
 EMBEDDING_LAYER = "embedding"
@@ -52,8 +53,6 @@ def build_model(
         raise ConfigError(f"a classifier needs at least 2 genres, got {n_classes}")
     inputs = keras.Input(shape=input_shape, dtype="uint8", name="slice")
     if preset == "musicnn":
-        from deepcrate.musicnn import N_MELS, musicnn_features
-
         if input_shape[0] != N_MELS:
             raise ConfigError(f"train.model=musicnn reads {N_MELS} mel bands (spectrogram.preset=musicnn); "
                               f"the slices have {input_shape[0]} rows")
@@ -65,6 +64,14 @@ def build_model(
         x = body(x, seed=seed)
     outputs = classifier_head(x, n_classes=n_classes, seed=seed)
     return keras.Model(inputs, outputs, name=f"deepcrate_{preset}")
+
+
+def slices_per_call(model: keras.Model, requested: int) -> int:
+    """How many slices to pass ``model`` at once: musicnn's activations take ~50 MB a slice
+    (204 timbral filters at every band and frame), so it gets at most 32 (~1.6 GB)."""
+    if any(layer.name == "musicnn_input" for layer in model.layers):
+        return min(requested, 32)
+    return requested
 
 
 def classifier_head(x, *, n_classes: int, seed: int):

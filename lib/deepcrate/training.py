@@ -32,7 +32,7 @@ from deepcrate import __version__
 from deepcrate.config import config_to_yaml
 from deepcrate.errors import ConfigError, TrainingError
 from deepcrate.evaluation import Evaluation
-from deepcrate.model import MODEL_PRESETS, build_model, embedding_model, pair_contrastive_loss
+from deepcrate.model import MODEL_PRESETS, build_model, embedding_model, pair_contrastive_loss, slices_per_call
 from deepcrate.model_store import MODELS, write_json
 from deepcrate.schemas import EVALUATION, validate
 from deepcrate.slice_reader import SliceTable
@@ -220,6 +220,7 @@ def train(
 def evaluate_model(model, *, table: SliceTable, labels: Sequence[str], version: str, batch_size: int) -> Evaluation:
     """Predict every labelled test slice and score slices and songs."""
     song_ids, true_labels, probabilities = [], [], []
+    batch_size = slices_per_call(model, batch_size)
     for batch in table.batches(split="test", labels=labels, batch_size=batch_size):
         probabilities.append(np.asarray(model.predict_on_batch(batch.images), dtype=np.float32))
         song_ids.append(batch.song_ids)

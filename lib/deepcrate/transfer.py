@@ -21,7 +21,8 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from deepcrate.model import EMBEDDING_LAYER, EMBEDDING_SIZE, build_model, classifier_head, embedding_model
+from deepcrate.model import (EMBEDDING_LAYER, EMBEDDING_SIZE, build_model, classifier_head, embedding_model,
+                             slices_per_call)
 from deepcrate.musicnn import PENULTIMATE_LAYER, load_pretrained
 from deepcrate.slice_reader import SliceTable
 
@@ -45,6 +46,7 @@ def slice_features(extractor: keras.Model, table: SliceTable, *, split: str, lab
     (its labelled slices, or every slice when ``labels`` is None)."""
     features, targets, done = [], [], 0
     started = last = time.monotonic()
+    batch_size = slices_per_call(extractor, batch_size)
     for batch in table.batches(split=split, labels=labels, batch_size=batch_size):
         features.append(np.asarray(extractor(batch.images, training=False), dtype=np.float32))
         targets.append(batch.labels)

@@ -1,0 +1,144 @@
+"""The pretrained musicnn network: the Keras port against the package's own graph, its front-end
+against librosa, and training a head on its frozen features in a real warehouse."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import keras
+import librosa
+import numpy as np
+import pytest
+
+from deepcrate.config import resolve_config
+from deepcrate.errors import ConfigError
+from deepcrate.model import EMBEDDING_LAYER, OUTPUT_LAYER, build_model
+from deepcrate.model_store import latest_model, read_model_folder
+from deepcrate.musicnn import PENULTIMATE_LAYER, checkpoint_prefix, load_pretrained, weights_installed
+from deepcrate.spectrogram import SpectrogramSettings, iter_slices
+from deepcrate.training import TrainSettings, train
+from deepcrate.warehouse import Warehouse
+
+from conftest import make_signal
+
+REFERENCE = Path(__file__).parent / "data" / "musicnn_reference.npz"
+needs_weights = pytest.mark.skipif(not weights_installed(), reason="musicnn's weights are not installed "
+                                   "(make installs them: pip install --no-deps musicnn==0.1.0)")
+MUSICNN = ["spectrogram.preset=musicnn", "train.model=musicnn"]
+
+
+@needs_weights
+@pytest.mark.parametrize("checkpoint", ["MSD_musicnn", "MTT_musicnn"])
+def test_the_port_computes_what_the_packages_own_graph_computes(checkpoint):
+    # The reference was computed once by musicnn 0.1.0's own TF1 code (models.define_model and
+    # its Saver, in a TF1-compatible environment) on this 400-frame slice: a longer slice than
+    # the 187 frames of training also checks the "same" padding of the 128-frame filters.
+    reference = np.load(REFERENCE)
+    image = reference["slice"]
+    model = build_model(preset="musicnn", n_classes=3, input_shape=image.shape)
+    load_pretrained(model, checkpoint=checkpoint)
+    features = keras.Model(model.input, model.get_layer(PENULTIMATE_LAYER).output)(image[None], training=False)
+    np.testing.assert_allclose(np.asarray(features)[0], reference[checkpoint], atol=1e-4)
+
+
+def test_missing_or_unknown_weights_say_what_to_do(monkeypatch):
+    with pytest.raises(ConfigError, match="must be one of"):
+        checkpoint_prefix("MSD_vgg")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match=r"not installed \(MSD_musicnn\): pip install --no-deps musicnn==0.1.0"):
+        checkpoint_prefix()
+    assert not weights_installed()
+
+
+def test_the_preset_draws_musicnns_own_front_end():
+    settings = SpectrogramSettings.from_config(resolve_config(overrides=["spectrogram.preset=musicnn"]))
+    assert (settings.sample_rate, settings.n_fft, settings.hop_length, settings.n_rows, settings.slice_frames) == (
+        16000, 512, 256, 96, 187)
+    assert settings.to_dict()["levels"] == "musicnn"
+    assert "levels" not in SpectrogramSettings.from_config(resolve_config()).to_dict()  # older tables read the same
+
+    samples = 0.5 * make_signal(7.0, sample_rate=16000, seed=4)
+    # What musicnn's own batch_data computes, with librosa (without its centring: our grid starts at sample 0)
+    mel = librosa.feature.melspectrogram(y=samples, sr=16000, n_fft=512, hop_length=256, n_mels=96, center=False)
+    levels = np.log10(10000 * mel + 1)
+    slices = list(iter_slices(samples, settings=settings))
+    assert len(slices) == (levels.shape[1] - 187) // 187 + 1 == 2
+    for k, image in enumerate(slices):
+        expected = np.clip(levels[:, k * 187:(k + 1) * 187], 0, 8.0) * 255 / 8.0
+        assert np.abs(image[::-1].astype(float) - expected).max() <= 0.5 + 1e-3  # rows: highest band first
+
+    # The network's input layer undoes the drawing: levels, frames first, lowest band first.
+    model = build_model(preset="musicnn", n_classes=2, input_shape=(96, 187))
+    restored = keras.Model(model.input, model.get_layer("musicnn_input").output)(slices[0][None])
+    np.testing.assert_allclose(np.asarray(restored)[0, :, :, 0], levels[:, :187].T, atol=8.0 / 255 / 2 + 1e-4)
+
+
+def test_the_model_refuses_slices_of_another_front_end():
+    with pytest.raises(ConfigError, match="reads 96 mel bands"):
+        build_model(preset="musicnn", n_classes=2, input_shape=(256, 256))
+    with pytest.raises(ConfigError, match="objective=classify"):
+        TrainSettings.from_config(resolve_config(overrides=[*MUSICNN, "train.objective=contrastive"]))
+    with pytest.raises(ConfigError, match="fine_tune must be one of"):
+        TrainSettings.from_config(resolve_config(overrides=[*MUSICNN, "train.fine_tune=some"]))
+
+
+@needs_weights
+def test_a_head_on_frozen_features_learns_the_genres_and_keeps_the_pretrained_layers(spark, tmp_path):
+    from deepcrate.demo import write_demo_catalogue
+    from deepcrate.ingest import ingest
+
+    config = resolve_config(overrides=[*MUSICNN, "train.max_epochs=40", "train.patience=40", "train.batch_size=32"])
+    manifest = write_demo_catalogue(tmp_path / "audio", songs_per_genre=5, seconds=7.0, seed=2)
+    ingest(spark, audio=str(tmp_path / "audio"), manifest=str(manifest), warehouse=str(tmp_path / "wh"),
+           config=config)
+    result = train(spark, warehouse=str(tmp_path / "wh"), config=config)
+
+    folder = read_model_folder(latest_model(Warehouse(spark, str(tmp_path / "wh"))))
+    model = folder.load_keras()
+    pretrained = build_model(preset="musicnn", n_classes=len(folder.labels), input_shape=(96, 187))
+    load_pretrained(pretrained)
+    for name in ("musicnn_timbral_74", "musicnn_mid3", PENULTIMATE_LAYER):  # frozen: still the checkpoint's
+        for mine, theirs in zip(model.get_layer(name).get_weights(), pretrained.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(mine, theirs)
+    assert model.get_layer(OUTPUT_LAYER).output.shape[-1] == len(folder.labels) == 7
+    history = json.loads((Path(folder.path) / "history.json").read_text())
+    assert history["loss"][-1] < history["loss"][0]
+    # The demo's genres are synthetic and distinct: the pretrained features separate them.
+    assert result.evaluation.metrics()["song_accuracy"] >= 0.7
+    assert model.get_layer(EMBEDDING_LAYER).output.shape[-1] == 128
+
+
+@needs_weights
+def test_without_genres_the_catalogue_gets_the_pretrained_embedding(spark, tmp_path):
+    from deepcrate.demo import write_demo_catalogue
+    from deepcrate.ingest import ingest
+
+    config = resolve_config(overrides=MUSICNN)
+    write_demo_catalogue(tmp_path / "audio", songs_per_genre=3, seconds=7.0, seed=6)
+    for song in (tmp_path / "audio").glob("*/*.mp3"):  # no genre folders, no manifest: no genres at all
+        song.rename(tmp_path / "audio" / f"{song.parent.name}-{song.name}")
+    ingest(spark, audio=str(tmp_path / "audio"), manifest=None, warehouse=str(tmp_path / "wh"), config=config)
+    result = train(spark, warehouse=str(tmp_path / "wh"), config=config)
+    assert result.evaluation is None
+    folder = read_model_folder(latest_model(Warehouse(spark, str(tmp_path / "wh"))))
+    assert folder.labels == []
+    encoder = folder.load_keras()
+    assert encoder.output_names == [EMBEDDING_LAYER]
+
+    # The embedding is the projection of the pretrained features onto their principal components:
+    # checked against numpy's own SVD of the same features.
+    slices = spark.read.parquet(str(tmp_path / "wh" / "slices")).filter("split != 'test'").toPandas()
+    images = np.stack([np.frombuffer(b, np.uint8).reshape(96, 187) for b in slices["spectrogram"]])
+    pretrained = build_model(preset="musicnn", n_classes=2, input_shape=(96, 187))
+    load_pretrained(pretrained)
+    features = np.asarray(keras.Model(pretrained.input, pretrained.get_layer(PENULTIMATE_LAYER).output)(images),
+                          dtype=np.float64)
+    centred = features - features.mean(axis=0)
+    embedded = np.asarray(encoder(images), dtype=np.float64)
+    k = min(len(images) - 1, 5)
+    _, _, components = np.linalg.svd(centred, full_matrices=False)
+    expected = centred @ components[:k].T
+    for j in range(k):  # a component's sign is arbitrary
+        sign = np.sign(expected[:, j] @ embedded[:, j])
+        np.testing.assert_allclose(sign * embedded[:, j], expected[:, j], atol=2e-2 * np.abs(expected[:, j]).max())
