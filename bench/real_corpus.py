@@ -14,10 +14,12 @@ Every track is decoded the same way whatever its source format (Ogg or WAV, 44.1
 Leaks are removed before anything is split: named variants of a track that is also
 kept (a sped-up, raw, quieter or second copy, listed per source in :data:`SOURCES`)
 are dropped, and so is any track whose first minute is the same recording as a track
-already kept: the cosine of their band-normalised log-mel spectrograms, frame for frame,
->= 0.8 (the same recording louder, quieter or re-encoded scores ~1, unrelated music
-~0). (MFCC statistics, used for this before, also matched unrelated tracks of the same
-loudness and brightness.) Labels with fewer than :data:`MIN_TRACKS` usable
+already kept: the cosine of the frame-to-frame changes of their log-mel spectrograms
+(each band normalised), frame for frame, >= 0.8. The same recording louder, quieter or
+re-encoded scores ~1 (warmux's Apnee2 0.994), unrelated music ~0 (at most 0.25 seen).
+MFCC statistics, used for this before, also matched unrelated tracks of similar
+loudness and brightness; spectrogram levels rather than their changes matched tracks
+that merely share a fade-in. Labels with fewer than :data:`MIN_TRACKS` usable
 tracks are left out. ``OUT/corpus.json`` reports the tracks kept per label and
 everything skipped, with the reason.
 
@@ -160,15 +162,15 @@ def decode(data: bytes) -> np.ndarray | None:
 
 
 def fingerprint(mono: np.ndarray) -> np.ndarray:
-    """The first minute's log-mel spectrogram (40 bands, ~10 frames/s), each band centred and
-    scaled over time, flattened to a unit vector: loudness and equalisation drop out."""
+    """The frame-to-frame changes of the first minute's log-mel spectrogram (40 bands, ~10 frames/s),
+    each band centred and scaled over time, flattened to a unit vector: gain and equalisation drop out."""
     head = soxr.resample(mono[: int(FINGERPRINT_S * RATE)], RATE, FINGERPRINT_RATE)
     frames = int(FINGERPRINT_S * FINGERPRINT_RATE) // FINGERPRINT_HOP
     mel = librosa.feature.melspectrogram(y=head, sr=FINGERPRINT_RATE, n_fft=2048, hop_length=FINGERPRINT_HOP,
                                          n_mels=40)[:, :frames]
-    bands = np.log(mel + 1e-10)
+    bands = np.diff(np.log(mel + 1e-10), axis=1)
     bands = (bands - bands.mean(axis=1, keepdims=True)) / (bands.std(axis=1, keepdims=True) + 1e-6)
-    vector = np.zeros((40, frames), np.float32)
+    vector = np.zeros((40, frames - 1), np.float32)
     vector[:, : bands.shape[1]] = bands
     return (vector / (np.linalg.norm(vector) + 1e-9)).ravel()
 

@@ -127,7 +127,7 @@ def embed(
                      interval_s=float(config["embed"]["progress_interval_s"])):
         frame = slices.mapInPandas(embed_batches, schema=SLICE_EMBEDDINGS)
         if kept is not None:
-            frame = kept_slices.unionByName(frame)
+            frame = kept_slices.unionByName(frame, allowMissingColumns=True)  # kept from before "pretrained"
         validate(frame, table="slice_embeddings").write.mode("overwrite").parquet(slice_uri)
     pass_seconds = time.monotonic() - pass_started
     logger.info("slice embeddings written in %.1f s", pass_seconds)
@@ -141,7 +141,7 @@ def embed(
     songs_frame = new_slices.groupBy("song_id").applyInPandas(
         lambda group: _song_vector(group, labels=labels, version=version), schema=SONG_EMBEDDINGS)
     if kept is not None:
-        songs_frame = kept_songs.unionByName(songs_frame)
+        songs_frame = kept_songs.unionByName(songs_frame, allowMissingColumns=True)
     song_uri = store.staging_uri(run, "song_embeddings")
     validate(songs_frame, table="song_embeddings").write.mode("overwrite").parquet(song_uri)
     store.write_metadata(song_uri, {"table": "song_embeddings", **metadata})
@@ -176,6 +176,7 @@ def worker_model(version: str, payload: bytes | Any, *, loads: Any = None):
 
         import deepcrate.model  # noqa: F401  registers the augmentation layers
         from deepcrate.model import EMBEDDING_LAYER
+        from deepcrate.musicnn import PENULTIMATE_LAYER
 
         data = payload if isinstance(payload, bytes) else payload.value
         with tempfile.TemporaryDirectory(prefix="deepcrate-model-") as tmp:
@@ -183,9 +184,11 @@ def worker_model(version: str, payload: bytes | Any, *, loads: Any = None):
             with open(path, "wb") as out:
                 out.write(data)
             trained = keras.models.load_model(path, compile=False)
-        outputs = [trained.get_layer(EMBEDDING_LAYER).output]
+        outputs = {"embedding": trained.get_layer(EMBEDDING_LAYER).output}
         if trained.output_names != [EMBEDDING_LAYER]:  # an embedding-only model has no genre head
-            outputs.append(trained.output)
+            outputs["probabilities"] = trained.output
+        if any(layer.name == PENULTIMATE_LAYER for layer in trained.layers):  # musicnn's untuned features too
+            outputs["pretrained"] = trained.get_layer(PENULTIMATE_LAYER).output
         model = keras.Model(trained.input, outputs)
         _WORKER_MODELS.clear()  # one model per worker at a time
         _WORKER_MODELS[version] = model
@@ -213,23 +216,27 @@ def _limit_threads_to_the_task() -> None:
         pass
 
 
-def embed_images(model, images: np.ndarray, *, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(embeddings, probabilities) as float32 for uint8 images, ``batch_size`` at a time.
+def embed_images(model, images: np.ndarray, *, batch_size: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(embeddings, probabilities, pretrained features) as float32 for uint8 images, ``batch_size`` at a time.
 
-    A model without a genre head gives probabilities of width 0.
+    ``model`` is a :func:`worker_model`. A model without a genre head gives probabilities
+    of width 0; one without pretrained layers gives None for their features.
     """
     from deepcrate.model import EMBEDDING_SIZE, slices_per_call
 
     batch_size = slices_per_call(model, batch_size)
-    n_genres = model.outputs[1].shape[-1] if len(model.outputs) > 1 else 0
-    embeddings, probabilities = [np.zeros((0, EMBEDDING_SIZE), np.float32)], [np.zeros((0, n_genres), np.float32)]
+    widths = {name: model.output[name].shape[-1] for name in ("probabilities", "pretrained") if name in model.output}
+    parts = {"embedding": [np.zeros((0, EMBEDDING_SIZE), np.float32)],
+             **{name: [np.zeros((0, width), np.float32)] for name, width in widths.items()}}
     for start in range(0, len(images), batch_size):
         outputs = model(images[start:start + batch_size], training=False)
-        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]  # Keras unwraps one output
-        embeddings.append(np.asarray(outputs[0], dtype=np.float32))
-        probabilities.append(np.asarray(outputs[1], dtype=np.float32) if n_genres
-                             else np.zeros((len(embeddings[-1]), 0), np.float32))
-    return np.concatenate(embeddings), np.concatenate(probabilities)
+        for name, values in outputs.items():
+            parts[name].append(np.asarray(values, dtype=np.float32))
+    embeddings = np.concatenate(parts["embedding"])
+    probabilities = (np.concatenate(parts["probabilities"]) if "probabilities" in parts
+                     else np.zeros((len(embeddings), 0), np.float32))
+    return embeddings, probabilities, np.concatenate(parts["pretrained"]) if "pretrained" in parts else None
 
 
 def _embedder(payload, *, version: str, shape: tuple[int, int], batch_size: int, loads, done):
@@ -237,13 +244,14 @@ def _embedder(payload, *, version: str, shape: tuple[int, int], batch_size: int,
         model = worker_model(version, payload, loads=loads)
         for frame in frames:
             images = np.frombuffer(b"".join(frame["spectrogram"]), dtype=np.uint8).reshape(len(frame), *shape)
-            embeddings, probabilities = embed_images(model, images, batch_size=batch_size)
+            embeddings, probabilities, pretrained = embed_images(model, images, batch_size=batch_size)
             done.add(len(frame))
             yield pd.DataFrame({
                 "song_id": frame["song_id"].to_numpy(),
                 "slice_idx": frame["slice_idx"].to_numpy(),
                 "embedding": list(embeddings),
                 "genre_probabilities": list(probabilities),
+                "pretrained": list(pretrained) if pretrained is not None else [None] * len(frame),
             })
             fail_if_injected("embed")
 
@@ -255,6 +263,9 @@ def _song_vector(group: pd.DataFrame, *, labels: list[str], version: str) -> pd.
     (no predicted genre when the model has no genre head)."""
     embedding = np.stack(group["embedding"].to_numpy()).mean(axis=0, dtype=np.float64).astype(np.float32)
     probabilities = np.stack(group["genre_probabilities"].to_numpy()).mean(axis=0, dtype=np.float64)
+    pretrained = group["pretrained"].to_numpy()
+    pretrained = (np.stack(pretrained).mean(axis=0, dtype=np.float64).astype(np.float32)
+                  if len(pretrained) and pretrained[0] is not None else None)
     return pd.DataFrame({
         "song_id": [group["song_id"].iloc[0]],
         "embedding": [embedding],
@@ -262,4 +273,5 @@ def _song_vector(group: pd.DataFrame, *, labels: list[str], version: str) -> pd.
         "genre_probabilities": [{g: float(p) for g, p in zip(labels, probabilities)}],
         "n_slices": [len(group)],
         "model_version": [version],
+        "pretrained": [pretrained],
     })

@@ -2,12 +2,16 @@
 
 Each labelled test song is a query against every labelled song of the catalogue (all
 splits, the query left out); its 10 nearest songs (by cosine similarity; for the timbre
-baseline, by divergence) are judged by genre (:mod:`deepcrate.retrieval`). Four methods
-answer the same queries, beside the best answer the labels allow:
+baseline, by divergence) are judged by genre (:mod:`deepcrate.retrieval`). Four or five
+methods answer the same queries, beside the best answer the labels allow:
 
 - ``model``: the song embeddings (``song_embeddings``); song accuracy is the model's
   own genre prediction (summed slice votes), or for a model without a genre head the
   same logistic regression as for MFCCs, fitted on its embeddings;
+- ``pretrained`` (only for a model built on a pretrained network, ``train.model=musicnn``):
+  that network as it comes, untuned: the mean of each song's slices' pretrained features
+  (``song_embeddings.pretrained``, computed in the same pass as the embeddings), cosine;
+  song accuracy from the same logistic regression as for MFCCs. What fine-tuning must beat;
 - ``mfcc``: classic MFCC statistics (:mod:`deepcrate.mfcc`), standardised over the
   catalogue; song accuracy from a logistic regression fitted on the train and
   validation songs' features;
@@ -56,7 +60,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 KS = (5, 10)
-METHODS = ("model", "mfcc", "timbre", "random", "ideal")
+METHODS = ("model", "pretrained", "mfcc", "timbre", "random", "ideal")  # pretrained: where the model has it
 METRICS = tuple(f"{name}_at_{k}" for name in ("precision", "map") for k in KS)
 
 
@@ -72,21 +76,22 @@ class EvaluateSummary:
     def lines(self) -> list[str]:
         out = [f"evaluated model {self.model_version} in {self.seconds:.1f} s: {self.queries} test songs as "
                f"queries against {self.catalogue} labelled songs ({self.mfcc_computed} MFCC features computed)",
-               f"  {'method':<8}{'song acc':>9}{'P@5':>7}{'P@10':>7}{'MAP@5':>7}{'MAP@10':>8}"]
+               f"  {'method':<10}{'song acc':>9}{'P@5':>7}{'P@10':>7}{'MAP@5':>7}{'MAP@10':>8}"]
         overall = self.rows[self.rows["genre"].isna()].set_index("method")
-        for method in METHODS:
+        methods = [m for m in METHODS if m in overall.index]
+        for method in methods:
             row = overall.loc[method]
-            out.append(f"  {method:<8}{percent(row['song_accuracy']):>9}{row['precision_at_5']:>7.3f}"
+            out.append(f"  {method:<10}{percent(row['song_accuracy']):>9}{row['precision_at_5']:>7.3f}"
                        f"{row['precision_at_10']:>7.3f}{row['map_at_5']:>7.3f}{row['map_at_10']:>8.3f}")
         model = overall.loc["model", "precision_at_10"]
         ratios = [f"{model / overall.loc[baseline, 'precision_at_10']:.2f}x the {name} baseline"
-                  for baseline, name in (("mfcc", "MFCC"), ("timbre", "timbre"))
-                  if overall.loc[baseline, "precision_at_10"] > 0]
+                  for baseline, name in (("mfcc", "MFCC"), ("timbre", "timbre"), ("pretrained", "untuned pretrained"))
+                  if baseline in overall.index and overall.loc[baseline, "precision_at_10"] > 0]
         if ratios:
             out.append(f"  P@10: the model is {', '.join(ratios)}")
         per_genre = self.rows.dropna(subset=["genre"]).pivot(index="genre", columns="method", values="precision_at_10")
-        out.append(f"  P@10 per genre ({' / '.join(METHODS)}): " + ", ".join(
-            f"{genre} " + "/".join(f"{row[method]:.2f}" for method in METHODS) for genre, row in per_genre.iterrows()))
+        out.append(f"  P@10 per genre ({' / '.join(methods)}): " + ", ".join(
+            f"{genre} " + "/".join(f"{row[method]:.2f}" for method in methods) for genre, row in per_genre.iterrows()))
         return out
 
     def metrics(self) -> dict[str, Any]:
@@ -95,7 +100,7 @@ class EvaluateSummary:
             return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in record.items()}
         result: dict[str, Any] = {"model_version": self.model_version, "queries": self.queries,
                                   "catalogue": self.catalogue, "methods": {}}
-        for method in METHODS:
+        for method in [m for m in METHODS if m in set(self.rows["method"])]:
             rows = self.rows[self.rows["method"] == method]
             overall = rows[rows["genre"].isna()].iloc[0]
             result["methods"][method] = {
@@ -188,6 +193,10 @@ def _evaluation_rows(catalogue: pd.DataFrame, *, version: str, settings: dict[st
         "model": model_answers,
         "mfcc": _probe_predictions(mfcc, catalogue, queries),
     }
+    pretrained = None
+    if "pretrained" in catalogue and catalogue["pretrained"].notna().all():
+        pretrained = np.stack(catalogue["pretrained"].to_numpy())
+        answers["pretrained"] = _probe_predictions(standardise(pretrained), catalogue, queries)
     scores = {
         "model": retrieval_scores(genres, queries, nearest_songs(np.stack(catalogue["embedding"].to_numpy()),
                                                                  queries, k=k), ks=KS),
@@ -196,15 +205,17 @@ def _evaluation_rows(catalogue: pd.DataFrame, *, version: str, settings: dict[st
                                                                     queries, k=k), ks=KS),
         "ideal": retrieval_scores(genres, queries, ideal_songs(genres, queries, k=k), ks=KS),
     }
+    if pretrained is not None:
+        scores["pretrained"] = retrieval_scores(genres, queries, nearest_songs(pretrained, queries, k=k), ks=KS)
     random_draws = [retrieval_scores(genres, queries, random_songs(len(catalogue), queries, k=k, rng=rng), ks=KS)
                     for _ in range(draws)]
     scores["random"] = {name: np.mean([d[name] for d in random_draws], axis=0) for name in METRICS}
-    correct = {method: answers[method] == query_genres for method in ("model", "mfcc")}
+    correct = {method: answers[method] == query_genres for method in answers}
     correct["random"] = np.mean([rng.choice(labels, size=len(queries)) == query_genres for _ in range(draws)], axis=0)
     correct["timbre"] = correct["ideal"] = None  # rankings, not classifiers
 
     rows = []
-    for method in METHODS:
+    for method in [m for m in METHODS if m in scores]:
         for genre in [None, *sorted(set(query_genres))]:
             mask = np.ones(len(queries), bool) if genre is None else query_genres == genre
             row = {"model_version": version, "method": method, "genre": genre, "songs": int(mask.sum()),
@@ -244,10 +255,13 @@ def _probe_predictions(features: np.ndarray, catalogue: pd.DataFrame, queries: n
 
 def _song_embeddings(store: Warehouse) -> pd.DataFrame:
     filesystem, path = filesystem_and_path(store.table_uri("song_embeddings"))
-    table = ds.dataset(path, format="parquet", filesystem=filesystem).to_table(
-        columns=["song_id", "embedding", "predicted_genre", "model_version"])
-    frame = table.drop(["embedding"]).to_pandas()
+    dataset = ds.dataset(path, format="parquet", filesystem=filesystem)
+    vectors = ["embedding", *(["pretrained"] if "pretrained" in dataset.schema.names else [])]  # not before it existed
+    table = dataset.to_table(columns=["song_id", "predicted_genre", "model_version", *vectors])
+    frame = table.drop(vectors).to_pandas()
     frame["embedding"] = list(list_column_matrix(table.column("embedding")))
+    if "pretrained" in vectors and table.column("pretrained").null_count == 0:
+        frame["pretrained"] = list(list_column_matrix(table.column("pretrained")))
     return frame
 
 

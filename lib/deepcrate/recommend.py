@@ -140,7 +140,7 @@ class Catalogue:
         images = np.frombuffer(b"".join(sliced.slices), dtype=np.uint8).reshape(len(sliced.slices), *shape)
         with open(os.path.join(folder.path, "model.keras"), "rb") as stream:
             model = worker_model(folder.version, stream.read())
-        embeddings, _ = embed_images(model, images, batch_size=int(self.config["embed"]["batch_size"]))
+        embeddings, _, _ = embed_images(model, images, batch_size=int(self.config["embed"]["batch_size"]))
         vector = normalise(embeddings.mean(axis=0, dtype=np.float64).astype(np.float32)[None, :])[0]
         return Seed(label=path, vector=vector)
 

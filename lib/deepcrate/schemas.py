@@ -64,7 +64,7 @@ REJECTS = StructType(
 EVALUATION = StructType(
     [
         StructField("model_version", StringType(), False),
-        StructField("method", StringType(), False),  # model | mfcc | timbre | random | ideal
+        StructField("method", StringType(), False),  # model | pretrained | mfcc | timbre | random | ideal
         StructField("genre", StringType(), True),  # null: every genre together
         StructField("songs", IntegerType(), False),  # test songs (the queries)
         StructField("slices", IntegerType(), True),  # test slices (the model's rows only)
@@ -107,6 +107,8 @@ SLICE_EMBEDDINGS = StructType(
         StructField("slice_idx", IntegerType(), False),
         StructField("embedding", ArrayType(FloatType(), False), False),  # 128-d, the Dense-128 output
         StructField("genre_probabilities", ArrayType(FloatType(), False), False),  # in the model's label order
+        # a pretrained network's own features before the trained layers (musicnn: 200-d); null otherwise
+        StructField("pretrained", ArrayType(FloatType(), False), True),
     ]
 )
 
@@ -119,6 +121,8 @@ SONG_EMBEDDINGS = StructType(
         StructField("genre_probabilities", MapType(StringType(), FloatType(), False), False),  # mean per genre
         StructField("n_slices", IntegerType(), False),
         StructField("model_version", StringType(), False),
+        # mean of the slices' pretrained features: the network as it comes, untuned; null for other models
+        StructField("pretrained", ArrayType(FloatType(), False), True),
     ]
 )
 
