@@ -224,6 +224,11 @@ def main() -> int:
     for label in too_few:
         shutil.rmtree(audio / label)
     rows = [r for r in rows if r["genre"] not in too_few]
+    kept_files = {audio / r["path"] for r in rows}
+    for stale in sorted(audio.glob("*/*.mp3")):  # written by an earlier run with other rules
+        if stale not in kept_files:
+            print(f"removing {stale.relative_to(audio)}: no longer in the corpus", flush=True)
+            stale.unlink()
     with open(audio / "manifest.csv", "w", newline="", encoding="utf-8") as stream:
         writer = csv.DictWriter(stream, fieldnames=["path", "genre", "artist", "title", "source"],
                                 extrasaction="ignore")

@@ -9,10 +9,13 @@ from pathlib import Path
 import keras
 import librosa
 import numpy as np
+import pandas as pd
 import pytest
 
 from deepcrate.config import resolve_config
+from deepcrate.embed import embed
 from deepcrate.errors import ConfigError
+from deepcrate.evaluate import evaluate
 from deepcrate.model import EMBEDDING_LAYER, OUTPUT_LAYER, build_model
 from deepcrate.model_store import latest_model, read_model_folder
 from deepcrate.musicnn import PENULTIMATE_LAYER, checkpoint_prefix, load_pretrained, weights_installed
@@ -107,6 +110,28 @@ def test_a_head_on_frozen_features_learns_the_genres_and_keeps_the_pretrained_la
     # The demo's genres are synthetic and distinct: the pretrained features separate them.
     assert result.evaluation.metrics()["song_accuracy"] >= 0.7
     assert model.get_layer(EMBEDDING_LAYER).output.shape[-1] == 128
+
+    # The untuned network is evaluated beside the model, from the same embedding pass.
+    embed(spark, warehouse=str(tmp_path / "wh"), config=config)
+    summary = evaluate(spark, warehouse=str(tmp_path / "wh"), config=config)
+    rows = summary.rows[summary.rows["genre"].isna()].set_index("method")
+    assert list(rows.index) == ["model", "pretrained", "mfcc", "timbre", "random", "ideal"]
+    # Independently: the checkpoint's features of every slice, averaged per song, cosine, top 10.
+    slices = spark.read.parquet(str(tmp_path / "wh" / "slices")).toPandas()
+    songs = spark.read.parquet(str(tmp_path / "wh" / "songs")).toPandas().set_index("song_id")
+    images = np.stack([np.frombuffer(b, np.uint8).reshape(96, 187) for b in slices["spectrogram"]])
+    features = keras.Model(pretrained.input, pretrained.get_layer(PENULTIMATE_LAYER).output)(images)
+    means = pd.DataFrame(np.asarray(features, np.float64)).groupby(slices["song_id"].to_numpy()).mean()
+    unit = means.to_numpy() / np.linalg.norm(means.to_numpy(), axis=1, keepdims=True)
+    genres = songs.loc[means.index, "genre"].to_numpy()
+    queries = np.flatnonzero(songs.loc[means.index, "split"].to_numpy() == "test")
+    precision = []
+    for q in queries:
+        similarity = unit @ unit[q]
+        similarity[q] = -np.inf
+        precision.append(np.mean(genres[np.argsort(-similarity, kind="stable")[:10]] == genres[q]))
+    assert rows.loc["pretrained", "precision_at_10"] == pytest.approx(np.mean(precision), abs=1e-6)
+    assert 0 <= rows.loc["pretrained", "song_accuracy"] <= 1
 
 
 @needs_weights
