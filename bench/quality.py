@@ -53,6 +53,7 @@ VARIANTS = {
     # transfer: musicnn's pretrained layers fixed, a head learnt on their features (issue 22)
     "musicnn": ["spectrogram.preset=musicnn", "train.model=musicnn"],
     "musicnn-mtt": ["spectrogram.preset=musicnn", "train.model=musicnn", "train.pretrained=MTT_musicnn"],
+    "musicnn-supcon": ["spectrogram.preset=musicnn", "train.model=musicnn", "train.objective=supcon"],
 }
 SPLIT: list[str] = []  # the default split (65/25/10): ~33 test queries per seed on the 333-track corpus
 REPORTED = ("precision_at_10", "map_at_10", "precision_at_5", "song_accuracy")

@@ -26,6 +26,12 @@ Heads (every one ends in the 128-d embedding of the design card):
   weighted by its genre confidence: attention by the head's own certainty).
 
     python bench/transfer_heads.py ~/.cache/deepcrate-bench/quality/musicnn-0 --seeds 0 1 2
+    python bench/transfer_heads.py WH --features MTT_musicnn:musicnn_pool   # other features, from WH/slices
+
+``--features CHECKPOINT:LAYER`` computes another layer's features (``musicnn_pool``: the
+1,506 max and mean statistics before the back-end's dense layer; ``musicnn_penultimate``)
+of another checkpoint from the warehouse's slices instead (once; cached beside the
+results in ``~/.cache/deepcrate-bench/features``).
 
 Prints mean ± std over the seeds and writes bench/results/transfer_heads.json.
 """
@@ -52,15 +58,47 @@ KS = (5, 10)
 TEMPERATURE = 0.1
 
 
-def read(warehouse: Path) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+def read(warehouse: Path, features_from: str) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
     songs = ds.dataset(str(warehouse / "songs"), format="parquet").to_table(
         columns=["song_id", "genre"]).to_pandas()
-    table = ds.dataset(str(warehouse / "slice_embeddings"), format="parquet").to_table(
-        columns=["song_id", "slice_idx", "pretrained"])
-    slices = table.select(["song_id", "slice_idx"]).to_pandas()
-    features = list_column_matrix(table.column("pretrained"))
+    if features_from == "pretrained":
+        table = ds.dataset(str(warehouse / "slice_embeddings"), format="parquet").to_table(
+            columns=["song_id", "slice_idx", "pretrained"])
+        slices = table.select(["song_id", "slice_idx"]).to_pandas()
+        features = list_column_matrix(table.column("pretrained"))
+    else:
+        slices, features = layer_features(warehouse, features_from)
     order = np.lexsort((slices["slice_idx"].to_numpy(), slices["song_id"].to_numpy()))
     return songs, slices.iloc[order].reset_index(drop=True), features[order]
+
+
+def layer_features(warehouse: Path, features_from: str) -> tuple[pd.DataFrame, np.ndarray]:
+    import keras
+
+    from deepcrate.model import build_model
+    from deepcrate.musicnn import load_pretrained
+
+    checkpoint, layer = features_from.split(":")
+    cache = Path.home() / ".cache" / "deepcrate-bench" / "features" / f"{warehouse.name}-{checkpoint}-{layer}.npz"
+    table = ds.dataset(str(warehouse / "slices"), format="parquet").to_table(
+        columns=["song_id", "slice_idx", "spectrogram"])
+    slices = table.select(["song_id", "slice_idx"]).to_pandas()
+    if cache.exists():
+        return slices, np.load(cache)["features"]
+    model = build_model(preset="musicnn", n_classes=2, input_shape=(96, 187))
+    load_pretrained(model, checkpoint=checkpoint)
+    extractor = keras.Model(model.input, model.get_layer(layer).output)
+    column, parts = table.column("spectrogram"), []
+    for start in range(0, len(slices), 32):
+        images = np.stack([np.frombuffer(b, np.uint8).reshape(96, 187)
+                           for b in column[start:start + 32].to_pylist()])
+        parts.append(np.asarray(extractor(images, training=False), np.float32))
+        if start % 3200 == 0:
+            print(f"{features_from}: {start}/{len(slices)} slices", flush=True)
+    features = np.concatenate(parts)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, features=features)
+    return slices, features
 
 
 def context(features: np.ndarray, song_ids: np.ndarray, width: int) -> np.ndarray:
@@ -184,9 +222,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("warehouse")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--features", default="pretrained", help="pretrained, or CHECKPOINT:LAYER")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "transfer_heads.json"))
     args = parser.parse_args()
-    songs, slices, features = read(Path(args.warehouse))
+    songs, slices, features = read(Path(args.warehouse), args.features)
     print(f"{len(songs)} songs, {len(slices)} slices, features {features.shape[1]}-d", flush=True)
     runs = {seed: one_seed(songs, slices, features, seed=seed) for seed in args.seeds}
     names = list(runs[args.seeds[0]])
@@ -204,7 +243,7 @@ def main() -> int:
         print(f"{name:<38}" + "".join(f"  {m} {v['mean']:.3f} ± {v['std']:.3f}" for m, v in row.items()), flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"warehouse": args.warehouse, "seeds": args.seeds, "summary": summary, "runs": runs},
+    out.write_text(json.dumps({"warehouse": args.warehouse, "features": args.features, "seeds": args.seeds, "summary": summary, "runs": runs},
                               indent=2))
     print(f"written {out}")
     return 0

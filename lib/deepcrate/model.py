@@ -76,11 +76,16 @@ def slices_per_call(model: keras.Model, requested: int) -> int:
 
 def classifier_head(x, *, n_classes: int, seed: int):
     """Dense 128 (the embedding) -> ELU -> Dropout 0.5 -> Dense n -> softmax (MISSION.md step 4)."""
-    x = layers.Dense(EMBEDDING_SIZE, name=EMBEDDING_LAYER)(x)
-    x = layers.Activation("elu", name="embedding_elu")(x)
+    return embedding_and_genres(x, n_classes=n_classes, seed=seed)[1]
+
+
+def embedding_and_genres(x, *, n_classes: int, seed: int):
+    """:func:`classifier_head`'s (embedding, probabilities) tensors."""
+    embedding = layers.Dense(EMBEDDING_SIZE, name=EMBEDDING_LAYER)(x)
+    x = layers.Activation("elu", name="embedding_elu")(embedding)
     x = layers.Dropout(0.5, name="dropout", seed=seed)(x)
     x = layers.Dense(n_classes, name="logits")(x)
-    return layers.Activation("softmax", dtype="float32", name=OUTPUT_LAYER)(x)
+    return embedding, layers.Activation("softmax", dtype="float32", name=OUTPUT_LAYER)(x)
 
 
 def _seed_body(x, *, seed: int):
@@ -214,6 +219,29 @@ def pair_contrastive_loss(y_true, y_pred):
     logits = logits - 1e9 * keras.ops.eye(n, dtype="float32")  # a row is not its own partner
     partner = rows + 1 - 2 * (rows % 2)
     return keras.losses.sparse_categorical_crossentropy(partner, logits, from_logits=True)
+
+
+SUPCON_TEMPERATURE = 0.1
+
+
+@keras.saving.register_keras_serializable(package="deepcrate")
+def supervised_contrastive_loss(y_true, y_pred):
+    """Supervised contrastive loss (Khosla et al. 2020) over a batch of embeddings and genre indices.
+
+    Each row's L2-normalised embedding must be more cosine-similar to every other row
+    of its genre (the positives) than to the rest of the batch, at temperature
+    :data:`SUPCON_TEMPERATURE`: the geometry the recommendations rank by. A row with
+    no positive in the batch adds nothing.
+    """
+    z = keras.ops.cast(y_pred, "float32")
+    z = z / keras.ops.maximum(keras.ops.norm(z, axis=1, keepdims=True), 1e-6)
+    n = keras.ops.shape(z)[0]
+    eye = keras.ops.eye(n, dtype="float32")
+    logits = keras.ops.matmul(z, keras.ops.transpose(z)) / SUPCON_TEMPERATURE - 1e9 * eye
+    labels = keras.ops.reshape(keras.ops.cast(y_true, "int32"), (-1, 1))
+    positive = keras.ops.cast(keras.ops.equal(labels, keras.ops.transpose(labels)), "float32") * (1.0 - eye)
+    log_probability = logits - keras.ops.logsumexp(logits, axis=1, keepdims=True)
+    return -keras.ops.sum(positive * log_probability, axis=1) / keras.ops.maximum(keras.ops.sum(positive, axis=1), 1.0)
 
 
 def embedding_model(model: keras.Model) -> keras.Model:

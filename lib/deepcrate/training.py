@@ -42,7 +42,7 @@ from deepcrate.warehouse import Warehouse, local_path
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
-OBJECTIVES = ("classify", "contrastive")
+OBJECTIVES = ("classify", "contrastive", "supcon")
 FINE_TUNING = ("head", "all")
 HEAD_EPOCHS = 10  # the genre head on a contrastive embedding: a linear layer, quick to fit
 
@@ -77,9 +77,12 @@ class TrainSettings:
             raise ConfigError(f"train.objective must be one of {OBJECTIVES}, got {settings.objective!r}")
         if settings.fine_tune not in FINE_TUNING:
             raise ConfigError(f"train.fine_tune must be one of {FINE_TUNING}, got {settings.fine_tune!r}")
-        if settings.model == "musicnn" and settings.objective != "classify":
-            raise ConfigError("train.model=musicnn learns with train.objective=classify (the pretrained "
+        if settings.model == "musicnn" and settings.objective == "contrastive":
+            raise ConfigError("train.model=musicnn learns with train.objective=classify or supcon (the pretrained "
                               "embedding needs no labels: a catalogue without genres gets it as it is)")
+        if settings.objective == "supcon" and not (settings.model == "musicnn" and settings.fine_tune == "head"):
+            raise ConfigError("train.objective=supcon trains the head on a pretrained network's features "
+                              "(train.model=musicnn, train.fine_tune=head) only, so far")
         if settings.precision not in PRECISIONS:
             raise ConfigError(f"train.precision must be one of {PRECISIONS}, got {settings.precision!r}")
         for name in ("batch_size", "max_epochs", "patience", "shuffle_buffer", "interleave"):
@@ -261,14 +264,14 @@ def _genres_to_learn(counts: dict[str, dict[str | None, int]], *, uri: str, obje
                      labels_optional: bool = False) -> list[str]:
     """The genres the model's head predicts: none for a contrastive embedding without usable
     labels, nor for a pretrained one (``labels_optional``)."""
-    if objective == "classify" and labels_optional:
+    if objective != "contrastive" and labels_optional:
         genres = {g for g, n in counts.get("train", {}).items() if g is not None and n}
         if len(genres) < 2:
             logger.warning("no genre head (%s in the train split): songs get the pretrained embedding and no "
                            "predicted genre", f"one genre, {genres.pop()!r}," if genres else "no genres")
             return []
         return _check_splits(counts, uri=uri)
-    if objective == "classify":
+    if objective != "contrastive":
         return _check_splits(counts, uri=uri)
     for split in ("train", "validation"):  # pairs to learn from, and pairs for early stopping
         if not sum(counts.get(split, {}).values()):
@@ -434,7 +437,8 @@ def _fit_pretrained_head(run_dir: str, *, table: SliceTable, labels: list[str], 
                              level_range=spectrogram.db_range, checkpoint=settings.pretrained, seed=settings.seed)
     if labels:
         history, best_epoch, stopped_early = fit_head(
-            model, table=table, labels=labels, batch_size=settings.batch_size, max_epochs=settings.max_epochs,
+            model, table=table, labels=labels, objective=settings.objective, batch_size=settings.batch_size,
+            max_epochs=settings.max_epochs,
             patience=settings.patience, learning_rate=settings.learning_rate or 0.001,
             class_weight=_genre_weights(counts, labels=labels, settings=settings),
             interval_s=settings.progress_interval_s)

@@ -21,8 +21,8 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from deepcrate.model import (EMBEDDING_LAYER, EMBEDDING_SIZE, build_model, classifier_head, embedding_model,
-                             slices_per_call)
+from deepcrate.model import (EMBEDDING_LAYER, EMBEDDING_SIZE, OUTPUT_LAYER, build_model, embedding_and_genres,
+                             embedding_model, slices_per_call, supervised_contrastive_loss)
 from deepcrate.musicnn import PENULTIMATE_LAYER, load_pretrained
 from deepcrate.slice_reader import SliceTable
 
@@ -61,10 +61,14 @@ def slice_features(extractor: keras.Model, table: SliceTable, *, split: str, lab
     return np.concatenate(features), np.concatenate(targets).astype(np.int32)
 
 
-def fit_head(model: keras.Model, *, table: SliceTable, labels: Sequence[str], batch_size: int, max_epochs: int,
-             patience: int, learning_rate: float, class_weight: dict[int, float] | None,
+def fit_head(model: keras.Model, *, table: SliceTable, labels: Sequence[str], objective: str, batch_size: int,
+             max_epochs: int, patience: int, learning_rate: float, class_weight: dict[int, float] | None,
              interval_s: float) -> tuple[dict[str, list[float]], int, bool]:
     """Train ``model``'s head on its frozen pretrained features (in place).
+
+    ``objective`` ``classify``: genre cross-entropy; ``supcon``: the cross-entropy plus the
+    supervised contrastive loss on the embedding (weight 1 each; class weights apply to
+    the cross-entropy only).
 
     Returns
     -------
@@ -80,21 +84,47 @@ def fit_head(model: keras.Model, *, table: SliceTable, labels: Sequence[str], ba
     val_x, val_y = slice_features(extractor, table, split="validation", labels=labels, batch_size=batch_size,
                                   interval_s=interval_s)
     inputs = keras.Input(shape=(train_x.shape[1],), name="pretrained_features")
-    head = keras.Model(inputs, classifier_head(inputs, n_classes=len(labels), seed=0), name="head")
-    head.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-                 loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
+    embedding, probabilities = embedding_and_genres(inputs, n_classes=len(labels), seed=0)
     started = time.monotonic()
-    fitted = head.fit(train_x, train_y, validation_data=(val_x, val_y), batch_size=batch_size, epochs=max_epochs,
-                      class_weight=class_weight, shuffle=True, verbose=0, callbacks=[stop])
-    history = {key: [float(v) for v in values] for key, values in fitted.history.items()}
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
+    if objective == "supcon":
+        head = keras.Model(inputs, {OUTPUT_LAYER: probabilities, EMBEDDING_LAYER: embedding}, name="head")
+        head.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+                     loss={OUTPUT_LAYER: _weighted_crossentropy(class_weight, len(labels)),
+                           EMBEDDING_LAYER: supervised_contrastive_loss},
+                     metrics={OUTPUT_LAYER: ["accuracy"]})
+        fitted = head.fit(train_x, {OUTPUT_LAYER: train_y, EMBEDDING_LAYER: train_y},
+                          validation_data=(val_x, {OUTPUT_LAYER: val_y, EMBEDDING_LAYER: val_y}),
+                          batch_size=batch_size, epochs=max_epochs, shuffle=True, verbose=0, callbacks=[stop])
+    else:
+        head = keras.Model(inputs, probabilities, name="head")
+        head.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+                     loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        fitted = head.fit(train_x, train_y, validation_data=(val_x, val_y), batch_size=batch_size, epochs=max_epochs,
+                          class_weight=class_weight, shuffle=True, verbose=0, callbacks=[stop])
+    history = {key.replace(f"{OUTPUT_LAYER}_", ""): [float(v) for v in values]
+               for key, values in fitted.history.items()}
     best_epoch = int(np.argmin(history["val_loss"])) + 1
-    logger.info("head trained on %d slices' pretrained features: %d epochs in %.1f s, best validation loss %.4f "
-                "(accuracy %.3f) at epoch %d", len(train_x), len(history["val_loss"]), time.monotonic() - started,
-                min(history["val_loss"]), history["val_accuracy"][best_epoch - 1], best_epoch)
+    logger.info("head trained on %d slices' pretrained features (%s): %d epochs in %.1f s, best validation loss "
+                "%.4f (accuracy %.3f) at epoch %d", len(train_x), objective, len(history["val_loss"]),
+                time.monotonic() - started, min(history["val_loss"]), history["val_accuracy"][best_epoch - 1],
+                best_epoch)
     for name in HEAD_LAYERS:
         model.get_layer(name).set_weights(head.get_layer(name).get_weights())
     return history, best_epoch, stop.stopped_epoch > 0
+
+
+def _weighted_crossentropy(class_weight: dict[int, float] | None, n_classes: int):
+    """Sparse cross-entropy with per-genre weights (Keras' ``class_weight`` is refused for several outputs)."""
+    if not class_weight:
+        return "sparse_categorical_crossentropy"
+    weights = keras.ops.convert_to_tensor([class_weight[i] for i in range(n_classes)], dtype="float32")
+
+    def loss(y_true, y_pred):
+        y_true = keras.ops.reshape(keras.ops.cast(y_true, "int32"), (-1,))
+        return keras.losses.sparse_categorical_crossentropy(y_true, y_pred) * keras.ops.take(weights, y_true)
+
+    return loss
 
 
 def principal_embedding(model: keras.Model, *, table: SliceTable, batch_size: int, interval_s: float) -> keras.Model:
