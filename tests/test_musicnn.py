@@ -16,14 +16,14 @@ from deepcrate.config import resolve_config
 from deepcrate.embed import embed
 from deepcrate.errors import ConfigError
 from deepcrate.evaluate import evaluate
-from deepcrate.model import EMBEDDING_LAYER, OUTPUT_LAYER, build_model
+from deepcrate.model import EMBEDDING_LAYER, OUTPUT_LAYER, build_model, supervised_contrastive_loss
 from deepcrate.model_store import latest_model, read_model_folder
 from deepcrate.musicnn import PENULTIMATE_LAYER, checkpoint_prefix, load_pretrained, weights_installed
 from deepcrate.spectrogram import SpectrogramSettings, iter_slices
 from deepcrate.training import TrainSettings, train
 from deepcrate.warehouse import Warehouse
 
-from conftest import make_signal
+from conftest import copy_warehouse, make_signal
 
 REFERENCE = Path(__file__).parent / "data" / "musicnn_reference.npz"
 needs_weights = pytest.mark.skipif(not weights_installed(), reason="musicnn's weights are not installed "
@@ -82,19 +82,45 @@ def test_the_model_refuses_slices_of_another_front_end():
         build_model(preset="musicnn", n_classes=2, input_shape=(256, 256))
     with pytest.raises(ConfigError, match="objective=classify"):
         TrainSettings.from_config(resolve_config(overrides=[*MUSICNN, "train.objective=contrastive"]))
+    with pytest.raises(ConfigError, match="supcon trains the head on a pretrained network"):
+        TrainSettings.from_config(resolve_config(overrides=["train.objective=supcon"]))
     with pytest.raises(ConfigError, match="fine_tune must be one of"):
         TrainSettings.from_config(resolve_config(overrides=[*MUSICNN, "train.fine_tune=some"]))
 
 
-@needs_weights
-def test_a_head_on_frozen_features_learns_the_genres_and_keeps_the_pretrained_layers(spark, tmp_path):
+@pytest.fixture(scope="module")
+def musicnn_warehouse(spark, tmp_path_factory):
+    """The demo catalogue (7 genres x 5 songs x 7 s = 2 musicnn slices each), ingested with the musicnn preset."""
     from deepcrate.demo import write_demo_catalogue
     from deepcrate.ingest import ingest
 
+    root = tmp_path_factory.mktemp("musicnn")
+    manifest = write_demo_catalogue(root / "audio", songs_per_genre=5, seconds=7.0, seed=2)
+    ingest(spark, audio=str(root / "audio"), manifest=str(manifest), warehouse=str(root / "wh"),
+           config=resolve_config(overrides=MUSICNN))
+    return root / "wh"
+
+
+def test_the_supervised_contrastive_loss_is_khosla_et_als():
+    rng = np.random.default_rng(0)
+    z, labels = rng.normal(size=(6, 4)).astype(np.float32), np.array([0, 0, 1, 1, 1, 2])
+    unit = z / np.linalg.norm(z, axis=1, keepdims=True)
+    logits = unit @ unit.T / 0.1
+    expected = []
+    for i in range(6):
+        others = [a for a in range(6) if a != i]
+        log_normaliser = np.log(np.exp(logits[i, others]).sum())
+        positives = [p for p in others if labels[p] == labels[i]]
+        expected.append(-np.mean([logits[i, p] - log_normaliser for p in positives]) if positives else 0.0)
+    got = np.asarray(supervised_contrastive_loss(labels, z))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)  # the lone genre-2 row adds nothing
+
+
+@needs_weights
+def test_a_head_on_frozen_features_learns_the_genres_and_keeps_the_pretrained_layers(spark, musicnn_warehouse,
+                                                                                      tmp_path):
     config = resolve_config(overrides=[*MUSICNN, "train.max_epochs=40", "train.patience=40", "train.batch_size=32"])
-    manifest = write_demo_catalogue(tmp_path / "audio", songs_per_genre=5, seconds=7.0, seed=2)
-    ingest(spark, audio=str(tmp_path / "audio"), manifest=str(manifest), warehouse=str(tmp_path / "wh"),
-           config=config)
+    copy_warehouse(musicnn_warehouse, tmp_path / "wh")
     result = train(spark, warehouse=str(tmp_path / "wh"), config=config)
 
     folder = read_model_folder(latest_model(Warehouse(spark, str(tmp_path / "wh"))))
@@ -132,6 +158,18 @@ def test_a_head_on_frozen_features_learns_the_genres_and_keeps_the_pretrained_la
         precision.append(np.mean(genres[np.argsort(-similarity, kind="stable")[:10]] == genres[q]))
     assert rows.loc["pretrained", "precision_at_10"] == pytest.approx(np.mean(precision), abs=1e-6)
     assert 0 <= rows.loc["pretrained", "song_accuracy"] <= 1
+
+
+@needs_weights
+def test_the_supcon_head_learns_the_genres_too(spark, musicnn_warehouse, tmp_path):
+    config = resolve_config(overrides=[*MUSICNN, "train.objective=supcon", "train.max_epochs=40",
+                                       "train.patience=40", "train.batch_size=32"])
+    copy_warehouse(musicnn_warehouse, tmp_path / "wh")
+    result = train(spark, warehouse=str(tmp_path / "wh"), config=config)
+    assert result.version.endswith("-musicnn-supcon")
+    history = json.loads((Path(result.model_uri.removeprefix("file:")) / "history.json").read_text())
+    assert history["loss"][-1] < history["loss"][0] and "embedding_loss" in history
+    assert result.evaluation.metrics()["song_accuracy"] >= 0.7
 
 
 @needs_weights
