@@ -18,6 +18,30 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 ensure_utf8_locale()
 
 
+SEED_RECIPE = {"spectrogram": {"preset": "seed"}, "train": {"model": "seed", "objective": "classify"}}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def seed_recipe_by_default():
+    """In this process the defaults are the seed recipe (MISSION.md: 256x256 linear slices, the
+    original CNN): most tests exercise the stages on it, fast and with its exact numbers. The
+    product's default (musicnn) is tested where a test asks for it (tests/test_musicnn.py) and
+    where a test runs the product in a child process (spark-submit, the cluster)."""
+    import deepcrate.config
+
+    packaged = deepcrate.config.default_config
+
+    def seed_defaults():
+        config = packaged()
+        for section, values in SEED_RECIPE.items():
+            config[section].update(values)
+        return config
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(deepcrate.config, "default_config", seed_defaults)
+        yield
+
+
 @pytest.fixture(scope="session")
 def spark():
     from pyspark.sql import SparkSession

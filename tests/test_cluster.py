@@ -56,7 +56,8 @@ def test_spark_submit_rebuild_on_a_standalone_cluster_with_the_packed_environmen
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert f"master {cluster.url}" in output
-    assert "35 songs, 70 slices, 1 rejects" in output and "rejected, not_audio: 1" in output
+    # the product's defaults (musicnn: 3 slices of 2.99 s per 11 s song), trained on the driver
+    assert "35 songs, 105 slices, 1 rejects" in output and "rejected, not_audio: 1" in output
     for stage in ("ingest", "train", "embed", "index", "evaluate"):
         assert f"  {stage:<8} ran" in output
 
@@ -64,7 +65,8 @@ def test_spark_submit_rebuild_on_a_standalone_cluster_with_the_packed_environmen
     embeddings = ds.dataset(str(tmp_path / "wh" / "slice_embeddings")).to_table().to_pandas()
     recommendations = ds.dataset(str(tmp_path / "wh" / "recommendations")).to_table().to_pandas()
     assert len(songs) == 35 and songs["genre"].nunique() == 7
-    assert len(embeddings) == 70 and not embeddings.duplicated(["song_id", "slice_idx"]).any()
+    assert len(embeddings) == 105 and not embeddings.duplicated(["song_id", "slice_idx"]).any()
+    assert all(len(p) == 200 for p in embeddings["pretrained"])  # musicnn's untuned features, on the executors
     assert set(recommendations["song_id"]) == set(songs["song_id"])
     assert (recommendations.groupby("song_id").size() == 10).all()
     # Both executors ran in the unpacked environment, not in this checkout's virtualenv.

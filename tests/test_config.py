@@ -1,12 +1,16 @@
+from pathlib import Path
+
 import pytest
+import yaml
 
 from deepcrate.config import default_config, resolve_config
 from deepcrate.errors import ConfigError
 
 
 def test_defaults_are_the_packaged_local_yaml():
-    config = default_config()
-    assert config["spectrogram"]["preset"] == "seed"
+    config = default_config()  # the packaged function itself (conftest pins the seed recipe for resolve_config)
+    assert config == yaml.safe_load((Path(__file__).parents[1] / "conf" / "local.yaml").read_text(encoding="utf-8"))
+    assert (config["spectrogram"]["preset"], config["train"]["model"]) == ("musicnn", "musicnn")
     assert config["spectrogram"]["seed"]["n_fft"] == 512
     assert config["split"] == {"train": 0.65, "validation": 0.25, "test": 0.10, "seed": 0}
 

@@ -27,10 +27,11 @@ def test_spark_submit_ingest_job(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr  # spark-submit sends the driver's stderr to stdout
-    assert "3 songs, 3 slices, 1 rejects" in output
+    assert "3 songs, 6 slices, 1 rejects" in output  # the default preset, musicnn: two 2.99 s slices in 6 s
     assert "master local[2]" in output  # spark-submit's master, not the config's local[*]
     assert "split:\n  train: 0.65" in output and "  seed: 3" in output  # the resolved config is logged
     songs = ds.dataset(tmp_path / "wh" / "songs").to_table().to_pandas()
     assert sorted(songs["genre"]) == ["a", "a", "b"]
     metadata = json.loads((tmp_path / "wh" / "slices" / "_deepcrate.json").read_text())
-    assert metadata["spectrogram"]["preset"] == "seed" and metadata["split"]["seed"] == 3
+    # a child process: the product's defaults (musicnn), not the suite's seed recipe
+    assert metadata["spectrogram"]["preset"] == "musicnn" and metadata["split"]["seed"] == 3
