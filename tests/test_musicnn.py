@@ -49,7 +49,7 @@ def test_missing_or_unknown_weights_say_what_to_do(monkeypatch):
     with pytest.raises(ConfigError, match="must be one of"):
         checkpoint_prefix("MSD_vgg")
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ConfigError, match=r"not installed \(MSD_musicnn\): pip install --no-deps musicnn==0.1.0"):
+    with pytest.raises(ConfigError, match=r"not installed \(MTT_musicnn\): pip install --no-deps musicnn==0.1.0"):
         checkpoint_prefix()
     assert not weights_installed()
 
@@ -126,7 +126,7 @@ def test_a_head_on_frozen_features_learns_the_genres_and_keeps_the_pretrained_la
     folder = read_model_folder(latest_model(Warehouse(spark, str(tmp_path / "wh"))))
     model = folder.load_keras()
     pretrained = build_model(preset="musicnn", n_classes=len(folder.labels), input_shape=(96, 187))
-    load_pretrained(pretrained)
+    load_pretrained(pretrained, checkpoint=config["train"]["pretrained"])
     for name in ("musicnn_timbral_74", "musicnn_mid3", PENULTIMATE_LAYER):  # frozen: still the checkpoint's
         for mine, theirs in zip(model.get_layer(name).get_weights(), pretrained.get_layer(name).get_weights()):
             np.testing.assert_array_equal(mine, theirs)
@@ -194,7 +194,7 @@ def test_without_genres_the_catalogue_gets_the_pretrained_embedding(spark, tmp_p
     slices = spark.read.parquet(str(tmp_path / "wh" / "slices")).filter("split != 'test'").toPandas()
     images = np.stack([np.frombuffer(b, np.uint8).reshape(96, 187) for b in slices["spectrogram"]])
     pretrained = build_model(preset="musicnn", n_classes=2, input_shape=(96, 187))
-    load_pretrained(pretrained)
+    load_pretrained(pretrained, checkpoint=config["train"]["pretrained"])
     features = np.asarray(keras.Model(pretrained.input, pretrained.get_layer(PENULTIMATE_LAYER).output)(images),
                           dtype=np.float64)
     centred = features - features.mean(axis=0)

@@ -31,7 +31,7 @@ from keras import layers
 from deepcrate.errors import ConfigError
 
 CHECKPOINTS = ("MSD_musicnn", "MTT_musicnn")
-DEFAULT_CHECKPOINT = "MSD_musicnn"
+DEFAULT_CHECKPOINT = "MTT_musicnn"  # train.pretrained's default
 N_MELS = 96
 PENULTIMATE_LAYER = "musicnn_penultimate"  # the 200-d features a head learns from
 POOL_LAYER = "musicnn_pool"  # the 1,506 max + mean features before the back-end's dense layer
@@ -131,7 +131,7 @@ def weights_installed(name: str = DEFAULT_CHECKPOINT) -> bool:
     return True
 
 
-def load_pretrained(model: keras.Model, *, checkpoint: str = DEFAULT_CHECKPOINT) -> None:
+def load_pretrained(model: keras.Model, *, checkpoint: str) -> None:
     """Set every musicnn layer of ``model`` to the checkpoint's trained values.
 
     Raises
