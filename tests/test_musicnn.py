@@ -205,3 +205,19 @@ def test_without_genres_the_catalogue_gets_the_pretrained_embedding(spark, tmp_p
     for j in range(k):  # a component's sign is arbitrary
         sign = np.sign(expected[:, j] @ embedded[:, j])
         np.testing.assert_allclose(sign * embedded[:, j], expected[:, j], atol=2e-2 * np.abs(expected[:, j]).max())
+
+
+def test_a_rebuild_without_the_weights_stops_before_any_work_in_one_line(spark, tmp_path, monkeypatch, capsys):
+    from deepcrate.cli import main
+
+    from conftest import write_audio
+
+    write_audio(tmp_path / "audio" / "a.mp3", make_signal(4.0))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "musicnn" else real(name, *a))
+    code = main(["rebuild", "--audio", str(tmp_path / "audio"), "--warehouse", str(tmp_path / "wh"),
+                 *[a for s in MUSICNN for a in ("--set", s)]])
+    assert code == 2
+    assert "musicnn weights are not installed (MTT_musicnn): pip install --no-deps musicnn==0.1.0" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "wh" / "songs").exists()  # nothing ingested

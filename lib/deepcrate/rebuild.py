@@ -126,6 +126,10 @@ def rebuild(
     given = open_model(store, model) if model else None
     if given is not None:  # a mismatch would otherwise surface only after the whole ingest
         given.check_settings(SpectrogramSettings.from_config(config), what="the config")
+    elif config["train"]["model"] == "musicnn":  # missing pretrained weights too
+        from deepcrate.training import TrainSettings, check_pretrained_weights
+
+        check_pretrained_weights(TrainSettings.from_config(config))
     stages: list[Stage] = []
 
     def run_stage(name: str, up_to_date: bool, work: Callable[[], str]) -> None:

@@ -160,6 +160,7 @@ def train(
     else:
         run_dir = None
     settings = TrainSettings.from_config(config)
+    check_pretrained_weights(settings)  # before a run folder exists
     spectrogram = _table_settings(store, config)
     table = SliceTable(store.table_uri("slices"), image_shape=(spectrogram.n_rows, spectrogram.slice_frames))
     counts = table.genre_counts()
@@ -420,6 +421,14 @@ def _precision(requested: str, gpus: list) -> str:
 
     capabilities = [tf.config.experimental.get_device_details(g).get("compute_capability", (0, 0)) for g in gpus]
     return "mixed_bfloat16" if min(capabilities) >= (8, 0) else "mixed_float16"
+
+
+def check_pretrained_weights(settings: TrainSettings) -> None:
+    """Raise ConfigError, naming what to install, when the model needs pretrained weights that are missing."""
+    if settings.model == "musicnn":
+        from deepcrate.musicnn import checkpoint_prefix
+
+        checkpoint_prefix(settings.pretrained)
 
 
 def _on_frozen_features(settings: TrainSettings) -> bool:
