@@ -3,11 +3,13 @@
 For every variant and seed, a full rebuild (ingest, train, embed, index, evaluate)
 into its own warehouse under ``--work``, on the corpus ``bench/real_corpus.py``
 builds. The seed draws both the split (by song, stratified by soundtrack) and the
-training (weights, order, augmentation). The split is the default one (65/25/10). The MFCC, timbre and random baselines are
-computed in each run on the same queries, with the ideal ranking (the ceiling).
+training (weights, order, augmentation); the split is the default one (65/25/10). The
+MFCC, timbre and random baselines (and, for a musicnn model, the untuned pretrained
+network) are computed in each run on the same queries, with the ideal ranking (the
+ceiling).
 
     python bench/real_corpus.py                      # once
-    python bench/quality.py --seeds 0 1 2            # all variants
+    python bench/quality.py --seeds 0 1 2            # the default, musicnn (MSD) and seed variants
     python bench/quality.py --variants seed mel --seeds 0
     python bench/quality.py --report a.json b.json   # one table from earlier runs
 
@@ -68,7 +70,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", default=str(CACHE / "real-corpus" / "audio"))
     parser.add_argument("--work", default=str(CACHE / "quality"))
-    parser.add_argument("--variants", nargs="+", default=["seed", "mel", "improved", "contrastive"],
+    parser.add_argument("--variants", nargs="+", default=["musicnn-mtt-supcon", "musicnn", "seed"],
                         choices=sorted(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--set", action="append", default=[], dest="overrides", help="extra config overrides")

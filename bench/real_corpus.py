@@ -46,11 +46,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import librosa
 import numpy as np
 import soundfile as sf
 import soxr
-
-import librosa
 
 MIN_S, MAX_S = 30.0, 120.0
 MIN_TRACKS = 8

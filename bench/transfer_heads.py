@@ -50,12 +50,11 @@ import pyarrow.dataset as ds
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from deepcrate.index import list_column_matrix  # noqa: E402
-from deepcrate.retrieval import ideal_songs, nearest_songs, retrieval_scores  # noqa: E402
-from deepcrate.split import assign_splits  # noqa: E402
+from deepcrate.index import list_column_matrix
+from deepcrate.retrieval import ideal_songs, nearest_songs, retrieval_scores
+from deepcrate.split import assign_splits
 
 KS = (5, 10)
-TEMPERATURE = 0.1
 
 
 def read(warehouse: Path, features_from: str) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
@@ -115,25 +114,12 @@ def context(features: np.ndarray, song_ids: np.ndarray, width: int) -> np.ndarra
     return out
 
 
-def supcon_loss(labels, embeddings):
-    import keras
-
-    z = keras.ops.cast(embeddings, "float32")
-    z = z / keras.ops.maximum(keras.ops.norm(z, axis=1, keepdims=True), 1e-6)
-    n = keras.ops.shape(z)[0]
-    eye = keras.ops.eye(n, dtype="float32")
-    logits = keras.ops.matmul(z, keras.ops.transpose(z)) / TEMPERATURE - 1e9 * eye
-    labels = keras.ops.reshape(keras.ops.cast(labels, "int32"), (-1, 1))
-    positive = keras.ops.cast(keras.ops.equal(labels, keras.ops.transpose(labels)), "float32") * (1 - eye)
-    log_prob = logits - keras.ops.logsumexp(logits, axis=1, keepdims=True)
-    count = keras.ops.maximum(keras.ops.sum(positive, axis=1), 1.0)
-    return -keras.ops.sum(positive * log_prob, axis=1) / count
-
-
 def train_head(x_train, y_train, x_val, y_val, *, n_classes: int, objective: str, seed: int):
     """(embedder, classifier or None) trained on slices' features."""
     import keras
     from keras import layers
+
+    from deepcrate.model import supervised_contrastive_loss
 
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((x_train.shape[1],))
@@ -145,7 +131,7 @@ def train_head(x_train, y_train, x_val, y_val, *, n_classes: int, objective: str
     if objective in ("classify", "supcon"):
         outputs["genre"], losses["genre"], weights["genre"] = probabilities, "sparse_categorical_crossentropy", 1.0
     if objective in ("supcon", "supcon only"):
-        outputs["embedding"], losses["embedding"], weights["embedding"] = embedding, supcon_loss, 1.0
+        outputs["embedding"], losses["embedding"], weights["embedding"] = embedding, supervised_contrastive_loss, 1.0
     model = keras.Model(inputs, outputs)
     model.compile(optimizer=keras.optimizers.Adam(0.001), loss=losses, loss_weights=weights)
     targets = {name: y_train for name in outputs}
@@ -214,7 +200,7 @@ def one_seed(songs: pd.DataFrame, slices: pd.DataFrame, features: np.ndarray, *,
             results["classify, mean + std pooling"] = score(pool(embedded, "mean + std"), genres, queries)
             results["classify, confidence-weighted mean"] = score(pool(embedded, "weighted", confidence),
                                                                   genres, queries)
-    results["queries"] = {"n": int(len(queries))}
+    results["queries"] = {"n": len(queries)}
     return results
 
 

@@ -21,8 +21,16 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from deepcrate.model import (EMBEDDING_LAYER, EMBEDDING_SIZE, OUTPUT_LAYER, build_model, embedding_and_genres,
-                             embedding_model, slices_per_call, supervised_contrastive_loss)
+from deepcrate.model import (
+    EMBEDDING_LAYER,
+    EMBEDDING_SIZE,
+    OUTPUT_LAYER,
+    build_model,
+    embedding_and_genres,
+    embedding_model,
+    slices_per_call,
+    supervised_contrastive_loss,
+)
 from deepcrate.musicnn import PENULTIMATE_LAYER, load_pretrained
 from deepcrate.slice_reader import SliceTable
 
