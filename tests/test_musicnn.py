@@ -173,6 +173,22 @@ def test_the_supcon_head_learns_the_genres_too(spark, musicnn_warehouse, tmp_pat
 
 
 @needs_weights
+def test_fine_tuning_all_layers_starts_from_the_checkpoint_and_moves_it(spark, musicnn_warehouse, tmp_path):
+    config = resolve_config(overrides=[*MUSICNN, "train.fine_tune=all", "train.max_epochs=2", "train.patience=2",
+                                       "train.batch_size=16", "train.shuffle_buffer=64", "train.interleave=2"])
+    copy_warehouse(musicnn_warehouse, tmp_path / "wh")
+    result = train(spark, warehouse=str(tmp_path / "wh"), config=config)
+    assert result.epochs == 2 and result.evaluation is not None
+    model = read_model_folder(latest_model(Warehouse(spark, str(tmp_path / "wh")))).load_keras()
+    pretrained = build_model(preset="musicnn", n_classes=7, input_shape=(96, 187))
+    load_pretrained(pretrained, checkpoint=config["train"]["pretrained"])
+    for name in ("musicnn_timbral_74", "musicnn_mid3"):  # trained, from the checkpoint's values: close, not equal
+        mine, theirs = model.get_layer(name).get_weights()[0], pretrained.get_layer(name).get_weights()[0]
+        assert not np.array_equal(mine, theirs)
+        assert np.abs(mine - theirs).max() < 0.1 * np.abs(theirs).max()
+
+
+@needs_weights
 def test_without_genres_the_catalogue_gets_the_pretrained_embedding(spark, tmp_path):
     from deepcrate.demo import write_demo_catalogue
     from deepcrate.ingest import ingest
