@@ -265,14 +265,12 @@ def _genres_to_learn(counts: dict[str, dict[str | None, int]], *, uri: str, obje
                      labels_optional: bool = False) -> list[str]:
     """The genres the model's head predicts: none for a contrastive embedding without usable
     labels, nor for a pretrained one (``labels_optional``)."""
-    if objective != "contrastive" and labels_optional:
+    if objective != "contrastive":
         genres = {g for g, n in counts.get("train", {}).items() if g is not None and n}
-        if len(genres) < 2:
+        if labels_optional and len(genres) < 2:
             logger.warning("no genre head (%s in the train split): songs get the pretrained embedding and no "
                            "predicted genre", f"one genre, {genres.pop()!r}," if genres else "no genres")
             return []
-        return _check_splits(counts, uri=uri)
-    if objective != "contrastive":
         return _check_splits(counts, uri=uri)
     for split in ("train", "validation"):  # pairs to learn from, and pairs for early stopping
         if not sum(counts.get(split, {}).values()):
@@ -447,8 +445,7 @@ def _fit_pretrained_head(run_dir: str, *, table: SliceTable, labels: list[str], 
     if labels:
         history, best_epoch, stopped_early = fit_head(
             model, table=table, labels=labels, objective=settings.objective, batch_size=settings.batch_size,
-            max_epochs=settings.max_epochs,
-            patience=settings.patience, learning_rate=settings.learning_rate or 0.001,
+            max_epochs=settings.max_epochs, patience=settings.patience, learning_rate=settings.learning_rate or 0.001,
             class_weight=_genre_weights(counts, labels=labels, settings=settings),
             interval_s=settings.progress_interval_s)
         state.history, state.best_epoch, state.stopped_early = history, best_epoch, stopped_early
