@@ -52,7 +52,7 @@ def test_spark_submit_rebuild_on_a_standalone_cluster_with_the_packed_environmen
         "--set", "train.max_epochs=2",
     ]
     env = {k: v for k, v in cluster.env.items() if k not in ("PYSPARK_PYTHON", "PYTHONPATH")}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=540, cwd=tmp_path)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200, cwd=tmp_path)  # a loaded machine: musicnn on 2 cores
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert f"master {cluster.url}" in output
