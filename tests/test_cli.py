@@ -89,3 +89,60 @@ def test_bad_query_and_missing_warehouse_exit_2_with_a_message(spark, warehouse,
     assert main(["ingest", "--audio", str(tmp_path), "--warehouse", str(tmp_path / "wh"),
                  "--set", "spectrogram.preset=cqt"]) == 2
     assert "spectrogram.preset must be one of" in capsys.readouterr().err
+
+
+WRITES_AND_PATHS = [
+    "INSERT INTO songs SELECT * FROM songs",
+    "INSERT OVERWRITE recommendations SELECT * FROM songs WHERE false",
+    "INSERT OVERWRITE DIRECTORY '{wh}/slices' USING parquet SELECT 1 AS x",
+    "INSERT OVERWRITE DIRECTORY '{outside}' USING parquet SELECT 1 AS x",
+    "WITH a AS (SELECT * FROM songs) INSERT INTO songs SELECT * FROM a",
+    "CREATE TABLE t USING parquet LOCATION '{outside}' AS SELECT 1 AS x",
+    "BEGIN INSERT INTO songs SELECT * FROM songs; DROP VIEW songs; END",
+    "DROP VIEW songs",
+    "SET spark.sql.runSQLOnFiles=true",
+    "CACHE TABLE songs",
+    "SELECT * FROM text.`/etc/passwd`",
+    "SELECT * FROM songs WHERE genre IN (SELECT value FROM text.`/etc/hostname`)",
+    "SELECT reflect('java.lang.System', 'getProperty', 'user.home')",
+    "EXPLAIN INSERT INTO songs SELECT * FROM songs",
+]
+
+
+@pytest.mark.parametrize("query", WRITES_AND_PATHS)
+def test_sql_refuses_writes_paths_and_reflection_in_one_line_and_changes_nothing(spark, warehouse, tmp_path,
+                                                                                   capsys, query):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("mine")
+    files_before = sorted((p.relative_to(warehouse), p.stat().st_size) for p in warehouse.rglob("*"))
+    songs_before = run_sql(capsys, warehouse, "SELECT * FROM songs ORDER BY song_id", "csv")
+    here_before = sorted(Path.cwd().iterdir())  # CREATE TABLE used to leave a spark-warehouse/ here
+    capsys.readouterr()
+    status = main(["sql", "--warehouse", str(warehouse), query.format(wh=warehouse, outside=outside)])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("deepcrate sql: error: refused: ")
+    assert "is not read-only" in err or "not a table of the warehouse" in err or "calls Java methods" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert sorted((p.relative_to(warehouse), p.stat().st_size) for p in warehouse.rglob("*")) == files_before
+    assert (outside / "keep.txt").read_text() == "mine" and sorted(outside.iterdir()) == [outside / "keep.txt"]
+    assert run_sql(capsys, warehouse, "SELECT * FROM songs ORDER BY song_id", "csv") == songs_before
+    assert sorted(Path.cwd().iterdir()) == here_before
+
+
+@pytest.mark.parametrize("query", ["SHOW TABLES", "DESCRIBE songs", "SHOW COLUMNS IN songs",
+                                   "EXPLAIN SELECT count(*) FROM songs", "VALUES (1, 'a')",
+                                   "WITH g AS (SELECT genre FROM songs) SELECT count(*) AS n FROM g"])
+def test_sql_answers_every_read_only_statement(spark, warehouse, capsys, query):
+    out = run_sql(capsys, warehouse, query, "csv")
+    assert len(out.splitlines()) >= 2
+
+
+def test_an_unknown_column_is_one_line_naming_the_tables(spark, warehouse, capfd):
+    capfd.readouterr()
+    assert main(["sql", "--warehouse", str(warehouse), "SELECT nope FROM songs"]) == 2
+    captured = capfd.readouterr()  # the JVM's own stderr too: no Java stack
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("deepcrate sql: error: query failed: ") and "songs" in lines[0]
+    assert "at org.apache" not in captured.err + captured.out

@@ -1,11 +1,22 @@
-"""``deepcrate sql``: run a Spark SQL query over every table of a warehouse."""
+"""``deepcrate sql``: one read-only Spark SQL query over the tables of a warehouse.
+
+The query tool is not a way in: the statement is parsed by Spark's own parser and
+refused, before anything runs, unless it is one query (SELECT, WITH, VALUES, TABLE)
+or one of SHOW, DESCRIBE, EXPLAIN, with no write anywhere in its plan (INSERT, CREATE,
+DROP, SET, CACHE, compound BEGIN ... END blocks, ...), reading only the warehouse's tables
+by their one-part names (no ``text.`/etc/passwd```, no other catalog) and calling no
+Java method by reflection. Reading files by path is also switched off in the session
+(``spark.sql.runSQLOnFiles``) as a second lock on the same door.
+"""
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import datetime as dt
 import decimal
 import json
+import re
 from collections.abc import Iterable
 from typing import Any, TextIO
 
@@ -26,23 +37,113 @@ def run_query(spark: SparkSession, *, warehouse: str, query: str, out: TextIO, f
     Raises
     ------
     InputError
-        When the query does not parse or names an unknown table or column.
+        When the query does not parse, names an unknown table or column, or is not a
+        read-only query over the warehouse's tables (:func:`check_read_only`).
     """
     store = Warehouse(spark, warehouse)
     store.register()
+    check_read_only(spark, query)
+    files_by_path = spark.conf.get("spark.sql.runSQLOnFiles", "true")
+    spark.conf.set("spark.sql.runSQLOnFiles", "false")
     try:
-        frame = spark.sql(query)
-        columns = frame.columns
-        rows = frame.toLocalIterator()
-        first = next(rows, None)
-    except AnalysisException as exc:
-        raise InputError(f"query failed: {exc.getMessage() if hasattr(exc, 'getMessage') else exc}\n"
-                         f"tables: {', '.join(store.tables()) or '(none)'}") from None
-    except Exception as exc:  # parse errors arrive as ParseException etc.
-        raise InputError(f"query failed: {str(exc).splitlines()[0]}") from None
-    stream = rows if first is None else _chain(first, rows)
-    writer = {"table": _write_table, "csv": _write_csv, "json": _write_json}[fmt]
-    return writer(columns, (_plain(row) for row in stream), out)
+        with _quiet_query_errors():
+            try:
+                frame = spark.sql(query)
+                columns = frame.columns
+                rows = frame.toLocalIterator()
+                first = next(rows, None)
+            except AnalysisException as exc:
+                raise InputError(f"query failed: {_first_line(exc)} "
+                                 f"(tables: {', '.join(store.tables()) or 'none'})") from None
+            except Exception as exc:  # parse errors arrive as ParseException etc.
+                raise InputError(f"query failed: {_first_line(exc)}") from None
+            stream = rows if first is None else _chain(first, rows)
+            writer = {"table": _write_table, "csv": _write_csv, "json": _write_json}[fmt]
+            return writer(columns, (_plain(row) for row in stream), out)
+    finally:
+        spark.conf.set("spark.sql.runSQLOnFiles", files_by_path)
+
+
+@contextlib.contextmanager
+def _quiet_query_errors():
+    """pyspark logs a failed query's whole Java stack as JSON (~10 KB, logger SQLQueryContextLogger)
+    before raising it; the user gets the one line of the InputError instead."""
+    from pyspark.logger import PySparkLogger
+
+    logger = PySparkLogger.getLogger("SQLQueryContextLogger")
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
+
+
+# Commands that only read; every other Command (CREATE, DROP, SET, CACHE, ...) is refused.
+READ_ONLY_COMMANDS = frozenset({"ShowTables", "ShowTablesExtended", "ShowViews", "ShowColumns", "ShowFunctions",
+                                "DescribeRelation", "DescribeColumn", "DescribeQueryCommand", "DescribeFunction",
+                                "ExplainCommand"})
+# Plan nodes that write without being Commands.
+WRITES = frozenset({"InsertIntoStatement", "InsertIntoDir", "AppendData", "OverwriteByExpression",
+                    "OverwritePartitionsDynamic", "MergeIntoTable", "DeleteFromTable", "UpdateTable"})
+REFLECTION = frozenset({"reflect", "java_method", "try_reflect"})
+ALLOWED = "one read-only query (SELECT, WITH, VALUES, SHOW, DESCRIBE, EXPLAIN) over the warehouse's tables"
+
+
+def check_read_only(spark: SparkSession, query: str) -> None:
+    """Refuse ``query`` unless it is :data:`ALLOWED`, decided from Spark's parsed plan.
+
+    Raises
+    ------
+    InputError
+        One line: what was refused and why, or the parse error.
+    """
+    jvm = spark._jvm
+    try:
+        plan = spark._jsparkSession.sessionState().sqlParser().parsePlan(query)
+    except Exception as exc:  # ParseException: its first line says where
+        raise InputError(f"query failed: {_first_line(exc)}") from None
+    command = jvm.java.lang.Class.forName("org.apache.spark.sql.catalyst.plans.logical.Command")
+    query_plan = jvm.java.lang.Class.forName("org.apache.spark.sql.catalyst.plans.QueryPlan")
+    subquery = jvm.java.lang.Class.forName("org.apache.spark.sql.catalyst.expressions.SubqueryExpression")
+    pending = [plan]
+    while pending:
+        node = pending.pop()
+        kind = node.getClass().getSimpleName()
+        if kind in WRITES or (command.isInstance(node) and kind not in READ_ONLY_COMMANDS):
+            raise InputError(f"refused: {_statement(kind)} is not read-only; deepcrate sql runs {ALLOWED}")
+        if kind == "UnresolvedRelation" and node.multipartIdentifier().size() != 1:
+            name = ".".join(_items(node.multipartIdentifier()))
+            raise InputError(f"refused: {name} is not a table of the warehouse (files by path and other catalogs "
+                             f"are not read); deepcrate sql runs {ALLOWED}")
+        if kind == "UnresolvedFunction" and _items(node.nameParts())[-1].lower() in REFLECTION:
+            raise InputError(f"refused: {_items(node.nameParts())[-1]}() calls Java methods; "
+                             f"deepcrate sql runs {ALLOWED}")
+        pending += _items(node.children()) + _items(node.innerChildren())
+        if query_plan.isInstance(node):
+            pending += _items(node.expressions())
+        if subquery.isInstance(node) or kind == "DescribeQueryCommand":
+            pending.append(node.plan())
+        if kind == "ExplainCommand":  # the statement it explains is a field, not a child
+            pending.append(node.logicalPlan())
+
+
+def _items(seq) -> list:
+    """A Scala Seq's elements."""
+    return [seq.apply(i) for i in range(seq.size())]
+
+
+def _statement(kind: str) -> str:
+    """A plan node's name as the statement it came from: ``CreateTableAsSelect`` -> ``CREATE TABLE AS SELECT``."""
+    for suffix in ("Statement", "Command"):
+        kind = kind.removesuffix(suffix)
+    if kind == "CompoundBody":
+        return "a BEGIN ... END block"
+    return re.sub(r"(?<=[a-z])(?=[A-Z])", " ", kind).upper()
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _chain(first: Row, rest: Iterable[Row]) -> Iterable[Row]:
