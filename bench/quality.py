@@ -9,7 +9,7 @@ network) are computed in each run on the same queries, with the ideal ranking (t
 ceiling).
 
     python bench/real_corpus.py                      # once
-    python bench/quality.py --seeds 0 1 2            # the default, musicnn (MSD) and seed variants
+    python bench/quality.py --seeds 0 1 2            # the default, musicnn (MTT alone) and seed variants
     python bench/quality.py --variants seed mel --seeds 0
     python bench/quality.py --report a.json b.json   # one table from earlier runs
 
@@ -58,6 +58,9 @@ VARIANTS = {
     "musicnn-supcon": ["spectrogram.preset=musicnn", "train.model=musicnn", "train.objective=supcon"],
     "musicnn-mtt-supcon": ["spectrogram.preset=musicnn", "train.model=musicnn", "train.pretrained=MTT_musicnn",
                            "train.objective=supcon"],
+    # both checkpoints side by side (the default since the head is kept by validation retrieval)
+    "musicnn-both-supcon": ["spectrogram.preset=musicnn", "train.model=musicnn",
+                            "train.pretrained=MTT_musicnn+MSD_musicnn", "train.objective=supcon"],
 }
 # every variant from the same settings, whatever the defaults of the day: the seed recipe's, which
 # each variant's own overrides then change
@@ -70,7 +73,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", default=str(CACHE / "real-corpus" / "audio"))
     parser.add_argument("--work", default=str(CACHE / "quality"))
-    parser.add_argument("--variants", nargs="+", default=["musicnn-mtt-supcon", "musicnn", "seed"],
+    parser.add_argument("--variants", nargs="+", default=["musicnn-both-supcon", "musicnn-mtt-supcon", "seed"],
                         choices=sorted(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--set", action="append", default=[], dest="overrides", help="extra config overrides")

@@ -16,11 +16,18 @@ from deepcrate.config import resolve_config
 from deepcrate.embed import embed
 from deepcrate.errors import ConfigError
 from deepcrate.evaluate import evaluate
-from deepcrate.model import EMBEDDING_LAYER, OUTPUT_LAYER, build_model, supervised_contrastive_loss
+from deepcrate.model import (
+    EMBEDDING_LAYER,
+    OUTPUT_LAYER,
+    build_model,
+    embedding_model,
+    supervised_contrastive_loss,
+)
 from deepcrate.model_store import latest_model, read_model_folder
 from deepcrate.musicnn import PENULTIMATE_LAYER, checkpoint_prefix, load_pretrained, weights_installed
 from deepcrate.spectrogram import SpectrogramSettings, iter_slices
 from deepcrate.training import TrainSettings, train
+from deepcrate.transfer import feature_extractor, pretrained_model
 from deepcrate.warehouse import Warehouse
 
 from conftest import copy_warehouse, make_signal
@@ -125,9 +132,10 @@ def test_a_head_on_frozen_features_learns_the_genres_and_keeps_the_pretrained_la
 
     folder = read_model_folder(latest_model(Warehouse(spark, str(tmp_path / "wh"))))
     model = folder.load_keras()
-    pretrained = build_model(preset="musicnn", n_classes=len(folder.labels), input_shape=(96, 187))
-    load_pretrained(pretrained, checkpoint=config["train"]["pretrained"])
-    for name in ("musicnn_timbral_74", "musicnn_mid3", PENULTIMATE_LAYER):  # frozen: still the checkpoint's
+    pretrained = pretrained_model(n_classes=len(folder.labels), image_shape=(96, 187), level_range=8.0,
+                                  checkpoint=config["train"]["pretrained"], seed=0)
+    for name in ("musicnn_timbral_74", "musicnn_mid3", PENULTIMATE_LAYER,  # frozen: still the checkpoints'
+                 "musicnn2_timbral_74", "musicnn2_penultimate"):
         for mine, theirs in zip(model.get_layer(name).get_weights(), pretrained.get_layer(name).get_weights()):
             np.testing.assert_array_equal(mine, theirs)
     assert model.get_layer(OUTPUT_LAYER).output.shape[-1] == len(folder.labels) == 7
@@ -146,7 +154,7 @@ def test_a_head_on_frozen_features_learns_the_genres_and_keeps_the_pretrained_la
     slices = spark.read.parquet(str(tmp_path / "wh" / "slices")).toPandas()
     songs = spark.read.parquet(str(tmp_path / "wh" / "songs")).toPandas().set_index("song_id")
     images = np.stack([np.frombuffer(b, np.uint8).reshape(96, 187) for b in slices["spectrogram"]])
-    features = keras.Model(pretrained.input, pretrained.get_layer(PENULTIMATE_LAYER).output)(images)
+    features = feature_extractor(pretrained)(images)
     means = pd.DataFrame(np.asarray(features, np.float64)).groupby(slices["song_id"].to_numpy()).mean()
     unit = means.to_numpy() / np.linalg.norm(means.to_numpy(), axis=1, keepdims=True)
     genres = songs.loc[means.index, "genre"].to_numpy()
@@ -173,6 +181,54 @@ def test_the_supcon_head_learns_the_genres_too(spark, musicnn_warehouse, tmp_pat
 
 
 @needs_weights
+def test_the_head_kept_is_the_epoch_that_ranks_the_validation_songs_best(spark, musicnn_warehouse, tmp_path):
+    config = resolve_config(overrides=[*MUSICNN, "train.head_max_epochs=12", "train.head_patience=12",
+                                       "train.batch_size=32"])
+    copy_warehouse(musicnn_warehouse, tmp_path / "wh")
+    result = train(spark, warehouse=str(tmp_path / "wh"), config=config)
+    folder = read_model_folder(latest_model(Warehouse(spark, str(tmp_path / "wh"))))
+    history = json.loads((Path(folder.path) / "history.json").read_text())
+    scores = history["val_precision_at_10"]
+    assert len(scores) == len(history["loss"]) + 1  # epoch 0: the principal-component start
+    assert result.best_epoch == int(np.argmax(scores))  # the first of the best
+    assert "best validation P@10 at epoch" in result.lines()[0]
+
+    # Independently, from the saved model: each validation song against the train and validation
+    # songs, by the mean of its slices' embeddings, cosine, top min(10, n - 1), share of its genre.
+    slices = spark.read.parquet(str(tmp_path / "wh" / "slices")).filter("split != 'test'").toPandas()
+    images = np.stack([np.frombuffer(b, np.uint8).reshape(96, 187) for b in slices["spectrogram"]])
+    embedded = np.asarray(embedding_model(folder.load_keras())(images), np.float64)
+    means = pd.DataFrame(embedded).groupby(slices["song_id"].to_numpy()).mean()
+    first = slices.groupby("song_id")[["genre", "split"]].first().loc[means.index]
+    unit = means.to_numpy() / np.linalg.norm(means.to_numpy(), axis=1, keepdims=True)
+    k = min(10, len(unit) - 1)
+    precision = []
+    for q in np.flatnonzero(first["split"].to_numpy() == "validation"):
+        similarity = unit @ unit[q]
+        similarity[q] = -np.inf
+        precision.append(np.mean(first["genre"].to_numpy()[np.argsort(-similarity, kind="stable")[:k]]
+                                 == first["genre"].iloc[q]))
+    assert np.mean(precision) == pytest.approx(scores[result.best_epoch], abs=1e-6)
+
+
+@needs_weights
+def test_two_checkpoints_are_two_towers_each_with_its_own_weights():
+    both = pretrained_model(n_classes=2, image_shape=(96, 187), level_range=8.0,
+                            checkpoint="MTT_musicnn+MSD_musicnn", seed=0)
+    alone = {name: pretrained_model(n_classes=2, image_shape=(96, 187), level_range=8.0, checkpoint=name, seed=0)
+             for name in ("MTT_musicnn", "MSD_musicnn")}
+    images = np.random.default_rng(0).integers(0, 200, size=(2, 96, 187), dtype=np.uint8)
+    features = np.asarray(feature_extractor(both)(images))
+    assert features.shape == (2, 400)
+    np.testing.assert_allclose(features[:, :200], feature_extractor(alone["MTT_musicnn"])(images), atol=1e-5)
+    np.testing.assert_allclose(features[:, 200:], feature_extractor(alone["MSD_musicnn"])(images), atol=1e-5)
+    with pytest.raises(ConfigError, match="names a checkpoint twice"):
+        TrainSettings.from_config(resolve_config(overrides=[*MUSICNN, "train.pretrained=MSD_musicnn+MSD_musicnn"]))
+    with pytest.raises(ConfigError, match="must be one of"):
+        TrainSettings.from_config(resolve_config(overrides=[*MUSICNN, "train.pretrained=MTT_musicnn+VGG"]))
+
+
+@needs_weights
 def test_fine_tuning_all_layers_starts_from_the_checkpoint_and_moves_it(spark, musicnn_warehouse, tmp_path):
     config = resolve_config(overrides=[*MUSICNN, "train.fine_tune=all", "train.max_epochs=2", "train.patience=2",
                                        "train.batch_size=16", "train.shuffle_buffer=64", "train.interleave=2"])
@@ -180,8 +236,8 @@ def test_fine_tuning_all_layers_starts_from_the_checkpoint_and_moves_it(spark, m
     result = train(spark, warehouse=str(tmp_path / "wh"), config=config)
     assert result.epochs == 2 and result.evaluation is not None
     model = read_model_folder(latest_model(Warehouse(spark, str(tmp_path / "wh")))).load_keras()
-    pretrained = build_model(preset="musicnn", n_classes=7, input_shape=(96, 187))
-    load_pretrained(pretrained, checkpoint=config["train"]["pretrained"])
+    pretrained = pretrained_model(n_classes=7, image_shape=(96, 187), level_range=8.0,
+                                  checkpoint=config["train"]["pretrained"], seed=0)
     for name in ("musicnn_timbral_74", "musicnn_mid3"):  # trained, from the checkpoint's values: close, not equal
         mine, theirs = model.get_layer(name).get_weights()[0], pretrained.get_layer(name).get_weights()[0]
         assert not np.array_equal(mine, theirs)
@@ -209,9 +265,9 @@ def test_without_genres_the_catalogue_gets_the_pretrained_embedding(spark, tmp_p
     # checked against numpy's own SVD of the same features.
     slices = spark.read.parquet(str(tmp_path / "wh" / "slices")).filter("split != 'test'").toPandas()
     images = np.stack([np.frombuffer(b, np.uint8).reshape(96, 187) for b in slices["spectrogram"]])
-    pretrained = build_model(preset="musicnn", n_classes=2, input_shape=(96, 187))
-    load_pretrained(pretrained, checkpoint=config["train"]["pretrained"])
-    features = np.asarray(keras.Model(pretrained.input, pretrained.get_layer(PENULTIMATE_LAYER).output)(images),
+    pretrained = pretrained_model(n_classes=2, image_shape=(96, 187), level_range=8.0,
+                                  checkpoint=config["train"]["pretrained"], seed=0)
+    features = np.asarray(feature_extractor(pretrained)(images),
                           dtype=np.float64)
     centred = features - features.mean(axis=0)
     embedded = np.asarray(encoder(images), dtype=np.float64)

@@ -176,7 +176,7 @@ def worker_model(version: str, payload: bytes | Any, *, loads: Any = None):
 
         import deepcrate.model  # noqa: F401  registers the augmentation layers
         from deepcrate.model import EMBEDDING_LAYER
-        from deepcrate.musicnn import PENULTIMATE_LAYER
+        from deepcrate.musicnn import pretrained_layer
 
         data = payload if isinstance(payload, bytes) else payload.value
         with tempfile.TemporaryDirectory(prefix="deepcrate-model-") as tmp:
@@ -187,8 +187,8 @@ def worker_model(version: str, payload: bytes | Any, *, loads: Any = None):
         outputs = {"embedding": trained.get_layer(EMBEDDING_LAYER).output}
         if trained.output_names != [EMBEDDING_LAYER]:  # an embedding-only model has no genre head
             outputs["probabilities"] = trained.output
-        if any(layer.name == PENULTIMATE_LAYER for layer in trained.layers):  # musicnn's untuned features too
-            outputs["pretrained"] = trained.get_layer(PENULTIMATE_LAYER).output
+        if pretrained_layer(trained):  # musicnn's untuned features too
+            outputs["pretrained"] = trained.get_layer(pretrained_layer(trained)).output
         model = keras.Model(trained.input, outputs)
         _WORKER_MODELS.clear()  # one model per worker at a time
         _WORKER_MODELS[version] = model

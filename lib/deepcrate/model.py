@@ -22,7 +22,7 @@ EMBEDDING_SIZE = 128
 
 def build_model(
     *, preset: str, n_classes: int, input_shape: tuple[int, int] = (256, 256), seed: int = 0,
-    level_range: float = 8.0,
+    level_range: float = 8.0, towers: int = 1,
 ) -> keras.Model:
     """A compiled-ready (not yet compiled) classifier.
 
@@ -34,7 +34,8 @@ def build_model(
         and training-time augmentation (random gain, time shift, frequency mask).
         ``musicnn`` is the pretrained tagging network of :mod:`deepcrate.musicnn`
         (randomly initialised here: :func:`deepcrate.musicnn.load_pretrained` sets its
-        weights) with the embedding and genre layers on its 200-d features; it reads
+        weights) with the embedding and genre layers on its 200-d features (those of
+        each of ``towers`` networks, side by side); it reads
         the ``musicnn`` spectrogram preset's slices (96 mel bands).
     n_classes : int
         Number of genres.
@@ -43,6 +44,8 @@ def build_model(
         Seeds the augmentation and dropout layers.
     level_range : float
         ``musicnn`` only: the slices' ``db_range`` (the log10 level drawn as grey 255).
+    towers : int
+        ``musicnn`` only: pretrained networks side by side (one per checkpoint).
 
     The layers take their dtype from Keras' global dtype policy at build time
     (``mixed_bfloat16`` for mixed precision); the softmax always computes in float32.
@@ -56,7 +59,7 @@ def build_model(
         if input_shape[0] != N_MELS:
             raise ConfigError(f"train.model=musicnn reads {N_MELS} mel bands (spectrogram.preset=musicnn); "
                               f"the slices have {input_shape[0]} rows")
-        x = musicnn_features(inputs, level_range=level_range)
+        x = musicnn_features(inputs, level_range=level_range, towers=towers)
     else:
         x = layers.Rescaling(1.0 / 255.0, name="scale_to_unit")(inputs)
         x = layers.Reshape((*input_shape, 1), name="add_channel")(x)

@@ -19,6 +19,11 @@ spectrogram preset) and is fully convolutional in time, so longer slices also wo
   densely concatenated with the front-end: 753 features per frame;
 - back-end: max and mean over time (1,506, interleaved), batch norm, Dense 200 + ReLU, batch norm:
   the 200-d ``penultimate`` features, before the tag layer (not used here).
+
+Both checkpoints read the same input, so a model can hold both networks side by side
+(``train.pretrained=MTT_musicnn+MSD_musicnn``, the default): one tower per checkpoint,
+their penultimate features concatenated (400-d, layer :data:`CONCAT_LAYER`). The
+first tower's layers are named ``musicnn_*``, the second's ``musicnn2_*``.
 """
 from __future__ import annotations
 
@@ -31,22 +36,24 @@ from keras import layers
 from deepcrate.errors import ConfigError
 
 CHECKPOINTS = ("MSD_musicnn", "MTT_musicnn")
-DEFAULT_CHECKPOINT = "MTT_musicnn"  # train.pretrained's default
+DEFAULT_CHECKPOINT = "MTT_musicnn"
 N_MELS = 96
-PENULTIMATE_LAYER = "musicnn_penultimate"  # the 200-d features a head learns from
-POOL_LAYER = "musicnn_pool"  # the 1,506 max + mean features before the back-end's dense layer
+PENULTIMATE_LAYER = "musicnn_penultimate"  # the first tower's 200-d features
+POOL_LAYER = "musicnn_pool"  # the first tower's 1,506 max + mean features before the back-end's dense layer
+CONCAT_LAYER = "musicnn_concat"  # several towers: their penultimate features side by side
 INSTALL_HINT = "pip install --no-deps musicnn==0.1.0 (a carrier of weight files only; see README)"
 
-# Keras layer -> the checkpoint's TF1 variable scope, in the order musicnn's models.py creates them.
-_BATCH_NORMS = {"musicnn_input_norm": "batch_normalization", "musicnn_timbral_74_norm": "batch_normalization_1",
-                "musicnn_timbral_77_norm": "batch_normalization_2", "musicnn_temporal_128_norm": "batch_normalization_3",
-                "musicnn_temporal_64_norm": "batch_normalization_4", "musicnn_temporal_32_norm": "batch_normalization_5",
-                "musicnn_mid1_norm": "batch_normalization_6", "musicnn_mid2_norm": "batch_normalization_7",
-                "musicnn_mid3_norm": "batch_normalization_8", "musicnn_pool_norm": "batch_normalization_9",
-                PENULTIMATE_LAYER: "batch_normalization_10"}
-_CONVOLUTIONS = {"musicnn_timbral_74": "conv2d", "musicnn_timbral_77": "conv2d_1", "musicnn_temporal_128": "conv2d_2",
-                 "musicnn_temporal_64": "conv2d_3", "musicnn_temporal_32": "conv2d_4", "musicnn_mid1": "conv2d_5",
-                 "musicnn_mid2": "conv2d_6", "musicnn_mid3": "conv2d_7", "musicnn_dense": "dense"}
+# A tower's layer (after its prefix) -> the checkpoint's TF1 variable scope, in the order musicnn's
+# models.py creates them.
+_BATCH_NORMS = {"input_norm": "batch_normalization", "timbral_74_norm": "batch_normalization_1",
+                "timbral_77_norm": "batch_normalization_2", "temporal_128_norm": "batch_normalization_3",
+                "temporal_64_norm": "batch_normalization_4", "temporal_32_norm": "batch_normalization_5",
+                "mid1_norm": "batch_normalization_6", "mid2_norm": "batch_normalization_7",
+                "mid3_norm": "batch_normalization_8", "pool_norm": "batch_normalization_9",
+                "penultimate": "batch_normalization_10"}
+_CONVOLUTIONS = {"timbral_74": "conv2d", "timbral_77": "conv2d_1", "temporal_128": "conv2d_2",
+                 "temporal_64": "conv2d_3", "temporal_32": "conv2d_4", "mid1": "conv2d_5",
+                 "mid2": "conv2d_6", "mid3": "conv2d_7", "dense": "dense"}
 
 
 @keras.saving.register_keras_serializable(package="deepcrate")
@@ -66,31 +73,66 @@ class MusicnnInput(layers.Layer):
         return {**super().get_config(), "level_range": self.level_range}
 
 
-def musicnn_features(inputs, *, level_range: float):
-    """The musicnn network from a uint8 slice tensor (96, frames) to its 200-d penultimate features."""
+def parse_checkpoints(value: str) -> tuple[str, ...]:
+    """``train.pretrained`` (one checkpoint, or several joined by ``+``) as checkpoint names.
+
+    Raises
+    ------
+    ConfigError
+        An unknown or repeated name.
+    """
+    names = tuple(part.strip() for part in str(value).split("+"))
+    for name in names:
+        if name not in CHECKPOINTS:
+            raise ConfigError(f"musicnn checkpoint must be one of {CHECKPOINTS} (or several joined by '+'), "
+                              f"got {name!r}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"train.pretrained names a checkpoint twice: {value!r}")
+    return names
+
+
+def tower(position: int) -> str:
+    """The layer-name prefix of the ``position``-th pretrained network of a model."""
+    return "musicnn" if position == 0 else f"musicnn{position + 1}"
+
+
+def musicnn_features(inputs, *, level_range: float, towers: int = 1):
+    """The musicnn network(s) from a uint8 slice tensor (96, frames) to their penultimate
+    features: 200-d for one tower, the towers' side by side (:data:`CONCAT_LAYER`) for several."""
     x = MusicnnInput(level_range=level_range, name="musicnn_input")(inputs)
-    x = layers.BatchNormalization(name="musicnn_input_norm")(x)
+    features = [_tower(x, tower(position)) for position in range(towers)]
+    return features[0] if towers == 1 else layers.Concatenate(name=CONCAT_LAYER)(features)
+
+
+def pretrained_layer(model: keras.Model) -> str | None:
+    """The name of ``model``'s pretrained features layer (what a head learns from), or None."""
+    names = {layer.name for layer in model.layers}
+    return next((name for name in (CONCAT_LAYER, PENULTIMATE_LAYER) if name in names), None)
+
+
+def _tower(x, name: str):
+    x = layers.BatchNormalization(name=f"{name}_input_norm")(x)
     front = []
-    padded = layers.ZeroPadding2D(((3, 3), (0, 0)), name="musicnn_time_pad")(x)
+    padded = layers.ZeroPadding2D(((3, 3), (0, 0)), name=f"{name}_time_pad")(x)
     for width, bands in ((74, round(0.4 * N_MELS)), (77, round(0.7 * N_MELS))):  # 38 and 67 bands
-        front.append(_pooled_over_bands(padded, f"musicnn_timbral_{width}", filters=204, kernel=(7, bands),
+        front.append(_pooled_over_bands(padded, f"{name}_timbral_{width}", filters=204, kernel=(7, bands),
                                         padding="valid", bands_out=N_MELS - bands + 1))
     for frames in (128, 64, 32):
-        front.append(_pooled_over_bands(x, f"musicnn_temporal_{frames}", filters=51, kernel=(frames, 1),
+        front.append(_pooled_over_bands(x, f"{name}_temporal_{frames}", filters=51, kernel=(frames, 1),
                                         padding="same", bands_out=N_MELS))
-    front = layers.Concatenate(axis=-1, name="musicnn_front_end")(front)  # (frames, 561)
-    mid1 = _mid_convolution(front, "musicnn_mid1")
-    mid2 = layers.Add(name="musicnn_mid2_residual")([_mid_convolution(mid1, "musicnn_mid2"), mid1])
-    mid3 = layers.Add(name="musicnn_mid3_residual")([_mid_convolution(mid2, "musicnn_mid3"), mid2])
-    mid = layers.Concatenate(axis=-1, name="musicnn_mid_end")([front, mid1, mid2, mid3])  # (frames, 753)
+    front = layers.Concatenate(axis=-1, name=f"{name}_front_end")(front)  # (frames, 561)
+    mid1 = _mid_convolution(front, f"{name}_mid1")
+    mid2 = layers.Add(name=f"{name}_mid2_residual")([_mid_convolution(mid1, f"{name}_mid2"), mid1])
+    mid3 = layers.Add(name=f"{name}_mid3_residual")([_mid_convolution(mid2, f"{name}_mid3"), mid2])
+    mid = layers.Concatenate(axis=-1, name=f"{name}_mid_end")([front, mid1, mid2, mid3])  # (frames, 753)
     # musicnn flattens (features, [max, mean]): the two statistics of each feature side by side
-    statistics = [layers.Reshape((-1, 1), name=f"musicnn_{name}_column")(pool(name=f"musicnn_{name}_pool")(mid))
-                  for name, pool in (("max", layers.GlobalMaxPooling1D), ("mean", layers.GlobalAveragePooling1D))]
-    pooled = layers.Flatten(name=POOL_LAYER)(layers.Concatenate(name="musicnn_statistics")(statistics))
-    x = layers.BatchNormalization(name="musicnn_pool_norm")(pooled)
-    x = layers.Dropout(0.5, name="musicnn_pool_dropout")(x)
-    x = layers.Dense(200, activation="relu", name="musicnn_dense")(x)
-    return layers.BatchNormalization(name=PENULTIMATE_LAYER)(x)
+    statistics = [layers.Reshape((-1, 1), name=f"{name}_{stat}_column")(pool(name=f"{name}_{stat}_pool")(mid))
+                  for stat, pool in (("max", layers.GlobalMaxPooling1D), ("mean", layers.GlobalAveragePooling1D))]
+    pooled = layers.Flatten(name=f"{name}_pool")(layers.Concatenate(name=f"{name}_statistics")(statistics))
+    x = layers.BatchNormalization(name=f"{name}_pool_norm")(pooled)
+    x = layers.Dropout(0.5, name=f"{name}_pool_dropout")(x)
+    x = layers.Dense(200, activation="relu", name=f"{name}_dense")(x)
+    return layers.BatchNormalization(name=f"{name}_penultimate")(x)
 
 
 def _pooled_over_bands(x, name: str, *, filters: int, kernel: tuple[int, int], padding: str, bands_out: int):
@@ -132,13 +174,19 @@ def weights_installed(name: str = DEFAULT_CHECKPOINT) -> bool:
 
 
 def load_pretrained(model: keras.Model, *, checkpoint: str) -> None:
-    """Set every musicnn layer of ``model`` to the checkpoint's trained values.
+    """Set the layers of ``model``'s musicnn towers to the checkpoints' trained values:
+    ``checkpoint`` is one name or several joined by ``+`` (one per tower, in order).
 
     Raises
     ------
     ConfigError
-        The weights are not installed, or the checkpoint does not fit the layers.
+        The weights are not installed, or a checkpoint does not fit the layers.
     """
+    for position, name in enumerate(parse_checkpoints(checkpoint)):
+        _load_tower(model, prefix=tower(position), checkpoint=name)
+
+
+def _load_tower(model: keras.Model, *, prefix: str, checkpoint: str) -> None:
     import tensorflow as tf
 
     reader = tf.compat.v1.train.NewCheckpointReader(checkpoint_prefix(checkpoint))
@@ -149,11 +197,11 @@ def load_pretrained(model: keras.Model, *, checkpoint: str) -> None:
             raise ConfigError(f"musicnn checkpoint {checkpoint}: no variable {name!r}")
         return reader.get_tensor(name)
 
-    for layer_name, scope in _BATCH_NORMS.items():
-        model.get_layer(layer_name).set_weights([tensor(f"{scope}/{v}") for v in
+    for suffix, scope in _BATCH_NORMS.items():
+        model.get_layer(f"{prefix}_{suffix}").set_weights([tensor(f"{scope}/{v}") for v in
                                                  ("gamma", "beta", "moving_mean", "moving_variance")])
-    for layer_name, scope in _CONVOLUTIONS.items():
-        layer = model.get_layer(layer_name)
+    for suffix, scope in _CONVOLUTIONS.items():
+        layer = model.get_layer(f"{prefix}_{suffix}")
         kernel = tensor(f"{scope}/kernel")
         wanted = tuple(layer.kernel.shape)
         if kernel.shape != wanted:  # (7, features, 1, 64) -> Conv1D's (7, features, 64)

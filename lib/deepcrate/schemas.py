@@ -107,7 +107,7 @@ SLICE_EMBEDDINGS = StructType(
         StructField("slice_idx", IntegerType(), False),
         StructField("embedding", ArrayType(FloatType(), False), False),  # 128-d, the Dense-128 output
         StructField("genre_probabilities", ArrayType(FloatType(), False), False),  # in the model's label order
-        # a pretrained network's own features before the trained layers (musicnn: 200-d); null otherwise
+        # a pretrained network's own features before the trained layers (musicnn: 200-d per checkpoint); null otherwise
         StructField("pretrained", ArrayType(FloatType(), False), True),
     ]
 )

@@ -60,6 +60,8 @@ class TrainSettings:
     balance_genres: bool
     fine_tune: str
     pretrained: str
+    head_max_epochs: int
+    head_patience: int
     precision: str
     shuffle_buffer: int
     interleave: int
@@ -85,7 +87,12 @@ class TrainSettings:
                               "(train.model=musicnn, train.fine_tune=head) only, so far")
         if settings.precision not in PRECISIONS:
             raise ConfigError(f"train.precision must be one of {PRECISIONS}, got {settings.precision!r}")
-        for name in ("batch_size", "max_epochs", "patience", "shuffle_buffer", "interleave"):
+        if settings.model == "musicnn":
+            from deepcrate.musicnn import parse_checkpoints
+
+            parse_checkpoints(settings.pretrained)
+        for name in ("batch_size", "max_epochs", "patience", "head_max_epochs", "head_patience", "shuffle_buffer",
+                     "interleave"):
             if getattr(settings, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(settings, name)}")
         if settings.learning_rate < 0:
@@ -103,11 +110,12 @@ class TrainResult:
     stopped_early: bool
     precision: str
     devices: list[str] = field(default_factory=list)
+    kept_by: str = "validation loss"
 
     def lines(self) -> list[str]:
         stop = f"early stop after {self.epochs} epochs" if self.stopped_early else f"{self.epochs} epochs"
         return [
-            f"model {self.version}: {stop}, best validation loss at epoch {self.best_epoch} "
+            f"model {self.version}: {stop}, best {self.kept_by} at epoch {self.best_epoch} "
             f"({self.precision} on {', '.join(self.devices)})",
             *(self.evaluation.report_lines() if self.evaluation is not None
               else ["no genre head: the catalogue has no usable genres; songs are embedded, not classified"]),
@@ -218,7 +226,8 @@ def train(
         os.rmdir(work_root)
     return TrainResult(version=version, model_uri=store.table_uri(f"{MODELS}/{version}"), evaluation=evaluation,
                        epochs=state.epochs_done, best_epoch=state.best_epoch, stopped_early=state.stopped_early,
-                       precision=precision, devices=devices)
+                       precision=precision, devices=devices,
+                       kept_by=("validation P@10" if _on_frozen_features(settings) and labels else "validation loss"))
 
 
 def evaluate_model(model, *, table: SliceTable, labels: Sequence[str], version: str, batch_size: int) -> Evaluation:
@@ -424,9 +433,10 @@ def _precision(requested: str, gpus: list) -> str:
 def check_pretrained_weights(settings: TrainSettings) -> None:
     """Raise ConfigError, naming what to install, when the model needs pretrained weights that are missing."""
     if settings.model == "musicnn":
-        from deepcrate.musicnn import checkpoint_prefix
+        from deepcrate.musicnn import checkpoint_prefix, parse_checkpoints
 
-        checkpoint_prefix(settings.pretrained)
+        for name in parse_checkpoints(settings.pretrained):
+            checkpoint_prefix(name)
 
 
 def _on_frozen_features(settings: TrainSettings) -> bool:
@@ -445,7 +455,8 @@ def _fit_pretrained_head(run_dir: str, *, table: SliceTable, labels: list[str], 
     if labels:
         history, best_epoch, stopped_early = fit_head(
             model, table=table, labels=labels, objective=settings.objective, batch_size=settings.batch_size,
-            max_epochs=settings.max_epochs, patience=settings.patience, learning_rate=settings.learning_rate or 0.001,
+            max_epochs=settings.head_max_epochs, patience=settings.head_patience,
+            learning_rate=settings.learning_rate or 0.001,
             class_weight=_genre_weights(counts, labels=labels, settings=settings),
             interval_s=settings.progress_interval_s)
         state.history, state.best_epoch, state.stopped_early = history, best_epoch, stopped_early

@@ -8,6 +8,18 @@ a pass of the whole network over the slices, so a CPU trains it in minutes. The 
 weights are then put back on the full network, which is what the model folder holds
 and what the embed stage runs.
 
+The head is trained for what the product ranks by, and never ends worse than the
+network as it comes: the embedding layer starts as the projection of the pretrained
+features onto their principal components (cosine neighbours then are nearly those of
+the untuned features), and after every epoch the validation songs are ranked against
+the train and validation songs exactly as ``deepcrate evaluate`` ranks test songs
+(mean of the slice embeddings, cosine, P@10 by genre). The embedding of the best epoch
+is kept, the start (epoch 0) included, and the genre layer is then fitted again on
+that frozen embedding. A head that only learns the training songs by heart (their
+genre clusters tight, new songs thrown into the wrong one) scores lower on the
+validation songs than the start and is not kept: on small or broad-genre catalogues
+that is what a head trained to its lowest validation loss did (docs/quality.md).
+
 Without usable genres there is nothing to train: the embedding layer becomes the
 projection of the pretrained features onto their 128 principal components (over the
 train and validation slices), so the catalogue still gets the pretrained embedding.
@@ -17,6 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import keras
 import numpy as np
@@ -31,95 +44,207 @@ from deepcrate.model import (
     slices_per_call,
     supervised_contrastive_loss,
 )
-from deepcrate.musicnn import PENULTIMATE_LAYER, load_pretrained
+from deepcrate.musicnn import load_pretrained, parse_checkpoints, pretrained_layer
+from deepcrate.retrieval import nearest_songs, retrieval_scores
 from deepcrate.slice_reader import SliceTable
 
 logger = logging.getLogger(__name__)
 
 HEAD_LAYERS = (EMBEDDING_LAYER, "logits")  # the layers with weights that the head learns
+SELECTION_K = 10  # the head is kept by the validation songs' precision at this many neighbours
+
+
+@dataclass
+class SliceFeatures:
+    """A split's pretrained features (n, d), label indices (n,) and song ids (n,)."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    song_ids: np.ndarray
 
 
 def pretrained_model(*, n_classes: int, image_shape: tuple[int, int], level_range: float, checkpoint: str,
                      seed: int) -> keras.Model:
-    """The musicnn classifier with the checkpoint's weights on every pretrained layer."""
+    """The musicnn classifier with the checkpoints' weights on every pretrained layer
+    (``checkpoint``: one name, or several joined by ``+``: one tower each)."""
     model = build_model(preset="musicnn", n_classes=n_classes, input_shape=image_shape, seed=seed,
-                        level_range=level_range)
+                        level_range=level_range, towers=len(parse_checkpoints(checkpoint)))
     load_pretrained(model, checkpoint=checkpoint)
     return model
 
 
 def slice_features(extractor: keras.Model, table: SliceTable, *, split: str, labels: Sequence[str] | None,
-                   batch_size: int, interval_s: float) -> tuple[np.ndarray, np.ndarray]:
-    """The pretrained features (n, 200) and the label index (n,) of a split's slices
-    (its labelled slices, or every slice when ``labels`` is None)."""
-    features, targets, done = [], [], 0
+                   batch_size: int, interval_s: float) -> SliceFeatures:
+    """The pretrained features of a split's slices (its labelled slices, or every slice when
+    ``labels`` is None)."""
+    features, targets, songs, done = [], [], [], 0
     started = last = time.monotonic()
     batch_size = slices_per_call(extractor, batch_size)
     for batch in table.batches(split=split, labels=labels, batch_size=batch_size):
         features.append(np.asarray(extractor(batch.images, training=False), dtype=np.float32))
         targets.append(batch.labels)
+        songs.append(batch.song_ids)
         done += len(batch.images)
         if time.monotonic() - last >= interval_s:
             last = time.monotonic()
             logger.info("pretrained features of the %s split: %d slices (%.0f slices/s)", split, done,
                         done / (last - started))
     if not features:
-        return np.zeros((0, 0), np.float32), np.zeros(0, np.int32)
+        return SliceFeatures(np.zeros((0, 0), np.float32), np.zeros(0, np.int32), np.zeros(0, object))
     logger.info("pretrained features of the %s split: %d slices in %.1f s", split, done, time.monotonic() - started)
-    return np.concatenate(features), np.concatenate(targets).astype(np.int32)
+    return SliceFeatures(np.concatenate(features), np.concatenate(targets).astype(np.int32),
+                         np.concatenate(songs))
+
+
+def feature_extractor(model: keras.Model) -> keras.Model:
+    """``model`` cut at its pretrained features (the input of the embedding layer)."""
+    return keras.Model(model.input, model.get_layer(pretrained_layer(model)).output)
 
 
 def fit_head(model: keras.Model, *, table: SliceTable, labels: Sequence[str], objective: str, batch_size: int,
              max_epochs: int, patience: int, learning_rate: float, class_weight: dict[int, float] | None,
              interval_s: float) -> tuple[dict[str, list[float]], int, bool]:
-    """Train ``model``'s head on its frozen pretrained features (in place).
+    """Train ``model``'s head on its frozen pretrained features (in place), for retrieval.
 
     ``objective`` ``classify``: genre cross-entropy; ``supcon``: the cross-entropy plus the
     supervised contrastive loss on the embedding (weight 1 each; class weights apply to
-    the cross-entropy only).
+    the cross-entropy only). The features are standardised (mean and deviation of the
+    train and validation slices) and the embedding starts as their projection onto
+    their 128 principal components. After every epoch the validation songs are ranked
+    against the train and validation songs (:class:`RetrievalSelection`); the head of the
+    best epoch is kept (epoch 0: the start), and training stops ``patience`` epochs
+    after the last improvement. The standardisation is folded into the embedding
+    layer's weights, so the model's layers are those of :func:`~deepcrate.model.build_model`.
 
     Returns
     -------
     history : dict
-        Loss and accuracy per epoch, train and validation.
+        Loss and accuracy per epoch, train and validation, and ``val_precision_at_10``
+        (its first value: epoch 0, before any training).
     best_epoch : int
-        The epoch whose weights the head keeps (lowest validation loss).
+        The epoch whose weights the head keeps (0: the principal-component start).
     stopped_early : bool
     """
-    extractor = keras.Model(model.input, model.get_layer(PENULTIMATE_LAYER).output)
-    train_x, train_y = slice_features(extractor, table, split="train", labels=labels, batch_size=batch_size,
-                                      interval_s=interval_s)
-    val_x, val_y = slice_features(extractor, table, split="validation", labels=labels, batch_size=batch_size,
-                                  interval_s=interval_s)
+    extractor = feature_extractor(model)
+    train = slice_features(extractor, table, split="train", labels=labels, batch_size=batch_size,
+                           interval_s=interval_s)
+    val = slice_features(extractor, table, split="validation", labels=labels, batch_size=batch_size,
+                         interval_s=interval_s)
+    both = np.concatenate([train.features, val.features]).astype(np.float64)
+    mean, scale = both.mean(axis=0), both.std(axis=0) + 1e-6
+    train_x, val_x = ((part.features - mean) / scale for part in (train, val))
+    start = principal_projection((both - mean) / scale)
     inputs = keras.Input(shape=(train_x.shape[1],), name="pretrained_features")
     embedding, probabilities = embedding_and_genres(inputs, n_classes=len(labels), seed=0)
-    started = time.monotonic()
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
+    outputs = {OUTPUT_LAYER: probabilities}
+    losses = {OUTPUT_LAYER: _weighted_crossentropy(class_weight, len(labels))}
     if objective == "supcon":
-        head = keras.Model(inputs, {OUTPUT_LAYER: probabilities, EMBEDDING_LAYER: embedding}, name="head")
-        head.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-                     loss={OUTPUT_LAYER: _weighted_crossentropy(class_weight, len(labels)),
-                           EMBEDDING_LAYER: supervised_contrastive_loss},
-                     metrics={OUTPUT_LAYER: ["accuracy"]})
-        fitted = head.fit(train_x, {OUTPUT_LAYER: train_y, EMBEDDING_LAYER: train_y},
-                          validation_data=(val_x, {OUTPUT_LAYER: val_y, EMBEDDING_LAYER: val_y}),
-                          batch_size=batch_size, epochs=max_epochs, shuffle=True, verbose=0, callbacks=[stop])
-    else:
-        head = keras.Model(inputs, probabilities, name="head")
-        head.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-                     loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-        fitted = head.fit(train_x, train_y, validation_data=(val_x, val_y), batch_size=batch_size, epochs=max_epochs,
-                          class_weight=class_weight, shuffle=True, verbose=0, callbacks=[stop])
+        outputs[EMBEDDING_LAYER], losses[EMBEDDING_LAYER] = embedding, supervised_contrastive_loss
+    head = keras.Model(inputs, outputs, name="head")
+    head.get_layer(EMBEDDING_LAYER).set_weights(start)
+    head.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate), loss=losses,
+                 metrics={OUTPUT_LAYER: ["accuracy"]})
+    selection = RetrievalSelection(train_x, train, val_x, val, patience=patience)
+    started = time.monotonic()
+    fitted = head.fit(train_x, {name: train.labels for name in outputs},
+                      validation_data=(val_x, {name: val.labels for name in outputs}),
+                      batch_size=batch_size, epochs=max_epochs, shuffle=True, verbose=0, callbacks=[selection])
     history = {key.replace(f"{OUTPUT_LAYER}_", ""): [float(v) for v in values]
                for key, values in fitted.history.items()}
-    best_epoch = int(np.argmin(history["val_loss"])) + 1
-    logger.info("head trained on %d slices' pretrained features (%s): %d epochs in %.1f s, best validation loss "
-                "%.4f (accuracy %.3f) at epoch %d", len(train_x), objective, len(history["val_loss"]),
-                time.monotonic() - started, min(history["val_loss"]), history["val_accuracy"][best_epoch - 1],
-                best_epoch)
-    for name in HEAD_LAYERS:
-        model.get_layer(name).set_weights(head.get_layer(name).get_weights())
-    return history, best_epoch, stop.stopped_epoch > 0
+    history["val_precision_at_10"] = selection.scores
+    best = selection.best_epoch
+    head.get_layer(EMBEDDING_LAYER).set_weights(selection.best_weights[EMBEDDING_LAYER])
+    if best == 0:  # the start kept: its genre layer has not learnt from this embedding
+        _fit_genre_layer(head, train_x, train.labels, val_x, val.labels, batch_size=batch_size,
+                         learning_rate=learning_rate, class_weight=class_weight, patience=patience)
+    else:
+        head.get_layer("logits").set_weights(selection.best_weights["logits"])
+    logger.info("head trained on %d slices' pretrained features (%s): %d epochs in %.1f s; validation P@%d "
+                "%.3f at the start, %.3f at epoch %d (kept)", len(train_x), objective, len(history["loss"]),
+                time.monotonic() - started, SELECTION_K, selection.scores[0], selection.scores[best], best)
+    weights, bias = head.get_layer(EMBEDDING_LAYER).get_weights()
+    folded = weights / scale[:, None].astype(np.float32)  # standardise(x) @ W + b == x @ W' + b'
+    model.get_layer(EMBEDDING_LAYER).set_weights([folded, (bias - (mean / scale) @ weights).astype(np.float32)])
+    model.get_layer("logits").set_weights(head.get_layer("logits").get_weights())
+    return history, best, selection.stopped_early
+
+
+class RetrievalSelection(keras.callbacks.Callback):
+    """Keeps the head whose embedding ranks the validation songs best, as the evaluation ranks.
+
+    Song vectors are the mean of their slices' embeddings; the embedding layer is linear,
+    so that is the songs' mean features through it. Each validation song is a query
+    against every train and validation song (itself left out); the score is P@k by
+    genre, ties broken by MAP@k, then by the earlier epoch. Scored before training
+    (epoch 0) and after every epoch; stops ``patience`` epochs after the best.
+    """
+
+    def __init__(self, train_x: np.ndarray, train: SliceFeatures, val_x: np.ndarray, val: SliceFeatures, *,
+                 patience: int) -> None:
+        super().__init__()
+        features = np.concatenate([train_x, val_x])
+        song_ids = np.concatenate([train.song_ids, val.song_ids])
+        labels = np.concatenate([train.labels, val.labels])
+        songs, position = np.unique(song_ids, return_inverse=True)
+        counts = np.bincount(position, minlength=len(songs))
+        self.song_means = np.zeros((len(songs), features.shape[1]))
+        np.add.at(self.song_means, position, features)
+        self.song_means /= counts[:, None]
+        self.genres = np.zeros(len(songs), np.int64)
+        self.genres[position] = labels
+        self.queries = np.unique(position[len(train_x):])
+        self.k = min(SELECTION_K, len(songs) - 1)
+        self.patience = patience
+        self.scores: list[float] = []
+        self.best_epoch, self.best_key, self.best_weights = 0, None, {}
+        self.stopped_early = False
+
+    def score(self) -> tuple[float, float]:
+        weights, bias = self.model.get_layer(EMBEDDING_LAYER).get_weights()
+        vectors = self.song_means @ weights + bias
+        found = nearest_songs(vectors, self.queries, k=self.k)
+        scores = retrieval_scores(self.genres, self.queries, found, ks=(self.k,))
+        return float(scores[f"precision_at_{self.k}"].mean()), float(scores[f"map_at_{self.k}"].mean())
+
+    def on_train_begin(self, logs=None) -> None:
+        self._record(0)
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        self._record(epoch + 1)
+        if epoch + 1 - self.best_epoch >= self.patience:
+            self.model.stop_training = self.stopped_early = True
+
+    def _record(self, epoch: int) -> None:
+        key = self.score()
+        self.scores.append(key[0])
+        if self.best_key is None or key > self.best_key:
+            self.best_epoch, self.best_key = epoch, key
+            self.best_weights = {name: self.model.get_layer(name).get_weights() for name in HEAD_LAYERS}
+
+
+def principal_projection(features: np.ndarray) -> list[np.ndarray]:
+    """Dense weights (d, 128) and bias (128,) projecting ``features`` onto their principal
+    components (fewer rows or dimensions than 128: the remaining columns stay zero)."""
+    mean = features.mean(axis=0)
+    _, _, components = np.linalg.svd(features - mean, full_matrices=False)
+    basis = np.zeros((features.shape[1], EMBEDDING_SIZE))
+    kept = components[:EMBEDDING_SIZE].T
+    basis[:, :kept.shape[1]] = kept
+    return [basis.astype(np.float32), (-mean @ basis).astype(np.float32)]
+
+
+def _fit_genre_layer(head: keras.Model, train_x, train_y, val_x, val_y, *, batch_size: int, learning_rate: float,
+                     class_weight: dict[int, float] | None, patience: int) -> None:
+    """The genre layer alone, on the frozen embedding (lowest validation loss kept)."""
+    classifier = keras.Model(head.input, head.output[OUTPUT_LAYER] if isinstance(head.output, dict)
+                             else head.output)
+    head.get_layer(EMBEDDING_LAYER).trainable = False
+    classifier.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+                       loss=_weighted_crossentropy(class_weight, int(head.get_layer("logits").units)))
+    classifier.fit(train_x, train_y, validation_data=(val_x, val_y), batch_size=batch_size, epochs=200, verbose=0,
+                   callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
+                                                            restore_best_weights=True)])
+    head.get_layer(EMBEDDING_LAYER).trainable = True
 
 
 def _weighted_crossentropy(class_weight: dict[int, float] | None, n_classes: int):
@@ -138,17 +263,11 @@ def _weighted_crossentropy(class_weight: dict[int, float] | None, n_classes: int
 def principal_embedding(model: keras.Model, *, table: SliceTable, batch_size: int, interval_s: float) -> keras.Model:
     """The encoder (slice -> 128-d embedding) whose embedding layer projects the pretrained
     features onto their principal components: no labels needed."""
-    extractor = keras.Model(model.input, model.get_layer(PENULTIMATE_LAYER).output)
+    extractor = feature_extractor(model)
     parts = [slice_features(extractor, table, split=split, labels=None, batch_size=batch_size,
-                            interval_s=interval_s)[0] for split in ("train", "validation")]
+                            interval_s=interval_s).features for split in ("train", "validation")]
     features = np.concatenate([p for p in parts if len(p)]).astype(np.float64)
-    mean = features.mean(axis=0)
-    _, _, components = np.linalg.svd(features - mean, full_matrices=False)
-    basis = np.zeros((features.shape[1], EMBEDDING_SIZE))
-    kept = components[:EMBEDDING_SIZE].T  # fewer slices than 128: the remaining columns stay zero
-    basis[:, :kept.shape[1]] = kept
-    layer = model.get_layer(EMBEDDING_LAYER)
-    layer.set_weights([basis.astype(np.float32), (-mean @ basis).astype(np.float32)])
+    model.get_layer(EMBEDDING_LAYER).set_weights(principal_projection(features))
     logger.info("no genres to learn: the embedding is the pretrained features' %d principal components "
-                "(%d slices)", kept.shape[1], len(features))
+                "(%d slices)", min(EMBEDDING_SIZE, *features.shape), len(features))
     return embedding_model(model)
