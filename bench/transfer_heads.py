@@ -1,37 +1,32 @@
-"""What to learn on top of a pretrained network: heads and song vectors over its frozen features.
+"""What to learn on top of pretrained networks: heads on their frozen features, per split seed.
 
-Reads one warehouse that a ``train.model=musicnn`` rebuild embedded (its
-``slice_embeddings.pretrained``: musicnn's 200-d features of every slice, which do not
-depend on the split) and, for each split seed, draws the split exactly as ingest does
-(:func:`deepcrate.split.assign_splits`, default fractions), trains each head on the
-train split's slices (early stopping on the validation split), embeds every slice,
-pools per song and scores the test songs as queries against every labelled song, as
-``deepcrate evaluate`` does (:mod:`deepcrate.retrieval`, P@10 and MAP@10; song accuracy
-from the head's own softmax where it has one).
+Reads the slices of one warehouse ingested with the ``musicnn`` spectrogram preset,
+computes the pretrained features of every slice once (``--features``: one checkpoint or
+several joined by ``+``, as ``train.pretrained`` takes them; cached in
+``~/.cache/deepcrate-bench/features``), and for each split seed draws the split exactly
+as ingest does (:func:`deepcrate.split.assign_splits`, default fractions), trains each
+head on the train split's slices, embeds every slice, pools per song (the mean) and
+ranks the test songs against every labelled song as ``deepcrate evaluate`` does
+(:mod:`deepcrate.retrieval`: P@10, MAP@10; song accuracy from the head's summed slice
+softmax). The validation P@10 each head was kept by is reported beside it.
 
-Heads (every one ends in the 128-d embedding of the design card):
+Rows:
 
-- ``as it comes``: no head, the mean of the slices' pretrained features, cosine (the
-  evaluation's ``pretrained`` row);
-- ``classify`` (deepcrate's default): Dense 128 -> ELU -> dropout 0.5 -> softmax,
-  cross-entropy on the slices' genres (what ``train.model=musicnn`` trains);
-- ``supcon``: the same embedding trained with the supervised contrastive loss
-  (Khosla et al. 2020: slices of one genre are positives, temperature 0.1) beside the
-  cross-entropy (weight 1 each): a metric-learning objective for cosine retrieval;
-- ``supcon only``: the contrastive loss alone;
-- ``classify, 3-slice context``: the features of 3 consecutive slices (~9 s) averaged
-  before the head, in training and embedding: longer context per unit;
-- song vectors from the ``classify`` head's slice embeddings: ``mean`` (the design
-  card), ``mean + std`` (statistics pooling) and ``softmax-weighted mean`` (each slice
-  weighted by its genre confidence: attention by the head's own certainty).
+- ``as it comes``: no head, the mean of the slices' features, cosine (the evaluation's
+  ``pretrained`` row);
+- ``supcon, kept by validation loss``: the head before it was kept by retrieval
+  (random start, cross-entropy + supervised contrastive loss, early stopping on the
+  validation loss with patience 3, at most 20 epochs);
+- ``supcon, kept by validation P@10`` (the default) and ``classify, kept by validation
+  P@10``: :func:`deepcrate.transfer.train_head`, the library's own head (principal-
+  component start, kept at the epoch that ranks the validation songs best).
 
-    python bench/transfer_heads.py ~/.cache/deepcrate-bench/quality/musicnn-0 --seeds 0 1 2
-    python bench/transfer_heads.py WH --features MTT_musicnn:musicnn_pool   # other features, from WH/slices
+``--max-train-songs N`` keeps only N train songs per label (the rest stay in the
+catalogue as unlabelled-for-training songs): does the head still do no harm when it
+has little to learn from?
 
-``--features CHECKPOINT:LAYER`` computes another layer's features (``musicnn_pool``: the
-1,506 max and mean statistics before the back-end's dense layer; ``musicnn_penultimate``)
-of another checkpoint from the warehouse's slices instead (once; cached beside the
-results in ``~/.cache/deepcrate-bench/features``).
+    python bench/transfer_heads.py WH --features MTT_musicnn+MSD_musicnn --seeds 0 1 2
+    python bench/transfer_heads.py WH --features MTT_musicnn --max-train-songs 3
 
 Prints mean ± std over the seeds and writes bench/results/transfer_heads.json.
 """
@@ -50,187 +45,157 @@ import pyarrow.dataset as ds
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from deepcrate.index import list_column_matrix
-from deepcrate.retrieval import ideal_songs, nearest_songs, retrieval_scores
+from deepcrate.retrieval import nearest_songs, retrieval_scores
 from deepcrate.split import assign_splits
+from deepcrate.transfer import SliceFeatures, train_head
 
-KS = (5, 10)
-
-
-def read(warehouse: Path, features_from: str) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
-    songs = ds.dataset(str(warehouse / "songs"), format="parquet").to_table(
-        columns=["song_id", "genre"]).to_pandas()
-    if features_from == "pretrained":
-        table = ds.dataset(str(warehouse / "slice_embeddings"), format="parquet").to_table(
-            columns=["song_id", "slice_idx", "pretrained"])
-        slices = table.select(["song_id", "slice_idx"]).to_pandas()
-        features = list_column_matrix(table.column("pretrained"))
-    else:
-        slices, features = layer_features(warehouse, features_from)
-    order = np.lexsort((slices["slice_idx"].to_numpy(), slices["song_id"].to_numpy()))
-    return songs, slices.iloc[order].reset_index(drop=True), features[order]
+CACHE = Path.home() / ".cache" / "deepcrate-bench" / "features"
+HEAD = {"batch_size": 128, "learning_rate": 0.001, "max_epochs": 100, "patience": 20}  # conf/local.yaml's
 
 
-def layer_features(warehouse: Path, features_from: str) -> tuple[pd.DataFrame, np.ndarray]:
-    import keras
+def read(warehouse: Path, checkpoints: str) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """The labelled songs, and the song id and features of every slice (computed once, cached)."""
+    songs = ds.dataset(str(warehouse / "songs"), format="parquet").to_table(columns=["song_id", "genre"]).to_pandas()
+    cache = CACHE / f"{warehouse.resolve().as_posix().strip('/').replace('/', '_')}-{checkpoints}.npz"
+    if cache.exists():
+        stored = np.load(cache, allow_pickle=True)
+        return songs, stored["song_ids"], stored["features"]
+    from deepcrate.transfer import feature_extractor, pretrained_model
 
-    from deepcrate.model import build_model
-    from deepcrate.musicnn import load_pretrained
-
-    checkpoint, layer = features_from.split(":")
-    cache = Path.home() / ".cache" / "deepcrate-bench" / "features" / f"{warehouse.name}-{checkpoint}-{layer}.npz"
     table = ds.dataset(str(warehouse / "slices"), format="parquet").to_table(
         columns=["song_id", "slice_idx", "spectrogram"])
-    slices = table.select(["song_id", "slice_idx"]).to_pandas()
-    if cache.exists():
-        return slices, np.load(cache)["features"]
-    model = build_model(preset="musicnn", n_classes=2, input_shape=(96, 187))
-    load_pretrained(model, checkpoint=checkpoint)
-    extractor = keras.Model(model.input, model.get_layer(layer).output)
-    column, parts = table.column("spectrogram"), []
-    for start in range(0, len(slices), 32):
-        images = np.stack([np.frombuffer(b, np.uint8).reshape(96, 187)
-                           for b in column[start:start + 32].to_pylist()])
+    extractor = feature_extractor(pretrained_model(n_classes=2, image_shape=(96, 187), level_range=8.0,
+                                                   checkpoint=checkpoints, seed=0))
+    column, parts, started = table.column("spectrogram"), [], time.monotonic()
+    for start in range(0, len(table), 32):
+        images = np.stack([np.frombuffer(b, np.uint8).reshape(96, 187) for b in column[start:start + 32].to_pylist()])
         parts.append(np.asarray(extractor(images, training=False), np.float32))
         if start % 3200 == 0:
-            print(f"{features_from}: {start}/{len(slices)} slices", flush=True)
-    features = np.concatenate(parts)
+            print(f"{checkpoints}: {start}/{len(table)} slices, {time.monotonic() - started:.0f} s", flush=True)
+    song_ids, features = table.column("song_id").to_numpy(zero_copy_only=False), np.concatenate(parts)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, features=features)
-    return slices, features
+    np.savez(cache, song_ids=song_ids, features=features)
+    return songs, song_ids, features
 
 
-def context(features: np.ndarray, song_ids: np.ndarray, width: int) -> np.ndarray:
-    """Each slice's features averaged with its neighbours in the same song (``width`` slices centred)."""
-    out = np.empty_like(features)
-    for song in np.unique(song_ids):
-        rows = np.flatnonzero(song_ids == song)
-        block = features[rows]
-        cumulative = np.vstack([np.zeros((1, block.shape[1])), np.cumsum(block, axis=0)])
-        half = width // 2
-        starts = np.clip(np.arange(len(rows)) - half, 0, len(rows))
-        stops = np.clip(np.arange(len(rows)) + half + 1, 0, len(rows))
-        out[rows] = (cumulative[stops] - cumulative[starts]) / (stops - starts)[:, None]
-    return out
-
-
-def train_head(x_train, y_train, x_val, y_val, *, n_classes: int, objective: str, seed: int):
-    """(embedder, classifier or None) trained on slices' features."""
+def former_head(train: SliceFeatures, val: SliceFeatures, *, n_classes: int, seed: int):
+    """(embedding weights, genre layer weights, epoch) of the head kept by validation loss."""
     import keras
-    from keras import layers
 
-    from deepcrate.model import supervised_contrastive_loss
+    from deepcrate.model import EMBEDDING_LAYER, OUTPUT_LAYER, embedding_and_genres, supervised_contrastive_loss
 
     keras.utils.set_random_seed(seed)
-    inputs = keras.Input((x_train.shape[1],))
-    embedding = layers.Dense(128, name="embedding")(inputs)
-    x = layers.Activation("elu")(embedding)
-    x = layers.Dropout(0.5, seed=seed)(x)
-    probabilities = layers.Activation("softmax", name="genre")(layers.Dense(n_classes)(x))
-    outputs, losses, weights = {}, {}, {}
-    if objective in ("classify", "supcon"):
-        outputs["genre"], losses["genre"], weights["genre"] = probabilities, "sparse_categorical_crossentropy", 1.0
-    if objective in ("supcon", "supcon only"):
-        outputs["embedding"], losses["embedding"], weights["embedding"] = embedding, supervised_contrastive_loss, 1.0
-    model = keras.Model(inputs, outputs)
-    model.compile(optimizer=keras.optimizers.Adam(0.001), loss=losses, loss_weights=weights)
-    targets = {name: y_train for name in outputs}
-    model.fit(x_train, targets, validation_data=(x_val, {name: y_val for name in outputs}), batch_size=256,
-              epochs=100, shuffle=True, verbose=0,
-              callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=5, restore_best_weights=True)])
-    embedder = keras.Model(inputs, embedding)
-    classifier = keras.Model(inputs, probabilities) if "genre" in outputs else None
-    return embedder, classifier
+    inputs = keras.Input((train.features.shape[1],))
+    embedding, probabilities = embedding_and_genres(inputs, n_classes=n_classes, seed=0)
+    head = keras.Model(inputs, {OUTPUT_LAYER: probabilities, EMBEDDING_LAYER: embedding})
+    head.compile(optimizer=keras.optimizers.Adam(0.001), loss={OUTPUT_LAYER: "sparse_categorical_crossentropy",
+                                                               EMBEDDING_LAYER: supervised_contrastive_loss})
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=3, restore_best_weights=True)
+    fitted = head.fit(train.features, {OUTPUT_LAYER: train.labels, EMBEDDING_LAYER: train.labels},
+                      validation_data=(val.features, {OUTPUT_LAYER: val.labels, EMBEDDING_LAYER: val.labels}),
+                      batch_size=128, epochs=20, shuffle=True, verbose=0, callbacks=[stop])
+    epoch = int(np.argmin(fitted.history["val_loss"])) + 1
+    return head.get_layer(EMBEDDING_LAYER).get_weights(), head.get_layer("logits").get_weights(), epoch
 
 
-def score(song_vectors: np.ndarray, genres: np.ndarray, queries: np.ndarray) -> dict[str, float]:
-    found = nearest_songs(song_vectors, queries, k=max(KS))
-    scores = retrieval_scores(genres, queries, found, ks=KS)
-    return {"precision_at_10": float(scores["precision_at_10"].mean()), "map_at_10": float(scores["map_at_10"].mean())}
-
-
-def one_seed(songs: pd.DataFrame, slices: pd.DataFrame, features: np.ndarray, *, seed: int) -> dict[str, dict]:
+def one_seed(songs: pd.DataFrame, slice_songs: np.ndarray, features: np.ndarray, *, seed: int,
+             max_train_songs: int) -> dict[str, dict]:
     split = assign_splits(songs, train=0.65, validation=0.25, test=0.10, seed=seed)
-    songs = songs.assign(split=split.to_numpy())
-    labelled = songs.dropna(subset=["genre"]).sort_values("song_id").reset_index(drop=True)
+    labelled = (songs.assign(split=split.to_numpy()).dropna(subset=["genre"]).sort_values("song_id")
+                .reset_index(drop=True))
+    if max_train_songs:
+        rng = np.random.default_rng(seed)
+        kept = [song for _, group in labelled[labelled["split"] == "train"].groupby("genre")
+                for song in rng.permutation(group["song_id"].to_numpy())[:max_train_songs]]
+        left = labelled["split"].eq("train") & ~labelled["song_id"].isin(kept)
+        labelled.loc[left, "split"] = "catalogue only"
     labels = sorted(labelled.loc[labelled["split"] == "train", "genre"].unique())
-    index = {g: i for i, g in enumerate(labels)}
-    song_ids = slices["song_id"].to_numpy()
-    by_song = slices.assign(row=np.arange(len(slices))).groupby("song_id")["row"].apply(np.asarray)
-    genre_of = dict(zip(labelled["song_id"], labelled["genre"]))
-    split_of = dict(zip(labelled["song_id"], labelled["split"]))
-    slice_split = np.array([split_of.get(s) for s in song_ids], dtype=object)
-    slice_label = np.array([index.get(genre_of.get(s), -1) for s in song_ids])
-    genres = labelled["genre"].to_numpy(dtype=object)
-    queries = np.flatnonzero(labelled["split"].to_numpy() == "test")
-    rows = [by_song[s] for s in labelled["song_id"]]
+    genres, splits = labelled["genre"].to_numpy(dtype=object), labelled["split"].to_numpy()
+    position = pd.Series(np.arange(len(labelled)), index=labelled["song_id"]).reindex(slice_songs).to_numpy()
+    in_catalogue = ~np.isnan(position)
+    song_of = np.where(in_catalogue, position, -1).astype(int)
+    label_of = np.array([labels.index(g) if g in labels else -1 for g in genres])
+    slice_label = np.where(in_catalogue, label_of[song_of], -1)
+    slice_split = np.where(in_catalogue, splits[song_of], "")
+    counts = np.bincount(song_of[in_catalogue], minlength=len(labelled))
+    song_means = np.zeros((len(labelled), features.shape[1]))
+    np.add.at(song_means, song_of[in_catalogue], features[in_catalogue])
+    song_means /= counts[:, None]
+    queries = np.flatnonzero(splits == "test")
+    test_slices = np.flatnonzero(in_catalogue & (slice_split == "test"))
 
-    def pool(per_slice: np.ndarray, how: str = "mean", weights: np.ndarray | None = None) -> np.ndarray:
-        if how == "mean":
-            return np.stack([per_slice[r].mean(axis=0) for r in rows])
-        if how == "mean + std":
-            pooled = np.stack([np.concatenate([per_slice[r].mean(axis=0), per_slice[r].std(axis=0)]) for r in rows])
-            return (pooled - pooled.mean(axis=0)) / (pooled.std(axis=0) + 1e-9)
-        return np.stack([(per_slice[r] * weights[r, None]).sum(axis=0) / weights[r].sum() for r in rows])
+    def part(name: str) -> SliceFeatures:
+        rows = (slice_split == name) & (slice_label >= 0)
+        return SliceFeatures(features[rows], slice_label[rows].astype(np.int32), slice_songs[rows])
 
-    def song_accuracy(classifier, inputs) -> float:
-        probabilities = np.asarray(classifier.predict(inputs, batch_size=4096, verbose=0))
-        voted = np.stack([probabilities[rows[q]].sum(axis=0) for q in queries])
-        return float(np.mean(np.array(labels, dtype=object)[voted.argmax(axis=1)] == genres[queries]))
+    def scores(vectors: np.ndarray) -> dict[str, float]:
+        found = retrieval_scores(genres, queries, nearest_songs(vectors, queries, k=10), ks=(10,))
+        return {"precision_at_10": float(found["precision_at_10"].mean()), "map_at_10": float(found["map_at_10"].mean())}
 
-    results = {"as it comes": score(pool(features), genres, queries),
-               "as it comes, standardised": score(
-                   (pool(features) - pool(features).mean(axis=0)) / (pool(features).std(axis=0) + 1e-9),
-                   genres, queries)}
-    results["ideal"] = {"precision_at_10": float(retrieval_scores(genres, queries, ideal_songs(genres, queries, k=10),
-                                                                  ks=KS)["precision_at_10"].mean())}
-    for name, objective, width in (("classify", "classify", 1), ("supcon", "supcon", 1),
-                                   ("supcon only", "supcon only", 1), ("classify, 3-slice context", "classify", 3)):
-        inputs = features if width == 1 else context(features, song_ids, width)
-        train, val = (slice_split == "train") & (slice_label >= 0), (slice_split == "validation") & (slice_label >= 0)
+    def song_accuracy(embedding: list[np.ndarray], logits: list[np.ndarray]) -> float:
+        hidden = features[test_slices] @ embedding[0] + embedding[1]
+        hidden = np.where(hidden > 0, hidden, np.expm1(np.minimum(hidden, 0)))  # ELU
+        z = hidden @ logits[0] + logits[1]
+        probabilities = np.exp(z - z.max(axis=1, keepdims=True))
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        votes = np.zeros((len(labelled), len(labels)))
+        np.add.at(votes, song_of[test_slices], probabilities)
+        return float(np.mean(np.array(labels, dtype=object)[votes[queries].argmax(axis=1)] == genres[queries]))
+
+    train, val = part("train"), part("validation")
+    results = {"as it comes": scores(song_means)}
+    started = time.monotonic()
+    embedding, logits, epoch = former_head(train, val, n_classes=len(labels), seed=seed)
+    results["supcon, kept by validation loss"] = {
+        **scores(song_means @ embedding[0] + embedding[1]), "song_accuracy": song_accuracy(embedding, logits),
+        "epoch": epoch, "train_s": round(time.monotonic() - started, 1)}
+    for objective in ("supcon", "classify"):
+        import keras
+
+        keras.utils.set_random_seed(seed)
         started = time.monotonic()
-        embedder, classifier = train_head(inputs[train], slice_label[train], inputs[val], slice_label[val],
-                                          n_classes=len(labels), objective=objective, seed=seed)
-        seconds = time.monotonic() - started
-        embedded = np.asarray(embedder.predict(inputs, batch_size=4096, verbose=0))
-        results[name] = {**score(pool(embedded), genres, queries), "train_s": round(seconds, 1),
-                         "song_accuracy": song_accuracy(classifier, inputs) if classifier else None}
-        if name == "classify":
-            confidence = np.asarray(classifier.predict(inputs, batch_size=4096, verbose=0)).max(axis=1)
-            results["classify, mean + std pooling"] = score(pool(embedded, "mean + std"), genres, queries)
-            results["classify, confidence-weighted mean"] = score(pool(embedded, "weighted", confidence),
-                                                                  genres, queries)
-    results["queries"] = {"n": len(queries)}
+        head = train_head(train, val, n_classes=len(labels), objective=objective, **HEAD)
+        results[f"{objective}, kept by validation P@10"] = {
+            **scores(song_means @ head.embedding[0] + head.embedding[1]),
+            "song_accuracy": song_accuracy(head.embedding, head.logits), "epoch": head.best_epoch,
+            "validation_precision_at_10": head.history["val_precision_at_10"][head.best_epoch],
+            "validation_precision_at_start": head.history["val_precision_at_10"][0],
+            "train_s": round(time.monotonic() - started, 1)}
+    results["queries"] = {"n": len(queries), "train_songs": int((splits == "train").sum())}
     return results
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("warehouse")
+    parser.add_argument("--features", default="MTT_musicnn+MSD_musicnn", help="checkpoint(s), as train.pretrained")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--features", default="pretrained", help="pretrained, or CHECKPOINT:LAYER")
+    parser.add_argument("--max-train-songs", type=int, default=0, help="per label; 0: all")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "transfer_heads.json"))
     args = parser.parse_args()
-    songs, slices, features = read(Path(args.warehouse), args.features)
-    print(f"{len(songs)} songs, {len(slices)} slices, features {features.shape[1]}-d", flush=True)
-    runs = {seed: one_seed(songs, slices, features, seed=seed) for seed in args.seeds}
-    names = list(runs[args.seeds[0]])
+    songs, slice_songs, features = read(Path(args.warehouse), args.features)
+    print(f"{len(songs)} songs, {len(features)} slices, features {features.shape[1]}-d ({args.features})", flush=True)
+    runs = {seed: one_seed(songs, slice_songs, features, seed=seed, max_train_songs=args.max_train_songs)
+            for seed in args.seeds}
     summary = {}
-    print(f"\nseeds {args.seeds}; mean ± std over seeds ({[runs[s]['queries']['n'] for s in args.seeds]} queries)")
-    for name in names:
+    n = [runs[s]["queries"]["n"] for s in args.seeds]
+    print(f"\nseeds {args.seeds}, {n} test queries, max train songs per label: {args.max_train_songs or 'all'}")
+    for name in runs[args.seeds[0]]:
         if name == "queries":
             continue
         row = {}
-        for metric in ("precision_at_10", "map_at_10", "song_accuracy", "train_s"):
+        for metric in ("precision_at_10", "map_at_10", "song_accuracy", "validation_precision_at_10", "epoch",
+                       "train_s"):
             values = [runs[s][name].get(metric) for s in args.seeds]
             if all(v is not None for v in values):
-                row[metric] = {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1))}
+                row[metric] = {"mean": float(np.mean(values)),
+                               "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
         summary[name] = row
-        print(f"{name:<38}" + "".join(f"  {m} {v['mean']:.3f} ± {v['std']:.3f}" for m, v in row.items()), flush=True)
+        print(f"{name:<34}" + "".join(f"  {m} {v['mean']:.3f} ± {v['std']:.3f}" for m, v in row.items()), flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"warehouse": args.warehouse, "features": args.features, "seeds": args.seeds, "summary": summary, "runs": runs},
-                              indent=2))
+    out.write_text(json.dumps({"warehouse": args.warehouse, "features": args.features, "seeds": args.seeds,
+                               "max_train_songs": args.max_train_songs, "summary": summary, "runs": runs}, indent=2))
     print(f"written {out}")
     return 0
 

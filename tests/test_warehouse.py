@@ -84,3 +84,57 @@ def test_unwritable_warehouse_is_a_clear_error(spark, tmp_path):
     blocker.write_text("x")
     with pytest.raises(WarehouseError, match="not writable"):
         Warehouse(spark, str(blocker / "wh"), create=True)
+
+
+def test_a_second_writer_is_refused_in_one_line_and_a_dead_writers_lock_is_taken_over(spark, tmp_path, caplog):
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from deepcrate.cli import main
+    from deepcrate.warehouse import LOCK_FILE, writer_lock
+
+    from conftest import make_signal, write_audio
+
+    write_audio(tmp_path / "audio" / "a.mp3", make_signal(6))
+    wh = tmp_path / "wh"
+    # Another job, in another process, holds the lock: a real process of this host, alive.
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        wh.mkdir()
+        holder = {"host": socket.gethostname(), "pid": other.pid, "command": "ingest", "token": "theirs",
+                  "started": "2026-12-02T10:00:00+00:00"}
+        (wh / LOCK_FILE).write_text(json.dumps(holder))
+        (wh / "_staging" / "their-run").mkdir(parents=True)  # their half-written run
+        with pytest.raises(WarehouseError) as refused, writer_lock(spark, str(wh), command="ingest"):
+            pass
+        message = str(refused.value)
+        assert "\n" not in message and f"pid {other.pid}" in message and socket.gethostname() in message
+        assert "since 2026-12-02T10:00:00+00:00" in message and "ingest" in message
+        assert main(["ingest", "--audio", str(tmp_path / "audio"), "--warehouse", str(wh)]) == 2
+        assert (wh / "_staging" / "their-run").is_dir()  # not rolled back under their feet
+        assert json.loads((wh / LOCK_FILE).read_text())["token"] == "theirs"
+    finally:
+        other.kill()
+        other.wait()
+    # Their process is gone: its lock is taken over, their unfinished run dropped, the job runs.
+    caplog.set_level("WARNING")
+    assert main(["ingest", "--audio", str(tmp_path / "audio"), "--warehouse", str(wh)]) == 0
+    assert "took over the writer lock of ingest" in caplog.text
+    assert not (wh / LOCK_FILE).exists() and not (wh / "_staging" / "their-run").exists()
+    assert Warehouse(spark, str(wh)).tables() == ["rejects", "slices", "songs"]
+
+
+def test_the_writer_lock_is_reentrant_and_released(spark, tmp_path):
+    from deepcrate.warehouse import LOCK_FILE, writer_lock
+
+    wh = tmp_path / "wh"
+    with writer_lock(spark, str(wh), command="rebuild", create=True):
+        with writer_lock(spark, str(wh), command="ingest"):  # a stage inside the rebuild
+            assert (wh / LOCK_FILE).exists()
+        assert (wh / LOCK_FILE).exists()
+    assert not (wh / LOCK_FILE).exists()
+    with pytest.raises(RuntimeError), writer_lock(spark, str(wh), command="ingest"):
+        raise RuntimeError("a job that fails")
+    assert not (wh / LOCK_FILE).exists()

@@ -33,7 +33,7 @@ from typing import Any
 from deepcrate import __version__
 from deepcrate.errors import ConfigError, InputError
 from deepcrate.schemas import DOWNLOADS, validate
-from deepcrate.warehouse import Warehouse
+from deepcrate.warehouse import Warehouse, holds_writer_lock
 
 logger = logging.getLogger(__name__)
 
@@ -352,6 +352,7 @@ class AcquireSummary:
         return lines
 
 
+@holds_writer_lock(create=True)
 def acquire(spark, *, manifest: str, audio: str, warehouse: str, config: dict[str, Any]) -> AcquireSummary:
     """Download every URL of ``manifest`` into ``audio``; write ``audio/manifest.csv`` and ``downloads``.
 

@@ -25,7 +25,7 @@ from deepcrate.progress import Progress
 from deepcrate.schemas import SLICE_EMBEDDINGS, SONG_EMBEDDINGS, validate
 from deepcrate.session import session_conf
 from deepcrate.spectrogram import SpectrogramSettings
-from deepcrate.warehouse import Warehouse
+from deepcrate.warehouse import Warehouse, holds_writer_lock
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ def open_model(store: Warehouse, model: str | None) -> ModelFolder:
                          f"(has: {', '.join(versions) or 'none'})")
 
 
+@holds_writer_lock()
 def embed(
     spark: SparkSession,
     *,

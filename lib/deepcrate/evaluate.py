@@ -52,7 +52,7 @@ from deepcrate.schemas import EVALUATION, MFCC_FEATURES, validate
 from deepcrate.session import session_conf
 from deepcrate.slice_reader import filesystem_and_path
 from deepcrate.timbre import least_divergent
-from deepcrate.warehouse import Warehouse
+from deepcrate.warehouse import Warehouse, holds_writer_lock
 
 if TYPE_CHECKING:
     from sklearn.linear_model import LogisticRegression
@@ -111,6 +111,7 @@ class EvaluateSummary:
         return result
 
 
+@holds_writer_lock()
 def evaluate(spark: SparkSession, *, warehouse: str, config: dict[str, Any], fingerprint: str | None = None
              ) -> EvaluateSummary:
     """Write the ``evaluation`` table (and ``mfcc_features``) for the published song embeddings.

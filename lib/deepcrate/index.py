@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from deepcrate.errors import ConfigError, ModelError, WarehouseError
 from deepcrate.schemas import validate
 from deepcrate.slice_reader import filesystem_and_path
-from deepcrate.warehouse import Warehouse
+from deepcrate.warehouse import Warehouse, holds_writer_lock
 
 logger = logging.getLogger(__name__)
 
@@ -254,6 +254,7 @@ def recommendation_blocks(
                        schema=RECOMMENDATION_COLUMNS)
 
 
+@holds_writer_lock()
 def build(spark, *, warehouse: str, config: dict[str, Any], fingerprint: str | None = None) -> IndexSummary:
     """Index ``song_embeddings``, write ``recommendations``, publish both.
 

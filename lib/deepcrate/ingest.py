@@ -55,7 +55,7 @@ from deepcrate.session import session_conf
 from deepcrate.slicing import slice_audio_file
 from deepcrate.spectrogram import SpectrogramSettings
 from deepcrate.split import assign_splits
-from deepcrate.warehouse import Warehouse, to_uri
+from deepcrate.warehouse import Warehouse, holds_writer_lock, to_uri
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +110,7 @@ class IngestSummary:
         return out
 
 
+@holds_writer_lock(create=True)
 def ingest(
     spark: SparkSession,
     *,

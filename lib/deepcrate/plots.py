@@ -39,10 +39,20 @@ def plot_confusion(path: str, *, matrix: np.ndarray, labels: Sequence[str], titl
 
 
 def plot_training(path: str, *, history: dict[str, list[float]], title: str) -> None:
-    """Loss and accuracy per epoch, training and validation (loss alone for the contrastive objective)."""
+    """Loss and accuracy per epoch, training and validation (loss alone for the contrastive objective),
+    and the validation songs' P@10 from epoch 0 where the head was kept by it."""
     plt = _pyplot()
     metrics = ["loss", *(["accuracy"] if history.get("accuracy") else [])]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
+    retrieval = history.get("val_precision_at_10")
+    fig, axes = plt.subplots(1, len(metrics) + bool(retrieval), figsize=(5 * (len(metrics) + bool(retrieval)), 4),
+                             squeeze=False)
+    if retrieval:
+        ax = axes[0][-1]
+        ax.plot(np.arange(len(retrieval)), retrieval, "--s", markersize=3, label="validation songs (kept: best)")
+        ax.set_xlabel("epoch (0: the pretrained start)")
+        ax.set_ylabel("song P@10")
+        ax.grid(alpha=0.3)
+        ax.legend()
     epochs = np.arange(1, len(history.get("loss", [])) + 1)
     for ax, metric in zip(axes[0], metrics):
         for prefix, style in (("", "-o"), ("val_", "--s")):

@@ -33,7 +33,7 @@ from deepcrate.index import build as build_index
 from deepcrate.ingest import DECODING_KEYS, ingest
 from deepcrate.model_store import MODELS, ModelFolder, read_model_folder
 from deepcrate.spectrogram import SpectrogramSettings
-from deepcrate.warehouse import Warehouse, to_uri
+from deepcrate.warehouse import Warehouse, holds_writer_lock, to_uri
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ class RebuildSummary:
         return out
 
 
+@holds_writer_lock(create=True)
 def rebuild(
     spark: SparkSession,
     *,

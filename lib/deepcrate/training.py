@@ -37,7 +37,7 @@ from deepcrate.model_store import MODELS, write_json
 from deepcrate.schemas import EVALUATION, validate
 from deepcrate.slice_reader import SliceTable
 from deepcrate.spectrogram import SpectrogramSettings
-from deepcrate.warehouse import Warehouse, local_path
+from deepcrate.warehouse import Warehouse, holds_writer_lock, local_path
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +125,7 @@ class TrainResult:
         ]
 
 
+@holds_writer_lock()
 def train(
     spark,
     *,

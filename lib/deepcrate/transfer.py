@@ -104,17 +104,8 @@ def feature_extractor(model: keras.Model) -> keras.Model:
 def fit_head(model: keras.Model, *, table: SliceTable, labels: Sequence[str], objective: str, batch_size: int,
              max_epochs: int, patience: int, learning_rate: float, class_weight: dict[int, float] | None,
              interval_s: float) -> tuple[dict[str, list[float]], int, bool]:
-    """Train ``model``'s head on its frozen pretrained features (in place), for retrieval.
-
-    ``objective`` ``classify``: genre cross-entropy; ``supcon``: the cross-entropy plus the
-    supervised contrastive loss on the embedding (weight 1 each; class weights apply to
-    the cross-entropy only). The features are standardised (mean and deviation of the
-    train and validation slices) and the embedding starts as their projection onto
-    their 128 principal components. After every epoch the validation songs are ranked
-    against the train and validation songs (:class:`RetrievalSelection`); the head of the
-    best epoch is kept (epoch 0: the start), and training stops ``patience`` epochs
-    after the last improvement. The standardisation is folded into the embedding
-    layer's weights, so the model's layers are those of :func:`~deepcrate.model.build_model`.
+    """Train ``model``'s head on its frozen pretrained features (in place), for retrieval:
+    the train and validation slices' features computed once, then :func:`train_head`.
 
     Returns
     -------
@@ -126,22 +117,54 @@ def fit_head(model: keras.Model, *, table: SliceTable, labels: Sequence[str], ob
     stopped_early : bool
     """
     extractor = feature_extractor(model)
-    train = slice_features(extractor, table, split="train", labels=labels, batch_size=batch_size,
-                           interval_s=interval_s)
-    val = slice_features(extractor, table, split="validation", labels=labels, batch_size=batch_size,
-                         interval_s=interval_s)
+    train, val = (slice_features(extractor, table, split=split, labels=labels, batch_size=batch_size,
+                                 interval_s=interval_s) for split in ("train", "validation"))
+    head = train_head(train, val, n_classes=len(labels), objective=objective, batch_size=batch_size,
+                      max_epochs=max_epochs, patience=patience, learning_rate=learning_rate,
+                      class_weight=class_weight)
+    model.get_layer(EMBEDDING_LAYER).set_weights(head.embedding)
+    model.get_layer("logits").set_weights(head.logits)
+    return head.history, head.best_epoch, head.stopped_early
+
+
+@dataclass
+class TrainedHead:
+    """The embedding layer's weights (on the raw features) and the genre layer's, with how they were found."""
+
+    embedding: list[np.ndarray]
+    logits: list[np.ndarray]
+    history: dict[str, list[float]]
+    best_epoch: int
+    stopped_early: bool
+
+
+def train_head(train: SliceFeatures, val: SliceFeatures, *, n_classes: int, objective: str, batch_size: int,
+               max_epochs: int, patience: int, learning_rate: float,
+               class_weight: dict[int, float] | None = None) -> TrainedHead:
+    """The head (Dense 128 embedding -> ELU -> dropout -> genre softmax) on pretrained features.
+
+    ``objective`` ``classify``: genre cross-entropy; ``supcon``: the cross-entropy plus the
+    supervised contrastive loss on the embedding (weight 1 each; class weights apply to
+    the cross-entropy only). The features are standardised (mean and deviation of the
+    train and validation slices) and the embedding starts as their projection onto
+    their 128 principal components. Before training and after every epoch the
+    validation songs are ranked against the train and validation songs
+    (:class:`RetrievalSelection`); the head of the best epoch is kept (epoch 0: the
+    start, whose genre layer is then fitted on it), and training stops ``patience``
+    epochs after the best. The standardisation is folded into the returned embedding
+    weights, so they apply to the raw features.
+    """
     both = np.concatenate([train.features, val.features]).astype(np.float64)
     mean, scale = both.mean(axis=0), both.std(axis=0) + 1e-6
     train_x, val_x = ((part.features - mean) / scale for part in (train, val))
-    start = principal_projection((both - mean) / scale)
     inputs = keras.Input(shape=(train_x.shape[1],), name="pretrained_features")
-    embedding, probabilities = embedding_and_genres(inputs, n_classes=len(labels), seed=0)
+    embedding, probabilities = embedding_and_genres(inputs, n_classes=n_classes, seed=0)
     outputs = {OUTPUT_LAYER: probabilities}
-    losses = {OUTPUT_LAYER: _weighted_crossentropy(class_weight, len(labels))}
+    losses = {OUTPUT_LAYER: _weighted_crossentropy(class_weight, n_classes)}
     if objective == "supcon":
         outputs[EMBEDDING_LAYER], losses[EMBEDDING_LAYER] = embedding, supervised_contrastive_loss
     head = keras.Model(inputs, outputs, name="head")
-    head.get_layer(EMBEDDING_LAYER).set_weights(start)
+    head.get_layer(EMBEDDING_LAYER).set_weights(principal_projection((both - mean) / scale))
     head.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate), loss=losses,
                  metrics={OUTPUT_LAYER: ["accuracy"]})
     selection = RetrievalSelection(train_x, train, val_x, val, patience=patience)
@@ -163,10 +186,9 @@ def fit_head(model: keras.Model, *, table: SliceTable, labels: Sequence[str], ob
                 "%.3f at the start, %.3f at epoch %d (kept)", len(train_x), objective, len(history["loss"]),
                 time.monotonic() - started, SELECTION_K, selection.scores[0], selection.scores[best], best)
     weights, bias = head.get_layer(EMBEDDING_LAYER).get_weights()
-    folded = weights / scale[:, None].astype(np.float32)  # standardise(x) @ W + b == x @ W' + b'
-    model.get_layer(EMBEDDING_LAYER).set_weights([folded, (bias - (mean / scale) @ weights).astype(np.float32)])
-    model.get_layer("logits").set_weights(head.get_layer("logits").get_weights())
-    return history, best, selection.stopped_early
+    folded = [(weights / scale[:, None]).astype(np.float32),  # standardise(x) @ W + b == x @ W' + b'
+              (bias - (mean / scale) @ weights).astype(np.float32)]
+    return TrainedHead(folded, head.get_layer("logits").get_weights(), history, best, selection.stopped_early)
 
 
 class RetrievalSelection(keras.callbacks.Callback):

@@ -10,7 +10,17 @@ A job writes every table of a run under ``_staging``, then publishes them with
 renames. A crash before ``_PUBLISH`` leaves the published tables untouched (the next
 job deletes the half-written run); a crash during the renames is rolled forward by
 the next job. File-system calls go through Hadoop's FileSystem API, so the same code
-serves local folders, HDFS and object stores. One job writes to a warehouse at a time.
+serves local folders, HDFS and object stores.
+
+One job writes to a warehouse at a time: every writing stage holds ``WH/_LOCK`` (host,
+pid, start time, command) for its whole run (:func:`writer_lock`; re-entrant, so a
+rebuild holds it across its stages). The file is created only if absent, which is
+atomic on a local folder, a shared POSIX mount and HDFS; a second writer is refused in
+one line naming the holder. A lock whose holder was a process of this host that is
+no longer alive is taken over (moved aside under a unique name first, so two
+newcomers cannot both take it). On object stores (S3, GCS) creating a file only if
+absent is not atomic through Hadoop: there the lock only tells writers apart that
+start seconds apart, and one writer at a time is the operator's job.
 
 With ``table_format="delta"`` every staged table is converted to Delta in place
 (``CONVERT TO DELTA``) before it is published. Each published table is then one Delta
@@ -19,12 +29,17 @@ open the Parquet files directly (training, the index) see the same rows as Spark
 """
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import functools
 import json
 import logging
 import os
+import socket
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from pyspark.sql import DataFrame, SparkSession
 
@@ -38,6 +53,9 @@ TABLE_FORMATS = ("parquet", "delta")
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 _STAGING = "_staging"
 _PUBLISH = "_PUBLISH"
+LOCK_FILE = "_LOCK"
+_HELD: dict[str, list] = {}  # warehouse root -> [lock token, depth]: the locks this process holds
+Stage = TypeVar("Stage", bound=Callable[..., Any])
 
 
 def to_uri(location: str) -> str:
@@ -211,6 +229,74 @@ class Warehouse:
             self._rename(staged, final)
         self._fs.delete(self._path(run_dir), True)
 
+    # -- the writer lock (see the module doc) -------------------------------------
+    def _take_lock(self, command: str) -> str:
+        lock = f"{self.root}/{LOCK_FILE}"
+        token = uuid.uuid4().hex
+        holder = {"host": socket.gethostname(), "pid": os.getpid(), "command": command, "token": token,
+                  "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+        for _ in range(3):
+            if self._create_new(lock, json.dumps(holder)):
+                return token
+            other = self._lock_holder(lock)
+            if other is None:  # released meanwhile
+                continue
+            if other.get("host") == holder["host"] and not _process_alive(int(other.get("pid", -1))):
+                self._move_aside_stale(lock, other)
+                continue
+            raise WarehouseError(
+                f"warehouse {self.root}: another job is writing to it: {other.get('command', '?')} on host "
+                f"{other.get('host', '?')}, pid {other.get('pid', '?')}, since {other.get('started', '?')} "
+                f"(lock {lock}; delete it only if that job is gone)")
+        raise WarehouseError(f"warehouse {self.root}: could not take the writer lock {lock}")
+
+    def _create_new(self, uri: str, text: str) -> bool:
+        """Write ``uri`` only if it does not exist (atomic where the file system's create is)."""
+        try:
+            stream = self._fs.create(self._path(uri), False)
+        except Exception as exc:  # py4j wraps FileAlreadyExistsException
+            if "FileAlreadyExists" in _java_message(exc) or "already exists" in _java_message(exc) \
+                    or self._exists(uri):
+                return False
+            raise WarehouseError(f"warehouse {self.root}: cannot write {uri}: {_java_message(exc)}") from None
+        try:
+            stream.write(bytearray(text.encode("utf-8")))
+        finally:
+            stream.close()
+        return True
+
+    def _lock_holder(self, lock: str) -> dict[str, Any] | None:
+        for _ in range(20):  # a holder that just created the file may not have written it yet
+            try:
+                text = self._read_text(lock)
+            except Exception:  # gone (released), or unreadable
+                return None if not self._exists(lock) else {}
+            if text.strip():
+                try:
+                    return json.loads(text)
+                except json.JSONDecodeError:
+                    return {}
+            time.sleep(0.05)
+        return {}
+
+    def _move_aside_stale(self, lock: str, stale: dict[str, Any]) -> None:
+        aside = f"{lock}.stale-{uuid.uuid4().hex[:8]}"
+        if not self._fs.rename(self._path(lock), self._path(aside)):
+            return  # another newcomer moved it first
+        if (self._lock_holder(aside) or {}).get("token") != stale.get("token"):  # moved a fresh lock: put it back
+            self._fs.rename(self._path(aside), self._path(lock))
+            return
+        self._fs.delete(self._path(aside), False)
+        logger.warning("warehouse %s: took over the writer lock of %s (pid %s on %s, since %s), which is no "
+                       "longer running", self.root, stale.get("command"), stale.get("pid"), stale.get("host"),
+                       stale.get("started"))
+
+    def _drop_lock(self, token: str) -> None:
+        lock = f"{self.root}/{LOCK_FILE}"
+        holder = self._lock_holder(lock)
+        if holder and holder.get("token") == token:
+            self._fs.delete(self._path(lock), False)
+
     # -- file-system helpers -----------------------------------------------------
     def _exists(self, uri: str) -> bool:
         return bool(self._fs.exists(self._path(uri)))
@@ -236,6 +322,53 @@ class Warehouse:
         finally:
             stream.close()
         return bytes(data).decode("utf-8")
+
+
+@contextlib.contextmanager
+def writer_lock(spark: SparkSession, warehouse: str, *, command: str, create: bool = False) -> Iterator[None]:
+    """Hold the warehouse's writer lock (``WH/_LOCK``) for the block; re-entrant in one process.
+
+    Raises
+    ------
+    WarehouseError
+        Another live process holds it (the message names its host, pid, start time and
+        command), or the folder is missing (``create=False``) or not writable.
+    """
+    store = Warehouse(spark, warehouse, create=create)
+    held = _HELD.get(store.root)
+    if held:
+        held[1] += 1
+    else:
+        token = store._take_lock(command)
+        held = _HELD[store.root] = [token, 1]
+    try:
+        yield
+    finally:
+        held[1] -= 1
+        if held[1] == 0:
+            del _HELD[store.root]
+            store._drop_lock(held[0])
+
+
+def holds_writer_lock(*, create: bool = False) -> Callable[[Stage], Stage]:
+    """Decorate a stage ``f(spark, *, warehouse, ...)`` to run under :func:`writer_lock`."""
+    def decorate(stage: Stage) -> Stage:
+        @functools.wraps(stage)
+        def locked(spark, *args, warehouse: str, **kwargs):
+            with writer_lock(spark, warehouse, command=stage.__name__, create=create):
+                return stage(spark, *args, warehouse=warehouse, **kwargs)
+        return locked  # type: ignore[return-value]
+    return decorate
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def check_delta(spark: SparkSession) -> None:
