@@ -71,9 +71,11 @@ def build_model(
 
 def slices_per_call(model: keras.Model, requested: int) -> int:
     """How many slices to pass ``model`` at once: musicnn's activations take ~50 MB a slice
-    (204 timbral filters at every band and frame), so it gets at most 32 (~1.6 GB)."""
-    if any(layer.name == "musicnn_input" for layer in model.layers):
-        return min(requested, 32)
+    per network (204 timbral filters at every band and frame), so it gets at most 32
+    slices per call with one network, 16 with two (~1.6 GB either way)."""
+    towers = sum(layer.name.endswith("_penultimate") for layer in model.layers if layer.name.startswith("musicnn"))
+    if towers:
+        return min(requested, max(1, 32 // towers))
     return requested
 
 
