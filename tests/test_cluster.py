@@ -66,7 +66,7 @@ def test_spark_submit_rebuild_on_a_standalone_cluster_with_the_packed_environmen
     recommendations = ds.dataset(str(tmp_path / "wh" / "recommendations")).to_table().to_pandas()
     assert len(songs) == 35 and songs["genre"].nunique() == 7
     assert len(embeddings) == 105 and not embeddings.duplicated(["song_id", "slice_idx"]).any()
-    assert all(len(p) == 200 for p in embeddings["pretrained"])  # musicnn's untuned features, on the executors
+    assert all(len(p) == 400 for p in embeddings["pretrained"])  # both musicnn networks' untuned features, on the executors
     assert set(recommendations["song_id"]) == set(songs["song_id"])
     assert (recommendations.groupby("song_id").size() == 10).all()
     # Both executors ran in the unpacked environment, not in this checkout's virtualenv.
