@@ -2,7 +2,7 @@
 
 A folder holds::
 
-    model.keras         the trained Keras model (best validation loss)
+    model.keras         the trained Keras model (best validation loss; musicnn's head: best validation P@10)
     labels.json         the genre of each output, in order; empty for an embedding-only
                         model (contrastive objective on a catalogue without genres)
     spectrogram.json    the spectrogram settings of the slices it was trained on

@@ -13,12 +13,12 @@ network as it comes: the embedding layer starts as the projection of the pretrai
 features onto their principal components (cosine neighbours then are nearly those of
 the untuned features), and after every epoch the validation songs are ranked against
 the train and validation songs exactly as ``deepcrate evaluate`` ranks test songs
-(mean of the slice embeddings, cosine, P@10 by genre). The embedding of the best epoch
-is kept, the start (epoch 0) included, and the genre layer is then fitted again on
-that frozen embedding. A head that only learns the training songs by heart (their
-genre clusters tight, new songs thrown into the wrong one) scores lower on the
-validation songs than the start and is not kept: on small or broad-genre catalogues
-that is what a head trained to its lowest validation loss did (docs/quality.md).
+(mean of the slice embeddings, cosine, P@10 by genre). The head of the best epoch is
+kept, the start (epoch 0) included (its genre layer is then fitted on it). A head
+that only learns its training songs by heart (their genre clusters tight, new songs
+thrown into the wrong one) ranks the validation songs worse than the start and is
+not kept. The lowest validation loss, the rule before, stopped after 2-5 epochs while
+the ranking kept improving for 30-90 (docs/quality.md).
 
 Without usable genres there is nothing to train: the embedding layer becomes the
 projection of the pretrained features onto their 128 principal components (over the
