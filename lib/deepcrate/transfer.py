@@ -8,12 +8,13 @@ a pass of the whole network over the slices, so a CPU trains it in minutes. The 
 weights are then put back on the full network, which is what the model folder holds
 and what the embed stage runs.
 
-The head is trained for what the product ranks by, and never ends worse than the
-network as it comes: the embedding layer starts as the projection of the pretrained
-features onto their principal components (cosine neighbours then are nearly those of
-the untuned features), and after every epoch the validation songs are ranked against
-the train and validation songs exactly as ``deepcrate evaluate`` ranks test songs
-(mean of the slice embeddings, cosine, P@10 by genre). The head of the best epoch is
+The head is trained for what the product ranks by, and is kept only where it ranks the
+validation songs better than the network as it comes: the embedding layer starts as
+the projection of the pretrained features onto their principal components (cosine
+neighbours then are nearly those of the untuned features), and after every epoch the
+validation songs are ranked against the train and validation songs exactly as
+``deepcrate evaluate`` ranks test songs (mean of the slice embeddings, cosine, P@10 by
+genre). The head of the best epoch is
 kept, the start (epoch 0) included (its genre layer is then fitted on it). A head
 that only learns its training songs by heart (their genre clusters tight, new songs
 thrown into the wrong one) ranks the validation songs worse than the start and is
