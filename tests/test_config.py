@@ -53,3 +53,25 @@ def test_bad_overrides_are_refused_clearly(override, message):
 def test_missing_conf_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml"):
         resolve_config(conf_files=[tmp_path / "nope.yaml"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("ingest.max_duration_s=-1", "ingest.max_duration_s must be > 0, got -1"),
+    ("train.batch_size=0", "train.batch_size must be > 0, got 0"),
+    ("index.k=-5", "index.k must be > 0, got -5"),
+    ("ingest.silence_dbfs=10", "ingest.silence_dbfs must be <= 0, got 10"),
+    ("spectrogram.slice_frames=-1", "spectrogram.slice_frames must be >= 0, got -1"),
+    ("evaluate.random_draws=0", "evaluate.random_draws must be > 0, got 0"),
+])
+def test_a_number_of_the_wrong_sign_is_refused_before_any_work(override, message):
+    with pytest.raises(ConfigError) as refused:
+        resolve_config(overrides=[override])
+    assert str(refused.value) == message
+
+
+@pytest.mark.parametrize("override", ["acquire.retries=0", "acquire.per_host_delay_s=0", "spectrogram.slice_frames=0",
+                                      "train.learning_rate=0", "index.exact_max_songs=0", "ingest.silence_dbfs=-80"])
+def test_zero_and_negative_numbers_are_accepted_where_they_mean_something(override):
+    key, value = override.split("=")
+    section, name = key.split(".")
+    assert resolve_config(overrides=[override])[section][name] == float(value)

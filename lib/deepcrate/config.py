@@ -21,6 +21,9 @@ logger = logging.getLogger(__name__)
 
 # Sections whose keys are not known in advance.
 FREE_FORM = {("spark", "options")}
+# Numbers whose default is positive but for which 0 means something (none, off, always approximate).
+ZERO_MEANS_SOMETHING = {"acquire.per_host_delay_s", "acquire.retries", "acquire.backoff_s", "index.exact_max_songs",
+                        "index.recall_sample", "ingest.truncated_ratio"}
 
 
 def default_config() -> dict[str, Any]:
@@ -76,6 +79,7 @@ def resolve_config(
             nested = {part: nested}
         _merge(config, nested, where=f"--set {override}", trail=())
     _check_split(config["split"])
+    _check_signs(config, default_config(), trail=())
     return config
 
 
@@ -118,6 +122,31 @@ def _coerce(current: Any, value: Any, *, where: str, name: str) -> Any:
     raise ConfigError(
         f"{where}: {name} must be a {type(current).__name__} like {current!r}, got {value!r}"
     )
+
+
+def _check_signs(config: dict[str, Any], defaults: dict[str, Any], *, trail: tuple[str, ...]) -> None:
+    """Every number keeps its default's sign, so that a slip (``max_duration_s=-1``) is refused
+    before any work instead of rejecting every file: a positive default must stay > 0
+    (>= 0 where 0 means something, :data:`ZERO_MEANS_SOMETHING`), a zero default >= 0
+    (0 = the preset's own, off), a negative default <= 0."""
+    for key, default in defaults.items():
+        path = trail + (str(key),)
+        if path in FREE_FORM:
+            continue
+        if isinstance(default, dict):
+            _check_signs(config[key], default, trail=path)
+            continue
+        value, name = config[key], ".".join(path)
+        if isinstance(default, bool) or not isinstance(default, (int, float)):
+            continue
+        if default > 0 and name not in ZERO_MEANS_SOMETHING:
+            ok, rule = value > 0, "> 0"
+        elif default >= 0:
+            ok, rule = value >= 0, ">= 0"
+        else:
+            ok, rule = value <= 0, "<= 0"
+        if not ok:
+            raise ConfigError(f"{name} must be {rule}, got {value!r}")
 
 
 def _check_split(split: dict[str, Any]) -> None:
