@@ -146,3 +146,10 @@ def test_an_unknown_column_is_one_line_naming_the_tables(spark, warehouse, capfd
     lines = [line for line in captured.err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("deepcrate sql: error: query failed: ") and "songs" in lines[0]
     assert "at org.apache" not in captured.err + captured.out
+
+
+def test_a_newline_in_a_value_stays_inside_its_row_of_the_table(spark, warehouse, capsys):
+    out = run_sql(capsys, warehouse, "SELECT 'song\\none.mp3' AS path, 1 AS n UNION ALL SELECT 'two\\tb', 2", "table")
+    lines = out.splitlines()
+    assert len(lines) == 5 and lines[-1] == "(2 rows)"  # header, rule, two rows, count
+    assert lines[2].startswith("song\\none.mp3") and lines[3].startswith("two\\tb")

@@ -204,7 +204,8 @@ def _write_json(columns: list[str], rows: Iterable[list[Any]], out: TextIO) -> i
 
 
 def _write_table(columns: list[str], rows: Iterable[list[Any]], out: TextIO, *, width: int = 60) -> int:
-    cells = [[_short(_cell(v), width) for v in row] for row in rows]
+    # a newline or tab inside a value (a file name may hold one) would break the row apart
+    cells = [[_short(_cell(v).translate(_ESCAPES), width) for v in row] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     line = "  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()
     out.write(line + "\n" + "  ".join("-" * w for w in widths) + "\n")
@@ -212,6 +213,9 @@ def _write_table(columns: list[str], rows: Iterable[list[Any]], out: TextIO, *, 
         out.write("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() + "\n")
     out.write(f"({len(cells)} row{'s' if len(cells) != 1 else ''})\n")
     return len(cells)
+
+
+_ESCAPES = str.maketrans({"\n": "\\n", "\r": "\\r", "\t": "\\t"})
 
 
 def _short(text: str, width: int) -> str:
