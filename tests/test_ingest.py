@@ -266,3 +266,15 @@ def test_overlapping_slices_are_ingested_with_their_offsets(spark, tmp_path):
     for row in stored.itertuples():
         got = np.frombuffer(row.spectrogram, np.uint8).reshape(256, 256).astype(int)
         assert np.abs(got - reference_seed_slice(samples[row.slice_idx * 128 * 882 :], 0)).max() <= 1
+
+
+def test_a_file_listed_twice_with_two_genres_is_named_with_both_and_the_first_kept(tmp_path, caplog):
+    from deepcrate.catalogue import read_manifest
+
+    manifest = tmp_path / "labels.csv"
+    manifest.write_text("path,genre\nrock/a.mp3,rock\n./rock/a.mp3,jazz\nrock/b.mp3,rock\nrock/b.mp3,rock\n")
+    caplog.set_level("WARNING")
+    table = read_manifest(str(manifest), audio_uri="file:" + str(tmp_path))
+    assert table.loc["file:" + str(tmp_path / "rock" / "a.mp3"), "genre"] == "rock" and len(table) == 2
+    assert "rock/a.mp3 is listed with genres ['rock', 'jazz']; the first row's, 'rock', is kept" in caplog.text
+    assert "rock/b.mp3 is listed with genres" not in caplog.text  # the same genre twice: nothing to say

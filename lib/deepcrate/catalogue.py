@@ -112,6 +112,11 @@ def read_manifest(manifest: str, *, audio_uri: str) -> pd.DataFrame:
             "manifest %s: %d rows repeat an earlier path and are ignored (first: %s)",
             manifest, int(duplicated.sum()), table.loc[duplicated, "path"].iloc[0],
         )
+        for _, rows in table[table["uri"].duplicated(keep=False)].groupby("uri", sort=False):
+            listed = list(dict.fromkeys(rows["genre"]))
+            if len(listed) > 1:
+                logger.warning("manifest %s: %s is listed with genres %s; the first row's, %r, is kept",
+                               manifest, rows["path"].iloc[0], listed, listed[0])
         table = table[~duplicated]
     dates = pd.to_datetime(table["release_date"], errors="coerce", format="mixed")
     unparsed = table["release_date"].notna() & dates.isna()
