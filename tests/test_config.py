@@ -75,3 +75,14 @@ def test_zero_and_negative_numbers_are_accepted_where_they_mean_something(overri
     key, value = override.split("=")
     section, name = key.split(".")
     assert resolve_config(overrides=[override])[section][name] == float(value)
+
+
+def test_a_yaml_bomb_is_refused_in_one_line_before_it_expands(tmp_path):
+    bomb = tmp_path / "bomb.yaml"
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]  # 9**9 strings once expanded
+    bomb.write_text("spark:\n  options:\n" + "".join(f"    {line}\n" for line in lines))
+    with pytest.raises(ConfigError, match=r"^config file .*bomb.yaml: YAML aliases \(\*name\) are not allowed"):
+        resolve_config(conf_files=[bomb])
+    with pytest.raises(ConfigError, match="YAML aliases"):
+        resolve_config(overrides=["spark.options.x=[&a [1, 2], *a]"])

@@ -54,7 +54,7 @@ def resolve_config(
     for conf_file in conf_files:
         path = Path(conf_file)
         try:
-            overlay = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            overlay = _safe_yaml(path.read_text(encoding="utf-8"), where=f"config file {path}") or {}
         except OSError as exc:
             raise ConfigError(f"config file {path}: {exc.strerror}") from None
         except yaml.YAMLError as exc:
@@ -67,7 +67,7 @@ def resolve_config(
         if not sep or not key.strip():
             raise ConfigError(f"--set {override!r}: expected section.key=value")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = _safe_yaml(raw, where=f"--set {override!r}") if raw.strip() else ""
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {override!r}: value is not valid YAML: {exc}") from None
         parts = key.strip().split(".")
@@ -81,6 +81,14 @@ def resolve_config(
     _check_split(config["split"])
     _check_signs(config, default_config(), trail=())
     return config
+
+
+def _safe_yaml(text: str, *, where: str) -> Any:
+    """``yaml.safe_load`` without aliases: nested anchors (a "billion laughs" bomb) expand
+    exponentially when the config is printed or handed to Spark, so ``*name`` is refused."""
+    if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
+        raise ConfigError(f"{where}: YAML aliases (*name) are not allowed in a config; write the value out")
+    return yaml.safe_load(text)
 
 
 def config_to_yaml(config: dict[str, Any]) -> str:
