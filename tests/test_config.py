@@ -86,3 +86,9 @@ def test_a_yaml_bomb_is_refused_in_one_line_before_it_expands(tmp_path):
         resolve_config(conf_files=[bomb])
     with pytest.raises(ConfigError, match="YAML aliases"):
         resolve_config(overrides=["spark.options.x=[&a [1, 2], *a]"])
+
+
+def test_a_list_of_the_wrong_kind_is_refused():
+    with pytest.raises(ConfigError, match=r"ingest.extensions must be a list of str like \['mp3'"):
+        resolve_config(overrides=["ingest.extensions=[[mp3], ogg]"])
+    assert resolve_config(overrides=["ingest.extensions=[mp3]"])["ingest"]["extensions"] == ["mp3"]

@@ -278,3 +278,12 @@ def test_a_file_listed_twice_with_two_genres_is_named_with_both_and_the_first_ke
     assert table.loc["file:" + str(tmp_path / "rock" / "a.mp3"), "genre"] == "rock" and len(table) == 2
     assert "rock/a.mp3 is listed with genres ['rock', 'jazz']; the first row's, 'rock', is kept" in caplog.text
     assert "rock/b.mp3 is listed with genres" not in caplog.text  # the same genre twice: nothing to say
+
+
+def test_an_empty_manifest_is_one_line(tmp_path):
+    from deepcrate.catalogue import read_manifest
+    from deepcrate.errors import InputError
+
+    (tmp_path / "empty.csv").write_bytes(b"")
+    with pytest.raises(InputError, match=r"empty.csv: is empty \(it needs a header line"):
+        read_manifest(str(tmp_path / "empty.csv"), audio_uri="file:" + str(tmp_path))

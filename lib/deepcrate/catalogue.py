@@ -92,6 +92,8 @@ def read_manifest(manifest: str, *, audio_uri: str) -> pd.DataFrame:
         table = pd.read_csv(manifest, dtype=str, keep_default_na=False, encoding="utf-8")
     except FileNotFoundError:
         raise InputError(f"manifest {manifest}: no such file") from None
+    except pd.errors.EmptyDataError:
+        raise InputError(f"manifest {manifest}: is empty (it needs a header line with a 'path' column)") from None
     except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise InputError(f"manifest {manifest}: cannot be read as UTF-8 CSV: {exc}") from None
     table.columns = [_column_name(c) for c in table.columns]

@@ -126,7 +126,10 @@ def _coerce(current: Any, value: Any, *, where: str, name: str) -> Any:
     elif isinstance(current, str) and isinstance(value, str):
         return value
     elif isinstance(current, list) and isinstance(value, list):
-        return value
+        kinds = {type(item) for item in current}
+        if len(kinds) != 1 or all(isinstance(item, tuple(kinds)) for item in value):
+            return value
+        raise ConfigError(f"{where}: {name} must be a list of {kinds.pop().__name__} like {current!r}, got {value!r}")
     raise ConfigError(
         f"{where}: {name} must be a {type(current).__name__} like {current!r}, got {value!r}"
     )
