@@ -153,3 +153,16 @@ def test_a_newline_in_a_value_stays_inside_its_row_of_the_table(spark, warehouse
     lines = out.splitlines()
     assert len(lines) == 5 and lines[-1] == "(2 rows)"  # header, rule, two rows, count
     assert lines[2].startswith("song\\none.mp3") and lines[3].startswith("two\\tb")
+
+
+def test_spark_that_cannot_start_is_one_line_of_ours(warehouse):
+    import subprocess
+    import sys
+
+    deepcrate = Path(sys.executable).parent / "deepcrate"
+    result = subprocess.run([str(deepcrate), "sql", "--warehouse", str(warehouse), "--set", "spark.master=bogus",
+                             "SELECT 1"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    ours = [line for line in result.stderr.splitlines() if line.startswith("deepcrate sql: error:")]
+    assert len(ours) == 1 and "Spark did not start (spark.master 'bogus'" in ours[0]
+    assert "Traceback" not in result.stderr  # the JVM may print its own reason above ours

@@ -11,6 +11,8 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
+from deepcrate.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 
@@ -55,7 +57,12 @@ def spark_session(config: dict[str, Any]) -> SparkSession:
             )
     # Executors on a cluster decode file names too.
     builder = builder.config("spark.executorEnv.LC_ALL", "C.UTF-8")
-    spark = builder.getOrCreate()
+    try:
+        spark = builder.getOrCreate()
+    except Exception as exc:  # the JVM exits early: a bad master, too little memory, no Java
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"Spark did not start (spark.master {section['master']!r}, spark.options "
+                          f"{section['options']}): {reason}; the JVM's own message, if any, is above") from None
     spark.sparkContext.setLogLevel(section["log_level"])
     logger.info("Spark %s, master %s", spark.version, spark.sparkContext.master)
     return spark
