@@ -166,3 +166,19 @@ def test_spark_that_cannot_start_is_one_line_of_ours(warehouse):
     ours = [line for line in result.stderr.splitlines() if line.startswith("deepcrate sql: error:")]
     assert len(ours) == 1 and "Spark did not start (spark.master 'bogus'" in ours[0]
     assert "Traceback" not in result.stderr  # the JVM may print its own reason above ours
+
+
+def test_a_run_that_rejects_every_file_does_not_wipe_the_catalogue_unless_told(spark, tmp_path, capsys):
+    write_audio(tmp_path / "audio" / "a.mp3", make_signal(6))
+    wh = str(tmp_path / "wh")
+    assert main(["ingest", "--audio", str(tmp_path / "audio"), "--warehouse", wh]) == 0
+    # 0 dBFS as the silence level: every song is "silent"
+    assert main(["ingest", "--audio", str(tmp_path / "audio"), "--warehouse", wh,
+                 "--set", "ingest.silence_dbfs=0"]) == 2
+    err = capsys.readouterr().err
+    assert "every one of the 1 files was rejected (silent 1)" in err and "holds 1 songs: nothing published" in err
+    assert len(err.strip().splitlines()) == 1
+    assert Warehouse(spark, wh).read("songs").count() == 1
+    assert main(["ingest", "--audio", str(tmp_path / "audio"), "--warehouse", wh,
+                 "--set", "ingest.silence_dbfs=0", "--allow-empty"]) == 0
+    assert Warehouse(spark, wh).read("songs").count() == 0

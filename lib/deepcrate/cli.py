@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     ingest = commands.add_parser("ingest", help="audio folder -> songs, slices, rejects tables")
     ingest.add_argument("--audio", required=True, metavar="DIR", help="folder of audio files (recursive)")
     ingest.add_argument("--manifest", metavar="CSV", help="labels: path,genre[,artist,title,release_date,...]")
+    ingest.add_argument("--allow-empty", action="store_true",
+                        help="publish even if every file is rejected and the warehouse has songs")
     _add_common(ingest)
     ingest.set_defaults(run=_ingest)
 
@@ -100,6 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     rebuild.add_argument("--model", metavar="PATH_OR_VERSION",
                          help="embed with this model (a folder or a version under WH/models) and skip training")
     rebuild.add_argument("--force", action="store_true", help="run every stage from scratch")
+    rebuild.add_argument("--allow-empty", action="store_true",
+                         help="publish even if every file is rejected and the warehouse has songs")
     _add_common(rebuild)
     rebuild.set_defaults(run=_rebuild)
 
@@ -167,7 +171,8 @@ def _ingest(args: argparse.Namespace) -> int:
     from deepcrate.ingest import ingest
 
     config, spark = _config_and_session(args)
-    summary = ingest(spark, audio=args.audio, manifest=args.manifest, warehouse=args.warehouse, config=config)
+    summary = ingest(spark, audio=args.audio, manifest=args.manifest, warehouse=args.warehouse, config=config,
+                     allow_empty=args.allow_empty)
     print("\n".join(summary.lines()))
     return 0
 
@@ -220,7 +225,7 @@ def _rebuild(args: argparse.Namespace) -> int:
 
     config, spark = _config_and_session(args)
     summary = rebuild(spark, audio=args.audio, manifest=args.manifest, warehouse=args.warehouse, config=config,
-                      model=args.model, force=args.force)
+                      model=args.model, force=args.force, allow_empty=args.allow_empty)
     print("\n".join(summary.lines()))
     return 0
 

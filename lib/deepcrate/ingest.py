@@ -47,7 +47,7 @@ from deepcrate.catalogue import (
     read_manifest,
     skipped_by_spark,
 )
-from deepcrate.errors import AudioError
+from deepcrate.errors import AudioError, InputError
 from deepcrate.faults import fail_if_injected
 from deepcrate.progress import Progress
 from deepcrate.schemas import REJECTS, SLICES, SONGS, validate
@@ -120,6 +120,7 @@ def ingest(
     manifest: str | None = None,
     incremental: bool = False,
     fingerprint: str | None = None,
+    allow_empty: bool = False,
 ) -> IngestSummary:
     """Decode and slice every audio file under ``audio`` into the warehouse tables.
 
@@ -135,11 +136,15 @@ def ingest(
         from another folder or with other decoding, spectrogram or split settings.
     fingerprint : str, optional
         Stored in the tables' metadata (the rebuild job's record of its inputs).
+    allow_empty : bool
+        Publish even when every file was rejected and the published ``songs`` has songs
+        (otherwise refused: a wrong setting must not wipe a catalogue).
 
     Raises
     ------
     InputError
-        When ``audio`` is missing or holds no files, or the manifest is unusable.
+        When ``audio`` is missing or holds no files, or the manifest is unusable, or
+        every file was rejected over a published catalogue (without ``allow_empty``).
     WarehouseError
         When ``warehouse`` cannot be written.
     """
@@ -196,6 +201,11 @@ def ingest(
     songs, rejects = _songs_and_rejects(headers, labels=labels, audio_uri=audio_uri, split=config["split"],
                                         kept=kept)
     rejects = pd.concat([rejects, pd.DataFrame(early_rejects, columns=REJECTS.names)])
+    if songs.empty and not allow_empty and store.exists("songs") and (published := store.read("songs").count()):
+        reasons = ", ".join(f"{reason} {n}" for reason, n in Counter(rejects["reason"]).most_common(3))
+        raise InputError(f"every one of the {len(rejects)} files was rejected ({reasons}) while {store.root}/songs "
+                         f"holds {published} songs: nothing published (check the settings; --allow-empty "
+                         f"publishes the empty catalogue)")
     kept_slices = store.read("slices") if kept is not None and len(kept) else None
     slices_written = _write_tables(
         spark, store, run, decoded=decoded, kept_slices=kept_slices, songs=songs, rejects=rejects,

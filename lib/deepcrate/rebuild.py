@@ -97,6 +97,7 @@ def rebuild(
     manifest: str | None = None,
     model: str | None = None,
     force: bool = False,
+    allow_empty: bool = False,
 ) -> RebuildSummary:
     """Run every stage whose published output is out of date.
 
@@ -145,7 +146,7 @@ def rebuild(
 
     def run_ingest() -> str:
         summary = ingest(spark, audio=audio, manifest=manifest, warehouse=warehouse, config=config,
-                         incremental=not force, fingerprint=inputs)
+                         incremental=not force, fingerprint=inputs, allow_empty=allow_empty)
         return f"{summary.decoded} files decoded"
 
     run_stage("ingest", _recorded(store, "songs") == inputs, run_ingest)
