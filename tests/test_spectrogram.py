@@ -52,9 +52,12 @@ def test_settings_stored_before_the_slice_hop_existed_still_match():
     assert default.differences(overlapping, pixels_only=True) == {}
 
 
-@pytest.mark.parametrize("hop", [-1, 257])
-def test_a_slice_hop_outside_the_slice_is_refused(hop):
-    with pytest.raises(ConfigError, match=f"slice_hop_frames must be 0 \\(= slice_frames\\) or 1..256, got {hop}"):
+@pytest.mark.parametrize("hop, message", [
+    (-1, "spectrogram.slice_hop_frames must be >= 0, got -1"),  # the config's sign check, before any work
+    (257, "slice_hop_frames must be 0 \\(= slice_frames\\) or 1..256, got 257"),
+])
+def test_a_slice_hop_outside_the_slice_is_refused(hop, message):
+    with pytest.raises(ConfigError, match=message):
         SpectrogramSettings.from_config(resolve_config(overrides=[f"spectrogram.slice_hop_frames={hop}"]))
 
 
