@@ -138,3 +138,16 @@ def test_the_writer_lock_is_reentrant_and_released(spark, tmp_path):
     with pytest.raises(RuntimeError), writer_lock(spark, str(wh), command="ingest"):
         raise RuntimeError("a job that fails")
     assert not (wh / LOCK_FILE).exists()
+
+
+def test_of_many_writers_starting_at_once_exactly_one_gets_the_lock(spark, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from deepcrate.warehouse import LOCK_FILE
+
+    store = Warehouse(spark, str(tmp_path / "wh"), create=True)
+    lock = f"{store.root}/{LOCK_FILE}"
+    with ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(lambda i: store._create_new(lock, f'{{"token": "{i}"}}'), range(8)))
+    assert won.count(True) == 1
+    assert (tmp_path / "wh" / LOCK_FILE).read_text() == f'{{"token": "{won.index(True)}"}}'

@@ -251,7 +251,19 @@ class Warehouse:
         raise WarehouseError(f"warehouse {self.root}: could not take the writer lock {lock}")
 
     def _create_new(self, uri: str, text: str) -> bool:
-        """Write ``uri`` only if it does not exist (atomic where the file system's create is)."""
+        """Write ``uri`` only if it does not exist: ``O_EXCL`` on a local or mounted folder
+        (Hadoop's local create checks, then opens), the file system's own create elsewhere
+        (atomic on HDFS)."""
+        if uri.startswith("file:"):
+            try:
+                descriptor = os.open(local_path(uri), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            except OSError as exc:
+                raise WarehouseError(f"warehouse {self.root}: cannot write {uri}: {exc.strerror}") from None
+            with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+                out.write(text)
+            return True
         try:
             stream = self._fs.create(self._path(uri), False)
         except Exception as exc:  # py4j wraps FileAlreadyExistsException
