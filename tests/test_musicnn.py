@@ -95,6 +95,12 @@ def test_the_model_refuses_slices_of_another_front_end():
         TrainSettings.from_config(resolve_config(overrides=[*MUSICNN, "train.fine_tune=some"]))
 
 
+def in_chunks(model, images: np.ndarray, size: int = 16) -> np.ndarray:
+    """``model`` on ``images`` 16 at a time: musicnn's activations take ~50 MB a slice per
+    network, and a test process keeps the peak (all 70 slices at once held ~7 GB)."""
+    return np.concatenate([np.asarray(model(images[i:i + size], training=False)) for i in range(0, len(images), size)])
+
+
 @pytest.fixture(scope="module")
 def musicnn_warehouse(spark, tmp_path_factory):
     """The demo catalogue (7 genres x 5 songs x 7 s = 2 musicnn slices each), ingested with the musicnn preset."""
@@ -154,7 +160,7 @@ def test_a_head_on_frozen_features_learns_the_genres_and_keeps_the_pretrained_la
     slices = spark.read.parquet(str(tmp_path / "wh" / "slices")).toPandas()
     songs = spark.read.parquet(str(tmp_path / "wh" / "songs")).toPandas().set_index("song_id")
     images = np.stack([np.frombuffer(b, np.uint8).reshape(96, 187) for b in slices["spectrogram"]])
-    features = feature_extractor(pretrained)(images)
+    features = in_chunks(feature_extractor(pretrained), images)
     means = pd.DataFrame(np.asarray(features, np.float64)).groupby(slices["song_id"].to_numpy()).mean()
     unit = means.to_numpy() / np.linalg.norm(means.to_numpy(), axis=1, keepdims=True)
     genres = songs.loc[means.index, "genre"].to_numpy()
@@ -197,7 +203,7 @@ def test_the_head_kept_is_the_epoch_that_ranks_the_validation_songs_best(spark, 
     # songs, by the mean of its slices' embeddings, cosine, top min(10, n - 1), share of its genre.
     slices = spark.read.parquet(str(tmp_path / "wh" / "slices")).filter("split != 'test'").toPandas()
     images = np.stack([np.frombuffer(b, np.uint8).reshape(96, 187) for b in slices["spectrogram"]])
-    embedded = np.asarray(embedding_model(folder.load_keras())(images), np.float64)
+    embedded = in_chunks(embedding_model(folder.load_keras()), images).astype(np.float64)
     means = pd.DataFrame(embedded).groupby(slices["song_id"].to_numpy()).mean()
     first = slices.groupby("song_id")[["genre", "split"]].first().loc[means.index]
     unit = means.to_numpy() / np.linalg.norm(means.to_numpy(), axis=1, keepdims=True)
@@ -267,10 +273,10 @@ def test_without_genres_the_catalogue_gets_the_pretrained_embedding(spark, tmp_p
     images = np.stack([np.frombuffer(b, np.uint8).reshape(96, 187) for b in slices["spectrogram"]])
     pretrained = pretrained_model(n_classes=2, image_shape=(96, 187), level_range=8.0,
                                   checkpoint=config["train"]["pretrained"], seed=0)
-    features = np.asarray(feature_extractor(pretrained)(images),
+    features = np.asarray(in_chunks(feature_extractor(pretrained), images),
                           dtype=np.float64)
     centred = features - features.mean(axis=0)
-    embedded = np.asarray(encoder(images), dtype=np.float64)
+    embedded = in_chunks(encoder, images).astype(np.float64)
     k = min(len(images) - 1, 5)
     _, _, components = np.linalg.svd(centred, full_matrices=False)
     expected = centred @ components[:k].T
