@@ -22,9 +22,11 @@ demo: $(BIN)/deepcrate
 test: $(BIN)/deepcrate $(ENV_ARCHIVE)
 	$(BIN)/python -m pytest tests
 
-# Style (.ruff.toml): ruff's default rules at the project's 120-column lines.
+# Style (.ruff.toml): ruff's default rules at the project's 120-column lines; the layers
+# (.importlinter, docs/architecture.md): imports point down and no stage imports another.
 lint: $(BIN)/deepcrate
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 bench-ingest: $(BIN)/deepcrate
 	$(BIN)/python bench/ingest.py

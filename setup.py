@@ -31,12 +31,13 @@ setup(
         "pyyaml==6.0.3",
         "scipy==1.17.1",
         "matplotlib==3.11.2",  # evaluation plots (PNG, no display needed)
+        "scikit-learn==1.9.1",  # the logistic regression on MFCC statistics (evaluate's baseline)
     ],
     extras_require={
         "cpu": [f"tensorflow-cpu=={TENSORFLOW}"],
         "gpu": [f"tensorflow[and-cuda]=={TENSORFLOW}"],
         "notebook": ["jupytext==1.19.6", "ipykernel==7.4.0"],
-        "test": ["pytest==9.2.0", "ruff==0.17.6", "jupytext==1.19.6", "ipykernel==7.4.0", "nbclient==0.11.0",
+        "test": ["pytest==9.2.0", "ruff==0.17.6", "import-linter==2.17", "jupytext==1.19.6", "ipykernel==7.4.0", "nbclient==0.11.0",
                  "nbformat==5.11.1"],
     },
     entry_points={"console_scripts": ["deepcrate=deepcrate.cli:main"]},

@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 tf.config.threading.set_intra_op_parallelism_threads({threads})
 tf.config.threading.set_inter_op_parallelism_threads(1)
-from deepcrate.embed import embed_images, worker_model
+from deepcrate.inference import embed_images, worker_model
 from deepcrate.slice_reader import SliceTable
 table = SliceTable({slices!r}, image_shape=(256, 256))
 images = np.concatenate([b.images for s in ("train", "validation", "test")

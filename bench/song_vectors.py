@@ -62,12 +62,12 @@ import pandas as pd
 import pyarrow.dataset as ds
 
 from deepcrate.evaluate import genre_probe
-from deepcrate.index import normalise
 from deepcrate.mfcc import N_MFCC, standardise
 from deepcrate.retrieval import ideal_songs, nearest_songs, retrieval_scores
 from deepcrate.slice_reader import SliceTable
 from deepcrate.split import SPLITS
 from deepcrate.timbre import least_divergent
+from deepcrate.vectors import normalise
 
 if TYPE_CHECKING:
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis

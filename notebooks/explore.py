@@ -34,7 +34,8 @@ from deepcrate.config import resolve_config
 from deepcrate.model_store import latest_model, read_model_folder
 from deepcrate.session import spark_session
 from deepcrate.spectrogram import SpectrogramSettings
-from deepcrate.warehouse import Warehouse, local_path
+from deepcrate.uris import local_path
+from deepcrate.warehouse import Warehouse
 
 WAREHOUSE = os.environ.get("DEEPCRATE_WAREHOUSE", "../demo/warehouse")
 spark = spark_session(resolve_config(overrides=["spark.master=local[2]", "spark.log_level=ERROR"]))

@@ -22,7 +22,7 @@ from deepcrate.config import resolve_config
 from deepcrate.errors import InputError
 from deepcrate.ingest import ingest
 
-from conftest import make_signal
+from helpers import make_signal
 
 LIMIT_MB = 0.2
 TIMEOUT_S = 3  # roomy, so that a loaded test machine never times out a healthy download

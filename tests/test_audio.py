@@ -8,7 +8,7 @@ import soundfile as sf
 from deepcrate.audio import DecodeLimits, decode_audio
 from deepcrate.errors import AudioError
 
-from conftest import make_signal
+from helpers import make_signal
 
 LIMITS = DecodeLimits(max_duration_s=600, truncated_ratio=0.9, silence_dbfs=-60)
 

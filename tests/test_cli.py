@@ -12,7 +12,7 @@ import pytest
 from deepcrate.cli import main
 from deepcrate.warehouse import Warehouse
 
-from conftest import make_signal, write_audio
+from helpers import make_signal, write_audio
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ import pyarrow.dataset as ds
 import pytest
 
 from deepcrate.demo import write_demo_catalogue
-from deepcrate.local_cluster import SPARK_HOME, StandaloneCluster
+
+from local_cluster import SPARK_HOME, StandaloneCluster
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV_ARCHIVE = ROOT / "dist" / "deepcrate-env.tar.gz"

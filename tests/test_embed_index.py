@@ -13,15 +13,17 @@ from deepcrate.cli import main
 from deepcrate.config import resolve_config
 from deepcrate.embed import embed
 from deepcrate.errors import InputError, ModelError
-from deepcrate.index import IndexSettings, build, build_index, exact_top_k, neighbours, normalise, recommendation_blocks
+from deepcrate.index import build, recommendation_blocks
 from deepcrate.model import embedding_model
 from deepcrate.model_store import latest_model, read_model_folder
 from deepcrate.recommend import Catalogue, Filters
 from deepcrate.session import session_conf
 from deepcrate.training import train
+from deepcrate.vector_index import IndexSettings, build_index, neighbours
+from deepcrate.vectors import exact_top_k, normalise
 from deepcrate.warehouse import Warehouse
 
-from conftest import copy_warehouse
+from helpers import copy_warehouse
 
 FAST = ["train.batch_size=16", "train.max_epochs=3", "train.shuffle_buffer=64", "train.interleave=2"]
 

@@ -30,7 +30,7 @@ from deepcrate.retrieval import (
 )
 from deepcrate.timbre import RIDGE, divergence_vectors, least_divergent
 
-from conftest import make_signal, write_audio
+from helpers import make_signal, write_audio
 
 # -- the metrics, by hand ----------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from deepcrate.config import resolve_config
 from deepcrate.ingest import ingest
 from deepcrate.warehouse import Warehouse
 
-from conftest import make_signal, reference_seed_slice, write_audio
+from helpers import make_signal, reference_seed_slice, write_audio
 
 CONFIG = ["ingest.max_file_mb=2", "ingest.max_duration_s=15", "ingest.progress_interval_s=1"]
 
@@ -269,7 +269,7 @@ def test_overlapping_slices_are_ingested_with_their_offsets(spark, tmp_path):
 
 
 def test_a_file_listed_twice_with_two_genres_is_named_with_both_and_the_first_kept(tmp_path, caplog):
-    from deepcrate.catalogue import read_manifest
+    from deepcrate.audio_inputs import read_manifest
 
     manifest = tmp_path / "labels.csv"
     manifest.write_text("path,genre\nrock/a.mp3,rock\n./rock/a.mp3,jazz\nrock/b.mp3,rock\nrock/b.mp3,rock\n")
@@ -281,7 +281,7 @@ def test_a_file_listed_twice_with_two_genres_is_named_with_both_and_the_first_ke
 
 
 def test_an_empty_manifest_is_one_line(tmp_path):
-    from deepcrate.catalogue import read_manifest
+    from deepcrate.audio_inputs import read_manifest
     from deepcrate.errors import InputError
 
     (tmp_path / "empty.csv").write_bytes(b"")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 
-from conftest import make_signal, write_audio
+from helpers import make_signal, write_audio
 
 ROOT = Path(__file__).resolve().parents[1]
 

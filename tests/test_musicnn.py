@@ -30,7 +30,7 @@ from deepcrate.training import TrainSettings, train
 from deepcrate.transfer import feature_extractor, pretrained_model
 from deepcrate.warehouse import Warehouse
 
-from conftest import copy_warehouse, make_signal
+from helpers import copy_warehouse, make_signal
 
 REFERENCE = Path(__file__).parent / "data" / "musicnn_reference.npz"
 needs_weights = pytest.mark.skipif(not weights_installed(), reason="musicnn's weights are not installed "
@@ -288,7 +288,7 @@ def test_without_genres_the_catalogue_gets_the_pretrained_embedding(spark, tmp_p
 def test_a_rebuild_without_the_weights_stops_before_any_work_in_one_line(spark, tmp_path, monkeypatch, capsys):
     from deepcrate.cli import main
 
-    from conftest import write_audio
+    from helpers import write_audio
 
     write_audio(tmp_path / "audio" / "a.mp3", make_signal(4.0))
     real = importlib.util.find_spec

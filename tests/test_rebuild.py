@@ -15,7 +15,7 @@ from deepcrate.errors import InputError, ModelError, WarehouseError
 from deepcrate.faults import INJECT_FAILURE
 from deepcrate.rebuild import rebuild
 
-from conftest import make_signal, write_audio
+from helpers import make_signal, write_audio
 
 TABLES = ["songs", "slices", "rejects", "slice_embeddings", "song_embeddings", "recommendations"]
 KEYS = {"songs": ["song_id"], "slices": ["song_id", "slice_idx"], "rejects": ["path"],

@@ -7,7 +7,7 @@ from deepcrate.config import resolve_config
 from deepcrate.errors import ConfigError
 from deepcrate.spectrogram import SpectrogramSettings, count_slices, grey_to_db, iter_slices
 
-from conftest import make_signal, reference_grey, reference_seed_slice
+from helpers import make_signal, reference_grey, reference_seed_slice
 
 
 def settings_for(preset: str) -> SpectrogramSettings:

@@ -13,7 +13,7 @@ import pytest
 from deepcrate.cli import main
 from deepcrate.config import resolve_config
 from deepcrate.errors import ModelError, TrainingError
-from deepcrate.evaluation import Evaluation, vote_songs
+from deepcrate.genre_accuracy import Evaluation, vote_songs
 from deepcrate.model import EMBEDDING_LAYER, OUTPUT_LAYER, build_model, embedding_model
 from deepcrate.model_store import latest_model, read_model_folder
 from deepcrate.schemas import SLICES
@@ -22,7 +22,7 @@ from deepcrate.spectrogram import SpectrogramSettings
 from deepcrate.training import train
 from deepcrate.warehouse import Warehouse
 
-from conftest import copy_warehouse
+from helpers import copy_warehouse
 
 FAST = ["train.batch_size=16", "train.progress_interval_s=1", "train.shuffle_buffer=64", "train.interleave=2"]
 

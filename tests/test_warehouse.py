@@ -95,7 +95,7 @@ def test_a_second_writer_is_refused_in_one_line_and_a_dead_writers_lock_is_taken
     from deepcrate.cli import main
     from deepcrate.warehouse import LOCK_FILE, writer_lock
 
-    from conftest import make_signal, write_audio
+    from helpers import make_signal, write_audio
 
     write_audio(tmp_path / "audio" / "a.mp3", make_signal(6))
     wh = tmp_path / "wh"

@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -42,6 +43,13 @@ class DecodeLimits:
     max_duration_s: float
     truncated_ratio: float
     silence_dbfs: float
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> DecodeLimits:
+        """The ``ingest`` settings that cut or refuse a decoded file."""
+        options = config["ingest"]
+        return cls(max_duration_s=float(options["max_duration_s"]), truncated_ratio=float(options["truncated_ratio"]),
+                   silence_dbfs=float(options["silence_dbfs"]))
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
@@ -178,7 +177,6 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's C++ INFO lines drown the progress
     from deepcrate.training import train
 
     config, spark = _config_and_session(args)
@@ -188,7 +186,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     from deepcrate.embed import embed
 
     config, spark = _config_and_session(args)
@@ -220,7 +217,6 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _rebuild(args: argparse.Namespace) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     from deepcrate.rebuild import rebuild
 
     config, spark = _config_and_session(args)
@@ -231,7 +227,6 @@ def _rebuild(args: argparse.Namespace) -> int:
 
 
 def _recommend(args: argparse.Namespace) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from deepcrate.config import resolve_config
     from deepcrate.recommend import Catalogue, Filters, parse_date, write_results
 

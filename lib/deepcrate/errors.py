@@ -44,3 +44,7 @@ class TrainingError(DeepcrateError):
 
 class ModelError(DeepcrateError):
     """A model folder is missing, incomplete or does not fit the data it is given."""
+
+
+class SearchIndexError(WarehouseError):
+    """The warehouse's search index is unreadable or does not match its song embeddings."""

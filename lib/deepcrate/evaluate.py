@@ -41,17 +41,18 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from pyspark.sql import SparkSession
 
+from deepcrate.audio import DecodeLimits
+from deepcrate.audio_inputs import literal_glob
 from deepcrate.errors import InputError, WarehouseError
-from deepcrate.evaluation import percent
-from deepcrate.index import list_column_matrix
-from deepcrate.ingest import decode_limits, literal_glob
+from deepcrate.genre_accuracy import percent
 from deepcrate.mfcc import DIMENSIONS, GAUSSIAN_DIMENSIONS, SAMPLE_RATE, song_mfcc_features, standardise
 from deepcrate.progress import Progress
 from deepcrate.retrieval import ideal_songs, nearest_songs, random_songs, retrieval_scores
 from deepcrate.schemas import EVALUATION, MFCC_FEATURES, validate
 from deepcrate.session import session_conf
-from deepcrate.slice_reader import filesystem_and_path
 from deepcrate.timbre import least_divergent
+from deepcrate.uris import filesystem_and_path
+from deepcrate.vectors import list_column_matrix
 from deepcrate.warehouse import Warehouse, holds_writer_lock
 
 if TYPE_CHECKING:
@@ -294,7 +295,7 @@ def _write_mfcc_features(spark: SparkSession, store: Warehouse, songs: pd.DataFr
         have = {row["song_id"] for row in kept.select("song_id").collect()}
         songs = songs[~songs["song_id"].isin(have)]
     logger.info("MFCC features: %d songs to decode", len(songs))
-    limits = decode_limits(config)
+    limits = DecodeLimits.from_config(config)
     done = spark.sparkContext.accumulator(0)
     ids = dict(zip(songs["path"], songs["song_id"]))
 

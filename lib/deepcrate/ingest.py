@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -39,10 +38,11 @@ from deepcrate.audio import (
     UNSUPPORTED_EXTENSION,
     DecodeLimits,
 )
-from deepcrate.catalogue import (
+from deepcrate.audio_inputs import (
     LABEL_COLUMNS,
     folder_genre,
     list_files,
+    literal_glob,
     normalise_path,
     read_manifest,
     skipped_by_spark,
@@ -55,7 +55,8 @@ from deepcrate.session import session_conf
 from deepcrate.slicing import slice_audio_file
 from deepcrate.spectrogram import SpectrogramSettings
 from deepcrate.split import assign_splits
-from deepcrate.warehouse import Warehouse, holds_writer_lock, to_uri
+from deepcrate.uris import to_uri
+from deepcrate.warehouse import Warehouse, holds_writer_lock
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ def ingest(
     started = time.monotonic()
     settings = SpectrogramSettings.from_config(config)
     options = config["ingest"]
-    limits = decode_limits(config)
+    limits = DecodeLimits.from_config(config)
     audio_uri = to_uri(audio)
     listing = list_files(spark, audio_uri)
     store = Warehouse(spark, warehouse, create=True, table_format=config["warehouse"]["table_format"])
@@ -221,14 +222,6 @@ def ingest(
         seconds=time.monotonic() - started,
         decoded=to_decode,
     )
-
-
-def decode_limits(config: dict[str, Any]) -> DecodeLimits:
-    """The ``ingest`` settings that cut or refuse a decoded file."""
-    options = config["ingest"]
-    return DecodeLimits(max_duration_s=float(options["max_duration_s"]),
-                        truncated_ratio=float(options["truncated_ratio"]),
-                        silence_dbfs=float(options["silence_dbfs"]))
 
 
 def _songs_to_keep(store: Warehouse, listing: pd.DataFrame, *, metadata: dict[str, Any]) -> pd.DataFrame | None:
@@ -310,11 +303,6 @@ def _decode(
     with Progress(label="files decoded", total=total, done=lambda: files_done.value, interval_s=progress_s):
         decoding.write.mode("overwrite").parquet(out_uri)
     return spark.read.schema(_DECODED).parquet(out_uri)
-
-
-def literal_glob(path: str) -> str:
-    """``path`` with Hadoop's glob characters escaped: Spark globs every path it loads."""
-    return re.sub(r"([\\\[\]{}*?])", r"\\\1", path)
 
 
 def decode_file(

@@ -24,16 +24,17 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
-from deepcrate.catalogue import list_files, read_manifest
+from deepcrate.audio_inputs import list_files, read_manifest
 from deepcrate.embed import embed, open_model
 from deepcrate.errors import InputError
 from deepcrate.evaluate import METHODS, evaluate
-from deepcrate.evaluation import percent
+from deepcrate.genre_accuracy import percent
 from deepcrate.index import build as build_index
 from deepcrate.ingest import DECODING_KEYS, ingest
 from deepcrate.model_store import MODELS, ModelFolder, read_model_folder
 from deepcrate.spectrogram import SpectrogramSettings
-from deepcrate.warehouse import Warehouse, holds_writer_lock, to_uri
+from deepcrate.uris import to_uri
+from deepcrate.warehouse import Warehouse, holds_writer_lock
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def rebuild(
     config : dict
         The resolved config.
     manifest : str, optional
-        Labels and song facts (see :func:`deepcrate.catalogue.read_manifest`).
+        Labels and song facts (see :func:`deepcrate.audio_inputs.read_manifest`).
     model : str, optional
         A model folder or a version under ``WH/models``: skip training and embed with it.
     force : bool

@@ -19,11 +19,11 @@ import pyarrow.dataset as ds
 
 from deepcrate.audio import DecodeLimits
 from deepcrate.errors import AudioError, InputError, WarehouseError
-from deepcrate.index import INDEX, IndexSettings, load_index, neighbours, normalise
 from deepcrate.model_store import MODELS, read_model_folder
-from deepcrate.slice_reader import filesystem_and_path
 from deepcrate.slicing import slice_audio_file
-from deepcrate.warehouse import local_path, to_uri
+from deepcrate.uris import filesystem_and_path, local_path, to_uri
+from deepcrate.vector_index import INDEX, IndexSettings, load_index, neighbours
+from deepcrate.vectors import normalise
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class Catalogue:
 
     def file_seed(self, path: str) -> Seed:
         """Decode, slice and embed a file that need not be in the catalogue, with the catalogue's model."""
-        from deepcrate.embed import embed_images, worker_model
+        from deepcrate.inference import embed_images, worker_model
 
         folder = read_model_folder(os.path.join(self.local_root, MODELS, str(self.model_version)))
         try:

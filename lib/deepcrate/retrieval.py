@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deepcrate.index import exact_top_k, normalise
+from deepcrate.vectors import exact_top_k, normalise
 
 
 def precision_at_k(relevant: np.ndarray, *, k: int) -> np.ndarray:

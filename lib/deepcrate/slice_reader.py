@@ -19,18 +19,9 @@ import pyarrow.dataset as ds
 import pyarrow.fs
 
 from deepcrate.errors import WarehouseError
-from deepcrate.warehouse import local_path
+from deepcrate.uris import filesystem_and_path
 
 logger = logging.getLogger(__name__)
-
-
-def filesystem_and_path(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    """``file:/x`` (Hadoop style, one slash) is a local path; other URIs go to pyarrow."""
-    if uri.startswith("file:"):
-        return pyarrow.fs.LocalFileSystem(), local_path(uri)
-    if "://" in uri:
-        return pyarrow.fs.FileSystem.from_uri(uri)
-    return pyarrow.fs.LocalFileSystem(), uri
 
 
 @dataclass

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from deepcrate.index import exact_top_k, merge_top_k
 from deepcrate.mfcc import N_MFCC
 from deepcrate.retrieval import other_songs
+from deepcrate.vectors import exact_top_k, merge_top_k
 
 # Added to every covariance: a song with a constant coefficient (digital silence in a
 # band, a single frame) still has a precision matrix.

@@ -31,13 +31,14 @@ import yaml
 from deepcrate import __version__
 from deepcrate.config import config_to_yaml
 from deepcrate.errors import ConfigError, TrainingError
-from deepcrate.evaluation import Evaluation
+from deepcrate.genre_accuracy import Evaluation
 from deepcrate.model import MODEL_PRESETS, build_model, embedding_model, pair_contrastive_loss, slices_per_call
 from deepcrate.model_store import MODELS, write_json
 from deepcrate.schemas import EVALUATION, validate
 from deepcrate.slice_reader import SliceTable
 from deepcrate.spectrogram import SpectrogramSettings
-from deepcrate.warehouse import Warehouse, holds_writer_lock, local_path
+from deepcrate.uris import local_path
+from deepcrate.warehouse import Warehouse, holds_writer_lock
 
 logger = logging.getLogger(__name__)
 

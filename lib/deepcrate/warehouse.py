@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 from pyspark.sql import DataFrame, SparkSession
 
 from deepcrate.errors import WarehouseError
+from deepcrate.uris import local_path, to_uri
 
 logger = logging.getLogger(__name__)
 
@@ -56,18 +57,6 @@ _PUBLISH = "_PUBLISH"
 LOCK_FILE = "_LOCK"
 _HELD: dict[str, list] = {}  # warehouse root -> [lock token, depth]: the locks this process holds
 Stage = TypeVar("Stage", bound=Callable[..., Any])
-
-
-def to_uri(location: str) -> str:
-    """A local path becomes an absolute ``file:`` URI; URIs pass through."""
-    if "://" in location or location.startswith("file:"):
-        return location.rstrip("/")
-    return "file:" + os.path.abspath(os.path.expanduser(location))
-
-
-def local_path(uri: str) -> str:
-    """The local path of a ``file:`` URI (``file:/x`` or ``file:///x``)."""
-    return "/" + uri[len("file:"):].lstrip("/")
 
 
 class Warehouse:

@@ -12,7 +12,7 @@ from pyspark.sql import SparkSession
 
 from deepcrate.errors import InputError
 from deepcrate.schemas import SONGS
-from deepcrate.warehouse import to_uri
+from deepcrate.uris import to_uri
 
 logger = logging.getLogger(__name__)
 
@@ -146,3 +146,8 @@ def _manifest_uri(path: str | None, *, audio_uri: str) -> str:
 def _column_name(name: str) -> str:
     cleaned = re.sub(r"[^0-9a-zA-Z_]+", "_", str(name).strip().lower()).strip("_")
     return cleaned or "column"
+
+
+def literal_glob(path: str) -> str:
+    """``path`` with Hadoop's glob characters escaped: Spark globs every path it loads."""
+    return re.sub(r"([\\\[\]{}*?])", r"\\\1", path)

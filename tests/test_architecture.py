@@ -1,0 +1,51 @@
+"""The layer contract (.importlinter, docs/architecture.md) holds, and it would catch a wrong-way import."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+
+
+def _lint_imports(package_parent: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(package_parent)}
+    return subprocess.run([str(LINT_IMPORTS), "--config", str(ROOT / ".importlinter"), "--no-cache"],
+                          capture_output=True, text=True, env=env, cwd=package_parent)
+
+
+def test_the_package_keeps_its_layers():
+    result = _lint_imports(ROOT / "lib")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 kept, 0 broken" in result.stdout
+
+
+@pytest.mark.parametrize(("module", "line", "broken"), [
+    ("evaluate", "from deepcrate.ingest import ingest", "deepcrate.evaluate is not allowed to import deepcrate.ingest"),
+    ("retrieval", "from deepcrate.index import build", "deepcrate.retrieval is not allowed to import deepcrate.index"),
+    ("warehouse", "from deepcrate.rebuild import rebuild",
+     "deepcrate.warehouse is not allowed to import deepcrate.rebuild"),
+    ("mfcc", "import pyspark", "deepcrate.mfcc is not allowed to import pyspark"),
+])
+def test_a_wrong_way_import_breaks_the_contract(tmp_path, module, line, broken):
+    package = tmp_path / "deepcrate"
+    shutil.copytree(ROOT / "lib" / "deepcrate", package, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(package / f"{module}.py", "a", encoding="utf-8") as source:
+        source.write(f"\n{line}  # noqa\n")
+    result = _lint_imports(tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert broken in result.stdout
+
+
+def test_a_module_outside_every_layer_breaks_the_contract(tmp_path):
+    package = tmp_path / "deepcrate"
+    shutil.copytree(ROOT / "lib" / "deepcrate", package, ignore=shutil.ignore_patterns("__pycache__"))
+    (package / "stray.py").write_text('"""Not placed in any layer."""\n', encoding="utf-8")
+    result = _lint_imports(tmp_path)
+    assert result.returncode == 1
+    assert "deepcrate.stray" in result.stdout
