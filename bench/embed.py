@@ -29,8 +29,8 @@ import tensorflow as tf
 tf.config.threading.set_intra_op_parallelism_threads({threads})
 tf.config.threading.set_inter_op_parallelism_threads(1)
 from deepcrate.inference import embed_images, worker_model
-from deepcrate.slice_reader import SliceTable
-table = SliceTable({slices!r}, image_shape=(256, 256))
+from deepcrate.warehouse import ArrowTables
+table = ArrowTables({warehouse!r}).slice_table(image_shape=(256, 256))
 images = np.concatenate([b.images for s in ("train", "validation", "test")
                          for b in table.batches(split=s, labels=None, batch_size=4096)])
 model = worker_model("bench", open({model!r}, "rb").read())
@@ -77,7 +77,7 @@ def main() -> int:
     print(f"{warehouse}, model {models[-1].parent.name}, {os.cpu_count()} cores", flush=True)
     results: dict = {"warehouse": str(warehouse), "model": models[-1].parent.name}
     for threads in (1, 2):
-        bare = _run(BARE.format(threads=threads, slices=str(warehouse / "slices"), model=str(models[-1])),
+        bare = _run(BARE.format(threads=threads, warehouse=str(warehouse), model=str(models[-1])),
                     threads=threads)
         results[f"bare_{threads}_thread"] = {**bare, "slices_per_s": bare["slices"] / bare["seconds"]}
         print(f"bare model, {threads} thread(s): {results[f'bare_{threads}_thread']['slices_per_s']:.0f} slices/s",

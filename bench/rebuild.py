@@ -6,7 +6,7 @@ warehouse:
 
 - local: ``--master local[N]`` (N = this machine's cores), every stage, training included
   (the baseline);
-- cluster: a master and N workers of one core each on 127.0.0.1 (deepcrate.local_cluster),
+- cluster: a master and N workers of one core each on 127.0.0.1 (tests/local_cluster.py),
   executors running in the packed environment (``make package``), the code as a zipped
   wheel, and ``--model`` set to the model the local run trained: training runs in the
   driver either way, so it is measured once.
@@ -33,9 +33,11 @@ import time
 from pathlib import Path
 
 from deepcrate.demo import write_demo_catalogue
-from deepcrate.local_cluster import SPARK_HOME, StandaloneCluster
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the test suite's standalone cluster on 127.0.0.1
+from local_cluster import SPARK_HOME, StandaloneCluster
+
 CACHE = Path.home() / ".cache" / "deepcrate-bench" / "rebuild-200"
 STAGE_LINE = re.compile(r"^\s+(ingest|train|embed|index|evaluate)\s+(ran|skipped|given)\s+([\d.]+) s\s*(.*)$")
 TOTALS = re.compile(r"rebuild finished in [\d.]+ s: (\d+) songs, (\d+) slices, (\d+) rejects")

@@ -64,10 +64,10 @@ import pyarrow.dataset as ds
 from deepcrate.evaluate import genre_probe
 from deepcrate.mfcc import N_MFCC, standardise
 from deepcrate.retrieval import ideal_songs, nearest_songs, retrieval_scores
-from deepcrate.slice_reader import SliceTable
 from deepcrate.split import SPLITS
 from deepcrate.timbre import least_divergent
 from deepcrate.vectors import normalise
+from deepcrate.warehouse import ArrowTables
 
 if TYPE_CHECKING:
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
@@ -217,7 +217,7 @@ def spectrum_statistics(images: np.ndarray, owners: pd.Series, song_ids: pd.Seri
 def read_slices(warehouse: Path) -> tuple[np.ndarray, pd.Series]:
     """Every slice image of the warehouse (n, rows, frames) uint8, and the song of each."""
     settings = json.loads((warehouse / "slices" / "_deepcrate.json").read_text())["spectrogram"]
-    table = SliceTable(str(warehouse / "slices"), image_shape=(settings["n_rows"], settings["slice_frames"]))
+    table = ArrowTables(str(warehouse)).slice_table(image_shape=(settings["n_rows"], settings["slice_frames"]))
     batches = [batch for split in SPLITS for batch in table.batches(split=split, labels=None, batch_size=1024)]
     return np.concatenate([b.images for b in batches]), pd.Series(np.concatenate([b.song_ids for b in batches]))
 

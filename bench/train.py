@@ -43,12 +43,12 @@ def main() -> int:
 
     from deepcrate.config import resolve_config
     from deepcrate.model import build_model
-    from deepcrate.slice_reader import SliceTable
     from deepcrate.training import TrainSettings, training_dataset
+    from deepcrate.warehouse import ArrowTables
 
     gpus = tf.config.list_physical_devices("GPU")
     device = "gpu" if gpus else "cpu"
-    table = SliceTable(os.path.join(warehouse, "slices"), image_shape=(256, 256))
+    table = ArrowTables(warehouse).slice_table(image_shape=(256, 256))
     counts = table.genre_counts()["train"]
     labels = sorted(g for g in counts if g)
     n_slices = sum(counts[g] for g in labels)

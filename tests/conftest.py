@@ -1,4 +1,10 @@
-"""Shared fixtures: one real local Spark session, real audio files written on the fly."""
+"""Shared fixtures: one real local Spark session, real audio files written on the fly; the markers.
+
+Every test is marked ``unit`` (no Spark, no model training: the whole set runs in about a
+minute), ``spark`` (the local session, or a stage run through the CLI) or ``cluster`` (a
+standalone cluster and spark-submit). ``pytest -m unit tests`` while working;
+``make test`` runs everything.
+"""
 from __future__ import annotations
 
 import os
@@ -12,6 +18,29 @@ from deepcrate.session import ensure_utf8_locale
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 ensure_utf8_locale()
+
+
+# Modules whose tests run stages (through the CLI, a job or a model) even without the spark fixture.
+_STAGE_MODULES = {"test_cli", "test_jobs", "test_rebuild", "test_notebook", "test_musicnn", "test_train",
+                  "test_contrastive", "test_embed_index", "test_evaluate", "test_ingest", "test_acquire",
+                  "test_demo", "test_warehouse"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "unit: needs neither Spark nor a training run")
+    config.addinivalue_line("markers", "spark: runs Spark locally (or a stage that starts it)")
+    config.addinivalue_line("markers", "cluster: starts a standalone Spark cluster and submits to it")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        module = item.path.stem
+        if module == "test_cluster":
+            item.add_marker("cluster")
+        elif "spark" in item.fixturenames or module in _STAGE_MODULES:
+            item.add_marker("spark")
+        else:
+            item.add_marker("unit")
 
 
 SEED_RECIPE = {"spectrogram": {"preset": "seed"}, "train": {"model": "seed", "objective": "classify"}}

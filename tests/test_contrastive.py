@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 
 from deepcrate.model import pair_contrastive_loss
-from deepcrate.slice_reader import SliceTable
+from deepcrate.warehouse import ArrowTables
 
 
 def test_pairs_are_two_different_slices_of_one_song_and_a_song_once_per_batch(demo_warehouse):
-    table = SliceTable(str(demo_warehouse / "slices"), image_shape=(256, 256))
+    table = ArrowTables(str(demo_warehouse)).slice_table(image_shape=(256, 256))
     for buffer_size in (16, 4096):  # pairs emitted while reading, and all at the end
         seen = []
         for batch in table.paired_batches(split="train", batch_size=8, buffer_size=buffer_size, interleave=2,

@@ -13,7 +13,7 @@ from deepcrate.cli import main
 from deepcrate.config import resolve_config
 from deepcrate.embed import embed
 from deepcrate.errors import InputError, ModelError
-from deepcrate.index import build, recommendation_blocks
+from deepcrate.index import index_songs, recommendation_blocks
 from deepcrate.model import embedding_model
 from deepcrate.model_store import latest_model, read_model_folder
 from deepcrate.recommend import Catalogue, Filters
@@ -36,7 +36,7 @@ def embedded(spark, demo_warehouse, tmp_path_factory):
     train(spark, warehouse=str(wh), config=config)
     with session_conf(spark, {"spark.sql.files.maxPartitionBytes": str(1 << 19)}):  # ~8 slices per task
         summary = embed(spark, warehouse=str(wh), config=resolve_config(overrides=["embed.batch_size=5"]))
-    build(spark, warehouse=str(wh), config=config)
+    index_songs(spark, warehouse=str(wh), config=config)
     return wh, summary
 
 

@@ -172,14 +172,14 @@ def test_rerun_gives_identical_tables(spark, ingested, catalogue):
 
 def test_crash_while_writing_leaves_the_published_tables(spark, ingested, catalogue, monkeypatch):
     _, warehouse, before = ingested
-    original = Warehouse.write_metadata
+    original = Warehouse.write_table
 
-    def crash_on_slices(self, uri, metadata):
-        if uri.endswith("/slices"):
+    def crash_on_slices(self, run, name, frame, **kwargs):
+        original(self, run, name, frame, **kwargs)
+        if name == "slices":
             raise RuntimeError("simulated crash")
-        original(self, uri, metadata)
 
-    monkeypatch.setattr(Warehouse, "write_metadata", crash_on_slices)
+    monkeypatch.setattr(Warehouse, "write_table", crash_on_slices)
     other = resolve_config(overrides=CONFIG + ["split.seed=99"])  # would change every split
     with pytest.raises(RuntimeError, match="simulated crash"):
         ingest(spark, audio=str(catalogue), warehouse=str(warehouse), config=other)

@@ -8,12 +8,18 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 import pytest
+from pyspark.sql import functions as F
+from pyspark.sql.types import IntegerType, StringType, StructField, StructType
 
 from deepcrate.cli import main
 from deepcrate.config import resolve_config
 from deepcrate.errors import InputError, ModelError, WarehouseError
 from deepcrate.faults import INJECT_FAILURE
-from deepcrate.rebuild import rebuild
+from deepcrate.index import index_songs
+from deepcrate.pipeline import Outcome, Stage
+from deepcrate.rebuild import STAGES, rebuild
+from deepcrate.schemas import TABLES as SCHEMAS
+from deepcrate.schemas import Table
 
 from helpers import make_signal, write_audio
 
@@ -168,8 +174,69 @@ def test_delta_without_its_jars_says_what_to_add(spark, rebuilt, tmp_path, capsy
     assert not (tmp_path / "wh" / "songs").exists()
 
 
-def test_the_model_records_its_inputs(rebuilt):
+def test_the_warehouse_records_what_each_stage_published_and_from_what(rebuilt):
     root, _, _, _ = rebuilt
-    train = json.loads(next((root / "wh" / "models").iterdir()).joinpath("train.json").read_text())
-    songs = json.loads((root / "wh" / "songs" / "_deepcrate.json").read_text())
-    assert train["fingerprint"] and songs["fingerprint"] and train["fingerprint"] != songs["fingerprint"]
+    wh = root / "wh"
+    records = {path.stem: json.loads(path.read_text()) for path in (wh / "_stages").glob("*.json")}
+    assert sorted(records) == ["embed", "evaluate", "index", "ingest", "train"]
+    assert len({r["fingerprint"] for r in records.values()}) == 5
+    for stage, tables in (("ingest", ["songs", "slices", "rejects"]), ("embed", ["slice_embeddings", "song_embeddings"]),
+                          ("index", ["recommendations"]), ("evaluate", ["evaluation", "mfcc_features"])):
+        assert sorted(records[stage]["versions"]) == sorted(tables)
+        for table in tables:  # the run that published each table, as its metadata says
+            assert records[stage]["versions"][table] == json.loads((wh / table / "_deepcrate.json").read_text())["run"]
+    model = next((wh / "models").iterdir())
+    assert records["train"]["versions"] == {f"models/{model.name}": model.name}
+    assert json.loads((model / "train.json").read_text())["fingerprint"] == records["train"]["fingerprint"]
+
+
+class SongCounts(Stage):
+    """A toy stage a later issue might add: songs per genre, from the songs table."""
+
+    name = "song_counts"
+    after = ("ingest",)
+    writes = ("song_counts",)
+
+    def __init__(self):
+        self.runs = 0
+
+    def settings(self, config):
+        return config["split"]
+
+    def run(self, context, *, fingerprint):
+        self.runs += 1
+        store = context.store
+        counts = store.read(Table.SONGS).groupBy("genre").count().select("genre", F.col("count").cast("int"))
+        run = store.begin_run()
+        store.write_table(run, "song_counts", counts)
+        store.publish(run, ["song_counts"])
+        return Outcome(f"{counts.count()} genres")
+
+
+def test_a_new_stage_is_one_class_and_one_line_and_is_skipped_when_up_to_date(spark, rebuilt, tmp_path, monkeypatch):
+    root, manifest, _, _ = rebuilt
+    monkeypatch.setitem(SCHEMAS, "song_counts", StructType([StructField("genre", StringType()),
+                                                           StructField("count", IntegerType())]))
+    toy = SongCounts()
+    kwargs = {"audio": str(root / "audio"), "manifest": str(manifest), "warehouse": str(tmp_path / "wh"),
+              "model": str(next((root / "wh" / "models").iterdir())), "stages": (*STAGES, toy)}
+    first = rebuild(spark, config=resolve_config(), **kwargs)
+    assert [(s.name, s.status) for s in first.stages] == [
+        ("ingest", "ran"), ("train", "given"), ("embed", "ran"), ("index", "ran"), ("evaluate", "ran"),
+        ("song_counts", "ran")]
+    counts = {r["genre"]: r["count"] for r in spark.read.parquet(str(tmp_path / "wh" / "song_counts")).collect()}
+    songs = pd.read_csv(manifest)
+    assert sum(counts.values()) == 35 and counts["trance"] == (songs["genre"] == "trance").sum()
+
+    second = rebuild(spark, config=resolve_config(), **kwargs)
+    assert [s.status for s in second.stages] == ["skipped", "given", "skipped", "skipped", "skipped", "skipped"]
+    assert toy.runs == 1
+
+    # Another job replaced the recommendations: only the index runs again.
+    index_songs(spark, warehouse=str(tmp_path / "wh"), config=resolve_config())
+    third = rebuild(spark, config=resolve_config(), **kwargs)
+    assert [s.status for s in third.stages] == ["skipped", "given", "skipped", "ran", "skipped", "skipped"]
+
+    # A setting the toy declares changes its fingerprint (and ingest's): both run again.
+    fourth = rebuild(spark, config=resolve_config(overrides=["split.seed=5"]), **kwargs)
+    assert fourth.stages[0].status == "ran" and fourth.stages[-1].status == "ran" and toy.runs == 2

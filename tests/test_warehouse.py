@@ -1,14 +1,22 @@
 """Write-then-publish: a published table is always a whole one."""
 import pytest
+from pyspark.sql.types import IntegerType, StructField, StructType
 
 from deepcrate.errors import WarehouseError
+from deepcrate.schemas import TABLES
 from deepcrate.warehouse import Warehouse
 
 
+@pytest.fixture(autouse=True)
+def toy_tables(monkeypatch):
+    """Tables ``a`` and ``b`` of one int column, known to the schemas like a stage's own tables."""
+    for name in ("a", "b"):
+        monkeypatch.setitem(TABLES, name, StructType([StructField("v", IntegerType(), True)]))
+
+
 def stage(store, run, name, values):
-    uri = store.staging_uri(run, name)
-    store.spark.createDataFrame([(v,) for v in values], "v int").write.parquet(uri)
-    store.write_metadata(uri, {"table": name, "values": values})
+    store.write_table(run, name, store.spark.createDataFrame([(v,) for v in values], "v int"),
+                      metadata={"values": values})
 
 
 def read(store, name):
@@ -24,7 +32,7 @@ def test_publish_replaces_all_tables_of_a_run(spark, tmp_path):
         store.publish(run, ["a", "b"])
         assert read(store, "a") == values and read(store, "b") == [v * 10 for v in values]
     assert store.tables() == ["a", "b"]
-    assert store.metadata("a") == {"table": "a", "values": [3]}
+    assert store.metadata("a") == {"table": "a", "values": [3], "run": run}
     assert not any((tmp_path / "wh" / "_staging").iterdir())
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from deepcrate import __version__
 from deepcrate.errors import ConfigError, InputError
-from deepcrate.schemas import DOWNLOADS, validate
+from deepcrate.schemas import DOWNLOADS, Table
 from deepcrate.warehouse import Warehouse, holds_writer_lock
 
 logger = logging.getLogger(__name__)
@@ -432,12 +432,10 @@ def _fetch_on_spark(spark, todo: list[Download], *, audio_dir: Path, settings: A
 
 def _write_downloads_table(spark, store: Warehouse, downloads: list[Download]) -> None:
     run = store.begin_run()
-    uri = store.staging_uri(run, "downloads")
     rows = [tuple(d.row()[f.name] for f in DOWNLOADS.fields) for d in downloads]
     frame = spark.createDataFrame(rows, schema=DOWNLOADS).coalesce(1)
-    validate(frame, table="downloads").write.mode("overwrite").parquet(uri)
-    store.write_metadata(uri, {"table": "downloads", "deepcrate_version": __version__})
-    store.publish(run, ["downloads"])
+    store.write_table(run, Table.DOWNLOADS, frame, metadata={"deepcrate_version": __version__})
+    store.publish(run, [Table.DOWNLOADS])
 
 
 class _Counter:

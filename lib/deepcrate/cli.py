@@ -195,10 +195,10 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _index(args: argparse.Namespace) -> int:
-    from deepcrate.index import build
+    from deepcrate.index import index_songs
 
     config, spark = _config_and_session(args)
-    summary = build(spark, warehouse=args.warehouse, config=config)
+    summary = index_songs(spark, warehouse=args.warehouse, config=config)
     print("\n".join(summary.lines()))
     return 0
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,9 +20,10 @@ from pyspark.sql import SparkSession
 from deepcrate.errors import WarehouseError
 from deepcrate.faults import fail_if_injected
 from deepcrate.inference import embed_images, worker_model
-from deepcrate.model_store import MODELS, ModelFolder, latest_model, read_model_folder
+from deepcrate.model_store import open_model
+from deepcrate.pipeline import Outcome, RebuildContext, Stage
 from deepcrate.progress import Progress
-from deepcrate.schemas import SLICE_EMBEDDINGS, SONG_EMBEDDINGS, validate
+from deepcrate.schemas import SLICE_EMBEDDINGS, SONG_EMBEDDINGS, Table
 from deepcrate.session import session_conf
 from deepcrate.spectrogram import SpectrogramSettings
 from deepcrate.warehouse import Warehouse, holds_writer_lock
@@ -50,19 +50,6 @@ class EmbedSummary:
         ]
 
 
-def open_model(store: Warehouse, model: str | None) -> ModelFolder:
-    """``model`` as a folder path or a version under ``WH/models``; the newest one when None."""
-    if model is None:
-        return read_model_folder(latest_model(store))
-    if os.path.isdir(model):
-        return read_model_folder(model)
-    if store.exists(f"{MODELS}/{model}"):
-        return read_model_folder(store.local_folder(f"{MODELS}/{model}", scratch=tempfile.mkdtemp(prefix="deepcrate-")))
-    versions = store.list_folder(MODELS)
-    raise WarehouseError(f"no model {model!r}: not a folder, nor a version in {store.root}/{MODELS} "
-                         f"(has: {', '.join(versions) or 'none'})")
-
-
 @holds_writer_lock()
 def embed(
     spark: SparkSession,
@@ -71,7 +58,6 @@ def embed(
     config: dict[str, Any],
     model: str | None = None,
     incremental: bool = False,
-    fingerprint: str | None = None,
 ) -> EmbedSummary:
     """Write ``slice_embeddings`` and ``song_embeddings`` for every slice of ``WH/slices``.
 
@@ -82,8 +68,6 @@ def embed(
     incremental : bool
         When the published embeddings come from the same model, keep those of songs
         still in ``songs`` and embed only the songs that have none.
-    fingerprint : str, optional
-        Stored in the tables' metadata (the rebuild job's record of its inputs).
 
     Raises
     ------
@@ -92,10 +76,10 @@ def embed(
     """
     started = time.monotonic()
     store = Warehouse(spark, warehouse, table_format=config["warehouse"]["table_format"])
-    if not store.exists("slices"):
+    if not store.exists(Table.SLICES):
         raise WarehouseError(f"warehouse {store.root}: no slices table; run deepcrate ingest first")
     folder = open_model(store, model)
-    settings = SpectrogramSettings(**store.metadata("slices")["spectrogram"])
+    settings = SpectrogramSettings(**store.metadata(Table.SLICES)["spectrogram"])
     folder.check_settings(settings, what="the slices table")
     folder.load_keras()  # fail here, with a clear message, rather than on every executor
     batch_size = int(config["embed"]["batch_size"])
@@ -106,8 +90,8 @@ def embed(
     embed_batches = _embedder(payload, version=folder.version, shape=(settings.n_rows, settings.slice_frames),
                               batch_size=batch_size, loads=loads, done=done)
 
-    slices = store.read("slices").select("song_id", "slice_idx", "spectrogram")
-    songs = store.read("songs").select("song_id", "n_slices")
+    slices = store.read(Table.SLICES, columns=["song_id", "slice_idx", "spectrogram"])
+    songs = store.read(Table.SONGS, columns=["song_id", "n_slices"])
     kept = _embeddings_to_keep(store, version=folder.version, songs=songs) if incremental else None
     if kept is not None:
         kept_slices, kept_songs = kept
@@ -118,7 +102,7 @@ def embed(
     if kept is not None:
         logger.info("incremental embed: %d songs kept, %d slices to embed", kept_ids.count(), total)
     run = store.begin_run()
-    slice_uri = store.staging_uri(run, "slice_embeddings")
+    metadata = {"model_version": folder.version, "labels": folder.labels}
     pass_started = time.monotonic()
     with session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": str(batch_size)}), \
             Progress(label="slices embedded", total=total, done=lambda: done.value,
@@ -126,37 +110,33 @@ def embed(
         frame = slices.mapInPandas(embed_batches, schema=SLICE_EMBEDDINGS)
         if kept is not None:
             frame = kept_slices.unionByName(frame, allowMissingColumns=True)  # kept from before "pretrained"
-        validate(frame, table="slice_embeddings").write.mode("overwrite").parquet(slice_uri)
+        store.write_table(run, Table.SLICE_EMBEDDINGS, frame, metadata=metadata)
     pass_seconds = time.monotonic() - pass_started
     logger.info("slice embeddings written in %.1f s", pass_seconds)
-    metadata = {"model_version": folder.version, "labels": folder.labels, "fingerprint": fingerprint}
-    store.write_metadata(slice_uri, {"table": "slice_embeddings", **metadata})
 
     labels, version = list(folder.labels), folder.version
-    new_slices = spark.read.parquet(slice_uri)
+    new_slices = store.read_staged(run, Table.SLICE_EMBEDDINGS)
     if kept is not None:
         new_slices = new_slices.join(kept_ids, "song_id", "left_anti")
     songs_frame = new_slices.groupBy("song_id").applyInPandas(
         lambda group: _song_vector(group, labels=labels, version=version), schema=SONG_EMBEDDINGS)
     if kept is not None:
         songs_frame = kept_songs.unionByName(songs_frame, allowMissingColumns=True)
-    song_uri = store.staging_uri(run, "song_embeddings")
-    validate(songs_frame, table="song_embeddings").write.mode("overwrite").parquet(song_uri)
-    store.write_metadata(song_uri, {"table": "song_embeddings", **metadata})
+    store.write_table(run, Table.SONG_EMBEDDINGS, songs_frame, metadata=metadata)
     logger.info("song embeddings written in %.1f s", time.monotonic() - pass_started - pass_seconds)
-    n_slices = spark.read.parquet(slice_uri).count()
-    n_songs = spark.read.parquet(song_uri).count()
-    store.publish(run, ["slice_embeddings", "song_embeddings"])
+    n_slices = store.read_staged(run, Table.SLICE_EMBEDDINGS).count()
+    n_songs = store.read_staged(run, Table.SONG_EMBEDDINGS).count()
+    store.publish(run, [Table.SLICE_EMBEDDINGS, Table.SONG_EMBEDDINGS])
     return EmbedSummary(model_version=version, slices=n_slices, songs=n_songs, model_loads=loads.value,
                         seconds=time.monotonic() - started, pass_seconds=pass_seconds, embedded=total)
 
 
 def _embeddings_to_keep(store: Warehouse, *, version: str, songs):
     """(slice_embeddings, song_embeddings) of the published songs still in ``songs``, or None."""
-    names = ("slice_embeddings", "song_embeddings")
+    names = (Table.SLICE_EMBEDDINGS, Table.SONG_EMBEDDINGS)
     if not all(store.exists(n) for n in names):
         return None
-    previous = store.metadata("song_embeddings").get("model_version")
+    previous = store.metadata(Table.SONG_EMBEDDINGS).get("model_version")
     if previous != version:
         logger.info("embedding every song: the published embeddings come from model %s", previous)
         return None
@@ -200,3 +180,19 @@ def _song_vector(group: pd.DataFrame, *, labels: list[str], version: str) -> pd.
         "model_version": [version],
         "pretrained": [pretrained],
     })
+
+
+class EmbedStage(Stage):
+    """Rebuild stage: embeds the songs that have no embedding from this model (all with ``--force``)."""
+
+    name = "embed"
+    after = ("ingest", "train")
+    writes = (Table.SLICE_EMBEDDINGS, Table.SONG_EMBEDDINGS)
+
+    def run(self, context: RebuildContext, *, fingerprint: str) -> Outcome:
+        summary = embed(context.spark, warehouse=context.warehouse, config=context.config,
+                        model=context.model_folder.path, incremental=not context.force)
+        return Outcome(f"{summary.embedded} slices embedded")
+
+
+STAGE = EmbedStage()

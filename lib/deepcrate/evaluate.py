@@ -38,7 +38,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 from pyspark.sql import SparkSession
 
 from deepcrate.audio import DecodeLimits
@@ -46,14 +45,14 @@ from deepcrate.audio_inputs import literal_glob
 from deepcrate.errors import InputError, WarehouseError
 from deepcrate.genre_accuracy import percent
 from deepcrate.mfcc import DIMENSIONS, GAUSSIAN_DIMENSIONS, SAMPLE_RATE, song_mfcc_features, standardise
+from deepcrate.pipeline import Outcome, RebuildContext, Stage, without
 from deepcrate.progress import Progress
 from deepcrate.retrieval import ideal_songs, nearest_songs, random_songs, retrieval_scores
-from deepcrate.schemas import EVALUATION, MFCC_FEATURES, validate
+from deepcrate.schemas import EVALUATION, MFCC_FEATURES, Table
 from deepcrate.session import session_conf
 from deepcrate.timbre import least_divergent
-from deepcrate.uris import filesystem_and_path
 from deepcrate.vectors import list_column_matrix
-from deepcrate.warehouse import Warehouse, holds_writer_lock
+from deepcrate.warehouse import ArrowTables, Warehouse, holds_writer_lock
 
 if TYPE_CHECKING:
     from sklearn.linear_model import LogisticRegression
@@ -113,8 +112,7 @@ class EvaluateSummary:
 
 
 @holds_writer_lock()
-def evaluate(spark: SparkSession, *, warehouse: str, config: dict[str, Any], fingerprint: str | None = None
-             ) -> EvaluateSummary:
+def evaluate(spark: SparkSession, *, warehouse: str, config: dict[str, Any]) -> EvaluateSummary:
     """Write the ``evaluation`` table (and ``mfcc_features``) for the published song embeddings.
 
     Raises
@@ -127,19 +125,18 @@ def evaluate(spark: SparkSession, *, warehouse: str, config: dict[str, Any], fin
     """
     started = time.monotonic()
     store = Warehouse(spark, warehouse, table_format=config["warehouse"]["table_format"])
-    for name in ("songs", "song_embeddings"):
+    for name in (Table.SONGS, Table.SONG_EMBEDDINGS):
         if not store.exists(name):
             raise WarehouseError(f"warehouse {store.root}: no {name} table; run deepcrate rebuild (or embed) first")
-    songs = store.read("songs").select("song_id", "path", "genre", "split").toPandas()
+    songs = store.read(Table.SONGS, columns=["song_id", "path", "genre", "split"]).toPandas()
     embeddings = _song_embeddings(store)
     version = str(embeddings["model_version"].iloc[0]) if len(embeddings) else ""
     labelled = songs.dropna(subset=["genre"]).merge(embeddings, on="song_id").sort_values("song_id")
     _check_evaluable(labelled, where=f"warehouse {store.root}")
 
     run = store.begin_run()
-    features_uri = store.staging_uri(run, "mfcc_features")
-    computed = _write_mfcc_features(spark, store, labelled[["song_id", "path"]], uri=features_uri, config=config)
-    features = _read_features(features_uri)
+    computed = _write_mfcc_features(spark, store, labelled[["song_id", "path"]], run=run, config=config)
+    features = _read_features(store.staged_arrow(run))
     catalogue = labelled.merge(features, on="song_id").sort_values("song_id").reset_index(drop=True)
     if len(catalogue) < len(labelled):
         logger.warning("%d labelled songs could not be decoded for MFCC features and are left out of the evaluation",
@@ -152,11 +149,9 @@ def evaluate(spark: SparkSession, *, warehouse: str, config: dict[str, Any], fin
     summary = EvaluateSummary(model_version=version, queries=int((catalogue["split"] == "test").sum()),
                               catalogue=len(catalogue), rows=rows, mfcc_computed=computed,
                               seconds=time.monotonic() - started)
-    evaluation_uri = store.staging_uri(run, "evaluation")
-    validate(frame, table="evaluation").write.mode("overwrite").parquet(evaluation_uri)
-    store.write_metadata(evaluation_uri, {"table": "evaluation", "model_version": version,
-                                          "fingerprint": fingerprint, "metrics": summary.metrics()})
-    store.publish(run, ["mfcc_features", "evaluation"])
+    store.write_table(run, Table.EVALUATION, frame,
+                      metadata={"model_version": version, "metrics": summary.metrics()})
+    store.publish(run, [Table.MFCC_FEATURES, Table.EVALUATION])
     summary.seconds = time.monotonic() - started
     return summary
 
@@ -256,10 +251,9 @@ def _probe_predictions(features: np.ndarray, catalogue: pd.DataFrame, queries: n
 
 
 def _song_embeddings(store: Warehouse) -> pd.DataFrame:
-    filesystem, path = filesystem_and_path(store.table_uri("song_embeddings"))
-    dataset = ds.dataset(path, format="parquet", filesystem=filesystem)
-    vectors = ["embedding", *(["pretrained"] if "pretrained" in dataset.schema.names else [])]  # not before it existed
-    table = dataset.to_table(columns=["song_id", "predicted_genre", "model_version", *vectors])
+    names = store.arrow.dataset(Table.SONG_EMBEDDINGS).schema.names
+    vectors = ["embedding", *(["pretrained"] if "pretrained" in names else [])]  # not before it existed
+    table = store.arrow.read(Table.SONG_EMBEDDINGS, columns=["song_id", "predicted_genre", "model_version", *vectors])
     frame = table.drop(vectors).to_pandas()
     frame["embedding"] = list(list_column_matrix(table.column("embedding")))
     if "pretrained" in vectors and table.column("pretrained").null_count == 0:
@@ -269,11 +263,9 @@ def _song_embeddings(store: Warehouse) -> pd.DataFrame:
 
 def _test_slice_predictions(store: Warehouse, test_songs: pd.DataFrame) -> pd.DataFrame:
     """``genre`` and the model's ``predicted`` genre (argmax of its probabilities) of every test slice."""
-    labels = np.array(store.metadata("slice_embeddings")["labels"], dtype=object)
-    filesystem, path = filesystem_and_path(store.table_uri("slice_embeddings"))
-    table = ds.dataset(path, format="parquet", filesystem=filesystem).to_table(
-        columns=["song_id", "genre_probabilities"],
-        filter=pc.field("song_id").isin(pa.array(test_songs["song_id"].tolist(), pa.string())))
+    labels = np.array(store.metadata(Table.SLICE_EMBEDDINGS)["labels"], dtype=object)
+    table = store.arrow.read(Table.SLICE_EMBEDDINGS, columns=["song_id", "genre_probabilities"],
+                             where=pc.field("song_id").isin(pa.array(test_songs["song_id"].tolist(), pa.string())))
     probabilities = list_column_matrix(table.column("genre_probabilities"))
     genre_of = dict(zip(test_songs["song_id"], test_songs["genre"]))
     return pd.DataFrame({
@@ -284,14 +276,14 @@ def _test_slice_predictions(store: Warehouse, test_songs: pd.DataFrame) -> pd.Da
     })
 
 
-def _write_mfcc_features(spark: SparkSession, store: Warehouse, songs: pd.DataFrame, *, uri: str,
+def _write_mfcc_features(spark: SparkSession, store: Warehouse, songs: pd.DataFrame, *, run: str,
                          config: dict[str, Any]) -> int:
     """Stage ``mfcc_features`` for ``songs``: the published rows of these songs, the rest computed."""
     settings = {"sample_rate": SAMPLE_RATE, "dimensions": DIMENSIONS, "timbre_dimensions": GAUSSIAN_DIMENSIONS,
                 "max_duration_s": config["ingest"]["max_duration_s"]}
     kept = None
-    if store.exists("mfcc_features") and store.metadata("mfcc_features").get("settings") == settings:
-        kept = store.read("mfcc_features").join(spark.createDataFrame(songs[["song_id"]]), "song_id", "left_semi")
+    if store.exists(Table.MFCC_FEATURES) and store.metadata(Table.MFCC_FEATURES).get("settings") == settings:
+        kept = store.read(Table.MFCC_FEATURES).join(spark.createDataFrame(songs[["song_id"]]), "song_id", "left_semi")
         have = {row["song_id"] for row in kept.select("song_id").collect()}
         songs = songs[~songs["song_id"].isin(have)]
     logger.info("MFCC features: %d songs to decode", len(songs))
@@ -320,15 +312,34 @@ def _write_mfcc_features(spark: SparkSession, store: Warehouse, songs: pd.DataFr
     with session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": "1"}), \
             Progress(label="songs' MFCC features", total=len(songs), done=lambda: done.value,
                      interval_s=float(config["evaluate"]["progress_interval_s"])):
-        validate(frame, table="mfcc_features").write.mode("overwrite").parquet(uri)
-    store.write_metadata(uri, {"table": "mfcc_features", "settings": settings})
+        store.write_table(run, Table.MFCC_FEATURES, frame, metadata={"settings": settings})
     return len(songs)
 
 
-def _read_features(uri: str) -> pd.DataFrame:
-    filesystem, path = filesystem_and_path(uri)
-    table = ds.dataset(path, format="parquet", filesystem=filesystem).to_table()
+def _read_features(staged: ArrowTables) -> pd.DataFrame:
+    table = staged.read(Table.MFCC_FEATURES)
     return pd.DataFrame({"song_id": table.column("song_id").to_pylist(),
                          "features": list(list_column_matrix(table.column("features"))),
                          "timbre": list(list_column_matrix(table.column("timbre"), dtype=np.float64))})
 
+
+class EvaluateStage(Stage):
+    """Rebuild stage: the evaluation, when the catalogue has labelled test songs."""
+
+    name = "evaluate"
+    after = ("embed",)
+    writes = (Table.EVALUATION, Table.MFCC_FEATURES)
+
+    def settings(self, config: dict[str, Any]) -> Any:
+        return without(config["evaluate"], ("progress_interval_s",))
+
+    def run(self, context: RebuildContext, *, fingerprint: str) -> Outcome:
+        try:
+            summary = evaluate(context.spark, warehouse=context.warehouse, config=context.config)
+        except InputError as exc:  # an unlabelled catalogue still gets its recommendations
+            logger.warning("rebuild: not evaluated: %s", exc)
+            return Outcome(f"not evaluated: {exc}", published=False)
+        return Outcome(f"{summary.queries} test songs as queries")
+
+
+STAGE = EvaluateStage()

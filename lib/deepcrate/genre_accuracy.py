@@ -99,19 +99,6 @@ class Evaluation:
                           "matrix": self.confusion.tolist()},
         }
 
-    def table_rows(self) -> list[tuple]:
-        """Rows of the ``evaluation`` table: the whole test split first, then each genre."""
-        retrieval = (None, None, None, None)  # filled in by deepcrate evaluate
-        overall = (self.model_version, "model", None, len(self.song_ids), len(self.slice_true),
-                   _accuracy(self.song_true, self.song_pred), _accuracy(self.slice_true, self.slice_pred), None,
-                   *retrieval)
-        rows = [overall]
-        for index, genre in enumerate(self.labels):
-            row = self._genre_row(index)
-            rows.append((self.model_version, "model", genre, row["songs"], row["slices"], row["song_accuracy"],
-                         row["slice_accuracy"], row["most_confused_with"], *retrieval))
-        return rows
-
     def report_lines(self) -> list[str]:
         """A short report in the manner of the original's per-genre list."""
         m = self.metrics()

@@ -19,16 +19,15 @@ from typing import Any
 import faiss
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pyspark.sql.pandas.types import to_arrow_schema
 
 from deepcrate.errors import WarehouseError
-from deepcrate.schemas import RECOMMENDATIONS, validate
-from deepcrate.uris import filesystem_and_path
+from deepcrate.pipeline import Outcome, RebuildContext, Stage, without
+from deepcrate.schemas import RECOMMENDATIONS, Table
 from deepcrate.vector_index import INDEX, IndexSettings, build_index, measure_recall, neighbours, save_index
 from deepcrate.vectors import list_column_matrix, normalise
-from deepcrate.warehouse import Warehouse, holds_writer_lock
+from deepcrate.warehouse import ArrowTables, Warehouse, holds_writer_lock
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +52,9 @@ class IndexSummary:
         ]
 
 
-def read_song_vectors(uri: str) -> tuple[np.ndarray, np.ndarray]:
-    """(song ids, float32 vectors) of a ``song_embeddings`` table, sorted by song id."""
-    filesystem, path = filesystem_and_path(uri)
-    table = ds.dataset(path, format="parquet", filesystem=filesystem).to_table(columns=["song_id", "embedding"])
-    table = table.sort_by("song_id")
+def read_song_vectors(tables: ArrowTables) -> tuple[np.ndarray, np.ndarray]:
+    """(song ids, float32 vectors) of the ``song_embeddings`` table, sorted by song id."""
+    table = tables.read(Table.SONG_EMBEDDINGS, columns=["song_id", "embedding"]).sort_by("song_id")
     ids = table.column("song_id").to_numpy(zero_copy_only=False).astype(object)
     return ids, list_column_matrix(table.column("embedding"))
 
@@ -84,17 +81,14 @@ def recommendation_blocks(
 
 
 @holds_writer_lock()
-def build(spark, *, warehouse: str, config: dict[str, Any], fingerprint: str | None = None) -> IndexSummary:
-    """Index ``song_embeddings``, write ``recommendations``, publish both.
-
-    ``fingerprint`` is stored in ``index.json`` (the rebuild job's record of its inputs).
-    """
+def index_songs(spark, *, warehouse: str, config: dict[str, Any]) -> IndexSummary:
+    """Index ``song_embeddings``, write ``recommendations``, publish both."""
     settings = IndexSettings.from_config(config)
     store = Warehouse(spark, warehouse, table_format=config["warehouse"]["table_format"])
-    if not store.exists("song_embeddings"):
+    if not store.exists(Table.SONG_EMBEDDINGS):
         raise WarehouseError(f"warehouse {store.root}: no song_embeddings table; run deepcrate embed first")
-    meta = store.metadata("song_embeddings")
-    ids, raw = read_song_vectors(store.table_uri("song_embeddings"))
+    meta = store.metadata(Table.SONG_EMBEDDINGS)
+    ids, raw = read_song_vectors(store.arrow)
     if len(ids) < 2:
         raise WarehouseError(f"warehouse {store.root}: {len(ids)} song(s) embedded; recommendations need at least 2")
     vectors = normalise(raw)
@@ -111,7 +105,7 @@ def build(spark, *, warehouse: str, config: dict[str, Any], fingerprint: str | N
     scratch = tempfile.mkdtemp(prefix="deepcrate-index-")
     try:
         started = time.monotonic()
-        table_dir = os.path.join(scratch, "recommendations")
+        table_dir = os.path.join(scratch, Table.RECOMMENDATIONS)
         os.makedirs(table_dir)
         last = time.monotonic()
         for number, block in enumerate(recommendation_blocks(index, ids, vectors, settings)):
@@ -125,21 +119,33 @@ def build(spark, *, warehouse: str, config: dict[str, Any], fingerprint: str | N
         index_dir = os.path.join(scratch, INDEX)
         description = {**params, "songs": len(ids), "dim": int(vectors.shape[1]), "k": settings.k,
                        "recall_at_k": recall, "build_s": round(build_s, 3),
-                       "model_version": meta.get("model_version"), "settings": asdict(settings),
-                       "fingerprint": fingerprint}
+                       "model_version": meta.get("model_version"), "settings": asdict(settings)}
         save_index(index_dir, index=index, ids=ids, description=description)
 
         run = store.begin_run()
-        store.stage_folder(run, table_dir, "recommendations")
-        validate(spark.read.parquet(store.staging_uri(run, "recommendations")), table="recommendations")
-        store.write_metadata(store.staging_uri(run, "recommendations"),
-                             {"table": "recommendations", "model_version": meta.get("model_version"),
-                              "index": description})
+        store.write_table_files(run, Table.RECOMMENDATIONS, table_dir,
+                                metadata={"model_version": meta.get("model_version"), "index": description})
         store.stage_folder(run, index_dir, INDEX)
-        store.publish(run, ["recommendations", INDEX])
+        store.publish(run, [Table.RECOMMENDATIONS, INDEX])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return IndexSummary(songs=len(ids), kind=params["kind"], recall_at_k=recall, build_s=build_s,
                         recommend_s=recommend_s, k=settings.k)
 
 
+class IndexStage(Stage):
+    """Rebuild stage: the index and the recommendations, over the whole catalogue."""
+
+    name = "index"
+    after = ("embed",)
+    writes = (Table.RECOMMENDATIONS,)  # WH/index is published in the same run
+
+    def settings(self, config: dict[str, Any]) -> Any:
+        return without(config["index"], ("progress_interval_s", "block_size", "recall_sample"))
+
+    def run(self, context: RebuildContext, *, fingerprint: str) -> Outcome:
+        summary = index_songs(context.spark, warehouse=context.warehouse, config=context.config)
+        return Outcome(f"{summary.kind} index of {summary.songs} songs")
+
+
+STAGE = IndexStage()

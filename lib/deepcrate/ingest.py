@@ -49,8 +49,9 @@ from deepcrate.audio_inputs import (
 )
 from deepcrate.errors import AudioError, InputError
 from deepcrate.faults import fail_if_injected
+from deepcrate.pipeline import Outcome, RebuildContext, Stage
 from deepcrate.progress import Progress
-from deepcrate.schemas import REJECTS, SLICES, SONGS, validate
+from deepcrate.schemas import REJECTS, SLICES, SONGS, Table
 from deepcrate.session import session_conf
 from deepcrate.slicing import slice_audio_file
 from deepcrate.spectrogram import SpectrogramSettings
@@ -60,7 +61,7 @@ from deepcrate.warehouse import Warehouse, holds_writer_lock
 
 logger = logging.getLogger(__name__)
 
-TABLES = ["songs", "slices", "rejects"]
+OUTPUTS = (Table.SONGS, Table.SLICES, Table.REJECTS)
 # The ingest settings that change what a file becomes (the others only change speed).
 DECODING_KEYS = ("extensions", "max_file_mb", "max_duration_s", "truncated_ratio", "silence_dbfs")
 # What the kept songs of an incremental ingest must share with the new ones.
@@ -107,7 +108,7 @@ class IngestSummary:
         ]
         for reason, count in sorted(self.rejects.items()):
             out.append(f"  rejected, {reason}: {count}")
-        out.append(f"  tables: {self.warehouse}/{{{','.join(TABLES)}}}")
+        out.append(f"  tables: {self.warehouse}/{{{','.join(OUTPUTS)}}}")
         return out
 
 
@@ -120,7 +121,6 @@ def ingest(
     config: dict[str, Any],
     manifest: str | None = None,
     incremental: bool = False,
-    fingerprint: str | None = None,
     allow_empty: bool = False,
 ) -> IngestSummary:
     """Decode and slice every audio file under ``audio`` into the warehouse tables.
@@ -135,8 +135,6 @@ def ingest(
         only the other files: new ones, changed ones and earlier rejects. Songs whose
         file is gone are dropped. Falls back to a full ingest when the tables were made
         from another folder or with other decoding, spectrogram or split settings.
-    fingerprint : str, optional
-        Stored in the tables' metadata (the rebuild job's record of its inputs).
     allow_empty : bool
         Publish even when every file was rejected and the published ``songs`` has songs
         (otherwise refused: a wrong setting must not wipe a catalogue).
@@ -175,7 +173,7 @@ def ingest(
             path, length, audio_uri=audio_uri, extensions=extensions, max_bytes=max_bytes,
             max_mb=options["max_file_mb"]))
     ]
-    metadata = _metadata(settings, config, audio_uri=audio_uri, fingerprint=fingerprint)
+    metadata = _metadata(settings, config, audio_uri=audio_uri)
     kept = _songs_to_keep(store, listing, metadata=metadata) if incremental else None
     if kept is None:
         paths, to_decode = None, len(listing) - len(early_rejects)  # the whole folder
@@ -202,17 +200,17 @@ def ingest(
     songs, rejects = _songs_and_rejects(headers, labels=labels, audio_uri=audio_uri, split=config["split"],
                                         kept=kept)
     rejects = pd.concat([rejects, pd.DataFrame(early_rejects, columns=REJECTS.names)])
-    if songs.empty and not allow_empty and store.exists("songs") and (published := store.read("songs").count()):
+    if songs.empty and not allow_empty and store.exists(Table.SONGS) and (published := store.read(Table.SONGS).count()):
         reasons = ", ".join(f"{reason} {n}" for reason, n in Counter(rejects["reason"]).most_common(3))
         raise InputError(f"every one of the {len(rejects)} files was rejected ({reasons}) while {store.root}/songs "
                          f"holds {published} songs: nothing published (check the settings; --allow-empty "
                          f"publishes the empty catalogue)")
-    kept_slices = store.read("slices") if kept is not None and len(kept) else None
+    kept_slices = store.read(Table.SLICES) if kept is not None and len(kept) else None
     slices_written = _write_tables(
         spark, store, run, decoded=decoded, kept_slices=kept_slices, songs=songs, rejects=rejects,
         settings=settings, metadata=metadata,
     )
-    store.publish(run, TABLES)
+    store.publish(run, list(OUTPUTS))
     return IngestSummary(
         warehouse=store.root,
         songs=len(songs),
@@ -226,14 +224,14 @@ def ingest(
 
 def _songs_to_keep(store: Warehouse, listing: pd.DataFrame, *, metadata: dict[str, Any]) -> pd.DataFrame | None:
     """The published songs an incremental ingest keeps, or None when it must start over."""
-    if not all(store.exists(t) for t in TABLES):
+    if not all(store.exists(t) for t in OUTPUTS):
         return None
-    previous = store.metadata("songs")
+    previous = store.metadata(Table.SONGS)
     changed = [key for key in _SAME_FOR_INCREMENTAL if previous.get(key) != metadata[key]]
     if changed:
         logger.info("full ingest: the published tables differ in %s", ", ".join(changed))
         return None
-    songs = store.read("songs").toPandas()
+    songs = store.read(Table.SONGS).toPandas()
     sizes = dict(zip(listing["path"], listing["length"]))
     same = [sizes.get(path) == size for path, size in zip(songs["path"], songs["size_bytes"])]
     return songs[same].reset_index(drop=True)
@@ -437,18 +435,16 @@ def _write_tables(
         # Kept songs' images are copied, not decoded again; labels may have changed.
         kept_df = kept_slices.drop("genre", "split").join(song_keys.drop("path"), "song_id")
         slices_df = kept_df.select(*SLICES.names).unionByName(slices_df)
-    frames = {"songs": songs_df.coalesce(1), "slices": slices_df, "rejects": rejects_df.coalesce(1)}
+    frames = {Table.SONGS: songs_df.coalesce(1), Table.SLICES: slices_df, Table.REJECTS: rejects_df.coalesce(1)}
     for name, frame in frames.items():
         started = time.monotonic()
-        uri = store.staging_uri(run, name)
-        validate(frame, table=name).write.mode("overwrite").parquet(uri)
-        store.write_metadata(uri, {"table": name, **metadata})
+        store.write_table(run, name, frame, metadata=metadata)
         logger.debug("staged %s in %.2f s", name, time.monotonic() - started)
     return int(songs["n_slices"].sum()) if len(songs) else 0
 
 
 def _metadata(
-    settings: SpectrogramSettings, config: dict[str, Any], *, audio_uri: str, fingerprint: str | None
+    settings: SpectrogramSettings, config: dict[str, Any], *, audio_uri: str
 ) -> dict[str, Any]:
     options = config["ingest"]
     return {
@@ -458,7 +454,6 @@ def _metadata(
         "ingest": options,
         "decoding": {key: options[key] for key in DECODING_KEYS},
         "split": config["split"],
-        "fingerprint": fingerprint,
     }
 
 
@@ -477,3 +472,30 @@ def _records(frame: pd.DataFrame, schema: StructType) -> list[tuple]:
 
 
 _PYTHON_TYPES = {IntegerType: int, LongType: int, DoubleType: float, StringType: str}
+
+
+class IngestStage(Stage):
+    """Rebuild stage: decodes what is new under the audio folder (everything with ``--force``)."""
+
+    name = "ingest"
+    writes = OUTPUTS
+
+    def settings(self, config: dict[str, Any]) -> Any:
+        return [SpectrogramSettings.from_config(config).to_dict(),
+                {key: config["ingest"][key] for key in DECODING_KEYS}, config["split"]]
+
+    def inputs(self, context: RebuildContext) -> Any:
+        """Every file's name, size and time, and the labels; a missing or empty folder raises here,
+        before any stage runs."""
+        audio_uri = to_uri(context.audio)
+        listing = list_files(context.spark, audio_uri)
+        labels = read_manifest(context.manifest, audio_uri=audio_uri).to_csv() if context.manifest else None
+        return [audio_uri, listing[["path", "length", "modified"]].to_csv(index=False), labels]
+
+    def run(self, context: RebuildContext, *, fingerprint: str) -> Outcome:
+        summary = ingest(context.spark, audio=context.audio, manifest=context.manifest, warehouse=context.warehouse,
+                         config=context.config, incremental=not context.force, allow_empty=context.allow_empty)
+        return Outcome(f"{summary.decoded} files decoded")
+
+
+STAGE = IngestStage()

@@ -23,7 +23,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-from deepcrate.errors import ModelError, WarehouseError
+from deepcrate.errors import ModelError
 from deepcrate.spectrogram import SpectrogramSettings
 
 logger = logging.getLogger(__name__)
@@ -109,8 +109,22 @@ def latest_model(store, *, scratch: str | None = None) -> str:
     """The local path of the newest published model folder of a :class:`~deepcrate.warehouse.Warehouse`."""
     versions = [v for v in store.list_folder(MODELS) if store.exists(f"{MODELS}/{v}")]
     if not versions:
-        raise WarehouseError(f"warehouse {store.root}: no trained model; run deepcrate train first")
+        raise ModelError(f"warehouse {store.root}: no trained model; run deepcrate train first")
     return store.local_folder(f"{MODELS}/{versions[-1]}", scratch=scratch or tempfile.mkdtemp(prefix="deepcrate-"))
+
+
+def open_model(store, model: str | None) -> ModelFolder:
+    """``model`` as a folder path or a version under ``WH/models`` of a
+    :class:`~deepcrate.warehouse.Warehouse`; the newest one when None."""
+    if model is None:
+        return read_model_folder(latest_model(store))
+    if os.path.isdir(model):
+        return read_model_folder(model)
+    if store.exists(f"{MODELS}/{model}"):
+        return read_model_folder(store.local_folder(f"{MODELS}/{model}", scratch=tempfile.mkdtemp(prefix="deepcrate-")))
+    versions = store.list_folder(MODELS)
+    raise ModelError(f"no model {model!r}: not a folder, nor a version in {store.root}/{MODELS} "
+                         f"(has: {', '.join(versions) or 'none'})")
 
 
 def write_json(folder: str, name: str, value: Any) -> None:

@@ -15,15 +15,16 @@ from typing import Any, TextIO
 
 import numpy as np
 import pandas as pd
-import pyarrow.dataset as ds
 
 from deepcrate.audio import DecodeLimits
 from deepcrate.errors import AudioError, InputError, WarehouseError
 from deepcrate.model_store import MODELS, read_model_folder
+from deepcrate.schemas import Table
 from deepcrate.slicing import slice_audio_file
-from deepcrate.uris import filesystem_and_path, local_path, to_uri
+from deepcrate.uris import local_path, to_uri
 from deepcrate.vector_index import INDEX, IndexSettings, load_index, neighbours
 from deepcrate.vectors import normalise
+from deepcrate.warehouse import ArrowTables
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +67,12 @@ class Catalogue:
         if not self.root.startswith("file:"):
             raise InputError(f"recommend reads local warehouses; copy {self.root} locally first")
         self.local_root = local_path(self.root)
-        for needed, stage in (("songs", "ingest"), ("song_embeddings", "embed"), (INDEX, "index")):
-            if not os.path.exists(os.path.join(self.local_root, needed, "_SUCCESS")):
+        self.tables = ArrowTables(self.root)
+        for needed, stage in ((Table.SONGS, "ingest"), (Table.SONG_EMBEDDINGS, "embed"), (INDEX, "index")):
+            if not self.tables.exists(needed):
                 raise WarehouseError(f"warehouse {self.root}: no {needed}; run deepcrate {stage} first")
-        songs = self._read("songs", SONG_COLUMNS)
-        predicted = self._read("song_embeddings", ["song_id", "predicted_genre"])
+        songs = self.tables.read(Table.SONGS, columns=SONG_COLUMNS).to_pandas()
+        predicted = self.tables.read(Table.SONG_EMBEDDINGS, columns=["song_id", "predicted_genre"]).to_pandas()
         self.songs = songs.merge(predicted, on="song_id", how="inner").set_index("song_id")
         self.loaded = load_index(os.path.join(self.local_root, INDEX), settings=self.settings,
                                  expected_songs=len(predicted))
@@ -184,11 +186,6 @@ class Catalogue:
                 raise InputError(f"--genre {filters.genre!r}: no such genre in the catalogue (has: {known})")
             allowed &= (genre == filters.genre).to_numpy()
         return None if allowed.all() else allowed
-
-    def _read(self, table: str, columns: list[str]) -> pd.DataFrame:
-        filesystem, path = filesystem_and_path(os.path.join(self.local_root, table))
-        return ds.dataset(path, format="parquet", filesystem=filesystem).to_table(columns=columns).to_pandas()
-
 
 def write_results(results: pd.DataFrame, *, out: TextIO, fmt: str, seeds: Sequence[Seed]) -> None:
     """A readable table, or JSON (one object with the seeds and the list)."""

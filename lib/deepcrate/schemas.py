@@ -1,5 +1,10 @@
-"""The schema of every table, defined once, and the check run before each write."""
+"""The schema of every table, defined once with what each column means, and the check run before each write.
+
+``docs/tables.md`` is generated from these definitions (``python docs/reference.py``).
+"""
 from __future__ import annotations
+
+from enum import StrEnum
 
 from pyspark.sql import DataFrame
 from pyspark.sql.types import (
@@ -19,130 +24,153 @@ from pyspark.sql.types import (
 
 from deepcrate.errors import WarehouseError
 
-SONGS = StructType(
-    [
-        StructField("song_id", StringType(), False),  # first 16 hex digits of content_sha256
-        StructField("path", StringType(), False),
-        StructField("genre", StringType(), True),  # null: an unlabelled catalogue song
-        StructField("artist", StringType(), True),
-        StructField("title", StringType(), True),
-        StructField("release_date", DateType(), True),
-        StructField("duration_s", DoubleType(), False),  # the whole file, per its header
-        StructField("sample_rate", IntegerType(), False),  # the file's own rate
-        StructField("channels", IntegerType(), False),
-        StructField("n_slices", IntegerType(), False),
-        StructField("cut_at_s", DoubleType(), True),  # set when only the start was sliced
-        StructField("split", StringType(), False),  # train | validation | test
-        StructField("content_sha256", StringType(), False),
-        StructField("size_bytes", LongType(), False),
-    ]
+
+class Table(StrEnum):
+    """The name of every table: a ``str``, so it is also the folder and the SQL name."""
+
+    SONGS = "songs"
+    SLICES = "slices"
+    REJECTS = "rejects"
+    SLICE_EMBEDDINGS = "slice_embeddings"
+    SONG_EMBEDDINGS = "song_embeddings"
+    RECOMMENDATIONS = "recommendations"
+    EVALUATION = "evaluation"
+    MFCC_FEATURES = "mfcc_features"
+    DOWNLOADS = "downloads"
+
+
+ABOUT: dict[Table, str] = {}  # what a row of each table is, and which stage writes it
+COLUMN_DOCS: dict[Table, dict[str, str]] = {}  # what each column holds
+
+
+def _schema(table: Table, about: str, *columns: tuple[str, DataType, bool, str]) -> StructType:
+    """The Spark schema of ``table`` from (name, type, nullable, meaning) tuples; records the meanings."""
+    ABOUT[table] = about
+    COLUMN_DOCS[table] = {name: meaning for name, _, _, meaning in columns}
+    return StructType([StructField(name, kind, nullable) for name, kind, nullable, _ in columns])
+
+
+_VECTOR = ArrayType(FloatType(), False)
+
+SONGS = _schema(
+    Table.SONGS, "One row per distinct audio file (ingest). Manifest columns beyond the fixed ones follow "
+    "as extra string columns, names lower-cased with `_` for other characters.",
+    ("song_id", StringType(), False, "first 16 hex digits of `content_sha256`: the same on every run and "
+     "machine; a renamed file keeps it"),
+    ("path", StringType(), False, "URI of the file as Spark reads it (`file:/…`, `hdfs://…`)"),
+    ("genre", StringType(), True, "from the manifest, else the parent folder's name; null: an unlabelled song"),
+    ("artist", StringType(), True, "from the manifest"),
+    ("title", StringType(), True, "from the manifest"),
+    ("release_date", DateType(), True, "from the manifest; values that are not dates are left null, with a warning"),
+    ("duration_s", DoubleType(), False, "the whole file, per its header"),
+    ("sample_rate", IntegerType(), False, "the file's own rate"),
+    ("channels", IntegerType(), False, "the file's own"),
+    ("n_slices", IntegerType(), False, "whole slices cut (a remainder shorter than a slice is dropped)"),
+    ("cut_at_s", DoubleType(), True, "set when only the first `ingest.max_duration_s` seconds were sliced"),
+    ("split", StringType(), False, "`train`, `validation` or `test`: by song, stratified by genre"),
+    ("content_sha256", StringType(), False, "SHA-256 of the file's bytes"),
+    ("size_bytes", LongType(), False, "the file's size"),
 )
 
-SLICES = StructType(
-    [
-        StructField("song_id", StringType(), False),
-        StructField("slice_idx", IntegerType(), False),
-        StructField("offset_s", DoubleType(), False),
-        StructField("genre", StringType(), True),
-        StructField("split", StringType(), False),
-        # uint8 image, n_rows x slice_frames, row-major, row 0 = highest frequency
-        StructField("spectrogram", BinaryType(), False),
-    ]
+SLICES = _schema(
+    Table.SLICES, "One row per spectrogram slice (ingest): end to end, or overlapping with "
+    "`spectrogram.slice_hop_frames`.",
+    ("song_id", StringType(), False, "the song"),
+    ("slice_idx", IntegerType(), False, "0, 1, … in time order"),
+    ("offset_s", DoubleType(), False, "start of the slice in the song"),
+    ("genre", StringType(), True, "copied from `songs`, so training reads one table"),
+    ("split", StringType(), False, "copied from `songs`"),
+    ("spectrogram", BinaryType(), False, "a uint8 image, rows × slice_frames, row-major, row 0 = the highest "
+     "frequency (`deepcrate.spectrogram.slice_from_bytes` reads it)"),
 )
 
-REJECTS = StructType(
-    [
-        StructField("path", StringType(), False),
-        StructField("reason", StringType(), False),
-        StructField("message", StringType(), False),
-    ]
+REJECTS = _schema(
+    Table.REJECTS, "One row per file under the audio folder that did not become a song (ingest).",
+    ("path", StringType(), False, "URI of the file"),
+    ("reason", StringType(), False, "`empty`, `not_audio`, `decode_error`, `truncated`, `silent`, `too_short`, "
+     "`too_large`, `duplicate`, `unsupported_extension` or `hidden_name`"),
+    ("message", StringType(), False, "a sentence naming the file and what is wrong with it"),
 )
 
-# The test split's evaluation: one row per method and genre (genre null: all genres).
-# train writes the model's classification rows; evaluate rewrites the table with the
-# retrieval metrics and the baselines (deepcrate.evaluate).
-EVALUATION = StructType(
-    [
-        StructField("model_version", StringType(), False),
-        StructField("method", StringType(), False),  # model | pretrained | mfcc | timbre | random | ideal
-        StructField("genre", StringType(), True),  # null: every genre together
-        StructField("songs", IntegerType(), False),  # test songs (the queries)
-        StructField("slices", IntegerType(), True),  # test slices (the model's rows only)
-        StructField("song_accuracy", DoubleType(), True),  # null when there are no songs
-        StructField("slice_accuracy", DoubleType(), True),
-        StructField("most_confused_with", StringType(), True),  # the most frequent wrong song-level answer
-        StructField("precision_at_5", DoubleType(), True),  # retrieval: null until evaluate runs
-        StructField("precision_at_10", DoubleType(), True),
-        StructField("map_at_5", DoubleType(), True),
-        StructField("map_at_10", DoubleType(), True),
-    ]
+SLICE_EMBEDDINGS = _schema(
+    Table.SLICE_EMBEDDINGS, "One row per slice, every split, labelled or not (embed).",
+    ("song_id", StringType(), False, "the song"),
+    ("slice_idx", IntegerType(), False, "the slice"),
+    ("embedding", _VECTOR, False, "128-d: the layer named `embedding` of the model"),
+    ("genre_probabilities", _VECTOR, False, "the softmax, in the model's `labels.json` order (empty without a "
+     "genre head)"),
+    ("pretrained", _VECTOR, True, "a pretrained network's own features before the trained layers (musicnn: "
+     "200-d per checkpoint); null for other models"),
 )
 
-# The MFCC and timbre baselines' per-song features (deepcrate.mfcc), kept between evaluations.
-MFCC_FEATURES = StructType(
-    [
-        StructField("song_id", StringType(), False),
-        StructField("features", ArrayType(FloatType(), False), False),  # 80: mean and std of 20 MFCCs + deltas
-        # 420: the 20 MFCCs' mean and covariance (row by row); double, as the divergence inverts it
-        StructField("timbre", ArrayType(DoubleType(), False), False),
-    ]
+SONG_EMBEDDINGS = _schema(
+    Table.SONG_EMBEDDINGS, "One row per song, every split, labelled or not (embed).",
+    ("song_id", StringType(), False, "the song"),
+    ("embedding", _VECTOR, False, "the unweighted mean of the song's slice embeddings"),
+    ("predicted_genre", StringType(), True, "argmax of the summed slice probabilities; null without a genre head"),
+    ("genre_probabilities", MapType(StringType(), FloatType(), False), False,
+     "genre → mean probability: `genre_probabilities['trance']`"),
+    ("n_slices", IntegerType(), False, "slices averaged"),
+    ("model_version", StringType(), False, "the model folder's name"),
+    ("pretrained", _VECTOR, True, "the mean of the slices' `pretrained`: the network as it comes, untuned; null "
+     "for other models"),
 )
 
-# One row per row of the acquire job's URL manifest.
-DOWNLOADS = StructType(
-    [
-        StructField("url", StringType(), False),
-        StructField("path", StringType(), True),  # relative to the audio folder; null when refused
-        StructField("status", StringType(), False),  # downloaded | present | failed | duplicate
-        StructField("http_status", IntegerType(), True),  # of the last attempt
-        StructField("bytes", LongType(), True),
-        StructField("attempts", IntegerType(), False),
-        StructField("error", StringType(), True),
-    ]
+RECOMMENDATIONS = _schema(
+    Table.RECOMMENDATIONS, "The top `index.k` songs for every song (index): never the song itself nor a "
+    "near-exact duplicate of it.",
+    ("song_id", StringType(), False, "the song"),
+    ("rank", IntegerType(), False, "1 = the most similar"),
+    ("neighbor_id", StringType(), False, "the recommended song"),
+    ("similarity", DoubleType(), False, "cosine of the two song vectors"),
 )
 
-SLICE_EMBEDDINGS = StructType(
-    [
-        StructField("song_id", StringType(), False),
-        StructField("slice_idx", IntegerType(), False),
-        StructField("embedding", ArrayType(FloatType(), False), False),  # 128-d, the Dense-128 output
-        StructField("genre_probabilities", ArrayType(FloatType(), False), False),  # in the model's label order
-        # a pretrained network's own features before the trained layers (musicnn: 200-d per checkpoint); null otherwise
-        StructField("pretrained", ArrayType(FloatType(), False), True),
-    ]
+EVALUATION = _schema(
+    Table.EVALUATION, "The test split's evaluation (evaluate): one row per method and genre.",
+    ("model_version", StringType(), False, "the model folder's name"),
+    ("method", StringType(), False, "`model`, `pretrained` (a musicnn model only), `mfcc`, `timbre`, `random` "
+     "or `ideal` (docs/evaluation.md)"),
+    ("genre", StringType(), True, "null: every genre together"),
+    ("songs", IntegerType(), False, "test songs of that genre (the queries)"),
+    ("slices", IntegerType(), True, "test slices of that genre (the model's rows only)"),
+    ("song_accuracy", DoubleType(), True, "a song's genre is the argmax of the sum of its slices' softmax "
+     "outputs; null when there are no songs"),
+    ("slice_accuracy", DoubleType(), True, "the model's rows only"),
+    ("most_confused_with", StringType(), True, "the most frequent wrong song-level answer"),
+    ("precision_at_5", DoubleType(), True, "share of same-genre songs among the 5 nearest"),
+    ("precision_at_10", DoubleType(), True, "share of same-genre songs among the 10 nearest"),
+    ("map_at_5", DoubleType(), True, "mean average precision of the 5 nearest"),
+    ("map_at_10", DoubleType(), True, "mean average precision of the 10 nearest"),
 )
 
-SONG_EMBEDDINGS = StructType(
-    [
-        StructField("song_id", StringType(), False),
-        StructField("embedding", ArrayType(FloatType(), False), False),  # mean of the song's slice embeddings
-        # argmax of the summed slice probabilities; null when the model has no genre head
-        StructField("predicted_genre", StringType(), True),
-        StructField("genre_probabilities", MapType(StringType(), FloatType(), False), False),  # mean per genre
-        StructField("n_slices", IntegerType(), False),
-        StructField("model_version", StringType(), False),
-        # mean of the slices' pretrained features: the network as it comes, untuned; null for other models
-        StructField("pretrained", ArrayType(FloatType(), False), True),
-    ]
+MFCC_FEATURES = _schema(
+    Table.MFCC_FEATURES, "The MFCC and timbre baselines' features of each labelled song (evaluate), kept "
+    "between evaluations.",
+    ("song_id", StringType(), False, "the song"),
+    ("features", _VECTOR, False, "80: mean and std of 20 MFCCs and their deltas"),
+    ("timbre", ArrayType(DoubleType(), False), False, "420: the 20 MFCCs' mean and covariance (row by row); "
+     "double, as the divergence inverts it"),
 )
 
-RECOMMENDATIONS = StructType(
-    [
-        StructField("song_id", StringType(), False),
-        StructField("rank", IntegerType(), False),  # 1 = the most similar
-        StructField("neighbor_id", StringType(), False),
-        StructField("similarity", DoubleType(), False),  # cosine of the two song vectors
-    ]
+DOWNLOADS = _schema(
+    Table.DOWNLOADS, "One row per row of the URL manifest (acquire).",
+    ("url", StringType(), False, "as the manifest gives it"),
+    ("path", StringType(), True, "relative to the audio folder; null when refused"),
+    ("status", StringType(), False, "`downloaded`, `present`, `failed` or `duplicate`"),
+    ("http_status", IntegerType(), True, "of the last attempt"),
+    ("bytes", LongType(), True, "the file's size"),
+    ("attempts", IntegerType(), False, "requests made"),
+    ("error", StringType(), True, "why it failed"),
 )
 
-TABLES: dict[str, StructType] = {
-    "songs": SONGS, "slices": SLICES, "rejects": REJECTS, "evaluation": EVALUATION, "downloads": DOWNLOADS,
-    "slice_embeddings": SLICE_EMBEDDINGS, "song_embeddings": SONG_EMBEDDINGS, "recommendations": RECOMMENDATIONS,
-    "mfcc_features": MFCC_FEATURES,
+TABLES: dict[Table, StructType] = {
+    Table.SONGS: SONGS, Table.SLICES: SLICES, Table.REJECTS: REJECTS, Table.SLICE_EMBEDDINGS: SLICE_EMBEDDINGS,
+    Table.SONG_EMBEDDINGS: SONG_EMBEDDINGS, Table.RECOMMENDATIONS: RECOMMENDATIONS, Table.EVALUATION: EVALUATION,
+    Table.MFCC_FEATURES: MFCC_FEATURES, Table.DOWNLOADS: DOWNLOADS,
 }
 
 # Tables that may carry extra string columns after their fixed ones (manifest extras).
-EXTENSIBLE = {"songs"}
+EXTENSIBLE = {Table.SONGS}
 
 
 def validate(df: DataFrame, *, table: str) -> DataFrame:

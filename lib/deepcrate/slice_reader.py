@@ -19,7 +19,6 @@ import pyarrow.dataset as ds
 import pyarrow.fs
 
 from deepcrate.errors import WarehouseError
-from deepcrate.uris import filesystem_and_path
 
 logger = logging.getLogger(__name__)
 
@@ -39,18 +38,16 @@ class SliceTable:
 
     Parameters
     ----------
-    uri : str
-        The table folder (local path, ``file:`` or a URI pyarrow can open).
+    dataset : pyarrow.dataset.Dataset
+        The table's files (``Warehouse.arrow.dataset(Table.SLICES)``).
     image_shape : (rows, frames)
         Every spectrogram must have ``rows * frames`` bytes.
+    uri : str
+        Where the table is, for messages and records.
     """
 
-    def __init__(self, uri: str, *, image_shape: tuple[int, int]) -> None:
-        filesystem, path = filesystem_and_path(uri)
-        try:
-            self.dataset = ds.dataset(path, format="parquet", filesystem=filesystem)
-        except (OSError, pa.ArrowInvalid) as exc:
-            raise WarehouseError(f"slices table {uri}: cannot be read: {exc}") from None
+    def __init__(self, dataset: ds.Dataset, *, image_shape: tuple[int, int], uri: str) -> None:
+        self.dataset = dataset
         self.uri = uri
         self.image_shape = image_shape
 

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,8 +34,9 @@ from deepcrate.config import config_to_yaml
 from deepcrate.errors import ConfigError, TrainingError
 from deepcrate.genre_accuracy import Evaluation
 from deepcrate.model import MODEL_PRESETS, build_model, embedding_model, pair_contrastive_loss, slices_per_call
-from deepcrate.model_store import MODELS, write_json
-from deepcrate.schemas import EVALUATION, validate
+from deepcrate.model_store import MODELS, ModelFolder, open_model, read_model_folder, write_json
+from deepcrate.pipeline import Outcome, RebuildContext, Stage, digest, without
+from deepcrate.schemas import Table
 from deepcrate.slice_reader import SliceTable
 from deepcrate.spectrogram import SpectrogramSettings
 from deepcrate.uris import local_path
@@ -122,7 +124,7 @@ class TrainResult:
               else ["no genre head: the catalogue has no usable genres; songs are embedded, not classified"]),
             f"model folder: {self.model_uri} "
             f"({'metrics.json, confusion.png, ' if self.evaluation is not None else ''}training.png)",
-            "evaluation table: deepcrate sql --warehouse WH \"SELECT * FROM evaluation\"",
+            "next: deepcrate embed, index and evaluate (the evaluation table), or deepcrate rebuild",
         ]
 
 
@@ -141,7 +143,7 @@ def train(
     Parameters
     ----------
     spark : SparkSession
-        Used for the warehouse's file system and the ``evaluation`` table.
+        Used for the warehouse's file system (training itself runs in this process).
     warehouse : str
         The warehouse an ingest wrote.
     config : dict
@@ -151,8 +153,8 @@ def train(
     callbacks : sequence of keras.callbacks.Callback
         Extra callbacks, run after the checkpoint of each epoch is written.
     fingerprint : str, optional
-        Stored in a new run's state and its model's ``train.json`` (the rebuild job's
-        record of its inputs).
+        The rebuild's fingerprint of the run's inputs: stored in a new run's state, so that
+        a rebuild resumes only a run started from the same inputs, and in ``train.json``.
 
     Raises
     ------
@@ -172,7 +174,7 @@ def train(
     settings = TrainSettings.from_config(config)
     check_pretrained_weights(settings)  # before a run folder exists
     spectrogram = _table_settings(store, config)
-    table = SliceTable(store.table_uri("slices"), image_shape=(spectrogram.n_rows, spectrogram.slice_frames))
+    table = store.arrow.slice_table(image_shape=(spectrogram.n_rows, spectrogram.slice_frames))
     counts = table.genre_counts()
     labels = _genres_to_learn(counts, uri=table.uri, objective=settings.objective,
                               labels_optional=settings.model == "musicnn")
@@ -221,8 +223,8 @@ def train(
     model_dir = os.path.join(run_dir, "model")
     _write_model_folder(model_dir, run_dir=run_dir, labels=labels, spectrogram=spectrogram, settings=settings,
                         state=state, evaluation=evaluation, precision=precision, devices=devices,
-                        slices_meta=store.metadata("slices"), table_uri=table.uri, counts=counts)
-    _publish(spark, store, version=version, model_dir=model_dir, evaluation=evaluation)
+                        slices_meta=store.metadata(Table.SLICES), table_uri=table.uri, counts=counts)
+    _publish(store, version=version, model_dir=model_dir)
     shutil.rmtree(run_dir)
     if not os.listdir(work_root):
         os.rmdir(work_root)
@@ -255,9 +257,9 @@ def evaluate_model(model, *, table: SliceTable, labels: Sequence[str], version: 
 
 
 def _table_settings(store: Warehouse, config: dict[str, Any]) -> SpectrogramSettings:
-    if not store.exists("slices"):
+    if not store.exists(Table.SLICES):
         raise TrainingError(f"warehouse {store.root}: no slices table; run deepcrate ingest first")
-    table = SpectrogramSettings(**store.metadata("slices")["spectrogram"])
+    table = SpectrogramSettings(**store.metadata(Table.SLICES)["spectrogram"])
     wanted = SpectrogramSettings.from_config(config)
     differences = table.differences(wanted)
     if differences:
@@ -765,14 +767,59 @@ def _write_model_folder(model_dir: str, *, run_dir: str, labels, spectrogram: Sp
     plot_training(os.path.join(model_dir, "training.png"), history=state.history, title=version)
 
 
-def _publish(spark, store: Warehouse, *, version: str, model_dir: str, evaluation: Evaluation | None) -> None:
-    """The model folder and its ``evaluation`` rows (none without a genre head, so that no
-    earlier model's rows stay behind)."""
+def _publish(store: Warehouse, *, version: str, model_dir: str) -> None:
+    """The model folder; its test-split metrics are in it (``metrics.json``), the ``evaluation``
+    table is the evaluate stage's."""
     run = store.begin_run()
     store.stage_folder(run, model_dir, f"{MODELS}/{version}")
-    uri = store.staging_uri(run, "evaluation")
-    rows = evaluation.table_rows() if evaluation is not None else []
-    frame = spark.createDataFrame(rows, schema=EVALUATION).coalesce(1)
-    validate(frame, table="evaluation").write.mode("overwrite").parquet(uri)
-    store.write_metadata(uri, {"table": "evaluation", "model_version": version})
-    store.publish(run, [f"{MODELS}/{version}", "evaluation"])
+    store.publish(run, [f"{MODELS}/{version}"])
+
+
+class TrainStage(Stage):
+    """Rebuild stage: trains a model (resuming an interrupted run on the same inputs), or takes
+    the one given with ``--model``."""
+
+    name = "train"
+    after = ("ingest",)
+
+    def check(self, context: RebuildContext) -> None:
+        if context.model:  # a mismatch would otherwise surface only after the whole ingest
+            context.model_folder = open_model(context.store, context.model)
+            context.model_folder.check_settings(SpectrogramSettings.from_config(context.config), what="the config")
+        else:
+            check_pretrained_weights(TrainSettings.from_config(context.config))
+
+    def given(self, context: RebuildContext) -> tuple[str, str] | None:
+        if not context.model:
+            return None
+        return context.model_folder.version, f"model {context.model_folder.version}"
+
+    def settings(self, config: dict[str, Any]) -> Any:
+        return without(config["train"], ("progress_interval_s", "work_dir"))
+
+    def outputs(self, context: RebuildContext) -> list[str]:
+        return [f"{MODELS}/{context.model_folder.version}"]
+
+    def is_up_to_date(self, context: RebuildContext, fingerprint: str) -> bool:
+        if not super().is_up_to_date(context, fingerprint):
+            return False
+        (published,) = context.store.stage_record(self.name)["versions"]
+        context.model_folder = _open_published(context.store, published)
+        return True
+
+    def passed_on(self, context: RebuildContext, fingerprint: str) -> str:
+        return digest(fingerprint, context.model_folder.version)  # a new model means new embeddings
+
+    def run(self, context: RebuildContext, *, fingerprint: str) -> Outcome:
+        resume = can_resume(context.store, context.config, fingerprint=fingerprint)
+        result = train(context.spark, warehouse=context.warehouse, config=context.config, resume=resume,
+                       fingerprint=fingerprint)
+        context.model_folder = _open_published(context.store, f"{MODELS}/{result.version}")
+        return Outcome(f"model {result.version}" + (" (resumed)" if resume else ""))
+
+
+def _open_published(store: Warehouse, name: str) -> ModelFolder:
+    return read_model_folder(store.local_folder(name, scratch=tempfile.mkdtemp(prefix="deepcrate-")))
+
+
+STAGE = TrainStage()

@@ -41,10 +41,15 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs
 from pyspark.sql import DataFrame, SparkSession
 
 from deepcrate.errors import WarehouseError
-from deepcrate.uris import local_path, to_uri
+from deepcrate.schemas import Table, validate
+from deepcrate.slice_reader import SliceTable
+from deepcrate.uris import filesystem_and_path, local_path, to_uri
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +60,55 @@ DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 _STAGING = "_staging"
 _PUBLISH = "_PUBLISH"
 LOCK_FILE = "_LOCK"
+_STAGE_RECORDS = "_stages"  # WH/_stages/<stage>.json: what each stage last published, and from which inputs
 _HELD: dict[str, list] = {}  # warehouse root -> [lock token, depth]: the locks this process holds
 Stage = TypeVar("Stage", bound=Callable[..., Any])
+
+
+class ArrowTables:
+    """The published tables of a warehouse read with pyarrow: no Spark, no JVM.
+
+    For the readers that run outside Spark (``recommend``, training's input pipeline) and
+    the stages that read a few columns into the driver.
+    """
+
+    def __init__(self, root: str) -> None:
+        self.root = to_uri(root)
+
+    def exists(self, name: str) -> bool:
+        filesystem, path = filesystem_and_path(f"{self.root}/{name}/_SUCCESS")
+        return filesystem.get_file_info(path).type == pyarrow.fs.FileType.File
+
+    def dataset(self, name: Table) -> ds.Dataset:
+        """The Parquet files of published table ``name`` as one pyarrow dataset."""
+        if not self.exists(name):
+            raise WarehouseError(f"warehouse {self.root}: no table {name!r}")
+        filesystem, path = filesystem_and_path(f"{self.root}/{name}")
+        try:
+            return ds.dataset(path, format="parquet", filesystem=filesystem)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise WarehouseError(f"table {name} in {self.root}: cannot be read: {exc}") from None
+
+    def read(self, name: Table, *, columns: list[str] | None = None, where: ds.Expression | None = None) -> pa.Table:
+        """Columns ``columns`` (all when None) of the rows matching ``where``."""
+        dataset = self.dataset(name)
+        try:
+            return dataset.to_table(columns=columns, filter=where)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise WarehouseError(f"table {name} in {self.root}: cannot be read: {exc}") from None
+
+    def slice_table(self, *, image_shape: tuple[int, int]) -> SliceTable:
+        """The ``slices`` table as training streams it (:class:`~deepcrate.slice_reader.SliceTable`)."""
+        return SliceTable(self.dataset(Table.SLICES), image_shape=image_shape, uri=f"{self.root}/{Table.SLICES}")
+
+    def metadata(self, name: str) -> dict[str, Any]:
+        """The ``_deepcrate.json`` written with table ``name``."""
+        filesystem, path = filesystem_and_path(f"{self.root}/{name}/{METADATA_FILE}")
+        try:
+            with filesystem.open_input_stream(path) as stream:
+                return json.loads(stream.read().decode("utf-8"))
+        except (OSError, ValueError) as exc:
+            raise WarehouseError(f"table {name} in {self.root}: unreadable {METADATA_FILE}: {exc}") from None
 
 
 class Warehouse:
@@ -115,13 +167,30 @@ class Warehouse:
                 names.append(name)
         return sorted(names)
 
-    def read(self, name: str) -> DataFrame:
+    def read(self, name: Table, *, columns: list[str] | None = None) -> DataFrame:
+        """Published table ``name`` (its ``columns`` only, when given) as a Spark DataFrame."""
         if not self._exists(f"{self.root}/{name}/_SUCCESS"):
             raise WarehouseError(f"warehouse {self.root}: no table {name!r} (has: {self.tables()})")
         if self._exists(f"{self.root}/{name}/_delta_log"):
             check_delta(self.spark)
-            return self.spark.read.format("delta").load(self.table_uri(name))
-        return self.spark.read.parquet(self.table_uri(name))
+            frame = self.spark.read.format("delta").load(self.table_uri(name))
+        else:
+            frame = self.spark.read.parquet(self.table_uri(name))
+        return frame if columns is None else frame.select(*columns)
+
+    @property
+    def arrow(self) -> ArrowTables:
+        """The same published tables, read with pyarrow in this process."""
+        return ArrowTables(self.root)
+
+    def version(self, name: str) -> str | None:
+        """The run that published ``name`` (None when it is missing or was published before runs were
+        recorded); a model folder's version is its name."""
+        if not self.exists(name):
+            return None
+        if name.startswith("models/"):
+            return name.split("/", 1)[1]
+        return self.metadata(name).get("run")
 
     def register(self) -> list[str]:
         """Register every published table as a Spark SQL view of the same name."""
@@ -143,8 +212,32 @@ class Warehouse:
     def staging_uri(self, run: str, name: str) -> str:
         return f"{self.root}/{_STAGING}/{run}/{name}"
 
-    def write_metadata(self, uri: str, metadata: dict[str, Any]) -> None:
-        self._write_text(f"{uri}/{METADATA_FILE}", json.dumps(metadata, indent=2, sort_keys=True))
+    def write_table(self, run: str, name: Table, frame: DataFrame, *, metadata: dict[str, Any] | None = None) -> None:
+        """Check ``frame`` against the schema of ``name`` and write it, with ``metadata``, into ``run``."""
+        uri = self.staging_uri(run, name)
+        validate(frame, table=name).write.mode("overwrite").parquet(uri)
+        self._write_metadata(run, name, metadata)
+
+    def write_table_files(self, run: str, name: Table, local_dir: str, *,
+                          metadata: dict[str, Any] | None = None) -> None:
+        """Stage a local folder of Parquet files (written block by block with pyarrow) as table
+        ``name`` of ``run``, checked against its schema like :meth:`write_table`."""
+        self.stage_folder(run, local_dir, name)
+        validate(self.read_staged(run, name), table=name)
+        self._write_metadata(run, name, metadata)
+
+    def read_staged(self, run: str, name: Table) -> DataFrame:
+        """Table ``name`` as ``run`` wrote it, before it is published."""
+        return self.spark.read.parquet(self.staging_uri(run, name))
+
+    def staged_arrow(self, run: str) -> ArrowTables:
+        """The tables ``run`` wrote, before they are published, read with pyarrow."""
+        return ArrowTables(f"{self.root}/{_STAGING}/{run}")
+
+    def _write_metadata(self, run: str, name: Table, metadata: dict[str, Any] | None) -> None:
+        record = {**(metadata or {}), "table": str(name), "run": run}
+        self._write_text(f"{self.staging_uri(run, name)}/{METADATA_FILE}",
+                         json.dumps(record, indent=2, sort_keys=True, default=str))
 
     def stage_folder(self, run: str, local_dir: str, name: str) -> None:
         """Copy a local folder (a model) into the run, to be published like a table.
@@ -217,6 +310,40 @@ class Warehouse:
             self._fs.mkdirs(self._path(final).getParent())
             self._rename(staged, final)
         self._fs.delete(self._path(run_dir), True)
+
+    # -- what each stage last published (the rebuild's records) --------------------
+    def record_stage(self, stage: str, *, fingerprint: str, outputs: list[str]) -> None:
+        """Record that ``stage`` published ``outputs`` (their current versions) from inputs with
+        ``fingerprint``; written after the publish, so a crash in between only repeats the stage."""
+        record = {"stage": stage, "fingerprint": fingerprint,
+                  "versions": {name: self.version(name) for name in outputs},
+                  "recorded": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+        final = f"{self.root}/{_STAGE_RECORDS}/{stage}.json"
+        draft = f"{final}.{uuid.uuid4().hex[:8]}"
+        self._write_text(draft, json.dumps(record, indent=2, sort_keys=True))
+        if self._exists(final):
+            self._fs.delete(self._path(final), False)
+        self._rename(draft, final)
+
+    def stage_record(self, stage: str) -> dict[str, Any] | None:
+        """What :meth:`record_stage` last wrote for ``stage``, or None."""
+        uri = f"{self.root}/{_STAGE_RECORDS}/{stage}.json"
+        if not self._exists(uri):
+            return None
+        try:
+            return json.loads(self._read_text(uri))
+        except (ValueError, WarehouseError):
+            logger.warning("warehouse %s: the record of stage %s is unreadable; it will run again", self.root, stage)
+            return None
+
+    def up_to_date(self, stage: str, *, fingerprint: str) -> bool:
+        """Whether ``stage`` last ran on inputs with ``fingerprint`` and what it published then is
+        still what is published now (no other job replaced it since)."""
+        record = self.stage_record(stage)
+        if record is None or record.get("fingerprint") != fingerprint or not record.get("versions"):
+            return False
+        return all(version is not None and self.version(name) == version
+                   for name, version in record["versions"].items())
 
     # -- the writer lock (see the module doc) -------------------------------------
     def _take_lock(self, command: str) -> str:
