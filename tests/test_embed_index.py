@@ -92,7 +92,8 @@ def test_recommendations_agree_with_a_brute_force_cosine_top_k(spark, embedded):
         np.testing.assert_allclose(mine["similarity"], cosine[position, expected], atol=1e-5)
     assert not (table["song_id"] == table["neighbor_id"]).any()
     names = Warehouse(spark, str(wh)).tables()
-    assert {"slice_embeddings", "song_embeddings", "recommendations", "evaluation"} <= set(names)
+    assert {"slice_embeddings", "song_embeddings", "recommendations"} <= set(names)
+    assert "evaluation" not in names  # the evaluate stage's table, not training's
     assert "index" not in names and "models" not in names
     description = json.loads((wh / "index" / "index.json").read_text())
     assert description["kind"] == "flat" and description["songs"] == 56

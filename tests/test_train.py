@@ -277,12 +277,12 @@ def test_corrupt_model_folders_are_refused(tmp_path):
 
 
 def test_balanced_genre_weights_make_every_genre_weigh_the_same():
-    from deepcrate.training import TrainSettings, _genre_weights
+    from deepcrate.training import TrainSettings, genre_weights
 
     counts = {"train": {"rock": 300, "jazz": 100, "pop": 50, None: 999}, "validation": {"rock": 9}}
     labels = ["jazz", "pop", "rock"]
     settings = TrainSettings.from_config(resolve_config(overrides=["train.balance_genres=true"]))
-    weights = _genre_weights(counts, labels=labels, settings=settings)
+    weights = genre_weights(counts, labels=labels, settings=settings)
     totals = [weights[i] * counts["train"][genre] for i, genre in enumerate(labels)]
     np.testing.assert_allclose(totals, [150.0] * 3)  # 450 labelled slices shared by 3 genres
-    assert _genre_weights(counts, labels=labels, settings=TrainSettings.from_config(resolve_config())) is None
+    assert genre_weights(counts, labels=labels, settings=TrainSettings.from_config(resolve_config())) is None
