@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from typing import Any
@@ -125,6 +126,22 @@ def open_model(store, model: str | None) -> ModelFolder:
     versions = store.list_folder(MODELS)
     raise ModelError(f"no model {model!r}: not a folder, nor a version in {store.root}/{MODELS} "
                          f"(has: {', '.join(versions) or 'none'})")
+
+
+def write_model_folder(folder: str, *, model_file: str, labels: list[str], spectrogram: SpectrogramSettings,
+                       history: dict[str, list[float]], train: dict[str, Any],
+                       metrics: dict[str, Any] | None = None) -> None:
+    """Write a new model folder (the layout above, less the plots and ``_SUCCESS``) that
+    :func:`read_model_folder` reads; ``model_file`` is copied in as ``model.keras``."""
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    shutil.copyfile(model_file, os.path.join(folder, "model.keras"))
+    write_json(folder, "labels.json", list(labels))
+    write_json(folder, "spectrogram.json", spectrogram.to_dict())
+    write_json(folder, "history.json", history)
+    write_json(folder, "train.json", train)
+    if metrics is not None:
+        write_json(folder, "metrics.json", metrics)
 
 
 def write_json(folder: str, name: str, value: Any) -> None:

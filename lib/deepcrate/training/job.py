@@ -17,7 +17,7 @@ import keras
 
 from deepcrate import __version__
 from deepcrate.genre_accuracy import Evaluation
-from deepcrate.model_store import MODELS, ModelFolder, open_model, read_model_folder, write_json
+from deepcrate.model_store import MODELS, ModelFolder, open_model, read_model_folder, write_model_folder
 from deepcrate.pipeline import Outcome, RebuildContext, Stage, digest, without
 from deepcrate.schemas import Table
 from deepcrate.spectrogram import SpectrogramSettings
@@ -175,15 +175,7 @@ def _write_model_folder(model_dir: str, *, run_dir: str, labels, spectrogram: Sp
     from deepcrate.plots import plot_confusion, plot_training
 
     version = os.path.basename(run_dir)
-    shutil.rmtree(model_dir, ignore_errors=True)
-    os.makedirs(model_dir)
-    shutil.copyfile(os.path.join(run_dir, final_model_file(settings, labels)), os.path.join(model_dir, "model.keras"))
-    write_json(model_dir, "labels.json", list(labels))
-    write_json(model_dir, "spectrogram.json", spectrogram.to_dict())
-    write_json(model_dir, "history.json", state.history)
-    if evaluation is not None:
-        write_json(model_dir, "metrics.json", evaluation.metrics())
-    write_json(model_dir, "train.json", {
+    train = {
         "version": version,
         "deepcrate_version": __version__,
         "settings": settings.__dict__,
@@ -199,7 +191,10 @@ def _write_model_folder(model_dir: str, *, run_dir: str, labels, spectrogram: Sp
         "slices": {split: slices_learnt(counts, split, labels=labels, settings=settings)
                    for split in ("train", "validation", "test")},
         "fingerprint": state.fingerprint,
-    })
+    }
+    write_model_folder(model_dir, model_file=os.path.join(run_dir, final_model_file(settings, labels)),
+                       labels=list(labels), spectrogram=spectrogram, history=state.history, train=train,
+                       metrics=evaluation.metrics() if evaluation is not None else None)
     if evaluation is not None:
         plot_confusion(os.path.join(model_dir, "confusion.png"), matrix=evaluation.confusion, labels=labels,
                        title=f"{version}: test songs (song accuracy "
