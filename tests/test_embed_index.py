@@ -249,3 +249,30 @@ def test_a_model_from_another_preset_is_refused(spark, embedded, tmp_path):
     (folder / "spectrogram.json").write_text(json.dumps({**settings, "preset": "mel", "sample_rate": 22050}))
     with pytest.raises(ModelError, match="trained on 'mel' spectrograms and the slices table holds 'seed'"):
         embed(spark, warehouse=str(wh), config=resolve_config(), model=str(folder))
+
+
+def test_the_index_summary_says_how_many_neighbours_it_really_kept(spark, embedded, tmp_path):
+    wh = copy_warehouse(embedded[0], tmp_path / "wh")
+    summary = index_songs(spark, warehouse=str(wh), config=resolve_config(overrides=["index.k=60"]))
+    ranks = spark.read.parquet(str(wh / "recommendations")).groupBy("song_id").count().toPandas()["count"]
+    assert summary.songs == 56 and (summary.fewest, summary.most) == (ranks.min(), ranks.max())
+    span = str(ranks.min()) if ranks.min() == ranks.max() else f"{ranks.min()} to {ranks.max()}"
+    assert ranks.max() <= 55
+    assert f"recommendations: {span} per song, not index.k = 60: the catalogue has 56 songs" in summary.lines()[1]
+    assert "top 10 for every song" in index_songs(spark, warehouse=str(wh), config=resolve_config()).lines()[1]
+
+
+def test_recommend_with_a_truncated_model_says_so_in_one_line(embedded, tmp_path, monkeypatch, capsys):
+    import deepcrate.inference
+
+    monkeypatch.setattr(deepcrate.inference, "_WORKER_MODELS", {})  # no copy cached by earlier tests
+    wh = copy_warehouse(embedded[0], tmp_path / "wh")
+    model = next((wh / "models").iterdir()) / "model.keras"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    catalogue = Catalogue(str(wh), config=resolve_config())
+    path = catalogue.songs.iloc[0]["path"].removeprefix("file:")
+    with pytest.raises(ModelError, match=r"model\.keras cannot be loaded .*rebuild it with deepcrate train"):
+        catalogue.file_seed(path)
+    assert main(["recommend", "--warehouse", str(wh), "--file", path]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "model.keras cannot be loaded" in err

@@ -42,12 +42,21 @@ class IndexSummary:
     build_s: float
     recommend_s: float
     k: int
+    fewest: int = 0  # recommendations kept for the song that has the fewest
+    most: int = 0
 
     def lines(self) -> list[str]:
         recall = "exact" if self.recall_at_k is None else f"recall@{self.k} {self.recall_at_k:.3f} on a sample"
+        if self.fewest == self.k:
+            kept = f"top {self.k} for every song"
+        else:  # a catalogue smaller than k + 1, or near-duplicates left out
+            span = f"{self.fewest}" if self.fewest == self.most else f"{self.fewest} to {self.most}"
+            why = (f"the catalogue has {self.songs} songs" if self.songs <= self.k
+                   else "near-duplicates of a song are never recommended")
+            kept = f"{span} per song, not index.k = {self.k}: {why}"
         return [
             f"index of {self.songs} songs: {self.kind} ({recall}), built in {self.build_s:.1f} s",
-            f"recommendations: top {self.k} for every song in {self.recommend_s:.1f} s",
+            f"recommendations: {kept}, in {self.recommend_s:.1f} s",
             "tables: recommendations; index folder: WH/index",
         ]
 
@@ -108,8 +117,13 @@ def index_songs(spark, *, warehouse: str, config: dict[str, Any]) -> IndexSummar
         table_dir = os.path.join(scratch, Table.RECOMMENDATIONS)
         os.makedirs(table_dir)
         last = time.monotonic()
+        fewest, most = settings.k, 0
         for number, block in enumerate(recommendation_blocks(index, ids, vectors, settings)):
             pq.write_table(block, os.path.join(table_dir, f"part-{number:05d}.parquet"))
+            songs_in_block = min(settings.block_size, len(ids) - number * settings.block_size)
+            per_song = np.unique(block.column("song_id").to_numpy(zero_copy_only=False), return_counts=True)[1]
+            fewest = min(fewest, int(per_song.min()) if len(per_song) == songs_in_block else 0)
+            most = max(most, int(per_song.max()) if len(per_song) else 0)
             if time.monotonic() - last >= settings.progress_interval_s:
                 last = time.monotonic()
                 done = min((number + 1) * settings.block_size, len(ids))
@@ -130,7 +144,7 @@ def index_songs(spark, *, warehouse: str, config: dict[str, Any]) -> IndexSummar
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return IndexSummary(songs=len(ids), kind=params["kind"], recall_at_k=recall, build_s=build_s,
-                        recommend_s=recommend_s, k=settings.k)
+                        recommend_s=recommend_s, k=settings.k, fewest=fewest, most=most)
 
 
 class IndexStage(Stage):

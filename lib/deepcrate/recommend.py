@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from deepcrate.audio import DecodeLimits
-from deepcrate.errors import AudioError, InputError, WarehouseError
+from deepcrate.errors import AudioError, InputError, ModelError, WarehouseError
 from deepcrate.model_store import MODELS, read_model_folder
 from deepcrate.schemas import Table
 from deepcrate.slicing import slice_audio_file
@@ -130,10 +130,7 @@ class Catalogue:
                 data = stream.read()
         except OSError as exc:
             raise InputError(f"--file {path}: {exc.strerror}") from None
-        ingest = self.config["ingest"]
-        limits = DecodeLimits(max_duration_s=float(ingest["max_duration_s"]),
-                              truncated_ratio=float(ingest["truncated_ratio"]),
-                              silence_dbfs=float(ingest["silence_dbfs"]))
+        limits = DecodeLimits.from_config(self.config)
         try:
             sliced = slice_audio_file(data, name=os.path.basename(path), settings=folder.spectrogram, limits=limits)
         except AudioError as exc:
@@ -141,7 +138,13 @@ class Catalogue:
         shape = (folder.spectrogram.n_rows, folder.spectrogram.slice_frames)
         images = np.frombuffer(b"".join(sliced.slices), dtype=np.uint8).reshape(len(sliced.slices), *shape)
         with open(os.path.join(folder.path, "model.keras"), "rb") as stream:
-            model = worker_model(folder.version, stream.read())
+            payload = stream.read()
+        try:
+            model = worker_model(folder.version, payload)
+        except Exception as exc:  # a truncated zip, or a layer Keras' safe mode refuses to deserialise
+            raise ModelError(f"model {folder.path}: model.keras cannot be loaded ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); rebuild it with "
+                             f"deepcrate train") from None
         embeddings, _, _ = embed_images(model, images, batch_size=int(self.config["embed"]["batch_size"]))
         vector = normalise(embeddings.mean(axis=0, dtype=np.float64).astype(np.float32)[None, :])[0]
         return Seed(label=path, vector=vector)
