@@ -287,3 +287,25 @@ def test_an_empty_manifest_is_one_line(tmp_path):
     (tmp_path / "empty.csv").write_bytes(b"")
     with pytest.raises(InputError, match=r"empty.csv: is empty \(it needs a header line"):
         read_manifest(str(tmp_path / "empty.csv"), audio_uri="file:" + str(tmp_path))
+
+
+def test_links_that_cannot_be_opened_become_rejects_and_the_job_goes_on(spark, tmp_path):
+    audio = tmp_path / "audio"
+    for seed in range(3):
+        write_audio(audio / "rock" / f"s{seed}.mp3", make_signal(11, seed=seed))
+    (audio / "rock" / "broken.mp3").symlink_to(tmp_path / "nowhere.mp3")
+    (audio / "rock" / "loop.mp3").symlink_to("loop.mp3")
+    (audio / "rock" / "again").symlink_to(audio / "rock", target_is_directory=True)  # a folder loop
+    (audio / "rock" / "alias.mp3").symlink_to(audio / "rock" / "s0.mp3")  # a working link: same bytes as s0
+    summary = ingest(spark, audio=str(audio), warehouse=str(tmp_path / "wh"), config=resolve_config(overrides=CONFIG))
+    store = Warehouse(spark, str(tmp_path / "wh"))
+    rejects = store.read("rejects").toPandas().set_index("path")
+    songs = store.read("songs").toPandas()
+    assert summary.songs == 3 and len(songs) == 3
+    assert len(songs) + len(rejects) == 7  # every entry accounted for
+    root = f"file:{audio}/rock"
+    assert rejects.loc[f"{root}/broken.mp3", "reason"] == "unreadable"
+    assert "nowhere.mp3: cannot be opened: No such file" in rejects.loc[f"{root}/broken.mp3", "message"]
+    assert "Too many levels of symbolic links" in rejects.loc[f"{root}/loop.mp3", "message"]
+    assert "a symlink to a folder, not followed" in rejects.loc[f"{root}/again", "message"]
+    assert rejects.loc[f"{root}/s0.mp3", "reason"] == "duplicate"  # the link sorts first and keeps the song

@@ -32,6 +32,7 @@ TOO_LARGE = "too_large"
 DUPLICATE = "duplicate"
 UNSUPPORTED_EXTENSION = "unsupported_extension"
 HIDDEN_NAME = "hidden_name"
+UNREADABLE = "unreadable"  # listed but cannot be opened: a broken symlink, a symlink loop, no permission
 
 _BLOCK_FRAMES = 1 << 18  # ~6 s at 44.1 kHz per read: bounded memory, few calls
 

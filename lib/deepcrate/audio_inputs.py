@@ -26,11 +26,13 @@ def normalise_path(uri: str) -> str:
 
 def list_files(spark: SparkSession, audio_uri: str) -> pd.DataFrame:
     """Every file under ``audio_uri``, recursively: ``path`` (as Spark spells it), ``length``
-    (bytes) and ``modified`` (milliseconds since the epoch).
+    (bytes), ``modified`` (milliseconds since the epoch) and ``problem`` (why an entry
+    cannot be opened, e.g. a broken symlink or a symlink loop; else None).
 
-    Includes what Spark's own file listing leaves out (empty files, hidden names), so
-    that those files can be reported instead of silently dropped. Local folders are
-    walked directly; other file systems through Hadoop's FileSystem API.
+    Includes what Spark's own file listing leaves out (empty files, hidden names, entries
+    that cannot be opened), so that those files can be reported instead of silently
+    dropped. Local folders are walked directly (a symlinked folder is not followed, and
+    is reported); other file systems through Hadoop's FileSystem API.
 
     Raises
     ------
@@ -42,10 +44,21 @@ def list_files(spark: SparkSession, audio_uri: str) -> pd.DataFrame:
         if not os.path.isdir(root):
             raise InputError(f"audio folder {audio_uri}: no such folder")
         rows = []
-        for folder, _, names in os.walk(root):
-            for name in names:
-                stat = os.stat(os.path.join(folder, name))
-                rows.append(("file:" + os.path.join(folder, name), stat.st_size, stat.st_mtime_ns // 1_000_000))
+        for folder, folders, names in os.walk(root):
+            linked = [name for name in folders if os.path.islink(os.path.join(folder, name))]
+            for name in sorted(names + linked):
+                path = os.path.join(folder, name)
+                target = f" -> {os.readlink(path)}" if os.path.islink(path) else ""
+                if name in linked:  # Spark's listing would follow it, possibly round in a loop
+                    rows.append(("file:" + path, 0, 0, f"{path}{target}: a symlink to a folder, not followed "
+                                 "(link the files instead, or ingest that folder itself)"))
+                    continue
+                try:
+                    stat = os.stat(path)
+                except OSError as exc:
+                    rows.append(("file:" + path, 0, 0, f"{path}{target}: cannot be opened: {exc.strerror or exc}"))
+                    continue
+                rows.append(("file:" + path, stat.st_size, stat.st_mtime_ns // 1_000_000, None))
     else:
         jvm = spark.sparkContext._jvm
         path = jvm.org.apache.hadoop.fs.Path(audio_uri)
@@ -55,10 +68,10 @@ def list_files(spark: SparkSession, audio_uri: str) -> pd.DataFrame:
         rows, files = [], fs.listFiles(path, True)
         while files.hasNext():
             status = files.next()
-            rows.append((status.getPath().toString(), status.getLen(), status.getModificationTime()))
+            rows.append((status.getPath().toString(), status.getLen(), status.getModificationTime(), None))
     if not rows:
         raise InputError(f"audio folder {audio_uri}: holds no files")
-    return pd.DataFrame(rows, columns=["path", "length", "modified"]).sort_values("path", ignore_index=True)
+    return pd.DataFrame(rows, columns=["path", "length", "modified", "problem"]).sort_values("path", ignore_index=True)
 
 
 def skipped_by_spark(uri: str, *, audio_uri: str) -> bool:

@@ -35,6 +35,7 @@ from deepcrate.audio import (
     EMPTY,
     HIDDEN_NAME,
     TOO_LARGE,
+    UNREADABLE,
     UNSUPPORTED_EXTENSION,
     DecodeLimits,
 )
@@ -168,20 +169,21 @@ def ingest(
     extensions = tuple("." + e.lower().lstrip(".") for e in options["extensions"])
     max_bytes = int(float(options["max_file_mb"]) * 2**20)
     early_rejects = [
-        reject for path, length in zip(listing["path"], listing["length"])
+        reject for path, length, problem in zip(listing["path"], listing["length"], listing["problem"])
         if (reject := _reject_before_decoding(
-            path, length, audio_uri=audio_uri, extensions=extensions, max_bytes=max_bytes,
+            path, length, problem=problem, audio_uri=audio_uri, extensions=extensions, max_bytes=max_bytes,
             max_mb=options["max_file_mb"]))
     ]
     metadata = _metadata(settings, config, audio_uri=audio_uri)
     kept = _songs_to_keep(store, listing, metadata=metadata) if incremental else None
-    if kept is None:
+    if kept is None and listing["problem"].isna().all():
         paths, to_decode = None, len(listing) - len(early_rejects)  # the whole folder
-    else:
-        skip = {r["path"] for r in early_rejects} | set(kept["path"])
+    else:  # the files to decode, named: Spark must not list what cannot be opened
+        skip = {r["path"] for r in early_rejects} | (set(kept["path"]) if kept is not None else set())
         paths = [p for p in listing["path"] if p not in skip]
         to_decode = len(paths)
-        logger.info("incremental ingest: %d songs kept, %d files to decode", len(kept), to_decode)
+        if kept is not None:
+            logger.info("incremental ingest: %d songs kept, %d files to decode", len(kept), to_decode)
     logger.info("%s: %d files, %d to decode", audio_uri, len(listing), to_decode)
 
     run = store.begin_run()
@@ -238,9 +240,12 @@ def _songs_to_keep(store: Warehouse, listing: pd.DataFrame, *, metadata: dict[st
 
 
 def _reject_before_decoding(
-    path: str, length: int, *, audio_uri: str, extensions: tuple[str, ...], max_bytes: int, max_mb: float
+    path: str, length: int, *, problem: str | None, audio_uri: str, extensions: tuple[str, ...], max_bytes: int,
+    max_mb: float
 ) -> dict[str, str] | None:
     """The reject row of a file that is not even read, or None when it is to be decoded."""
+    if problem is not None:
+        return _reject(path, UNREADABLE, problem)
     if skipped_by_spark(path, audio_uri=audio_uri):
         return _reject(path, HIDDEN_NAME, f"{path}: Spark skips names starting with '.' or '_'; "
                        "rename it to ingest it")

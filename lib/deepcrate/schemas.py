@@ -88,7 +88,7 @@ REJECTS = _schema(
     Table.REJECTS, "One row per file under the audio folder that did not become a song (ingest).",
     ("path", StringType(), False, "URI of the file"),
     ("reason", StringType(), False, "`empty`, `not_audio`, `decode_error`, `truncated`, `silent`, `too_short`, "
-     "`too_large`, `duplicate`, `unsupported_extension` or `hidden_name`"),
+     "`too_large`, `duplicate`, `unsupported_extension`, `hidden_name` or `unreadable`"),
     ("message", StringType(), False, "a sentence naming the file and what is wrong with it"),
 )
 
