@@ -101,15 +101,6 @@ class ArrowTables:
         """The ``slices`` table as training streams it (:class:`~deepcrate.slice_reader.SliceTable`)."""
         return SliceTable(self.dataset(Table.SLICES), image_shape=image_shape, uri=f"{self.root}/{Table.SLICES}")
 
-    def metadata(self, name: str) -> dict[str, Any]:
-        """The ``_deepcrate.json`` written with table ``name``."""
-        filesystem, path = filesystem_and_path(f"{self.root}/{name}/{METADATA_FILE}")
-        try:
-            with filesystem.open_input_stream(path) as stream:
-                return json.loads(stream.read().decode("utf-8"))
-        except (OSError, ValueError) as exc:
-            raise WarehouseError(f"table {name} in {self.root}: unreadable {METADATA_FILE}: {exc}") from None
-
 
 class Warehouse:
     """Tables under one root folder, published atomically.
