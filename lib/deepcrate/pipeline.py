@@ -6,7 +6,7 @@ fingerprints of the stages it comes after, the settings that change its output
 (:meth:`Stage.inputs`). After a stage has published, the warehouse records that
 fingerprint with the versions of what it published (:meth:`Warehouse.record_stage`);
 a rebuild skips a stage whose record holds the fingerprint it would have now and whose
-outputs are still the ones recorded (:meth:`Warehouse.up_to_date`), so another job
+outputs are still the ones recorded (:meth:`Warehouse.current_record`), so another job
 that replaced a table makes the stage run again.
 
 Adding a stage is one new module with a :class:`Stage` and one line in
@@ -76,7 +76,7 @@ class Stage:
         return list(self.writes)
 
     def is_up_to_date(self, context: RebuildContext, fingerprint: str) -> bool:
-        return context.store.up_to_date(self.name, fingerprint=fingerprint)
+        return context.store.current_record(self.name, fingerprint=fingerprint) is not None
 
     def passed_on(self, context: RebuildContext, fingerprint: str) -> str:
         """The fingerprint the stages after this one build on (by default its own)."""

@@ -327,14 +327,15 @@ class Warehouse:
             logger.warning("warehouse %s: the record of stage %s is unreadable; it will run again", self.root, stage)
             return None
 
-    def up_to_date(self, stage: str, *, fingerprint: str) -> bool:
-        """Whether ``stage`` last ran on inputs with ``fingerprint`` and what it published then is
-        still what is published now (no other job replaced it since)."""
+    def current_record(self, stage: str, *, fingerprint: str) -> dict[str, Any] | None:
+        """The record of ``stage`` when it last ran on inputs with ``fingerprint`` and what it
+        published then is still what is published now (no other job replaced it since); else None."""
         record = self.stage_record(stage)
         if record is None or record.get("fingerprint") != fingerprint or not record.get("versions"):
-            return False
-        return all(version is not None and self.version(name) == version
-                   for name, version in record["versions"].items())
+            return None
+        current = all(version is not None and self.version(name) == version
+                      for name, version in record["versions"].items())
+        return record if current else None
 
     # -- the writer lock (see the module doc) -------------------------------------
     def _take_lock(self, command: str) -> str:

@@ -236,9 +236,10 @@ class TrainStage(Stage):
         return [f"{MODELS}/{context.model_folder.version}"]
 
     def is_up_to_date(self, context: RebuildContext, fingerprint: str) -> bool:
-        if not super().is_up_to_date(context, fingerprint):
+        record = context.store.current_record(self.name, fingerprint=fingerprint)
+        if record is None:
             return False
-        (published,) = context.store.stage_record(self.name)["versions"]
+        (published,) = record["versions"]
         context.model_folder = _open_published(context.store, published)
         return True
 
