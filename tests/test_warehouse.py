@@ -1,4 +1,8 @@
-"""Write-then-publish: a published table is always a whole one."""
+"""Write-then-publish: a published table is always a whole one; readers see one run at a time.
+
+The first tests cover the plain Parquet layout (``table_format="parquet"``: renames);
+the Delta tests below cover the default (delta-rs commits and run records).
+"""
 import pytest
 from pyspark.sql.types import IntegerType, StructField, StructType
 
@@ -24,7 +28,7 @@ def read(store, name):
 
 
 def test_publish_replaces_all_tables_of_a_run(spark, tmp_path):
-    store = Warehouse(spark, str(tmp_path / "wh"), create=True)
+    store = Warehouse(spark, str(tmp_path / "wh"), create=True, table_format="parquet")
     for values in ([1, 2], [3]):
         run = store.begin_run()
         stage(store, run, "a", values)
@@ -37,7 +41,7 @@ def test_publish_replaces_all_tables_of_a_run(spark, tmp_path):
 
 
 def test_publish_interrupted_midway_is_rolled_forward_by_the_next_job(spark, tmp_path, monkeypatch):
-    store = Warehouse(spark, str(tmp_path / "wh"), create=True)
+    store = Warehouse(spark, str(tmp_path / "wh"), create=True, table_format="parquet")
     run = store.begin_run()
     stage(store, run, "a", [1])
     stage(store, run, "b", [1])
@@ -61,13 +65,13 @@ def test_publish_interrupted_midway_is_rolled_forward_by_the_next_job(spark, tmp
     monkeypatch.undo()
     assert store.tables() == ["a"]  # b is aside: mid-publish
 
-    Warehouse(spark, str(tmp_path / "wh")).recover()
+    Warehouse(spark, str(tmp_path / "wh"), table_format="parquet").recover()
     assert read(store, "a") == [2] and read(store, "b") == [2]
     assert not any((tmp_path / "wh" / "_staging").iterdir())
 
 
 def test_unfinished_run_is_dropped_and_published_tables_stay(spark, tmp_path):
-    store = Warehouse(spark, str(tmp_path / "wh"), create=True)
+    store = Warehouse(spark, str(tmp_path / "wh"), create=True, table_format="parquet")
     run = store.begin_run()
     stage(store, run, "a", [1])
     store.publish(run, ["a"])
@@ -114,23 +118,23 @@ def test_a_second_writer_is_refused_in_one_line_and_a_dead_writers_lock_is_taken
         holder = {"host": socket.gethostname(), "pid": other.pid, "command": "ingest", "token": "theirs",
                   "started": "2026-12-02T10:00:00+00:00"}
         (wh / LOCK_FILE).write_text(json.dumps(holder))
-        (wh / "_staging" / "their-run").mkdir(parents=True)  # their half-written run
+        (wh / "songs" / "their-run").mkdir(parents=True)  # their half-written run
         with pytest.raises(WarehouseError) as refused, writer_lock(spark, str(wh), command="ingest"):
             pass
         message = str(refused.value)
         assert "\n" not in message and f"pid {other.pid}" in message and socket.gethostname() in message
         assert "since 2026-12-02T10:00:00+00:00" in message and "ingest" in message
         assert main(["ingest", "--audio", str(tmp_path / "audio"), "--warehouse", str(wh)]) == 2
-        assert (wh / "_staging" / "their-run").is_dir()  # not rolled back under their feet
+        assert (wh / "songs" / "their-run").is_dir()  # not touched under their feet
         assert json.loads((wh / LOCK_FILE).read_text())["token"] == "theirs"
     finally:
         other.kill()
         other.wait()
-    # Their process is gone: its lock is taken over, their unfinished run dropped, the job runs.
+    # Their process is gone: its lock is taken over and the job runs (their files wait for vacuum).
     caplog.set_level("WARNING")
     assert main(["ingest", "--audio", str(tmp_path / "audio"), "--warehouse", str(wh)]) == 0
     assert "took over the writer lock of ingest" in caplog.text
-    assert not (wh / LOCK_FILE).exists() and not (wh / "_staging" / "their-run").exists()
+    assert not (wh / LOCK_FILE).exists()
     assert Warehouse(spark, str(wh)).tables() == ["rejects", "slices", "songs"]
 
 
@@ -159,3 +163,162 @@ def test_of_many_writers_starting_at_once_exactly_one_gets_the_lock(spark, tmp_p
         won = list(pool.map(lambda i: store._create_new(lock, f'{{"token": "{i}"}}'), range(8)))
     assert won.count(True) == 1
     assert (tmp_path / "wh" / LOCK_FILE).read_text() == f'{{"token": "{won.index(True)}"}}'
+
+
+# -- Delta (the default): delta-rs commits, one run record per job --------------------------------
+def delta_rows(path, version=None):
+    """Table ``path`` read by delta-rs itself, independently of the warehouse's readers."""
+    from deltalake import DeltaTable
+
+    return sorted(DeltaTable(str(path), version=version).to_pyarrow_table().column("v").to_pylist())
+
+
+def job(spark, wh, tables, *, command="test-job"):
+    """One writing job publishing ``tables`` ({name: values}), each with its own publish."""
+    from deepcrate.warehouse import writer_lock
+
+    with writer_lock(spark, str(wh), command=command, create=True):
+        store = Warehouse(spark, str(wh), create=True)
+        run = store.begin_run()
+        for name, values in tables.items():
+            stage(store, run, name, values)
+            store.publish(run, [name])
+    return run
+
+
+def test_delta_tables_are_one_version_per_publish_and_spark_reads_what_delta_rs_reads(spark, tmp_path):
+    import json
+
+    from deltalake import DeltaTable
+
+    wh = tmp_path / "wh"
+    first = job(spark, wh, {"a": [1, 2], "b": [10]})
+    job(spark, wh, {"a": [3]})
+    store = Warehouse(spark, str(wh))
+    assert read(store, "a") == delta_rows(wh / "a") == [3] and read(store, "b") == delta_rows(wh / "b") == [10]
+    assert delta_rows(wh / "a", version=0) == [1, 2]  # the replaced version is still there...
+    assert read(Warehouse(spark, str(wh), as_of=1), "a") == [1, 2]  # ...and run 1 reads it
+    assert spark.read.option("recursiveFileLookup", "true").parquet(str(wh / "a")).count() == 3  # a glob mixes versions
+    table = DeltaTable(str(wh / "a"))
+    assert (table.protocol().min_reader_version, table.protocol().min_writer_version) == (1, 2)
+    adds = [json.loads(line)["add"] for line in (wh / "a" / "_delta_log" / "00000000000000000001.json")
+            .read_text().splitlines() if '"add"' in line]
+    assert sum(json.loads(add["stats"])["numRecords"] for add in adds) == 1
+    history = store.runs.history()
+    assert [(r.number, r.command, r.changed) for r in history] == [(2, "test-job", ["a"]), (1, "test-job", ["a", "b"])]
+    assert history[0].tables["b"] == history[1].tables["b"] and store.version("b") == first
+    assert history[0].tables["a"].rows == 1 and store.metadata("a")["values"] == [3]
+
+
+@pytest.mark.parametrize("crash_at", range(5))
+def test_a_crash_between_any_two_steps_of_a_publish_leaves_readers_on_one_run(spark, tmp_path, crash_at):
+    """A job's steps: commit a, draft, commit b, draft, run record. Readers see run 1 or run 2."""
+    import deepcrate.warehouse as warehouse_module
+    from deepcrate.run_log import RunLog
+
+    wh = tmp_path / "wh"
+    job(spark, wh, {"a": [1], "b": [1]})
+    steps = []
+
+    def step(original):
+        def wrapped(*args, **kwargs):
+            steps.append(original.__name__)
+            if len(steps) == crash_at + 1:
+                raise KeyboardInterrupt("power cut")
+            return original(*args, **kwargs)
+        return wrapped
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(warehouse_module, "commit_files", step(warehouse_module.commit_files))
+        patch.setattr(RunLog, "write_draft", step(RunLog.write_draft))
+        patch.setattr(RunLog, "publish", step(RunLog.publish))
+        job(spark, wh, {"a": [2], "b": [2]})
+    assert steps[-1] == ["commit_files", "write_draft", "commit_files", "write_draft", "publish"][crash_at]
+    store = Warehouse(spark, str(wh))
+    assert (read(store, "a"), read(store, "b")) == ([1], [1])  # never a mix; the new run was not published
+    from deepcrate.warehouse import ArrowTables
+
+    tables = ArrowTables.current(str(wh))
+    assert tables.read("a").column("v").to_pylist() == [1] and tables.read("b").column("v").to_pylist() == [1]
+    # The same job again carries on from what was committed; another job's command drops it.
+    job(spark, wh, {"b": [3]}, command="test-job")
+    store = Warehouse(spark, str(wh))
+    assert read(store, "b") == [3] and read(store, "a") == ([2] if crash_at >= 2 else [1])  # a drafted: carried
+    assert store.runs.draft() is None
+
+
+def test_a_second_writer_that_publishes_first_wins_and_the_other_is_refused_in_one_line(spark, tmp_path):
+    from deepcrate.run_log import EMPTY
+    from deepcrate.warehouse import writer_lock
+
+    wh = tmp_path / "wh"
+    job(spark, wh, {"a": [1]})
+    with pytest.raises(WarehouseError) as refused, writer_lock(spark, str(wh), command="ours"):
+        store = Warehouse(spark, str(wh))
+        run = store.begin_run()
+        stage(store, run, "a", [2])
+        store.publish(run, ["a"])
+        # another writer (on an object store, where the lock cannot hold it off) publishes run 2 first
+        current = store.runs.current()
+        store.runs.publish(current.with_changes(number=2, command="theirs", tables={}, folders={}, changed=[]))
+    assert "\n" not in str(refused.value) and "another job published run 2 while this ours ran" in str(refused.value)
+    assert [r.command for r in Warehouse(spark, str(wh)).runs.history()] == ["theirs", "test-job"]
+    assert read(Warehouse(spark, str(wh)), "a") == [1]
+    assert EMPTY.number == 0
+
+
+def test_rollback_republishes_an_earlier_run_row_for_row_and_vacuum_keeps_what_kept_runs_read(spark, tmp_path):
+    from deepcrate.warehouse import writer_lock
+
+    wh = tmp_path / "wh"
+    job(spark, wh, {"a": [1], "b": [1]})
+    job(spark, wh, {"a": [2]})
+    job(spark, wh, {"a": [3], "b": [3]})
+    with writer_lock(spark, str(wh), command="rollback"):
+        record = Warehouse(spark, str(wh)).rollback(2)
+    store = Warehouse(spark, str(wh))
+    assert (record.number, record.changed) == (4, ["a", "b"])
+    assert (read(store, "a"), read(store, "b")) == ([2], [1])
+    assert (delta_rows(wh / "a"), delta_rows(wh / "b")) == ([2], [1])  # Delta readers see the same
+    files_before = {p for p in wh.rglob("*.parquet")}
+    with writer_lock(spark, str(wh), command="vacuum"):
+        deleted, freed = Warehouse(spark, str(wh)).vacuum(keep=2)
+    files_after = {p for p in wh.rglob("*.parquet")}
+    assert deleted > 0 and freed > 0 and files_after < files_before
+    for number in (3, 4):  # every file a kept run reads is still there
+        kept = Warehouse(spark, str(wh), as_of=number)
+        assert read(kept, "a") == {3: [3], 4: [2]}[number]
+    with pytest.raises(WarehouseError, match="files of run 1 were vacuumed"):
+        Warehouse(spark, str(wh), as_of=1)
+    from deepcrate.delta_tables import committed_files
+
+    read_by_kept = {tmp_path / uri.split(str(tmp_path) + "/", 1)[1]
+                    for number in (3, 4) for name, entry in store.runs.get(number).tables.items()
+                    for uri in committed_files(store.table_uri(name), entry.version, name=name)}
+    assert files_after == read_by_kept  # exactly: nothing a kept run reads went, nothing else stayed
+
+
+def test_a_hand_edited_delta_log_is_refused_in_one_line_naming_the_table(spark, tmp_path):
+    wh = tmp_path / "wh"
+    job(spark, wh, {"a": [1]})
+    (wh / "a" / "_delta_log" / "00000000000000000000.json").write_text('{"add": {"path": 12}}\nnot json\n')
+    with pytest.raises(WarehouseError) as refused:
+        Warehouse(spark, str(wh)).read("a")
+    assert "\n" not in str(refused.value) and str(refused.value).startswith("table a: its Delta log")
+
+
+def test_a_parquet_warehouse_becomes_delta_on_its_next_write_without_rewriting_a_file(spark, tmp_path):
+    wh = tmp_path / "wh"
+    old = Warehouse(spark, str(wh), create=True, table_format="parquet")
+    run = old.begin_run()
+    stage(old, run, "a", [1, 2])
+    stage(old, run, "b", [5])
+    old.publish(run, ["a", "b"])
+    files = {p: p.stat().st_ino for p in wh.glob("*/*.parquet")}
+    job(spark, wh, {"b": [6]})
+    store = Warehouse(spark, str(wh))
+    assert (read(store, "a"), read(store, "b")) == ([1, 2], [6]) and delta_rows(wh / "a") == [1, 2]
+    assert {p: p.stat().st_ino for p in files} == files  # the Parquet files stayed where they were
+    assert store.version("a") == run and store.runs.current().changed == ["a", "b"]
+    with pytest.raises(WarehouseError, match="holds Delta tables"):
+        Warehouse(spark, str(wh), table_format="parquet").begin_run()

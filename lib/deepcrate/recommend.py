@@ -66,15 +66,14 @@ class Catalogue:
         self.settings = IndexSettings.from_config(config)
         if not self.root.startswith("file:"):
             raise InputError(f"recommend reads local warehouses; copy {self.root} locally first")
-        self.local_root = local_path(self.root)
-        self.tables = ArrowTables(self.root)
+        self.tables = ArrowTables.current(self.root)
         for needed, stage in ((Table.SONGS, "ingest"), (Table.SONG_EMBEDDINGS, "embed"), (INDEX, "index")):
             if not self.tables.exists(needed):
                 raise WarehouseError(f"warehouse {self.root}: no {needed}; run deepcrate {stage} first")
         songs = self.tables.read(Table.SONGS, columns=SONG_COLUMNS).to_pandas()
         predicted = self.tables.read(Table.SONG_EMBEDDINGS, columns=["song_id", "predicted_genre"]).to_pandas()
         self.songs = songs.merge(predicted, on="song_id", how="inner").set_index("song_id")
-        self.loaded = load_index(os.path.join(self.local_root, INDEX), settings=self.settings,
+        self.loaded = load_index(local_path(self.tables.folder(INDEX)), settings=self.settings,
                                  expected_songs=len(predicted))
         self.positions = pd.Series(np.arange(len(self.loaded.ids)), index=self.loaded.ids)
         missing = set(self.loaded.ids) - set(self.songs.index)
@@ -124,7 +123,7 @@ class Catalogue:
         """Decode, slice and embed a file that need not be in the catalogue, with the catalogue's model."""
         from deepcrate.inference import embed_images, worker_model
 
-        folder = read_model_folder(os.path.join(self.local_root, MODELS, str(self.model_version)))
+        folder = read_model_folder(local_path(self.tables.folder(f"{MODELS}/{self.model_version}")))
         try:
             with open(path, "rb") as stream:
                 data = stream.read()

@@ -1,16 +1,28 @@
-"""The warehouse: a folder of Parquet tables, each written aside and then published.
+"""The warehouse: a folder of tables, each write published atomically, every run kept.
 
-Layout::
+Layout (``warehouse.table_format: delta``, the default)::
 
-    WH/<table>/                  a published table (Parquet files, _SUCCESS, _deepcrate.json)
-    WH/_staging/<run>/<table>/   a table being written
-    WH/_staging/<run>/_PUBLISH   written just before the renames: the run's tables are complete
+    WH/<table>/_delta_log/         the table's Delta log (delta-rs; no JVM jars)
+    WH/<table>/<run>/              the Parquet files one job run wrote, and its _deepcrate.json
+    WH/models/<version>/           a model folder; WH/index/<run>/ an index
+    WH/_runs/<n>.json              published run n: the version of every table and folder
+    WH/_LOCK                       the writer lock
 
-A job writes every table of a run under ``_staging``, then publishes them with
-renames. A crash before ``_PUBLISH`` leaves the published tables untouched (the next
-job deletes the half-written run); a crash during the renames is rolled forward by
-the next job. File-system calls go through Hadoop's FileSystem API, so the same code
-serves local folders, HDFS and object stores.
+A job writes each table's files into a new folder of the table, then commits them as the
+table's next Delta version (:mod:`deepcrate.delta_tables`). Readers never see those
+versions until the job ends and writes the next run record (:mod:`deepcrate.run_log`):
+the one atomic step, after which every table of the run is current together. A reader
+resolves every table through one record, so it never sees songs of one run beside
+recommendations of another, and older runs stay readable (``--as-of``) until vacuumed.
+
+``table_format: parquet`` keeps the earlier layout for existing warehouses: ``WH/<table>/``
+holds the Parquet files, a job writes under ``WH/_staging/<run>/`` and publishes with
+renames, and a crash during the renames is rolled forward by the next job. A Delta job
+converts such a warehouse in place (the Parquet files become the tables' first versions;
+nothing is decoded or rewritten).
+
+File-system calls go through Hadoop's FileSystem API or pyarrow, so the same code serves
+local folders, HDFS and object stores (docs/warehouse.md says what each guarantees).
 
 One job writes to a warehouse at a time: every writing stage holds ``WH/_LOCK`` (host,
 pid, start time, command) for its whole run (:func:`writer_lock`; re-entrant, so a
@@ -21,11 +33,6 @@ no longer alive is taken over (moved aside under a unique name first, so two
 newcomers cannot both take it). On object stores (S3, GCS) creating a file only if
 absent is not atomic through Hadoop: there the lock only tells writers apart that
 start seconds apart, and one writer at a time is the operator's job.
-
-With ``table_format="delta"`` every staged table is converted to Delta in place
-(``CONVERT TO DELTA``) before it is published. Each published table is then one Delta
-commit whose files are exactly the Parquet files in its folder, so readers that
-open the Parquet files directly (training, the index) see the same rows as Spark.
 """
 from __future__ import annotations
 
@@ -39,52 +46,100 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs
+import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 
+from deepcrate.delta_tables import DELTA_LOG, DataFile, commit_files, committed_files, latest_version, restore
 from deepcrate.errors import WarehouseError
+from deepcrate.model_store import MODELS
+from deepcrate.run_log import EMPTY, RunLog, RunRecord, TableVersion, now
 from deepcrate.schemas import Table, validate
 from deepcrate.slice_reader import SliceTable
 from deepcrate.uris import filesystem_and_path, local_path, to_uri
+from deepcrate.vector_index import INDEX
 
 logger = logging.getLogger(__name__)
 
 METADATA_FILE = "_deepcrate.json"
-NOT_TABLES = {"models", "index"}  # folders of the warehouse that hold files, not a table
-TABLE_FORMATS = ("parquet", "delta")
-DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+NOT_TABLES = {MODELS, INDEX}  # folders of the warehouse that hold files, not a table
+TABLE_FORMATS = ("delta", "parquet")
 _STAGING = "_staging"
 _PUBLISH = "_PUBLISH"
 LOCK_FILE = "_LOCK"
 _STAGE_RECORDS = "_stages"  # WH/_stages/<stage>.json: what each stage last published, and from which inputs
-_HELD: dict[str, list] = {}  # warehouse root -> [lock token, depth]: the locks this process holds
+
+
+@dataclass
+class _Job:
+    """A writing job of this process: the lock it holds and what it has committed so far."""
+
+    token: str
+    command: str
+    base: int  # the run that was current when the job began
+    depth: int = 1
+    tables: dict[str, TableVersion] = field(default_factory=dict)
+    folders: dict[str, str] = field(default_factory=dict)
+    changed: list[str] = field(default_factory=list)
+
+
+EMPTY_VERSION = TableVersion(version=-1, run="", folder="", rows=0)
+_HELD: dict[str, _Job] = {}  # warehouse root -> the writing job this process runs there
 Stage = TypeVar("Stage", bound=Callable[..., Any])
 
 
 class ArrowTables:
-    """The published tables of a warehouse read with pyarrow: no Spark, no JVM.
+    """The tables of a warehouse read with pyarrow: no Spark, no JVM.
 
     For the readers that run outside Spark (``recommend``, training's input pipeline) and
-    the stages that read a few columns into the driver.
+    the stages that read a few columns into the driver. ``view`` is the run whose tables
+    are read (None: a plain Parquet warehouse, read folder by folder); ``folder_of``,
+    when given, names the folder of each table instead (a run's staged tables).
     """
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, view: RunRecord | None, *,
+                 folder_of: Callable[[str], str] | None = None) -> None:
         self.root = to_uri(root)
+        self.view = view
+        self._folder_of = folder_of
+
+    @classmethod
+    def current(cls, root: str, *, as_of: int | None = None) -> ArrowTables:
+        """The tables of the current run (or of run ``as_of``)."""
+        return cls(root, resolve_view(RunLog(to_uri(root)), as_of=as_of))
 
     def exists(self, name: str) -> bool:
-        filesystem, path = filesystem_and_path(f"{self.root}/{name}/_SUCCESS")
+        if self.view is not None and self._folder_of is None:
+            return name in self.view.tables or name in self.view.folders
+        filesystem, path = filesystem_and_path(f"{self.folder(name)}/_SUCCESS")
         return filesystem.get_file_info(path).type == pyarrow.fs.FileType.File
 
+    def folder(self, name: str) -> str:
+        """The URI of published folder ``name`` (``index``, ``models/<version>``), or of a plain
+        Parquet table."""
+        if self._folder_of is not None:
+            return self._folder_of(name)
+        if self.view is not None and name in self.view.folders:
+            return f"{self.root}/{self.view.folders[name]}"
+        return f"{self.root}/{name}"
+
     def dataset(self, name: Table) -> ds.Dataset:
-        """The Parquet files of published table ``name`` as one pyarrow dataset."""
+        """The Parquet files of table ``name`` (exactly its committed version) as one pyarrow dataset."""
         if not self.exists(name):
             raise WarehouseError(f"warehouse {self.root}: no table {name!r}")
-        filesystem, path = filesystem_and_path(f"{self.root}/{name}")
         try:
+            if self.view is not None and self._folder_of is None:
+                entry = self.view.tables[name]
+                files = committed_files(f"{self.root}/{name}", entry.version, name=name)
+                filesystem, _ = filesystem_and_path(self.root)
+                return ds.dataset([filesystem_and_path(uri)[1] for uri in files], format="parquet",
+                                  filesystem=filesystem)
+            filesystem, path = filesystem_and_path(self.folder(name))
             return ds.dataset(path, format="parquet", filesystem=filesystem)
         except (OSError, pa.ArrowInvalid) as exc:
             raise WarehouseError(f"table {name} in {self.root}: cannot be read: {exc}") from None
@@ -102,6 +157,16 @@ class ArrowTables:
         return SliceTable(self.dataset(Table.SLICES), image_shape=image_shape, uri=f"{self.root}/{Table.SLICES}")
 
 
+def resolve_view(runs: RunLog, *, as_of: int | None = None) -> RunRecord | None:
+    """The run a reader sees: ``as_of`` when given, else the current one (None: no Delta runs yet)."""
+    if as_of is None:
+        return runs.current()
+    if as_of < runs.oldest_kept():
+        raise WarehouseError(f"warehouse {runs.root}: the files of run {as_of} were vacuumed "
+                             f"(runs from {runs.oldest_kept()} on are kept)")
+    return runs.get(as_of)
+
+
 class Warehouse:
     """Tables under one root folder, published atomically.
 
@@ -112,37 +177,54 @@ class Warehouse:
         A local path or a Hadoop URI (``hdfs://``, ``s3a://``...).
     create : bool
         Create the folder when missing (writers); readers want ``False``.
-    table_format : {"parquet", "delta"}
-        The format tables are published in (``warehouse.table_format``).
+    table_format : {"delta", "parquet"}
+        How this job publishes (``warehouse.table_format``). Readers follow what is on disk.
+    as_of : int, optional
+        Read the tables as published run ``as_of`` left them (``deepcrate history``).
 
     Raises
     ------
     WarehouseError
-        When the folder is missing or not writable, or Delta is asked for without its jars.
+        When the folder is missing or not writable, or run ``as_of`` is unknown.
     """
 
     def __init__(self, spark: SparkSession, root: str, *, create: bool = False,
-                 table_format: str = "parquet") -> None:
+                 table_format: str = "delta", as_of: int | None = None) -> None:
         self.spark = spark
         self.root = to_uri(root)
         if table_format not in TABLE_FORMATS:
             raise WarehouseError(f"warehouse.table_format must be one of {TABLE_FORMATS}, got {table_format!r}")
-        if table_format == "delta":
-            check_delta(spark)
         self.table_format = table_format
+        # delta-rs refuses the INT96 timestamps Spark writes by default (FIELD-NOTES)
+        spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
         jvm = spark.sparkContext._jvm
         self._path = jvm.org.apache.hadoop.fs.Path
         try:
             self._fs = self._path(self.root).getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
             if create:
                 self._fs.mkdirs(self._path(self.root))
-                probe = f"{self.root}/{_STAGING}/.write-probe-{uuid.uuid4().hex}"
+                probe = f"{self.root}/.write-probe-{uuid.uuid4().hex}"
                 self._fs.create(self._path(probe)).close()
                 self._fs.delete(self._path(probe), False)
         except Exception as exc:  # py4j wraps the Java IOException
             raise WarehouseError(f"warehouse {self.root}: not writable: {_java_message(exc)}") from None
         if not self._exists(self.root):
             raise WarehouseError(f"warehouse {self.root}: no such folder")
+        self.runs = RunLog(self.root)
+        self._as_of = resolve_view(self.runs, as_of=as_of) if as_of is not None else None
+
+    # -- which run a reader sees ---------------------------------------------------
+    def view(self) -> RunRecord | None:
+        """The run this object reads: the pinned ``as_of`` run; else the current run with what this
+        process's writing job has committed so far; None for a plain Parquet warehouse."""
+        if self._as_of is not None:
+            return self._as_of
+        current = self.runs.current()
+        job = _HELD.get(self.root)
+        if job is None or not job.changed:
+            return current
+        return (current or EMPTY).with_changes(number=job.base + 1, command=job.command, tables=job.tables,
+                                               folders=job.folders, changed=job.changed)
 
     # -- reading -----------------------------------------------------------------
     def table_uri(self, name: str) -> str:
@@ -150,6 +232,10 @@ class Warehouse:
 
     def tables(self) -> list[str]:
         """Names of the published tables, sorted."""
+        view = self.view()
+        return sorted(view.tables) if view is not None else self._parquet_tables()
+
+    def _parquet_tables(self) -> list[str]:
         names = []
         for status in self._fs.listStatus(self._path(self.root)):
             name = status.getPath().getName()
@@ -160,19 +246,24 @@ class Warehouse:
 
     def read(self, name: Table, *, columns: list[str] | None = None) -> DataFrame:
         """Published table ``name`` (its ``columns`` only, when given) as a Spark DataFrame."""
-        if not self._exists(f"{self.root}/{name}/_SUCCESS"):
-            raise WarehouseError(f"warehouse {self.root}: no table {name!r} (has: {self.tables()})")
-        if self._exists(f"{self.root}/{name}/_delta_log"):
-            check_delta(self.spark)
-            frame = self.spark.read.format("delta").load(self.table_uri(name))
-        else:
+        return self._read(name, self.view(), columns=columns)
+
+    def _read(self, name: str, view: RunRecord | None, *, columns: list[str] | None = None) -> DataFrame:
+        if view is None:
+            if not self._exists(f"{self.root}/{name}/_SUCCESS"):
+                raise WarehouseError(f"warehouse {self.root}: no table {name!r} (has: {self.tables()})")
             frame = self.spark.read.parquet(self.table_uri(name))
+        else:
+            if name not in view.tables:
+                raise WarehouseError(f"warehouse {self.root}: no table {name!r} (has: {sorted(view.tables)})")
+            files = committed_files(self.table_uri(name), view.tables[name].version, name=name)
+            frame = self.spark.read.parquet(*files)
         return frame if columns is None else frame.select(*columns)
 
     @property
     def arrow(self) -> ArrowTables:
-        """The same published tables, read with pyarrow in this process."""
-        return ArrowTables(self.root)
+        """The same tables, read with pyarrow in this process."""
+        return ArrowTables(self.root, self.view())
 
     def version(self, name: str) -> str | None:
         """The run that published ``name`` (None when it is missing or was published before runs were
@@ -181,27 +272,50 @@ class Warehouse:
             return None
         if name.startswith("models/"):
             return name.split("/", 1)[1]
-        return self.metadata(name).get("run")
+        view = self.view()
+        if view is None:
+            return self.metadata(name).get("run")
+        if name in view.folders:
+            return view.folders[name].rsplit("/", 1)[-1]
+        return view.tables[name].run or None
 
     def register(self) -> list[str]:
-        """Register every published table as a Spark SQL view of the same name."""
-        names = self.tables()
+        """Register every published table as a Spark SQL view of the same name (all of one run)."""
+        view = self.view()
+        names = sorted(view.tables) if view is not None else self._parquet_tables()
         for name in names:
-            self.read(name).createOrReplaceTempView(name)
+            self._read(name, view).createOrReplaceTempView(name)
         return names
 
     def metadata(self, name: str) -> dict[str, Any]:
         """The ``_deepcrate.json`` written with table ``name``."""
-        return json.loads(self._read_text(f"{self.table_uri(name)}/{METADATA_FILE}"))
+        view = self.view()
+        folder = self.table_uri(name)
+        if view is not None and name in view.tables and view.tables[name].folder:
+            folder = f"{folder}/{view.tables[name].folder}"
+        return json.loads(self._read_text(f"{folder}/{METADATA_FILE}"))
 
     # -- writing -----------------------------------------------------------------
     def begin_run(self) -> str:
-        """A fresh run id; the run's tables are written under :meth:`staging_uri`."""
-        self.recover()
+        """A fresh run id; the run's tables are written under :meth:`staging_uri`.
+
+        A Delta job converts a plain Parquet warehouse first (no data is rewritten); a
+        Parquet job finishes or drops an interrupted publish.
+        """
+        if self.table_format == "parquet":
+            if self.runs.current() is not None:
+                raise WarehouseError(f"warehouse {self.root} holds Delta tables; warehouse.table_format: parquet "
+                                     f"cannot write to it (use delta, the default)")
+            self.recover()
+        elif self.view() is None and self._parquet_tables():
+            self._convert_to_delta()
         return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
 
     def staging_uri(self, run: str, name: str) -> str:
-        return f"{self.root}/{_STAGING}/{run}/{name}"
+        """Where ``run`` writes table or folder ``name`` before it is published."""
+        if self.table_format == "parquet":
+            return f"{self.root}/{_STAGING}/{run}/{name}"
+        return f"{self.root}/{_run_folder(run, name)}"
 
     def write_table(self, run: str, name: Table, frame: DataFrame, *, metadata: dict[str, Any] | None = None) -> None:
         """Check ``frame`` against the schema of ``name`` and write it, with ``metadata``, into ``run``."""
@@ -223,7 +337,7 @@ class Warehouse:
 
     def staged_arrow(self, run: str) -> ArrowTables:
         """The tables ``run`` wrote, before they are published, read with pyarrow."""
-        return ArrowTables(f"{self.root}/{_STAGING}/{run}")
+        return ArrowTables(self.root, None, folder_of=functools.partial(self.staging_uri, run))
 
     def _write_metadata(self, run: str, name: Table, metadata: dict[str, Any] | None) -> None:
         record = {**(metadata or {}), "table": str(name), "run": run}
@@ -240,9 +354,13 @@ class Warehouse:
         self._fs.copyFromLocalFile(False, True, self._path(to_uri(local_dir)), self._path(staged))
         self._fs.create(self._path(f"{staged}/_SUCCESS"), True).close()
 
+    def folder_uri(self, name: str) -> str:
+        """The URI of published folder ``name`` (``index``, ``models/<version>``)."""
+        return self.arrow.folder(name)
+
     def local_folder(self, name: str, *, scratch: str) -> str:
         """A local path holding the published folder ``name`` (a copy when the warehouse is remote)."""
-        uri = self.table_uri(name)
+        uri = self.folder_uri(name)
         if uri.startswith("file:"):
             return local_path(uri)
         target = os.path.join(scratch, name.replace("/", "_"))
@@ -251,30 +369,154 @@ class Warehouse:
 
     def exists(self, name: str) -> bool:
         """Whether ``name`` (a table or folder under the root) is published."""
+        view = self.view()
+        if view is not None:
+            return name in view.tables or name in view.folders
         return self._exists(f"{self.table_uri(name)}/_SUCCESS")
 
     def list_folder(self, name: str) -> list[str]:
         """Names of the sub-folders of ``name`` (e.g. the model versions), sorted."""
+        view = self.view()
+        if view is not None:
+            return sorted(key.split("/", 1)[1] for key in view.folders if key.startswith(f"{name}/"))
         uri = self.table_uri(name)
         if not self._exists(uri):
             return []
         return sorted(s.getPath().getName() for s in self._fs.listStatus(self._path(uri)) if s.isDirectory())
 
     def publish(self, run: str, names: list[str]) -> None:
-        """Replace the published tables ``names`` with the run's staged ones."""
+        """Replace the published tables ``names`` with the run's staged ones.
+
+        Delta: each table becomes a new version of its Delta table; readers see them when the
+        writing job ends (:func:`writer_lock`), all at once. Parquet: renames, at once.
+        """
         for name in names:
             if not self._exists(f"{self.staging_uri(run, name)}/_SUCCESS"):
                 raise WarehouseError(f"run {run}: table {name} was not written completely")
-        if self.table_format == "delta":
-            for name in names:
-                if name.split("/")[0] not in NOT_TABLES:
-                    self.spark.sql(f"CONVERT TO DELTA parquet.`{self.staging_uri(run, name)}`")
-        self._write_text(f"{self.root}/{_STAGING}/{run}/{_PUBLISH}", json.dumps(names))
-        self._roll_forward(run, names)
-        logger.info("published %s to %s", ", ".join(names), self.root)
+        if self.table_format == "parquet":
+            self._write_text(f"{self.root}/{_STAGING}/{run}/{_PUBLISH}", json.dumps(names))
+            self._roll_forward(run, names)
+            logger.info("published %s to %s", ", ".join(names), self.root)
+            return
+        tables: dict[str, TableVersion] = {}
+        folders: dict[str, str] = {}
+        for name in names:
+            if name.split("/")[0] in NOT_TABLES:
+                folders[name] = _run_folder(run, name)
+            else:
+                tables[name] = self._commit(name, run=run, folder=run)
+        self._add_to_job(tables, folders, names)
+
+    def _commit(self, name: str, *, run: str, folder: str) -> TableVersion:
+        """Commit the Parquet files directly in ``WH/<name>/<folder>`` as the next version of ``name``."""
+        files, schema = _data_files(f"{self.table_uri(name)}/{folder}".rstrip("/"), prefix=folder)
+        if not files:
+            raise WarehouseError(f"run {run}: table {name} has no Parquet files")
+        version = commit_files(self.table_uri(name), files, schema=schema, name=name,
+                               properties={"deepcrate.run": run, "deepcrate.command": _job_command(self.root)})
+        return TableVersion(version=version, run=run, folder=folder, rows=sum(f.rows for f in files))
+
+    def _add_to_job(self, tables: dict[str, TableVersion], folders: dict[str, str], names: list[str]) -> None:
+        job = _HELD.get(self.root)
+        if job is None:  # a publish outside a writing job is published at once
+            base = self.runs.current() or EMPTY
+            self.runs.publish(base.with_changes(number=base.number + 1, command="publish", tables=tables,
+                                                folders=folders, changed=names))
+            return
+        job.tables.update(tables)
+        job.folders.update(folders)
+        job.changed.extend(names)
+        self.runs.write_draft(EMPTY.with_changes(number=job.base + 1, command=job.command, tables=job.tables,
+                                                 folders=job.folders, changed=job.changed, base=job.base))
+        logger.info("committed %s to %s (published when %s ends)", ", ".join(names), self.root, job.command)
+
+    def _convert_to_delta(self) -> None:
+        """Make every table of a plain Parquet warehouse a Delta table over the files it has."""
+        self.recover()
+        tables = {}
+        for name in self._parquet_tables():
+            run = json.loads(self._read_text(f"{self.table_uri(name)}/{METADATA_FILE}")).get("run", "")
+            tables[name] = self._commit(name, run=run, folder="")
+        folders = {f"{MODELS}/{v}": f"{MODELS}/{v}" for v in self.list_folder(MODELS)
+                   if self._exists(f"{self.root}/{MODELS}/{v}/_SUCCESS")}
+        if self._exists(f"{self.root}/{INDEX}/_SUCCESS"):
+            folders[INDEX] = INDEX
+        logger.info("converting the Parquet warehouse %s to Delta tables: %s", self.root, ", ".join(tables))
+        self._add_to_job(tables, folders, [*tables, *folders])
+
+    # -- history: rollback and vacuum (under the writer lock) ----------------------------
+    def rollback(self, number: int) -> RunRecord:
+        """Publish run ``number``'s tables and folders again, as a new run: each table whose Delta
+        log has moved on gets a version that reads the same files (a Delta restore)."""
+        job = self._own_job("rollback")
+        target = self.runs.get(number)
+        if number < self.runs.oldest_kept():
+            raise WarehouseError(f"warehouse {self.root}: the files of run {number} were vacuumed; cannot roll back")
+        current = self.runs.current() or EMPTY
+        tables = {}
+        for name, entry in target.tables.items():
+            if latest_version(self.table_uri(name)) != entry.version:
+                version = restore(self.table_uri(name), entry.version, name=name,
+                                  properties={"deepcrate.command": f"rollback to run {number}"})
+                entry = replace(entry, version=version)
+            tables[name] = entry
+        changed = sorted(name for name in {*tables, *current.tables}
+                         if current.tables.get(name, EMPTY_VERSION).run != tables.get(name, EMPTY_VERSION).run)
+        record = RunRecord(number=job.base + 1, time=now(), command=f"rollback to run {number}", tables=tables,
+                           folders=dict(target.folders), changed=changed)
+        self.runs.publish(record)
+        job.base = record.number  # the job itself has nothing more to publish
+        return record
+
+    def vacuum(self, *, keep: int) -> tuple[int, int]:
+        """Delete the files no run among the newest ``keep`` reads (nor the draft of an interrupted
+        job); returns (files deleted, bytes freed)."""
+        self._own_job("vacuum")
+        if keep < 1:
+            raise WarehouseError(f"vacuum --keep must be at least 1, got {keep}")
+        kept = self.runs.history()[:keep]
+        if not kept:
+            return 0, 0
+        draft = self.runs.draft()
+        records = [*kept, *([draft] if draft else [])]
+        needed: set[str] = set()
+        kept_folders: set[str] = set()  # table run folders and published folders, relative to the root
+        for record in records:
+            for name, entry in record.tables.items():
+                needed.update(_relative(self.root, uri)
+                              for uri in committed_files(self.table_uri(name), entry.version, name=name))
+                kept_folders.add(f"{name}/{entry.folder}".rstrip("/"))
+            kept_folders.update(record.folders.values())
+        names = {name for record in records for name in record.tables} | NOT_TABLES
+        filesystem, root = filesystem_and_path(self.root)
+        deleted = freed = 0
+        for name in sorted(names):
+            selector = pyarrow.fs.FileSelector(f"{root}/{name}", recursive=True, allow_not_found=True)
+            for info in filesystem.get_file_info(selector):
+                relative = info.path[len(root) + 1:]
+                if info.type != pyarrow.fs.FileType.File or f"/{DELTA_LOG}/" in f"/{relative}":
+                    continue
+                folder = relative.rsplit("/", 1)[0]
+                if relative in needed or (not relative.endswith(".parquet") and folder in kept_folders) \
+                        or any(relative.startswith(f"{path}/") for path in kept_folders if path.split("/")[0] in NOT_TABLES):
+                    continue
+                filesystem.delete_file(info.path)
+                deleted, freed = deleted + 1, freed + info.size
+        self.runs.mark_vacuumed(kept[-1].number)
+        logger.info("vacuum %s: deleted %d files (%d bytes); runs %d-%d kept", self.root, deleted, freed,
+                    kept[-1].number, kept[0].number)
+        return deleted, freed
+
+    def _own_job(self, what: str) -> _Job:
+        job = _HELD.get(self.root)
+        if job is None:
+            raise WarehouseError(f"{what} of {self.root} must run under the writer lock (writer_lock)")
+        if self.runs.current() is None:
+            raise WarehouseError(f"warehouse {self.root} has no published Delta runs; nothing to {what}")
+        return job
 
     def recover(self) -> None:
-        """Finish an interrupted publish, drop runs that never reached it."""
+        """Finish an interrupted Parquet publish, drop Parquet runs that never reached it."""
         staging = f"{self.root}/{_STAGING}"
         if not self._exists(staging):
             return
@@ -292,7 +534,7 @@ class Warehouse:
         run_dir = f"{self.root}/{_STAGING}/{run}"
         self._fs.mkdirs(self._path(f"{run_dir}/_old"))
         for name in names:
-            staged, final = self.staging_uri(run, name), self.table_uri(name)
+            staged, final = f"{run_dir}/{name}", self.table_uri(name)
             if not self._exists(staged):
                 continue  # already published before the interruption
             if self._exists(final):
@@ -446,28 +688,91 @@ class Warehouse:
 
 @contextlib.contextmanager
 def writer_lock(spark: SparkSession, warehouse: str, *, command: str, create: bool = False) -> Iterator[None]:
-    """Hold the warehouse's writer lock (``WH/_LOCK``) for the block; re-entrant in one process.
+    """Run the block as one writing job: hold the warehouse's writer lock (``WH/_LOCK``), and when
+    the block ends without an error publish every table it committed as one run. Re-entrant in
+    one process: a rebuild's stages are one job, published once.
+
+    An interrupted job publishes nothing; the next job of the same command carries on from
+    what it committed (the draft), so a rebuild after a crash does not redo the stages that
+    finished; a job of another command drops the draft.
 
     Raises
     ------
     WarehouseError
-        Another live process holds it (the message names its host, pid, start time and
-        command), or the folder is missing (``create=False``) or not writable.
+        Another live process holds the lock (the message names its host, pid, start time and
+        command), another job published meanwhile, or the folder is missing (``create=False``)
+        or not writable.
     """
     store = Warehouse(spark, warehouse, create=create)
-    held = _HELD.get(store.root)
-    if held:
-        held[1] += 1
+    job = _HELD.get(store.root)
+    if job:
+        job.depth += 1
     else:
         token = store._take_lock(command)
-        held = _HELD[store.root] = [token, 1]
+        try:
+            job = _HELD[store.root] = _start_job(store.runs, token=token, command=command)
+        except BaseException:
+            store._drop_lock(token)
+            raise
     try:
         yield
+        if job.depth == 1 and job.changed:
+            base = store.runs.current() or EMPTY
+            store.runs.publish(base.with_changes(number=job.base + 1, command=job.command, tables=job.tables,
+                                                 folders=job.folders, changed=job.changed))
+            store.runs.drop_draft()
+            logger.info("published run %d of %s: %s", job.base + 1, store.root, ", ".join(dict.fromkeys(job.changed)))
     finally:
-        held[1] -= 1
-        if held[1] == 0:
+        job.depth -= 1
+        if job.depth == 0:
             del _HELD[store.root]
-            store._drop_lock(held[0])
+            store._drop_lock(job.token)
+
+
+def _start_job(runs: RunLog, *, token: str, command: str) -> _Job:
+    current = runs.current()
+    job = _Job(token=token, command=command, base=current.number if current else 0)
+    draft = runs.draft()
+    if draft is not None and draft.base == job.base and draft.command == command:
+        logger.warning("warehouse %s: carrying on from an interrupted %s, which committed %s", runs.root,
+                       draft.command, ", ".join(draft.changed))
+        job.tables, job.folders, job.changed = dict(draft.tables), dict(draft.folders), list(draft.changed)
+    elif draft is not None:  # another job published since, or this is another kind of job
+        logger.warning("warehouse %s: dropping what an interrupted %s committed (%s); vacuum deletes its files",
+                       runs.root, draft.command, ", ".join(draft.changed))
+        runs.drop_draft()
+    return job
+
+
+def _job_command(root: str) -> str:
+    job = _HELD.get(root)
+    return job.command if job else "publish"
+
+
+def _relative(root: str, uri: str) -> str:
+    return filesystem_and_path(uri)[1][len(filesystem_and_path(root)[1]) + 1:]
+
+
+def _run_folder(run: str, name: str) -> str:
+    """Where ``run`` writes ``name``, under the root: a folder of the table per run; a model's
+    version folder is already unique."""
+    return name if "/" in name else f"{name}/{run}"
+
+
+def _data_files(folder_uri: str, *, prefix: str) -> tuple[list[DataFile], pa.Schema | None]:
+    """The Parquet files directly in ``folder_uri`` (paths as ``prefix/<file>``) with their row
+    counts from the footers, and the first one's schema."""
+    filesystem, path = filesystem_and_path(folder_uri)
+    infos = sorted((i for i in filesystem.get_file_info(pyarrow.fs.FileSelector(path))
+                    if i.type == pyarrow.fs.FileType.File and i.base_name.endswith(".parquet")
+                    and not i.base_name.startswith(("_", "."))), key=lambda i: i.base_name)
+    files, schema = [], None
+    for info in infos:
+        footer = pq.read_metadata(info.path, filesystem=filesystem)
+        schema = schema or footer.schema.to_arrow_schema()
+        files.append(DataFile(path=f"{prefix}/{info.base_name}".lstrip("/"), size=info.size,
+                              modified_ms=int(info.mtime.timestamp() * 1000), rows=footer.num_rows))
+    return files, schema
 
 
 def holds_writer_lock(*, create: bool = False) -> Callable[[Stage], Stage]:
@@ -489,27 +794,6 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:  # alive, another user's
         return True
     return True
-
-
-def check_delta(spark: SparkSession) -> None:
-    """Raise a :class:`WarehouseError` saying what to add when Delta Lake is not usable."""
-    extensions = spark.conf.get("spark.sql.extensions", "") or ""
-    try:
-        spark.sparkContext._jvm.java.lang.Class.forName(DELTA_EXTENSION)
-        has_jars = True
-    except Exception:  # py4j wraps ClassNotFoundException
-        has_jars = False
-    if has_jars and DELTA_EXTENSION in extensions:
-        return
-    missing = "the Delta Lake jars are not on Spark's classpath" if not has_jars else \
-        f"spark.sql.extensions does not name {DELTA_EXTENSION}"
-    raise WarehouseError(
-        f"warehouse.table_format is delta but {missing}. Add them to the job, e.g. spark-submit "
-        f"--packages io.delta:delta-spark_2.13:<the version for Spark {spark.version}> (or --jars "
-        f"delta-spark_2.13-<v>.jar,delta-storage-<v>.jar) --conf spark.sql.extensions={DELTA_EXTENSION} "
-        f"--conf spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog; "
-        f"or keep the default, warehouse.table_format: parquet"
-    )
 
 
 def _java_message(exc: Exception) -> str:

@@ -163,7 +163,7 @@ def train(
     shutil.rmtree(run_dir)
     if not os.listdir(work_root):
         os.rmdir(work_root)
-    return TrainResult(version=version, model_uri=store.table_uri(f"{MODELS}/{version}"), evaluation=evaluation,
+    return TrainResult(version=version, model_uri=store.folder_uri(f"{MODELS}/{version}"), evaluation=evaluation,
                        epochs=state.epochs_done, best_epoch=state.best_epoch, stopped_early=state.stopped_early,
                        precision=precision, devices=devices,
                        kept_by=("validation P@10" if on_frozen_features(settings) and labels else "validation loss"))

@@ -1,0 +1,121 @@
+"""Delta tables through delta-rs (the ``deltalake`` package): no JVM jars.
+
+Spark's executors write a table's Parquet files into a folder of the table
+(``WH/<table>/<run>/``); the driver then commits exactly those files as one Delta
+version that replaces the previous one. The Delta log is the list of files each version
+reads, so a reader never globs the folder (which keeps the files of older versions
+until ``vacuum``).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pyarrow as pa
+from deltalake import DeltaTable
+from deltalake import Schema as DeltaSchema
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
+
+from deepcrate.errors import WarehouseError
+from deepcrate.uris import local_path
+
+DELTA_LOG = "_delta_log"
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One Parquet file of a table version, as the Delta log records it."""
+
+    path: str  # relative to the table's folder
+    size: int
+    modified_ms: int
+    rows: int
+
+
+def delta_location(uri: str) -> str:
+    """The location delta-rs opens for a Hadoop-style URI (``file:/x`` -> ``/x``, ``s3a://`` -> ``s3://``)."""
+    if uri.startswith("file:"):
+        return local_path(uri)
+    if uri.startswith("s3a://"):
+        return "s3://" + uri[len("s3a://"):]
+    return uri
+
+
+def commit_files(table_uri: str, files: list[DataFile], *, schema: pa.Schema, name: str,
+                 properties: dict[str, str]) -> int:
+    """Commit ``files`` as the next version of the table at ``table_uri`` (created when new);
+    they replace every file of the version before. Returns the new version.
+
+    Raises
+    ------
+    WarehouseError
+        Another writer committed to the table since this one read it, or the log is unusable.
+    """
+    actions = [AddAction(f.path, f.size, {}, f.modified_ms, True, json.dumps({"numRecords": f.rows}))
+               for f in files]
+    commit = CommitProperties(custom_metadata=properties)
+    location = delta_location(table_uri)
+    schema = pa.schema([field.remove_metadata() for field in schema]).remove_metadata()
+    try:
+        try:
+            table = DeltaTable(location)
+        except TableNotFoundError:
+            create_table_with_add_actions(location, DeltaSchema.from_arrow(schema), actions, mode="error",
+                                          name=name, commit_properties=commit)
+            return 0
+        table.create_write_transaction(actions, mode="overwrite", schema=schema, commit_properties=commit)
+        table.update_incremental()
+        return table.version()
+    except CommitFailedError as exc:
+        raise WarehouseError(f"table {name}: another job committed to {table_uri} while this one wrote it "
+                             f"({_first_line(exc)}); this job's version was not committed") from None
+    except (DeltaError, OSError, ValueError) as exc:
+        raise WarehouseError(f"table {name}: cannot commit to its Delta log in {table_uri}: "
+                             f"{_first_line(exc)}") from None
+
+
+def open_version(table_uri: str, version: int, *, name: str) -> DeltaTable:
+    """The Delta table at ``table_uri`` as of ``version``.
+
+    Raises
+    ------
+    WarehouseError
+        The log is missing, lacks that version or cannot be parsed (one line, naming the table).
+    """
+    try:
+        return DeltaTable(delta_location(table_uri), version=version)
+    except (DeltaError, OSError, ValueError, Exception) as exc:  # delta-rs raises plain Exception for a bad log
+        raise WarehouseError(f"table {name}: its Delta log in {table_uri} cannot be read at version "
+                             f"{version}: {_first_line(exc)}") from None
+
+
+def committed_files(table_uri: str, version: int, *, name: str) -> list[str]:
+    """The files version ``version`` of the table reads, as URIs in the style of ``table_uri``."""
+    location = delta_location(table_uri).rstrip("/")
+    uris = open_version(table_uri, version, name=name).file_uris()
+    return [f"{table_uri}/{uri[len(location) + 1:]}" if uri.startswith(location + "/") else uri for uri in uris]
+
+
+def latest_version(table_uri: str) -> int | None:
+    """The newest committed version, or None when the folder holds no Delta table."""
+    try:
+        return DeltaTable(delta_location(table_uri)).version()
+    except TableNotFoundError:
+        return None
+
+
+def restore(table_uri: str, version: int, *, name: str, properties: dict[str, str]) -> int:
+    """Commit a new version that reads the same files as ``version`` did; returns the new version."""
+    try:
+        table = DeltaTable(delta_location(table_uri))
+        table.restore(version, commit_properties=CommitProperties(custom_metadata=properties))
+        table.update_incremental()
+        return table.version()
+    except (DeltaError, OSError, ValueError) as exc:
+        raise WarehouseError(f"table {name}: cannot restore version {version} in {table_uri}: "
+                             f"{_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
