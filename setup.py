@@ -24,6 +24,7 @@ setup(
         "numpy==2.4.6",
         "pandas==2.3.3",  # pyspark 4.3 warns on every call with pandas 3
         "pyarrow==26.0.1",
+        "deltalake==1.6.6",  # delta-rs: the tables' Delta logs, no JVM jars
         "librosa==0.11.0",
         "soundfile==0.14.0",
         "soxr==1.1.0",

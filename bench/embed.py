@@ -30,7 +30,7 @@ tf.config.threading.set_intra_op_parallelism_threads({threads})
 tf.config.threading.set_inter_op_parallelism_threads(1)
 from deepcrate.inference import embed_images, worker_model
 from deepcrate.warehouse import ArrowTables
-table = ArrowTables({warehouse!r}).slice_table(image_shape=(256, 256))
+table = ArrowTables.current({warehouse!r}).slice_table(image_shape=(256, 256))
 images = np.concatenate([b.images for s in ("train", "validation", "test")
                          for b in table.batches(split=s, labels=None, batch_size=4096)])
 model = worker_model("bench", open({model!r}, "rb").read())

@@ -59,7 +59,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import pyarrow.dataset as ds
 
 from deepcrate.evaluate import genre_probe
 from deepcrate.mfcc import N_MFCC, standardise
@@ -88,7 +87,7 @@ def main() -> int:
             print(f"{warehouse}: no {', '.join(missing)}; give warehouses that bench/quality.py rebuilt and evaluated",
                   file=sys.stderr)
             return 2
-        if "timbre" not in ds.dataset(warehouse / "mfcc_features", format="parquet").schema.names:
+        if "timbre" not in ArrowTables.current(str(warehouse)).dataset("mfcc_features").schema.names:
             print(f"{warehouse}: mfcc_features has no timbre Gaussians; run deepcrate evaluate --warehouse {warehouse}",
                   file=sys.stderr)
             return 2
@@ -133,8 +132,15 @@ def main() -> int:
     return 0
 
 
+def slices_metadata(warehouse: Path) -> dict:
+    """The ``_deepcrate.json`` the current run published with ``slices``."""
+    tables = ArrowTables.current(str(warehouse))
+    folder = tables.view.tables["slices"].folder if tables.view is not None else ""
+    return json.loads((warehouse / "slices" / folder / "_deepcrate.json").read_text())
+
+
 def read_table(warehouse: Path, name: str, columns: list[str] | None = None) -> pd.DataFrame:
-    return ds.dataset(warehouse / name, format="parquet").to_table(columns=columns).to_pandas()
+    return ArrowTables.current(str(warehouse)).read(name, columns=columns).to_pandas()
 
 
 def read_catalogue(warehouse: Path) -> pd.DataFrame:
@@ -148,7 +154,7 @@ def read_catalogue(warehouse: Path) -> pd.DataFrame:
 def spectrogram_preset(warehouse: Path) -> str:
     """The slices' spectrogram preset, as ingest recorded it (where slices start hardly
     changes a song's row statistics, so the hop is left out)."""
-    return json.loads((warehouse / "slices" / "_deepcrate.json").read_text())["spectrogram"]["preset"]
+    return slices_metadata(warehouse)["spectrogram"]["preset"]
 
 
 def score_warehouse(warehouse: Path, catalogue: pd.DataFrame, *, images: np.ndarray, owners: pd.Series,
@@ -216,8 +222,8 @@ def spectrum_statistics(images: np.ndarray, owners: pd.Series, song_ids: pd.Seri
 
 def read_slices(warehouse: Path) -> tuple[np.ndarray, pd.Series]:
     """Every slice image of the warehouse (n, rows, frames) uint8, and the song of each."""
-    settings = json.loads((warehouse / "slices" / "_deepcrate.json").read_text())["spectrogram"]
-    table = ArrowTables(str(warehouse)).slice_table(image_shape=(settings["n_rows"], settings["slice_frames"]))
+    settings = slices_metadata(warehouse)["spectrogram"]
+    table = ArrowTables.current(str(warehouse)).slice_table(image_shape=(settings["n_rows"], settings["slice_frames"]))
     batches = [batch for split in SPLITS for batch in table.batches(split=split, labels=None, batch_size=1024)]
     return np.concatenate([b.images for b in batches]), pd.Series(np.concatenate([b.song_ids for b in batches]))
 

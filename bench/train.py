@@ -48,7 +48,7 @@ def main() -> int:
 
     gpus = tf.config.list_physical_devices("GPU")
     device = "gpu" if gpus else "cpu"
-    table = ArrowTables(warehouse).slice_table(image_shape=(256, 256))
+    table = ArrowTables.current(warehouse).slice_table(image_shape=(256, 256))
     counts = table.genre_counts()["train"]
     labels = sorted(g for g in counts if g)
     n_slices = sum(counts[g] for g in labels)

@@ -41,13 +41,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.dataset as ds
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from deepcrate.retrieval import nearest_songs, retrieval_scores
 from deepcrate.split import assign_splits
 from deepcrate.transfer import SliceFeatures, train_head
+from deepcrate.warehouse import ArrowTables
 
 CACHE = Path.home() / ".cache" / "deepcrate-bench" / "features"
 HEAD = {"batch_size": 128, "learning_rate": 0.001, "max_epochs": 100, "patience": 20}  # conf/local.yaml's
@@ -55,15 +55,14 @@ HEAD = {"batch_size": 128, "learning_rate": 0.001, "max_epochs": 100, "patience"
 
 def read(warehouse: Path, checkpoints: str) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """The labelled songs, and the song id and features of every slice (computed once, cached)."""
-    songs = ds.dataset(str(warehouse / "songs"), format="parquet").to_table(columns=["song_id", "genre"]).to_pandas()
+    songs = ArrowTables.current(str(warehouse)).read("songs", columns=["song_id", "genre"]).to_pandas()
     cache = CACHE / f"{warehouse.resolve().as_posix().strip('/').replace('/', '_')}-{checkpoints}.npz"
     if cache.exists():
         stored = np.load(cache, allow_pickle=True)
         return songs, stored["song_ids"], stored["features"]
     from deepcrate.transfer import feature_extractor, pretrained_model
 
-    table = ds.dataset(str(warehouse / "slices"), format="parquet").to_table(
-        columns=["song_id", "slice_idx", "spectrogram"])
+    table = ArrowTables.current(str(warehouse)).read("slices", columns=["song_id", "slice_idx", "spectrogram"])
     extractor = feature_extractor(pretrained_model(n_classes=2, image_shape=(96, 187), level_range=8.0,
                                                    checkpoint=checkpoints, seed=0))
     column, parts, started = table.column("spectrogram"), [], time.monotonic()

@@ -53,3 +53,34 @@ def reference_seed_slice(samples: np.ndarray, k: int) -> np.ndarray:
 def copy_warehouse(source: Path, target: Path) -> Path:
     shutil.copytree(source, target)
     return target
+
+
+def delta_table(path: Path):
+    """Table folder ``path`` as delta-rs reads its current Delta version: an independent reader."""
+    from deltalake import DeltaTable
+
+    return DeltaTable(str(path)).to_pyarrow_table()
+
+
+def delta_frame(spark, path: Path):
+    """The files of the table's current Delta version (delta-rs's list), read by Spark."""
+    from deltalake import DeltaTable
+
+    return spark.read.parquet(*("file:" + uri for uri in DeltaTable(str(path)).file_uris()))
+
+
+def published_folder(warehouse: Path, name: str) -> Path:
+    """Where the current run keeps folder ``name`` (``index``, ``models/<version>``)."""
+    import json
+
+    runs = sorted((warehouse / "_runs").glob("[0-9]*.json"))
+    return warehouse / json.loads(runs[-1].read_text())["folders"][name]
+
+
+def table_metadata(warehouse: Path, name: str) -> dict:
+    """The ``_deepcrate.json`` of table ``name`` as the current run published it."""
+    import json
+
+    runs = sorted((warehouse / "_runs").glob("[0-9]*.json"))
+    entry = json.loads(runs[-1].read_text())["tables"][name]
+    return json.loads((warehouse / name / entry["folder"] / "_deepcrate.json").read_text())

@@ -22,7 +22,7 @@ from deepcrate.config import resolve_config
 from deepcrate.errors import InputError
 from deepcrate.ingest import ingest
 
-from helpers import make_signal
+from helpers import delta_frame, make_signal
 
 LIMIT_MB = 0.2
 TIMEOUT_S = 3  # roomy, so that a loaded test machine never times out a healthy download
@@ -135,7 +135,7 @@ def _manifest(path: Path, rows: list[dict[str, str]]) -> Path:
 
 def _table(spark, wh: Path) -> dict[str, dict]:
     table: dict[str, dict] = {}
-    for row in spark.read.parquet(str(wh / "downloads")).collect():
+    for row in delta_frame(spark, wh / "downloads").collect():
         key = row["url"].rsplit("/", 1)[-1] if "://127.0.0.1:" in row["url"] else row["url"]
         table.setdefault(key, row.asDict())  # the first row of a repeated URL
     return table
@@ -170,7 +170,7 @@ def test_every_url_ends_intact_or_as_a_clear_error_and_a_rerun_downloads_nothing
     summary = acquire(spark, manifest=str(manifest), audio=str(audio), warehouse=str(wh), config=config)
 
     table = _table(spark, wh)
-    assert len(spark.read.parquet(str(wh / "downloads")).collect()) == len(rows)  # one row per manifest row
+    assert len(delta_frame(spark, wh / "downloads").collect()) == len(rows)  # one row per manifest row
     expected = {  # url tail -> (status, http_status, attempts, words in the error)
         "a.mp3": ("downloaded", 200, 1, None),
         "flaky.mp3": ("downloaded", 200, 2, None),
@@ -222,7 +222,7 @@ def test_every_url_ends_intact_or_as_a_clear_error_and_a_rerun_downloads_nothing
     # The folder chains straight into ingest, labels included.
     result = ingest(spark, audio=str(audio), manifest=str(audio / "manifest.csv"), warehouse=str(wh),
                     config=resolve_config())
-    songs = spark.read.parquet(str(wh / "songs")).toPandas()
+    songs = delta_frame(spark, wh / "songs").toPandas()
     assert len(songs) == 9 and result.songs == 9
     first = songs[songs["title"] == "First"].iloc[0]
     assert (first["genre"], first["artist"], first["label"], first["bpm"]) == ("house", "Ann", "L1", "124")

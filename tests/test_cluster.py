@@ -11,11 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pyarrow.dataset as ds
 import pytest
 
 from deepcrate.demo import write_demo_catalogue
 
+from helpers import delta_table
 from local_cluster import SPARK_HOME, StandaloneCluster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,9 +62,9 @@ def test_spark_submit_rebuild_on_a_standalone_cluster_with_the_packed_environmen
     for stage in ("ingest", "train", "embed", "index", "evaluate"):
         assert f"  {stage:<8} ran" in output
 
-    songs = ds.dataset(str(tmp_path / "wh" / "songs")).to_table().to_pandas()
-    embeddings = ds.dataset(str(tmp_path / "wh" / "slice_embeddings")).to_table().to_pandas()
-    recommendations = ds.dataset(str(tmp_path / "wh" / "recommendations")).to_table().to_pandas()
+    songs = delta_table(tmp_path / "wh" / "songs").to_pandas()
+    embeddings = delta_table(tmp_path / "wh" / "slice_embeddings").to_pandas()
+    recommendations = delta_table(tmp_path / "wh" / "recommendations").to_pandas()
     assert len(songs) == 35 and songs["genre"].nunique() == 7
     assert len(embeddings) == 105 and not embeddings.duplicated(["song_id", "slice_idx"]).any()
     assert all(len(p) == 400 for p in embeddings["pretrained"])  # both musicnn networks' untuned features, on the executors

@@ -6,6 +6,8 @@ import numpy as np
 from deepcrate.model import pair_contrastive_loss
 from deepcrate.warehouse import ArrowTables
 
+from helpers import delta_table
+
 
 def test_pairs_are_two_different_slices_of_one_song_and_a_song_once_per_batch(demo_warehouse):
     table = ArrowTables(str(demo_warehouse)).slice_table(image_shape=(256, 256))
@@ -43,7 +45,6 @@ def test_an_unlabelled_catalogue_gets_an_embedding_only_model_and_recommendation
     import shutil
 
     import keras
-    import pyarrow.dataset as ds
 
     from deepcrate.cli import main
     from deepcrate.demo import write_demo_catalogue
@@ -68,8 +69,8 @@ def test_an_unlabelled_catalogue_gets_an_embedding_only_model_and_recommendation
     encoder = keras.models.load_model(model_dir / "model.keras", compile=False)
     assert encoder.output_names == ["embedding"]
 
-    slices = ds.dataset(str(wh / "slices"), format="parquet").to_table().to_pandas()
-    songs = ds.dataset(str(wh / "song_embeddings"), format="parquet").to_table().to_pandas().set_index("song_id")
+    slices = delta_table(wh / "slices").to_pandas()
+    songs = delta_table(wh / "song_embeddings").to_pandas().set_index("song_id")
     assert len(songs) == 6 and songs["predicted_genre"].isna().all()
     assert all(len(p) == 0 for p in songs["genre_probabilities"])
     for song_id, group in slices.groupby("song_id"):  # the song vector: the encoder's mean over its slices
@@ -77,6 +78,6 @@ def test_an_unlabelled_catalogue_gets_an_embedding_only_model_and_recommendation
         expected = np.asarray(encoder(images, training=False)).mean(axis=0)
         np.testing.assert_allclose(songs.loc[song_id, "embedding"], expected, atol=1e-4)
 
-    recommendations = ds.dataset(str(wh / "recommendations"), format="parquet").to_table().to_pandas()
+    recommendations = delta_table(wh / "recommendations").to_pandas()
     assert (recommendations.groupby("song_id").size() == 5).all() and len(recommendations) == 30
     assert not (recommendations["song_id"] == recommendations["neighbor_id"]).any()

@@ -23,7 +23,7 @@ from deepcrate.vector_index import IndexSettings, build_index, neighbours
 from deepcrate.vectors import exact_top_k, normalise
 from deepcrate.warehouse import Warehouse
 
-from helpers import copy_warehouse
+from helpers import copy_warehouse, delta_frame, published_folder
 
 FAST = ["train.batch_size=16", "train.max_epochs=3", "train.shuffle_buffer=64", "train.interleave=2"]
 
@@ -41,7 +41,7 @@ def embedded(spark, demo_warehouse, tmp_path_factory):
 
 
 def _slice_embeddings(spark, wh) -> pd.DataFrame:
-    return spark.read.parquet(str(wh / "slice_embeddings")).toPandas().sort_values(["song_id", "slice_idx"])
+    return delta_frame(spark, wh / "slice_embeddings").toPandas().sort_values(["song_id", "slice_idx"])
 
 
 def test_udf_embeddings_equal_the_models_own_output_and_the_model_loads_once_per_worker(spark, embedded):
@@ -49,7 +49,7 @@ def test_udf_embeddings_equal_the_models_own_output_and_the_model_loads_once_per
     assert summary.slices == 112 and summary.songs == 56
     assert 1 <= summary.model_loads <= 2  # local[2,2]: two Python workers, reused across ~14 tasks
     got = _slice_embeddings(spark, wh)
-    slices = spark.read.parquet(str(wh / "slices")).toPandas().sort_values(["song_id", "slice_idx"])
+    slices = delta_frame(spark, wh / "slices").toPandas().sort_values(["song_id", "slice_idx"])
     assert list(zip(got["song_id"], got["slice_idx"])) == list(zip(slices["song_id"], slices["slice_idx"]))
 
     model = read_model_folder(latest_model(Warehouse(spark, str(wh)))).load_keras()
@@ -61,7 +61,7 @@ def test_udf_embeddings_equal_the_models_own_output_and_the_model_loads_once_per
 def test_a_song_vector_is_the_mean_of_its_slice_vectors(spark, embedded):
     wh, _ = embedded
     slices = _slice_embeddings(spark, wh)
-    songs = spark.read.parquet(str(wh / "song_embeddings")).toPandas().set_index("song_id")
+    songs = delta_frame(spark, wh / "song_embeddings").toPandas().set_index("song_id")
     folder = read_model_folder(latest_model(Warehouse(spark, str(wh))))
     assert len(songs) == 56 and set(songs["model_version"]) == {folder.version}
     for song_id, group in slices.groupby("song_id"):
@@ -76,13 +76,13 @@ def test_a_song_vector_is_the_mean_of_its_slice_vectors(spark, embedded):
 
 def test_recommendations_agree_with_a_brute_force_cosine_top_k(spark, embedded):
     wh, _ = embedded
-    songs = spark.read.parquet(str(wh / "song_embeddings")).toPandas().sort_values("song_id")
+    songs = delta_frame(spark, wh / "song_embeddings").toPandas().sort_values("song_id")
     ids = songs["song_id"].to_numpy()
     vectors = np.stack(songs["embedding"]).astype(np.float64)
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     cosine = unit @ unit.T
     np.fill_diagonal(cosine, -np.inf)  # never the song itself
-    table = spark.read.parquet(str(wh / "recommendations")).toPandas()
+    table = delta_frame(spark, wh / "recommendations").toPandas()
     assert len(table) == 56 * 10
     for position, song_id in enumerate(ids):
         mine = table[table["song_id"] == song_id].sort_values("rank")
@@ -95,7 +95,7 @@ def test_recommendations_agree_with_a_brute_force_cosine_top_k(spark, embedded):
     assert {"slice_embeddings", "song_embeddings", "recommendations"} <= set(names)
     assert "evaluation" not in names  # the evaluate stage's table, not training's
     assert "index" not in names and "models" not in names
-    description = json.loads((wh / "index" / "index.json").read_text())
+    description = json.loads((published_folder(wh, "index") / "index.json").read_text())
     assert description["kind"] == "flat" and description["songs"] == 56
 
 
@@ -254,7 +254,7 @@ def test_a_model_from_another_preset_is_refused(spark, embedded, tmp_path):
 def test_the_index_summary_says_how_many_neighbours_it_really_kept(spark, embedded, tmp_path):
     wh = copy_warehouse(embedded[0], tmp_path / "wh")
     summary = index_songs(spark, warehouse=str(wh), config=resolve_config(overrides=["index.k=60"]))
-    ranks = spark.read.parquet(str(wh / "recommendations")).groupBy("song_id").count().toPandas()["count"]
+    ranks = delta_frame(spark, wh / "recommendations").groupBy("song_id").count().toPandas()["count"]
     assert summary.songs == 56 and (summary.fewest, summary.most) == (ranks.min(), ranks.max())
     span = str(ranks.min()) if ranks.min() == ranks.max() else f"{ranks.min()} to {ranks.max()}"
     assert ranks.max() <= 55

@@ -10,12 +10,12 @@ import librosa
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 import scipy.fft
 import soundfile as sf
 import soxr
+from deltalake import DeltaTable
 
 from deepcrate.audio import DecodeLimits
 from deepcrate.cli import main
@@ -30,7 +30,7 @@ from deepcrate.retrieval import (
 )
 from deepcrate.timbre import RIDGE, divergence_vectors, least_divergent
 
-from helpers import make_signal, write_audio
+from helpers import delta_table, make_signal, write_audio
 
 # -- the metrics, by hand ----------------------------------------------------------------
 
@@ -218,8 +218,8 @@ def test_evaluate_writes_the_table_with_independently_checked_numbers(rebuilt, t
     root, _, _, out = rebuilt
     wh = root / "wh"
     assert "evaluate ran" in out and "same-genre precision@10" in out
-    songs = ds.dataset(str(wh / "songs")).to_table().to_pandas().set_index("song_id").sort_index()
-    table = ds.dataset(str(wh / "evaluation")).to_table().to_pandas()
+    songs = delta_table(wh / "songs").to_pandas().set_index("song_id").sort_index()
+    table = delta_table(wh / "evaluation").to_pandas()
     test = songs[(songs["split"] == "test") & songs["genre"].notna()]
     assert len(test) >= 5
     genres = sorted(test["genre"].unique())
@@ -227,7 +227,7 @@ def test_evaluate_writes_the_table_with_independently_checked_numbers(rebuilt, t
     assert sorted(table["method"].unique()) == ["ideal", "mfcc", "model", "random", "timbre"]
 
     # The model's numbers, recomputed from song_embeddings with plain numpy.
-    embeddings = ds.dataset(str(wh / "song_embeddings")).to_table().to_pandas().set_index("song_id").sort_index()
+    embeddings = delta_table(wh / "song_embeddings").to_pandas().set_index("song_id").sort_index()
     vectors = np.stack(embeddings["embedding"].to_numpy()).astype(np.float64)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     labels = songs.loc[embeddings.index, "genre"].to_numpy()
@@ -256,7 +256,7 @@ def test_evaluate_writes_the_table_with_independently_checked_numbers(rebuilt, t
     assert ideal["precision_at_10"] == pytest.approx(np.mean([min(10, per_genre[g] - 1) / 10 for g in test["genre"]]))
     assert ideal["map_at_10"] == pytest.approx(1.0)
     # Every labelled song has its MFCC features, equal to the local computation.
-    features = ds.dataset(str(wh / "mfcc_features")).to_table().to_pandas().set_index("song_id").sort_index()
+    features = delta_table(wh / "mfcc_features").to_pandas().set_index("song_id").sort_index()
     assert set(features.index) == set(songs.index[songs["genre"].notna()])
     some = test.index[0]
     path = songs.loc[some, "path"].removeprefix("file:")
@@ -289,7 +289,7 @@ def test_evaluate_writes_the_table_with_independently_checked_numbers(rebuilt, t
     assert set(metrics["methods"]["mfcc"]["per_genre"]) == set(genres)
     assert metrics["methods"]["timbre"]["song_accuracy"] is None
     assert "n/a" in printed and "x the timbre baseline" in printed
-    again = ds.dataset(str(copy / "evaluation")).to_table().to_pandas()
+    again = delta_table(copy / "evaluation").to_pandas()
     key = ["method", "genre"]
     left = table.sort_values(key, ignore_index=True)
     right = again.sort_values(key, ignore_index=True)
@@ -308,18 +308,19 @@ def test_too_few_labelled_songs_are_refused_with_a_reason(rebuilt, tmp_path, cap
     root, _, _, _ = rebuilt
     copy = tmp_path / "wh"
     shutil.copytree(root / "wh", copy)
-    songs = ds.dataset(str(copy / "songs")).to_table()
+    songs = delta_table(copy / "songs")
     frame = songs.to_pandas()
     labelled = frame[frame["genre"].notna()].sort_values("split", key=lambda s: s != "test")  # test songs first
     keep = pc.is_in(songs["song_id"], value_set=pa.array(labelled["song_id"].head(10).tolist()))
     genres = pc.if_else(keep, songs["genre"], pa.scalar(None, pa.string()))
-    for part in (copy / "songs").glob("*.parquet"):
-        part.unlink()
-    pq.write_table(songs.set_column(songs.schema.get_field_index("genre"), "genre", genres),
-                   copy / "songs" / "part-00000.parquet")
-    before = ds.dataset(str(copy / "evaluation")).to_table().to_pandas()
+    relabelled = songs.set_column(songs.schema.get_field_index("genre"), "genre", genres)
+    (first, *others) = DeltaTable(str(copy / "songs")).file_uris()  # the committed files: the first holds all
+    pq.write_table(relabelled, first)
+    for uri in others:
+        pq.write_table(relabelled.slice(0, 0), uri)
+    before = delta_table(copy / "evaluation").to_pandas()
 
     assert main(["evaluate", "--warehouse", str(copy)]) == 2
     assert "10 labelled songs; precision@10 needs a query and 10 other songs" in capsys.readouterr().err
-    after = ds.dataset(str(copy / "evaluation")).to_table().to_pandas()
+    after = delta_table(copy / "evaluation").to_pandas()
     assert after.equals(before)  # nothing published

@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 
 from deepcrate.config import resolve_config
+from deepcrate.history import vacuum
 from deepcrate.ingest import ingest
 from deepcrate.warehouse import Warehouse
 
@@ -179,17 +180,19 @@ def test_crash_while_writing_leaves_the_published_tables(spark, ingested, catalo
         if name == "slices":
             raise RuntimeError("simulated crash")
 
+    published = {p.name for p in (warehouse / "songs").iterdir()}
     monkeypatch.setattr(Warehouse, "write_table", crash_on_slices)
     other = resolve_config(overrides=CONFIG + ["split.seed=99"])  # would change every split
     with pytest.raises(RuntimeError, match="simulated crash"):
         ingest(spark, audio=str(catalogue), warehouse=str(warehouse), config=other)
     monkeypatch.undo()
-    assert any((warehouse / "_staging").iterdir())  # the abandoned run is still there
+    (abandoned,) = {p.name for p in (warehouse / "songs").iterdir()} - published  # its files, read by nobody
     after = tables(spark, warehouse)
     pd.testing.assert_frame_equal(before["songs"].sort_values("song_id", ignore_index=True),
                                   after["songs"].sort_values("song_id", ignore_index=True))
-    Warehouse(spark, str(warehouse)).begin_run()  # the next job cleans up
-    assert not any((warehouse / "_staging").iterdir())
+    vacuum(spark, warehouse=str(warehouse), keep=1)  # deletes them
+    assert not list((warehouse / "songs" / abandoned).glob("*.parquet"))
+    assert list((warehouse / "songs").glob("*/*.parquet"))
 
 
 def test_manifest_supplies_labels_and_extra_columns(spark, catalogue, tmp_path, caplog):

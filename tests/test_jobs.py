@@ -1,13 +1,10 @@
 """jobs/ingest.py under a real spark-submit (local master), as a cluster user runs it."""
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pyarrow.dataset as ds
-
-from helpers import make_signal, write_audio
+from helpers import delta_table, make_signal, table_metadata, write_audio
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,8 +27,8 @@ def test_spark_submit_ingest_job(tmp_path):
     assert "3 songs, 6 slices, 1 rejects" in output  # the default preset, musicnn: two 2.99 s slices in 6 s
     assert "master local[2]" in output  # spark-submit's master, not the config's local[*]
     assert "split:\n  train: 0.65" in output and "  seed: 3" in output  # the resolved config is logged
-    songs = ds.dataset(tmp_path / "wh" / "songs").to_table().to_pandas()
+    songs = delta_table(tmp_path / "wh" / "songs").to_pandas()
     assert sorted(songs["genre"]) == ["a", "a", "b"]
-    metadata = json.loads((tmp_path / "wh" / "slices" / "_deepcrate.json").read_text())
+    metadata = table_metadata(tmp_path / "wh", "slices")
     # a child process: the product's defaults (musicnn), not the suite's seed recipe
     assert metadata["spectrogram"]["preset"] == "musicnn" and metadata["split"]["seed"] == 3

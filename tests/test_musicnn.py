@@ -30,7 +30,7 @@ from deepcrate.training import TrainSettings, train
 from deepcrate.transfer import feature_extractor, pretrained_model
 from deepcrate.warehouse import Warehouse
 
-from helpers import copy_warehouse, make_signal
+from helpers import copy_warehouse, delta_frame, make_signal
 
 REFERENCE = Path(__file__).parent / "data" / "musicnn_reference.npz"
 needs_weights = pytest.mark.skipif(not weights_installed(), reason="musicnn's weights are not installed "
@@ -157,8 +157,8 @@ def test_a_head_on_frozen_features_learns_the_genres_and_keeps_the_pretrained_la
     rows = summary.rows[summary.rows["genre"].isna()].set_index("method")
     assert list(rows.index) == ["model", "pretrained", "mfcc", "timbre", "random", "ideal"]
     # Independently: the checkpoint's features of every slice, averaged per song, cosine, top 10.
-    slices = spark.read.parquet(str(tmp_path / "wh" / "slices")).toPandas()
-    songs = spark.read.parquet(str(tmp_path / "wh" / "songs")).toPandas().set_index("song_id")
+    slices = delta_frame(spark, tmp_path / "wh" / "slices").toPandas()
+    songs = delta_frame(spark, tmp_path / "wh" / "songs").toPandas().set_index("song_id")
     images = np.stack([np.frombuffer(b, np.uint8).reshape(96, 187) for b in slices["spectrogram"]])
     features = in_chunks(feature_extractor(pretrained), images)
     means = pd.DataFrame(np.asarray(features, np.float64)).groupby(slices["song_id"].to_numpy()).mean()
@@ -201,7 +201,7 @@ def test_the_head_kept_is_the_epoch_that_ranks_the_validation_songs_best(spark, 
 
     # Independently, from the saved model: each validation song against the train and validation
     # songs, by the mean of its slices' embeddings, cosine, top min(10, n - 1), share of its genre.
-    slices = spark.read.parquet(str(tmp_path / "wh" / "slices")).filter("split != 'test'").toPandas()
+    slices = delta_frame(spark, tmp_path / "wh" / "slices").filter("split != 'test'").toPandas()
     images = np.stack([np.frombuffer(b, np.uint8).reshape(96, 187) for b in slices["spectrogram"]])
     embedded = in_chunks(embedding_model(folder.load_keras()), images).astype(np.float64)
     means = pd.DataFrame(embedded).groupby(slices["song_id"].to_numpy()).mean()
@@ -269,7 +269,7 @@ def test_without_genres_the_catalogue_gets_the_pretrained_embedding(spark, tmp_p
 
     # The embedding is the projection of the pretrained features onto their principal components:
     # checked against numpy's own SVD of the same features.
-    slices = spark.read.parquet(str(tmp_path / "wh" / "slices")).filter("split != 'test'").toPandas()
+    slices = delta_frame(spark, tmp_path / "wh" / "slices").filter("split != 'test'").toPandas()
     images = np.stack([np.frombuffer(b, np.uint8).reshape(96, 187) for b in slices["spectrogram"]])
     pretrained = pretrained_model(n_classes=2, image_shape=(96, 187), level_range=8.0,
                                   checkpoint=config["train"]["pretrained"], seed=0)

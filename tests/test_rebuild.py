@@ -6,7 +6,6 @@ import shutil
 
 import numpy as np
 import pandas as pd
-import pyarrow.dataset as ds
 import pytest
 from pyspark.sql import functions as F
 from pyspark.sql.types import IntegerType, StringType, StructField, StructType
@@ -20,8 +19,9 @@ from deepcrate.pipeline import Outcome, Stage
 from deepcrate.rebuild import STAGES, rebuild
 from deepcrate.schemas import TABLES as SCHEMAS
 from deepcrate.schemas import Table
+from deepcrate.warehouse import Warehouse
 
-from helpers import make_signal, write_audio
+from helpers import delta_frame, delta_table, make_signal, table_metadata, write_audio
 
 TABLES = ["songs", "slices", "rejects", "slice_embeddings", "song_embeddings", "recommendations"]
 KEYS = {"songs": ["song_id"], "slices": ["song_id", "slice_idx"], "rejects": ["path"],
@@ -33,7 +33,7 @@ def snapshot(wh, *, drop=()) -> dict[str, pd.DataFrame]:
     """Every table as a frame sorted by its key; vectors and maps become float arrays."""
     tables = {}
     for name in TABLES:
-        frame = ds.dataset(str(wh / name), format="parquet").to_table().to_pandas()
+        frame = delta_table(wh / name).to_pandas()
         for column in frame.columns:
             if frame[column].map(lambda v: isinstance(v, (np.ndarray, list))).any():
                 frame[column] = frame[column].map(lambda v: np.asarray(
@@ -62,7 +62,7 @@ def test_rebuild_runs_every_stage_then_skips_them_all(rebuilt, capsys):
     assert "rejected, not_audio: 1" in out and "test song accuracy" in out and "deepcrate sql" in out
     for name in TABLES + ["evaluation"]:
         assert (root / "wh" / name / "_SUCCESS").exists(), name
-    recommendations = ds.dataset(str(root / "wh" / "recommendations")).to_table().to_pandas()
+    recommendations = delta_table(root / "wh" / "recommendations").to_pandas()
     assert recommendations["song_id"].nunique() == 35 and (recommendations["song_id"] != recommendations["neighbor_id"]).all()
     before = snapshot(root / "wh")
 
@@ -96,7 +96,7 @@ def test_adding_songs_ingests_and_embeds_only_them(spark, rebuilt, tmp_path, cap
     args = ["rebuild", "--audio", str(audio), "--manifest", str(audio / "manifest.csv"), "--warehouse", str(wh),
             "--model", str(model)]
     assert main(args) == 0
-    before = ds.dataset(str(wh / "songs")).to_table().to_pandas().set_index("song_id")["split"]
+    before = delta_table(wh / "songs").to_pandas().set_index("song_id")["split"]
     capsys.readouterr()
     # Two new songs (with glob characters in their names), one song removed.
     write_audio(audio / "trance" / "new [live] {1}.mp3", make_signal(11, seed=40))
@@ -108,7 +108,7 @@ def test_adding_songs_ingests_and_embeds_only_them(spark, rebuilt, tmp_path, cap
     assert "36 songs, 72 slices, 1 rejects" in out
     assert "3 files decoded" in out  # the two new ones and the earlier reject, which may have been fixed
     assert "4 slices embedded" in out and "index    ran" in out
-    songs = ds.dataset(str(wh / "songs")).to_table().to_pandas()
+    songs = delta_table(wh / "songs").to_pandas()
     assert not songs["path"].str.endswith(removed.name).any()
     new = songs[songs["path"].str.contains("new")]
     assert len(new) == 2 and new["genre"].isna().all()  # not in the manifest: unlabelled
@@ -163,15 +163,36 @@ def test_bad_input_fails_before_any_work(spark, rebuilt, tmp_path):
     assert not (tmp_path / "wh2" / "songs").exists()
 
 
-def test_delta_without_its_jars_says_what_to_add(spark, rebuilt, tmp_path, capsys):
+def test_the_rebuilt_tables_are_delta_tables_and_spark_reads_what_delta_rs_reads(spark, rebuilt, capsys):
+    from deltalake import DeltaTable
+
     root, _, _, _ = rebuilt
-    code = main(["rebuild", "--audio", str(root / "audio"), "--warehouse", str(tmp_path / "wh"),
-                 "--set", "warehouse.table_format=delta"])
+    wh = root / "wh"
+    store = Warehouse(spark, str(wh))
+    assert store.tables() == ["evaluation", "mfcc_features", "recommendations", "rejects", "slice_embeddings",
+                              "slices", "song_embeddings", "songs"]
+    for name in store.tables():
+        ours = store.read(name).toPandas()
+        theirs = DeltaTable(str(wh / name)).to_pyarrow_table().to_pandas()
+        assert list(ours.columns) == list(theirs.columns) and len(ours) == len(theirs) > 0, name
+        key = [c for c in ours.columns if ours[c].map(lambda v: isinstance(v, (str, int, float))).all()]
+        pd.testing.assert_frame_equal(ours.sort_values(key, ignore_index=True)[key],
+                                      theirs.sort_values(key, ignore_index=True)[key], check_dtype=False)
+    # the whole rebuild is one published run; history shows it
+    assert main(["history", "--warehouse", str(wh), "--format", "json"]) == 0
+    (latest, *_) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert latest["command"] == "rebuild" and latest["rows"]["songs"] == len(store.read("songs").toPandas())
+    assert {"songs", "slices", "recommendations", "evaluation", "index"} <= set(latest["changed"])
+
+
+def test_a_parquet_job_on_a_delta_warehouse_is_refused_in_one_line(rebuilt, tmp_path, capsys):
+    root, _, _, _ = rebuilt
+    copy = tmp_path / "wh"
+    shutil.copytree(root / "wh", copy)
+    code = main(["ingest", "--audio", str(root / "audio"), "--warehouse", str(copy),
+                 "--set", "warehouse.table_format=parquet"])
     err = capsys.readouterr().err
-    assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "Delta Lake jars are not on Spark's classpath" in err and "io.delta:delta-spark_2.13" in err
-    assert "spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension" in err
-    assert not (tmp_path / "wh" / "songs").exists()
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "holds Delta tables" in err
 
 
 def test_the_warehouse_records_what_each_stage_published_and_from_what(rebuilt):
@@ -184,7 +205,7 @@ def test_the_warehouse_records_what_each_stage_published_and_from_what(rebuilt):
                           ("index", ["recommendations"]), ("evaluate", ["evaluation", "mfcc_features"])):
         assert sorted(records[stage]["versions"]) == sorted(tables)
         for table in tables:  # the run that published each table, as its metadata says
-            assert records[stage]["versions"][table] == json.loads((wh / table / "_deepcrate.json").read_text())["run"]
+            assert records[stage]["versions"][table] == table_metadata(wh, table)["run"]
     model = next((wh / "models").iterdir())
     assert records["train"]["versions"] == {f"models/{model.name}": model.name}
     assert json.loads((model / "train.json").read_text())["fingerprint"] == records["train"]["fingerprint"]
@@ -224,7 +245,7 @@ def test_a_new_stage_is_one_class_and_one_line_and_is_skipped_when_up_to_date(sp
     assert [(s.name, s.status) for s in first.stages] == [
         ("ingest", "ran"), ("train", "given"), ("embed", "ran"), ("index", "ran"), ("evaluate", "ran"),
         ("song_counts", "ran")]
-    counts = {r["genre"]: r["count"] for r in spark.read.parquet(str(tmp_path / "wh" / "song_counts")).collect()}
+    counts = {r["genre"]: r["count"] for r in delta_frame(spark, tmp_path / "wh" / "song_counts").collect()}
     songs = pd.read_csv(manifest)
     assert sum(counts.values()) == 35 and counts["trance"] == (songs["genre"] == "trance").sum()
 

@@ -21,7 +21,7 @@ from deepcrate.spectrogram import SpectrogramSettings
 from deepcrate.training import train
 from deepcrate.warehouse import ArrowTables, Warehouse
 
-from helpers import copy_warehouse
+from helpers import copy_warehouse, delta_frame
 
 FAST = ["train.batch_size=16", "train.progress_interval_s=1", "train.shuffle_buffer=64", "train.interleave=2"]
 
@@ -123,7 +123,7 @@ def test_training_lowers_the_loss_and_publishes_a_consistent_model(spark, demo_w
     assert "song accuracy" in printed and "per genre" in printed
 
     folder = read_model_folder(latest_model(Warehouse(spark, str(wh))))
-    songs = spark.read.parquet(str(wh / "songs")).toPandas()
+    songs = delta_frame(spark, wh / "songs").toPandas()
     assert folder.labels == sorted(songs["genre"].unique())
     assert folder.spectrogram == SpectrogramSettings.from_config(resolve_config())
     history = json.loads((Path(folder.path) / "history.json").read_text())
@@ -131,7 +131,7 @@ def test_training_lowers_the_loss_and_publishes_a_consistent_model(spark, demo_w
 
     # Independently of the training code: read the test slices with Spark, predict, vote.
     model = folder.load_keras()
-    test = spark.read.parquet(str(wh / "slices")).filter("split = 'test'").toPandas()
+    test = delta_frame(spark, wh / "slices").filter("split = 'test'").toPandas()
     images = np.stack([np.frombuffer(b, np.uint8).reshape(256, 256) for b in test["spectrogram"]])
     probabilities = np.asarray(model(images, training=False))
     truth = test["genre"].map(folder.labels.index).to_numpy()

@@ -109,8 +109,25 @@ def _parser() -> argparse.ArgumentParser:
     sql = commands.add_parser("sql", help="run Spark SQL over the warehouse tables")
     sql.add_argument("query", metavar="QUERY")
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    sql.add_argument("--as-of", type=int, metavar="RUN", help="query the tables as published run RUN left them "
+                     "(deepcrate history lists the runs)")
     _add_common(sql)
     sql.set_defaults(run=_sql)
+
+    history = commands.add_parser("history", help="the warehouse's published runs, newest first")
+    history.add_argument("--format", choices=("table", "json"), default="table")
+    history.add_argument("--warehouse", required=True, metavar="WH", help="folder (or URI) of the tables")
+    history.set_defaults(run=_history)
+
+    rollback = commands.add_parser("rollback", help="publish an earlier run's tables again, as a new run")
+    rollback.add_argument("--to", type=int, required=True, metavar="RUN", help="the run to go back to")
+    _add_common(rollback)
+    rollback.set_defaults(run=_rollback)
+
+    vacuum = commands.add_parser("vacuum", help="delete the files that none of the newest N runs reads")
+    vacuum.add_argument("--keep", type=int, required=True, metavar="N", help="runs whose files are kept (>= 1)")
+    _add_common(vacuum)
+    vacuum.set_defaults(run=_vacuum)
     return parser
 
 
@@ -251,7 +268,30 @@ def _sql(args: argparse.Namespace) -> int:
     from deepcrate.sql import run_query
 
     _, spark = _config_and_session(args)
-    run_query(spark, warehouse=args.warehouse, query=args.query, out=sys.stdout, fmt=args.format)
+    run_query(spark, warehouse=args.warehouse, query=args.query, out=sys.stdout, fmt=args.format, as_of=args.as_of)
+    return 0
+
+
+def _history(args: argparse.Namespace) -> int:
+    from deepcrate.history import history_rows, write_history
+
+    write_history(history_rows(args.warehouse), out=sys.stdout, fmt=args.format)
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from deepcrate.history import rollback
+
+    _, spark = _config_and_session(args)
+    print(rollback(spark, warehouse=args.warehouse, to=args.to))
+    return 0
+
+
+def _vacuum(args: argparse.Namespace) -> int:
+    from deepcrate.history import vacuum
+
+    _, spark = _config_and_session(args)
+    print(vacuum(spark, warehouse=args.warehouse, keep=args.keep))
     return 0
 
 

@@ -29,8 +29,10 @@ from deepcrate.warehouse import Warehouse
 FORMATS = ("table", "csv", "json")
 
 
-def run_query(spark: SparkSession, *, warehouse: str, query: str, out: TextIO, fmt: str = "table") -> int:
-    """Register the warehouse's tables, run ``query`` and write its rows to ``out``.
+def run_query(spark: SparkSession, *, warehouse: str, query: str, out: TextIO, fmt: str = "table",
+              as_of: int | None = None) -> int:
+    """Register the warehouse's tables (as run ``as_of`` left them, when given), run ``query`` and
+    write its rows to ``out``.
 
     Returns the number of rows written.
 
@@ -40,7 +42,7 @@ def run_query(spark: SparkSession, *, warehouse: str, query: str, out: TextIO, f
         When the query does not parse, names an unknown table or column, or is not a
         read-only query over the warehouse's tables (:func:`check_read_only`).
     """
-    store = Warehouse(spark, warehouse)
+    store = Warehouse(spark, warehouse, as_of=as_of)
     store.register()
     check_read_only(spark, query)
     files_by_path = spark.conf.get("spark.sql.runSQLOnFiles", "true")

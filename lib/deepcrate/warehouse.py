@@ -730,8 +730,8 @@ def writer_lock(spark: SparkSession, warehouse: str, *, command: str, create: bo
 
 
 def _start_job(runs: RunLog, *, token: str, command: str) -> _Job:
-    current = runs.current()
-    job = _Job(token=token, command=command, base=current.number if current else 0)
+    current = runs.current() or EMPTY
+    job = _Job(token=token, command=command, base=current.number)
     draft = runs.draft()
     if draft is not None and draft.base == job.base and draft.command == command:
         logger.warning("warehouse %s: carrying on from an interrupted %s, which committed %s", runs.root,
@@ -741,7 +741,18 @@ def _start_job(runs: RunLog, *, token: str, command: str) -> _Job:
         logger.warning("warehouse %s: dropping what an interrupted %s committed (%s); vacuum deletes its files",
                        runs.root, draft.command, ", ".join(draft.changed))
         runs.drop_draft()
+    _restore_newest_versions(runs.root, {**current.tables, **job.tables})
     return job
+
+
+def _restore_newest_versions(root: str, expected: dict[str, TableVersion]) -> None:
+    """Make each table's newest Delta version the one this job starts from again, for readers that
+    open the Delta tables directly: an interrupted job may have committed versions nobody published."""
+    for name, entry in expected.items():
+        if latest_version(f"{root}/{name}") not in (entry.version, None):
+            restore(f"{root}/{name}", entry.version, name=name,
+                    properties={"deepcrate.command": "undo a version an interrupted job left unpublished"})
+            logger.warning("warehouse %s: table %s: undid a version an interrupted job committed", root, name)
 
 
 def _job_command(root: str) -> str:
