@@ -10,7 +10,7 @@ from helpers import delta_table
 
 
 def test_pairs_are_two_different_slices_of_one_song_and_a_song_once_per_batch(demo_warehouse):
-    table = ArrowTables(str(demo_warehouse)).slice_table(image_shape=(256, 256))
+    table = ArrowTables.current(str(demo_warehouse)).slice_table(image_shape=(256, 256))
     for buffer_size in (16, 4096):  # pairs emitted while reading, and all at the end
         seen = []
         for batch in table.paired_batches(split="train", batch_size=8, buffer_size=buffer_size, interleave=2,

@@ -61,7 +61,7 @@ def test_rebuild_runs_every_stage_then_skips_them_all(rebuilt, capsys):
         assert f"  {stage:<8} ran" in out
     assert "rejected, not_audio: 1" in out and "test song accuracy" in out and "deepcrate sql" in out
     for name in TABLES + ["evaluation"]:
-        assert (root / "wh" / name / "_SUCCESS").exists(), name
+        assert (root / "wh" / name / "_delta_log").is_dir(), name
     recommendations = delta_table(root / "wh" / "recommendations").to_pandas()
     assert recommendations["song_id"].nunique() == 35 and (recommendations["song_id"] != recommendations["neighbor_id"]).all()
     before = snapshot(root / "wh")
@@ -72,6 +72,7 @@ def test_rebuild_runs_every_stage_then_skips_them_all(rebuilt, capsys):
         assert f"  {stage:<8} skipped" in out
     assert len(list((root / "wh" / "models").iterdir())) == 1
     assert_same_tables(before, snapshot(root / "wh"))
+    assert len(list((root / "wh" / "_runs").glob("0*.json"))) == 1  # nothing published: no new run
 
 
 def test_rebuilding_twice_from_scratch_gives_identical_tables(spark, rebuilt, tmp_path):
@@ -261,3 +262,35 @@ def test_a_new_stage_is_one_class_and_one_line_and_is_skipped_when_up_to_date(sp
     # A setting the toy declares changes its fingerprint (and ingest's): both run again.
     fourth = rebuild(spark, config=resolve_config(overrides=["split.seed=5"]), **kwargs)
     assert fourth.stages[0].status == "ran" and fourth.stages[-1].status == "ran" and toy.runs == 2
+
+
+def test_history_as_of_rollback_and_vacuum_from_the_command_line(rebuilt, tmp_path, capsys):
+    root, _, _, _ = rebuilt
+    wh = tmp_path / "wh"
+    shutil.copytree(root / "wh", wh)
+    before = delta_table(wh / "recommendations").to_pandas().sort_values(["song_id", "rank"], ignore_index=True)
+    assert main(["index", "--warehouse", str(wh), "--set", "index.k=3"]) == 0  # run 2: 3 per song
+    capsys.readouterr()
+    assert main(["history", "--warehouse", str(wh)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("run 2 ") and lines[0].endswith("index_songs") and "changed: recommendations, index" in lines[1]
+    assert any(line.startswith("run 1 ") and line.endswith("rebuild") for line in lines)
+    count = 'SELECT count(*) AS n FROM recommendations'
+    assert main(["sql", "--warehouse", str(wh), "--format", "csv", count]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == str(3 * before["song_id"].nunique())
+    assert main(["sql", "--warehouse", str(wh), "--format", "csv", "--as-of", "1", count]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == str(len(before))
+
+    assert main(["rollback", "--warehouse", str(wh), "--to", "1"]) == 0
+    assert "run 3: the tables of run 1 are current again (changed: recommendations)" in capsys.readouterr().out
+    after = delta_table(wh / "recommendations").to_pandas().sort_values(["song_id", "rank"], ignore_index=True)
+    pd.testing.assert_frame_equal(after, before)  # row for row
+    assert main(["recommend", "--warehouse", str(wh), "--song", before["song_id"][0], "-k", "10", "--format", "json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["recommendations"]) == 10  # run 1's index and songs again
+
+    assert main(["vacuum", "--warehouse", str(wh), "--keep", "1"]) == 0
+    assert "vacuum: deleted" in capsys.readouterr().out
+    assert main(["sql", "--warehouse", str(wh), "--as-of", "2", count]) == 2
+    assert "files of run 2 were vacuumed" in capsys.readouterr().err
+    assert main(["sql", "--warehouse", str(wh), "--format", "csv", count]) == 0  # the current run reads on
+    assert capsys.readouterr().out.splitlines()[1] == str(len(before))

@@ -95,7 +95,7 @@ def test_song_vote_sums_probabilities_rather_than_counting_argmaxes():
 
 
 def test_shuffled_reader_yields_every_slice_once_in_a_seeded_order(demo_warehouse):
-    table = ArrowTables(str(demo_warehouse)).slice_table(image_shape=(256, 256))
+    table = ArrowTables.current(str(demo_warehouse)).slice_table(image_shape=(256, 256))
     labels = sorted(g for g in table.genre_counts()["train"] if g)
     ordered = [(s, i) for b in table.batches(split="train", labels=labels, batch_size=7)
                for s, i in zip(b.song_ids, b.slice_idx)]
