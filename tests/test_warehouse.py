@@ -328,3 +328,33 @@ def test_a_parquet_warehouse_becomes_delta_on_its_next_write_without_rewriting_a
     assert store.version("a") == run and store.runs.current().changed == ["a", "b"]
     with pytest.raises(WarehouseError, match="holds Delta tables"):
         Warehouse(spark, str(wh), table_format="parquet").begin_run()
+
+
+def test_a_missing_or_corrupt_file_or_lost_rows_are_refused_in_one_line_naming_the_table(spark, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from deepcrate.warehouse import ArrowTables
+
+    wh = tmp_path / "wh"
+    job(spark, wh, {"a": list(range(100))})
+    first, *others = sorted((wh / "a").glob("*/*.parquet"))
+    assert others  # Spark wrote several files
+    good = first.read_bytes()
+    (first.parent / f".{first.name}.crc").unlink()  # Hadoop's checksum would catch a change before we do
+
+    def refused(match):
+        for reader in (lambda: Warehouse(spark, str(wh)).read("a").count(),
+                       lambda: ArrowTables.current(str(wh)).read("a")):
+            with pytest.raises(WarehouseError) as error:
+                reader()
+            assert "\n" not in str(error.value) and str(error.value).startswith("table a in ") and match in str(error.value)
+
+    first.write_bytes(b"PAR1 not really parquet")
+    refused(f"file file:{first} is not readable Parquet")
+    first.unlink()
+    refused(f"1 of its {1 + len(others)} files are missing (first: file:{first})")
+    pq.write_table(pa.table({"v": pa.array([7], pa.int32())}), first)  # a file cut down to one row
+    refused("its files hold")
+    first.write_bytes(good)
+    assert read(Warehouse(spark, str(wh)), "a") == list(range(100))

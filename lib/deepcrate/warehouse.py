@@ -134,8 +134,7 @@ class ArrowTables:
             raise WarehouseError(f"warehouse {self.root}: no table {name!r}")
         try:
             if self.view is not None and self._folder_of is None:
-                entry = self.view.tables[name]
-                files = committed_files(f"{self.root}/{name}", entry.version, name=name)
+                files = verified_files(self.root, name, self.view.tables[name])
                 filesystem, _ = filesystem_and_path(self.root)
                 return ds.dataset([filesystem_and_path(uri)[1] for uri in files], format="parquet",
                                   filesystem=filesystem)
@@ -155,6 +154,36 @@ class ArrowTables:
     def slice_table(self, *, image_shape: tuple[int, int]) -> SliceTable:
         """The ``slices`` table as training streams it (:class:`~deepcrate.slice_reader.SliceTable`)."""
         return SliceTable(self.dataset(Table.SLICES), image_shape=image_shape, uri=f"{self.root}/{Table.SLICES}")
+
+
+def verified_files(root: str, name: str, entry: TableVersion) -> list[str]:
+    """The files of table ``name`` as ``entry`` names its version, checked against what the run
+    recorded: every file there, readable Parquet (its footer), the rows adding up.
+
+    Raises
+    ------
+    WarehouseError
+        One line naming the table and the missing or unreadable file, or the rows that differ.
+    """
+    files = committed_files(f"{root}/{name}", entry.version, name=name)
+    filesystem, _ = filesystem_and_path(root)
+    paths = [filesystem_and_path(uri)[1] for uri in files]
+    missing = [uri for uri, info in zip(files, filesystem.get_file_info(paths), strict=True)
+               if info.type != pyarrow.fs.FileType.File]
+    if missing:
+        raise WarehouseError(f"table {name} in {root}: {len(missing)} of its {len(files)} files are missing "
+                             f"(first: {missing[0]}); restore them, or roll back (deepcrate rollback)")
+    rows = 0
+    for uri, path in zip(files, paths, strict=True):
+        try:
+            rows += pq.read_metadata(path, filesystem=filesystem).num_rows
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise WarehouseError(f"table {name} in {root}: file {uri} is not readable Parquet: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    if rows != entry.rows:
+        raise WarehouseError(f"table {name} in {root}: its files hold {rows} rows, the run that published it "
+                             f"recorded {entry.rows}")
+    return files
 
 
 def resolve_view(runs: RunLog, *, as_of: int | None = None) -> RunRecord | None:
@@ -256,8 +285,7 @@ class Warehouse:
         else:
             if name not in view.tables:
                 raise WarehouseError(f"warehouse {self.root}: no table {name!r} (has: {sorted(view.tables)})")
-            files = committed_files(self.table_uri(name), view.tables[name].version, name=name)
-            frame = self.spark.read.parquet(*files)
+            frame = self.spark.read.parquet(*verified_files(self.root, name, view.tables[name]))
         return frame if columns is None else frame.select(*columns)
 
     @property
