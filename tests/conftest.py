@@ -23,7 +23,7 @@ ensure_utf8_locale()
 # Modules whose tests run stages (through the CLI, a job or a model) even without the spark fixture.
 _STAGE_MODULES = {"test_cli", "test_jobs", "test_rebuild", "test_notebook", "test_musicnn", "test_train",
                   "test_contrastive", "test_embed_index", "test_evaluate", "test_ingest", "test_acquire",
-                  "test_demo", "test_warehouse"}
+                  "test_demo", "test_warehouse", "test_faults"}
 
 
 def pytest_configure(config):

@@ -282,7 +282,7 @@ def test_history_as_of_rollback_and_vacuum_from_the_command_line(rebuilt, tmp_pa
     assert capsys.readouterr().out.splitlines()[1] == str(len(before))
 
     assert main(["rollback", "--warehouse", str(wh), "--to", "1"]) == 0
-    assert "run 3: the tables of run 1 are current again (changed: recommendations)" in capsys.readouterr().out
+    assert "run 3: the tables of run 1 are current again (changed: recommendations, index)" in capsys.readouterr().out
     after = delta_table(wh / "recommendations").to_pandas().sort_values(["song_id", "rank"], ignore_index=True)
     pd.testing.assert_frame_equal(after, before)  # row for row
     assert main(["recommend", "--warehouse", str(wh), "--song", before["song_id"][0], "-k", "10", "--format", "json"]) == 0

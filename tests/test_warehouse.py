@@ -302,6 +302,7 @@ def test_rollback_republishes_an_earlier_run_row_for_row_and_vacuum_keeps_what_k
                     for number in (3, 4) for name, entry in store.runs.get(number).tables.items()
                     for uri in committed_files(store.table_uri(name), entry.version, name=name)}
     assert files_after == read_by_kept  # exactly: nothing a kept run reads went, nothing else stayed
+    assert all(any(folder.iterdir()) for folder in (wh / "a").iterdir())  # no empty run folders left
 
 
 def test_a_hand_edited_delta_log_is_refused_in_one_line_naming_the_table(spark, tmp_path):

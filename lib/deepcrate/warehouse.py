@@ -490,6 +490,8 @@ class Warehouse:
             tables[name] = entry
         changed = sorted(name for name in {*tables, *current.tables}
                          if current.tables.get(name, EMPTY_VERSION).run != tables.get(name, EMPTY_VERSION).run)
+        changed += sorted(name for name in {*target.folders, *current.folders}
+                          if current.folders.get(name) != target.folders.get(name))
         record = RunRecord(number=job.base + 1, time=now(), command=f"rollback to run {number}", tables=tables,
                            folders=dict(target.folders), changed=changed)
         self.runs.publish(record)
@@ -518,6 +520,7 @@ class Warehouse:
         names = {name for record in records for name in record.tables} | NOT_TABLES
         filesystem, root = filesystem_and_path(self.root)
         deleted = freed = 0
+        emptied: set[str] = set()
         for name in sorted(names):
             selector = pyarrow.fs.FileSelector(f"{root}/{name}", recursive=True, allow_not_found=True)
             for info in filesystem.get_file_info(selector):
@@ -530,6 +533,10 @@ class Warehouse:
                     continue
                 filesystem.delete_file(info.path)
                 deleted, freed = deleted + 1, freed + info.size
+                emptied.add(info.path.rsplit("/", 1)[0])
+        for folder in sorted(emptied, key=len, reverse=True):  # run folders left empty, deepest first
+            if not filesystem.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True)):
+                filesystem.delete_dir(folder)
         self.runs.mark_vacuumed(kept[-1].number)
         logger.info("vacuum %s: deleted %d files (%d bytes); runs %d-%d kept", self.root, deleted, freed,
                     kept[-1].number, kept[0].number)
