@@ -70,6 +70,21 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(body[: len(body) // 2])  # then the connection closes
             return None
+        if path in ("/no-length.mp3", "/no-length-cut.mp3", "/no-length-cut-once.mp3"):
+            # no Content-Length: only the audio itself can tell a body cut short
+            body = BODIES["b.mp3"]
+            whole = path == "/no-length.mp3" or (path == "/no-length-cut-once.mp3" and hit > 1)
+            self.send_response(200)
+            self.send_header("Content-Type", "audio/mpeg")
+            self.end_headers()
+            self.wfile.write(body if whole else body[: len(body) // 2])
+            return None
+        if path == "/no-length-page.mp3":
+            self.send_response(200)
+            self.send_header("Content-Type", "audio/mpeg")
+            self.end_headers()
+            self.wfile.write(b"<html>an error page served as audio</html>")
+            return None
         if path == "/page.mp3":
             return self._send(b"<html>not found, really</html>", content_type="text/html; charset=utf-8")
         if path == "/redirect.mp3":
@@ -318,3 +333,27 @@ def test_manifests_in_csv_and_json_lines(tmp_path):
 def test_safe_names(raw, safe):
     assert safe_name(raw) == safe
     assert json.dumps(safe_name(raw))  # always valid text
+
+
+def test_a_body_without_content_length_is_kept_only_when_the_audio_is_whole(spark, server, tmp_path):
+    rows = [{"url": f"{server}/{name}.mp3", "genre": "g", "title": name}
+            for name in ("no-length", "no-length-cut", "no-length-cut-once", "no-length-page")]
+    audio, wh = tmp_path / "audio", tmp_path / "wh"
+    config = resolve_config(overrides=FAST)
+    summary = acquire(spark, manifest=str(_manifest(tmp_path / "urls.csv", rows)), audio=str(audio), warehouse=str(wh),
+                      config=config)
+    table = _table(spark, wh)
+    assert (table["no-length.mp3"]["status"], table["no-length.mp3"]["attempts"]) == ("downloaded", 1)
+    assert (table["no-length-cut-once.mp3"]["status"], table["no-length-cut-once.mp3"]["attempts"]) == ("downloaded", 2)
+    cut = table["no-length-cut.mp3"]
+    assert (cut["status"], cut["http_status"], cut["attempts"]) == ("partial", 200, 2)
+    assert "truncated: decoded" in cut["error"] and "its header promises" in cut["error"]
+    page = table["no-length-page.mp3"]
+    assert (page["status"], page["attempts"]) == ("failed", 1) and "not audio" in page["error"]
+    assert summary.counts() == {"downloaded": 2, "partial": 1, "failed": 1}
+    kept = list(audio.rglob("*.mp3"))  # only the whole ones are in the audio folder
+    assert len(kept) == 2 and all(sf.info(path).frames > 0 for path in kept)
+    # a partial download is fetched again by the next run; the whole ones are not
+    acquire(spark, manifest=str(_manifest(tmp_path / "urls.csv", rows)), audio=str(audio), warehouse=str(wh),
+            config=config)
+    assert _Handler.hits["/no-length-cut.mp3"] == 4 and _Handler.hits["/no-length.mp3"] == 1

@@ -84,3 +84,18 @@ def test_bad_files_fail_with_reason_and_name(data, reason, fragment):
     assert failure.value.reason == reason
     assert fragment in failure.value.message
     assert "BytesIO" not in failure.value.message
+
+
+@pytest.mark.parametrize("fmt", ["MP3", "FLAC", "WAV"])
+def test_check_whole_tells_a_file_cut_short_from_a_whole_one(fmt):
+    from deepcrate.audio import DECODE_ERROR, TRUNCATED, check_whole
+
+    out = io.BytesIO()
+    sf.write(out, make_signal(6.0), 44100, format=fmt)
+    data = out.getvalue()
+    assert check_whole(data, name="x", truncated_ratio=0.9) == pytest.approx(6.0, abs=0.1)
+    with pytest.raises(AudioError) as cut:
+        check_whole(data[: len(data) // 2], name="x.cut", truncated_ratio=0.9)
+    # FLAC's decoder fails on the cut frame instead; acquire treats both as cut short
+    assert cut.value.reason in ((DECODE_ERROR,) if fmt == "FLAC" else (TRUNCATED,)), cut.value
+    assert str(cut.value).startswith("x.cut: ")

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from deepcrate import __version__
-from deepcrate.errors import ConfigError, InputError
+from deepcrate.audio import DECODE_ERROR, TRUNCATED, check_whole
+from deepcrate.errors import AudioError, ConfigError, InputError
 from deepcrate.schemas import DOWNLOADS, Table
 from deepcrate.warehouse import Warehouse, holds_writer_lock
 
@@ -44,6 +45,7 @@ MAX_NAME_BYTES = 150
 
 # statuses of the downloads table
 DOWNLOADED, PRESENT, FAILED, DUPLICATE = "downloaded", "present", "failed", "duplicate"
+INCOMPLETE = "partial"  # the body ended, but the audio in it is cut short: fetched again by the next run
 
 
 @dataclass(frozen=True)
@@ -59,10 +61,11 @@ class AcquireSettings:
     content_types: list[str]
     distributed: bool
     progress_interval_s: float
+    truncated_ratio: float = 0.9  # ingest's: a body without Content-Length is whole when ingest would take it
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> AcquireSettings:
-        settings = cls(**config["acquire"])
+        settings = cls(**config["acquire"], truncated_ratio=float(config["ingest"]["truncated_ratio"]))
         if settings.workers < 1 or settings.retries < 0 or settings.timeout_s <= 0 or settings.max_file_mb <= 0:
             raise ConfigError("acquire: workers >= 1, retries >= 0, timeout_s > 0 and max_file_mb > 0 are required")
         if settings.per_host_delay_s < 0 or settings.backoff_s < 0:
@@ -236,6 +239,10 @@ class _Retryable(Exception):
         self.http_status = http_status
 
 
+class _Incomplete(_Retryable):
+    """The body ended, but the audio in it is cut short."""
+
+
 class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         if urllib.parse.urlsplit(newurl).scheme.lower() not in ("http", "https"):
@@ -261,13 +268,23 @@ def fetch(item: Download, *, audio_dir: Path, settings: AcquireSettings, pacer: 
             item.status, item.http_status, item.error = FAILED, exc.http_status, str(exc)
             return item
         except _Retryable as exc:
-            item.status, item.http_status, item.error = FAILED, exc.http_status, str(exc)
+            item.status = INCOMPLETE if isinstance(exc, _Incomplete) else FAILED
+            item.http_status, item.error = exc.http_status, str(exc)
         if attempt <= settings.retries:
             pause = settings.backoff_s * 2 ** (attempt - 1) * (0.5 + random.random() / 2)  # jitter
             logger.debug("%s: %s; retry %d in %.1f s", item.url, item.error, attempt, pause)
             time.sleep(pause)
     item.error = f"{item.error} (gave up after {item.attempts} attempts)"
     return item
+
+
+def _check_whole(path: Path, *, name: str, settings: AcquireSettings, status: int) -> None:
+    try:
+        check_whole(path.read_bytes(), name=name, truncated_ratio=settings.truncated_ratio)
+    except AudioError as exc:
+        if exc.reason in (TRUNCATED, DECODE_ERROR):
+            raise _Incomplete(f"cut short: {exc}", status) from None
+        raise _Refused(f"not audio: {exc}", status) from None
 
 
 def _stream(url: str, final: Path, *, audio_dir: Path, settings: AcquireSettings) -> tuple[int, int]:
@@ -297,6 +314,8 @@ def _stream(url: str, final: Path, *, audio_dir: Path, settings: AcquireSettings
                 raise _Retryable(f"cut off: {received} of {expected} bytes", status)
             if received == 0:
                 raise _Retryable("empty response", status)
+            if expected is None:  # nothing says how long the body should be: ask the audio itself
+                _check_whole(partial, name=final.name, settings=settings, status=status)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(partial, final)
         return status, received
@@ -341,11 +360,11 @@ class AcquireSummary:
         counts = self.counts()
         total_bytes = sum(d.bytes or 0 for d in self.downloads if d.status == DOWNLOADED)
         lines = [f"{len(self.downloads)} URLs in {self.seconds:.1f} s: "
-                 + ", ".join(f"{counts.get(s, 0)} {s}" for s in (DOWNLOADED, PRESENT, FAILED, DUPLICATE))
+                 + ", ".join(f"{counts.get(s, 0)} {s}" for s in (DOWNLOADED, PRESENT, INCOMPLETE, FAILED, DUPLICATE))
                  + f" ({total_bytes / 1e6:.1f} MB downloaded)"]
-        failures = [d for d in self.downloads if d.status == FAILED]
+        failures = [d for d in self.downloads if d.status in (FAILED, INCOMPLETE)]
         for item in failures[:10]:
-            lines.append(f"  failed: {item.url}: {item.error}")
+            lines.append(f"  {item.status}: {item.url}: {item.error}")
         if len(failures) > 10:
             lines.append(f"  ... {len(failures) - 10} more failures in the downloads table")
         lines.append(f"ingest manifest: {self.manifest}")
@@ -449,7 +468,7 @@ def _fetch_counted(item: Download, audio_dir: Path, settings: AcquireSettings, p
     fetch(item, audio_dir=audio_dir, settings=settings, pacer=pacer)
     with counter.lock:
         counter.done += 1
-        counter.failed += item.status == FAILED
+        counter.failed += item.status in (FAILED, INCOMPLETE)
 
 
 def _completed(audio_dir: Path) -> dict[str, dict[str, Any]]:

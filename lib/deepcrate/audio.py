@@ -130,6 +130,43 @@ def decode_audio(
     )
 
 
+def check_whole(data: bytes, *, name: str, truncated_ratio: float) -> float:
+    """Decode all of ``data`` (block by block, nothing kept) and check that it is a whole file.
+
+    Whole: a header libsndfile recognises, every block decodable, and at least
+    ``truncated_ratio`` of the frames the header promises (the check ingest makes).
+
+    Returns
+    -------
+    float
+        The decoded duration in seconds.
+
+    Raises
+    ------
+    AudioError
+        With reason ``empty``, ``not_audio``, ``decode_error`` or ``truncated``.
+    """
+    if not data:
+        raise AudioError(EMPTY, f"{name}: file is empty (0 bytes)")
+    if data[:4] == b"RIFF" and int.from_bytes(data[4:8], "little") + 8 > len(data):
+        # libsndfile sizes a cut WAV by what is there; its RIFF header still says how long it was
+        raise AudioError(TRUNCATED, f"{name}: truncated: {len(data)} of the "
+                                    f"{int.from_bytes(data[4:8], 'little') + 8} bytes its RIFF header promises")
+    with _open_audio(data, name=name) as audio_file:
+        sample_rate, promised, decoded = audio_file.samplerate, audio_file.frames, 0
+        try:
+            while len(block := audio_file.read(_BLOCK_FRAMES, dtype="float32")):
+                decoded += len(block)
+        except Exception as exc:
+            raise AudioError(DECODE_ERROR, f"{name}: decoding failed: {_reason_text(exc)}") from None
+    if decoded == 0:
+        raise AudioError(DECODE_ERROR, f"{name}: decoded 0 samples")
+    if promised > 0 and decoded < truncated_ratio * promised:
+        raise AudioError(TRUNCATED, f"{name}: truncated: decoded {decoded / sample_rate:.1f} s of the "
+                                    f"{promised / sample_rate:.1f} s its header promises")
+    return decoded / sample_rate
+
+
 @contextmanager
 def _open_audio(data: bytes, *, name: str) -> Iterator[sf.SoundFile]:
     """Open in-memory file bytes with libsndfile.

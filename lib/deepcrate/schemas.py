@@ -156,7 +156,8 @@ DOWNLOADS = _schema(
     Table.DOWNLOADS, "One row per row of the URL manifest (acquire).",
     ("url", StringType(), False, "as the manifest gives it"),
     ("path", StringType(), True, "relative to the audio folder; null when refused"),
-    ("status", StringType(), False, "`downloaded`, `present`, `failed` or `duplicate`"),
+    ("status", StringType(), False, "`downloaded`, `present`, `failed`, `partial` (the body ended but its audio is "
+                                    "cut short: fetched again by the next run) or `duplicate`"),
     ("http_status", IntegerType(), True, "of the last attempt"),
     ("bytes", LongType(), True, "the file's size"),
     ("attempts", IntegerType(), False, "requests made"),
