@@ -18,7 +18,6 @@ import datetime as dt
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any
 
 import pyarrow.fs
 
@@ -50,7 +49,7 @@ class RunRecord:
     tables: dict[str, TableVersion] = field(default_factory=dict)
     folders: dict[str, str] = field(default_factory=dict)  # name (models/<v>, index) -> path under the root
     changed: list[str] = field(default_factory=list)  # what this run published
-    base: int = 0  # the run that was current when the job began (draft only)
+    base: int = 0  # the run that was current when the job that wrote it began
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -193,6 +192,3 @@ def _name(number: int) -> str:
 def _ranges(numbers: list[int]) -> str:
     return f"{numbers[0]}-{numbers[-1]}" if numbers else "none"
 
-
-def as_dict(record: RunRecord) -> dict[str, Any]:
-    return dataclasses.asdict(record)

@@ -87,6 +87,11 @@ class _Job:
     folders: dict[str, str] = field(default_factory=dict)
     changed: list[str] = field(default_factory=list)
 
+    def applied_to(self, record: RunRecord) -> RunRecord:
+        """``record`` with what this job committed: the run it publishes when it ends."""
+        return record.with_changes(number=self.base + 1, command=self.command, tables=self.tables,
+                                   folders=self.folders, changed=self.changed, base=self.base)
+
 
 EMPTY_VERSION = TableVersion(version=-1, run="", folder="", rows=0)
 _HELD: dict[str, _Job] = {}  # warehouse root -> the writing job this process runs there
@@ -252,8 +257,7 @@ class Warehouse:
         job = _HELD.get(self.root)
         if job is None or not job.changed:
             return current
-        return (current or EMPTY).with_changes(number=job.base + 1, command=job.command, tables=job.tables,
-                                               folders=job.folders, changed=job.changed)
+        return job.applied_to(current or EMPTY)
 
     # -- reading -----------------------------------------------------------------
     def table_uri(self, name: str) -> str:
@@ -296,13 +300,15 @@ class Warehouse:
     def version(self, name: str) -> str | None:
         """The run that published ``name`` (None when it is missing or was published before runs were
         recorded); a model folder's version is its name."""
-        if not self.exists(name):
-            return None
-        if name.startswith("models/"):
-            return name.split("/", 1)[1]
         view = self.view()
         if view is None:
-            return self.metadata(name).get("run")
+            if not self._exists(f"{self.table_uri(name)}/_SUCCESS"):
+                return None
+            return name.split("/", 1)[1] if name.startswith(f"{MODELS}/") else self.metadata(name).get("run")
+        if name not in view.tables and name not in view.folders:
+            return None
+        if name.startswith(f"{MODELS}/"):
+            return name.split("/", 1)[1]
         if name in view.folders:
             return view.folders[name].rsplit("/", 1)[-1]
         return view.tables[name].run or None
@@ -454,8 +460,7 @@ class Warehouse:
         job.tables.update(tables)
         job.folders.update(folders)
         job.changed.extend(names)
-        self.runs.write_draft(EMPTY.with_changes(number=job.base + 1, command=job.command, tables=job.tables,
-                                                 folders=job.folders, changed=job.changed, base=job.base))
+        self.runs.write_draft(job.applied_to(EMPTY))
         logger.info("committed %s to %s (published when %s ends)", ", ".join(names), self.root, job.command)
 
     def _convert_to_delta(self) -> None:
@@ -752,9 +757,7 @@ def writer_lock(spark: SparkSession, warehouse: str, *, command: str, create: bo
     try:
         yield
         if job.depth == 1 and job.changed:
-            base = store.runs.current() or EMPTY
-            store.runs.publish(base.with_changes(number=job.base + 1, command=job.command, tables=job.tables,
-                                                 folders=job.folders, changed=job.changed))
+            store.runs.publish(job.applied_to(store.runs.current() or EMPTY))
             store.runs.drop_draft()
             logger.info("published run %d of %s: %s", job.base + 1, store.root, ", ".join(dict.fromkeys(job.changed)))
     finally:
