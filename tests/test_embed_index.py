@@ -276,3 +276,28 @@ def test_recommend_with_a_truncated_model_says_so_in_one_line(embedded, tmp_path
     assert main(["recommend", "--warehouse", str(wh), "--file", path]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "model.keras cannot be loaded" in err
+
+
+def test_recommend_refuses_a_model_that_would_run_code_when_loaded(embedded, tmp_path, monkeypatch, capsys):
+    import keras
+
+    import deepcrate.inference
+
+    monkeypatch.setattr(deepcrate.inference, "_WORKER_MODELS", {})
+    wh = copy_warehouse(embedded[0], tmp_path / "wh")
+    folder = next((wh / "models").iterdir())
+    marker = tmp_path / "code-ran"
+    inputs = keras.Input((4,))
+    target = str(marker)  # Keras serialises the closure; a plain string it can
+    unsafe = keras.Model(inputs, keras.layers.Lambda(lambda x: x + open(target, "w").write("x"),  # noqa: SIM115
+                                                     output_shape=(4,))(inputs))
+    unsafe.save(folder / "model.keras")
+    marker.unlink(missing_ok=True)  # building the model may have run the code; loading it must not
+    catalogue = Catalogue(str(wh), config=resolve_config())
+    path = catalogue.songs.iloc[0]["path"].removeprefix("file:")
+    assert main(["recommend", "--warehouse", str(wh), "--file", path]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "model.keras cannot be loaded" in err and "Lambda" in err
+    with pytest.raises(ModelError, match="Lambda"):
+        read_model_folder(str(folder)).load_keras()
+    assert not marker.exists()

@@ -357,3 +357,31 @@ def test_a_missing_or_corrupt_file_or_lost_rows_are_refused_in_one_line_naming_t
     refused("its files hold")
     first.write_bytes(good)
     assert read(Warehouse(spark, str(wh)), "a") == list(range(100))
+
+
+def test_a_damaged_page_behind_an_intact_footer_is_an_error_naming_the_file_not_wrong_numbers(
+        spark, tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    from deepcrate.cli import main
+    from deepcrate.warehouse import ArrowTables, unreadable_file_error
+
+    wh = tmp_path / "wh"
+    job(spark, wh, {"a": list(range(100))})
+    first = min((wh / "a").glob("*/*.parquet"))
+    (first.parent / f".{first.name}.crc").unlink()  # leave the page checksums as the only guard
+    chunk = pq.read_metadata(first).row_group(0).column(0)
+    end = (chunk.dictionary_page_offset or chunk.data_page_offset) + chunk.total_compressed_size
+    data = bytearray(first.read_bytes())
+    data[end - 2] ^= 0xFF  # a value in the last page; the footer and row counts stay right
+    first.write_bytes(bytes(data))
+
+    with pytest.raises(Exception) as error:
+        Warehouse(spark, str(wh)).read("a").collect()
+    line = str(unreadable_file_error(error.value))
+    assert "\n" not in line and f"file file://{first} cannot be read" in line and "CRC" in line
+    with pytest.raises(WarehouseError, match=f"table a in .*: file {first}: could not verify page integrity"):
+        ArrowTables.current(str(wh)).read("a")
+    assert main(["sql", "--warehouse", str(wh), "SELECT sum(v) FROM a"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"file file://{first} cannot be read" in err

@@ -24,6 +24,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"deepcrate {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a Spark job that met a damaged file is the user's to fix too, not a traceback
+        from deepcrate.warehouse import unreadable_file_error
+
+        damaged = unreadable_file_error(exc)
+        if damaged is None:
+            raise
+        print(f"deepcrate {args.command}: error: {damaged}", file=sys.stderr)
+        return 2
 
 
 def _parser() -> argparse.ArgumentParser:

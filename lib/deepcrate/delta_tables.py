@@ -17,7 +17,7 @@ from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
 
-from deepcrate.errors import WarehouseError
+from deepcrate.errors import WarehouseError, first_line
 from deepcrate.uris import local_path
 
 DELTA_LOG = "_delta_log"
@@ -69,10 +69,10 @@ def commit_files(table_uri: str, files: list[DataFile], *, schema: pa.Schema, na
         return table.version()
     except CommitFailedError as exc:
         raise WarehouseError(f"table {name}: another job committed to {table_uri} while this one wrote it "
-                             f"({_first_line(exc)}); this job's version was not committed") from None
+                             f"({first_line(exc)}); this job's version was not committed") from None
     except (DeltaError, OSError, ValueError) as exc:
         raise WarehouseError(f"table {name}: cannot commit to its Delta log in {table_uri}: "
-                             f"{_first_line(exc)}") from None
+                             f"{first_line(exc)}") from None
 
 
 def open_version(table_uri: str, version: int, *, name: str) -> DeltaTable:
@@ -87,7 +87,7 @@ def open_version(table_uri: str, version: int, *, name: str) -> DeltaTable:
         return DeltaTable(delta_location(table_uri), version=version)
     except Exception as exc:  # delta-rs raises plain Exception, not only DeltaError, for a log it cannot parse
         raise WarehouseError(f"table {name}: its Delta log in {table_uri} cannot be read at version "
-                             f"{version}: {_first_line(exc)}") from None
+                             f"{version}: {first_line(exc)}") from None
 
 
 def committed_files(table_uri: str, version: int, *, name: str) -> list[str]:
@@ -114,8 +114,4 @@ def restore(table_uri: str, version: int, *, name: str, properties: dict[str, st
         return table.version()
     except (DeltaError, OSError, ValueError) as exc:
         raise WarehouseError(f"table {name}: cannot restore version {version} in {table_uri}: "
-                             f"{_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                             f"{first_line(exc)}") from None

@@ -5,6 +5,11 @@ Anything a user can cause (a bad flag, a missing folder, a corrupt table) raises
 """
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its class name when empty): library errors can run to pages."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 class DeepcrateError(Exception):
     """Root of every error deepcrate raises on purpose."""
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from deepcrate.audio import DecodeLimits
-from deepcrate.errors import AudioError, InputError, ModelError, WarehouseError
+from deepcrate.errors import AudioError, InputError, ModelError, WarehouseError, first_line
 from deepcrate.model_store import MODELS, read_model_folder
 from deepcrate.schemas import Table
 from deepcrate.slicing import slice_audio_file
@@ -142,7 +142,7 @@ class Catalogue:
             model = worker_model(folder.version, payload)
         except Exception as exc:  # a truncated zip, or a layer Keras' safe mode refuses to deserialise
             raise ModelError(f"model {folder.path}: model.keras cannot be loaded ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); rebuild it with "
+                             f"{first_line(exc)}); rebuild it with "
                              f"deepcrate train") from None
         embeddings, _, _ = embed_images(model, images, batch_size=int(self.config["embed"]["batch_size"]))
         vector = normalise(embeddings.mean(axis=0, dtype=np.float64).astype(np.float32)[None, :])[0]

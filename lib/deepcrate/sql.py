@@ -23,8 +23,8 @@ from typing import Any, TextIO
 from pyspark.sql import Row, SparkSession
 from pyspark.sql.utils import AnalysisException
 
-from deepcrate.errors import InputError
-from deepcrate.warehouse import Warehouse
+from deepcrate.errors import InputError, first_line
+from deepcrate.warehouse import Warehouse, unreadable_file_error
 
 FORMATS = ("table", "csv", "json")
 
@@ -55,10 +55,10 @@ def run_query(spark: SparkSession, *, warehouse: str, query: str, out: TextIO, f
                 rows = frame.toLocalIterator()
                 first = next(rows, None)
             except AnalysisException as exc:
-                raise InputError(f"query failed: {_first_line(exc)} "
+                raise InputError(f"query failed: {first_line(exc)} "
                                  f"(tables: {', '.join(store.tables()) or 'none'})") from None
-            except Exception as exc:  # parse errors arrive as ParseException etc.
-                raise InputError(f"query failed: {_first_line(exc)}") from None
+            except Exception as exc:  # a damaged file, or a parse error (ParseException etc.)
+                raise unreadable_file_error(exc) or InputError(f"query failed: {first_line(exc)}") from None
             stream = rows if first is None else _chain(first, rows)
             writer = {"table": _write_table, "csv": _write_csv, "json": _write_json}[fmt]
             return writer(columns, (_plain(row) for row in stream), out)
@@ -103,7 +103,7 @@ def check_read_only(spark: SparkSession, query: str) -> None:
     try:
         plan = spark._jsparkSession.sessionState().sqlParser().parsePlan(query)
     except Exception as exc:  # ParseException: its first line says where
-        raise InputError(f"query failed: {_first_line(exc)}") from None
+        raise InputError(f"query failed: {first_line(exc)}") from None
     command = jvm.java.lang.Class.forName("org.apache.spark.sql.catalyst.plans.logical.Command")
     query_plan = jvm.java.lang.Class.forName("org.apache.spark.sql.catalyst.plans.QueryPlan")
     subquery = jvm.java.lang.Class.forName("org.apache.spark.sql.catalyst.expressions.SubqueryExpression")
@@ -142,10 +142,6 @@ def _statement(kind: str) -> str:
         return "a BEGIN ... END block"
     return re.sub(r"(?<=[a-z])(?=[A-Z])", " ", kind).upper()
 
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _chain(first: Row, rest: Iterable[Row]) -> Iterable[Row]:

@@ -42,6 +42,7 @@ import functools
 import json
 import logging
 import os
+import re
 import socket
 import time
 import uuid
@@ -56,7 +57,7 @@ import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 
 from deepcrate.delta_tables import DELTA_LOG, DataFile, commit_files, committed_files, latest_version, restore
-from deepcrate.errors import WarehouseError
+from deepcrate.errors import WarehouseError, first_line
 from deepcrate.model_store import MODELS
 from deepcrate.run_log import EMPTY, RunLog, RunRecord, TableVersion, now
 from deepcrate.schemas import Table, validate
@@ -73,6 +74,11 @@ _STAGING = "_staging"
 _PUBLISH = "_PUBLISH"
 LOCK_FILE = "_LOCK"
 _STAGE_RECORDS = "_stages"  # WH/_stages/<stage>.json: what each stage last published, and from which inputs
+# Spark writes a CRC with every Parquet page but neither Spark nor pyarrow checks it by default: a
+# damaged page then reads as wrong numbers, silently. Checked, it is an error naming the file.
+VERIFY_PAGES = "parquet.page.verify-checksum.enabled"
+_PARQUET = ds.ParquetFileFormat(
+    default_fragment_scan_options=ds.ParquetFragmentScanOptions(page_checksum_verification=True))
 
 
 @dataclass
@@ -141,10 +147,10 @@ class ArrowTables:
             if self.view is not None and self._folder_of is None:
                 files = verified_files(self.root, name, self.view.tables[name])
                 filesystem, _ = filesystem_and_path(self.root)
-                return ds.dataset([filesystem_and_path(uri)[1] for uri in files], format="parquet",
+                return ds.dataset([filesystem_and_path(uri)[1] for uri in files], format=_PARQUET,
                                   filesystem=filesystem)
             filesystem, path = filesystem_and_path(self.folder(name))
-            return ds.dataset(path, format="parquet", filesystem=filesystem)
+            return ds.dataset(path, format=_PARQUET, filesystem=filesystem)
         except (OSError, pa.ArrowInvalid) as exc:
             raise WarehouseError(f"table {name} in {self.root}: cannot be read: {exc}") from None
 
@@ -154,11 +160,39 @@ class ArrowTables:
         try:
             return dataset.to_table(columns=columns, filter=where)
         except (OSError, pa.ArrowInvalid) as exc:
-            raise WarehouseError(f"table {name} in {self.root}: cannot be read: {exc}") from None
+            raise WarehouseError(f"table {name} in {self.root}: {_damaged_file(dataset) or 'cannot be read'}: "
+                                 f"{first_line(exc)}; restore it, or roll back (deepcrate rollback)") from None
 
     def slice_table(self, *, image_shape: tuple[int, int]) -> SliceTable:
         """The ``slices`` table as training streams it (:class:`~deepcrate.slice_reader.SliceTable`)."""
         return SliceTable(self.dataset(Table.SLICES), image_shape=image_shape, uri=f"{self.root}/{Table.SLICES}")
+
+
+def _damaged_file(dataset: ds.Dataset) -> str | None:
+    """'file F', the first of ``dataset``'s files that cannot be read whole (pyarrow's errors do not say)."""
+    for fragment in dataset.get_fragments():
+        try:
+            fragment.to_table()
+        except (OSError, pa.ArrowInvalid):
+            return f"file {fragment.path}"
+    return None
+
+
+
+def unreadable_file_error(exc: BaseException) -> WarehouseError | None:
+    """The one line for a Spark job that failed reading a damaged Parquet file; None for other failures.
+
+    Spark raises such a failure as a ~10 KB Java stack in which the file and the cause are
+    two lines among hundreds (``FAILED_READ_FILE``).
+    """
+    text = str(exc)
+    found = re.search(r"Encountered error while reading file (.+?)\.?\s+SQLSTATE", text)
+    if found is None:
+        return None
+    causes = re.findall(r"^Caused by: ([\w.$]+)(?:: (.*))?$", text, flags=re.MULTILINE)
+    cause = f"{causes[-1][0].rsplit('.', 1)[-1]}: {causes[-1][1]}" if causes else "unknown cause"
+    return WarehouseError(f"file {found.group(1)} cannot be read ({cause}); restore it, "
+                          f"or roll back the warehouse (deepcrate rollback)")
 
 
 def verified_files(root: str, name: str, entry: TableVersion) -> list[str]:
@@ -184,7 +218,7 @@ def verified_files(root: str, name: str, entry: TableVersion) -> list[str]:
             rows += pq.read_metadata(path, filesystem=filesystem).num_rows
         except (OSError, pa.ArrowInvalid) as exc:
             raise WarehouseError(f"table {name} in {root}: file {uri} is not readable Parquet: "
-                                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+                                 f"{first_line(exc)}") from None
     if rows != entry.rows:
         raise WarehouseError(f"table {name} in {root}: its files hold {rows} rows, the run that published it "
                              f"recorded {entry.rows}")
@@ -231,6 +265,7 @@ class Warehouse:
         self.table_format = table_format
         # delta-rs refuses the INT96 timestamps Spark writes by default (FIELD-NOTES)
         spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+        spark.conf.set(VERIFY_PAGES, "true")  # SQL options reach the Hadoop conf of every file scan
         jvm = spark.sparkContext._jvm
         self._path = jvm.org.apache.hadoop.fs.Path
         try:
