@@ -9,18 +9,28 @@ ENV_ARCHIVE := dist/deepcrate-env.tar.gz
 # which cannot sit beside numpy 2, so it is installed without its dependencies (its code is never run)
 MUSICNN := musicnn==0.1.0
 
-.PHONY: demo test lint package wheel bench-ingest bench-train bench-embed bench-index bench-rebuild bench-quality clean
+.PHONY: demo test browser lint package wheel bench-ingest bench-train bench-embed bench-index bench-rebuild bench-quality clean
 
 # Set up, synthesize the demo catalogue, rebuild everything on it, show recommendations.
 demo: $(BIN)/deepcrate
 	$(BIN)/deepcrate demo-catalogue $(DEMO)/audio --songs-per-genre 20 --seconds 30
-	$(BIN)/deepcrate rebuild --audio $(DEMO)/audio --manifest $(DEMO)/audio/manifest.csv --warehouse $(DEMO)/warehouse
+	$(BIN)/deepcrate rebuild --audio $(DEMO)/audio --manifest $(DEMO)/audio/manifest.csv --warehouse $(DEMO)/warehouse \
+	  --report $(DEMO)/report.html
 	$(BIN)/deepcrate recommend --warehouse $(DEMO)/warehouse -k 5 \
 	  --song "$$(ls $(DEMO)/audio/trance | head -n 1)"
 
 # Set up if needed and run the whole test suite (the cluster test needs the packed environment).
-test: $(BIN)/deepcrate $(ENV_ARCHIVE)
+test: $(BIN)/deepcrate $(ENV_ARCHIVE) browser
 	$(BIN)/python -m pytest tests
+
+# The report's browser tests drive Debian's Chromium; where it cannot be installed they are
+# skipped, saying why (a DOM-level test still checks the page).
+APT := $(if $(filter 0,$(shell id -u)),,sudo -n) apt-get
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  $(APT) install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1 || \
+	  { $(APT) update -q >/dev/null 2>&1 && $(APT) install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1; } || \
+	  echo "Chromium could not be installed: the report's browser tests will be skipped"
 
 # Style (.ruff.toml): ruff's default rules at the project's 120-column lines; the layers
 # (.importlinter, docs/architecture.md): imports point down and no stage imports another.
@@ -76,7 +86,7 @@ $(ENV_ARCHIVE): setup.py | $(BIN)/deepcrate
 $(BIN)/deepcrate: setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[cpu,test]'
+	$(BIN)/pip install --quiet -e '.[cpu,test,report]'
 	$(BIN)/pip install --quiet --no-deps $(MUSICNN)
 	touch $@
 

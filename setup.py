@@ -18,7 +18,7 @@ setup(
     python_requires=">=3.11,<3.12",
     package_dir={"": "lib"},
     packages=find_packages("lib"),
-    package_data={"deepcrate": ["local.yaml"]},  # the defaults, a link to conf/local.yaml
+    package_data={"deepcrate": ["local.yaml", "report_assets/*"]},  # local.yaml: the defaults, a link to conf/local.yaml
     install_requires=[
         "pyspark==4.3.0",
         "numpy==2.4.6",
@@ -38,8 +38,9 @@ setup(
         "cpu": [f"tensorflow-cpu=={TENSORFLOW}"],
         "gpu": [f"tensorflow[and-cuda]=={TENSORFLOW}"],
         "notebook": ["jupytext==1.19.6", "ipykernel==7.4.0"],
+        "report": ["umap-learn==0.5.12"],  # the report's map; without it t-SNE or PCA draws it
         "test": ["pytest==9.2.0", "ruff==0.17.6", "import-linter==2.17", "jupytext==1.19.6", "ipykernel==7.4.0", "nbclient==0.11.0",
-                 "nbformat==5.11.1"],
+                 "nbformat==5.11.1", "selenium==4.52.0"],  # selenium: the report's browser tests
     },
     entry_points={"console_scripts": ["deepcrate=deepcrate.cli:main"]},
 )

@@ -111,7 +111,8 @@ def demo_warehouse(spark, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def rebuilt(spark, tmp_path_factory):
-    """A demo catalogue (7 genres x 5 songs x 11 s, one bad file) rebuilt from scratch with the CLI.
+    """A demo catalogue (7 genres x 5 songs x 11 s, one bad file) rebuilt from scratch with the CLI,
+    which also writes the report (ROOT/report.html).
 
     Returns (root, manifest, the CLI arguments, the CLI's output). Shared read-only.
     Depends on ``spark`` so that the CLI finds the retrying test session.
@@ -126,7 +127,8 @@ def rebuilt(spark, tmp_path_factory):
     manifest = write_demo_catalogue(root / "audio", songs_per_genre=5, seconds=11.0, seed=5)
     (root / "audio" / "trance" / "broken.mp3").write_bytes(b"not audio")
     args = ["rebuild", "--audio", str(root / "audio"), "--manifest", str(manifest), "--warehouse", str(root / "wh"),
-            "--set", "train.max_epochs=2", "--set", "train.batch_size=16", "--set", "train.shuffle_buffer=64"]
+            "--set", "train.max_epochs=2", "--set", "train.batch_size=16", "--set", "train.shuffle_buffer=64",
+            "--report", str(root / "report.html")]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert main(args) == 0

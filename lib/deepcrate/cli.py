@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from deepcrate.errors import DeepcrateError
 
@@ -111,8 +112,16 @@ def _parser() -> argparse.ArgumentParser:
     rebuild.add_argument("--force", action="store_true", help="run every stage from scratch")
     rebuild.add_argument("--allow-empty", action="store_true",
                          help="publish even if every file is rejected and the warehouse has songs")
+    _add_report_options(rebuild, flag="--report", default=None, nargs="?", const="report.html",
+                        help="also write the report (deepcrate report) at the end, to FILE (default: report.html)")
     _add_common(rebuild)
     rebuild.set_defaults(run=_rebuild)
+
+    report = commands.add_parser("report", help="the catalogue as one HTML page: a map to look at and listen to, "
+                                 "the evaluation, the rejects (no server needed)")
+    report.add_argument("--warehouse", required=True, metavar="WH", help="folder (or URI) of the tables")
+    _add_report_options(report, flag="--out", default="report.html", help="the HTML file to write (default: %(default)s)")
+    report.set_defaults(run=_report)
 
     sql = commands.add_parser("sql", help="run Spark SQL over the warehouse tables")
     sql.add_argument("query", metavar="QUERY")
@@ -145,6 +154,14 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="YAML overlay on the defaults (conf/local.yaml); repeatable")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override one key, e.g. spectrogram.preset=mel; repeatable")
+
+
+def _add_report_options(parser: argparse.ArgumentParser, *, flag: str, **out: Any) -> None:
+    parser.add_argument(flag, dest="report_out", metavar="FILE", **out)
+    parser.add_argument("--audio-base", metavar="URL_OR_PATH",
+                        help="where the page finds the audio folder's files (default: links relative to the page)")
+    parser.add_argument("--projection", choices=("auto", "umap", "tsne", "pca"), default="auto",
+                        help="how the map is drawn (auto: UMAP where umap-learn is installed, else t-SNE or PCA)")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -247,6 +264,16 @@ def _rebuild(args: argparse.Namespace) -> int:
     config, spark = _config_and_session(args)
     summary = rebuild(spark, audio=args.audio, manifest=args.manifest, warehouse=args.warehouse, config=config,
                       model=args.model, force=args.force, allow_empty=args.allow_empty)
+    print("\n".join(summary.lines()))
+    if args.report_out:
+        return _report(args)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from deepcrate.report import write_report
+
+    summary = write_report(args.warehouse, out=args.report_out, audio_base=args.audio_base, projection=args.projection)
     print("\n".join(summary.lines()))
     return 0
 

@@ -48,7 +48,7 @@ from deepcrate.mfcc import DIMENSIONS, GAUSSIAN_DIMENSIONS, SAMPLE_RATE, song_mf
 from deepcrate.pipeline import Outcome, RebuildContext, Stage, without
 from deepcrate.progress import Progress
 from deepcrate.retrieval import ideal_songs, nearest_songs, random_songs, retrieval_scores
-from deepcrate.schemas import EVALUATION, MFCC_FEATURES, Table
+from deepcrate.schemas import EVALUATION, EVALUATION_METHODS, MFCC_FEATURES, Table
 from deepcrate.session import session_conf
 from deepcrate.timbre import least_divergent
 from deepcrate.vectors import list_column_matrix
@@ -60,7 +60,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 KS = (5, 10)
-METHODS = ("model", "pretrained", "mfcc", "timbre", "random", "ideal")  # pretrained: where the model has it
+METHODS = EVALUATION_METHODS  # pretrained: where the model has it
 METRICS = tuple(f"{name}_at_{k}" for name in ("precision", "map") for k in KS)
 
 

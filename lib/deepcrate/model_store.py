@@ -67,6 +67,13 @@ class ModelFolder:
                              f"lists {len(self.labels)} genres")
         return model
 
+    def history(self) -> dict[str, list[float]]:
+        """Loss, accuracy and validation P@10 per epoch (``history.json``; empty when absent)."""
+        if not os.path.isfile(os.path.join(self.path, "history.json")):
+            return {}
+        history = _read_json(self.path, "history.json")
+        return history if isinstance(history, dict) else {}
+
     def check_settings(self, settings: SpectrogramSettings, *, what: str) -> None:
         """Refuse slices whose pixels mean something else than the model's (the hop between slices may differ)."""
         differ = self.spectrogram.differences(settings, pixels_only=True)

@@ -125,6 +125,9 @@ RECOMMENDATIONS = _schema(
     ("similarity", DoubleType(), False, "cosine of the two song vectors"),
 )
 
+# The evaluation's methods, in the order people read them (docs/evaluation.md)
+EVALUATION_METHODS = ("model", "pretrained", "mfcc", "timbre", "random", "ideal")
+
 EVALUATION = _schema(
     Table.EVALUATION, "The test split's evaluation (evaluate): one row per method and genre.",
     ("model_version", StringType(), False, "the model folder's name"),
