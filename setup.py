@@ -40,7 +40,7 @@ setup(
         "notebook": ["jupytext==1.19.6", "ipykernel==7.4.0"],
         "report": ["umap-learn==0.5.12"],  # the report's map; without it t-SNE or PCA draws it
         "test": ["pytest==9.2.0", "ruff==0.17.6", "import-linter==2.17", "jupytext==1.19.6", "ipykernel==7.4.0", "nbclient==0.11.0",
-                 "nbformat==5.11.1", "selenium==4.52.0"],  # selenium: the report's browser tests
+                 "nbformat==5.11.1", "selenium==4.51.0"],  # selenium: the report's browser tests
     },
     entry_points={"console_scripts": ["deepcrate=deepcrate.cli:main"]},
 )
