@@ -23,6 +23,7 @@ from scipy.signal import lfilter
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 44100
+_PITCHES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")  # as deepcrate.musical names them
 STEPS = 16  # sixteenth notes per bar
 
 
@@ -40,11 +41,13 @@ class Style:
     brightness: float  # lowpass cutoff of the harmony, Hz
     swing: float = 0.0
     noise: float = 0.0  # vinyl-like hiss
+    mode: str = "minor"  # of the key: what the harmony's first chord says (rock's power chords: its bIII)
 
 
 STYLES: dict[str, Style] = {
     "funky_house": Style((121, 127), (0, 4, 8, 12), (4, 12), (2, 6, 10, 14), "offbeat", "organ",
-                         ((0, 4, 7, 11), (5, 9, 12, 16), (2, 5, 9, 12), (7, 11, 14, 17)), 3500, 0.08),
+                         ((0, 4, 7, 11), (5, 9, 12, 16), (2, 5, 9, 12), (7, 11, 14, 17)), 3500, 0.08,
+                         mode="major"),
     "trance": Style((134, 142), (0, 4, 8, 12), (), (2, 6, 10, 14), "rolling", "supersaw",
                     ((0, 3, 7), (8, 12, 15), (3, 7, 10), (10, 14, 17)), 9000),
     "breakbeat": Style((126, 134), (0, 10), (4, 12), (0, 2, 4, 6, 8, 10, 12, 14), "acid", "stab",
@@ -54,7 +57,7 @@ STYLES: dict[str, Style] = {
     "hip_hop": Style((84, 96), (0, 7, 10), (4, 12), (0, 2, 4, 6, 8, 10, 12, 14), "follow", "keys",
                      ((0, 3, 7, 10), (5, 8, 12, 15), (0, 3, 7, 10), (7, 10, 14, 17)), 1800, 0.2, 0.02),
     "downtempo": Style((66, 76), (), (), (), "drone", "bells",
-                       ((0, 4, 7, 14), (9, 12, 16), (5, 9, 12, 16), (7, 11, 14)), 1200),
+                       ((0, 4, 7, 14), (9, 12, 16), (5, 9, 12, 16), (7, 11, 14)), 1200, mode="major"),
     "rock_indie": Style((112, 132), (0, 8, 10), (4, 12), (0, 2, 4, 6, 8, 10, 12, 14), "eighths", "power",
                         ((0, 7, 12), (5, 12, 17), (7, 14, 19), (3, 10, 15)), 6000),
 }
@@ -126,23 +129,18 @@ def _render_job(job: tuple) -> None:
     sf.write(path, audio, SAMPLE_RATE, format="MP3")
 
 
+def song_tempo_and_key(genre: str, *, n: int, seed: int = 0) -> tuple[float, str]:
+    """The tempo (BPM) and key ("A minor") that :func:`write_demo_catalogue` gives song ``n``
+    (0-based) of ``genre``: what tempo and key estimators are measured against."""
+    style, tempo, key = _plan(genre, np.random.default_rng([seed, GENRES.index(genre), n, 1]))
+    return tempo, f"{_PITCHES[key % 12]} {style.mode}"
+
+
 def render_song(genre: str, *, rng: np.random.Generator, seconds: float) -> np.ndarray:
     """One mono song in ``genre`` as float32 samples at 44.1 kHz."""
-    style = STYLES[genre]
-    # Now and then borrow one element of another genre: genres overlap a little.
-    if rng.random() < 0.2:
-        other = STYLES[GENRES[rng.integers(len(GENRES))]]
-        part = rng.choice(["drums", "bass", "lead"])
-        if part == "drums":
-            style = _replace(style, kicks=other.kicks, snares=other.snares, hats=other.hats)
-        elif part == "bass":
-            style = _replace(style, bass=other.bass)
-        else:
-            style = _replace(style, lead=other.lead, brightness=other.brightness)
-    tempo = rng.uniform(*style.tempo)
+    style, tempo, key = _plan(genre, rng)
     step = 60.0 / tempo / 4.0
     bars = 4
-    key = 36 + int(rng.integers(0, 12))  # MIDI note of the bass root
     length = round(bars * STEPS * step * SAMPLE_RATE)
     loop = np.zeros(length, dtype=np.float32)
     swing = style.swing * rng.uniform(0.5, 1.5)
@@ -174,6 +172,24 @@ def render_song(genre: str, *, rng: np.random.Generator, seconds: float) -> np.n
     song += (style.noise + 0.002) * rng.standard_normal(len(song))
     peak = float(np.max(np.abs(song))) or 1.0
     return (song / peak * rng.uniform(0.5, 0.9)).astype(np.float32)
+
+
+def _plan(genre: str, rng: np.random.Generator) -> tuple[Style, float, int]:
+    """The song's style (now and then with one element of another genre: genres overlap a
+    little), tempo and key (the MIDI note of the bass root): the first draws of ``rng``."""
+    style = STYLES[genre]
+    if rng.random() < 0.2:
+        other = STYLES[GENRES[rng.integers(len(GENRES))]]
+        part = rng.choice(["drums", "bass", "lead"])
+        if part == "drums":
+            style = _replace(style, kicks=other.kicks, snares=other.snares, hats=other.hats)
+        elif part == "bass":
+            style = _replace(style, bass=other.bass)
+        else:
+            style = _replace(style, lead=other.lead, brightness=other.brightness)
+    tempo = rng.uniform(*style.tempo)
+    key = 36 + int(rng.integers(0, 12))
+    return style, tempo, key
 
 
 def _replace(style: Style, **changes: object) -> Style:

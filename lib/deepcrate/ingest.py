@@ -12,7 +12,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -50,6 +50,7 @@ from deepcrate.audio_inputs import (
 )
 from deepcrate.errors import AudioError, InputError
 from deepcrate.faults import fail_if_injected
+from deepcrate.musical import MUSICAL_FACTS_VERSION, musical_facts
 from deepcrate.pipeline import Outcome, RebuildContext, Stage
 from deepcrate.progress import Progress
 from deepcrate.schemas import REJECTS, SLICES, SONGS, Table
@@ -66,7 +67,7 @@ OUTPUTS = (Table.SONGS, Table.SLICES, Table.REJECTS)
 # The ingest settings that change what a file becomes (the others only change speed).
 DECODING_KEYS = ("extensions", "max_file_mb", "max_duration_s", "truncated_ratio", "silence_dbfs")
 # What the kept songs of an incremental ingest must share with the new ones.
-_SAME_FOR_INCREMENTAL = ("audio", "spectrogram", "decoding", "split")
+_SAME_FOR_INCREMENTAL = ("audio", "spectrogram", "decoding", "split", "musical")
 
 # One row per file (slice_idx -1: the file's facts or its reject reason) and one per
 # slice (slice_idx >= 0: just the image), as the executors emit them.
@@ -83,6 +84,12 @@ _DECODED = StructType(
         StructField("channels", IntegerType()),
         StructField("n_slices", IntegerType()),
         StructField("cut_at_s", DoubleType()),
+        StructField("tempo_bpm", DoubleType()),
+        StructField("tempo_confidence", DoubleType()),
+        StructField("key", StringType()),
+        StructField("camelot", StringType()),
+        StructField("key_confidence", DoubleType()),
+        StructField("musical_note", StringType()),
         StructField("spectrogram", BinaryType()),
     ]
 )
@@ -329,6 +336,10 @@ def decode_file(
         duration_s=audio.duration_s, sample_rate=audio.sample_rate, channels=audio.channels,
         n_slices=len(song.slices), cut_at_s=audio.cut_at_s,
     )
+    try:  # from the samples just decoded: no second decode
+        header.update(asdict(musical_facts(audio.samples, sample_rate=audio.target_rate)))
+    except Exception as exc:  # an estimator's bug costs the tempo and key, never the song
+        header.update(musical_note=f"tempo and key not estimated: {type(exc).__name__}: {exc}")
     rows = [header] + [
         {"path": path, "slice_idx": index, "spectrogram": image}
         for index, image in enumerate(song.slices)
@@ -459,6 +470,7 @@ def _metadata(
         "ingest": options,
         "decoding": {key: options[key] for key in DECODING_KEYS},
         "split": config["split"],
+        "musical": MUSICAL_FACTS_VERSION,  # songs of an older ingest lack tempo and key: decode them again
     }
 
 

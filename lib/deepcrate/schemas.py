@@ -70,6 +70,13 @@ SONGS = _schema(
     ("split", StringType(), False, "`train`, `validation` or `test`: by song, stratified by genre"),
     ("content_sha256", StringType(), False, "SHA-256 of the file's bytes"),
     ("size_bytes", LongType(), False, "the file's size"),
+    ("tempo_bpm", DoubleType(), True, "estimated tempo (`deepcrate.musical`); null when the beat is unclear "
+     "(`musical_note` says why)"),
+    ("tempo_confidence", DoubleType(), True, "0-1: the onset envelope's autocorrelation at the beat period"),
+    ("key", StringType(), True, "estimated key and mode, e.g. `A minor`; null when no key is clear"),
+    ("camelot", StringType(), True, "the key's Camelot code, e.g. `8A` (A minor): neighbours on the wheel mix"),
+    ("key_confidence", DoubleType(), True, "0-1: the chroma's correlation with the key's profile"),
+    ("musical_note", StringType(), True, "why tempo or key is null (silence, no clear beat, no clear key)"),
 )
 
 SLICES = _schema(

@@ -1,0 +1,102 @@
+"""Tempo and key estimates on synthesized songs with clear beats and chords; Camelot codes
+against the published wheel; bad input gives nulls with a reason."""
+import numpy as np
+import pytest
+
+from deepcrate.musical import PITCHES, camelot, compatible_camelot, musical_facts, tempo_mixes
+
+pytestmark = pytest.mark.unit
+RATE = 22050
+# The Camelot wheel as DJ software prints it (Mixed In Key), written out by hand
+WHEEL = {"C major": "8B", "G major": "9B", "D major": "10B", "A major": "11B", "E major": "12B",
+         "B major": "1B", "F# major": "2B", "C# major": "3B", "Ab major": "4B", "Eb major": "5B",
+         "Bb major": "6B", "F major": "7B", "A minor": "8A", "E minor": "9A", "B minor": "10A",
+         "F# minor": "11A", "C# minor": "12A", "Ab minor": "1A", "Eb minor": "2A", "Bb minor": "3A",
+         "F minor": "4A", "C minor": "5A", "G minor": "6A", "D minor": "7A"}
+
+
+def _tone(hz: float, seconds: float) -> np.ndarray:
+    t = np.arange(int(seconds * RATE)) / RATE
+    return sum(np.sin(2 * np.pi * hz * h * t) / h for h in (1, 2, 3)) * np.exp(-t / (seconds * 2))
+
+
+def _song(bpm: float, tonic: int, mode: str, *, seconds: float = 30.0, seed: int = 0) -> np.ndarray:
+    """A kick on every beat and the chords i-iv-V-i (minor) or I-IV-V-I (major), a bar each."""
+    rng = np.random.default_rng(seed)
+    song = np.zeros(int(seconds * RATE))
+    beat = 60.0 / bpm
+    kick = np.sin(2 * np.pi * 60 * np.arange(int(0.12 * RATE)) / RATE) * np.exp(-np.arange(int(0.12 * RATE)) / 600)
+    for start in np.arange(0, seconds - 0.2, beat):
+        at = int(start * RATE)
+        song[at:at + len(kick)] += kick
+    third = 3 if mode == "minor" else 4
+    chords = [(0, third, 7), (5, 5 + third, 12), (7, 11, 14), (0, third, 7)]
+    bar = 4 * beat
+    for n, start in enumerate(np.arange(0, seconds - bar, bar)):
+        at = int(start * RATE)
+        for semitone in chords[n % 4]:
+            tone = _tone(220 * 2 ** ((tonic - 9 + semitone) / 12), bar)  # from A3 = 220 Hz
+            song[at:at + len(tone)] += 0.3 * tone
+    song += 0.01 * rng.standard_normal(len(song))
+    return (song / np.abs(song).max() * 0.8).astype(np.float32)
+
+
+def _close(found: str, truth: str) -> bool:
+    """The same key, or its relative, dominant/subdominant or parallel key."""
+    (tonic, mode), (true_tonic, true_mode) = found.split(), truth.split()
+    a, b = PITCHES.index(tonic), PITCHES.index(true_tonic)
+    if mode == true_mode:
+        return (a - b) % 12 in (0, 5, 7)
+    relative = (b + 3) % 12 if true_mode == "minor" else (b - 3) % 12
+    return a in (b, relative)
+
+
+def test_camelot_codes_are_the_wheels():
+    for name, code in WHEEL.items():
+        tonic, mode = name.split()
+        assert camelot(PITCHES.index(tonic), mode) == code, name
+    assert compatible_camelot("8A") == {"8A", "8B", "7A", "9A"}
+    assert compatible_camelot("12B") == {"12B", "12A", "11B", "1B"}
+    assert compatible_camelot("1A") == {"1A", "1B", "12A", "2A"}
+    assert compatible_camelot("5A", rule="same") == {"5A"}
+
+
+def test_tempos_mix_at_the_same_double_or_half_speed():
+    assert tempo_mixes(126, 128, percent=6) and tempo_mixes(64, 128, percent=6) and tempo_mixes(250, 128, percent=6)
+    assert not tempo_mixes(140, 128, percent=6) and not tempo_mixes(96, 128, percent=6)
+
+
+@pytest.mark.parametrize(("bpm", "key"), [(92, "A minor"), (120, "C major"), (128, "F# minor"), (140, "Eb major"),
+                                          (76, "D minor"), (174, "G major")])
+def test_tempo_and_key_of_clear_beats_and_chords(bpm, key):
+    tonic, mode = key.split()
+    facts = musical_facts(_song(bpm, PITCHES.index(tonic), mode), sample_rate=RATE)
+    assert facts.tempo_bpm is not None and facts.key is not None, facts.musical_note
+    assert tempo_mixes(facts.tempo_bpm, bpm, percent=4), facts
+    assert facts.tempo_confidence > 0.3
+    assert _close(facts.key, key), facts
+    assert facts.camelot == WHEEL[facts.key]
+
+
+def test_most_keys_are_exact():
+    truth = [(bpm, tonic, mode) for bpm, tonic in zip(range(80, 170, 8), range(12)) for mode in ("major", "minor")]
+    exact = sum(musical_facts(_song(bpm, tonic, mode, seconds=20, seed=tonic), sample_rate=RATE).key
+                == f"{PITCHES[tonic]} {mode}" for bpm, tonic, mode in truth)
+    assert exact >= 0.75 * len(truth)
+
+
+@pytest.mark.parametrize(("samples", "reason"), [
+    (np.zeros(RATE * 20, np.float32), "silent"),
+    (np.random.default_rng(0).standard_normal(RATE * 20).astype(np.float32) * 0.2, "no clear beat"),
+    (np.zeros(RATE * 2, np.float32), "too short"),
+])
+def test_no_beat_or_key_gives_nulls_with_a_reason(samples, reason):
+    facts = musical_facts(samples, sample_rate=RATE)
+    assert facts.tempo_bpm is None and facts.key is None and facts.camelot is None
+    assert reason in facts.musical_note
+
+
+def test_a_held_chord_has_a_key():
+    drone = sum(_tone(220 * 2 ** (s / 12), 20.0) for s in (0, 3, 7)).astype(np.float32) * 0.2  # A minor, held
+    facts = musical_facts(drone, sample_rate=RATE)
+    assert facts.key is not None and _close(facts.key, "A minor")
