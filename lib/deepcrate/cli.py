@@ -99,9 +99,21 @@ def _parser() -> argparse.ArgumentParser:
     recommend.add_argument("--released-before", metavar="DATE", help="only songs released before DATE")
     recommend.add_argument("--released-after", metavar="DATE", help="only songs released after DATE")
     recommend.add_argument("--genre", metavar="G", help="only songs of genre G (predicted, for unlabelled songs)")
+    _add_mixable(recommend)
+    recommend.add_argument("--explain", action="store_true",
+                           help="for each song, the passages that match best and what the two share")
     recommend.add_argument("--format", choices=("table", "json"), default="table")
     _add_common(recommend)
     recommend.set_defaults(run=_recommend)
+
+    playlist = commands.add_parser("playlist", help="a path of catalogue songs from one song's sound to another's")
+    playlist.add_argument("--from", dest="start", required=True, metavar="SONG", help="the first song (as --song)")
+    playlist.add_argument("--to", dest="end", required=True, metavar="SONG", help="the last song")
+    playlist.add_argument("--length", type=int, default=10, help="songs in all, both ends included (default 10)")
+    _add_mixable(playlist)
+    playlist.add_argument("--format", choices=("table", "json", "m3u"), default="table")
+    _add_common(playlist)
+    playlist.set_defaults(run=_playlist)
 
     rebuild = commands.add_parser("rebuild", help="the whole pipeline: ingest, train, embed, index "
                                   "(skips stages that are up to date)")
@@ -154,6 +166,15 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="YAML overlay on the defaults (conf/local.yaml); repeatable")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override one key, e.g. spectrogram.preset=mel; repeatable")
+
+
+def _add_mixable(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mixable", action="store_true",
+                        help="only songs a DJ can mix after the (first) seed: tempo and key compatible")
+    parser.add_argument("--bpm-range", type=float, default=6.0, metavar="PERCENT",
+                        help="with --mixable: tempo within this %% (at the same, double or half tempo; default 6)")
+    parser.add_argument("--key", choices=("compatible", "same", "any"), default="compatible",
+                        help="with --mixable: compatible (Camelot neighbours, the default), the same key, or any")
 
 
 def _add_report_options(parser: argparse.ArgumentParser, *, flag: str, **out: Any) -> None:
@@ -280,7 +301,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def _recommend(args: argparse.Namespace) -> int:
     from deepcrate.config import resolve_config
-    from deepcrate.recommend import Catalogue, Filters, parse_date, write_results
+    from deepcrate.recommend import Catalogue, Filters, Mixable, parse_date, write_results
 
     if args.k < 1:
         raise DeepcrateError("-k must be at least 1")
@@ -291,11 +312,29 @@ def _recommend(args: argparse.Namespace) -> int:
         released_before=parse_date(args.released_before, flag="--released-before") if args.released_before else None,
         released_after=parse_date(args.released_after, flag="--released-after") if args.released_after else None,
         genre=args.genre,
+        mixable=Mixable(bpm_range=args.bpm_range, key=args.key) if args.mixable else None,
     )
     catalogue = Catalogue(args.warehouse, config=resolve_config(conf_files=args.conf, overrides=args.overrides))
     seeds = [catalogue.song_seed(text) for text in args.song] + [catalogue.file_seed(path) for path in args.file]
     results = catalogue.recommend(seeds, k=args.k, filters=filters)
-    write_results(results, out=sys.stdout, fmt=args.format, seeds=seeds)
+    if args.explain:
+        results = catalogue.explain(seeds, results)
+    write_results(results, out=sys.stdout, fmt=args.format, seeds=seeds, k=args.k)
+    return 0
+
+
+def _playlist(args: argparse.Namespace) -> int:
+    from deepcrate.config import resolve_config
+    from deepcrate.recommend import Catalogue, Mixable, write_playlist
+
+    mixable = Mixable(bpm_range=args.bpm_range, key=args.key) if args.mixable else None
+    catalogue = Catalogue(args.warehouse, config=resolve_config(conf_files=args.conf, overrides=args.overrides))
+    if mixable is not None and not catalogue.has_musical:
+        raise DeepcrateError(f"--mixable: the songs of {catalogue.root} have no tempo and key (an ingest older than "
+                             f"them); run deepcrate ingest or rebuild again")
+    steps = catalogue.playlist(catalogue.song_seed(args.start), catalogue.song_seed(args.end), length=args.length,
+                               mixable=mixable)
+    write_playlist(steps, out=sys.stdout, fmt=args.format)
     return 0
 
 
