@@ -14,7 +14,7 @@ from deepcrate.spectrogram import SpectrogramSettings, count_slices, iter_slices
 
 @dataclass
 class SlicedSong:
-    """A decoded song's facts and its slices (each ``n_rows * slice_frames`` uint8 bytes)."""
+    """A decoded song's facts and samples, and its slices (each ``n_rows * slice_frames`` uint8 bytes)."""
 
     audio: DecodedAudio
     slices: list[bytes]
@@ -39,5 +39,4 @@ def slice_audio_file(
             f"needs {settings.min_samples / settings.sample_rate:.2f} s",
         )
     slices = [image.tobytes() for image in iter_slices(audio.samples, settings=settings)]
-    audio.samples = audio.samples[:0]  # the caller needs the facts, not the samples
     return SlicedSong(audio=audio, slices=slices)
