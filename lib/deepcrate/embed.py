@@ -24,7 +24,7 @@ from deepcrate.model_store import open_model
 from deepcrate.pipeline import Outcome, RebuildContext, Stage
 from deepcrate.progress import Progress
 from deepcrate.schemas import SLICE_EMBEDDINGS, SONG_EMBEDDINGS, Table
-from deepcrate.session import session_conf
+from deepcrate.session import live_count, session_conf
 from deepcrate.spectrogram import SpectrogramSettings
 from deepcrate.warehouse import Warehouse, holds_writer_lock
 
@@ -86,7 +86,7 @@ def embed(
     with open(os.path.join(folder.path, "model.keras"), "rb") as stream:
         payload = spark.sparkContext.broadcast(stream.read())
     loads = spark.sparkContext.accumulator(0)
-    done = spark.sparkContext.accumulator(0)
+    done = live_count(spark)
     embed_batches = _embedder(payload, version=folder.version, shape=(settings.n_rows, settings.slice_frames),
                               batch_size=batch_size, loads=loads, done=done)
 
@@ -105,7 +105,7 @@ def embed(
     metadata = {"model_version": folder.version, "labels": folder.labels}
     pass_started = time.monotonic()
     with session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": str(batch_size)}), \
-            Progress(label="slices embedded", total=total, done=lambda: done.value,
+            Progress(label="slices embedded", total=total, done=done,
                      interval_s=float(config["embed"]["progress_interval_s"])):
         frame = slices.mapInPandas(embed_batches, schema=SLICE_EMBEDDINGS)
         if kept is not None:

@@ -49,7 +49,7 @@ from deepcrate.pipeline import Outcome, RebuildContext, Stage, without
 from deepcrate.progress import Progress
 from deepcrate.retrieval import ideal_songs, nearest_songs, random_songs, retrieval_scores
 from deepcrate.schemas import EVALUATION, EVALUATION_METHODS, MFCC_FEATURES, Table
-from deepcrate.session import session_conf
+from deepcrate.session import live_count, session_conf
 from deepcrate.timbre import least_divergent
 from deepcrate.vectors import list_column_matrix
 from deepcrate.warehouse import ArrowTables, Warehouse, holds_writer_lock
@@ -288,7 +288,7 @@ def _write_mfcc_features(spark: SparkSession, store: Warehouse, songs: pd.DataFr
         songs = songs[~songs["song_id"].isin(have)]
     logger.info("MFCC features: %d songs to decode", len(songs))
     limits = DecodeLimits.from_config(config)
-    done = spark.sparkContext.accumulator(0)
+    done = live_count(spark)
     ids = dict(zip(songs["path"], songs["song_id"]))
 
     def compute(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -310,7 +310,7 @@ def _write_mfcc_features(spark: SparkSession, store: Warehouse, songs: pd.DataFr
         computed = spark.createDataFrame([], schema=MFCC_FEATURES)
     frame = computed if kept is None else kept.unionByName(computed)
     with session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": "1"}), \
-            Progress(label="songs' MFCC features", total=len(songs), done=lambda: done.value,
+            Progress(label="songs' MFCC features", total=len(songs), done=done,
                      interval_s=float(config["evaluate"]["progress_interval_s"])):
         store.write_table(run, Table.MFCC_FEATURES, frame, metadata={"settings": settings})
     return len(songs)

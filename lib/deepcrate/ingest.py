@@ -54,7 +54,7 @@ from deepcrate.musical import MUSICAL_FACTS_VERSION, musical_facts
 from deepcrate.pipeline import Outcome, RebuildContext, Stage
 from deepcrate.progress import Progress
 from deepcrate.schemas import REJECTS, SLICES, SONGS, Table
-from deepcrate.session import session_conf
+from deepcrate.session import live_count, session_conf
 from deepcrate.slicing import slice_audio_file
 from deepcrate.spectrogram import SpectrogramSettings
 from deepcrate.split import assign_splits
@@ -288,7 +288,7 @@ def _decode(
     slices are then read back separately, the slices only once, and an executor lost
     later does not send any file back to the decoder.
     """
-    files_done = spark.sparkContext.accumulator(0)
+    files_done = live_count(spark)
 
     def decode_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
@@ -299,6 +299,7 @@ def _decode(
 
     extension_pattern = "(" + "|".join(e.replace(".", r"\.") for e in extensions) + ")$"
     if paths == []:
+        files_done.close()
         spark.createDataFrame([], schema=_DECODED).write.mode("overwrite").parquet(out_uri)
         return spark.read.schema(_DECODED).parquet(out_uri)
     decoding = (
@@ -310,7 +311,7 @@ def _decode(
         .select("path", "content")
         .mapInPandas(decode_batches, schema=_DECODED)
     )
-    with Progress(label="files decoded", total=total, done=lambda: files_done.value, interval_s=progress_s):
+    with Progress(label="files decoded", total=total, done=files_done, interval_s=progress_s):
         decoding.write.mode("overwrite").parquet(out_uri)
     return spark.read.schema(_DECODED).parquet(out_uri)
 

@@ -12,6 +12,7 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from deepcrate.errors import ConfigError
+from deepcrate.progress import LiveCount
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,11 @@ def spark_session(config: dict[str, Any]) -> SparkSession:
 
 def _conf_value(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def live_count(spark: SparkSession) -> LiveCount:
+    """A count tasks add to that the driver sees move while they run (:class:`~deepcrate.progress.LiveCount`)."""
+    return LiveCount(spark.sparkContext.accumulator(0), driver_host=spark.conf.get("spark.driver.host", None))
 
 
 @contextmanager
