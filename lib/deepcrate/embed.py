@@ -20,7 +20,7 @@ from pyspark.sql import SparkSession
 from deepcrate.errors import WarehouseError
 from deepcrate.faults import fail_if_injected
 from deepcrate.inference import embed_images, worker_model
-from deepcrate.model_store import open_model
+from deepcrate.model_store import MODELS, open_model
 from deepcrate.pipeline import Outcome, RebuildContext, Stage
 from deepcrate.progress import Progress
 from deepcrate.schemas import SLICE_EMBEDDINGS, SONG_EMBEDDINGS, Table
@@ -126,7 +126,11 @@ def embed(
     logger.info("song embeddings written in %.1f s", time.monotonic() - pass_started - pass_seconds)
     n_slices = store.read_staged(run, Table.SLICE_EMBEDDINGS).count()
     n_songs = store.read_staged(run, Table.SONG_EMBEDDINGS).count()
-    store.publish(run, [Table.SLICE_EMBEDDINGS, Table.SONG_EMBEDDINGS])
+    published = [Table.SLICE_EMBEDDINGS, Table.SONG_EMBEDDINGS]
+    if not store.exists(f"{MODELS}/{folder.version}"):  # a model from elsewhere: the warehouse keeps what it used
+        store.stage_folder(run, folder.path, f"{MODELS}/{folder.version}")
+        published.append(f"{MODELS}/{folder.version}")
+    store.publish(run, published)
     return EmbedSummary(model_version=version, slices=n_slices, songs=n_songs, model_loads=loads.value,
                         seconds=time.monotonic() - started, pass_seconds=pass_seconds, embedded=total)
 

@@ -23,6 +23,7 @@ from deepcrate.model_store import MODELS, read_model_folder
 from deepcrate.musical import KEY_CHOICES, compatible_camelot, musical_facts, tempo_mixes
 from deepcrate.schemas import Table
 from deepcrate.slicing import slice_audio_file
+from deepcrate.spectrogram import SpectrogramSettings
 from deepcrate.uris import local_path, to_uri
 from deepcrate.vector_index import INDEX, IndexSettings, load_index, neighbours
 from deepcrate.vectors import normalise
@@ -325,8 +326,7 @@ class Catalogue:
         return results.assign(why=explained)
 
     def _slice_seconds(self) -> float:
-        folder = read_model_folder(local_path(self.tables.folder(f"{MODELS}/{self.model_version}")))
-        return folder.spectrogram.slice_seconds
+        return SpectrogramSettings(**self.tables.metadata(Table.SLICES)["spectrogram"]).slice_seconds
 
     def _allowed(self, seeds: Sequence[Seed], filters: Filters) -> np.ndarray | None:
         songs = self.songs

@@ -139,6 +139,19 @@ class ArrowTables:
             return f"{self.root}/{self.view.folders[name]}"
         return f"{self.root}/{name}"
 
+    def metadata(self, name: Table) -> dict[str, Any]:
+        """The ``_deepcrate.json`` written with table ``name`` (its settings, as the writing stage recorded them)."""
+        folder = self.folder(name)
+        if self.view is not None and self._folder_of is None and name in self.view.tables \
+                and self.view.tables[name].folder:
+            folder = f"{folder}/{self.view.tables[name].folder}"
+        filesystem, path = filesystem_and_path(f"{folder}/{METADATA_FILE}")
+        try:
+            with filesystem.open_input_stream(path) as stream:
+                return json.loads(stream.read())
+        except (OSError, ValueError) as exc:
+            raise WarehouseError(f"table {name} in {self.root}: its metadata cannot be read: {first_line(exc)}") from None
+
     def dataset(self, name: Table) -> ds.Dataset:
         """The Parquet files of table ``name`` (exactly its committed version) as one pyarrow dataset."""
         if not self.exists(name):
