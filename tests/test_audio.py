@@ -31,6 +31,16 @@ def test_mp3_any_rate_and_channels_decodes_to_mono_at_target_rate(sample_rate, c
     assert audio.cut_at_s is None
 
 
+def test_one_decode_serves_every_rate_as_a_decode_at_that_rate_would():
+    data = encoded(make_signal(5.0, sample_rate=44100, channels=2, seed=1))
+    audio = decode_audio(data, name="a.mp3", target_rate=16000, limits=LIMITS, keep_native=True)
+    for rate in (16000, 22050, 44100):
+        alone = decode_audio(data, name="a.mp3", target_rate=rate, limits=LIMITS).samples
+        np.testing.assert_array_equal(audio.at_rate(rate), alone)
+    with pytest.raises(ValueError, match="keep_native"):
+        decode_audio(data, name="a.mp3", target_rate=16000, limits=LIMITS).at_rate(22050)
+
+
 @pytest.mark.parametrize("fmt", ["WAV", "FLAC", "OGG"])
 def test_other_formats_decode_to_the_channel_mean(fmt):
     x = make_signal(4.0, channels=2)

@@ -63,10 +63,22 @@ class DecodedAudio:
     channels: int
     duration_s: float
     cut_at_s: float | None
+    native: np.ndarray | None = None  # the mono samples at the file's own rate, when asked to keep them
+
+    def at_rate(self, rate: int) -> np.ndarray:
+        """The samples at ``rate``: resampled from the file's own samples (as :func:`decode_audio` would
+        have), so that one decode serves several analyses."""
+        if rate == self.target_rate:
+            return self.samples
+        if self.native is None:
+            raise ValueError("decode_audio(keep_native=True) keeps what other rates are made from")
+        if rate == self.sample_rate:
+            return self.native
+        return soxr.resample(self.native, self.sample_rate, rate, quality="HQ").astype(np.float32)
 
 
 def decode_audio(
-    data: bytes, *, name: str, target_rate: int, limits: DecodeLimits
+    data: bytes, *, name: str, target_rate: int, limits: DecodeLimits, keep_native: bool = False
 ) -> DecodedAudio:
     """Decode, mix to mono and resample one audio file held in memory.
 
@@ -80,6 +92,8 @@ def decode_audio(
         Output sample rate in Hz.
     limits : DecodeLimits
         Duration cap and the truncation and silence thresholds.
+    keep_native : bool
+        Keep the mono samples at the file's own rate too (:meth:`DecodedAudio.at_rate`).
 
     Raises
     ------
@@ -116,11 +130,13 @@ def decode_audio(
         raise AudioError(
             SILENT, f"{name}: silent (RMS {rms_dbfs:.1f} dBFS, threshold {limits.silence_dbfs:g})"
         )
-    if sample_rate != target_rate:
-        mono = soxr.resample(mono, sample_rate, target_rate, quality="HQ").astype(np.float32)
+    native = mono if keep_native else None
     duration_s = (header_frames if header_frames > 0 else len(mono)) / sample_rate
     cut = header_frames > cap_frames or (header_frames <= 0 and len(mono) >= cap_frames)
+    if sample_rate != target_rate:
+        mono = soxr.resample(mono, sample_rate, target_rate, quality="HQ").astype(np.float32)
     return DecodedAudio(
+        native=native,
         samples=mono,
         target_rate=target_rate,
         sample_rate=sample_rate,

@@ -23,14 +23,13 @@ methods answer the same queries, beside the best answer the labels allow:
   labels (every other song of the query's genre first). A genre with fewer than ``k``
   other songs cannot fill the top ``k``, so this is below 1 on small catalogues.
 
-The MFCC features of both baselines are computed on the executors and kept in
-``mfcc_features``, so a later evaluation only decodes the songs added since.
+The MFCC features of both baselines come from ``mfcc_features``, which ingest computes
+from the samples it decodes anyway: evaluating decodes nothing.
 """
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,16 +39,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import SparkSession
 
-from deepcrate.audio import DecodeLimits
-from deepcrate.audio_inputs import literal_glob
 from deepcrate.errors import InputError, WarehouseError
 from deepcrate.genre_accuracy import percent
-from deepcrate.mfcc import DIMENSIONS, GAUSSIAN_DIMENSIONS, SAMPLE_RATE, song_mfcc_features, standardise
+from deepcrate.mfcc import standardise
 from deepcrate.pipeline import Outcome, RebuildContext, Stage, without
-from deepcrate.progress import Progress
 from deepcrate.retrieval import ideal_songs, nearest_songs, random_songs, retrieval_scores
-from deepcrate.schemas import EVALUATION, EVALUATION_METHODS, MFCC_FEATURES, Table
-from deepcrate.session import live_count, session_conf
+from deepcrate.schemas import EVALUATION, EVALUATION_METHODS, Table
 from deepcrate.timbre import least_divergent
 from deepcrate.vectors import list_column_matrix
 from deepcrate.warehouse import ArrowTables, Warehouse, holds_writer_lock
@@ -70,12 +65,11 @@ class EvaluateSummary:
     queries: int  # labelled test songs
     catalogue: int  # labelled songs searched
     rows: pd.DataFrame  # the evaluation table
-    mfcc_computed: int  # songs whose MFCC features this run computed
     seconds: float
 
     def lines(self) -> list[str]:
         out = [f"evaluated model {self.model_version} in {self.seconds:.1f} s: {self.queries} test songs as "
-               f"queries against {self.catalogue} labelled songs ({self.mfcc_computed} MFCC features computed)",
+               f"queries against {self.catalogue} labelled songs",
                f"  {'method':<10}{'song acc':>9}{'P@5':>7}{'P@10':>7}{'MAP@5':>7}{'MAP@10':>8}"]
         overall = self.rows[self.rows["genre"].isna()].set_index("method")
         methods = [m for m in METHODS if m in overall.index]
@@ -113,7 +107,7 @@ class EvaluateSummary:
 
 @holds_writer_lock()
 def evaluate(spark: SparkSession, *, warehouse: str, config: dict[str, Any]) -> EvaluateSummary:
-    """Write the ``evaluation`` table (and ``mfcc_features``) for the published song embeddings.
+    """Write the ``evaluation`` table for the published song embeddings and ``mfcc_features``.
 
     Raises
     ------
@@ -125,9 +119,10 @@ def evaluate(spark: SparkSession, *, warehouse: str, config: dict[str, Any]) -> 
     """
     started = time.monotonic()
     store = Warehouse(spark, warehouse, table_format=config["warehouse"]["table_format"])
-    for name in (Table.SONGS, Table.SONG_EMBEDDINGS):
+    for name in (Table.SONGS, Table.SONG_EMBEDDINGS, Table.MFCC_FEATURES):
         if not store.exists(name):
-            raise WarehouseError(f"warehouse {store.root}: no {name} table; run deepcrate rebuild (or embed) first")
+            stage = "ingest" if name == Table.MFCC_FEATURES else "embed"
+            raise WarehouseError(f"warehouse {store.root}: no {name} table; run deepcrate rebuild (or {stage}) first")
     songs = store.read(Table.SONGS, columns=["song_id", "path", "genre", "split"]).toPandas()
     embeddings = _song_embeddings(store)
     version = str(embeddings["model_version"].iloc[0]) if len(embeddings) else ""
@@ -135,23 +130,22 @@ def evaluate(spark: SparkSession, *, warehouse: str, config: dict[str, Any]) -> 
     _check_evaluable(labelled, where=f"warehouse {store.root}")
 
     run = store.begin_run()
-    computed = _write_mfcc_features(spark, store, labelled[["song_id", "path"]], run=run, config=config)
-    features = _read_features(store.staged_arrow(run))
+    features = _read_features(store.arrow)  # ingest computed them from its own decode: no second one
     catalogue = labelled.merge(features, on="song_id").sort_values("song_id").reset_index(drop=True)
     if len(catalogue) < len(labelled):
-        logger.warning("%d labelled songs could not be decoded for MFCC features and are left out of the evaluation",
-                       len(labelled) - len(catalogue))
+        logger.warning("%d labelled songs have no MFCC features (an ingest older than them?) and are left out "
+                       "of the evaluation", len(labelled) - len(catalogue))
         _check_evaluable(catalogue, where=f"warehouse {store.root}")
     test_slices = _test_slice_predictions(store, catalogue[catalogue["split"] == "test"])
     rows = _evaluation_rows(catalogue, version=version, settings=config["evaluate"], test_slices=test_slices)
     frame = spark.createDataFrame(rows[list(EVALUATION.names)].astype(object).where(rows.notna(), None)
                                   .itertuples(index=False, name=None), schema=EVALUATION).coalesce(1)
     summary = EvaluateSummary(model_version=version, queries=int((catalogue["split"] == "test").sum()),
-                              catalogue=len(catalogue), rows=rows, mfcc_computed=computed,
+                              catalogue=len(catalogue), rows=rows,
                               seconds=time.monotonic() - started)
     store.write_table(run, Table.EVALUATION, frame,
                       metadata={"model_version": version, "metrics": summary.metrics()})
-    store.publish(run, [Table.MFCC_FEATURES, Table.EVALUATION])
+    store.publish(run, [Table.EVALUATION])
     summary.seconds = time.monotonic() - started
     return summary
 
@@ -276,48 +270,8 @@ def _test_slice_predictions(store: Warehouse, test_songs: pd.DataFrame) -> pd.Da
     })
 
 
-def _write_mfcc_features(spark: SparkSession, store: Warehouse, songs: pd.DataFrame, *, run: str,
-                         config: dict[str, Any]) -> int:
-    """Stage ``mfcc_features`` for ``songs``: the published rows of these songs, the rest computed."""
-    settings = {"sample_rate": SAMPLE_RATE, "dimensions": DIMENSIONS, "timbre_dimensions": GAUSSIAN_DIMENSIONS,
-                "max_duration_s": config["ingest"]["max_duration_s"]}
-    kept = None
-    if store.exists(Table.MFCC_FEATURES) and store.metadata(Table.MFCC_FEATURES).get("settings") == settings:
-        kept = store.read(Table.MFCC_FEATURES).join(spark.createDataFrame(songs[["song_id"]]), "song_id", "left_semi")
-        have = {row["song_id"] for row in kept.select("song_id").collect()}
-        songs = songs[~songs["song_id"].isin(have)]
-    logger.info("MFCC features: %d songs to decode", len(songs))
-    limits = DecodeLimits.from_config(config)
-    done = live_count(spark)
-    ids = dict(zip(songs["path"], songs["song_id"]))
-
-    def compute(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for batch in batches:
-            rows = []
-            for path, content in zip(batch["path"], batch["content"]):
-                try:
-                    statistics, gaussian = song_mfcc_features(bytes(content), name=path, limits=limits)
-                    rows.append((ids[path], statistics.tolist(), gaussian.tolist()))
-                except Exception as exc:  # the file changed since ingest: leave the song out, say so
-                    logger.warning("%s: no MFCC features: %s", path, exc)
-                done.add(1)
-            yield pd.DataFrame(rows, columns=["song_id", "features", "timbre"])
-
-    if len(songs):
-        computed = (spark.read.format("binaryFile").load([literal_glob(p) for p in sorted(ids)])
-                    .select("path", "content").mapInPandas(compute, schema=MFCC_FEATURES))
-    else:
-        computed = spark.createDataFrame([], schema=MFCC_FEATURES)
-    frame = computed if kept is None else kept.unionByName(computed)
-    with session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": "1"}), \
-            Progress(label="songs' MFCC features", total=len(songs), done=done,
-                     interval_s=float(config["evaluate"]["progress_interval_s"])):
-        store.write_table(run, Table.MFCC_FEATURES, frame, metadata={"settings": settings})
-    return len(songs)
-
-
-def _read_features(staged: ArrowTables) -> pd.DataFrame:
-    table = staged.read(Table.MFCC_FEATURES)
+def _read_features(tables: ArrowTables) -> pd.DataFrame:
+    table = tables.read(Table.MFCC_FEATURES)
     return pd.DataFrame({"song_id": table.column("song_id").to_pylist(),
                          "features": list(list_column_matrix(table.column("features"))),
                          "timbre": list(list_column_matrix(table.column("timbre"), dtype=np.float64))})
@@ -328,7 +282,7 @@ class EvaluateStage(Stage):
 
     name = "evaluate"
     after = ("embed",)
-    writes = (Table.EVALUATION, Table.MFCC_FEATURES)
+    writes = (Table.EVALUATION,)
 
     def settings(self, config: dict[str, Any]) -> Any:
         return without(config["evaluate"], ("progress_interval_s",))

@@ -19,8 +19,10 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
+    ArrayType,
     BinaryType,
     DoubleType,
+    FloatType,
     IntegerType,
     LongType,
     StringType,
@@ -50,6 +52,8 @@ from deepcrate.audio_inputs import (
 )
 from deepcrate.errors import AudioError, InputError
 from deepcrate.faults import fail_if_injected
+from deepcrate.mfcc import SAMPLE_RATE as MFCC_RATE
+from deepcrate.mfcc import gaussian_of_frames, mfcc_frames, statistics_of_frames
 from deepcrate.musical import MUSICAL_FACTS_VERSION, musical_facts
 from deepcrate.pipeline import Outcome, RebuildContext, Stage
 from deepcrate.progress import Progress
@@ -63,7 +67,7 @@ from deepcrate.warehouse import Warehouse, holds_writer_lock
 
 logger = logging.getLogger(__name__)
 
-OUTPUTS = (Table.SONGS, Table.SLICES, Table.REJECTS)
+OUTPUTS = (Table.SONGS, Table.SLICES, Table.REJECTS, Table.MFCC_FEATURES)
 # The ingest settings that change what a file becomes (the others only change speed).
 DECODING_KEYS = ("extensions", "max_file_mb", "max_duration_s", "truncated_ratio", "silence_dbfs")
 # What the kept songs of an incremental ingest must share with the new ones.
@@ -90,6 +94,8 @@ _DECODED = StructType(
         StructField("camelot", StringType()),
         StructField("key_confidence", DoubleType()),
         StructField("musical_note", StringType()),
+        StructField("mfcc", ArrayType(FloatType())),
+        StructField("timbre", ArrayType(DoubleType())),
         StructField("spectrogram", BinaryType()),
     ]
 )
@@ -204,7 +210,7 @@ def ingest(
             paths=paths,
         )
     # Parquet prunes the image column: reading the per-file facts back is cheap.
-    headers = decoded.filter(F.col("slice_idx") < 0).drop("spectrogram").toPandas()
+    headers = decoded.filter(F.col("slice_idx") < 0).drop("spectrogram", "mfcc", "timbre").toPandas()
     logger.debug("read back %d per-file rows", len(headers))
     songs, rejects = _songs_and_rejects(headers, labels=labels, audio_uri=audio_uri, split=config["split"],
                                         kept=kept)
@@ -215,9 +221,10 @@ def ingest(
                          f"holds {published} songs: nothing published (check the settings; --allow-empty "
                          f"publishes the empty catalogue)")
     kept_slices = store.read(Table.SLICES) if kept is not None and len(kept) else None
+    kept_features = store.read(Table.MFCC_FEATURES) if kept is not None and len(kept) else None
     slices_written = _write_tables(
-        spark, store, run, decoded=decoded, kept_slices=kept_slices, songs=songs, rejects=rejects,
-        settings=settings, metadata=metadata,
+        spark, store, run, decoded=decoded, kept_slices=kept_slices, kept_features=kept_features, songs=songs,
+        rejects=rejects, settings=settings, metadata=metadata,
     )
     store.publish(run, list(OUTPUTS))
     return IngestSummary(
@@ -325,7 +332,8 @@ def decode_file(
         "content_sha256": hashlib.sha256(content).hexdigest(),
     }
     try:
-        song = slice_audio_file(content, name=path, settings=settings, limits=limits)
+        song = slice_audio_file(content, name=path, settings=settings, limits=limits,
+                                keep_native=settings.sample_rate != MFCC_RATE)
     except AudioError as exc:
         header.update(reason=exc.reason, message=exc.message)
         return _frame([header])
@@ -341,6 +349,9 @@ def decode_file(
         header.update(asdict(musical_facts(audio.samples, sample_rate=audio.target_rate)))
     except Exception as exc:  # an estimator's bug costs the tempo and key, never the song
         header.update(musical_note=f"tempo and key not estimated: {type(exc).__name__}: {exc}")
+    # the MFCC and timbre baselines' features, from the same decode (evaluate reads them)
+    frames = mfcc_frames(audio.at_rate(MFCC_RATE))
+    header.update(mfcc=statistics_of_frames(frames).tolist(), timbre=gaussian_of_frames(frames).tolist())
     rows = [header] + [
         {"path": path, "slice_idx": index, "spectrogram": image}
         for index, image in enumerate(song.slices)
@@ -427,12 +438,13 @@ def _write_tables(
     *,
     decoded: DataFrame,
     kept_slices: DataFrame | None,
+    kept_features: DataFrame | None,
     songs: pd.DataFrame,
     rejects: pd.DataFrame,
     settings: SpectrogramSettings,
     metadata: dict[str, Any],
 ) -> int:
-    """Stage the three tables; returns the number of slices written."""
+    """Stage the four tables; returns the number of slices written."""
     extras = [c for c in songs.columns if c not in SONGS.names]
     songs_schema = StructType(SONGS.fields + [StructField(c, StringType(), True) for c in extras])
     songs_df = spark.createDataFrame(_records(songs, songs_schema), schema=songs_schema)
@@ -452,7 +464,13 @@ def _write_tables(
         # Kept songs' images are copied, not decoded again; labels may have changed.
         kept_df = kept_slices.drop("genre", "split").join(song_keys.drop("path"), "song_id")
         slices_df = kept_df.select(*SLICES.names).unionByName(slices_df)
-    frames = {Table.SONGS: songs_df.coalesce(1), Table.SLICES: slices_df, Table.REJECTS: rejects_df.coalesce(1)}
+    features_df = (decoded.filter((F.col("slice_idx") < 0) & F.col("reason").isNull())
+                   .join(song_keys.select("path", "song_id"), "path")
+                   .select("song_id", F.col("mfcc").alias("features"), "timbre"))
+    if kept_features is not None:
+        features_df = kept_features.join(song_keys.select("song_id"), "song_id", "left_semi").unionByName(features_df)
+    frames = {Table.SONGS: songs_df.coalesce(1), Table.SLICES: slices_df, Table.REJECTS: rejects_df.coalesce(1),
+              Table.MFCC_FEATURES: features_df.coalesce(1)}
     for name, frame in frames.items():
         started = time.monotonic()
         store.write_table(run, name, frame, metadata=metadata)

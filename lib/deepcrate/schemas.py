@@ -154,8 +154,8 @@ EVALUATION = _schema(
 )
 
 MFCC_FEATURES = _schema(
-    Table.MFCC_FEATURES, "The MFCC and timbre baselines' features of each labelled song (evaluate), kept "
-    "between evaluations.",
+    Table.MFCC_FEATURES, "The MFCC and timbre baselines' features of every song (ingest, from the samples it "
+    "decodes for the slices: evaluate decodes nothing).",
     ("song_id", StringType(), False, "the song"),
     ("features", _VECTOR, False, "80: mean and std of 20 MFCCs and their deltas"),
     ("timbre", ArrayType(DoubleType(), False), False, "420: the 20 MFCCs' mean and covariance (row by row); "

@@ -21,7 +21,7 @@ class SlicedSong:
 
 
 def slice_audio_file(
-    data: bytes, *, name: str, settings: SpectrogramSettings, limits: DecodeLimits
+    data: bytes, *, name: str, settings: SpectrogramSettings, limits: DecodeLimits, keep_native: bool = False
 ) -> SlicedSong:
     """Decode one file and cut its spectrogram into whole slices.
 
@@ -30,8 +30,11 @@ def slice_audio_file(
     AudioError
         Whatever :func:`~deepcrate.audio.decode_audio` raises, or ``too_short`` when
         the song does not fill one slice.
+
+    ``keep_native`` keeps the file's own samples, for analyses at other rates
+    (:meth:`~deepcrate.audio.DecodedAudio.at_rate`).
     """
-    audio = decode_audio(data, name=name, target_rate=settings.sample_rate, limits=limits)
+    audio = decode_audio(data, name=name, target_rate=settings.sample_rate, limits=limits, keep_native=keep_native)
     if count_slices(len(audio.samples), settings=settings) == 0:
         raise AudioError(
             TOO_SHORT,
