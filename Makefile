@@ -9,7 +9,7 @@ ENV_ARCHIVE := dist/deepcrate-env.tar.gz
 # which cannot sit beside numpy 2, so it is installed without its dependencies (its code is never run)
 MUSICNN := musicnn==0.1.0
 
-.PHONY: demo test browser lint package wheel bench-ingest bench-train bench-embed bench-index bench-rebuild bench-quality clean
+.PHONY: demo test browser lint package wheel bench-ingest bench-train bench-embed bench-index bench-rebuild bench-quality bench-scale clean
 
 # Set up, synthesize the demo catalogue, rebuild everything on it, show recommendations.
 demo: $(BIN)/deepcrate
@@ -37,6 +37,10 @@ browser:
 lint: $(BIN)/deepcrate
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+
+# The whole rebuild at 2,000 and 10,000 songs (about an hour on 2 cores): bench/results/scale.json
+bench-scale: $(BIN)/deepcrate
+	$(BIN)/python bench/scale.py
 
 bench-ingest: $(BIN)/deepcrate
 	$(BIN)/python bench/ingest.py

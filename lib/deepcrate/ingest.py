@@ -362,7 +362,9 @@ def decode_file(
 def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     # object columns: Arrow then converts None to null under the declared types
     # (pandas' nullable Int32 columns reach Arrow as chunked arrays, which Spark refuses).
-    return pd.DataFrame(rows, columns=_DECODED.names, dtype=object)
+    # Absent keys must be None, not NaN: Spark's converter iterates an array column's values.
+    return pd.DataFrame([[row.get(name) for name in _DECODED.names] for row in rows], columns=_DECODED.names,
+                        dtype=object)
 
 
 def _songs_and_rejects(
