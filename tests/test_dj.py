@@ -16,7 +16,7 @@ from deepcrate.index import index_songs
 from deepcrate.ingest import ingest
 from deepcrate.model_store import MODELS
 from deepcrate.musical import compatible_camelot, tempo_mixes
-from deepcrate.recommend import Catalogue
+from deepcrate.recommend import Catalogue, Mixable
 from deepcrate.vectors import normalise
 
 from helpers import delta_table
@@ -91,6 +91,17 @@ def test_a_playlist_walks_from_a_to_b_through_near_neighbours(rebuilt, catalogue
     assert paths[0] == songs.at[first, "path"].removeprefix("file:") and paths[-1] == songs.at[last, "path"].removeprefix("file:")
     assert main(["playlist", "--warehouse", str(root / "wh"), "--from", first, "--to", first]) == 2
     assert "the same song" in capsys.readouterr().err
+
+
+def test_a_mixable_playlist_mixes_at_every_step(rebuilt, catalogue):
+    songs = _songs(rebuilt[0])
+    trance = songs[(songs["genre"] == "trance") & songs["tempo_bpm"].notna()].index
+    steps = catalogue.playlist(catalogue.song_seed(trance[0]), catalogue.song_seed(trance[-1]), length=4,
+                               mixable=Mixable(bpm_range=8, key="any"))
+    ids = steps["song_id"].tolist()
+    assert ids[0] == trance[0] and ids[-1] == trance[-1] and len(set(ids)) == len(ids)
+    for before, after in itertools.pairwise(ids[:-1]):  # the end is the user's choice: it need only be near
+        assert tempo_mixes(songs.at[after, "tempo_bpm"], songs.at[before, "tempo_bpm"], percent=8), (before, after)
 
 
 @pytest.fixture(scope="module")
