@@ -135,7 +135,7 @@ def test_a_second_writer_is_refused_in_one_line_and_a_dead_writers_lock_is_taken
     assert main(["ingest", "--audio", str(tmp_path / "audio"), "--warehouse", str(wh)]) == 0
     assert "took over the writer lock of ingest" in caplog.text
     assert not (wh / LOCK_FILE).exists()
-    assert Warehouse(spark, str(wh)).tables() == ["rejects", "slices", "songs"]
+    assert Warehouse(spark, str(wh)).tables() == ["mfcc_features", "rejects", "slices", "songs"]
 
 
 def test_the_writer_lock_is_reentrant_and_released(spark, tmp_path):
