@@ -42,7 +42,7 @@ from pyspark.sql import SparkSession
 from deepcrate.errors import InputError, WarehouseError
 from deepcrate.genre_accuracy import percent
 from deepcrate.mfcc import standardise
-from deepcrate.pipeline import Outcome, RebuildContext, Stage, without
+from deepcrate.pipeline import Outcome, RebuildContext, Stage
 from deepcrate.retrieval import ideal_songs, nearest_songs, random_songs, retrieval_scores
 from deepcrate.schemas import EVALUATION, EVALUATION_METHODS, Table
 from deepcrate.timbre import least_divergent
@@ -285,7 +285,7 @@ class EvaluateStage(Stage):
     writes = (Table.EVALUATION,)
 
     def settings(self, config: dict[str, Any]) -> Any:
-        return without(config["evaluate"], ("progress_interval_s",))
+        return dict(config["evaluate"])
 
     def run(self, context: RebuildContext, *, fingerprint: str) -> Outcome:
         try:
