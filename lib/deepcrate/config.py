@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,62 @@ FREE_FORM = {("spark", "options")}
 # Numbers whose default is positive but for which 0 means something (none, off, always approximate).
 ZERO_MEANS_SOMETHING = {"acquire.per_host_delay_s", "acquire.retries", "acquire.backoff_s", "index.exact_max_songs",
                         "index.recall_sample", "ingest.truncated_ratio"}
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """The ``ingest`` section, typed (conf/local.yaml explains each key)."""
+
+    extensions: tuple[str, ...]
+    max_file_mb: float
+    max_duration_s: float
+    truncated_ratio: float
+    silence_dbfs: float
+    partition_mb: float
+    files_per_batch: int
+    progress_interval_s: float
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> IngestSettings:
+        section = dict(config["ingest"])
+        return cls(**{**section, "extensions": tuple(section["extensions"])})
+
+    @property
+    def suffixes(self) -> tuple[str, ...]:
+        """``.mp3``, ``.ogg``, ...: the extensions as file names end."""
+        return tuple("." + e.lower().lstrip(".") for e in self.extensions)
+
+    @property
+    def max_bytes(self) -> int:
+        return int(float(self.max_file_mb) * 2**20)
+
+    def to_dict(self) -> dict[str, Any]:
+        """As the config (and the tables' metadata) writes it."""
+        return {**asdict(self), "extensions": list(self.extensions)}
+
+
+@dataclass(frozen=True)
+class EmbedSettings:
+    """The ``embed`` section, typed."""
+
+    batch_size: int
+    progress_interval_s: float
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> EmbedSettings:
+        return cls(**config["embed"])
+
+
+@dataclass(frozen=True)
+class EvaluateSettings:
+    """The ``evaluate`` section, typed."""
+
+    random_draws: int
+    seed: int
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> EvaluateSettings:
+        return cls(**config["evaluate"])
 
 
 def default_config() -> dict[str, Any]:

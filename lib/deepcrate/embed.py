@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import SparkSession
 
+from deepcrate.config import EmbedSettings
 from deepcrate.errors import WarehouseError
 from deepcrate.faults import fail_if_injected
 from deepcrate.inference import embed_images, worker_model
@@ -82,7 +83,8 @@ def embed(
     settings = SpectrogramSettings(**store.metadata(Table.SLICES)["spectrogram"])
     folder.check_settings(settings, what="the slices table")
     folder.load_keras()  # fail here, with a clear message, rather than on every executor
-    batch_size = int(config["embed"]["batch_size"])
+    options = EmbedSettings.from_config(config)
+    batch_size = int(options.batch_size)
     with open(os.path.join(folder.path, "model.keras"), "rb") as stream:
         payload = spark.sparkContext.broadcast(stream.read())
     loads = spark.sparkContext.accumulator(0)
@@ -106,7 +108,7 @@ def embed(
     pass_started = time.monotonic()
     with session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": str(batch_size)}), \
             Progress(label="slices embedded", total=total, done=done,
-                     interval_s=float(config["embed"]["progress_interval_s"])):
+                     interval_s=float(options.progress_interval_s)):
         frame = slices.mapInPandas(embed_batches, schema=SLICE_EMBEDDINGS)
         if kept is not None:
             frame = kept_slices.unionByName(frame, allowMissingColumns=True)  # kept from before "pretrained"

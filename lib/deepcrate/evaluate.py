@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import SparkSession
 
+from deepcrate.config import EvaluateSettings
 from deepcrate.errors import InputError, WarehouseError
 from deepcrate.genre_accuracy import percent
 from deepcrate.mfcc import standardise
@@ -137,7 +138,8 @@ def evaluate(spark: SparkSession, *, warehouse: str, config: dict[str, Any]) -> 
                        "of the evaluation", len(labelled) - len(catalogue))
         _check_evaluable(catalogue, where=f"warehouse {store.root}")
     test_slices = _test_slice_predictions(store, catalogue[catalogue["split"] == "test"])
-    rows = _evaluation_rows(catalogue, version=version, settings=config["evaluate"], test_slices=test_slices)
+    rows = _evaluation_rows(catalogue, version=version, settings=EvaluateSettings.from_config(config),
+                            test_slices=test_slices)
     frame = spark.createDataFrame(rows[list(EVALUATION.names)].astype(object).where(rows.notna(), None)
                                   .itertuples(index=False, name=None), schema=EVALUATION).coalesce(1)
     summary = EvaluateSummary(model_version=version, queries=int((catalogue["split"] == "test").sum()),
@@ -161,7 +163,7 @@ def _check_evaluable(catalogue: pd.DataFrame, *, where: str) -> None:
                          f"{max(KS)} other songs")
 
 
-def _evaluation_rows(catalogue: pd.DataFrame, *, version: str, settings: dict[str, Any],
+def _evaluation_rows(catalogue: pd.DataFrame, *, version: str, settings: EvaluateSettings,
                      test_slices: pd.DataFrame) -> pd.DataFrame:
     """One row per method and genre (genre None first) for the test songs of ``catalogue``.
 
@@ -172,8 +174,8 @@ def _evaluation_rows(catalogue: pd.DataFrame, *, version: str, settings: dict[st
     query_genres = genres[queries]
     k = max(KS)
     mfcc = standardise(np.stack(catalogue["features"].to_numpy()))
-    rng = np.random.default_rng(int(settings["seed"]))
-    draws = int(settings["random_draws"])
+    rng = np.random.default_rng(int(settings.seed))
+    draws = int(settings.random_draws)
     labels = np.array(sorted(set(genres)), dtype=object)
 
     model_answers = catalogue["predicted_genre"].to_numpy(dtype=object)[queries]

@@ -50,6 +50,7 @@ from deepcrate.audio_inputs import (
     read_manifest,
     skipped_by_spark,
 )
+from deepcrate.config import IngestSettings
 from deepcrate.errors import AudioError, InputError
 from deepcrate.faults import fail_if_injected
 from deepcrate.mfcc import SAMPLE_RATE as MFCC_RATE
@@ -163,7 +164,7 @@ def ingest(
     """
     started = time.monotonic()
     settings = SpectrogramSettings.from_config(config)
-    options = config["ingest"]
+    options = IngestSettings.from_config(config)
     limits = DecodeLimits.from_config(config)
     audio_uri = to_uri(audio)
     listing = list_files(spark, audio_uri)
@@ -179,13 +180,12 @@ def ingest(
     # Neither the manifest nor a warehouse kept inside the audio folder is a song.
     listing = listing[(normalised != manifest_uri) & ~listing["path"].str.startswith(store.root + "/")]
 
-    extensions = tuple("." + e.lower().lstrip(".") for e in options["extensions"])
-    max_bytes = int(float(options["max_file_mb"]) * 2**20)
+    extensions, max_bytes = options.suffixes, options.max_bytes
     early_rejects = [
         reject for path, length, problem in zip(listing["path"], listing["length"], listing["problem"])
         if (reject := _reject_before_decoding(
             path, length, problem=problem, audio_uri=audio_uri, extensions=extensions, max_bytes=max_bytes,
-            max_mb=options["max_file_mb"]))
+            max_mb=options.max_file_mb))
     ]
     metadata = _metadata(settings, config, audio_uri=audio_uri)
     kept = _songs_to_keep(store, listing, metadata=metadata) if incremental else None
@@ -201,12 +201,12 @@ def ingest(
 
     run = store.begin_run()
     with session_conf(spark, {
-        "spark.sql.files.maxPartitionBytes": str(int(options["partition_mb"] * 2**20)),
-        "spark.sql.execution.arrow.maxRecordsPerBatch": str(options["files_per_batch"]),
+        "spark.sql.files.maxPartitionBytes": str(int(options.partition_mb * 2**20)),
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(options.files_per_batch),
     }):
         decoded = _decode(
             spark, audio_uri, out_uri=store.staging_uri(run, "decoded"), settings=settings, limits=limits,
-            extensions=extensions, max_bytes=max_bytes, progress_s=options["progress_interval_s"], total=to_decode,
+            extensions=extensions, max_bytes=max_bytes, progress_s=options.progress_interval_s, total=to_decode,
             paths=paths,
         )
     # Parquet prunes the image column: reading the per-file facts back is cheap.
@@ -483,7 +483,7 @@ def _write_tables(
 def _metadata(
     settings: SpectrogramSettings, config: dict[str, Any], *, audio_uri: str
 ) -> dict[str, Any]:
-    options = config["ingest"]
+    options = IngestSettings.from_config(config).to_dict()
     return {
         "deepcrate_version": __version__,
         "audio": audio_uri,

@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow.compute as pc
 
 from deepcrate.audio import DecodeLimits
+from deepcrate.config import EmbedSettings
 from deepcrate.errors import AudioError, InputError, ModelError, WarehouseError, first_line
 from deepcrate.model_store import MODELS, read_model_folder
 from deepcrate.musical import KEY_CHOICES, compatible_camelot, musical_facts, tempo_mixes
@@ -190,7 +191,7 @@ class Catalogue:
             raise ModelError(f"model {folder.path}: model.keras cannot be loaded ({type(exc).__name__}: "
                              f"{first_line(exc)}); rebuild it with "
                              f"deepcrate train") from None
-        embeddings, probabilities, _ = embed_images(model, images, batch_size=int(self.config["embed"]["batch_size"]))
+        embeddings, probabilities, _ = embed_images(model, images, batch_size=EmbedSettings.from_config(self.config).batch_size)
         vector = normalise(embeddings.mean(axis=0, dtype=np.float64).astype(np.float32)[None, :])[0]
         facts = musical_facts(sliced.audio.samples, sample_rate=sliced.audio.target_rate)
         return Seed(label=path, vector=vector, tempo_bpm=facts.tempo_bpm, camelot=facts.camelot,
