@@ -76,6 +76,9 @@ def _synthetic_page(songs: int, *, k: int = 10, seed: int = 0) -> tuple[ReportPa
         "split": rng.choice(["train", "validation", "test"], size=songs, p=[0.7, 0.15, 0.15]),
         "duration_s": rng.uniform(30, 400, size=songs),
         "predicted_genre": [genres[(i + (i % 7 == 0)) % len(genres)] for i in range(songs)],
+        "tempo_bpm": rng.uniform(70, 180, size=songs).round(1),
+        "key": [("A minor", "C major", "F# minor")[i % 3] for i in range(songs)],
+        "camelot": [("8A", "8B", "11A")[i % 3] for i in range(songs)],
         "url": [f"../audio/genre{i % 12}/artist {i % 5000}/song number {i}.mp3" for i in range(songs)],
         "found": np.ones(songs, dtype=bool),
     })
@@ -166,6 +169,12 @@ def test_the_page_holds_the_tables_numbers(report):
     assert sorted(data["ids"]) == sorted(songs["song_id"]) and data["count"] == 35
     by_id = songs.set_index("song_id")
     assert [by_id.loc[i, "title"] for i in data["ids"]] == data["titles"]
+    tempo = _decode(data["bpm"], "<u2") / 10
+    expected = by_id.loc[data["ids"], "tempo_bpm"].fillna(0).to_numpy()
+    assert np.allclose(tempo, expected, atol=0.051)  # tenths of a BPM; 0: no clear beat
+    keys = [data["keys"][k] if k < 255 else None for k in _decode(data["key"], "u1")]
+    assert keys == [f"{by_id.loc[i, 'key']} ({by_id.loc[i, 'camelot']})" if by_id.loc[i, "key"] else None
+                    for i in data["ids"]]
     test_ids = set(songs.loc[songs["split"] == "test", "song_id"])
     assert {data["ids"][i] for i in data["test"]} == test_ids
     # every song's URL, relative to the page, is its file

@@ -124,8 +124,12 @@ def read_report_page(warehouse: str, *, out_dir: str, audio_base: str | None = N
     if not tables.exists(Table.SONGS):
         raise WarehouseError(f"warehouse {root}: no songs; run deepcrate ingest (or rebuild) first")
     missing: list[str] = []
-    songs = tables.read(Table.SONGS, columns=["song_id", "path", "genre", "artist", "title", "split",
-                                               "duration_s"]).to_pandas()
+    present = set(tables.dataset(Table.SONGS).schema.names)
+    songs = tables.read(Table.SONGS, columns=["song_id", "path", "genre", "artist", "title", "split", "duration_s",
+                                              *[c for c in ("tempo_bpm", "key", "camelot") if c in present]]).to_pandas()
+    for column in ("tempo_bpm", "key", "camelot"):  # an ingest older than tempo and key
+        if column not in songs:
+            songs[column] = None
     songs = songs.sort_values("song_id", kind="stable").reset_index(drop=True)
     page = ReportPage(warehouse=root, songs=songs, missing=missing, runs=RunLog(root).history())
     if tables.exists(Table.REJECTS):
@@ -258,6 +262,7 @@ def _map_data(page: ReportPage) -> dict[str, Any]:
         "genres": genres,
         "genre": [code.get(v, -1) for v in songs["genre"]],
         "predicted": [v if isinstance(v, str) else "" for v in songs["predicted_genre"]],
+        **_musical_data(songs),
         "test": [i for i, split in enumerate(songs["split"]) if split == "test"],
         "folders": list(folder_index),
         "folder": folder_of_song,
@@ -467,6 +472,16 @@ def _runs_table(runs: list[RunRecord]) -> str:
 
 
 # -- small helpers --------------------------------------------------------------------
+def _musical_data(songs: pd.DataFrame) -> dict[str, Any]:
+    """Tempo (tenths of a BPM, 0: unknown) and key (an index into ``keys``, 255: unknown), packed."""
+    tempo = pd.to_numeric(songs["tempo_bpm"], errors="coerce").fillna(0).to_numpy()
+    names = [f"{k} ({c})" if isinstance(k, str) else None for k, c in zip(songs["key"], songs["camelot"])]
+    keys = sorted({n for n in names if n})
+    code = {name: i for i, name in enumerate(keys)}
+    return {"bpm": _b64(np.clip(np.round(tempo * 10), 0, 65535).astype("<u2")), "keys": keys,
+            "key": _b64(np.array([code.get(n, 255) for n in names], dtype=np.uint8))}
+
+
 def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 

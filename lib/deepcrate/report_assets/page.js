@@ -14,6 +14,10 @@
   const k = data.k;
   const neighbours = k ? decode(data.neighbours, Int32Array) : new Int32Array(0);
   const similarity = k ? decode(data.similarity, Int16Array) : new Int16Array(0);
+  const bpm = decode(data.bpm, Uint16Array);
+  const keyOf = decode(data.key, Uint8Array);
+  const musical = (i) => [bpm[i] ? `${(bpm[i] / 10).toFixed(1)} BPM` : "",
+    keyOf[i] < 255 ? data.keys[keyOf[i]] : ""].filter(Boolean).join(", ");
   const isTest = new Uint8Array(n);
   data.test.forEach((i) => { isTest[i] = 1; });
   const isLost = new Uint8Array(n);
@@ -148,6 +152,7 @@
     selected = i;
     const facts = [`genre: ${genreOf(i)}`];
     if (data.predicted[i]) facts.push(`predicted: ${data.predicted[i]}`);
+    if (musical(i)) facts.push(musical(i));
     if (isTest[i]) facts.push("test split");
     const recs = el("ol", { id: "recommendations" });
     for (let r = 0; r < k; r++) {
@@ -156,7 +161,8 @@
       const link = el("a", { href: "#", className: "song-link", textContent: nameOf(j),
         onclick: (event) => { event.preventDefault(); select(j); } });
       const item = el("li", {}, [playButton(j), " ", link,
-        el("span", { className: "similarity", textContent: (similarity[i * k + r] / 10000).toFixed(3) })]);
+        el("span", { className: "similarity", textContent: (similarity[i * k + r] / 10000).toFixed(3) }),
+        el("span", { className: "musical", textContent: musical(j) })]);
       item.dataset.songId = data.ids[j];
       recs.append(item);
     }
