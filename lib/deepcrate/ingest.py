@@ -33,23 +33,15 @@ from pyspark.sql.types import (
 from deepcrate import __version__
 from deepcrate.audio import (
     DECODE_ERROR,
-    DUPLICATE,
-    EMPTY,
-    HIDDEN_NAME,
-    TOO_LARGE,
-    UNREADABLE,
-    UNSUPPORTED_EXTENSION,
     DecodeLimits,
 )
 from deepcrate.audio_inputs import (
-    LABEL_COLUMNS,
-    folder_genre,
     list_files,
     literal_glob,
     normalise_path,
     read_manifest,
-    skipped_by_spark,
 )
+from deepcrate.catalogue_rows import reject_before_decoding, songs_and_rejects
 from deepcrate.config import IngestSettings
 from deepcrate.errors import AudioError, InputError
 from deepcrate.faults import fail_if_injected
@@ -62,7 +54,6 @@ from deepcrate.schemas import REJECTS, SLICES, SONGS, Table
 from deepcrate.session import live_count, session_conf
 from deepcrate.slicing import slice_audio_file
 from deepcrate.spectrogram import SpectrogramSettings
-from deepcrate.split import assign_splits
 from deepcrate.uris import to_uri
 from deepcrate.warehouse import Warehouse, holds_writer_lock
 
@@ -183,7 +174,7 @@ def ingest(
     extensions, max_bytes = options.suffixes, options.max_bytes
     early_rejects = [
         reject for path, length, problem in zip(listing["path"], listing["length"], listing["problem"])
-        if (reject := _reject_before_decoding(
+        if (reject := reject_before_decoding(
             path, length, problem=problem, audio_uri=audio_uri, extensions=extensions, max_bytes=max_bytes,
             max_mb=options.max_file_mb))
     ]
@@ -212,8 +203,8 @@ def ingest(
     # Parquet prunes the image column: reading the per-file facts back is cheap.
     headers = decoded.filter(F.col("slice_idx") < 0).drop("spectrogram", "mfcc", "timbre").toPandas()
     logger.debug("read back %d per-file rows", len(headers))
-    songs, rejects = _songs_and_rejects(headers, labels=labels, audio_uri=audio_uri, split=config["split"],
-                                        kept=kept)
+    songs, rejects = songs_and_rejects(headers, labels=labels, audio_uri=audio_uri, split=config["split"],
+                                       kept=kept, decoded_columns=_DECODED.names)
     rejects = pd.concat([rejects, pd.DataFrame(early_rejects, columns=REJECTS.names)])
     if songs.empty and not allow_empty and store.exists(Table.SONGS) and (published := store.read(Table.SONGS).count()):
         reasons = ", ".join(f"{reason} {n}" for reason, n in Counter(rejects["reason"]).most_common(3))
@@ -251,27 +242,6 @@ def _songs_to_keep(store: Warehouse, listing: pd.DataFrame, *, metadata: dict[st
     sizes = dict(zip(listing["path"], listing["length"]))
     same = [sizes.get(path) == size for path, size in zip(songs["path"], songs["size_bytes"])]
     return songs[same].reset_index(drop=True)
-
-
-def _reject_before_decoding(
-    path: str, length: int, *, problem: str | None, audio_uri: str, extensions: tuple[str, ...], max_bytes: int,
-    max_mb: float
-) -> dict[str, str] | None:
-    """The reject row of a file that is not even read, or None when it is to be decoded."""
-    if problem is not None:
-        return _reject(path, UNREADABLE, problem)
-    if skipped_by_spark(path, audio_uri=audio_uri):
-        return _reject(path, HIDDEN_NAME, f"{path}: Spark skips names starting with '.' or '_'; "
-                       "rename it to ingest it")
-    if length == 0:
-        return _reject(path, EMPTY, f"{path}: file is empty (0 bytes)")
-    if not path.lower().endswith(extensions):
-        return _reject(path, UNSUPPORTED_EXTENSION, f"{path}: not an audio file by its extension "
-                       f"(ingest reads {', '.join(extensions)})")
-    if length > max_bytes:
-        return _reject(path, TOO_LARGE, f"{path}: {length / 2**20:.1f} MiB is over the {max_mb} MiB "
-                       "limit (ingest.max_file_mb); not decoded")
-    return None
 
 
 def _decode(
@@ -367,72 +337,6 @@ def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
                         dtype=object)
 
 
-def _songs_and_rejects(
-    headers: pd.DataFrame,
-    *,
-    labels: pd.DataFrame | None,
-    audio_uri: str,
-    split: dict[str, Any],
-    kept: pd.DataFrame | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Turn per-file results into song rows (deduplicated, labelled, split) and rejects.
-
-    ``kept`` are songs of an earlier ingest: they keep their path and split, and a
-    decoded file with the same content is their duplicate.
-    """
-    kept = kept if kept is not None else pd.DataFrame(columns=SONGS.names)
-    headers = headers.sort_values("path", ignore_index=True)
-    failed = headers[headers["reason"].notna()]
-    decoded = headers[headers["reason"].isna()].copy()
-    # Identical bytes are one song: a kept song, else the first path (sorted), keeps it.
-    first_path = decoded.groupby("content_sha256")["path"].transform("first")
-    kept_path = decoded["content_sha256"].map(dict(zip(kept["content_sha256"], kept["path"])))
-    first_path = kept_path.fillna(first_path)
-    duplicates = decoded[decoded["path"] != first_path]
-    new = decoded[decoded["path"] == first_path].copy()
-    rejects = pd.concat([
-        failed[["path", "reason", "message"]],
-        pd.DataFrame({
-            "path": duplicates["path"],
-            "reason": DUPLICATE,
-            "message": [f"{p}: same content as {q} (song_id {s[:16]}); ingested once"
-                        for p, q, s in zip(duplicates["path"], first_path[duplicates.index],
-                                           duplicates["content_sha256"])],
-        }),
-    ], ignore_index=True)
-
-    new["song_id"] = new["content_sha256"].str[:16]
-    new = _attach_labels(new, labels=labels, audio_uri=audio_uri)
-    # Only new songs are drawn: a kept song moving split would leak into a trained model's test.
-    new["split"] = assign_splits(
-        new, train=split["train"], validation=split["validation"], test=split["test"], seed=split["seed"]
-    )
-    computed = [c for c in SONGS.names if c not in LABEL_COLUMNS]
-    kept = _attach_labels(kept[computed].copy(), labels=labels, audio_uri=audio_uri)
-    songs = pd.concat([kept, new], ignore_index=True) if len(kept) else new
-    extras = [c for c in songs.columns if c not in SONGS.names and c not in _DECODED.names]
-    songs = songs[SONGS.names + extras].sort_values("song_id", ignore_index=True)
-    return songs, rejects
-
-
-def _attach_labels(songs: pd.DataFrame, *, labels: pd.DataFrame | None, audio_uri: str) -> pd.DataFrame:
-    """Songs with genre, artist, title, release_date and extras from the manifest or the folders."""
-    songs = songs.drop(columns=[c for c in LABEL_COLUMNS if c in songs.columns])
-    if labels is None:
-        songs["genre"] = [folder_genre(p, audio_uri=audio_uri) for p in songs["path"]]
-        for column in LABEL_COLUMNS[1:]:
-            songs[column] = None
-        return songs
-    keys = songs["path"].map(normalise_path)
-    found = keys.isin(labels.index)
-    if (~found).any():
-        logger.warning("%d songs are not in the manifest and stay unlabelled (first: %s)",
-                       int((~found).sum()), songs.loc[~found, "path"].iloc[0])
-    attached = labels.reindex(keys)
-    attached.index = songs.index
-    return songs.join(attached)
-
-
 def _write_tables(
     spark: SparkSession,
     store: Warehouse,
@@ -493,10 +397,6 @@ def _metadata(
         "split": config["split"],
         "musical": MUSICAL_FACTS_VERSION,  # songs of an older ingest lack tempo and key: decode them again
     }
-
-
-def _reject(path: str, reason: str, message: str) -> dict[str, str]:
-    return {"path": path, "reason": reason, "message": message}
 
 
 def _records(frame: pd.DataFrame, schema: StructType) -> list[tuple]:
