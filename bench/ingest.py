@@ -24,8 +24,7 @@ import soundfile as sf
 from deepcrate.audio import DecodeLimits
 from deepcrate.config import resolve_config
 from deepcrate.demo import GENRES, SAMPLE_RATE, render_song
-from deepcrate.musical import musical_facts
-from deepcrate.slicing import slice_audio_file
+from deepcrate.ingest import decode_file
 from deepcrate.spectrogram import SpectrogramSettings
 
 RESULTS = Path(__file__).parent / "results"
@@ -66,10 +65,10 @@ def decode_only(paths: list[Path]) -> None:
 
 
 def plain_loop(paths: list[Path], settings: SpectrogramSettings, limits: DecodeLimits) -> None:
-    """What an executor does per file, in one process: decode, slice, tempo and key."""
+    """What an executor does per file (:func:`deepcrate.ingest.decode_file`), in one process:
+    decode, slice, tempo and key, the MFCC baselines' features."""
     for path in paths:
-        song = slice_audio_file(path.read_bytes(), name=str(path), settings=settings, limits=limits)
-        musical_facts(song.audio.samples, sample_rate=song.audio.target_rate)
+        decode_file(str(path), path.read_bytes(), settings=settings, limits=limits)
 
 
 class WorkerMemory:
