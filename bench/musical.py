@@ -1,7 +1,7 @@
 """Tempo and key accuracy on the demo catalogue, which knows the tempo and key it synthesized.
 
 Writes the demo catalogue (7 genres x N songs), decodes each MP3 as ingest does (mono,
-the default spectrogram preset's rate), estimates tempo and key with
+22,050 Hz, one STFT shared with the MFCCs), estimates tempo and key with
 :func:`deepcrate.musical.musical_facts` and compares with
 :func:`deepcrate.demo.song_tempo_and_key`:
 
@@ -27,8 +27,9 @@ from pathlib import Path
 from deepcrate.audio import DecodeLimits, decode_audio
 from deepcrate.config import resolve_config
 from deepcrate.demo import GENRES, song_tempo_and_key, write_demo_catalogue
+from deepcrate.mfcc import SAMPLE_RATE as MFCC_RATE
+from deepcrate.mfcc import song_spectrum
 from deepcrate.musical import PITCHES, musical_facts, tempo_mixes
-from deepcrate.spectrogram import SpectrogramSettings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -48,7 +49,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     args = parser.parse_args()
     config = resolve_config()
-    rate = SpectrogramSettings.from_config(config).sample_rate
+    rate = MFCC_RATE  # ingest's: the analyses share the MFCCs' spectrum
     limits = DecodeLimits.from_config(config)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -56,8 +57,9 @@ def main() -> None:
         for genre in GENRES:
             for n, path in enumerate(sorted((Path(folder) / genre).glob("*.mp3"))):
                 audio = decode_audio(path.read_bytes(), name=path.name, target_rate=rate, limits=limits)
+                spectrum = song_spectrum(audio.samples, sample_rate=rate)  # ingest computes it for the MFCCs
                 started = time.perf_counter()
-                facts = musical_facts(audio.samples, sample_rate=rate)
+                facts = musical_facts(audio.samples, sample_rate=rate, spectrum=spectrum)
                 seconds = time.perf_counter() - started
                 bpm, key = song_tempo_and_key(genre, n=n, seed=0)
                 rows.append({"genre": genre, "song": path.name, "true_bpm": round(bpm, 2), "true_key": key,

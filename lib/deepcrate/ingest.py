@@ -46,7 +46,7 @@ from deepcrate.config import IngestSettings
 from deepcrate.errors import AudioError, InputError
 from deepcrate.faults import fail_if_injected
 from deepcrate.mfcc import SAMPLE_RATE as MFCC_RATE
-from deepcrate.mfcc import gaussian_of_frames, mfcc_frames, statistics_of_frames
+from deepcrate.mfcc import frames_of_spectrum, gaussian_of_frames, song_spectrum, statistics_of_frames
 from deepcrate.musical import MUSICAL_FACTS_VERSION, musical_facts
 from deepcrate.pipeline import Outcome, RebuildContext, Stage
 from deepcrate.progress import Progress
@@ -315,13 +315,16 @@ def decode_file(
         duration_s=audio.duration_s, sample_rate=audio.sample_rate, channels=audio.channels,
         n_slices=len(song.slices), cut_at_s=audio.cut_at_s,
     )
-    try:  # from the samples just decoded: no second decode
-        header.update(asdict(musical_facts(audio.samples, sample_rate=audio.target_rate)))
+    # From the samples just decoded (no second decode) and one STFT: the MFCC and timbre
+    # baselines' features (evaluate reads them), tempo and key.
+    samples = audio.at_rate(MFCC_RATE)
+    spectrum = song_spectrum(samples, sample_rate=MFCC_RATE)
+    frames = frames_of_spectrum(spectrum)
+    header.update(mfcc=statistics_of_frames(frames).tolist(), timbre=gaussian_of_frames(frames).tolist())
+    try:
+        header.update(asdict(musical_facts(samples, sample_rate=MFCC_RATE, spectrum=spectrum)))
     except Exception as exc:  # an estimator's bug costs the tempo and key, never the song
         header.update(musical_note=f"tempo and key not estimated: {type(exc).__name__}: {exc}")
-    # the MFCC and timbre baselines' features, from the same decode (evaluate reads them)
-    frames = mfcc_frames(audio.at_rate(MFCC_RATE))
-    header.update(mfcc=statistics_of_frames(frames).tolist(), timbre=gaussian_of_frames(frames).tolist())
     rows = [header] + [
         {"path": path, "slice_idx": index, "spectrogram": image}
         for index, image in enumerate(song.slices)

@@ -11,6 +11,8 @@
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import librosa
 import numpy as np
 
@@ -22,9 +24,34 @@ DIMENSIONS = 4 * N_MFCC
 GAUSSIAN_DIMENSIONS = N_MFCC + N_MFCC * N_MFCC
 
 
+N_FFT, HOP = 2048, 512  # librosa's defaults
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """One STFT of a song, shared by the analyses that need one (MFCCs, tempo, key)."""
+
+    power: np.ndarray  # |STFT|^2, (1 + N_FFT / 2, frames)
+    mel_db: np.ndarray  # 128 mel bands, dB: what librosa's MFCC and onset strength start from
+    sample_rate: int
+    hop: int = HOP
+
+
+def song_spectrum(samples: np.ndarray, *, sample_rate: int = SAMPLE_RATE) -> Spectrum:
+    """The power and mel spectrograms librosa's ``mfcc(y=...)`` would compute, kept for reuse."""
+    power = np.abs(librosa.stft(np.asarray(samples, dtype=np.float32), n_fft=N_FFT, hop_length=HOP)) ** 2
+    mel = librosa.feature.melspectrogram(S=power, sr=sample_rate)
+    return Spectrum(power=power, mel_db=librosa.power_to_db(mel), sample_rate=sample_rate)
+
+
 def mfcc_frames(samples: np.ndarray, *, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """20 MFCCs per frame, shape (20, frames)."""
-    return librosa.feature.mfcc(y=np.asarray(samples, dtype=np.float32), sr=sample_rate, n_mfcc=N_MFCC)
+    return frames_of_spectrum(song_spectrum(samples, sample_rate=sample_rate))
+
+
+def frames_of_spectrum(spectrum: Spectrum) -> np.ndarray:
+    """:func:`mfcc_frames` from a :class:`Spectrum` already computed."""
+    return librosa.feature.mfcc(S=spectrum.mel_db, n_mfcc=N_MFCC)
 
 
 def mfcc_statistics(samples: np.ndarray, *, sample_rate: int = SAMPLE_RATE) -> np.ndarray:

@@ -1,9 +1,11 @@
 """Tempo and key of a song, from the samples ingest already decoded; and what a DJ can mix.
 
-Tempo: the autocorrelation of librosa's onset strength, its strongest period between 50
-and 220 BPM weighed by a log-normal prior around 120 BPM (as librosa's own estimator),
-refined to a fraction of a frame; its confidence is the autocorrelation at that period
-(0: no periodicity, 1: a metronome). Key:
+Both come from one STFT of the song's middle minute (2048 points, hop 512, at ingest's
+22,050 Hz: the spectrum the MFCC baselines use, computed once). Tempo: the
+autocorrelation of librosa's onset strength, its strongest period between 50 and 220
+BPM weighed by a log-normal prior around 120 BPM (as librosa's own estimator), refined
+to a fraction of a frame; its confidence is the autocorrelation at that period (0: no
+periodicity, 1: a metronome). Key:
 the mean chroma correlated with the Krumhansl-Kessler profiles of the 24 major and minor
 keys; the confidence is the best correlation. Either is null, with the reason, when the
 evidence is too weak (silence, noise, no beat, no tonal centre): a wrong key is worse for
@@ -15,9 +17,11 @@ relative major/minor), or one step round the wheel in the same letter.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+
+from deepcrate.mfcc import N_FFT, Spectrum, song_spectrum
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +37,6 @@ MIN_KEY_CONFIDENCE = 0.4  # measured: synthesized harmony 0.45-0.85, white noise
 SILENT_RMS = 1e-4
 ANALYSED_SECONDS = 60
 MIN_BPM, MAX_BPM = 50.0, 220.0
-_HOP = 256
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ class MusicalFacts:
     musical_note: str | None = None  # why tempo or key is null
 
 
-def musical_facts(samples: np.ndarray, *, sample_rate: int) -> MusicalFacts:
+def musical_facts(samples: np.ndarray, *, sample_rate: int, spectrum: Spectrum | None = None) -> MusicalFacts:
     """Estimate the tempo and key of mono ``samples``.
 
     Parameters
@@ -58,6 +61,9 @@ def musical_facts(samples: np.ndarray, *, sample_rate: int) -> MusicalFacts:
         Mono float samples (what ingest decoded, at its target rate); the middle
         :data:`ANALYSED_SECONDS` are analysed.
     sample_rate : int
+    spectrum : Spectrum, optional
+        The song's spectrum, when the caller computed it already (ingest shares it with the
+        MFCCs); else it is computed here from the middle minute.
 
     Returns
     -------
@@ -72,12 +78,19 @@ def musical_facts(samples: np.ndarray, *, sample_rate: int) -> MusicalFacts:
         return MusicalFacts(musical_note="too short for tempo and key (under 4 s)")
     if float(np.sqrt(np.mean(samples ** 2))) < SILENT_RMS:
         return MusicalFacts(musical_note="silent: no tempo or key")
+    if spectrum is None:
+        spectrum = song_spectrum(samples, sample_rate=sample_rate)
+    else:  # the same middle minute, in frames
+        frames = ANALYSED_SECONDS * sample_rate // spectrum.hop
+        start = max(spectrum.power.shape[1] - frames, 0) // 2
+        spectrum = replace(spectrum, power=spectrum.power[:, start:start + frames],
+                           mel_db=spectrum.mel_db[:, start:start + frames])
     notes = []
-    tempo, tempo_confidence = _tempo(samples, sample_rate)
+    tempo, tempo_confidence = _tempo(spectrum)
     if tempo_confidence < MIN_TEMPO_CONFIDENCE:
         notes.append(f"no clear beat (periodicity {tempo_confidence:.2f})")
         tempo = tempo_confidence = None
-    tonic, mode, key_confidence = _key(samples, sample_rate)
+    tonic, mode, key_confidence = _key(spectrum)
     if key_confidence < MIN_KEY_CONFIDENCE:
         notes.append(f"no clear key (best profile correlation {key_confidence:.2f})")
         return MusicalFacts(tempo_bpm=tempo, tempo_confidence=tempo_confidence, musical_note="; ".join(notes))
@@ -86,17 +99,17 @@ def musical_facts(samples: np.ndarray, *, sample_rate: int) -> MusicalFacts:
                         musical_note="; ".join(notes) or None)
 
 
-def _tempo(samples: np.ndarray, sample_rate: int) -> tuple[float, float]:
+def _tempo(spectrum: Spectrum) -> tuple[float, float]:
     """The beat period with the strongest onset periodicity, weighed by a log-normal prior around
     120 BPM (one octave wide, as librosa's estimator), to a fraction of a frame."""
     import librosa
 
-    envelope = librosa.onset.onset_strength(y=samples, sr=sample_rate, hop_length=_HOP)
+    envelope = librosa.onset.onset_strength(S=spectrum.mel_db, sr=spectrum.sample_rate, hop_length=spectrum.hop)
     correlation = librosa.autocorrelate(envelope - envelope.mean())
     if correlation[0] <= 0:
         return 0.0, 0.0
     correlation = correlation / correlation[0]
-    frames_per_minute = 60.0 * sample_rate / _HOP
+    frames_per_minute = 60.0 * spectrum.sample_rate / spectrum.hop
     lags = np.arange(int(frames_per_minute / MAX_BPM), min(int(frames_per_minute / MIN_BPM) + 1, len(correlation) - 1))
     if len(lags) < 3:
         return 0.0, 0.0
@@ -108,10 +121,10 @@ def _tempo(samples: np.ndarray, sample_rate: int) -> tuple[float, float]:
     return round(float(frames_per_minute / (lag + offset)), 1), round(float(max(centre, 0.0)), 3)
 
 
-def _key(samples: np.ndarray, sample_rate: int) -> tuple[int, str, float]:
+def _key(spectrum: Spectrum) -> tuple[int, str, float]:
     import librosa
 
-    chroma = librosa.feature.chroma_stft(y=samples, sr=sample_rate, n_fft=4096, hop_length=2048, tuning=0.0)
+    chroma = librosa.feature.chroma_stft(S=spectrum.power, sr=spectrum.sample_rate, n_fft=N_FFT, tuning=0.0)
     profile = chroma.mean(axis=1)
     if not np.isfinite(profile).all() or profile.std() == 0:
         return 0, "major", 0.0
