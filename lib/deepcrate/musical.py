@@ -1,11 +1,11 @@
 """Tempo and key of a song, from the samples ingest already decoded; and what a DJ can mix.
 
-Both come from one STFT of the song's middle minute (2048 points, hop 512, at ingest's
-22,050 Hz: the spectrum the MFCC baselines use, computed once). Tempo: the
+Both look at the song's middle minute. Tempo comes from the STFT the MFCC baselines use
+(2048 points, hop 512, at ingest's 22,050 Hz: computed once for both): the
 autocorrelation of librosa's onset strength, its strongest period between 50 and 220
 BPM weighed by a log-normal prior around 120 BPM (as librosa's own estimator), refined
 to a fraction of a frame; its confidence is the autocorrelation at that period (0: no
-periodicity, 1: a metronome). Key:
+periodicity, 1: a metronome). Key, from its own 4096-point STFT:
 the mean chroma correlated with the Krumhansl-Kessler profiles of the 24 major and minor
 keys; the confidence is the best correlation. Either is null, with the reason, when the
 evidence is too weak (silence, noise, no beat, no tonal centre): a wrong key is worse for
@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from deepcrate.mfcc import N_FFT, Spectrum, song_spectrum
+from deepcrate.mfcc import Spectrum, song_spectrum
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def musical_facts(samples: np.ndarray, *, sample_rate: int, spectrum: Spectrum |
     if tempo_confidence < MIN_TEMPO_CONFIDENCE:
         notes.append(f"no clear beat (periodicity {tempo_confidence:.2f})")
         tempo = tempo_confidence = None
-    tonic, mode, key_confidence = _key(spectrum)
+    tonic, mode, key_confidence = _key(samples, sample_rate)
     if key_confidence < MIN_KEY_CONFIDENCE:
         notes.append(f"no clear key (best profile correlation {key_confidence:.2f})")
         return MusicalFacts(tempo_bpm=tempo, tempo_confidence=tempo_confidence, musical_note="; ".join(notes))
@@ -121,10 +121,12 @@ def _tempo(spectrum: Spectrum) -> tuple[float, float]:
     return round(float(frames_per_minute / (lag + offset)), 1), round(float(max(centre, 0.0)), 3)
 
 
-def _key(spectrum: Spectrum) -> tuple[int, str, float]:
+def _key(samples: np.ndarray, sample_rate: int) -> tuple[int, str, float]:
+    """Its own STFT, twice as long as the shared one: semitones apart at the bass end need the
+    finer bins (with the shared 2048 points, exact keys fell from 71 % to 54 % on the demo)."""
     import librosa
 
-    chroma = librosa.feature.chroma_stft(S=spectrum.power, sr=spectrum.sample_rate, n_fft=N_FFT, tuning=0.0)
+    chroma = librosa.feature.chroma_stft(y=samples, sr=sample_rate, n_fft=4096, hop_length=2048, tuning=0.0)
     profile = chroma.mean(axis=1)
     if not np.isfinite(profile).all() or profile.std() == 0:
         return 0, "major", 0.0
