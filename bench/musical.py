@@ -29,18 +29,9 @@ from deepcrate.config import resolve_config
 from deepcrate.demo import GENRES, song_tempo_and_key, write_demo_catalogue
 from deepcrate.mfcc import SAMPLE_RATE as MFCC_RATE
 from deepcrate.mfcc import song_spectrum
-from deepcrate.musical import PITCHES, musical_facts, tempo_mixes
+from deepcrate.musical import close_key, musical_facts, tempo_mixes
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def close_key(found: str, truth: str) -> bool:
-    (tonic, mode), (true_tonic, true_mode) = found.split(), truth.split()
-    a, b = PITCHES.index(tonic), PITCHES.index(true_tonic)
-    if mode == true_mode:
-        return (a - b) % 12 in (0, 5, 7)
-    relative = (b + 3) % 12 if true_mode == "minor" else (b - 3) % 12
-    return a in (b, relative)
 
 
 def main() -> None:

@@ -3,7 +3,7 @@ against the published wheel; bad input gives nulls with a reason."""
 import numpy as np
 import pytest
 
-from deepcrate.musical import PITCHES, camelot, compatible_camelot, musical_facts, tempo_mixes
+from deepcrate.musical import PITCHES, camelot, close_key, compatible_camelot, musical_facts, tempo_mixes
 
 pytestmark = pytest.mark.unit
 RATE = 22050
@@ -41,16 +41,6 @@ def _song(bpm: float, tonic: int, mode: str, *, seconds: float = 30.0, seed: int
     return (song / np.abs(song).max() * 0.8).astype(np.float32)
 
 
-def _close(found: str, truth: str) -> bool:
-    """The same key, or its relative, dominant/subdominant or parallel key."""
-    (tonic, mode), (true_tonic, true_mode) = found.split(), truth.split()
-    a, b = PITCHES.index(tonic), PITCHES.index(true_tonic)
-    if mode == true_mode:
-        return (a - b) % 12 in (0, 5, 7)
-    relative = (b + 3) % 12 if true_mode == "minor" else (b - 3) % 12
-    return a in (b, relative)
-
-
 def test_camelot_codes_are_the_wheels():
     for name, code in WHEEL.items():
         tonic, mode = name.split()
@@ -59,6 +49,14 @@ def test_camelot_codes_are_the_wheels():
     assert compatible_camelot("12B") == {"12B", "12A", "11B", "1B"}
     assert compatible_camelot("1A") == {"1A", "1B", "12A", "2A"}
     assert compatible_camelot("5A", rule="same") == {"5A"}
+
+
+def test_close_keys_are_the_relative_fifth_and_parallel_ones():
+    assert close_key("A minor", "A minor") and close_key("C major", "A minor") and close_key("A major", "A minor")
+    assert close_key("E minor", "A minor") and close_key("D minor", "A minor")  # dominant, subdominant
+    assert close_key("A minor", "C major") and close_key("G major", "C major") and close_key("C minor", "C major")
+    assert not close_key("Bb minor", "A minor") and not close_key("E major", "A minor")
+    assert not close_key("Eb major", "C major") and not close_key("F# major", "C major")
 
 
 def test_tempos_mix_at_the_same_double_or_half_speed():
@@ -74,7 +72,7 @@ def test_tempo_and_key_of_clear_beats_and_chords(bpm, key):
     assert facts.tempo_bpm is not None and facts.key is not None, facts.musical_note
     assert tempo_mixes(facts.tempo_bpm, bpm, percent=4), facts
     assert facts.tempo_confidence > 0.3
-    assert _close(facts.key, key), facts
+    assert close_key(facts.key, key), facts
     assert facts.camelot == WHEEL[facts.key]
 
 
@@ -99,4 +97,4 @@ def test_no_beat_or_key_gives_nulls_with_a_reason(samples, reason):
 def test_a_held_chord_has_a_key():
     drone = sum(_tone(220 * 2 ** (s / 12), 20.0) for s in (0, 3, 7)).astype(np.float32) * 0.2  # A minor, held
     facts = musical_facts(drone, sample_rate=RATE)
-    assert facts.key is not None and _close(facts.key, "A minor")
+    assert facts.key is not None and close_key(facts.key, "A minor")

@@ -152,6 +152,17 @@ def compatible_camelot(code: str, *, rule: str = "compatible") -> set[str]:
     return {code, f"{number}{other}", f"{number % 12 + 1}{letter}", f"{(number - 2) % 12 + 1}{letter}"}
 
 
+def close_key(found: str, truth: str) -> bool:
+    """Whether key ``found`` ("A minor") is ``truth`` or a key estimators commonly mistake it for
+    (as MIREX counts them): its relative, its dominant or subdominant, or its parallel key."""
+    (tonic, mode), (true_tonic, true_mode) = found.split(), truth.split()
+    a, b = PITCHES.index(tonic), PITCHES.index(true_tonic)
+    if mode == true_mode:
+        return (a - b) % 12 in (0, 5, 7)
+    relative = (b + 3) % 12 if true_mode == "minor" else (b - 3) % 12
+    return a in (b, relative)
+
+
 def tempo_mixes(tempo: float, reference: float, *, percent: float) -> bool:
     """Whether ``tempo`` is within ``percent`` % of ``reference``, or of its double or half."""
     return any(abs(tempo * factor - reference) <= reference * percent / 100 for factor in (1.0, 2.0, 0.5))
