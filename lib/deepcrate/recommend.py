@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from deepcrate.audio import DecodeLimits
 from deepcrate.config import EmbedSettings
 from deepcrate.errors import AudioError, InputError, ModelError, WarehouseError, first_line
+from deepcrate.mfcc import SAMPLE_RATE as MFCC_RATE
 from deepcrate.model_store import MODELS, read_model_folder
 from deepcrate.musical import KEY_CHOICES, compatible_camelot, musical_facts, tempo_mixes
 from deepcrate.schemas import Table
@@ -178,7 +179,8 @@ class Catalogue:
             raise InputError(f"--file {path}: {exc.strerror}") from None
         limits = DecodeLimits.from_config(self.config)
         try:
-            sliced = slice_audio_file(data, name=os.path.basename(path), settings=folder.spectrogram, limits=limits)
+            sliced = slice_audio_file(data, name=os.path.basename(path), settings=folder.spectrogram, limits=limits,
+                                      keep_native=True)
         except AudioError as exc:
             raise InputError(f"--file {path}: {exc.message}") from None
         shape = (folder.spectrogram.n_rows, folder.spectrogram.slice_frames)
@@ -193,7 +195,8 @@ class Catalogue:
                              f"deepcrate train") from None
         embeddings, probabilities, _ = embed_images(model, images, batch_size=EmbedSettings.from_config(self.config).batch_size)
         vector = normalise(embeddings.mean(axis=0, dtype=np.float64).astype(np.float32)[None, :])[0]
-        facts = musical_facts(sliced.audio.samples, sample_rate=sliced.audio.target_rate)
+        # at ingest's rate, so that the file's tempo and key compare with the catalogue's
+        facts = musical_facts(sliced.audio.at_rate(MFCC_RATE), sample_rate=MFCC_RATE)
         return Seed(label=path, vector=vector, tempo_bpm=facts.tempo_bpm, camelot=facts.camelot,
                     slices=normalise(embeddings), genres=dict(zip(folder.labels, probabilities.mean(axis=0).tolist())),
                     slice_offsets=np.arange(len(embeddings)) * folder.spectrogram.slice_hop_seconds)
