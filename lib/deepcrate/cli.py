@@ -329,9 +329,6 @@ def _playlist(args: argparse.Namespace) -> int:
 
     mixable = Mixable(bpm_range=args.bpm_range, key=args.key) if args.mixable else None
     catalogue = Catalogue(args.warehouse, config=resolve_config(conf_files=args.conf, overrides=args.overrides))
-    if mixable is not None and not catalogue.has_musical:
-        raise DeepcrateError(f"--mixable: the songs of {catalogue.root} have no tempo and key (an ingest older than "
-                             f"them); run deepcrate ingest or rebuild again")
     steps = catalogue.playlist(catalogue.song_seed(args.start), catalogue.song_seed(args.end), length=args.length,
                                mixable=mixable)
     write_playlist(steps, out=sys.stdout, fmt=args.format)

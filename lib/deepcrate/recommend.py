@@ -236,6 +236,8 @@ class Catalogue:
             raise InputError("--from and --to name the same song")
         if length < 2:
             raise InputError(f"--length {length}: a playlist has at least its two ends")
+        if mixable is not None:
+            self._require_musical()
         index, songs = self.loaded.index, self.songs
         path, used = [start.position], {start.position, end.position}
         similarities = [None]
@@ -332,6 +334,11 @@ class Catalogue:
     def _slice_seconds(self) -> float:
         return SpectrogramSettings(**self.tables.metadata(Table.SLICES)["spectrogram"]).slice_seconds
 
+    def _require_musical(self) -> None:
+        if not self.has_musical:
+            raise InputError(f"--mixable: the songs of {self.root} have no tempo and key (an ingest older than "
+                             f"them); run deepcrate ingest or rebuild again")
+
     def _allowed(self, seeds: Sequence[Seed], filters: Filters) -> np.ndarray | None:
         songs = self.songs
         allowed = np.ones(len(songs), dtype=bool)
@@ -352,9 +359,7 @@ class Catalogue:
                 raise InputError(f"--genre {filters.genre!r}: no such genre in the catalogue (has: {known})")
             allowed &= (genre == filters.genre).to_numpy()
         if filters.mixable:
-            if not self.has_musical:
-                raise InputError(f"--mixable: the songs of {self.root} have no tempo and key (an ingest older than "
-                                 f"them); run deepcrate ingest or rebuild again")
+            self._require_musical()
             allowed &= filters.mixable.allowed(songs, tempo=seeds[0].tempo_bpm, code=seeds[0].camelot)
         return None if allowed.all() else allowed
 
