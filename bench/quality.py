@@ -106,7 +106,7 @@ def main() -> int:
             started = time.monotonic()
             summary = rebuild(spark, audio=str(corpus), manifest=str(corpus / "manifest.csv"),
                               warehouse=str(warehouse), config=resolve_config(overrides=overrides))
-            metrics = Warehouse(spark, str(warehouse)).metadata("evaluation")["metrics"]
+            metrics = Warehouse(spark, str(warehouse)).metadata("evaluation").metrics
             train_s = next(s.seconds for s in summary.stages if s.name == "train")
             runs.append({"variant": variant, "seed": seed, "overrides": overrides, "metrics": metrics,
                          "train_s": round(train_s, 1), "seconds": round(time.monotonic() - started, 1)})

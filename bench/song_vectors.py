@@ -63,6 +63,7 @@ import pandas as pd
 from deepcrate.evaluate import genre_probe
 from deepcrate.mfcc import N_MFCC, standardise
 from deepcrate.retrieval import ideal_songs, nearest_songs, retrieval_scores
+from deepcrate.spectrogram import SpectrogramSettings
 from deepcrate.split import SPLITS
 from deepcrate.timbre import least_divergent
 from deepcrate.vectors import normalise
@@ -132,11 +133,9 @@ def main() -> int:
     return 0
 
 
-def slices_metadata(warehouse: Path) -> dict:
-    """The ``_deepcrate.json`` the current run published with ``slices``."""
-    tables = ArrowTables.current(str(warehouse))
-    folder = tables.view.tables["slices"].folder if tables.view is not None else ""
-    return json.loads((warehouse / "slices" / folder / "_deepcrate.json").read_text())
+def slice_settings(warehouse: Path) -> SpectrogramSettings:
+    """The spectrogram settings the current run's ``slices`` were made with."""
+    return ArrowTables.current(str(warehouse)).metadata("slices").spectrogram
 
 
 def read_table(warehouse: Path, name: str, columns: list[str] | None = None) -> pd.DataFrame:
@@ -154,7 +153,7 @@ def read_catalogue(warehouse: Path) -> pd.DataFrame:
 def spectrogram_preset(warehouse: Path) -> str:
     """The slices' spectrogram preset, as ingest recorded it (where slices start hardly
     changes a song's row statistics, so the hop is left out)."""
-    return slices_metadata(warehouse)["spectrogram"]["preset"]
+    return slice_settings(warehouse).preset
 
 
 def score_warehouse(warehouse: Path, catalogue: pd.DataFrame, *, images: np.ndarray, owners: pd.Series,
@@ -222,8 +221,8 @@ def spectrum_statistics(images: np.ndarray, owners: pd.Series, song_ids: pd.Seri
 
 def read_slices(warehouse: Path) -> tuple[np.ndarray, pd.Series]:
     """Every slice image of the warehouse (n, rows, frames) uint8, and the song of each."""
-    settings = slices_metadata(warehouse)["spectrogram"]
-    table = ArrowTables.current(str(warehouse)).slice_table(image_shape=(settings["n_rows"], settings["slice_frames"]))
+    settings = slice_settings(warehouse)
+    table = ArrowTables.current(str(warehouse)).slice_table(image_shape=(settings.n_rows, settings.slice_frames))
     batches = [batch for split in SPLITS for batch in table.batches(split=split, labels=None, batch_size=1024)]
     return np.concatenate([b.images for b in batches]), pd.Series(np.concatenate([b.song_ids for b in batches]))
 

@@ -27,6 +27,7 @@ has little to learn from?
 
     python bench/transfer_heads.py WH --features MTT_musicnn+MSD_musicnn --seeds 0 1 2
     python bench/transfer_heads.py WH --features MTT_musicnn --max-train-songs 3
+    python bench/transfer_heads.py WH --layer pooled      # the networks' 1,506-d pooled mid-end each
 
 Prints mean ± std over the seeds and writes bench/results/transfer_heads.json.
 """
@@ -53,28 +54,49 @@ CACHE = Path.home() / ".cache" / "deepcrate-bench" / "features"
 HEAD = {"batch_size": 128, "learning_rate": 0.001, "max_epochs": 100, "patience": 20}  # conf/local.yaml's
 
 
-def read(warehouse: Path, checkpoints: str) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """The labelled songs, and the song id and features of every slice (computed once, cached)."""
+def read(warehouse: Path, checkpoints: str, *, layer: str = "penultimate") -> tuple[pd.DataFrame, np.ndarray,
+                                                                                       np.ndarray]:
+    """The labelled songs, and the song id and features of every slice (computed once, cached).
+
+    ``layer``: ``penultimate`` (what the library's head learns from: 200-d per network),
+    ``pooled`` (the max and mean over time of each network's mid-end, 1,506-d per network,
+    the input of its dense back-end) or ``both`` side by side. One pass computes both.
+    """
     songs = ArrowTables.current(str(warehouse)).read("songs", columns=["song_id", "genre"]).to_pandas()
-    cache = CACHE / f"{warehouse.resolve().as_posix().strip('/').replace('/', '_')}-{checkpoints}.npz"
-    if cache.exists():
-        stored = np.load(cache, allow_pickle=True)
-        return songs, stored["song_ids"], stored["features"]
+    stem = f"{warehouse.resolve().as_posix().strip('/').replace('/', '_')}-{checkpoints}"
+    caches = {"penultimate": CACHE / f"{stem}.npz", "pooled": CACHE / f"{stem}-pooled.npz"}
+    if not all(path.exists() for path in caches.values()):
+        _compute(warehouse, checkpoints, caches)
+    stored = {name: np.load(path, allow_pickle=True) for name, path in caches.items()}
+    song_ids = stored["penultimate"]["song_ids"]
+    if layer == "both":
+        return songs, song_ids, np.hstack([stored["penultimate"]["features"], stored["pooled"]["features"]])
+    return songs, song_ids, stored[layer]["features"]
+
+
+def _compute(warehouse: Path, checkpoints: str, caches: dict[str, Path]) -> None:
+    import keras
+
+    from deepcrate.musicnn import parse_checkpoints, tower
     from deepcrate.transfer import feature_extractor, pretrained_model
 
     table = ArrowTables.current(str(warehouse)).read("slices", columns=["song_id", "slice_idx", "spectrogram"])
-    extractor = feature_extractor(pretrained_model(n_classes=2, image_shape=(96, 187), level_range=8.0,
-                                                   checkpoint=checkpoints, seed=0))
-    column, parts, started = table.column("spectrogram"), [], time.monotonic()
+    model = pretrained_model(n_classes=2, image_shape=(96, 187), level_range=8.0, checkpoint=checkpoints, seed=0)
+    pools = [model.get_layer(f"{tower(n)}_pool").output for n in range(len(parse_checkpoints(checkpoints)))]
+    extractor = keras.Model(model.input, [feature_extractor(model).output,
+                                          pools[0] if len(pools) == 1 else keras.layers.Concatenate()(pools)])
+    column, parts, started = table.column("spectrogram"), {"penultimate": [], "pooled": []}, time.monotonic()
     for start in range(0, len(table), 32):
         images = np.stack([np.frombuffer(b, np.uint8).reshape(96, 187) for b in column[start:start + 32].to_pylist()])
-        parts.append(np.asarray(extractor(images, training=False), np.float32))
+        penultimate, pooled = extractor(images, training=False)
+        parts["penultimate"].append(np.asarray(penultimate, np.float32))
+        parts["pooled"].append(np.asarray(pooled, np.float32))
         if start % 3200 == 0:
             print(f"{checkpoints}: {start}/{len(table)} slices, {time.monotonic() - started:.0f} s", flush=True)
-    song_ids, features = table.column("song_id").to_numpy(zero_copy_only=False), np.concatenate(parts)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, song_ids=song_ids, features=features)
-    return songs, song_ids, features
+    song_ids = table.column("song_id").to_numpy(zero_copy_only=False)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    for name, path in caches.items():
+        np.savez(path, song_ids=song_ids, features=np.concatenate(parts[name]))
 
 
 def former_head(train: SliceFeatures, val: SliceFeatures, *, n_classes: int, seed: int):
@@ -169,11 +191,14 @@ def main() -> int:
     parser.add_argument("warehouse")
     parser.add_argument("--features", default="MTT_musicnn+MSD_musicnn", help="checkpoint(s), as train.pretrained")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--layer", default="penultimate", choices=("penultimate", "pooled", "both"),
+                        help="which features of the networks the heads learn from")
     parser.add_argument("--max-train-songs", type=int, default=0, help="per label; 0: all")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "transfer_heads.json"))
     args = parser.parse_args()
-    songs, slice_songs, features = read(Path(args.warehouse), args.features)
-    print(f"{len(songs)} songs, {len(features)} slices, features {features.shape[1]}-d ({args.features})", flush=True)
+    songs, slice_songs, features = read(Path(args.warehouse), args.features, layer=args.layer)
+    print(f"{len(songs)} songs, {len(features)} slices, features {features.shape[1]}-d ({args.features}, "
+          f"{args.layer})", flush=True)
     runs = {seed: one_seed(songs, slice_songs, features, seed=seed, max_train_songs=args.max_train_songs)
             for seed in args.seeds}
     summary = {}
@@ -193,7 +218,8 @@ def main() -> int:
         print(f"{name:<34}" + "".join(f"  {m} {v['mean']:.3f} ± {v['std']:.3f}" for m, v in row.items()), flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"warehouse": args.warehouse, "features": args.features, "seeds": args.seeds,
+    out.write_text(json.dumps({"warehouse": args.warehouse, "features": args.features, "layer": args.layer,
+                               "seeds": args.seeds,
                                "max_train_songs": args.max_train_songs, "summary": summary, "runs": runs}, indent=2))
     print(f"written {out}")
     return 0

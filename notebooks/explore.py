@@ -33,7 +33,6 @@ from IPython.display import Audio, Markdown, display
 from deepcrate.config import resolve_config
 from deepcrate.model_store import latest_model, read_model_folder
 from deepcrate.session import spark_session
-from deepcrate.spectrogram import SpectrogramSettings
 from deepcrate.uris import local_path
 from deepcrate.warehouse import Warehouse
 
@@ -57,7 +56,7 @@ display(spark.sql("SELECT reason, count(*) AS files FROM rejects GROUP BY reason
 # Each slice is one image of the spectrogram preset (musicnn: 96 mel bands x 187 columns of 16 ms, 2.99 s; seed: 256 x 256 columns of 20 ms, 5.12 s); row 0 is the highest frequency.
 
 # %%
-settings = SpectrogramSettings(**store.metadata("slices")["spectrogram"])
+settings = store.metadata("slices").spectrogram
 examples = spark.sql("""
     SELECT genre, song_id, slice_idx, spectrogram FROM (
         SELECT *, row_number() OVER (PARTITION BY genre ORDER BY song_id, slice_idx) AS n

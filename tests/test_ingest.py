@@ -242,7 +242,7 @@ def test_mel_preset_ingest_resamples_and_records_its_settings(spark, tmp_path):
     summary = ingest(spark, audio=str(tmp_path / "audio"), warehouse=str(tmp_path / "wh"), config=config)
     assert (summary.songs, summary.slices) == (1, 2)  # 12 s at 22.05 kHz: 596 columns
     store = Warehouse(spark, str(tmp_path / "wh"))
-    assert store.metadata("slices")["spectrogram"] == SpectrogramSettings.from_config(config).to_dict()
+    assert store.metadata("slices").spectrogram == SpectrogramSettings.from_config(config)
     stored = store.read("slices").orderBy("slice_idx").collect()
     samples, rate = sf.read(tmp_path / "audio" / "x" / "a.mp3", dtype="float32")
     mono = soxr.resample(samples.mean(axis=1), rate, 22050, quality="HQ")
@@ -261,8 +261,8 @@ def test_overlapping_slices_are_ingested_with_their_offsets(spark, tmp_path):
     summary = ingest(spark, audio=str(tmp_path / "audio"), warehouse=str(tmp_path / "wh"), config=config)
     assert (summary.songs, summary.slices) == (1, 3)  # 550 columns: starts 0, 128, 256
     store = Warehouse(spark, str(tmp_path / "wh"))
-    assert store.metadata("slices")["spectrogram"]["slice_hop_frames"] == 128
-    assert SpectrogramSettings(**store.metadata("slices")["spectrogram"]) == SpectrogramSettings.from_config(config)
+    assert store.metadata("slices").spectrogram.slice_hop_frames == 128
+    assert store.metadata("slices").spectrogram == SpectrogramSettings.from_config(config)
     stored = store.read("slices").orderBy("slice_idx").toPandas()
     np.testing.assert_allclose(stored["offset_s"], [0.0, 2.56, 5.12])
     samples, _ = sf.read(path, dtype="float32")

@@ -18,6 +18,7 @@ from deepcrate.model import EMBEDDING_LAYER, OUTPUT_LAYER, build_model, embeddin
 from deepcrate.model_store import latest_model, read_model_folder
 from deepcrate.schemas import SLICES, Table
 from deepcrate.spectrogram import SpectrogramSettings
+from deepcrate.table_metadata import IngestMetadata
 from deepcrate.training import train
 from deepcrate.warehouse import ArrowTables, Warehouse
 
@@ -195,7 +196,8 @@ def _slices_warehouse(spark, root: Path, songs: list[tuple[str, str | None, str]
     settings = SpectrogramSettings.from_config(resolve_config(overrides=[f"spectrogram.preset={preset}"]))
     run = store.begin_run()
     store.write_table(run, Table.SLICES, spark.createDataFrame(rows, schema=SLICES),
-                      metadata={"spectrogram": settings.to_dict()})
+                      metadata=IngestMetadata(deepcrate_version="test", audio=f"file:{root}/audio", spectrogram=settings,
+                                              ingest={}, decoding={}, split={}))
     store.publish(run, [Table.SLICES])
     return root
 

@@ -8,6 +8,7 @@ from pyspark.sql.types import IntegerType, StructField, StructType
 
 from deepcrate.errors import WarehouseError
 from deepcrate.schemas import TABLES
+from deepcrate.table_metadata import TableMetadata
 from deepcrate.warehouse import Warehouse
 
 
@@ -19,8 +20,7 @@ def toy_tables(monkeypatch):
 
 
 def stage(store, run, name, values):
-    store.write_table(run, name, store.spark.createDataFrame([(v,) for v in values], "v int"),
-                      metadata={"values": values})
+    store.write_table(run, name, store.spark.createDataFrame([(v,) for v in values], "v int"))
 
 
 def read(store, name):
@@ -36,7 +36,7 @@ def test_publish_replaces_all_tables_of_a_run(spark, tmp_path):
         store.publish(run, ["a", "b"])
         assert read(store, "a") == values and read(store, "b") == [v * 10 for v in values]
     assert store.tables() == ["a", "b"]
-    assert store.metadata("a") == {"table": "a", "values": [3], "run": run}
+    assert store.metadata("a") == TableMetadata(table="a", run=run)
     assert not any((tmp_path / "wh" / "_staging").iterdir())
 
 
@@ -193,7 +193,7 @@ def test_delta_tables_are_one_version_per_publish_and_spark_reads_what_delta_rs_
 
     wh = tmp_path / "wh"
     first = job(spark, wh, {"a": [1, 2], "b": [10]})
-    job(spark, wh, {"a": [3]})
+    second = job(spark, wh, {"a": [3]})
     store = Warehouse(spark, str(wh))
     assert read(store, "a") == delta_rows(wh / "a") == [3] and read(store, "b") == delta_rows(wh / "b") == [10]
     assert delta_rows(wh / "a", version=0) == [1, 2]  # the replaced version is still there...
@@ -207,7 +207,7 @@ def test_delta_tables_are_one_version_per_publish_and_spark_reads_what_delta_rs_
     history = store.runs.history()
     assert [(r.number, r.command, r.changed) for r in history] == [(2, "test-job", ["a"]), (1, "test-job", ["a", "b"])]
     assert history[0].tables["b"] == history[1].tables["b"] and store.version("b") == first
-    assert history[0].tables["a"].rows == 1 and store.metadata("a")["values"] == [3]
+    assert history[0].tables["a"].rows == 1 and store.metadata("a").run == second
 
 
 @pytest.mark.parametrize("crash_at", range(5))

@@ -34,6 +34,8 @@ from deepcrate import __version__
 from deepcrate.audio import DECODE_ERROR, TRUNCATED, check_whole
 from deepcrate.errors import AudioError, ConfigError, InputError
 from deepcrate.schemas import DOWNLOADS, Table
+from deepcrate.table_metadata import DownloadsMetadata
+from deepcrate.task_warnings import TaskWarnings
 from deepcrate.warehouse import Warehouse, holds_writer_lock
 
 logger = logging.getLogger(__name__)
@@ -437,14 +439,17 @@ def _fetch_on_spark(spark, todo: list[Download], *, audio_dir: Path, settings: A
     partitions = min(len(todo), max(1, spark.sparkContext.defaultParallelism))
     payload = [json.dumps(asdict(item)) for item in todo]
     audio, options = str(audio_dir), asdict(settings)
+    task_warnings = TaskWarnings(spark.sparkContext)
 
     def fetch_partition(rows):
         items = [Download(**json.loads(row)) for row in rows]
-        _fetch_here(items, audio_dir=Path(audio), settings=AcquireSettings(**options))
+        with task_warnings.captured():
+            _fetch_here(items, audio_dir=Path(audio), settings=AcquireSettings(**options))
         return [json.dumps(asdict(item)) for item in items]
 
     logger.info("downloading on Spark: %d URLs in %d partitions", len(todo), partitions)
     results = spark.sparkContext.parallelize(payload, partitions).mapPartitions(fetch_partition).collect()
+    task_warnings.log(stage="acquire")
     for item, result in zip(todo, results):  # collect() keeps the order of the input
         item.__dict__.update(json.loads(result))
 
@@ -453,7 +458,7 @@ def _write_downloads_table(spark, store: Warehouse, downloads: list[Download]) -
     run = store.begin_run()
     rows = [tuple(d.row()[f.name] for f in DOWNLOADS.fields) for d in downloads]
     frame = spark.createDataFrame(rows, schema=DOWNLOADS).coalesce(1)
-    store.write_table(run, Table.DOWNLOADS, frame, metadata={"deepcrate_version": __version__})
+    store.write_table(run, Table.DOWNLOADS, frame, metadata=DownloadsMetadata(deepcrate_version=__version__))
     store.publish(run, [Table.DOWNLOADS])
 
 

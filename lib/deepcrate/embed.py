@@ -26,7 +26,8 @@ from deepcrate.pipeline import Outcome, RebuildContext, Stage
 from deepcrate.progress import Progress
 from deepcrate.schemas import SLICE_EMBEDDINGS, SONG_EMBEDDINGS, Table
 from deepcrate.session import live_count, session_conf
-from deepcrate.spectrogram import SpectrogramSettings
+from deepcrate.table_metadata import EmbeddingsMetadata
+from deepcrate.task_warnings import TaskWarnings
 from deepcrate.warehouse import Warehouse, holds_writer_lock
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def embed(
     if not store.exists(Table.SLICES):
         raise WarehouseError(f"warehouse {store.root}: no slices table; run deepcrate ingest first")
     folder = open_model(store, model)
-    settings = SpectrogramSettings(**store.metadata(Table.SLICES)["spectrogram"])
+    settings = store.metadata(Table.SLICES).spectrogram
     folder.check_settings(settings, what="the slices table")
     folder.load_keras()  # fail here, with a clear message, rather than on every executor
     options = EmbedSettings.from_config(config)
@@ -88,9 +89,9 @@ def embed(
     with open(os.path.join(folder.path, "model.keras"), "rb") as stream:
         payload = spark.sparkContext.broadcast(stream.read())
     loads = spark.sparkContext.accumulator(0)
-    done = live_count(spark)
+    done, task_warnings = live_count(spark), TaskWarnings(spark.sparkContext)
     embed_batches = _embedder(payload, version=folder.version, shape=(settings.n_rows, settings.slice_frames),
-                              batch_size=batch_size, loads=loads, done=done)
+                              batch_size=batch_size, loads=loads, done=done, task_warnings=task_warnings)
 
     slices = store.read(Table.SLICES, columns=["song_id", "slice_idx", "spectrogram"])
     songs = store.read(Table.SONGS, columns=["song_id", "n_slices"])
@@ -104,7 +105,7 @@ def embed(
     if kept is not None:
         logger.info("incremental embed: %d songs kept, %d slices to embed", kept_ids.count(), total)
     run = store.begin_run()
-    metadata = {"model_version": folder.version, "labels": folder.labels}
+    metadata = EmbeddingsMetadata(model_version=folder.version, labels=list(folder.labels))
     pass_started = time.monotonic()
     with session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": str(batch_size)}), \
             Progress(label="slices embedded", total=total, done=done,
@@ -113,6 +114,7 @@ def embed(
         if kept is not None:
             frame = kept_slices.unionByName(frame, allowMissingColumns=True)  # kept from before "pretrained"
         store.write_table(run, Table.SLICE_EMBEDDINGS, frame, metadata=metadata)
+    task_warnings.log(stage="embed")
     pass_seconds = time.monotonic() - pass_started
     logger.info("slice embeddings written in %.1f s", pass_seconds)
 
@@ -142,7 +144,7 @@ def _embeddings_to_keep(store: Warehouse, *, version: str, songs):
     names = (Table.SLICE_EMBEDDINGS, Table.SONG_EMBEDDINGS)
     if not all(store.exists(n) for n in names):
         return None
-    previous = store.metadata(Table.SONG_EMBEDDINGS).get("model_version")
+    previous = store.metadata(Table.SONG_EMBEDDINGS).model_version
     if previous != version:
         logger.info("embedding every song: the published embeddings come from model %s", previous)
         return None
@@ -150,12 +152,15 @@ def _embeddings_to_keep(store: Warehouse, *, version: str, songs):
     return tuple(store.read(n).join(current, "song_id", "left_semi") for n in names)
 
 
-def _embedder(payload, *, version: str, shape: tuple[int, int], batch_size: int, loads, done):
+def _embedder(payload, *, version: str, shape: tuple[int, int], batch_size: int, loads, done,
+              task_warnings: TaskWarnings):
     def embed_batches(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        model = worker_model(version, payload, loads=loads)
+        with task_warnings.captured():
+            model = worker_model(version, payload, loads=loads)
         for frame in frames:
             images = np.frombuffer(b"".join(frame["spectrogram"]), dtype=np.uint8).reshape(len(frame), *shape)
-            embeddings, probabilities, pretrained = embed_images(model, images, batch_size=batch_size)
+            with task_warnings.captured():
+                embeddings, probabilities, pretrained = embed_images(model, images, batch_size=batch_size)
             done.add(len(frame))
             yield pd.DataFrame({
                 "song_id": frame["song_id"].to_numpy(),

@@ -46,6 +46,7 @@ from deepcrate.mfcc import standardise
 from deepcrate.pipeline import Outcome, RebuildContext, Stage
 from deepcrate.retrieval import ideal_songs, nearest_songs, random_songs, retrieval_scores
 from deepcrate.schemas import EVALUATION, EVALUATION_METHODS, Table
+from deepcrate.table_metadata import EvaluationMetadata
 from deepcrate.timbre import least_divergent
 from deepcrate.vectors import list_column_matrix
 from deepcrate.warehouse import ArrowTables, Warehouse, holds_writer_lock
@@ -146,7 +147,7 @@ def evaluate(spark: SparkSession, *, warehouse: str, config: dict[str, Any]) -> 
                               catalogue=len(catalogue), rows=rows,
                               seconds=time.monotonic() - started)
     store.write_table(run, Table.EVALUATION, frame,
-                      metadata={"model_version": version, "metrics": summary.metrics()})
+                      metadata=EvaluationMetadata(model_version=version, metrics=summary.metrics()))
     store.publish(run, [Table.EVALUATION])
     summary.seconds = time.monotonic() - started
     return summary
@@ -259,7 +260,7 @@ def _song_embeddings(store: Warehouse) -> pd.DataFrame:
 
 def _test_slice_predictions(store: Warehouse, test_songs: pd.DataFrame) -> pd.DataFrame:
     """``genre`` and the model's ``predicted`` genre (argmax of its probabilities) of every test slice."""
-    labels = np.array(store.metadata(Table.SLICE_EMBEDDINGS)["labels"], dtype=object)
+    labels = np.array(store.metadata(Table.SLICE_EMBEDDINGS).labels, dtype=object)
     table = store.arrow.read(Table.SLICE_EMBEDDINGS, columns=["song_id", "genre_probabilities"],
                              where=pc.field("song_id").isin(pa.array(test_songs["song_id"].tolist(), pa.string())))
     probabilities = list_column_matrix(table.column("genre_probabilities"))

@@ -25,6 +25,7 @@ from pyspark.sql.pandas.types import to_arrow_schema
 from deepcrate.errors import WarehouseError
 from deepcrate.pipeline import Outcome, RebuildContext, Stage, without
 from deepcrate.schemas import RECOMMENDATIONS, Table
+from deepcrate.table_metadata import RecommendationsMetadata
 from deepcrate.vector_index import INDEX, IndexSettings, build_index, measure_recall, neighbours, save_index
 from deepcrate.vectors import list_column_matrix, normalise
 from deepcrate.warehouse import ArrowTables, Warehouse, holds_writer_lock
@@ -133,12 +134,12 @@ def index_songs(spark, *, warehouse: str, config: dict[str, Any]) -> IndexSummar
         index_dir = os.path.join(scratch, INDEX)
         description = {**params, "songs": len(ids), "dim": int(vectors.shape[1]), "k": settings.k,
                        "recall_at_k": recall, "build_s": round(build_s, 3),
-                       "model_version": meta.get("model_version"), "settings": asdict(settings)}
+                       "model_version": meta.model_version, "settings": asdict(settings)}
         save_index(index_dir, index=index, ids=ids, description=description)
 
         run = store.begin_run()
         store.write_table_files(run, Table.RECOMMENDATIONS, table_dir,
-                                metadata={"model_version": meta.get("model_version"), "index": description})
+                                metadata=RecommendationsMetadata(model_version=meta.model_version, index=description))
         store.stage_folder(run, index_dir, INDEX)
         store.publish(run, [Table.RECOMMENDATIONS, INDEX])
     finally:

@@ -43,7 +43,7 @@ from deepcrate.audio_inputs import (
 )
 from deepcrate.catalogue_rows import reject_before_decoding, songs_and_rejects
 from deepcrate.config import IngestSettings
-from deepcrate.errors import AudioError, InputError
+from deepcrate.errors import AudioError, InputError, WarehouseError
 from deepcrate.faults import fail_if_injected
 from deepcrate.mfcc import SAMPLE_RATE as MFCC_RATE
 from deepcrate.mfcc import frames_of_spectrum, gaussian_of_frames, song_spectrum, statistics_of_frames
@@ -54,6 +54,8 @@ from deepcrate.schemas import REJECTS, SLICES, SONGS, Table
 from deepcrate.session import live_count, session_conf
 from deepcrate.slicing import slice_audio_file
 from deepcrate.spectrogram import SpectrogramSettings
+from deepcrate.table_metadata import IngestMetadata
+from deepcrate.task_warnings import TaskWarnings
 from deepcrate.uris import to_uri
 from deepcrate.warehouse import Warehouse, holds_writer_lock
 
@@ -229,12 +231,16 @@ def ingest(
     )
 
 
-def _songs_to_keep(store: Warehouse, listing: pd.DataFrame, *, metadata: dict[str, Any]) -> pd.DataFrame | None:
+def _songs_to_keep(store: Warehouse, listing: pd.DataFrame, *, metadata: IngestMetadata) -> pd.DataFrame | None:
     """The published songs an incremental ingest keeps, or None when it must start over."""
     if not all(store.exists(t) for t in OUTPUTS):
         return None
-    previous = store.metadata(Table.SONGS)
-    changed = [key for key in _SAME_FOR_INCREMENTAL if previous.get(key) != metadata[key]]
+    try:
+        previous = store.metadata(Table.SONGS)
+    except WarehouseError as exc:  # written by an older deepcrate: decode everything again
+        logger.info("full ingest: %s", exc)
+        return None
+    changed = [key for key in _SAME_FOR_INCREMENTAL if getattr(previous, key) != getattr(metadata, key)]
     if changed:
         logger.info("full ingest: the published tables differ in %s", ", ".join(changed))
         return None
@@ -265,12 +271,14 @@ def _decode(
     slices are then read back separately, the slices only once, and an executor lost
     later does not send any file back to the decoder.
     """
-    files_done = live_count(spark)
+    files_done, task_warnings = live_count(spark), TaskWarnings(spark.sparkContext)
 
     def decode_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
             for path, content in zip(batch["path"], batch["content"]):
-                yield decode_file(path, bytes(content), settings=settings, limits=limits)
+                with task_warnings.captured():
+                    decoded = decode_file(path, bytes(content), settings=settings, limits=limits)
+                yield decoded
                 files_done.add(1)
                 fail_if_injected("ingest")
 
@@ -290,6 +298,7 @@ def _decode(
     )
     with Progress(label="files decoded", total=total, done=files_done, interval_s=progress_s):
         decoding.write.mode("overwrite").parquet(out_uri)
+    task_warnings.log(stage="ingest")
     return spark.read.schema(_DECODED).parquet(out_uri)
 
 
@@ -351,7 +360,7 @@ def _write_tables(
     songs: pd.DataFrame,
     rejects: pd.DataFrame,
     settings: SpectrogramSettings,
-    metadata: dict[str, Any],
+    metadata: IngestMetadata,
 ) -> int:
     """Stage the four tables; returns the number of slices written."""
     extras = [c for c in songs.columns if c not in SONGS.names]
@@ -387,19 +396,17 @@ def _write_tables(
     return int(songs["n_slices"].sum()) if len(songs) else 0
 
 
-def _metadata(
-    settings: SpectrogramSettings, config: dict[str, Any], *, audio_uri: str
-) -> dict[str, Any]:
+def _metadata(settings: SpectrogramSettings, config: dict[str, Any], *, audio_uri: str) -> IngestMetadata:
     options = IngestSettings.from_config(config).to_dict()
-    return {
-        "deepcrate_version": __version__,
-        "audio": audio_uri,
-        "spectrogram": settings.to_dict(),
-        "ingest": options,
-        "decoding": {key: options[key] for key in DECODING_KEYS},
-        "split": config["split"],
-        "musical": MUSICAL_FACTS_VERSION,  # songs of an older ingest lack tempo and key: decode them again
-    }
+    return IngestMetadata(
+        deepcrate_version=__version__,
+        audio=audio_uri,
+        spectrogram=settings,
+        ingest=options,
+        decoding={key: options[key] for key in DECODING_KEYS},
+        split=dict(config["split"]),
+        musical=MUSICAL_FACTS_VERSION,  # songs of an older ingest lack tempo and key: decode them again
+    )
 
 
 def _records(frame: pd.DataFrame, schema: StructType) -> list[tuple]:

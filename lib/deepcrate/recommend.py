@@ -25,7 +25,6 @@ from deepcrate.model_store import MODELS, read_model_folder
 from deepcrate.musical import KEY_CHOICES, compatible_camelot, musical_facts, tempo_mixes
 from deepcrate.schemas import Table
 from deepcrate.slicing import slice_audio_file
-from deepcrate.spectrogram import SpectrogramSettings
 from deepcrate.uris import local_path, to_uri
 from deepcrate.vector_index import INDEX, IndexSettings, load_index, neighbours
 from deepcrate.vectors import normalise
@@ -332,7 +331,7 @@ class Catalogue:
         return results.assign(why=explained)
 
     def _slice_seconds(self) -> float:
-        return SpectrogramSettings(**self.tables.metadata(Table.SLICES)["spectrogram"]).slice_seconds
+        return self.tables.metadata(Table.SLICES).spectrogram.slice_seconds
 
     def _require_musical(self) -> None:
         if not self.has_musical:

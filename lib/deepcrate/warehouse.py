@@ -62,6 +62,7 @@ from deepcrate.model_store import MODELS
 from deepcrate.run_log import EMPTY, RunLog, RunRecord, TableVersion, now
 from deepcrate.schemas import Table, validate
 from deepcrate.slice_reader import SliceTable
+from deepcrate.table_metadata import TableMetadata, checked_metadata, metadata_class
 from deepcrate.uris import filesystem_and_path, local_path, to_uri
 from deepcrate.vector_index import INDEX
 
@@ -139,8 +140,8 @@ class ArrowTables:
             return f"{self.root}/{self.view.folders[name]}"
         return f"{self.root}/{name}"
 
-    def metadata(self, name: Table) -> dict[str, Any]:
-        """The ``_deepcrate.json`` written with table ``name`` (its settings, as the writing stage recorded them)."""
+    def metadata(self, name: Table) -> TableMetadata:
+        """What the stage that wrote table ``name`` recorded with it (its settings), typed per table."""
         folder = self.folder(name)
         if self.view is not None and self._folder_of is None and name in self.view.tables \
                 and self.view.tables[name].folder:
@@ -148,9 +149,10 @@ class ArrowTables:
         filesystem, path = filesystem_and_path(f"{folder}/{METADATA_FILE}")
         try:
             with filesystem.open_input_stream(path) as stream:
-                return json.loads(stream.read())
+                text = stream.read().decode()
         except (OSError, ValueError) as exc:
             raise WarehouseError(f"table {name} in {self.root}: its metadata cannot be read: {first_line(exc)}") from None
+        return metadata_class(name).from_json(text, where=f"table {name} in {self.root}")
 
     def dataset(self, name: Table) -> ds.Dataset:
         """The Parquet files of table ``name`` (exactly its committed version) as one pyarrow dataset."""
@@ -352,7 +354,7 @@ class Warehouse:
         if view is None:
             if not self._exists(f"{self.table_uri(name)}/_SUCCESS"):
                 return None
-            return name.split("/", 1)[1] if name.startswith(f"{MODELS}/") else self.metadata(name).get("run")
+            return name.split("/", 1)[1] if name.startswith(f"{MODELS}/") else (self._run_of(name) or None)
         if name not in view.tables and name not in view.folders:
             return None
         if name.startswith(f"{MODELS}/"):
@@ -369,13 +371,19 @@ class Warehouse:
             self._read(name, view).createOrReplaceTempView(name)
         return names
 
-    def metadata(self, name: str) -> dict[str, Any]:
-        """The ``_deepcrate.json`` written with table ``name``."""
+    def metadata(self, name: str) -> TableMetadata:
+        """What the stage that wrote table ``name`` recorded with it (its settings), typed per table."""
         view = self.view()
         folder = self.table_uri(name)
         if view is not None and name in view.tables and view.tables[name].folder:
             folder = f"{folder}/{view.tables[name].folder}"
-        return json.loads(self._read_text(f"{folder}/{METADATA_FILE}"))
+        return metadata_class(name).from_json(self._read_text(f"{folder}/{METADATA_FILE}"),
+                                              where=f"table {name} in {self.root}")
+
+    def _run_of(self, name: str) -> str:
+        """The run recorded in a plain Parquet table's metadata ("" before runs were recorded)."""
+        return TableMetadata.from_json(self._read_text(f"{self.table_uri(name)}/{METADATA_FILE}"),
+                                       where=f"table {name} in {self.root}").run
 
     # -- writing -----------------------------------------------------------------
     def begin_run(self) -> str:
@@ -399,14 +407,15 @@ class Warehouse:
             return f"{self.root}/{_STAGING}/{run}/{name}"
         return f"{self.root}/{_run_folder(run, name)}"
 
-    def write_table(self, run: str, name: Table, frame: DataFrame, *, metadata: dict[str, Any] | None = None) -> None:
-        """Check ``frame`` against the schema of ``name`` and write it, with ``metadata``, into ``run``."""
+    def write_table(self, run: str, name: Table, frame: DataFrame, *, metadata: TableMetadata | None = None) -> None:
+        """Check ``frame`` against the schema of ``name`` and write it, with ``metadata`` (the kind
+        :data:`~deepcrate.table_metadata.METADATA_OF` names for the table), into ``run``."""
         uri = self.staging_uri(run, name)
         validate(frame, table=name).write.mode("overwrite").parquet(uri)
         self._write_metadata(run, name, metadata)
 
     def write_table_files(self, run: str, name: Table, local_dir: str, *,
-                          metadata: dict[str, Any] | None = None) -> None:
+                          metadata: TableMetadata | None = None) -> None:
         """Stage a local folder of Parquet files (written block by block with pyarrow) as table
         ``name`` of ``run``, checked against its schema like :meth:`write_table`."""
         self.stage_folder(run, local_dir, name)
@@ -421,10 +430,9 @@ class Warehouse:
         """The tables ``run`` wrote, before they are published, read with pyarrow."""
         return ArrowTables(self.root, None, folder_of=functools.partial(self.staging_uri, run))
 
-    def _write_metadata(self, run: str, name: Table, metadata: dict[str, Any] | None) -> None:
-        record = {**(metadata or {}), "table": str(name), "run": run}
+    def _write_metadata(self, run: str, name: Table, metadata: TableMetadata | None) -> None:
         self._write_text(f"{self.staging_uri(run, name)}/{METADATA_FILE}",
-                         json.dumps(record, indent=2, sort_keys=True, default=str))
+                         checked_metadata(name, metadata, run=run).to_json())
 
     def stage_folder(self, run: str, local_dir: str, name: str) -> None:
         """Copy a local folder (a model) into the run, to be published like a table.
@@ -516,7 +524,7 @@ class Warehouse:
         self.recover()
         tables = {}
         for name in self._parquet_tables():
-            run = json.loads(self._read_text(f"{self.table_uri(name)}/{METADATA_FILE}")).get("run", "")
+            run = self._run_of(name)
             tables[name] = self._commit(name, run=run, folder="")
         folders = {f"{MODELS}/{v}": f"{MODELS}/{v}" for v in self.list_folder(MODELS)
                    if self._exists(f"{self.root}/{MODELS}/{v}/_SUCCESS")}

@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 def table_settings(store: Warehouse, config: dict[str, Any]) -> SpectrogramSettings:
     if not store.exists(Table.SLICES):
         raise TrainingError(f"warehouse {store.root}: no slices table; run deepcrate ingest first")
-    table = SpectrogramSettings(**store.metadata(Table.SLICES)["spectrogram"])
+    table = store.metadata(Table.SLICES).spectrogram
     wanted = SpectrogramSettings.from_config(config)
     differences = table.differences(wanted)
     if differences:

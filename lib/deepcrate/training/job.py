@@ -21,6 +21,7 @@ from deepcrate.model_store import MODELS, ModelFolder, open_model, read_model_fo
 from deepcrate.pipeline import Outcome, RebuildContext, Stage, digest, without
 from deepcrate.schemas import Table
 from deepcrate.spectrogram import SpectrogramSettings
+from deepcrate.table_metadata import IngestMetadata
 from deepcrate.training.checks import genres_to_learn, slices_learnt, table_settings
 from deepcrate.training.fitting import (
     choose_precision,
@@ -171,7 +172,7 @@ def train(
 
 def _write_model_folder(model_dir: str, *, run_dir: str, labels, spectrogram: SpectrogramSettings,
                         settings: TrainSettings, state: RunState, evaluation: Evaluation | None, precision: str,
-                        devices: list[str], slices_meta: dict[str, Any], table_uri: str, counts) -> None:
+                        devices: list[str], slices_meta: IngestMetadata, table_uri: str, counts) -> None:
     from deepcrate.plots import plot_confusion, plot_training
 
     version = os.path.basename(run_dir)
@@ -186,8 +187,8 @@ def _write_model_folder(model_dir: str, *, run_dir: str, labels, spectrogram: Sp
         "best_val_loss": state.best_val_loss,
         "stopped_early": state.stopped_early,
         "slices_table": table_uri,
-        "audio": slices_meta.get("audio"),
-        "split": slices_meta.get("split"),
+        "audio": slices_meta.audio,
+        "split": slices_meta.split,
         "slices": {split: slices_learnt(counts, split, labels=labels, settings=settings)
                    for split in ("train", "validation", "test")},
         "fingerprint": state.fingerprint,
