@@ -63,7 +63,8 @@ def plot_training(path: str, *, history: dict[str, list[float]], title: str) -> 
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel(f"slice {metric}")
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_lines():  # a history without this metric (a head kept at its start) draws none
+            ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
