@@ -162,7 +162,12 @@ def test_stored_slice_equals_an_independent_decode_and_stft(ingested, catalogue)
 
 def test_rerun_gives_identical_tables(spark, ingested, catalogue):
     _, warehouse, before = ingested
+    assert sorted(p.name for p in warehouse.iterdir() if not p.name.startswith("_")) == ["mfcc_features", "rejects", "slices", "songs"]
+    for dead in (warehouse / "_scratch" / "20260101T000000-dead" / "decoded", warehouse / "decoded" / "run"):
+        dead.mkdir(parents=True)  # a killed job's decoded files, and where an older version left them for good
+        (dead / "part-0.parquet").write_bytes(b"x" * 1000)
     ingest(spark, audio=str(catalogue), warehouse=str(warehouse), config=resolve_config(overrides=CONFIG))
+    assert not (warehouse / "_scratch").exists() and not (warehouse / "decoded").exists()
     after = tables(spark, warehouse)
     keys = {"songs": ["song_id"], "slices": ["song_id", "slice_idx"], "rejects": ["path"]}
     for name, key in keys.items():

@@ -193,33 +193,36 @@ def ingest(
     logger.info("%s: %d files, %d to decode", audio_uri, len(listing), to_decode)
 
     run = store.begin_run()
-    with session_conf(spark, {
-        "spark.sql.files.maxPartitionBytes": str(int(options.partition_mb * 2**20)),
-        "spark.sql.execution.arrow.maxRecordsPerBatch": str(options.files_per_batch),
-    }):
-        decoded = _decode(
-            spark, audio_uri, out_uri=store.staging_uri(run, "decoded"), settings=settings, limits=limits,
-            extensions=extensions, max_bytes=max_bytes, progress_s=options.progress_interval_s, total=to_decode,
-            paths=paths,
+    try:
+        with session_conf(spark, {
+            "spark.sql.files.maxPartitionBytes": str(int(options.partition_mb * 2**20)),
+            "spark.sql.execution.arrow.maxRecordsPerBatch": str(options.files_per_batch),
+        }):
+            decoded = _decode(
+                spark, audio_uri, out_uri=store.scratch_uri(run, "decoded"), settings=settings, limits=limits,
+                extensions=extensions, max_bytes=max_bytes, progress_s=options.progress_interval_s, total=to_decode,
+                paths=paths,
+            )
+        # Parquet prunes the image column: reading the per-file facts back is cheap.
+        headers = decoded.filter(F.col("slice_idx") < 0).drop("spectrogram", "mfcc", "timbre").toPandas()
+        logger.debug("read back %d per-file rows", len(headers))
+        songs, rejects = songs_and_rejects(headers, labels=labels, audio_uri=audio_uri, split=config["split"],
+                                           kept=kept, decoded_columns=_DECODED.names)
+        rejects = pd.concat([rejects, pd.DataFrame(early_rejects, columns=REJECTS.names)])
+        if songs.empty and not allow_empty and store.exists(Table.SONGS) and (published := store.read(Table.SONGS).count()):
+            reasons = ", ".join(f"{reason} {n}" for reason, n in Counter(rejects["reason"]).most_common(3))
+            raise InputError(f"every one of the {len(rejects)} files was rejected ({reasons}) while {store.root}/songs "
+                             f"holds {published} songs: nothing published (check the settings; --allow-empty "
+                             f"publishes the empty catalogue)")
+        kept_slices = store.read(Table.SLICES) if kept is not None and len(kept) else None
+        kept_features = store.read(Table.MFCC_FEATURES) if kept is not None and len(kept) else None
+        slices_written = _write_tables(
+            spark, store, run, decoded=decoded, kept_slices=kept_slices, kept_features=kept_features, songs=songs,
+            rejects=rejects, settings=settings, metadata=metadata,
         )
-    # Parquet prunes the image column: reading the per-file facts back is cheap.
-    headers = decoded.filter(F.col("slice_idx") < 0).drop("spectrogram", "mfcc", "timbre").toPandas()
-    logger.debug("read back %d per-file rows", len(headers))
-    songs, rejects = songs_and_rejects(headers, labels=labels, audio_uri=audio_uri, split=config["split"],
-                                       kept=kept, decoded_columns=_DECODED.names)
-    rejects = pd.concat([rejects, pd.DataFrame(early_rejects, columns=REJECTS.names)])
-    if songs.empty and not allow_empty and store.exists(Table.SONGS) and (published := store.read(Table.SONGS).count()):
-        reasons = ", ".join(f"{reason} {n}" for reason, n in Counter(rejects["reason"]).most_common(3))
-        raise InputError(f"every one of the {len(rejects)} files was rejected ({reasons}) while {store.root}/songs "
-                         f"holds {published} songs: nothing published (check the settings; --allow-empty "
-                         f"publishes the empty catalogue)")
-    kept_slices = store.read(Table.SLICES) if kept is not None and len(kept) else None
-    kept_features = store.read(Table.MFCC_FEATURES) if kept is not None and len(kept) else None
-    slices_written = _write_tables(
-        spark, store, run, decoded=decoded, kept_slices=kept_slices, kept_features=kept_features, songs=songs,
-        rejects=rejects, settings=settings, metadata=metadata,
-    )
-    store.publish(run, list(OUTPUTS))
+        store.publish(run, list(OUTPUTS))
+    finally:
+        store.drop_scratch(run)  # the decoded files: the tables hold what is kept of them
     return IngestSummary(
         warehouse=store.root,
         songs=len(songs),

@@ -72,6 +72,8 @@ METADATA_FILE = "_deepcrate.json"
 NOT_TABLES = {MODELS, INDEX}  # folders of the warehouse that hold files, not a table
 TABLE_FORMATS = ("delta", "parquet")
 _STAGING = "_staging"
+_SCRATCH = "_scratch"  # a job's intermediate data, never published (see Warehouse.scratch_uri)
+_FORMER_SCRATCH = "decoded"  # where ingest's scratch lay, never removed, before _SCRATCH
 _PUBLISH = "_PUBLISH"
 LOCK_FILE = "_LOCK"
 _STAGE_RECORDS = "_stages"  # WH/_stages/<stage>.json: what each stage last published, and from which inputs
@@ -399,7 +401,29 @@ class Warehouse:
             self.recover()
         elif self.view() is None and self._parquet_tables():
             self._convert_to_delta()
+        self._drop_left_scratch()
         return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+
+    def scratch_uri(self, run: str, name: str) -> str:
+        """Where ``run`` writes data it needs only while it runs (ingest's decoded files): never
+        published, deleted by :meth:`drop_scratch`, or by the next job if this one dies first."""
+        return f"{self.root}/{_SCRATCH}/{run}/{name}"
+
+    def drop_scratch(self, run: str) -> None:
+        """Delete what ``run`` wrote under :meth:`scratch_uri`."""
+        path = self._path(f"{self.root}/{_SCRATCH}/{run}")
+        if self._fs.exists(path):
+            self._fs.delete(path, True)
+        if self._fs.exists(path.getParent()) and not self._fs.listStatus(path.getParent()):
+            self._fs.delete(path.getParent(), True)
+
+    def _drop_left_scratch(self) -> None:
+        """A job starts under the writer lock: any scratch there is a dead job's."""
+        for folder in (_SCRATCH, _FORMER_SCRATCH):
+            path = self._path(f"{self.root}/{folder}")
+            if self._fs.exists(path) and (folder == _SCRATCH or not self._exists(f"{self.root}/{folder}/_delta_log")):
+                logger.info("warehouse %s: deleting %s, left by a job that did not finish", self.root, folder)
+                self._fs.delete(path, True)
 
     def staging_uri(self, run: str, name: str) -> str:
         """Where ``run`` writes table or folder ``name`` before it is published."""
