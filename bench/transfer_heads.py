@@ -88,7 +88,7 @@ def _compute(warehouse: Path, checkpoints: str, caches: dict[str, Path]) -> None
     column, parts, started = table.column("spectrogram"), {"penultimate": [], "pooled": []}, time.monotonic()
     for start in range(0, len(table), 32):
         images = np.stack([np.frombuffer(b, np.uint8).reshape(96, 187) for b in column[start:start + 32].to_pylist()])
-        penultimate, pooled = extractor(images, training=False)
+        penultimate, pooled = extractor.predict_on_batch(images)
         parts["penultimate"].append(np.asarray(penultimate, np.float32))
         parts["pooled"].append(np.asarray(pooled, np.float32))
         if start % 3200 == 0:

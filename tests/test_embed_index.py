@@ -74,6 +74,28 @@ def test_a_song_vector_is_the_mean_of_its_slice_vectors(spark, embedded):
         assert sum(row["genre_probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.parametrize("batch_rows", [1, 2, 3, 7, 100])
+def test_song_vectors_from_batches_sorted_by_song_equal_a_groupby_mean_wherever_the_batches_split(batch_rows):
+    from deepcrate.embed import _song_vectors
+
+    rng = np.random.default_rng(batch_rows)
+    counts = {"a": 1, "b": 4, "c": 2, "d": 5, "e": 1}
+    rows = pd.DataFrame({"song_id": [song for song, n in counts.items() for _ in range(n)]})
+    rows["embedding"] = list(rng.normal(size=(len(rows), 4)).astype(np.float32))
+    rows["genre_probabilities"] = list(rng.dirichlet(np.ones(3), size=len(rows)).astype(np.float32))
+    rows["pretrained"] = None
+    batches = [rows.iloc[i:i + batch_rows].reset_index(drop=True) for i in range(0, len(rows), batch_rows)]
+    songs = pd.concat(list(_song_vectors(labels=["x", "y", "z"], version="v")(iter(batches)))).set_index("song_id")
+    assert list(songs.index) == list(counts)  # each song once, in order
+    for song_id, group in rows.groupby("song_id"):
+        np.testing.assert_allclose(songs.loc[song_id, "embedding"],
+                                   np.stack(group["embedding"]).astype(np.float64).mean(axis=0), rtol=1e-6, atol=1e-7)
+        mean = np.stack(group["genre_probabilities"]).mean(axis=0)
+        assert songs.loc[song_id, "predicted_genre"] == "xyz"[int(mean.argmax())]
+        assert list(songs.loc[song_id, "genre_probabilities"].values()) == pytest.approx(mean.tolist(), rel=1e-6)
+        assert songs.loc[song_id, "n_slices"] == counts[song_id] and songs.loc[song_id, "pretrained"] is None
+
+
 def test_recommendations_agree_with_a_brute_force_cosine_top_k(spark, embedded):
     wh, _ = embedded
     songs = delta_frame(spark, wh / "song_embeddings").toPandas().sort_values("song_id")

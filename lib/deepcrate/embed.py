@@ -122,8 +122,8 @@ def embed(
     new_slices = store.read_staged(run, Table.SLICE_EMBEDDINGS)
     if kept is not None:
         new_slices = new_slices.join(kept_ids, "song_id", "left_anti")
-    songs_frame = new_slices.groupBy("song_id").applyInPandas(
-        lambda group: _song_vector(group, labels=labels, version=version), schema=SONG_EMBEDDINGS)
+    songs_frame = (new_slices.repartition("song_id").sortWithinPartitions("song_id")
+                   .mapInPandas(_song_vectors(labels=labels, version=version), schema=SONG_EMBEDDINGS))
     if kept is not None:
         songs_frame = kept_songs.unionByName(songs_frame, allowMissingColumns=True)
     store.write_table(run, Table.SONG_EMBEDDINGS, songs_frame, metadata=metadata)
@@ -174,22 +174,67 @@ def _embedder(payload, *, version: str, shape: tuple[int, int], batch_size: int,
     return embed_batches
 
 
-def _song_vector(group: pd.DataFrame, *, labels: list[str], version: str) -> pd.DataFrame:
-    """One song: the mean of its slice embeddings and of its slice probabilities
-    (no predicted genre when the model has no genre head)."""
-    embedding = np.stack(group["embedding"].to_numpy()).mean(axis=0, dtype=np.float64).astype(np.float32)
-    probabilities = np.stack(group["genre_probabilities"].to_numpy()).mean(axis=0, dtype=np.float64)
-    pretrained = group["pretrained"].to_numpy()
-    pretrained = (np.stack(pretrained).mean(axis=0, dtype=np.float64).astype(np.float32)
-                  if len(pretrained) and pretrained[0] is not None else None)
+def _song_vectors(*, labels: list[str], version: str):
+    """Per song, the mean of its slice embeddings and of its slice probabilities (no predicted
+    genre when the model has no genre head), from batches of slices sorted by song.
+
+    Vectorised over each Arrow batch (one numpy reduction per batch, not a pandas call per
+    song); a song whose slices straddle two batches carries its sums over to the next.
+    """
+    names = ("embedding", "genre_probabilities", "pretrained")
+
+    def songs_of(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        carried: tuple[str, dict[str, np.ndarray | None], int] | None = None
+        for frame in batches:
+            if frame.empty:
+                continue
+            ids = frame["song_id"].to_numpy()
+            starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+            counts = np.diff(np.r_[starts, len(ids)])
+            sums = {name: _sums(frame[name], starts) for name in names}
+            if carried is not None and carried[0] == ids[0]:  # the carried song goes on in this batch
+                for name in names:
+                    if sums[name] is not None:
+                        sums[name][0] += carried[1][name]
+                counts[0] += carried[2]
+            elif carried is not None:
+                yield _song_rows([carried[0]], {n: None if v is None else v[None] for n, v in carried[1].items()},
+                                 np.array([carried[2]]), labels=labels, version=version)
+            last = len(starts) - 1  # may go on in the next batch
+            carried = (ids[starts[last]], {n: None if v is None else v[last] for n, v in sums.items()},
+                       int(counts[last]))
+            if last:
+                yield _song_rows(ids[starts[:last]], {n: None if v is None else v[:last] for n, v in sums.items()},
+                                 counts[:last], labels=labels, version=version)
+        if carried is not None:
+            yield _song_rows([carried[0]], {n: None if v is None else v[None] for n, v in carried[1].items()},
+                             np.array([carried[2]]), labels=labels, version=version)
+
+    return songs_of
+
+
+def _sums(column: pd.Series, starts: np.ndarray) -> np.ndarray | None:
+    """Per song (rows from each of ``starts``), the sum of a column of vectors, in float64; None
+    for a column of nulls (``pretrained`` of a model without pretrained layers)."""
+    values = column.to_numpy()
+    if values[0] is None:
+        return None
+    return np.add.reduceat(np.stack(values).astype(np.float64), starts, axis=0)
+
+
+def _song_rows(song_ids, sums: dict[str, np.ndarray | None], counts: np.ndarray, *, labels: list[str],
+               version: str) -> pd.DataFrame:
+    divide = counts[:, None].astype(np.float64)
+    probabilities = sums["genre_probabilities"] / divide
+    pretrained = sums["pretrained"]
     return pd.DataFrame({
-        "song_id": [group["song_id"].iloc[0]],
-        "embedding": [embedding],
-        "predicted_genre": [labels[int(probabilities.argmax())] if labels else None],
-        "genre_probabilities": [{g: float(p) for g, p in zip(labels, probabilities)}],
-        "n_slices": [len(group)],
-        "model_version": [version],
-        "pretrained": [pretrained],
+        "song_id": list(song_ids),
+        "embedding": list((sums["embedding"] / divide).astype(np.float32)),
+        "predicted_genre": [labels[int(row.argmax())] for row in probabilities] if labels else [None] * len(counts),
+        "genre_probabilities": [{g: float(p) for g, p in zip(labels, row)} for row in probabilities],
+        "n_slices": counts.astype(np.int32),
+        "model_version": version,
+        "pretrained": list((pretrained / divide).astype(np.float32)) if pretrained is not None else [None] * len(counts),
     })
 
 
