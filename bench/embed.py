@@ -44,16 +44,19 @@ print(json.dumps({{"slices": len(images), "seconds": best}}))
 """
 
 SPARK = """
-import json, time
+import json, sys, time
+sys.path.insert(0, {bench!r})
+from process_cpu import ProcessCpu
 from deepcrate.config import resolve_config
 from deepcrate.embed import embed
 from deepcrate.session import spark_session
 config = resolve_config(overrides=["spark.master=local[{cores}]", "spark.options.spark.ui.enabled=false"])
 spark = spark_session(config)
 first = embed(spark, warehouse={warehouse!r}, config=config)  # warm-up: Python workers start, load the model
-summary = embed(spark, warehouse={warehouse!r}, config=config)  # the same workers: no new loads
+with ProcessCpu() as cpu:
+    summary = embed(spark, warehouse={warehouse!r}, config=config)  # the same workers: no new loads
 print(json.dumps({{"slices": summary.slices, "seconds": summary.seconds, "pass_seconds": summary.pass_seconds,
-                  "model_loads": first.model_loads + summary.model_loads}}))
+                  "model_loads": first.model_loads + summary.model_loads, "cpu_seconds": cpu.seconds}}))
 """
 
 
@@ -83,7 +86,7 @@ def main() -> int:
         print(f"bare model, {threads} thread(s): {results[f'bare_{threads}_thread']['slices_per_s']:.0f} slices/s",
               flush=True)
     for cores in (1, 2):
-        spark = _run(SPARK.format(cores=cores, warehouse=str(warehouse)), threads=1)
+        spark = _run(SPARK.format(cores=cores, warehouse=str(warehouse), bench=str(Path(__file__).parent)), threads=1)
         bare_rate = results["bare_1_thread"]["slices_per_s"]
         rate, pass_rate = spark["slices"] / spark["seconds"], spark["slices"] / spark["pass_seconds"]
         results[f"spark_local_{cores}"] = {**spark, "slices_per_s": rate, "pass_slices_per_s": pass_rate,
@@ -93,6 +96,8 @@ def main() -> int:
               f"bare model per core; the slice pass alone {pass_rate:.0f} slices/s = "
               f"{pass_rate / cores / bare_rate:.2f}; model loaded {spark['model_loads']} times over both runs",
               flush=True)
+        print("  CPU seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in spark["cpu_seconds"].items())
+              + f" (the bare model: {results['bare_1_thread']['seconds']:.1f} s on 1 thread)", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "embed.json").write_text(json.dumps(results, indent=2))
