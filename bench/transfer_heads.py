@@ -17,9 +17,13 @@ Rows:
 - ``supcon, kept by validation loss``: the head before it was kept by retrieval
   (random start, cross-entropy + supervised contrastive loss, early stopping on the
   validation loss with patience 3, at most 20 epochs);
-- ``supcon, kept by validation P@10`` (the default) and ``classify, kept by validation
-  P@10``: :func:`deepcrate.transfer.train_head`, the library's own head (principal-
-  component start, kept at the epoch that ranks the validation songs best).
+- ``supcon, kept by validation P@10`` and ``classify, kept by validation P@10``:
+  :func:`deepcrate.transfer.train_head`, the library's own head (principal-component
+  start, kept at the epoch that ranks the validation songs best), one head;
+- ``supcon, N heads averaged`` (the default, ``--heads N``, 3 as ``train.heads_averaged``):
+  N such heads from seeds ``seed``..``seed + N - 1``, their weights averaged where that
+  ranks the validation songs no worse (a greedy model soup); its single heads are
+  the validation P@10 of each is in the JSON (``trained``).
 
 ``--max-train-songs N`` keeps only N train songs per label (the rest stay in the
 catalogue as unlabelled-for-training songs): does the head still do no harm when it
@@ -28,6 +32,7 @@ has little to learn from?
     python bench/transfer_heads.py WH --features MTT_musicnn+MSD_musicnn --seeds 0 1 2
     python bench/transfer_heads.py WH --features MTT_musicnn --max-train-songs 3
     python bench/transfer_heads.py WH --layer pooled      # the networks' 1,506-d pooled mid-end each
+    python bench/transfer_heads.py WH --heads 5           # the soup of 5 heads
 
 Prints mean ± std over the seeds and writes bench/results/transfer_heads.json.
 """
@@ -120,7 +125,7 @@ def former_head(train: SliceFeatures, val: SliceFeatures, *, n_classes: int, see
 
 
 def one_seed(songs: pd.DataFrame, slice_songs: np.ndarray, features: np.ndarray, *, seed: int,
-             max_train_songs: int) -> dict[str, dict]:
+             max_train_songs: int, heads: int) -> dict[str, dict]:
     split = assign_splits(songs, train=0.65, validation=0.25, test=0.10, seed=seed)
     labelled = (songs.assign(split=split.to_numpy()).dropna(subset=["genre"]).sort_values("song_id")
                 .reset_index(drop=True))
@@ -175,13 +180,20 @@ def one_seed(songs: pd.DataFrame, slice_songs: np.ndarray, features: np.ndarray,
 
         keras.utils.set_random_seed(seed)
         started = time.monotonic()
-        head = train_head(train, val, n_classes=len(labels), objective=objective, **HEAD)
+        head = train_head(train, val, n_classes=len(labels), objective=objective, seed=seed, **HEAD)
         results[f"{objective}, kept by validation P@10"] = {
             **scores(song_means @ head.embedding[0] + head.embedding[1]),
             "song_accuracy": song_accuracy(head.embedding, head.logits), "epoch": head.best_epoch,
             "validation_precision_at_10": head.history["val_precision_at_10"][head.best_epoch],
             "validation_precision_at_start": head.history["val_precision_at_10"][0],
             "train_s": round(time.monotonic() - started, 1)}
+    started = time.monotonic()
+    head = train_head(train, val, n_classes=len(labels), objective="supcon", heads=heads, seed=seed, **HEAD)
+    results[f"supcon, {heads} heads averaged"] = {
+        **scores(song_means @ head.embedding[0] + head.embedding[1]),
+        "song_accuracy": song_accuracy(head.embedding, head.logits), "averaged": len(head.averaged),
+        "validation_precision_at_10": head.validation_precision, "trained": head.trained,
+        "train_s": round(time.monotonic() - started, 1)}
     results["queries"] = {"n": len(queries), "train_songs": int((splits == "train").sum())}
     return results
 
@@ -194,12 +206,14 @@ def main() -> int:
     parser.add_argument("--layer", default="penultimate", choices=("penultimate", "pooled", "both"),
                         help="which features of the networks the heads learn from")
     parser.add_argument("--max-train-songs", type=int, default=0, help="per label; 0: all")
+    parser.add_argument("--heads", type=int, default=3, help="heads averaged in the soup row")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "transfer_heads.json"))
     args = parser.parse_args()
     songs, slice_songs, features = read(Path(args.warehouse), args.features, layer=args.layer)
     print(f"{len(songs)} songs, {len(features)} slices, features {features.shape[1]}-d ({args.features}, "
           f"{args.layer})", flush=True)
-    runs = {seed: one_seed(songs, slice_songs, features, seed=seed, max_train_songs=args.max_train_songs)
+    runs = {seed: one_seed(songs, slice_songs, features, seed=seed, max_train_songs=args.max_train_songs,
+                           heads=args.heads)
             for seed in args.seeds}
     summary = {}
     n = [runs[s]["queries"]["n"] for s in args.seeds]
@@ -209,7 +223,7 @@ def main() -> int:
             continue
         row = {}
         for metric in ("precision_at_10", "map_at_10", "song_accuracy", "validation_precision_at_10", "epoch",
-                       "train_s"):
+                       "averaged", "train_s"):
             values = [runs[s][name].get(metric) for s in args.seeds]
             if all(v is not None for v in values):
                 row[metric] = {"mean": float(np.mean(values)),
@@ -219,7 +233,7 @@ def main() -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"warehouse": args.warehouse, "features": args.features, "layer": args.layer,
-                               "seeds": args.seeds,
+                               "seeds": args.seeds, "heads": args.heads,
                                "max_train_songs": args.max_train_songs, "summary": summary, "runs": runs}, indent=2))
     print(f"written {out}")
     return 0

@@ -187,7 +187,7 @@ def test_the_supcon_head_learns_the_genres_too(spark, musicnn_warehouse, tmp_pat
 
 
 @needs_weights
-def test_the_head_kept_is_the_epoch_that_ranks_the_validation_songs_best(spark, musicnn_warehouse, tmp_path):
+def test_the_head_kept_is_the_epoch_and_the_average_that_rank_the_validation_songs_best(spark, musicnn_warehouse, tmp_path):
     config = resolve_config(overrides=[*MUSICNN, "train.head_max_epochs=12", "train.head_patience=12",
                                        "train.batch_size=32"])
     copy_warehouse(musicnn_warehouse, tmp_path / "wh")
@@ -198,6 +198,7 @@ def test_the_head_kept_is_the_epoch_that_ranks_the_validation_songs_best(spark, 
     assert len(scores) == len(history["loss"]) + 1  # epoch 0: the principal-component start
     assert result.best_epoch == int(np.argmax(scores))  # the first of the best
     assert "best validation P@10 at epoch" in result.lines()[0]
+    assert "3 heads trained" in result.lines()[1]
 
     # Independently, from the saved model: each validation song against the train and validation
     # songs, by the mean of its slices' embeddings, cosine, top min(10, n - 1), share of its genre.
@@ -214,7 +215,14 @@ def test_the_head_kept_is_the_epoch_that_ranks_the_validation_songs_best(spark, 
         similarity[q] = -np.inf
         precision.append(np.mean(first["genre"].to_numpy()[np.argsort(-similarity, kind="stable")[:k]]
                                  == first["genre"].iloc[q]))
-    assert np.mean(precision) == pytest.approx(scores[result.best_epoch], abs=1e-6)
+    # The kept embedding is the average of 3 heads (the default), or the start where the average
+    # ranks worse: what train.json says it scores, never below the start; the history is the
+    # best head's.
+    heads = json.loads((Path(folder.path) / "train.json").read_text())["heads"]
+    assert [h["seed"] for h in heads["trained"]] == [0, 1, 2] and heads["averaged"] in ([0, 1, 2], [])
+    assert np.mean(precision) == pytest.approx(heads["validation_precision_at_10"], abs=1e-6)
+    assert np.mean(precision) >= scores[0] - 1e-9
+    assert max(scores) == pytest.approx(max(h["validation_precision_at_10"] for h in heads["trained"]))
 
 
 @needs_weights

@@ -104,44 +104,70 @@ def feature_extractor(model: keras.Model) -> keras.Model:
 
 def fit_head(model: keras.Model, *, table: SliceTable, labels: Sequence[str], objective: str, batch_size: int,
              max_epochs: int, patience: int, learning_rate: float, class_weight: dict[int, float] | None,
-             interval_s: float) -> tuple[dict[str, list[float]], int, bool]:
+             interval_s: float, heads: int = 1, seed: int = 0) -> TrainedHead:
     """Train ``model``'s head on its frozen pretrained features (in place), for retrieval:
     the train and validation slices' features computed once, then :func:`train_head`.
 
     Returns
     -------
-    history : dict
-        Loss and accuracy per epoch, train and validation, and ``val_precision_at_10``
-        (its first value: epoch 0, before any training).
-    best_epoch : int
-        The epoch whose weights the head keeps (0: the principal-component start).
-    stopped_early : bool
+    TrainedHead
+        Its ``history``: loss and accuracy per epoch, train and validation, and
+        ``val_precision_at_10`` (its first value: epoch 0, before any training), of the
+        head that ranked the validation songs best.
     """
     extractor = feature_extractor(model)
     train, val = (slice_features(extractor, table, split=split, labels=labels, batch_size=batch_size,
                                  interval_s=interval_s) for split in ("train", "validation"))
     head = train_head(train, val, n_classes=len(labels), objective=objective, batch_size=batch_size,
                       max_epochs=max_epochs, patience=patience, learning_rate=learning_rate,
-                      class_weight=class_weight)
+                      class_weight=class_weight, heads=heads, seed=seed)
     model.get_layer(EMBEDDING_LAYER).set_weights(head.embedding)
     model.get_layer("logits").set_weights(head.logits)
-    return head.history, head.best_epoch, head.stopped_early
+    return head
 
 
 @dataclass
 class TrainedHead:
-    """The embedding layer's weights (on the raw features) and the genre layer's, with how they were found."""
+    """The embedding layer's weights (on the raw features) and the genre layer's, with how they were found.
+
+    ``history``, ``best_epoch`` and ``stopped_early`` are those of the head that ranked the
+    validation songs best; ``averaged`` lists the seeds of the heads whose embedding weights
+    were averaged (empty: the principal-component start was kept), ``validation_precision``
+    is what the kept embedding scores on the validation songs, ``trained`` each head's seed,
+    kept epoch and validation P@10.
+    """
 
     embedding: list[np.ndarray]
     logits: list[np.ndarray]
     history: dict[str, list[float]]
     best_epoch: int
     stopped_early: bool
+    averaged: list[int]
+    validation_precision: float
+    trained: list[dict]
+
+    def summary(self) -> dict:
+        """What train.json records: each head's seed, kept epoch and validation P@10, the
+        seeds averaged, and the kept embedding's validation P@10."""
+        return {"trained": self.trained, "averaged": self.averaged,
+                "validation_precision_at_10": self.validation_precision}
+
+
+@dataclass
+class HeadRun:
+    """One trained head, in the standardised feature space."""
+
+    seed: int
+    weights: dict[str, list[np.ndarray]]
+    history: dict[str, list[float]]
+    best_epoch: int
+    stopped_early: bool
+    score: tuple[float, float]
 
 
 def train_head(train: SliceFeatures, val: SliceFeatures, *, n_classes: int, objective: str, batch_size: int,
                max_epochs: int, patience: int, learning_rate: float,
-               class_weight: dict[int, float] | None = None) -> TrainedHead:
+               class_weight: dict[int, float] | None = None, heads: int = 1, seed: int = 0) -> TrainedHead:
     """The head (Dense 128 embedding -> ELU -> dropout -> genre softmax) on pretrained features.
 
     ``objective`` ``classify``: genre cross-entropy; ``supcon``: the cross-entropy plus the
@@ -150,61 +176,106 @@ def train_head(train: SliceFeatures, val: SliceFeatures, *, n_classes: int, obje
     train and validation slices) and the embedding starts as their projection onto
     their 128 principal components. Before training and after every epoch the
     validation songs are ranked against the train and validation songs
-    (:class:`RetrievalSelection`); the head of the best epoch is kept (epoch 0: the
-    start, whose genre layer is then fitted on it), and training stops ``patience``
-    epochs after the best. The standardisation is folded into the returned embedding
-    weights, so they apply to the raw features.
+    (:class:`ValidationRanking`); the head of the best epoch is kept (epoch 0: the
+    start), and training stops ``patience`` epochs after the best.
+
+    ``heads`` heads are trained so, from the same start with seeds ``seed``, ``seed + 1``,
+    ... (shuffle order, dropout, genre layer), and their embedding weights are averaged
+    (a uniform model soup): they stay near their common start, so the average is a head
+    too, and it ranked the test songs better than the heads alone in every split seed of
+    the development corpus (docs/quality.md). All of them, not those that score best on
+    the validation songs: between heads of one start those scores differ by noise (the
+    head that ranked the validation songs best ranked the test songs worst in one seed).
+    Should the average rank the validation songs worse than the start, the start is
+    kept. The genre layer is then fitted on the kept embedding, unless one head, kept
+    with the genre layer it learnt, is the result. The standardisation is folded into the
+    returned embedding weights, so they apply to the raw features.
     """
     both = np.concatenate([train.features, val.features]).astype(np.float64)
     mean, scale = both.mean(axis=0), both.std(axis=0) + 1e-6
     train_x, val_x = ((part.features - mean) / scale for part in (train, val))
-    inputs = keras.Input(shape=(train_x.shape[1],), name="pretrained_features")
-    embedding, probabilities = embedding_and_genres(inputs, n_classes=n_classes, seed=0)
+    start = principal_projection((both - mean) / scale)
+    ranking = ValidationRanking(train_x, train, val_x, val)
+    started = time.monotonic()
+    trained, model = [], None
+    for head_seed in range(seed, seed + heads):
+        keras.utils.set_random_seed(head_seed)
+        model = _head_model(train_x.shape[1], n_classes=n_classes, objective=objective, class_weight=class_weight,
+                            learning_rate=learning_rate, seed=head_seed)
+        model.get_layer(EMBEDDING_LAYER).set_weights(start)
+        trained.append(_fit_one(model, train_x, train, val_x, val, ranking, seed=head_seed, batch_size=batch_size,
+                                max_epochs=max_epochs, patience=patience))
+    best = max(trained, key=lambda head: (head.score, -head.seed))
+    averaged = _mean_weights([head.weights[EMBEDDING_LAYER] for head in trained])
+    if ranking.score(*averaged) < ranking.score(*start):
+        kept, averaged = [], start
+    else:
+        kept = trained
+    model.get_layer(EMBEDDING_LAYER).set_weights(averaged)
+    if len(kept) == 1 and kept[0].best_epoch > 0:  # one head, kept with the genre layer it learnt
+        model.get_layer("logits").set_weights(kept[0].weights["logits"])
+    else:  # the start, or an average: its genre layer has not learnt from this embedding
+        if kept:
+            model.get_layer("logits").set_weights(_mean_weights([head.weights["logits"] for head in kept]))
+        _fit_genre_layer(model, train_x, train.labels, val_x, val.labels, batch_size=batch_size,
+                         learning_rate=learning_rate, class_weight=class_weight, patience=patience)
+    score = ranking.score(*model.get_layer(EMBEDDING_LAYER).get_weights())
+    logger.info("%d head(s) trained on %d slices' pretrained features (%s) in %.1f s; validation P@%d %.3f at the "
+                "start, %s; kept: %s, %.3f", heads, len(train_x), objective, time.monotonic() - started,
+                SELECTION_K, best.history["val_precision_at_10"][0],
+                ", ".join(f"seed {h.seed} {h.score[0]:.3f} at epoch {h.best_epoch}" for h in trained),
+                "their average" if len(kept) > 1 else f"seed {kept[0].seed}" if kept else "the start", score[0])
+    weights, bias = model.get_layer(EMBEDDING_LAYER).get_weights()
+    folded = [(weights / scale[:, None]).astype(np.float32),  # standardise(x) @ W + b == x @ W' + b'
+              (bias - (mean / scale) @ weights).astype(np.float32)]
+    return TrainedHead(folded, model.get_layer("logits").get_weights(), best.history, best.best_epoch,
+                       best.stopped_early, [head.seed for head in kept], score[0],
+                       [{"seed": h.seed, "best_epoch": h.best_epoch, "validation_precision_at_10": h.score[0]}
+                        for h in trained])
+
+
+def _mean_weights(weights: Sequence[list[np.ndarray]]) -> list[np.ndarray]:
+    return [np.mean(arrays, axis=0) for arrays in zip(*weights)]
+
+
+def _head_model(n_features: int, *, n_classes: int, objective: str, class_weight: dict[int, float] | None,
+                learning_rate: float, seed: int) -> keras.Model:
+    inputs = keras.Input(shape=(n_features,), name="pretrained_features")
+    embedding, probabilities = embedding_and_genres(inputs, n_classes=n_classes, seed=seed)
     outputs = {OUTPUT_LAYER: probabilities}
     losses = {OUTPUT_LAYER: _weighted_crossentropy(class_weight, n_classes)}
     if objective == "supcon":
         outputs[EMBEDDING_LAYER], losses[EMBEDDING_LAYER] = embedding, supervised_contrastive_loss
     head = keras.Model(inputs, outputs, name="head")
-    head.get_layer(EMBEDDING_LAYER).set_weights(principal_projection((both - mean) / scale))
     head.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate), loss=losses,
                  metrics={OUTPUT_LAYER: ["accuracy"]})
-    selection = RetrievalSelection(train_x, train, val_x, val, patience=patience)
-    started = time.monotonic()
-    fitted = head.fit(train_x, {name: train.labels for name in outputs},
-                      validation_data=(val_x, {name: val.labels for name in outputs}),
+    return head
+
+
+def _fit_one(head: keras.Model, train_x: np.ndarray, train: SliceFeatures, val_x: np.ndarray, val: SliceFeatures,
+             ranking: ValidationRanking, *, seed: int, batch_size: int, max_epochs: int, patience: int) -> HeadRun:
+    selection = RetrievalSelection(ranking, patience=patience)
+    names = list(head.output) if isinstance(head.output, dict) else [OUTPUT_LAYER]
+    fitted = head.fit(train_x, {name: train.labels for name in names},
+                      validation_data=(val_x, {name: val.labels for name in names}),
                       batch_size=batch_size, epochs=max_epochs, shuffle=True, verbose=0, callbacks=[selection])
     history = {key.replace(f"{OUTPUT_LAYER}_", ""): [float(v) for v in values]
                for key, values in fitted.history.items()}
     history["val_precision_at_10"] = selection.scores
-    best = selection.best_epoch
-    head.get_layer(EMBEDDING_LAYER).set_weights(selection.best_weights[EMBEDDING_LAYER])
-    if best == 0:  # the start kept: its genre layer has not learnt from this embedding
-        _fit_genre_layer(head, train_x, train.labels, val_x, val.labels, batch_size=batch_size,
-                         learning_rate=learning_rate, class_weight=class_weight, patience=patience)
-    else:
-        head.get_layer("logits").set_weights(selection.best_weights["logits"])
-    logger.info("head trained on %d slices' pretrained features (%s): %d epochs in %.1f s; validation P@%d "
-                "%.3f at the start, %.3f at epoch %d (kept)", len(train_x), objective, len(history["loss"]),
-                time.monotonic() - started, SELECTION_K, selection.scores[0], selection.scores[best], best)
-    weights, bias = head.get_layer(EMBEDDING_LAYER).get_weights()
-    folded = [(weights / scale[:, None]).astype(np.float32),  # standardise(x) @ W + b == x @ W' + b'
-              (bias - (mean / scale) @ weights).astype(np.float32)]
-    return TrainedHead(folded, head.get_layer("logits").get_weights(), history, best, selection.stopped_early)
+    return HeadRun(seed, selection.best_weights, history, selection.best_epoch, selection.stopped_early,
+                 selection.best_key)
 
 
-class RetrievalSelection(keras.callbacks.Callback):
-    """Keeps the head whose embedding ranks the validation songs best, as the evaluation ranks.
+class ValidationRanking:
+    """Scores an embedding layer by how it ranks the validation songs, as the evaluation ranks.
 
     Song vectors are the mean of their slices' embeddings; the embedding layer is linear,
     so that is the songs' mean features through it. Each validation song is a query
-    against every train and validation song (itself left out); the score is P@k by
-    genre, ties broken by MAP@k, then by the earlier epoch. Scored before training
-    (epoch 0) and after every epoch; stops ``patience`` epochs after the best.
+    against every train and validation song (itself left out); the score is (P@k, MAP@k)
+    by genre.
     """
 
-    def __init__(self, train_x: np.ndarray, train: SliceFeatures, val_x: np.ndarray, val: SliceFeatures, *,
-                 patience: int) -> None:
-        super().__init__()
+    def __init__(self, train_x: np.ndarray, train: SliceFeatures, val_x: np.ndarray, val: SliceFeatures) -> None:
         features = np.concatenate([train_x, val_x])
         song_ids = np.concatenate([train.song_ids, val.song_ids])
         labels = np.concatenate([train.labels, val.labels])
@@ -217,17 +288,27 @@ class RetrievalSelection(keras.callbacks.Callback):
         self.genres[position] = labels
         self.queries = np.unique(position[len(train_x):])
         self.k = min(SELECTION_K, len(songs) - 1)
+
+    def score(self, weights: np.ndarray, bias: np.ndarray) -> tuple[float, float]:
+        found = nearest_songs(self.song_means @ weights + bias, self.queries, k=self.k)
+        scores = retrieval_scores(self.genres, self.queries, found, ks=(self.k,))
+        return float(scores[f"precision_at_{self.k}"].mean()), float(scores[f"map_at_{self.k}"].mean())
+
+
+class RetrievalSelection(keras.callbacks.Callback):
+    """Keeps the head whose embedding ranks the validation songs best (:class:`ValidationRanking`).
+
+    Scored before training (epoch 0) and after every epoch; ties broken by MAP, then by
+    the earlier epoch; stops ``patience`` epochs after the best.
+    """
+
+    def __init__(self, ranking: ValidationRanking, *, patience: int) -> None:
+        super().__init__()
+        self.ranking = ranking
         self.patience = patience
         self.scores: list[float] = []
         self.best_epoch, self.best_key, self.best_weights = 0, None, {}
         self.stopped_early = False
-
-    def score(self) -> tuple[float, float]:
-        weights, bias = self.model.get_layer(EMBEDDING_LAYER).get_weights()
-        vectors = self.song_means @ weights + bias
-        found = nearest_songs(vectors, self.queries, k=self.k)
-        scores = retrieval_scores(self.genres, self.queries, found, ks=(self.k,))
-        return float(scores[f"precision_at_{self.k}"].mean()), float(scores[f"map_at_{self.k}"].mean())
 
     def on_train_begin(self, logs=None) -> None:
         self._record(0)
@@ -238,7 +319,7 @@ class RetrievalSelection(keras.callbacks.Callback):
             self.model.stop_training = self.stopped_early = True
 
     def _record(self, epoch: int) -> None:
-        key = self.score()
+        key = self.ranking.score(*self.model.get_layer(EMBEDDING_LAYER).get_weights())
         self.scores.append(key[0])
         if self.best_key is None or key > self.best_key:
             self.best_epoch, self.best_key = epoch, key

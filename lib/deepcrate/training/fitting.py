@@ -44,15 +44,17 @@ def fit_pretrained_head(run_dir: str, *, table: SliceTable, labels: list[str], c
     model = pretrained_model(n_classes=max(len(labels), 2), image_shape=table.image_shape,
                              level_range=spectrogram.db_range, checkpoint=settings.pretrained, seed=settings.seed)
     if labels:
-        history, best_epoch, stopped_early = fit_head(
+        head = fit_head(
             model, table=table, labels=labels, objective=settings.objective, batch_size=settings.batch_size,
-            max_epochs=settings.head_max_epochs, patience=settings.head_patience,
+            max_epochs=settings.head_max_epochs, patience=settings.head_patience, heads=settings.heads_averaged,
+            seed=settings.seed,
             learning_rate=settings.learning_rate or 0.001,
             class_weight=genre_weights(counts, labels=labels, settings=settings),
             interval_s=settings.progress_interval_s)
-        state.history, state.best_epoch, state.stopped_early = history, best_epoch, stopped_early
-        state.epochs_done = len(history["loss"])
-        state.best_val_loss = min(history["val_loss"])
+        state.history, state.best_epoch, state.stopped_early = head.history, head.best_epoch, head.stopped_early
+        state.heads = head.summary()
+        state.epochs_done = len(head.history["loss"])
+        state.best_val_loss = min(head.history["val_loss"])
     else:
         model = principal_embedding(model, table=table, batch_size=settings.batch_size,
                                     interval_s=settings.progress_interval_s)

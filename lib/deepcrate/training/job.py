@@ -50,18 +50,28 @@ class TrainResult:
     precision: str
     devices: list[str] = field(default_factory=list)
     kept_by: str = "validation loss"
+    heads: dict = field(default_factory=dict)  # fine_tune=head: RunState.heads
 
     def lines(self) -> list[str]:
         stop = f"early stop after {self.epochs} epochs" if self.stopped_early else f"{self.epochs} epochs"
         return [
             f"model {self.version}: {stop}, best {self.kept_by} at epoch {self.best_epoch} "
             f"({self.precision} on {', '.join(self.devices)})",
+            *self._head_lines(),
             *(self.evaluation.report_lines() if self.evaluation is not None
               else ["no genre head: the catalogue has no usable genres; songs are embedded, not classified"]),
             f"model folder: {self.model_uri} "
             f"({'metrics.json, confusion.png, ' if self.evaluation is not None else ''}training.png)",
             "next: deepcrate embed, index and evaluate (the evaluation table), or deepcrate rebuild",
         ]
+
+    def _head_lines(self) -> list[str]:
+        if len(self.heads.get("trained", [])) < 2:
+            return []
+        alone = ", ".join(f"{h['validation_precision_at_10']:.3f}" for h in self.heads["trained"])
+        kept = "their average" if self.heads["averaged"] else "the untrained start (the average ranked worse)"
+        return [f"{len(self.heads['trained'])} heads trained (validation P@10 {alone}); kept {kept}: "
+                f"{self.heads['validation_precision_at_10']:.3f}"]
 
 
 @holds_writer_lock()
@@ -167,7 +177,8 @@ def train(
     return TrainResult(version=version, model_uri=store.folder_uri(f"{MODELS}/{version}"), evaluation=evaluation,
                        epochs=state.epochs_done, best_epoch=state.best_epoch, stopped_early=state.stopped_early,
                        precision=precision, devices=devices,
-                       kept_by=("validation P@10" if on_frozen_features(settings) and labels else "validation loss"))
+                       kept_by=("validation P@10" if on_frozen_features(settings) and labels else "validation loss"),
+                       heads=state.heads)
 
 
 def _write_model_folder(model_dir: str, *, run_dir: str, labels, spectrogram: SpectrogramSettings,
@@ -186,6 +197,7 @@ def _write_model_folder(model_dir: str, *, run_dir: str, labels, spectrogram: Sp
         "best_epoch": state.best_epoch,
         "best_val_loss": state.best_val_loss,
         "stopped_early": state.stopped_early,
+        "heads": state.heads,
         "slices_table": table_uri,
         "audio": slices_meta.audio,
         "split": slices_meta.split,

@@ -98,6 +98,7 @@ class RunState:
     best_epoch: int = 0
     wait: int = 0
     stopped_early: bool = False
+    heads: dict = field(default_factory=dict)  # fine_tune=head: each head's seed and score, and which were averaged
     finished: bool = False
     fingerprint: str | None = None  # the rebuild job's record of the run's inputs
 

@@ -30,6 +30,7 @@ class TrainSettings:
     pretrained: str
     head_max_epochs: int
     head_patience: int
+    heads_averaged: int
     precision: str
     shuffle_buffer: int
     interleave: int
@@ -59,7 +60,8 @@ class TrainSettings:
             from deepcrate.musicnn import parse_checkpoints
 
             parse_checkpoints(settings.pretrained)
-        for name in ("batch_size", "max_epochs", "patience", "head_max_epochs", "head_patience", "shuffle_buffer",
+        for name in ("batch_size", "max_epochs", "patience", "head_max_epochs", "head_patience", "heads_averaged",
+                     "shuffle_buffer",
                      "interleave"):
             if getattr(settings, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(settings, name)}")
