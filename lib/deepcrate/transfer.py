@@ -21,6 +21,10 @@ thrown into the wrong one) ranks the validation songs worse than the start and i
 not kept. The lowest validation loss, the rule before, stopped after 2-5 epochs while
 the ranking kept improving for 30-90 (docs/quality.md).
 
+Three such heads (``train.heads_averaged``), trained from the same start with different
+seeds, are averaged into one (a model soup): near their common start the average of
+their weights is a head too, and it ranks better than each of them alone.
+
 Without usable genres there is nothing to train: the embedding layer becomes the
 projection of the pretrained features onto their 128 principal components (over the
 train and validation slices), so the catalogue still gets the pretrained embedding.
