@@ -23,7 +23,7 @@ the ranking kept improving for 30-90 (docs/quality.md).
 
 Three such heads (``train.heads_averaged``), trained from the same start with different
 seeds, are averaged into one (a model soup): near their common start the average of
-their weights is a head too, and it ranks better than each of them alone.
+their weights is a head too, and it ranks better than one head on average.
 
 Without usable genres there is nothing to train: the embedding layer becomes the
 projection of the pretrained features onto their 128 principal components (over the
@@ -186,8 +186,8 @@ def train_head(train: SliceFeatures, val: SliceFeatures, *, n_classes: int, obje
     ``heads`` heads are trained so, from the same start with seeds ``seed``, ``seed + 1``,
     ... (shuffle order, dropout, genre layer), and their embedding weights are averaged
     (a uniform model soup): they stay near their common start, so the average is a head
-    too, and it ranked the test songs better than the heads alone in every split seed of
-    the development corpus (docs/quality.md). All of them, not those that score best on
+    too, and on the development corpus it ranked the test songs better than one head on
+    average (docs/quality.md). All of them, not those that score best on
     the validation songs: between heads of one start those scores differ by noise (the
     head that ranked the validation songs best ranked the test songs worst in one seed).
     Should the average rank the validation songs worse than the start, the start is
@@ -267,7 +267,7 @@ def _fit_one(head: keras.Model, train_x: np.ndarray, train: SliceFeatures, val_x
                for key, values in fitted.history.items()}
     history["val_precision_at_10"] = selection.scores
     return HeadRun(seed, selection.best_weights, history, selection.best_epoch, selection.stopped_early,
-                 selection.best_key)
+                   selection.best_key)
 
 
 class ValidationRanking:

@@ -61,8 +61,7 @@ class TrainSettings:
 
             parse_checkpoints(settings.pretrained)
         for name in ("batch_size", "max_epochs", "patience", "head_max_epochs", "head_patience", "heads_averaged",
-                     "shuffle_buffer",
-                     "interleave"):
+                     "shuffle_buffer", "interleave"):
             if getattr(settings, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(settings, name)}")
         if settings.learning_rate < 0:
