@@ -21,9 +21,8 @@ Rows:
   :func:`deepcrate.transfer.train_head`, the library's own head (principal-component
   start, kept at the epoch that ranks the validation songs best), one head;
 - ``supcon, N heads averaged`` (the default, ``--heads N``, 3 as ``train.heads_averaged``):
-  N such heads from seeds ``seed``..``seed + N - 1``, their weights averaged where that
-  ranks the validation songs no worse (a greedy model soup); its single heads are
-  the validation P@10 of each is in the JSON (``trained``).
+  N such heads from seeds ``seed``..``seed + N - 1``, their embedding weights averaged
+  (a model soup); the validation P@10 of each is in the JSON (``trained``).
 
 ``--max-train-songs N`` keeps only N train songs per label (the rest stay in the
 catalogue as unlabelled-for-training songs): does the head still do no harm when it
@@ -175,10 +174,7 @@ def one_seed(songs: pd.DataFrame, slice_songs: np.ndarray, features: np.ndarray,
     results["supcon, kept by validation loss"] = {
         **scores(song_means @ embedding[0] + embedding[1]), "song_accuracy": song_accuracy(embedding, logits),
         "epoch": epoch, "train_s": round(time.monotonic() - started, 1)}
-    for objective in ("supcon", "classify"):
-        import keras
-
-        keras.utils.set_random_seed(seed)
+    for objective in ("supcon", "classify"):  # train_head seeds Keras itself
         started = time.monotonic()
         head = train_head(train, val, n_classes=len(labels), objective=objective, seed=seed, **HEAD)
         results[f"{objective}, kept by validation P@10"] = {
