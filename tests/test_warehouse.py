@@ -385,3 +385,35 @@ def test_a_damaged_page_behind_an_intact_footer_is_an_error_naming_the_file_not_
     assert main(["sql", "--warehouse", str(wh), "SELECT sum(v) FROM a"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"file file://{first} cannot be read" in err
+
+
+def test_slices_are_written_in_row_groups_of_bounded_size_so_a_reader_holds_little(spark, tmp_path,
+                                                                                  demo_warehouse):
+    """pyarrow decodes a whole row group at once: with Spark's default, one group per file, the
+    training reader's memory grew with the catalogue."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from deepcrate.schemas import Table
+    from deepcrate.warehouse import ROW_GROUP_BYTES, ArrowTables, writer_lock
+
+    image, rows = 64 * 1024, 1000  # 62.5 MiB of 256 x 256 images that do not compress, in one file
+    rng = np.random.default_rng(0)
+    frame = spark.createDataFrame(
+        [(f"{n // 5:016x}", n % 5, 3.0 * (n % 5), "rock", "train", rng.bytes(image)) for n in range(rows)],
+        schema=TABLES[Table.SLICES]).coalesce(1)
+    with writer_lock(spark, str(tmp_path / "wh"), command="test", create=True):
+        store = Warehouse(spark, str(tmp_path / "wh"), create=True)
+        run = store.begin_run()
+        store.write_table(run, Table.SLICES, frame, metadata=Warehouse(spark, str(demo_warehouse)).metadata("slices"))
+        store.publish(run, [Table.SLICES])
+
+    groups = [metadata.row_group(i) for path in (tmp_path / "wh" / "slices").rglob("*.parquet")
+              for metadata in [pq.read_metadata(path)] for i in range(metadata.num_row_groups)]
+    limit = ROW_GROUP_BYTES[Table.SLICES]
+    assert sum(group.num_rows for group in groups) == rows
+    assert len(groups) >= rows * image // limit  # Spark's default writes one group here
+    assert max(group.total_byte_size for group in groups) <= 1.5 * limit  # Parquet checks the size every ~100 rows
+    table = ArrowTables.current(str(tmp_path / "wh")).slice_table(image_shape=(256, 256))
+    assert len(table.row_groups(split="train")) == len(groups)
+    assert sum(len(batch.labels) for batch in table.batches(split="train", labels=None, batch_size=64)) == rows

@@ -82,6 +82,11 @@ _STAGE_RECORDS = "_stages"  # WH/_stages/<stage>.json: what each stage last publ
 VERIFY_PAGES = "parquet.page.verify-checksum.enabled"
 _PARQUET = ds.ParquetFileFormat(
     default_fragment_scan_options=ds.ParquetFragmentScanOptions(page_checksum_verification=True))
+# pyarrow decodes a whole row group of a column at once, so a reader holds a row group per
+# file it reads; Spark's default (128 MB, in practice one group per file) let training's reader
+# grow with the catalogue (1.6 GB at 2,000 songs, 3.7 GB at 10,000). Slices are 20-64 KiB each:
+# groups of 16 MB keep it flat (~0.6 GB at both sizes).
+ROW_GROUP_BYTES = {Table.SLICES: 16 * 2**20}
 
 
 @dataclass
@@ -435,7 +440,10 @@ class Warehouse:
         """Check ``frame`` against the schema of ``name`` and write it, with ``metadata`` (the kind
         :data:`~deepcrate.table_metadata.METADATA_OF` names for the table), into ``run``."""
         uri = self.staging_uri(run, name)
-        validate(frame, table=name).write.mode("overwrite").parquet(uri)
+        writer = validate(frame, table=name).write.mode("overwrite")
+        if name in ROW_GROUP_BYTES:
+            writer = writer.option("parquet.block.size", ROW_GROUP_BYTES[name])
+        writer.parquet(uri)
         self._write_metadata(run, name, metadata)
 
     def write_table_files(self, run: str, name: Table, local_dir: str, *,
