@@ -82,11 +82,16 @@ _STAGE_RECORDS = "_stages"  # WH/_stages/<stage>.json: what each stage last publ
 VERIFY_PAGES = "parquet.page.verify-checksum.enabled"
 _PARQUET = ds.ParquetFileFormat(
     default_fragment_scan_options=ds.ParquetFragmentScanOptions(page_checksum_verification=True))
-# pyarrow decodes a whole row group of a column at once, so a reader holds a row group per
-# file it reads; Spark's default (128 MB, in practice one group per file) let training's reader
-# grow with the catalogue (1.6 GB at 2,000 songs, 3.7 GB at 10,000). Slices are 20-64 KiB each:
-# groups of 16 MB keep it flat (~0.6 GB at both sizes).
-ROW_GROUP_BYTES = {Table.SLICES: 16 * 2**20}
+# pyarrow decodes a whole row group at once, so a reader holds one group per file it reads;
+# Spark's default (128 MB, in practice one group per file) let training's reader grow with the
+# catalogue (1.6 GB at 2,000 songs, 3.7 GB at 10,000). Groups of 16 MB keep it flat (~0.6 GB at
+# both). No dictionary for the images: they rarely repeat, and where they do (copies of one
+# recording under several names) the dictionary hides their size from Parquet's row-group check,
+# which then never cuts a group.
+SLICES_ROW_GROUP_BYTES = 16 * 2**20
+WRITE_OPTIONS: dict[str, dict[str, str]] = {
+    Table.SLICES: {"parquet.block.size": str(SLICES_ROW_GROUP_BYTES), "parquet.enable.dictionary#spectrogram": "false"},
+}
 
 
 @dataclass
@@ -440,10 +445,7 @@ class Warehouse:
         """Check ``frame`` against the schema of ``name`` and write it, with ``metadata`` (the kind
         :data:`~deepcrate.table_metadata.METADATA_OF` names for the table), into ``run``."""
         uri = self.staging_uri(run, name)
-        writer = validate(frame, table=name).write.mode("overwrite")
-        if name in ROW_GROUP_BYTES:
-            writer = writer.option("parquet.block.size", ROW_GROUP_BYTES[name])
-        writer.parquet(uri)
+        validate(frame, table=name).write.mode("overwrite").options(**WRITE_OPTIONS.get(name, {})).parquet(uri)
         self._write_metadata(run, name, metadata)
 
     def write_table_files(self, run: str, name: Table, local_dir: str, *,
