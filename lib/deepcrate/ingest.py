@@ -1,7 +1,7 @@
 """Ingest: an audio folder becomes the ``songs``, ``slices`` and ``rejects`` tables.
 
 Extract: Spark lists the folder, then reads each audio file with the binaryFile
-source. Transform: executors decode, mix, resample and slice (``mapInPandas``);
+source. Transform: executors decode, mix, resample and slice (``mapInArrow``);
 the driver removes duplicate content, attaches labels and draws the split from the
 small per-file results. Load: the three tables are staged and published together.
 """
@@ -16,8 +16,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import (
     ArrayType,
     BinaryType,
@@ -93,6 +95,7 @@ _DECODED = StructType(
         StructField("spectrogram", BinaryType()),
     ]
 )
+_DECODED_ARROW = to_arrow_schema(_DECODED)
 
 
 @dataclass
@@ -276,11 +279,11 @@ def _decode(
     """
     files_done, task_warnings = live_count(spark), TaskWarnings(spark.sparkContext)
 
-    def decode_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    def decode_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            for path, content in zip(batch["path"], batch["content"]):
+            for path, content in zip(batch.column("path").to_pylist(), batch.column("content")):
                 with task_warnings.captured():
-                    decoded = decode_file(path, bytes(content), settings=settings, limits=limits)
+                    decoded = decode_file(path, content.as_py(), settings=settings, limits=limits)
                 yield decoded
                 files_done.add(1)
                 fail_if_injected("ingest")
@@ -297,7 +300,7 @@ def _decode(
         .filter(F.col("length") <= max_bytes)  # pushed into the scan: big files are never read
         .filter(F.lower("path").rlike(extension_pattern))
         .select("path", "content")
-        .mapInPandas(decode_batches, schema=_DECODED)
+        .mapInArrow(decode_batches, schema=_DECODED)
     )
     with Progress(label="files decoded", total=total, done=files_done, interval_s=progress_s):
         decoding.write.mode("overwrite").parquet(out_uri)
@@ -307,8 +310,12 @@ def _decode(
 
 def decode_file(
     path: str, content: bytes, *, settings: SpectrogramSettings, limits: DecodeLimits
-) -> pd.DataFrame:
-    """The rows one file contributes to the decoded data: its facts, then its slices."""
+) -> pa.RecordBatch:
+    """The rows one file contributes to the decoded data: its facts, then its slices.
+
+    Built as Arrow directly: through pandas, the conversion to Arrow took 4% of an
+    executor's time (py-spy).
+    """
     header: dict[str, Any] = {
         "path": path, "slice_idx": -1, "size_bytes": len(content),
         "content_sha256": hashlib.sha256(content).hexdigest(),
@@ -318,10 +325,10 @@ def decode_file(
                                 keep_native=settings.sample_rate != MFCC_RATE)
     except AudioError as exc:
         header.update(reason=exc.reason, message=exc.message)
-        return _frame([header])
+        return _batch([header])
     except Exception as exc:  # a decoder bug must not kill the job: reject the file
         header.update(reason=DECODE_ERROR, message=f"{path}: {type(exc).__name__}: {exc}")
-        return _frame([header])
+        return _batch([header])
     audio = song.audio
     header.update(
         duration_s=audio.duration_s, sample_rate=audio.sample_rate, channels=audio.channels,
@@ -341,15 +348,11 @@ def decode_file(
         {"path": path, "slice_idx": index, "spectrogram": image}
         for index, image in enumerate(song.slices)
     ]
-    return _frame(rows)
+    return _batch(rows)
 
 
-def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    # object columns: Arrow then converts None to null under the declared types
-    # (pandas' nullable Int32 columns reach Arrow as chunked arrays, which Spark refuses).
-    # Absent keys must be None, not NaN: Spark's converter iterates an array column's values.
-    return pd.DataFrame([[row.get(name) for name in _DECODED.names] for row in rows], columns=_DECODED.names,
-                        dtype=object)
+def _batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pylist(rows, schema=_DECODED_ARROW)  # an absent key is null
 
 
 def _write_tables(
