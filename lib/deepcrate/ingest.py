@@ -303,7 +303,7 @@ def _decode(
         .mapInArrow(decode_batches, schema=_DECODED)
     )
     with Progress(label="files decoded", total=total, done=files_done, interval_s=progress_s):
-        # Unique images: a dictionary for them is work thrown away (~25% of the JVM's write).
+        # The images do not repeat: a Parquet dictionary for them is work thrown away.
         decoding.write.mode("overwrite").option("parquet.enable.dictionary#spectrogram", "false").parquet(out_uri)
     task_warnings.log(stage="ingest")
     return spark.read.schema(_DECODED).parquet(out_uri)

@@ -84,10 +84,10 @@ _PARQUET = ds.ParquetFileFormat(
     default_fragment_scan_options=ds.ParquetFragmentScanOptions(page_checksum_verification=True))
 # pyarrow decodes a whole row group at once, so a reader holds one group per file it reads;
 # Spark's default (128 MB, in practice one group per file) let training's reader grow with the
-# catalogue (1.6 GB at 2,000 songs, 3.7 GB at 10,000). Groups of 16 MB keep it flat (~0.6 GB at
-# both). No dictionary for the images: they rarely repeat, and where they do (copies of one
-# recording under several names) the dictionary hides their size from Parquet's row-group check,
-# which then never cuts a group.
+# catalogue (1.5 GB at 2,000 songs, 3.5 GB at 10,000: bench/slice_reader.py). Groups of 16 MB
+# keep it flat (0.6 GB at both). No dictionary for the images: they rarely repeat, and where
+# they do (copies of one recording under several names) the dictionary hides their size from
+# Parquet's row-group check, which then never cuts a group.
 SLICES_ROW_GROUP_BYTES = 16 * 2**20
 WRITE_OPTIONS: dict[str, dict[str, str]] = {
     Table.SLICES: {"parquet.block.size": str(SLICES_ROW_GROUP_BYTES), "parquet.enable.dictionary#spectrogram": "false"},
