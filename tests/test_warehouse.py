@@ -401,9 +401,9 @@ def test_slices_are_written_in_row_groups_of_bounded_size_so_a_reader_holds_litt
     rows = 4 * SLICES_ROW_GROUP_BYTES // len(images[0])  # four groups' worth
     # Real slices, each song's five 14 times in a row (copies of one recording under several
     # names): with a dictionary for the images, Parquet then never cut a group.
-    frame = spark.createDataFrame(
-        [(f"{n // 5:016x}", n % 5, 3.0 * (n % 5), "rock", "train", images[((n // 70) * 5 + n % 5) % len(images)])
-         for n in range(rows)], schema=TABLES[Table.SLICES]).coalesce(1)
+    chosen = [images[((n // 70) * 5 + n % 5) % len(images)] for n in range(rows)]
+    frame = spark.createDataFrame([(f"{n // 5:016x}", n % 5, 3.0 * (n % 5), "rock", "train", image)
+                                   for n, image in enumerate(chosen)], schema=TABLES[Table.SLICES]).coalesce(1)
     with writer_lock(spark, str(tmp_path / "wh"), command="test", create=True):
         store = Warehouse(spark, str(tmp_path / "wh"), create=True)
         run = store.begin_run()
@@ -412,7 +412,7 @@ def test_slices_are_written_in_row_groups_of_bounded_size_so_a_reader_holds_litt
 
     groups = [metadata.row_group(i) for path in (tmp_path / "wh" / "slices").rglob("*.parquet")
               for metadata in [pq.read_metadata(path)] for i in range(metadata.num_row_groups)]
-    total = sum(len(images[((n // 70) * 5 + n % 5) % len(images)]) for n in range(rows))
+    total = sum(len(image) for image in chosen)
     assert sum(group.num_rows for group in groups) == rows
     assert len(groups) >= total // SLICES_ROW_GROUP_BYTES >= 2  # Spark's default writes one group here
     assert max(group.total_byte_size for group in groups) <= 1.5 * SLICES_ROW_GROUP_BYTES  # checked every ~100 rows
