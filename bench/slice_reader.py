@@ -25,6 +25,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
+from deepcrate.warehouse import SLICES_ROW_GROUP_BYTES
+
 RESULTS = Path(__file__).parent / "results"
 
 READ = """
@@ -55,8 +59,6 @@ print(json.dumps({{"groups": len(table.row_groups(split="train")), "slices": sli
 
 def rewrite(source: Path, target: Path, *, group_bytes: int | None) -> None:
     """The same files again, one row group each (None) or groups of about ``group_bytes``."""
-    import pyarrow.parquet as pq
-
     target.mkdir(parents=True)
     for index, path in enumerate(sorted(source.glob("*.parquet"))):
         table = pq.read_table(path)
@@ -66,14 +68,10 @@ def rewrite(source: Path, target: Path, *, group_bytes: int | None) -> None:
 
 
 def main() -> int:
-    from deepcrate.warehouse import SLICES_ROW_GROUP_BYTES
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("slices", help="a folder holding the Parquet files of a slices table")
     args = parser.parse_args()
     source = Path(args.slices).expanduser()
-    import pyarrow.parquet as pq
-
     first = min(source.glob("*.parquet"))
     image_bytes = len(pq.read_table(first, columns=["spectrogram"]).column(0)[0].as_py())
     row = {"slices_folder": str(source), "files": len(list(source.glob("*.parquet"))),
