@@ -106,6 +106,16 @@ WRITES_AND_PATHS = [
     "SELECT * FROM songs WHERE genre IN (SELECT value FROM text.`/etc/hostname`)",
     "SELECT reflect('java.lang.System', 'getProperty', 'user.home')",
     "EXPLAIN INSERT INTO songs SELECT * FROM songs",
+    # issue 43: statements in a string, reflection by another name or clause
+    "EXECUTE IMMEDIATE 'INSERT OVERWRITE DIRECTORY ''{wh}/songs'' USING parquet SELECT 1 AS x'",
+    "EXECUTE IMMEDIATE 'INSERT OVERWRITE DIRECTORY ''{outside}'' USING parquet SELECT 1 AS x'",
+    "EXPLAIN EXECUTE IMMEDIATE 'INSERT OVERWRITE DIRECTORY ''{outside}'' USING parquet SELECT 1 AS x'",
+    "EXECUTE IMMEDIATE 'SET spark.sql.runSQLOnFiles=true'",
+    "SELECT IDENTIFIER('java_method')('java.lang.System', 'getenv', 'PATH') AS r",
+    "SELECT system.builtin.reflect('java.lang.System', 'getenv', 'PATH') AS r",
+    "SELECT try_reflect('java.lang.System', 'getenv', 'PATH') AS r",
+    "SELECT song_id, count(*) OVER w FROM songs WINDOW w AS (ORDER BY reflect('java.lang.System', 'getenv', 'PATH'))",
+    "SELECT TRANSFORM(song_id) USING 'touch {outside}/ran' FROM songs",
 ]
 
 
@@ -123,7 +133,7 @@ def test_sql_refuses_writes_paths_and_reflection_in_one_line_and_changes_nothing
     err = capsys.readouterr().err
     assert status == 2
     assert err.startswith("deepcrate sql: error: refused: ")
-    assert "is not read-only" in err or "not a table of the warehouse" in err or "calls Java methods" in err
+    assert "is not read-only" in err or "not a table of the warehouse" in err or "calls a Java method" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert sorted((p.relative_to(warehouse), p.stat().st_size) for p in warehouse.rglob("*")) == files_before
     assert (outside / "keep.txt").read_text() == "mine" and sorted(outside.iterdir()) == [outside / "keep.txt"]
@@ -137,6 +147,33 @@ def test_sql_refuses_writes_paths_and_reflection_in_one_line_and_changes_nothing
 def test_sql_answers_every_read_only_statement(spark, warehouse, capsys, query):
     out = run_sql(capsys, warehouse, query, "csv")
     assert len(out.splitlines()) >= 2
+
+
+def test_a_query_over_its_time_limit_is_cancelled_and_the_next_one_runs(spark, warehouse, capsys):
+    capsys.readouterr()
+    endless = "SELECT count(*) FROM range(0, 1000000000000) a"
+    assert main(["sql", "--warehouse", str(warehouse), "--set", "sql.timeout_s=3", endless]) == 2
+    err = capsys.readouterr().err
+    assert err == "deepcrate sql: error: query cancelled after 3 s (sql.timeout_s)\n"
+    assert spark.sparkContext.statusTracker().getActiveJobsIds() == []
+    assert "house" in run_sql(capsys, warehouse, "SELECT genre FROM songs", "csv")
+
+
+def test_a_failed_assertion_says_what_failed_in_one_line(spark, warehouse, capsys):
+    capsys.readouterr()
+    assert main(["sql", "--warehouse", str(warehouse), "SELECT assert_true(n_slices < 0) FROM songs"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("deepcrate sql: error: query failed: [USER_RAISED_EXCEPTION] '(n_slices < 0)' is not true")
+    assert len(err.splitlines()) == 1 and "An error occurred while calling" not in err
+    assert main(["sql", "--warehouse", str(warehouse), "SELECT raise_error('no songs like that')"]) == 2
+    assert capsys.readouterr().err == "deepcrate sql: error: query failed: [USER_RAISED_EXCEPTION] no songs like that\n"
+
+
+def test_a_run_number_below_one_is_explained(spark, warehouse, capsys):
+    capsys.readouterr()
+    assert main(["sql", "--warehouse", str(warehouse), "--as-of", "-1", "SELECT 1"]) == 2
+    err = capsys.readouterr().err
+    assert "there is no run -1 (runs are numbered from 1" in err and "vacuum" not in err
 
 
 def test_an_unknown_column_is_one_line_naming_the_tables(spark, warehouse, capfd):
@@ -182,3 +219,42 @@ def test_a_run_that_rejects_every_file_does_not_wipe_the_catalogue_unless_told(s
     assert main(["ingest", "--audio", str(tmp_path / "audio"), "--warehouse", wh,
                  "--set", "ingest.silence_dbfs=0", "--allow-empty"]) == 0
     assert Warehouse(spark, wh).read("songs").count() == 0
+
+
+def _deepcrate() -> str:
+    import sys
+
+    return str(Path(sys.executable).parent / "deepcrate")
+
+
+def test_show_tables_leaves_nothing_in_the_current_folder(warehouse, tmp_path):
+    import subprocess
+
+    result = subprocess.run([_deepcrate(), "sql", "--warehouse", str(warehouse), "--format", "csv", "SHOW TABLES"],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert {"songs", "slices", "rejects"} <= {row.split(",")[1] for row in result.stdout.splitlines()[1:]}
+    assert list(tmp_path.iterdir()) == []  # Spark's catalog used to make ./spark-warehouse
+
+
+def test_ctrl_c_cancels_a_running_query_in_one_line(warehouse, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    process = subprocess.Popen([_deepcrate(), "sql", "--warehouse", str(warehouse),
+                                "SELECT count(*) FROM range(0, 1000000000000) a"],
+                               stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    for line in process.stderr:  # the session is up once it says which Spark it runs
+        if " Spark 4" in line:
+            break
+    time.sleep(5)  # the tables registered, the statement checked: the job runs
+    assert process.poll() is None
+    process.send_signal(signal.SIGINT)
+    try:
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert err.strip().splitlines()[-1] == "deepcrate sql: interrupted"
+    assert "Traceback" not in err and out == ""

@@ -338,8 +338,9 @@ def _playlist(args: argparse.Namespace) -> int:
 def _sql(args: argparse.Namespace) -> int:
     from deepcrate.sql import run_query
 
-    _, spark = _config_and_session(args)
-    run_query(spark, warehouse=args.warehouse, query=args.query, out=sys.stdout, fmt=args.format, as_of=args.as_of)
+    config, spark = _config_and_session(args)
+    run_query(spark, warehouse=args.warehouse, query=args.query, out=sys.stdout, fmt=args.format, as_of=args.as_of,
+              timeout_s=config["sql"]["timeout_s"])
     return 0
 
 

@@ -3,11 +3,25 @@
 Anything a user can cause (a bad flag, a missing folder, a corrupt table) raises a
 :class:`DeepcrateError`; the CLI prints its message without a traceback.
 """
+import re
 
 
 def first_line(exc: BaseException) -> str:
     """The first line of ``exc``'s message (its class name when empty): library errors can run to pages."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def spark_error_line(exc: BaseException) -> str:
+    """What failed, in one line, from a Spark error: its ``[ERROR_CLASS] message`` wherever it sits
+    in the Java chain (a task's failure is wrapped in "Job aborted ..."), without the SQLSTATE;
+    never py4j's "An error occurred while calling o123.method"."""
+    text = str(exc)
+    found = re.search(r"\[[A-Z][A-Z0-9_.]+\] [^\n]*", text)
+    if found:
+        return re.sub(r"\s*SQLSTATE: \w+.*$", "", found.group(0)).strip()
+    lines = [line.strip().removeprefix(": ").strip() for line in text.splitlines()]
+    lines = [line for line in lines if line and not line.startswith("An error occurred while calling")]
+    return lines[0] if lines else type(exc).__name__
 
 
 class DeepcrateError(Exception):

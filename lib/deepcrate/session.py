@@ -1,10 +1,13 @@
 """The Spark session every job runs in, built from the ``spark`` config section."""
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import re
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -58,6 +61,11 @@ def spark_session(config: dict[str, Any]) -> SparkSession:
             )
     # Executors on a cluster decode file names too.
     builder = builder.config("spark.executorEnv.LC_ALL", "C.UTF-8")
+    if "spark.sql.warehouse.dir" not in section["options"]:
+        # Spark's catalog makes its default database folder (./spark-warehouse) the first time a
+        # statement looks at it (SHOW TABLES): deepcrate keeps no tables there, so it goes to a
+        # folder of its own that is removed at exit, never into the user's current folder.
+        builder = builder.config("spark.sql.warehouse.dir", _scratch_catalog_folder())
     try:
         spark = builder.getOrCreate()
     except Exception as exc:  # the JVM exits early: a bad master, too little memory, no Java
@@ -67,6 +75,12 @@ def spark_session(config: dict[str, Any]) -> SparkSession:
     spark.sparkContext.setLogLevel(section["log_level"])
     logger.info("Spark %s, master %s", spark.version, spark.sparkContext.master)
     return spark
+
+
+def _scratch_catalog_folder() -> str:
+    folder = tempfile.mkdtemp(prefix="deepcrate-catalog-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def _conf_value(value: Any) -> str:

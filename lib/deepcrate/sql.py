@@ -15,138 +15,75 @@ import contextlib
 import csv
 import datetime as dt
 import decimal
+import itertools
 import json
-import re
-from collections.abc import Iterable
+import threading
+import uuid
+from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
 from pyspark.sql import Row, SparkSession
-from pyspark.sql.utils import AnalysisException
 
-from deepcrate.errors import InputError, first_line
+from deepcrate.errors import InputError, spark_error_line
+from deepcrate.session import session_conf
+from deepcrate.sql_guard import check_read_only, quiet_query_errors
 from deepcrate.warehouse import Warehouse, unreadable_file_error
 
 FORMATS = ("table", "csv", "json")
 
 
 def run_query(spark: SparkSession, *, warehouse: str, query: str, out: TextIO, fmt: str = "table",
-              as_of: int | None = None) -> int:
+              as_of: int | None = None, timeout_s: float = 600.0) -> int:
     """Register the warehouse's tables (as run ``as_of`` left them, when given), run ``query`` and
-    write its rows to ``out``.
+    write its rows to ``out``; a query still running after ``timeout_s`` seconds is cancelled.
 
     Returns the number of rows written.
 
     Raises
     ------
     InputError
-        When the query does not parse, names an unknown table or column, or is not a
-        read-only query over the warehouse's tables (:func:`check_read_only`).
+        When the query does not parse, names an unknown table or column, is not a
+        read-only query over the warehouse's tables (:func:`~deepcrate.sql_guard.check_read_only`),
+        or ran out of time.
     """
     store = Warehouse(spark, warehouse, as_of=as_of)
-    store.register()
-    check_read_only(spark, query)
-    files_by_path = spark.conf.get("spark.sql.runSQLOnFiles", "true")
-    spark.conf.set("spark.sql.runSQLOnFiles", "false")
-    try:
-        with _quiet_query_errors():
-            try:
-                frame = spark.sql(query)
-                columns = frame.columns
-                rows = frame.toLocalIterator()
-                first = next(rows, None)
-            except AnalysisException as exc:
-                raise InputError(f"query failed: {first_line(exc)} "
-                                 f"(tables: {', '.join(store.tables()) or 'none'})") from None
-            except Exception as exc:  # a damaged file, or a parse error (ParseException etc.)
-                raise unreadable_file_error(exc) or InputError(f"query failed: {first_line(exc)}") from None
-            stream = rows if first is None else _chain(first, rows)
+    check_read_only(spark, query, tables=store.register())
+    with session_conf(spark, {"spark.sql.runSQLOnFiles": "false"}), quiet_query_errors(), \
+            _time_limit(spark, timeout_s) as expired:
+        try:  # the first row before any output: most failures come before it
+            frame = spark.sql(query)
+            rows = frame.toLocalIterator()
+            first = next(rows, None)
+            stream = () if first is None else itertools.chain([first], rows)
             writer = {"table": _write_table, "csv": _write_csv, "json": _write_json}[fmt]
-            return writer(columns, (_plain(row) for row in stream), out)
-    finally:
-        spark.conf.set("spark.sql.runSQLOnFiles", files_by_path)
+            return writer(frame.columns, (_plain(row) for row in stream), out)
+        except Exception as exc:  # a damaged file, a failed assert_true(), or the time limit
+            if expired.is_set():
+                raise InputError(f"query cancelled after {timeout_s:g} s (sql.timeout_s)") from None
+            raise unreadable_file_error(exc) or InputError(f"query failed: {spark_error_line(exc)}") from None
 
 
 @contextlib.contextmanager
-def _quiet_query_errors():
-    """pyspark logs a failed query's whole Java stack as JSON (~10 KB, logger SQLQueryContextLogger)
-    before raising it; the user gets the one line of the InputError instead."""
-    from pyspark.logger import PySparkLogger
+def _time_limit(spark: SparkSession, seconds: float) -> Iterator[threading.Event]:
+    """Run the block's Spark jobs in a job group of their own, cancelled after ``seconds``;
+    the event says whether that happened."""
+    context = spark.sparkContext
+    group = f"deepcrate-sql-{uuid.uuid4().hex[:12]}"
+    context.setJobGroup(group, "deepcrate sql", interruptOnCancel=True)
+    expired = threading.Event()
 
-    logger = PySparkLogger.getLogger("SQLQueryContextLogger")
-    disabled, logger.disabled = logger.disabled, True
+    def cancel() -> None:
+        expired.set()
+        context.cancelJobGroup(group)
+
+    timer = threading.Timer(seconds, cancel)
+    timer.daemon = True
+    timer.start()
     try:
-        yield
+        yield expired
     finally:
-        logger.disabled = disabled
-
-
-# Commands that only read; every other Command (CREATE, DROP, SET, CACHE, ...) is refused.
-READ_ONLY_COMMANDS = frozenset({"ShowTables", "ShowTablesExtended", "ShowViews", "ShowColumns", "ShowFunctions",
-                                "DescribeRelation", "DescribeColumn", "DescribeQueryCommand", "DescribeFunction",
-                                "ExplainCommand"})
-# Plan nodes that write without being Commands.
-WRITES = frozenset({"InsertIntoStatement", "InsertIntoDir", "AppendData", "OverwriteByExpression",
-                    "OverwritePartitionsDynamic", "MergeIntoTable", "DeleteFromTable", "UpdateTable"})
-REFLECTION = frozenset({"reflect", "java_method", "try_reflect"})
-ALLOWED = "one read-only query (SELECT, WITH, VALUES, SHOW, DESCRIBE, EXPLAIN) over the warehouse's tables"
-
-
-def check_read_only(spark: SparkSession, query: str) -> None:
-    """Refuse ``query`` unless it is :data:`ALLOWED`, decided from Spark's parsed plan.
-
-    Raises
-    ------
-    InputError
-        One line: what was refused and why, or the parse error.
-    """
-    jvm = spark._jvm
-    try:
-        plan = spark._jsparkSession.sessionState().sqlParser().parsePlan(query)
-    except Exception as exc:  # ParseException: its first line says where
-        raise InputError(f"query failed: {first_line(exc)}") from None
-    command = jvm.java.lang.Class.forName("org.apache.spark.sql.catalyst.plans.logical.Command")
-    query_plan = jvm.java.lang.Class.forName("org.apache.spark.sql.catalyst.plans.QueryPlan")
-    subquery = jvm.java.lang.Class.forName("org.apache.spark.sql.catalyst.expressions.SubqueryExpression")
-    pending = [plan]
-    while pending:
-        node = pending.pop()
-        kind = node.getClass().getSimpleName()
-        if kind in WRITES or (command.isInstance(node) and kind not in READ_ONLY_COMMANDS):
-            raise InputError(f"refused: {_statement(kind)} is not read-only; deepcrate sql runs {ALLOWED}")
-        if kind == "UnresolvedRelation" and node.multipartIdentifier().size() != 1:
-            name = ".".join(_items(node.multipartIdentifier()))
-            raise InputError(f"refused: {name} is not a table of the warehouse (files by path and other catalogs "
-                             f"are not read); deepcrate sql runs {ALLOWED}")
-        if kind == "UnresolvedFunction" and _items(node.nameParts())[-1].lower() in REFLECTION:
-            raise InputError(f"refused: {_items(node.nameParts())[-1]}() calls Java methods; "
-                             f"deepcrate sql runs {ALLOWED}")
-        pending += _items(node.children()) + _items(node.innerChildren())
-        if query_plan.isInstance(node):
-            pending += _items(node.expressions())
-        if subquery.isInstance(node) or kind == "DescribeQueryCommand":
-            pending.append(node.plan())
-        if kind == "ExplainCommand":  # the statement it explains is a field, not a child
-            pending.append(node.logicalPlan())
-
-
-def _items(seq) -> list:
-    """A Scala Seq's elements."""
-    return [seq.apply(i) for i in range(seq.size())]
-
-
-def _statement(kind: str) -> str:
-    """A plan node's name as the statement it came from: ``CreateTableAsSelect`` -> ``CREATE TABLE AS SELECT``."""
-    for suffix in ("Statement", "Command"):
-        kind = kind.removesuffix(suffix)
-    if kind == "CompoundBody":
-        return "a BEGIN ... END block"
-    return re.sub(r"(?<=[a-z])(?=[A-Z])", " ", kind).upper()
-
-
-
-def _chain(first: Row, rest: Iterable[Row]) -> Iterable[Row]:
-    yield first
-    yield from rest
+        timer.cancel()
+        context.setLocalProperty("spark.jobGroup.id", None)
 
 
 def _plain(row: Row) -> list[Any]:

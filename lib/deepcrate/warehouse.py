@@ -256,6 +256,9 @@ def resolve_view(runs: RunLog, *, as_of: int | None = None) -> RunRecord | None:
     """The run a reader sees: ``as_of`` when given, else the current one (None: no Delta runs yet)."""
     if as_of is None:
         return runs.current()
+    if as_of < 1:
+        raise WarehouseError(f"warehouse {runs.root}: there is no run {as_of} (runs are numbered from 1; "
+                             f"deepcrate history lists them)")
     if as_of < runs.oldest_kept():
         raise WarehouseError(f"warehouse {runs.root}: the files of run {as_of} were vacuumed "
                              f"(runs from {runs.oldest_kept()} on are kept)")
