@@ -151,7 +151,7 @@ class _Guard:
             if self._logical.isInstance(node):
                 if kind not in PARSED_NODES:
                     raise InputError(_refused_statement(kind))
-                if kind == "UnresolvedRelation" and node.multipartIdentifier().size() != 1:
+                if kind in ("UnresolvedRelation", "UnresolvedTableOrView") and node.multipartIdentifier().size() != 1:
                     name = ".".join(_items(node.multipartIdentifier()))
                     raise InputError(f"refused: {name} is not a table of the warehouse (files by path and other "
                                      f"catalogs are not read); deepcrate sql runs {ALLOWED}")
