@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from deepcrate.config import resolve_config
-from deepcrate.session import ensure_utf8_locale
+from deepcrate.session import LOCAL_FILES, ensure_utf8_locale
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -80,6 +80,7 @@ def spark():
         .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.sql.shuffle.partitions", "2")
         .config("spark.sql.session.timeZone", "UTC")
+        .config(map=LOCAL_FILES)  # as deepcrate's own session reads local files
         .getOrCreate()
     )
     session.sparkContext.setLogLevel("ERROR")
@@ -123,7 +124,8 @@ def rebuilt(spark, tmp_path_factory):
     from deepcrate.cli import main
     from deepcrate.demo import write_demo_catalogue
 
-    root = tmp_path_factory.mktemp("rebuild")
+    # spaces, unicode, '#', '?' and a lone '%' in every path: they must survive Spark, delta-rs and the URIs
+    root = tmp_path_factory.mktemp("rebuild") / "my crate ü#1?100%"
     manifest = write_demo_catalogue(root / "audio", songs_per_genre=5, seconds=11.0, seed=5)
     (root / "audio" / "trance" / "broken.mp3").write_bytes(b"not audio")
     args = ["rebuild", "--audio", str(root / "audio"), "--manifest", str(manifest), "--warehouse", str(root / "wh"),

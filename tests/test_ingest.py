@@ -317,3 +317,16 @@ def test_links_that_cannot_be_opened_become_rejects_and_the_job_goes_on(spark, t
     assert "Too many levels of symbolic links" in rejects.loc[f"{root}/loop.mp3", "message"]
     assert "a symlink to a folder, not followed" in rejects.loc[f"{root}/again", "message"]
     assert rejects.loc[f"{root}/s0.mp3", "reason"] == "duplicate"  # the link sorts first and keeps the song
+
+
+def test_a_colon_in_a_file_name_makes_a_song_not_a_failed_job(spark, tmp_path):
+    audio = tmp_path / "audio"  # issue 43: "a:b.mp3" failed the job (URISyntaxException on its .crc)
+    write_audio(audio / "a:b.mp3", make_signal(6, seed=1))
+    write_audio(audio / "house" / "Artist: Title.mp3", make_signal(6, seed=2))
+    write_audio(audio / "house" / "plain.mp3", make_signal(6, seed=3))
+    summary = ingest(spark, audio=str(audio), warehouse=str(tmp_path / "wh"), config=resolve_config(overrides=CONFIG))
+    songs = Warehouse(spark, str(tmp_path / "wh")).read("songs").toPandas().set_index("path")
+    assert summary.songs == 3 and sum(summary.rejects.values()) == 0
+    assert songs.loc[f"file:{audio}/house/Artist: Title.mp3", "genre"] == "house"
+    assert f"file:{audio}/a:b.mp3" in songs.index
+    assert list(tmp_path.rglob("*.crc")) == []  # local files go through Hadoop's raw file system

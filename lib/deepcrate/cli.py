@@ -193,6 +193,8 @@ def _setup_logging(verbose: bool) -> None:
     )
     for noisy in ("py4j", "pyspark", "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not verbose:  # py4j logs a traceback when Ctrl-C breaks a call it waits on; the user gets one line
+        logging.getLogger("py4j").setLevel(logging.CRITICAL)
 
 
 def _config_and_session(args: argparse.Namespace):

@@ -92,9 +92,10 @@ def open_version(table_uri: str, version: int, *, name: str) -> DeltaTable:
 
 def committed_files(table_uri: str, version: int, *, name: str) -> list[str]:
     """The files version ``version`` of the table reads, as URIs in the style of ``table_uri``."""
-    location = delta_location(table_uri).rstrip("/")
-    uris = open_version(table_uri, version, name=name).file_uris()
-    return [f"{table_uri}/{uri[len(location) + 1:]}" if uri.startswith(location + "/") else uri for uri in uris]
+    # Joined here from the log's relative paths: delta-rs's own file_uris() percent-encodes the
+    # table's folder (a space becomes %20), which Spark would then read as those characters.
+    actions = open_version(table_uri, version, name=name).get_add_actions(flatten=True)
+    return [f"{table_uri.rstrip('/')}/{path}" for path in actions.column("path").to_pylist()]
 
 
 def latest_version(table_uri: str) -> int | None:

@@ -14,13 +14,13 @@ from pyspark.sql import SparkSession
 
 from deepcrate.errors import WarehouseError
 from deepcrate.run_log import RunLog
-from deepcrate.uris import filesystem_and_path, to_uri
+from deepcrate.uris import filesystem_and_path, warehouse_uri
 from deepcrate.warehouse import Warehouse, writer_lock
 
 
 def history_rows(warehouse: str) -> list[dict[str, Any]]:
     """One row per published run, newest first: number, time, command, what changed, row counts."""
-    root = to_uri(warehouse)
+    root = warehouse_uri(warehouse)
     filesystem, path = filesystem_and_path(root)
     if filesystem.get_file_info(path).type.name != "Directory":
         raise WarehouseError(f"warehouse {root}: no such folder")

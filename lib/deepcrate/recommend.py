@@ -25,7 +25,7 @@ from deepcrate.model_store import MODELS, read_model_folder
 from deepcrate.musical import KEY_CHOICES, compatible_camelot, musical_facts, tempo_mixes
 from deepcrate.schemas import Table
 from deepcrate.slicing import slice_audio_file
-from deepcrate.uris import local_path, to_uri
+from deepcrate.uris import local_path, to_uri, warehouse_uri
 from deepcrate.vector_index import INDEX, IndexSettings, load_index, neighbours
 from deepcrate.vectors import normalise
 from deepcrate.warehouse import ArrowTables
@@ -102,7 +102,7 @@ class Catalogue:
     """
 
     def __init__(self, warehouse: str, *, config: dict[str, Any]) -> None:
-        self.root = to_uri(warehouse)
+        self.root = warehouse_uri(warehouse)
         self.config = config
         self.settings = IndexSettings.from_config(config)
         if not self.root.startswith("file:"):

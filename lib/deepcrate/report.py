@@ -33,7 +33,7 @@ from deepcrate.model_store import MODELS, read_model_folder
 from deepcrate.projection import project
 from deepcrate.run_log import RunLog, RunRecord
 from deepcrate.schemas import EVALUATION_METHODS, Table
-from deepcrate.uris import filesystem_and_path, local_path, to_uri
+from deepcrate.uris import filesystem_and_path, local_path, warehouse_uri
 from deepcrate.warehouse import ArrowTables
 
 logger = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def write_report(warehouse: str, *, out: str, audio_base: str | None = None, pro
 def read_report_page(warehouse: str, *, out_dir: str, audio_base: str | None = None,
                      projection: str = "auto") -> ReportPage:
     """Read what the page shows from the current run of ``warehouse``."""
-    root = to_uri(warehouse)
+    root = warehouse_uri(warehouse)
     if not root.startswith("file:"):
         raise WarehouseError(f"report reads local warehouses; copy {root} locally first")
     filesystem, path = filesystem_and_path(root)

@@ -19,6 +19,12 @@ from deepcrate.progress import LiveCount
 
 logger = logging.getLogger(__name__)
 
+# Local files through Hadoop's raw file system: its default (checksummed) one opens a ".x.crc"
+# beside every file it reads, and a name with a colon ("Artist: Title.mp3") cannot become that
+# path (URISyntaxException), which failed the whole ingest. Parquet and the Delta log carry
+# their own integrity checks; the tables also lose their .crc clutter.
+LOCAL_FILES = {"spark.hadoop.fs.file.impl": "org.apache.hadoop.fs.RawLocalFileSystem"}
+
 
 def under_spark_submit() -> bool:
     """True when spark-submit launched this driver (it then owns master and Python)."""
@@ -61,6 +67,9 @@ def spark_session(config: dict[str, Any]) -> SparkSession:
             )
     # Executors on a cluster decode file names too.
     builder = builder.config("spark.executorEnv.LC_ALL", "C.UTF-8")
+    for key, value in LOCAL_FILES.items():
+        if key not in section["options"]:
+            builder = builder.config(key, value)
     if "spark.sql.warehouse.dir" not in section["options"]:
         # Spark's catalog makes its default database folder (./spark-warehouse) the first time a
         # statement looks at it (SHOW TABLES): deepcrate keeps no tables there, so it goes to a

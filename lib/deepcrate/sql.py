@@ -17,9 +17,10 @@ import datetime as dt
 import decimal
 import itertools
 import json
+import signal
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TextIO
 
 from pyspark.sql import Row, SparkSession
@@ -46,43 +47,74 @@ def run_query(spark: SparkSession, *, warehouse: str, query: str, out: TextIO, f
         read-only query over the warehouse's tables (:func:`~deepcrate.sql_guard.check_read_only`),
         or ran out of time.
     """
-    store = Warehouse(spark, warehouse, as_of=as_of)
-    check_read_only(spark, query, tables=store.register())
-    with session_conf(spark, {"spark.sql.runSQLOnFiles": "false"}), quiet_query_errors(), \
-            _time_limit(spark, timeout_s) as expired:
-        try:  # the first row before any output: most failures come before it
-            frame = spark.sql(query)
-            rows = frame.toLocalIterator()
-            first = next(rows, None)
-            stream = () if first is None else itertools.chain([first], rows)
-            writer = {"table": _write_table, "csv": _write_csv, "json": _write_json}[fmt]
-            return writer(frame.columns, (_plain(row) for row in stream), out)
-        except Exception as exc:  # a damaged file, a failed assert_true(), or the time limit
-            if expired.is_set():
-                raise InputError(f"query cancelled after {timeout_s:g} s (sql.timeout_s)") from None
-            raise unreadable_file_error(exc) or InputError(f"query failed: {spark_error_line(exc)}") from None
+    with _cancellable(spark, timeout_s=timeout_s) as cancelled:
+        try:
+            store = Warehouse(spark, warehouse, as_of=as_of)
+            check_read_only(spark, query, tables=store.register())
+        except Exception:  # Ctrl-C cancelled a job of the registration (a schema read)
+            _stop_if(cancelled(), timeout_s=timeout_s)
+            raise
+        with session_conf(spark, {"spark.sql.runSQLOnFiles": "false"}), quiet_query_errors():
+            try:  # the first row before any output: most failures come before it
+                _stop_if(cancelled(), timeout_s=timeout_s)
+                frame = spark.sql(query)
+                rows = frame.toLocalIterator()
+                first = next(rows, None)
+                stream = () if first is None else itertools.chain([first], rows)
+                writer = {"table": _write_table, "csv": _write_csv, "json": _write_json}[fmt]
+                written = writer(frame.columns, (_plain(row) for row in stream), out)
+            except Exception as exc:  # a damaged file, a failed assert_true(), or a cancel
+                _stop_if(cancelled(), timeout_s=timeout_s)
+                raise unreadable_file_error(exc) or InputError(f"query failed: {spark_error_line(exc)}") from None
+        _stop_if(cancelled(), timeout_s=timeout_s)  # Ctrl-C as the last rows came
+        return written
+
+
+def _stop_if(reason: str | None, *, timeout_s: float) -> None:
+    if reason == "timeout":
+        raise InputError(f"query cancelled after {timeout_s:g} s (sql.timeout_s)") from None
+    if reason == "interrupt":
+        raise KeyboardInterrupt from None
 
 
 @contextlib.contextmanager
-def _time_limit(spark: SparkSession, seconds: float) -> Iterator[threading.Event]:
-    """Run the block's Spark jobs in a job group of their own, cancelled after ``seconds``;
-    the event says whether that happened."""
+def _cancellable(spark: SparkSession, *, timeout_s: float) -> Iterator[Callable[[], str | None]]:
+    """Run the block's Spark jobs in a job group of their own, cancelled after ``timeout_s`` or on
+    Ctrl-C; the callable says why it was cancelled ("timeout", "interrupt") or None.
+
+    Ctrl-C only asks for the cancel, from another thread: raising inside the call the main
+    thread is blocked in would tear py4j's connection (a logged traceback) instead."""
     context = spark.sparkContext
     group = f"deepcrate-sql-{uuid.uuid4().hex[:12]}"
     context.setJobGroup(group, "deepcrate sql", interruptOnCancel=True)
-    expired = threading.Event()
+    reasons: list[str] = []
+    done = threading.Event()
 
-    def cancel() -> None:
-        expired.set()
-        context.cancelJobGroup(group)
+    def keep_cancelling() -> None:  # a job the statement starts after the cancel is cancelled too
+        tracker = context.statusTracker()
+        while True:
+            if set(tracker.getJobIdsForGroup(group)) & set(tracker.getActiveJobsIds()):
+                context.cancelJobGroup(group)
+            if done.wait(0.2):
+                return
 
-    timer = threading.Timer(seconds, cancel)
+    def cancel(reason: str) -> None:
+        if not reasons:
+            reasons.append(reason)
+            threading.Thread(target=keep_cancelling, daemon=True).start()
+
+    timer = threading.Timer(timeout_s, cancel, args=("timeout",))
     timer.daemon = True
     timer.start()
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, lambda *_: cancel("interrupt")) if in_main else None
     try:
-        yield expired
+        yield lambda: reasons[0] if reasons else None
     finally:
+        done.set()
         timer.cancel()
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
         context.setLocalProperty("spark.jobGroup.id", None)
 
 

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pyarrow.fs
+
+from deepcrate.errors import WarehouseError
 
 
 def to_uri(location: str) -> str:
@@ -11,6 +14,20 @@ def to_uri(location: str) -> str:
     if "://" in location or location.startswith("file:"):
         return location.rstrip("/")
     return "file:" + os.path.abspath(os.path.expanduser(location))
+
+
+def warehouse_uri(location: str) -> str:
+    """:func:`to_uri` for a warehouse folder, refused in one line where delta-rs cannot open it.
+
+    delta-rs 1.6 decodes a local table's path once when it writes and twice when it reads,
+    so a folder named ``w%41`` would be written as itself and read as ``wA``. A ``%`` before two
+    hex digits is therefore refused; spaces, unicode, ``#``, ``?`` and other ``%`` work.
+    """
+    uri = to_uri(location)
+    if uri.startswith("file:") and re.search(r"%[0-9A-Fa-f]{2}", uri):
+        raise WarehouseError(f"warehouse {local_path(uri)}: a folder whose path holds '%' followed by two hex digits "
+                             f"cannot be used (the Delta library reads it as an escaped character); rename it")
+    return uri
 
 
 def local_path(uri: str) -> str:

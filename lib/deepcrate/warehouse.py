@@ -63,7 +63,7 @@ from deepcrate.run_log import EMPTY, RunLog, RunRecord, TableVersion, now
 from deepcrate.schemas import Table, validate
 from deepcrate.slice_reader import SliceTable
 from deepcrate.table_metadata import TableMetadata, checked_metadata, metadata_class
-from deepcrate.uris import filesystem_and_path, local_path, to_uri
+from deepcrate.uris import filesystem_and_path, local_path, to_uri, warehouse_uri
 from deepcrate.vector_index import INDEX
 
 logger = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ NOT_TABLES = {MODELS, INDEX}  # folders of the warehouse that hold files, not a 
 TABLE_FORMATS = ("delta", "parquet")
 _STAGING = "_staging"
 _SCRATCH = "_scratch"  # a job's intermediate data, never published (see Warehouse.scratch_uri)
+_OWNER_SUFFIX = ".owner"  # beside a run's scratch folder: the host and pid of the job that writes it
 _FORMER_SCRATCH = "decoded"  # where ingest's scratch lay, never removed, before _SCRATCH
 _PUBLISH = "_PUBLISH"
 LOCK_FILE = "_LOCK"
@@ -128,14 +129,14 @@ class ArrowTables:
 
     def __init__(self, root: str, view: RunRecord | None, *,
                  folder_of: Callable[[str], str] | None = None) -> None:
-        self.root = to_uri(root)
+        self.root = warehouse_uri(root)
         self.view = view
         self._folder_of = folder_of
 
     @classmethod
     def current(cls, root: str, *, as_of: int | None = None) -> ArrowTables:
         """The tables of the current run (or of run ``as_of``)."""
-        return cls(root, resolve_view(RunLog(to_uri(root)), as_of=as_of))
+        return cls(root, resolve_view(RunLog(warehouse_uri(root)), as_of=as_of))
 
     def exists(self, name: str) -> bool:
         if self.view is not None and self._folder_of is None:
@@ -289,7 +290,7 @@ class Warehouse:
     def __init__(self, spark: SparkSession, root: str, *, create: bool = False,
                  table_format: str = "delta", as_of: int | None = None) -> None:
         self.spark = spark
-        self.root = to_uri(root)
+        self.root = warehouse_uri(root)
         if table_format not in TABLE_FORMATS:
             raise WarehouseError(f"warehouse.table_format must be one of {TABLE_FORMATS}, got {table_format!r}")
         self.table_format = table_format
@@ -419,24 +420,49 @@ class Warehouse:
 
     def scratch_uri(self, run: str, name: str) -> str:
         """Where ``run`` writes data it needs only while it runs (ingest's decoded files): never
-        published, deleted by :meth:`drop_scratch`, or by the next job if this one dies first."""
+        published, deleted by :meth:`drop_scratch`, or by a later job once this one's process is gone."""
+        owner = f"{self.root}/{_SCRATCH}/{run}{_OWNER_SUFFIX}"
+        if not self._exists(owner):
+            self._write_text(owner, json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
         return f"{self.root}/{_SCRATCH}/{run}/{name}"
 
     def drop_scratch(self, run: str) -> None:
         """Delete what ``run`` wrote under :meth:`scratch_uri`."""
-        path = self._path(f"{self.root}/{_SCRATCH}/{run}")
-        if self._fs.exists(path):
-            self._fs.delete(path, True)
-        if self._fs.exists(path.getParent()) and not self._fs.listStatus(path.getParent()):
-            self._fs.delete(path.getParent(), True)
+        for uri in (f"{self.root}/{_SCRATCH}/{run}", f"{self.root}/{_SCRATCH}/{run}{_OWNER_SUFFIX}"):
+            if self._exists(uri):
+                self._fs.delete(self._path(uri), True)
+        parent = self._path(f"{self.root}/{_SCRATCH}")
+        if self._fs.exists(parent) and not self._fs.listStatus(parent):
+            self._fs.delete(parent, True)
 
     def _drop_left_scratch(self) -> None:
-        """A job starts under the writer lock: any scratch there is a dead job's."""
-        for folder in (_SCRATCH, _FORMER_SCRATCH):
-            path = self._path(f"{self.root}/{folder}")
-            if self._fs.exists(path) and (folder == _SCRATCH or not self._exists(f"{self.root}/{folder}/_delta_log")):
-                logger.info("warehouse %s: deleting %s, left by a job that did not finish", self.root, folder)
-                self._fs.delete(path, True)
+        """A job starts under the writer lock: scratch there is a dead job's, unless its process
+        still runs on this host (a job whose lock file was deleted under it): that one is kept,
+        and that job will find it lost its lock before it commits."""
+        scratch = self._path(f"{self.root}/{_SCRATCH}")
+        if self._fs.exists(scratch):
+            for status in self._fs.listStatus(scratch):
+                name = status.getPath().getName()
+                run = name.removesuffix(_OWNER_SUFFIX)
+                owner = self._owner(f"{self.root}/{_SCRATCH}/{run}{_OWNER_SUFFIX}")
+                if owner.get("host") == socket.gethostname() and _process_alive(int(owner.get("pid", -1))):
+                    logger.warning("warehouse %s: keeping the scratch of run %s: its job (pid %s) still runs",
+                                   self.root, run, owner.get("pid"))
+                    continue
+                if name == run:
+                    logger.info("warehouse %s: deleting the scratch of run %s, left by a job that did not finish",
+                                self.root, run)
+                self._fs.delete(status.getPath(), True)
+        former = self._path(f"{self.root}/{_FORMER_SCRATCH}")
+        if self._fs.exists(former) and not self._exists(f"{self.root}/{_FORMER_SCRATCH}/_delta_log"):
+            logger.info("warehouse %s: deleting %s, left by a job that did not finish", self.root, _FORMER_SCRATCH)
+            self._fs.delete(former, True)
+
+    def _owner(self, uri: str) -> dict[str, Any]:
+        try:
+            return json.loads(self._read_text(uri)) if self._exists(uri) else {}
+        except (ValueError, WarehouseError):
+            return {}
 
     def staging_uri(self, run: str, name: str) -> str:
         """Where ``run`` writes table or folder ``name`` before it is published."""
@@ -525,6 +551,7 @@ class Warehouse:
             self._roll_forward(run, names)
             logger.info("published %s to %s", ", ".join(names), self.root)
             return
+        self.check_lock()
         tables: dict[str, TableVersion] = {}
         folders: dict[str, str] = {}
         for name in names:
@@ -724,6 +751,10 @@ class Warehouse:
             other = self._lock_holder(lock)
             if other is None:  # released meanwhile
                 continue
+            if not other:
+                raise WarehouseError(
+                    f"warehouse {self.root}: its writer lock {lock} holds no job's record (it should name the host, "
+                    f"pid and command of the job writing); if no job is writing to this warehouse, delete that file")
             if other.get("host") == holder["host"] and not _process_alive(int(other.get("pid", -1))):
                 self._move_aside_stale(lock, other)
                 continue
@@ -785,6 +816,20 @@ class Warehouse:
         logger.warning("warehouse %s: took over the writer lock of %s (pid %s on %s, since %s), which is no "
                        "longer running", self.root, stale.get("command"), stale.get("pid"), stale.get("host"),
                        stale.get("started"))
+
+    def check_lock(self) -> None:
+        """Refuse to go on when the writing job of this process no longer holds the warehouse's lock
+        (``WH/_LOCK`` deleted, or taken by another job, while it ran): what it wrote is not committed."""
+        job = _HELD.get(self.root)
+        if job is None:
+            return
+        lock = f"{self.root}/{LOCK_FILE}"
+        holder = self._lock_holder(lock)
+        if holder is None or holder.get("token") != job.token:
+            now = "it is gone" if holder is None else (f"it now names {holder.get('command', '?')}, pid "
+                                                       f"{holder.get('pid', '?')} on {holder.get('host', '?')}")
+            raise WarehouseError(f"warehouse {self.root}: this {job.command} lost its writer lock {lock} while it "
+                                 f"ran ({now}); nothing more was committed or published: run it again")
 
     def _drop_lock(self, token: str) -> None:
         lock = f"{self.root}/{LOCK_FILE}"
@@ -850,6 +895,7 @@ def writer_lock(spark: SparkSession, warehouse: str, *, command: str, create: bo
     try:
         yield
         if job.depth == 1 and job.changed:
+            store.check_lock()
             store.runs.publish(job.applied_to(store.runs.current() or EMPTY))
             store.runs.drop_draft()
             logger.info("published run %d of %s: %s", job.base + 1, store.root, ", ".join(dict.fromkeys(job.changed)))
