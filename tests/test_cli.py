@@ -84,6 +84,8 @@ def test_bad_query_and_missing_warehouse_exit_2_with_a_message(spark, warehouse,
     assert "query failed" in err and "Traceback" not in err
     assert main(["sql", "--warehouse", str(tmp_path / "none"), "SELECT 1"]) == 2
     assert "no such folder" in capsys.readouterr().err
+    assert main(["recommend", "--warehouse", str(tmp_path / "none"), "--song", "x"]) == 2
+    assert capsys.readouterr().err == f"deepcrate recommend: error: warehouse {tmp_path / 'none'}: no such folder\n"
     assert main(["ingest", "--audio", str(tmp_path / "none"), "--warehouse", str(tmp_path / "wh")]) == 2
     assert "audio folder" in capsys.readouterr().err
     assert main(["ingest", "--audio", str(tmp_path), "--warehouse", str(tmp_path / "wh"),
@@ -258,3 +260,12 @@ def test_ctrl_c_cancels_a_running_query_in_one_line(warehouse, tmp_path):
     assert process.returncode == 130
     assert err.strip().splitlines()[-1] == "deepcrate sql: interrupted"
     assert "Traceback" not in err and out == ""
+
+
+def test_a_demo_catalogue_into_an_existing_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "taken").write_text("mine")
+    assert main(["demo-catalogue", str(tmp_path / "taken"), "--songs-per-genre", "1", "--seconds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"deepcrate demo-catalogue: error: {tmp_path / 'taken'} exists and is not a folder; name a folder " \
+                  "for the demo catalogue\n"
+    assert (tmp_path / "taken").read_text() == "mine"

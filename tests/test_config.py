@@ -92,3 +92,32 @@ def test_a_list_of_the_wrong_kind_is_refused():
     with pytest.raises(ConfigError, match=r"ingest.extensions must be a list of str like \['mp3'"):
         resolve_config(overrides=["ingest.extensions=[[mp3], ogg]"])
     assert resolve_config(overrides=["ingest.extensions=[mp3]"])["ingest"]["extensions"] == ["mp3"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"spark: [\n", "not valid YAML: expected the node content, but found '<stream end>' at line 2, column 1"),
+    (b"\xff\xfe spark:", "not UTF-8 text (byte 0xff at offset 0)"),
+])
+def test_an_unreadable_conf_file_is_one_line(tmp_path, content, message):
+    conf = tmp_path / "bad.yaml"
+    conf.write_bytes(content)
+    with pytest.raises(ConfigError) as refused:
+        resolve_config(conf_files=[conf])
+    assert str(refused.value) == f"config file {conf}: {message}" or str(refused.value).startswith(
+        f"config file {conf}: {message}")
+    assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("spark.log_level=NOPE", "spark.log_level must be one of ALL, TRACE, DEBUG, INFO, WARN, ERROR, FATAL, OFF"),
+    ("ingest.extensions=[]", "ingest.extensions must list at least one file extension"),
+    ("ingest.extensions=['']", "ingest.extensions must list at least one file extension"),
+    ("ingest.truncated_ratio=5", "ingest.truncated_ratio must be > 0 and <= 1"),
+])
+def test_settings_that_would_make_nonsense_of_a_job_are_refused(override, message):
+    with pytest.raises(ConfigError, match=f"^{message}"):
+        resolve_config(overrides=[override])
+
+
+def test_a_log_level_is_taken_in_any_case():
+    assert resolve_config(overrides=["spark.log_level=error"])["spark"]["log_level"] == "ERROR"

@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 
 from deepcrate.config import resolve_config
+from deepcrate.errors import InputError
 from deepcrate.history import vacuum
 from deepcrate.ingest import ingest
 from deepcrate.warehouse import Warehouse
@@ -227,7 +228,7 @@ def test_manifest_supplies_labels_and_extra_columns(spark, catalogue, tmp_path, 
 
 
 def test_missing_audio_folder_is_a_clear_error(spark, tmp_path):
-    from deepcrate.errors import InputError
+
 
     with pytest.raises(InputError, match="no such folder"):
         ingest(spark, audio=str(tmp_path / "nope"), warehouse=str(tmp_path / "wh"), config=resolve_config())
@@ -290,7 +291,7 @@ def test_a_file_listed_twice_with_two_genres_is_named_with_both_and_the_first_ke
 
 def test_an_empty_manifest_is_one_line(tmp_path):
     from deepcrate.audio_inputs import read_manifest
-    from deepcrate.errors import InputError
+
 
     (tmp_path / "empty.csv").write_bytes(b"")
     with pytest.raises(InputError, match=r"empty.csv: is empty \(it needs a header line"):
@@ -330,3 +331,27 @@ def test_a_colon_in_a_file_name_makes_a_song_not_a_failed_job(spark, tmp_path):
     assert songs.loc[f"file:{audio}/house/Artist: Title.mp3", "genre"] == "house"
     assert f"file:{audio}/a:b.mp3" in songs.index
     assert list(tmp_path.rglob("*.crc")) == []  # local files go through Hadoop's raw file system
+
+
+@pytest.mark.parametrize("text, message", [
+    ("path,genre\na.mp3,house,extra\nb.mp3,trance\n", "line 2 has 3 fields, the header names 2 (path, genre)"),
+    ("path,genre,Genre\na.mp3,house,trance\n", "columns 'genre', 'Genre' all become column 'genre'"),
+    ("path,a b,a-b\na.mp3,1,2\n", "columns 'a b', 'a-b' all become column 'a_b'"),
+])
+def test_a_manifest_whose_columns_would_shift_or_merge_is_refused_in_one_line(tmp_path, text, message):
+    from deepcrate.audio_inputs import read_manifest
+
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(text)
+    with pytest.raises(InputError) as refused:
+        read_manifest(str(manifest), audio_uri="file:" + str(tmp_path))
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_a_manifest_row_with_fewer_fields_keeps_its_label(tmp_path):
+    from deepcrate.audio_inputs import read_manifest
+
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,genre,artist\na.mp3,house\nb.mp3,trance,Someone\n")
+    table = read_manifest(str(manifest), audio_uri="file:" + str(tmp_path))
+    assert table["genre"].tolist() == ["house", "trance"] and table["artist"].tolist() == [None, "Someone"]

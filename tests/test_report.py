@@ -161,6 +161,27 @@ def report(rebuilt, tmp_path_factory):
     return root, out
 
 
+def test_the_page_gets_the_mode_the_umask_gives_like_any_programs_output(rebuilt, tmp_path):
+    import os
+
+    previous = os.umask(0o022)
+    try:
+        assert main(["report", "--warehouse", str(rebuilt[0] / "wh"), "--out", str(tmp_path / "r.html"),
+                     "--projection", "pca"]) == 0
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "r.html").stat().st_mode & 0o777 == 0o644  # a web server can read it
+    assert [p.name for p in tmp_path.iterdir()] == ["r.html"]  # no draft left beside it
+
+
+def test_a_page_that_cannot_be_written_there_is_one_line(rebuilt, tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    assert main(["report", "--warehouse", str(rebuilt[0] / "wh"), "--out", str(tmp_path / "afile" / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"deepcrate report: error: report {tmp_path / 'afile' / 'r.html'}: cannot be written there")
+    assert len(err.splitlines()) == 1
+
+
 def test_the_page_holds_the_tables_numbers(report):
     root, out = report
     parsed = _Page(out.read_text(encoding="utf-8"))

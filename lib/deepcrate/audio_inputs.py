@@ -1,6 +1,7 @@
 """What is in the audio folder, and what the manifest says about it (driver side)."""
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import re
@@ -102,14 +103,23 @@ def read_manifest(manifest: str, *, audio_uri: str) -> pd.DataFrame:
         When the file is unreadable or has no ``path`` column.
     """
     try:
-        table = pd.read_csv(manifest, dtype=str, keep_default_na=False, encoding="utf-8")
+        _check_field_counts(manifest)
+        # index_col=False: when rows hold more fields than the header, pandas would take the first
+        # column as the index and shift every label one column left (the check above refuses that)
+        table = pd.read_csv(manifest, dtype=str, keep_default_na=False, encoding="utf-8", index_col=False)
     except FileNotFoundError:
         raise InputError(f"manifest {manifest}: no such file") from None
     except pd.errors.EmptyDataError:
         raise InputError(f"manifest {manifest}: is empty (it needs a header line with a 'path' column)") from None
     except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise InputError(f"manifest {manifest}: cannot be read as UTF-8 CSV: {exc}") from None
-    table.columns = [_column_name(c) for c in table.columns]
+    names = [_column_name(c) for c in table.columns]
+    for name in dict.fromkeys(names):
+        same = [str(c) for c, n in zip(table.columns, names) if n == name]
+        if len(same) > 1:
+            raise InputError(f"manifest {manifest}: columns {', '.join(repr(c) for c in same)} all become column "
+                             f"{name!r}; rename all but one")
+    table.columns = names
     if "path" not in table.columns:
         raise InputError(f"manifest {manifest}: needs a 'path' column, has {list(table.columns)}")
     reserved = {f.name for f in SONGS.fields} - {"path", *LABEL_COLUMNS}
@@ -143,6 +153,17 @@ def read_manifest(manifest: str, *, audio_uri: str) -> pd.DataFrame:
     table["release_date"] = dates.dt.date.astype(object).where(dates.notna(), None)
     extras = [c for c in table.columns if c not in ("path", "uri", *LABEL_COLUMNS)]
     return table.set_index("uri")[LABEL_COLUMNS + extras]
+
+
+def _check_field_counts(manifest: str) -> None:
+    """Refuse a row with more fields than the header names: its values would land in other columns."""
+    with open(manifest, encoding="utf-8", newline="") as lines:
+        rows = csv.reader(lines)
+        header = next(rows, [])
+        for row in rows:
+            if len(row) > len(header):
+                raise InputError(f"manifest {manifest}: line {rows.line_num} has {len(row)} fields, the header names "
+                                 f"{len(header)} ({', '.join(header)}); quote a value that holds a comma")
 
 
 def _manifest_uri(path: str | None, *, audio_uri: str) -> str:

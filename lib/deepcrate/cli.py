@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -211,9 +212,14 @@ def _demo_catalogue(args: argparse.Namespace) -> int:
 
     if args.songs_per_genre < 1 or args.seconds <= 0:
         raise DeepcrateError("--songs-per-genre and --seconds must be positive")
-    manifest = write_demo_catalogue(
-        args.out_dir, songs_per_genre=args.songs_per_genre, seconds=args.seconds, seed=args.seed
-    )
+    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        raise DeepcrateError(f"{args.out_dir} exists and is not a folder; name a folder for the demo catalogue")
+    try:
+        manifest = write_demo_catalogue(
+            args.out_dir, songs_per_genre=args.songs_per_genre, seconds=args.seconds, seed=args.seed
+        )
+    except OSError as exc:
+        raise DeepcrateError(f"cannot write the demo catalogue: {exc.strerror}: {exc.filename}") from None
     print(f"demo catalogue written: {manifest.parent} (manifest: {manifest})")
     return 0
 

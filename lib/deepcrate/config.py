@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from deepcrate.errors import ConfigError
+from deepcrate.errors import ConfigError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +114,11 @@ def resolve_config(
             overlay = _safe_yaml(path.read_text(encoding="utf-8"), where=f"config file {path}") or {}
         except OSError as exc:
             raise ConfigError(f"config file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                              f"{exc.start}); a config is YAML written in UTF-8") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path}: not valid YAML: {exc}") from None
+            raise ConfigError(f"config file {path}: not valid YAML: {_yaml_problem(exc)}") from None
         if not isinstance(overlay, dict):
             raise ConfigError(f"config file {path}: expected a mapping at the top level")
         _merge(config, overlay, where=str(path), trail=())
@@ -126,7 +129,7 @@ def resolve_config(
         try:
             value = _safe_yaml(raw, where=f"--set {override!r}") if raw.strip() else ""
         except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {override!r}: value is not valid YAML: {exc}") from None
+            raise ConfigError(f"--set {override!r}: value is not valid YAML: {_yaml_problem(exc)}") from None
         parts = key.strip().split(".")
         for free in FREE_FORM:  # spark.options.spark.executor.memory: the rest is one key
             if tuple(parts[: len(free)]) == free and len(parts) > len(free):
@@ -137,7 +140,35 @@ def resolve_config(
         _merge(config, nested, where=f"--set {override}", trail=())
     _check_split(config["split"])
     _check_signs(config, default_config(), trail=())
+    _check_meaning(config)
     return config
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line: what, and where (PyYAML's own message spans four)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(exc, 'problem', None) or first_line(exc)}{where}"
+
+
+LOG_LEVELS = ("ALL", "TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF")
+
+
+def _check_meaning(config: dict[str, Any]) -> None:
+    """Values that parse but would make nonsense of a job, refused before it starts."""
+    level = str(config["spark"]["log_level"]).upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"spark.log_level must be one of {', '.join(LOG_LEVELS)}, got {config['spark']['log_level']!r}")
+    config["spark"]["log_level"] = level
+    extensions = config["ingest"]["extensions"]
+    if not isinstance(extensions, list) or not extensions or not all(isinstance(e, str) and e.strip(".")
+                                                                      for e in extensions):
+        raise ConfigError(f"ingest.extensions must list at least one file extension (e.g. [mp3, flac]), "
+                          f"got {extensions!r}")
+    ratio = config["ingest"]["truncated_ratio"]
+    if not 0 < ratio <= 1:
+        raise ConfigError(f"ingest.truncated_ratio must be > 0 and <= 1 (the share of its header's length a "
+                          f"file must decode to), got {ratio!r}")
 
 
 def _safe_yaml(text: str, *, where: str) -> Any:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 from deltalake import DeltaTable
 from deltalake import Schema as DeltaSchema
-from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
 
 from deepcrate.errors import WarehouseError, first_line
@@ -70,7 +70,7 @@ def commit_files(table_uri: str, files: list[DataFile], *, schema: pa.Schema, na
     except CommitFailedError as exc:
         raise WarehouseError(f"table {name}: another job committed to {table_uri} while this one wrote it "
                              f"({first_line(exc)}); this job's version was not committed") from None
-    except (DeltaError, OSError, ValueError) as exc:
+    except Exception as exc:  # DeltaError, or a plain Exception for a log delta-rs cannot parse
         raise WarehouseError(f"table {name}: cannot commit to its Delta log in {table_uri}: "
                              f"{first_line(exc)}") from None
 
@@ -104,6 +104,9 @@ def latest_version(table_uri: str) -> int | None:
         return DeltaTable(delta_location(table_uri)).version()
     except TableNotFoundError:
         return None
+    except Exception as exc:  # a truncated or corrupt log: delta-rs raises plain Exception (a Rust error)
+        raise WarehouseError(f"table {table_uri.rstrip('/').rsplit('/', 1)[-1]}: its Delta log in {table_uri} "
+                             f"cannot be read: {first_line(exc)}") from None
 
 
 def restore(table_uri: str, version: int, *, name: str, properties: dict[str, str]) -> int:
@@ -113,6 +116,6 @@ def restore(table_uri: str, version: int, *, name: str, properties: dict[str, st
         table.restore(version, commit_properties=CommitProperties(custom_metadata=properties))
         table.update_incremental()
         return table.version()
-    except (DeltaError, OSError, ValueError) as exc:
+    except Exception as exc:  # DeltaError, or a plain Exception for a log delta-rs cannot parse
         raise WarehouseError(f"table {name}: cannot restore version {version} in {table_uri}: "
                              f"{first_line(exc)}") from None

@@ -107,6 +107,8 @@ class Catalogue:
         self.settings = IndexSettings.from_config(config)
         if not self.root.startswith("file:"):
             raise InputError(f"recommend reads local warehouses; copy {self.root} locally first")
+        if not os.path.isdir(local_path(self.root)):
+            raise WarehouseError(f"warehouse {local_path(self.root)}: no such folder")
         self.tables = ArrowTables.current(self.root)
         for needed, stage in ((Table.SONGS, "ingest"), (Table.SONG_EMBEDDINGS, "embed"), (INDEX, "index")):
             if not self.tables.exists(needed):

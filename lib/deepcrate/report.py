@@ -28,7 +28,7 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
-from deepcrate.errors import ModelError, WarehouseError
+from deepcrate.errors import InputError, ModelError, WarehouseError
 from deepcrate.model_store import MODELS, read_model_folder
 from deepcrate.projection import project
 from deepcrate.run_log import RunLog, RunRecord
@@ -81,6 +81,12 @@ class ReportSummary:
         return lines
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_report(warehouse: str, *, out: str, audio_base: str | None = None, projection: str = "auto") -> ReportSummary:
     """Write the report of ``warehouse`` to the local file ``out`` (replaced whole, never half-written).
 
@@ -99,13 +105,25 @@ def write_report(warehouse: str, *, out: str, audio_base: str | None = None, pro
     out = os.path.abspath(os.path.expanduser(out))
     if os.path.isdir(out):
         raise WarehouseError(f"report {out}: is a folder; give the HTML file to write")
-    page = read_report_page(warehouse, out_dir=os.path.dirname(out), audio_base=audio_base, projection=projection)
-    text = render_report(page)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=os.path.dirname(out), prefix=".report-",
-                                     suffix=".html", delete=False) as draft:
-        draft.write(text)
-    os.replace(draft.name, out)
+    try:  # the place is tried before the page is built (a projection can take minutes)
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        draft = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=os.path.dirname(out), prefix=".report-",  # noqa: SIM115 (closed below, after the page is built)
+                                            suffix=".html", delete=False)
+    except OSError as exc:
+        raise InputError(f"report {out}: cannot be written there ({exc.strerror})") from None
+    try:
+        with draft:
+            page = read_report_page(warehouse, out_dir=os.path.dirname(out), audio_base=audio_base,
+                                    projection=projection)
+            text = render_report(page)
+            draft.write(text)
+        os.chmod(draft.name, 0o666 & ~_umask())  # a page for people: the mode any program's output gets
+        os.replace(draft.name, out)
+    except OSError as exc:
+        raise InputError(f"report {out}: cannot be written there ({exc.strerror})") from None
+    finally:
+        if os.path.exists(draft.name):
+            os.unlink(draft.name)
     return ReportSummary(path=out, songs=len(page.songs), projection=page.projection,
                          size_bytes=len(text.encode("utf-8")), missing=page.missing)
 

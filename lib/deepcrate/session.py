@@ -14,7 +14,7 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
-from deepcrate.errors import ConfigError
+from deepcrate.errors import ConfigError, spark_error_line
 from deepcrate.progress import LiveCount
 
 logger = logging.getLogger(__name__)
@@ -81,6 +81,12 @@ def spark_session(config: dict[str, Any]) -> SparkSession:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ConfigError(f"Spark did not start (spark.master {section['master']!r}, spark.options "
                           f"{section['options']}): {reason}; the JVM's own message, if any, is above") from None
+    try:  # Spark checks SQL options only when the session's settings are first read: here, not mid-job
+        for key, value in section["options"].items():
+            if key.startswith("spark.sql.") and key != "spark.sql.warehouse.dir":
+                spark.conf.set(key, _conf_value(value))
+    except Exception as exc:
+        raise ConfigError(f"spark.options: {spark_error_line(exc)}") from None
     spark.sparkContext.setLogLevel(section["log_level"])
     logger.info("Spark %s, master %s", spark.version, spark.sparkContext.master)
     return spark

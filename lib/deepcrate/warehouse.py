@@ -504,7 +504,7 @@ class Warehouse:
         """
         staged = self.staging_uri(run, name)
         self._fs.mkdirs(self._path(staged).getParent())
-        self._fs.copyFromLocalFile(False, True, self._path(to_uri(local_dir)), self._path(staged))
+        self._copy(self._path(to_uri(local_dir)), self._path(staged))
         self._fs.create(self._path(f"{staged}/_SUCCESS"), True).close()
 
     def folder_uri(self, name: str) -> str:
@@ -517,8 +517,17 @@ class Warehouse:
         if uri.startswith("file:"):
             return local_path(uri)
         target = os.path.join(scratch, name.replace("/", "_"))
-        self._fs.copyToLocalFile(False, self._path(uri), self._path(to_uri(target)), True)
+        self._copy(self._path(uri), self._path(to_uri(target)))
         return target
+
+    def _copy(self, source, target) -> None:
+        """Copy a file or folder between any two Hadoop file systems. Not copyFromLocalFile and
+        copyToLocalFile: they cast the local file system to the checksummed kind, and deepcrate's
+        sessions read local files through the raw one (session.LOCAL_FILES)."""
+        conf = self.spark.sparkContext._jsc.hadoopConfiguration()
+        copy = self.spark.sparkContext._jvm.org.apache.hadoop.fs.FileUtil.copy
+        if not copy(source.getFileSystem(conf), source, target.getFileSystem(conf), target, False, True, conf):
+            raise WarehouseError(f"warehouse {self.root}: could not copy {source.toString()} to {target.toString()}")
 
     def exists(self, name: str) -> bool:
         """Whether ``name`` (a table or folder under the root) is published."""
