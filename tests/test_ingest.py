@@ -355,3 +355,24 @@ def test_a_manifest_row_with_fewer_fields_keeps_its_label(tmp_path):
     manifest.write_text("path,genre,artist\na.mp3,house\nb.mp3,trance,Someone\n")
     table = read_manifest(str(manifest), audio_uri="file:" + str(tmp_path))
     assert table["genre"].tolist() == ["house", "trance"] and table["artist"].tolist() == [None, "Someone"]
+
+
+def test_removing_a_genres_validation_songs_is_repaired_by_the_next_incremental_ingest(spark, tmp_path, caplog):
+    audio, wh = tmp_path / "audio", tmp_path / "wh"
+    for n in range(6):
+        write_audio(audio / ("trance" if n < 3 else "house") / f"s{n}.mp3", make_signal(6, seed=n))
+    config = resolve_config(overrides=CONFIG)
+    ingest(spark, audio=str(audio), warehouse=str(wh), config=config, incremental=True)
+    songs = Warehouse(spark, str(wh)).read("songs").toPandas()
+    for path in songs.loc[(songs["genre"] == "trance") & (songs["split"] == "validation"), "path"]:
+        os.unlink(path[len("file:"):])  # issue 43: training then refused "no validation slices for trance"
+    caplog.set_level("WARNING")
+    ingest(spark, audio=str(audio), warehouse=str(wh), config=config, incremental=True)
+    after = Warehouse(spark, str(wh)).read("songs").toPandas().set_index("song_id")
+    assert set(after.loc[after["genre"] == "trance", "split"]) == {"train", "validation"}
+    assert "genre 'trance' had no validation song left" in caplog.text
+    before = songs.set_index("song_id")["split"].reindex(after.index)
+    moved = after.index[after["split"] != before]
+    assert len(moved) == 1  # one song moved: a trance song, from train to validation
+    assert (after.loc[moved[0], "genre"], before[moved[0]], after.loc[moved[0], "split"]) == \
+        ("trance", "train", "validation")

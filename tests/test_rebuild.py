@@ -114,7 +114,8 @@ def test_adding_songs_ingests_and_embeds_only_them(spark, rebuilt, tmp_path, cap
     new = songs[songs["path"].str.contains("new")]
     assert len(new) == 2 and new["genre"].isna().all()  # not in the manifest: unlabelled
     kept = songs[~songs["path"].str.contains("new")].set_index("song_id")["split"]
-    assert (kept == before.reindex(kept.index)).all()
+    moved = kept != before.reindex(kept.index)  # only where a removal left a genre without validation songs
+    assert moved.sum() <= 1 and (kept[moved] == "validation").all() and (before[moved.index[moved]] == "train").all()
 
     # The same catalogue rebuilt from scratch with the same model: the same tables,
     # except the split, which an incremental ingest keeps for the songs it already had.

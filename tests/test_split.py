@@ -44,3 +44,32 @@ def test_seed_draws_a_different_split():
 def test_tiny_genres_still_train(n, expected):
     songs = catalogue(n_per_genre=n, genres=("x",), unlabelled=0)
     assert split(songs).value_counts().to_dict() == expected
+
+
+def test_a_genre_left_without_validation_songs_gets_one_back_from_train_and_test_never_moves():
+    from deepcrate.split import repair_splits
+
+    songs = pd.DataFrame({
+        "song_id": [f"s{i}" for i in range(9)],
+        "genre": ["trance"] * 4 + ["house"] * 3 + ["ambient"] * 2,
+        # trance lost its validation songs, house its train songs, ambient has one of each
+        "split": ["train", "train", "train", "test", "validation", "validation", "test", "train", "validation"],
+    })
+    repaired, moves = repair_splits(songs, train=0.65, validation=0.25, seed=0)
+    for genre in ("trance", "house"):
+        splits = repaired[songs["genre"] == genre]
+        assert {"train", "validation"} <= set(splits), genre
+    assert (repaired != songs["split"]).sum() == 2 and len(moves) == 2
+    assert (repaired[songs["split"] == "test"] == "test").all() and (repaired == "test").sum() == 2
+    assert repaired[songs["genre"] == "ambient"].tolist() == ["train", "validation"]
+    again, _ = repair_splits(songs.sample(frac=1, random_state=1), train=0.65, validation=0.25, seed=0)
+    assert again.sort_index().tolist() == repaired.tolist()  # the same songs move, whatever the order
+    assert any("'trance' had no validation song left" in m for m in moves)
+
+
+def test_a_genre_with_one_song_left_keeps_it_in_train():
+    from deepcrate.split import repair_splits
+
+    songs = pd.DataFrame({"song_id": ["a", "b"], "genre": ["x", "y"], "split": ["train", "validation"]})
+    repaired, moves = repair_splits(songs, train=0.65, validation=0.25, seed=0)
+    assert repaired.tolist() == ["train", "validation"] and moves == []

@@ -13,7 +13,7 @@ import pandas as pd
 from deepcrate.audio import DUPLICATE, EMPTY, HIDDEN_NAME, TOO_LARGE, UNREADABLE, UNSUPPORTED_EXTENSION
 from deepcrate.audio_inputs import LABEL_COLUMNS, folder_genre, normalise_path, skipped_by_spark
 from deepcrate.schemas import SONGS
-from deepcrate.split import assign_splits
+from deepcrate.split import assign_splits, repair_splits
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +90,10 @@ def songs_and_rejects(
     songs = pd.concat([kept, new], ignore_index=True) if len(kept) else new
     extras = [c for c in songs.columns if c not in SONGS.names and c not in decoded_columns]
     songs = songs[SONGS.names + extras].sort_values("song_id", ignore_index=True)
+    songs["split"], moves = repair_splits(songs, train=split["train"], validation=split["validation"],
+                                          seed=split["seed"])
+    for move in moves:
+        logger.warning("split: %s (files were removed)", move)
     return songs, rejects
 
 

@@ -47,3 +47,33 @@ def assign_splits(
 
 def _round_half_up(value: float) -> int:
     return math.floor(value + 0.5 + 1e-9)
+
+
+def repair_splits(songs: pd.DataFrame, *, train: float, validation: float, seed: int) -> tuple[pd.Series, list[str]]:
+    """The splits of a catalogue whose kept songs lost their balance, and a line per move.
+
+    Kept songs keep their split so that no song a trained model has seen lands in test. But
+    when files are removed, a genre can be left with train songs and no validation song
+    (training would refuse it) or the other way round. Such a genre gets one song moved from
+    the split it has to the one it lacks: the song :func:`assign_splits` would put there over
+    the genre's songs as they are now (deterministic). Test songs never move, and nothing
+    moves into test.
+    """
+    result = songs["split"].copy()
+    moves: list[str] = []
+    wanted = assign_splits(songs, train=train, validation=validation, test=max(0.0, 1 - train - validation),
+                           seed=seed)
+    for genre, members in songs[songs["genre"].notna()].groupby("genre"):
+        splits = result[members.index]
+        for lacking, source, fraction in (("validation", "train", validation), ("train", "validation", train)):
+            donors = members.index[splits == source]
+            if fraction <= 0 or (splits == lacking).any() or len(donors) < 2:
+                continue
+            keys = songs.loc[donors, "song_id"].map(lambda sid: hashlib.sha256(f"{seed}:{sid}".encode()).hexdigest())
+            preferred = [i for i in keys.sort_values(kind="stable").index if wanted[i] == lacking]
+            moved = preferred[0] if preferred else keys.sort_values(kind="stable").index[0]
+            result[moved] = lacking
+            moves.append(f"genre {genre!r} had no {lacking} song left: song {songs.loc[moved, 'song_id']} "
+                         f"moved from {source} to {lacking}")
+            splits = result[members.index]
+    return result, moves
