@@ -171,6 +171,22 @@ def test_a_failed_assertion_says_what_failed_in_one_line(spark, warehouse, capsy
     assert capsys.readouterr().err == "deepcrate sql: error: query failed: [USER_RAISED_EXCEPTION] no songs like that\n"
 
 
+def test_a_statement_nested_too_deeply_says_so_in_one_line(spark, warehouse, capsys):
+    capsys.readouterr()
+    assert main(["sql", "--warehouse", str(warehouse), "SELECT " + "(" * 3000 + "1" + ")" * 3000]) == 2
+    assert capsys.readouterr().err == ("deepcrate sql: error: query failed: the statement is nested too deeply for "
+                                       "Spark (java.lang.StackOverflowError)\n")
+
+
+def test_an_invalid_spark_sql_option_is_refused_when_the_session_starts(spark, warehouse, capsys):
+    capsys.readouterr()
+    assert main(["sql", "--warehouse", str(warehouse), "--set", "spark.options.spark.sql.shuffle.partitions=0",
+                 "SELECT 1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("deepcrate sql: error: spark.options: [INVALID_CONF_VALUE.REQUIREMENT] The value '0' in "
+                          "the config \"spark.sql.shuffle.partitions\" is invalid") and len(err.splitlines()) == 1
+
+
 def test_a_run_number_below_one_is_explained(spark, warehouse, capsys):
     capsys.readouterr()
     assert main(["sql", "--warehouse", str(warehouse), "--as-of", "-1", "SELECT 1"]) == 2

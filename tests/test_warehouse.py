@@ -177,6 +177,32 @@ def test_a_job_whose_lock_was_deleted_commits_nothing_more_and_says_so(spark, tm
     assert Warehouse(spark, str(wh)).tables() == []
 
 
+def test_a_direct_delta_reader_sees_a_crashed_jobs_versions_until_the_next_job_restores_the_published(
+        spark, tmp_path):
+    from deltalake import DeltaTable
+
+    from deepcrate.warehouse import writer_lock
+
+    wh = tmp_path / "wh"
+    with writer_lock(spark, str(wh), command="ingest", create=True):
+        store = Warehouse(spark, str(wh))
+        run = store.begin_run()
+        stage(store, run, "a", [1])
+        stage(store, run, "b", [10])
+        store.publish(run, ["a", "b"])
+    with pytest.raises(RuntimeError), writer_lock(spark, str(wh), command="rebuild"):
+        run = store.begin_run()
+        stage(store, run, "a", [2])
+        store.publish(run, ["a"])  # committed as a new Delta version of a, not published
+        raise RuntimeError("the job dies before b")
+    direct = DeltaTable(str(wh / "a"))  # README: a direct reader sees each table whole, not one run
+    assert sorted(direct.to_pyarrow_table()["v"].to_pylist()) == [2]
+    assert read(Warehouse(spark, str(wh)), "a") == [1]  # deepcrate's readers: the published run
+    with writer_lock(spark, str(wh), command="index"):  # the next job restores first
+        pass
+    assert sorted(DeltaTable(str(wh / "a")).to_pyarrow_table()["v"].to_pylist()) == [1]
+
+
 def test_a_lock_file_with_garbage_in_it_is_explained(spark, tmp_path):
     from deepcrate.warehouse import LOCK_FILE, writer_lock
 
@@ -372,6 +398,21 @@ def test_a_hand_edited_delta_log_is_refused_in_one_line_naming_the_table(spark, 
     with pytest.raises(WarehouseError) as refused:
         Warehouse(spark, str(wh)).read("a")
     assert "\n" not in str(refused.value) and str(refused.value).startswith("table a: its Delta log")
+
+
+@pytest.mark.parametrize("command", [["rollback", "--to", "1"], ["vacuum", "--keep", "1"], ["index"]])
+def test_a_truncated_delta_log_stops_a_writer_in_one_line_naming_the_table(spark, tmp_path, capsys, command):
+    from deepcrate.cli import main
+
+    wh = tmp_path / "wh"
+    job(spark, wh, {"a": [1]})
+    log = wh / "a" / "_delta_log" / "00000000000000000000.json"
+    log.write_bytes(log.read_bytes()[:100])  # a disk that filled up mid-write (issue 43: a Rust backtrace)
+    capsys.readouterr()
+    assert main([*command, "--warehouse", str(wh)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"deepcrate {command[0]}: error: table a: its Delta log in file:{wh}/a cannot be read: ")
+    assert len(err.splitlines()) == 1
 
 
 def test_a_parquet_warehouse_becomes_delta_on_its_next_write_without_rewriting_a_file(spark, tmp_path):

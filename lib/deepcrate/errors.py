@@ -16,6 +16,8 @@ def spark_error_line(exc: BaseException) -> str:
     in the Java chain (a task's failure is wrapped in "Job aborted ..."), without the SQLSTATE;
     never py4j's "An error occurred while calling o123.method"."""
     text = str(exc)
+    if "java.lang.StackOverflowError" in text:
+        return "the statement is nested too deeply for Spark (java.lang.StackOverflowError)"
     found = re.search(r"\[[A-Z][A-Z0-9_.]+\] [^\n]*", text)
     if found:
         return re.sub(r"\s*SQLSTATE: \w+.*$", "", found.group(0)).strip()

@@ -78,6 +78,8 @@ def spark_session(config: dict[str, Any]) -> SparkSession:
     try:
         spark = builder.getOrCreate()
     except Exception as exc:  # the JVM exits early: a bad master, too little memory, no Java
+        if "INVALID_CONF_VALUE" in str(exc):  # an option refused by a session that was already running
+            raise ConfigError(f"spark.options: {spark_error_line(exc)}") from None
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ConfigError(f"Spark did not start (spark.master {section['master']!r}, spark.options "
                           f"{section['options']}): {reason}; the JVM's own message, if any, is above") from None

@@ -24,7 +24,7 @@ from collections.abc import Collection, Iterator
 
 from pyspark.sql import SparkSession
 
-from deepcrate.errors import InputError, first_line, spark_error_line
+from deepcrate.errors import InputError, spark_error_line
 
 ALLOWED = "one read-only query (SELECT, WITH, VALUES, SHOW, DESCRIBE, EXPLAIN) over the warehouse's tables"
 
@@ -134,7 +134,7 @@ class _Guard:
             try:
                 parsed = self._state.sqlParser().parsePlan(query_text)
             except Exception as exc:  # ParseException: its first line says where
-                raise InputError(f"query failed: {first_line(exc)}") from None
+                raise InputError(f"query failed: {spark_error_line(exc)}") from None
         self._check_parsed(parsed)
         try:
             analysed = self._state.analyzer().executeAndCheck(parsed, self._tracker())
