@@ -253,6 +253,59 @@ def test_show_tables_leaves_nothing_in_the_current_folder(warehouse, tmp_path):
     assert result.returncode == 0, result.stderr
     assert {"songs", "slices", "rejects"} <= {row.split(",")[1] for row in result.stdout.splitlines()[1:]}
     assert list(tmp_path.iterdir()) == []  # Spark's catalog used to make ./spark-warehouse
+    assert result.stderr == ""  # issue 42: no config dump, no JVM start-up lines: a reader answers quietly
+
+
+SHELL_INPUT = """SELECT genre, count(*) AS n
+  FROM songs GROUP BY genre ORDER BY genre;
+.tables
+INSERT INTO songs SELECT * FROM songs;
+.format csv
+SELECT 'a;b' AS x; -- a comment; with a semicolon
+.schema rejects
+SELECT count(*) AS n FROM slices;
+"""
+
+
+def test_the_shell_runs_piped_statements_in_turn_and_goes_on_after_a_refused_one(warehouse, tmp_path):
+    import subprocess
+
+    result = subprocess.run([_deepcrate(), "sql", "--warehouse", str(warehouse)], input=SHELL_INPUT,
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 2  # one statement failed; the others ran
+    assert result.stderr.splitlines() == ["error: refused: INSERT INTO is not read-only; deepcrate sql runs one "
+                                          "read-only query (SELECT, WITH, VALUES, SHOW, DESCRIBE, EXPLAIN) over the "
+                                          "warehouse's tables"]
+    out = result.stdout.splitlines()
+    assert out[:5] == ["genre    n", "-------  -", "ambient  1", "house    2", "(2 rows)"]
+    assert out[5:9] == ["mfcc_features", "rejects", "slices", "songs"]  # .tables
+    assert out[9:11] == ["x", "a;b"]  # csv from here on; the ';' inside quotes and the comment did not split
+    assert out[11:15] == ["col_name,data_type,comment", "path,string,", "reason,string,", "message,string,"]
+    assert out[15:] == ["n", "6"]
+
+
+def test_ctrl_c_in_the_shell_cancels_the_statement_not_the_shell(warehouse, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    process = subprocess.Popen([_deepcrate(), "-v", "sql", "--warehouse", str(warehouse), "--format", "csv"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=tmp_path)
+    process.stdin.write("SELECT count(*) FROM range(0, 1000000000000) a;\n")
+    process.stdin.flush()
+    for line in process.stderr:  # -v: the session says when it is up
+        if " Spark 4" in line:
+            break
+    time.sleep(8)  # the statement checked and running
+    process.send_signal(signal.SIGINT)
+    try:
+        out, err = process.communicate("SELECT 6 * 7 AS answer;\n", timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 2
+    assert "error: cancelled" in err.splitlines() and "Traceback" not in err
+    assert out.splitlines() == ["answer", "42"]  # the shell went on to the next statement
 
 
 def test_ctrl_c_cancels_a_running_query_in_one_line(warehouse, tmp_path):
@@ -260,10 +313,10 @@ def test_ctrl_c_cancels_a_running_query_in_one_line(warehouse, tmp_path):
     import subprocess
     import time
 
-    process = subprocess.Popen([_deepcrate(), "sql", "--warehouse", str(warehouse),
+    process = subprocess.Popen([_deepcrate(), "-v", "sql", "--warehouse", str(warehouse),
                                 "SELECT count(*) FROM range(0, 1000000000000) a"],
                                stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=tmp_path)
-    for line in process.stderr:  # the session is up once it says which Spark it runs
+    for line in process.stderr:  # -v: the session is up once it says which Spark it runs
         if " Spark 4" in line:
             break
     time.sleep(8)  # the tables registered, the statement checked: the job runs (or is about to)

@@ -14,10 +14,15 @@ from deepcrate.errors import DeepcrateError
 logger = logging.getLogger("deepcrate")
 
 
+# Commands that only read: they answer on stdout and say nothing on stderr unless something is
+# wrong (or -v is given), as psql and sqlite3 do.
+READERS = frozenset({"sql", "recommend", "playlist", "history", "report"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, reader=args.command in READERS)
     try:
         return args.run(args)
     except DeepcrateError as exc:
@@ -136,8 +141,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_report_options(report, flag="--out", default="report.html", help="the HTML file to write (default: %(default)s)")
     report.set_defaults(run=_report)
 
-    sql = commands.add_parser("sql", help="run Spark SQL over the warehouse tables")
-    sql.add_argument("query", metavar="QUERY")
+    sql = commands.add_parser("sql", help="run Spark SQL over the warehouse tables (no QUERY: a shell)")
+    sql.add_argument("query", metavar="QUERY", nargs="?",
+                     help="one read-only statement; without it, a shell (or the statements piped in)")
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
     sql.add_argument("--as-of", type=int, metavar="RUN", help="query the tables as published run RUN left them "
                      "(deepcrate history lists the runs)")
@@ -186,9 +192,9 @@ def _add_report_options(parser: argparse.ArgumentParser, *, flag: str, **out: An
                         help="how the map is drawn (auto: UMAP where umap-learn is installed, else t-SNE or PCA)")
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(verbose: bool, *, reader: bool = False) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.WARNING if reader else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
@@ -203,8 +209,13 @@ def _config_and_session(args: argparse.Namespace):
     from deepcrate.session import spark_session
 
     config = resolve_config(conf_files=args.conf, overrides=args.overrides)
-    logger.info("deepcrate %s: resolved config\n%s", args.command, config_to_yaml(config))
-    return config, spark_session(config)
+    logger.debug("deepcrate %s: resolved config\n%s", args.command, config_to_yaml(config))
+    if args.command not in READERS:
+        given = [f"--conf {c}" for c in args.conf] + [f"--set {o}" for o in args.overrides]
+        logger.info("deepcrate %s: settings: the defaults%s; the resolved config is kept in the run this job "
+                    "publishes (deepcrate history --format json; -v prints it)", args.command,
+                    f" with {' '.join(given)}" if given else "")
+    return config, spark_session(config, quiet=not args.verbose)
 
 
 def _demo_catalogue(args: argparse.Namespace) -> int:
@@ -344,11 +355,14 @@ def _playlist(args: argparse.Namespace) -> int:
 
 
 def _sql(args: argparse.Namespace) -> int:
-    from deepcrate.sql import run_query
+    from deepcrate.sql import QuerySession
+    from deepcrate.sql_shell import run_shell
 
     config, spark = _config_and_session(args)
-    run_query(spark, warehouse=args.warehouse, query=args.query, out=sys.stdout, fmt=args.format, as_of=args.as_of,
-              timeout_s=config["sql"]["timeout_s"])
+    session = QuerySession(spark, warehouse=args.warehouse, as_of=args.as_of, timeout_s=config["sql"]["timeout_s"])
+    if args.query is None:
+        return run_shell(session, fmt=args.format)
+    session.run(args.query, out=sys.stdout, fmt=args.format)
     return 0
 
 

@@ -29,7 +29,7 @@ def history_rows(warehouse: str) -> list[dict[str, Any]]:
     return [{"run": record.number, "time": record.time, "command": record.command, "changed": record.changed,
              "rows": {name: entry.rows for name, entry in sorted(record.tables.items())},
              "models": sorted(name.split("/", 1)[1] for name in record.folders if name.startswith("models/")),
-             "files_kept": record.number >= oldest_kept}
+             "files_kept": record.number >= oldest_kept, "config": record.config}
             for record in runs.history()]
 
 

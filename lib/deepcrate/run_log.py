@@ -50,6 +50,7 @@ class RunRecord:
     folders: dict[str, str] = field(default_factory=dict)  # name (models/<v>, index) -> path under the root
     changed: list[str] = field(default_factory=list)  # what this run published
     base: int = 0  # the run that was current when the job that wrote it began
+    config: dict = field(default_factory=dict)  # the resolved settings the job ran with ({}: not recorded)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -64,10 +65,12 @@ class RunRecord:
             raise WarehouseError(f"{where}: not a run record ({exc})") from None
 
     def with_changes(self, *, number: int, command: str, tables: dict[str, TableVersion],
-                     folders: dict[str, str], changed: list[str], base: int = 0) -> RunRecord:
+                     folders: dict[str, str], changed: list[str], base: int = 0,
+                     config: dict | None = None) -> RunRecord:
         """The record that follows this one when ``tables`` and ``folders`` are replaced."""
         return RunRecord(number=number, time=now(), command=command, tables={**self.tables, **tables},
-                         folders={**self.folders, **folders}, changed=list(dict.fromkeys(changed)), base=base)
+                         folders={**self.folders, **folders}, changed=list(dict.fromkeys(changed)), base=base,
+                         config=config or {})
 
 
 EMPTY = RunRecord(number=0, time="", command="")

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
 from deepcrate.errors import ConfigError, spark_error_line
@@ -43,11 +44,13 @@ def ensure_utf8_locale() -> None:
         os.environ["LC_ALL"] = "C.UTF-8"
 
 
-def spark_session(config: dict[str, Any]) -> SparkSession:
+def spark_session(config: dict[str, Any], *, quiet: bool = False) -> SparkSession:
     """Get or create the session described by ``config["spark"]``.
 
     In local mode the session stays on loopback and its Python workers run this
-    interpreter, so a project virtualenv works without being activated.
+    interpreter, so a project virtualenv works without being activated. With ``quiet``, a JVM
+    started here writes its own output (start-up notices, Spark's log) to a file instead of
+    the terminal; its last words are quoted if it fails to start.
     """
     section = config["spark"]
     ensure_utf8_locale()
@@ -75,14 +78,17 @@ def spark_session(config: dict[str, Any]) -> SparkSession:
         # statement looks at it (SHOW TABLES): deepcrate keeps no tables there, so it goes to a
         # folder of its own that is removed at exit, never into the user's current folder.
         builder = builder.config("spark.sql.warehouse.dir", _scratch_catalog_folder())
-    try:
-        spark = builder.getOrCreate()
-    except Exception as exc:  # the JVM exits early: a bad master, too little memory, no Java
-        if "INVALID_CONF_VALUE" in str(exc):  # an option refused by a session that was already running
-            raise ConfigError(f"spark.options: {spark_error_line(exc)}") from None
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConfigError(f"Spark did not start (spark.master {section['master']!r}, spark.options "
-                          f"{section['options']}): {reason}; the JVM's own message, if any, is above") from None
+    starts_jvm = SparkContext._active_spark_context is None and not under_spark_submit()
+    with _jvm_output(to_file=quiet and starts_jvm) as jvm_log:
+        try:
+            spark = builder.getOrCreate()
+        except Exception as exc:  # the JVM exits early: a bad master, too little memory, no Java
+            if "INVALID_CONF_VALUE" in str(exc):  # an option refused by a session that was already running
+                raise ConfigError(f"spark.options: {spark_error_line(exc)}") from None
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            said = f"the JVM said: {_last_words(jvm_log)}" if jvm_log else "the JVM's own message, if any, is above"
+            raise ConfigError(f"Spark did not start (spark.master {section['master']!r}, spark.options "
+                              f"{section['options']}): {reason}; {said}") from None
     try:  # Spark checks SQL options only when the session's settings are first read: here, not mid-job
         for key, value in section["options"].items():
             if key.startswith("spark.sql.") and key != "spark.sql.warehouse.dir":
@@ -92,6 +98,35 @@ def spark_session(config: dict[str, Any]) -> SparkSession:
     spark.sparkContext.setLogLevel(section["log_level"])
     logger.info("Spark %s, master %s", spark.version, spark.sparkContext.master)
     return spark
+
+
+@contextmanager
+def _jvm_output(*, to_file: bool) -> Iterator[str | None]:
+    """While the block starts the JVM, point this process's stderr at a log file, which the JVM
+    inherits for good (its "Using incubator modules", log4j and native-library notices, and
+    Spark's own log); ours is restored after. Yields the file's path (None: left as it was)."""
+    if not to_file:
+        yield None
+        return
+    descriptor, path = tempfile.mkstemp(prefix="deepcrate-spark-", suffix=".log")
+    atexit.register(lambda: os.path.exists(path) and os.unlink(path))
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(descriptor, 2)
+    os.close(descriptor)
+    try:
+        yield path
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _last_words(log: str) -> str:
+    """The line of the JVM's log that says why it stopped (an exception's), else its last line."""
+    with open(log, encoding="utf-8", errors="replace") as lines:
+        said = [line.strip() for line in lines if line.strip()]
+    reasons = [line for line in said if "Exception" in line or "Error" in line]
+    return (reasons or said or ["nothing"])[0]
 
 
 def _scratch_catalog_folder() -> str:

@@ -27,47 +27,77 @@ from pyspark.sql import Row, SparkSession
 
 from deepcrate.errors import InputError, spark_error_line
 from deepcrate.session import session_conf
-from deepcrate.sql_guard import check_read_only, quiet_query_errors
+from deepcrate.sql_guard import check_read_only, quiet_query_errors, tables_named
 from deepcrate.warehouse import Warehouse, unreadable_file_error
 
 FORMATS = ("table", "csv", "json")
 
 
-def run_query(spark: SparkSession, *, warehouse: str, query: str, out: TextIO, fmt: str = "table",
-              as_of: int | None = None, timeout_s: float = 600.0) -> int:
-    """Register the warehouse's tables (as run ``as_of`` left them, when given), run ``query`` and
-    write its rows to ``out``; a query still running after ``timeout_s`` seconds is cancelled.
+class QuerySession:
+    """The tables of one warehouse run, for one statement or a whole shell sitting.
 
-    Returns the number of rows written.
+    A table is registered as a Spark SQL view the first time a statement names it (each costs
+    a Delta log read and a Parquet schema), all of the run the session was opened on.
 
-    Raises
-    ------
-    InputError
-        When the query does not parse, names an unknown table or column, is not a
-        read-only query over the warehouse's tables (:func:`~deepcrate.sql_guard.check_read_only`),
-        or ran out of time.
+    Parameters
+    ----------
+    spark : SparkSession
+    warehouse : str
+        The warehouse folder or URI.
+    as_of : int, optional
+        Read the tables as published run ``as_of`` left them.
+    timeout_s : float
+        A statement still running after this long is cancelled, with its Spark jobs.
     """
-    with _cancellable(spark, timeout_s=timeout_s) as cancelled:
-        try:
-            store = Warehouse(spark, warehouse, as_of=as_of)
-            check_read_only(spark, query, tables=store.register())
-        except Exception:  # Ctrl-C cancelled a job of the registration (a schema read)
-            _stop_if(cancelled(), timeout_s=timeout_s)
-            raise
-        with session_conf(spark, {"spark.sql.runSQLOnFiles": "false"}), quiet_query_errors():
-            try:  # the first row before any output: most failures come before it
-                _stop_if(cancelled(), timeout_s=timeout_s)
-                frame = spark.sql(query)
-                rows = frame.toLocalIterator()
-                first = next(rows, None)
-                stream = () if first is None else itertools.chain([first], rows)
-                writer = {"table": _write_table, "csv": _write_csv, "json": _write_json}[fmt]
-                written = writer(frame.columns, (_plain(row) for row in stream), out)
-            except Exception as exc:  # a damaged file, a failed assert_true(), or a cancel
-                _stop_if(cancelled(), timeout_s=timeout_s)
-                raise unreadable_file_error(exc) or InputError(f"query failed: {spark_error_line(exc)}") from None
-        _stop_if(cancelled(), timeout_s=timeout_s)  # Ctrl-C as the last rows came
-        return written
+
+    def __init__(self, spark: SparkSession, *, warehouse: str, as_of: int | None = None,
+                 timeout_s: float = 600.0) -> None:
+        self.spark = spark
+        self.timeout_s = timeout_s
+        self._store = Warehouse(spark, warehouse, as_of=as_of)
+        current = self._store.runs.current() if as_of is None else None
+        if current is not None:  # pinned: every statement of a sitting reads the same run
+            self._store = Warehouse(spark, warehouse, as_of=current.number)
+        self.tables = self._store.tables()
+        self._registered: set[str] = set()
+
+    def register(self, names: set[str] | None = None) -> None:
+        """Register ``names`` (default: every table) that are not registered yet."""
+        wanted = set(self.tables) if names is None else names & set(self.tables)
+        self._registered |= set(self._store.register(wanted - self._registered))
+
+    def run(self, query: str, *, out: TextIO, fmt: str = "table") -> int:
+        """Run ``query`` and write its rows to ``out`` in ``fmt`` (table, csv, json); returns the rows written.
+
+        Raises
+        ------
+        InputError
+            When the query does not parse, names an unknown table or column, is not a
+            read-only query over the warehouse's tables (:func:`~deepcrate.sql_guard.check_read_only`),
+            fails, or runs out of time.
+        KeyboardInterrupt
+            Ctrl-C: the statement's Spark jobs were cancelled.
+        """
+        with _cancellable(self.spark, timeout_s=self.timeout_s) as cancelled:
+            try:
+                self.register(tables_named(self.spark, query))
+                check_read_only(self.spark, query, tables=self.tables)
+            except Exception:  # Ctrl-C cancelled a job of the registration (a schema read)
+                _stop_if(cancelled(), timeout_s=self.timeout_s)
+                raise
+            with session_conf(self.spark, {"spark.sql.runSQLOnFiles": "false"}), quiet_query_errors():
+                try:  # the first row before any output: most failures come before it
+                    _stop_if(cancelled(), timeout_s=self.timeout_s)
+                    frame = self.spark.sql(query)
+                    rows = frame.toLocalIterator()
+                    first = next(rows, None)
+                    stream = () if first is None else itertools.chain([first], rows)
+                    written = WRITERS[fmt](frame.columns, (_plain(row) for row in stream), out)
+                except Exception as exc:  # a damaged file, a failed assert_true(), or a cancel
+                    _stop_if(cancelled(), timeout_s=self.timeout_s)
+                    raise unreadable_file_error(exc) or InputError(f"query failed: {spark_error_line(exc)}") from None
+            _stop_if(cancelled(), timeout_s=self.timeout_s)  # Ctrl-C as the last rows came
+            return written
 
 
 def _stop_if(reason: str | None, *, timeout_s: float) -> None:
@@ -187,3 +217,6 @@ _ESCAPES = str.maketrans({"\n": "\\n", "\r": "\\r", "\t": "\\t"})
 
 def _short(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
+
+
+WRITERS = {"table": _write_table, "csv": _write_csv, "json": _write_json}

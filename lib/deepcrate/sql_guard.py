@@ -105,6 +105,28 @@ def check_read_only(spark: SparkSession, query: str, *, tables: Collection[str])
         _Guard(spark, frozenset(t.lower() for t in tables)).check(query_text=query)
 
 
+def tables_named(spark: SparkSession, query: str) -> set[str] | None:
+    """The one-part table names ``query`` reads, lower case, so that only those need registering;
+    None when it lists tables (SHOW TABLES) or does not parse (the check will say why)."""
+    guard = _Guard(spark, frozenset())
+    try:
+        pending = [guard._state.sqlParser().parsePlan(query)]
+    except Exception:  # ParseException: check_read_only reports it
+        return None
+    names: set[str] = set()
+    while pending:
+        plan = pending.pop()
+        for node, _ in guard._walk(plan):
+            kind = _kind(node)
+            if kind in ("ShowTables", "ShowTablesExtended", "ShowViews"):
+                return None
+            if kind in ("UnresolvedRelation", "UnresolvedTableOrView") and node.multipartIdentifier().size() == 1:
+                names.add(str(node.multipartIdentifier().apply(0)).lower())
+            if kind in ("ExplainCommand", "DescribeQueryCommand"):
+                pending.append(node.logicalPlan() if kind == "ExplainCommand" else node.plan())
+    return names
+
+
 @contextlib.contextmanager
 def quiet_query_errors() -> Iterator[None]:
     """pyspark logs a failed statement's whole Java stack as JSON (~10 KB, logger SQLQueryContextLogger)

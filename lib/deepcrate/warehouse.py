@@ -46,7 +46,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -106,11 +106,12 @@ class _Job:
     tables: dict[str, TableVersion] = field(default_factory=dict)
     folders: dict[str, str] = field(default_factory=dict)
     changed: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)  # the resolved settings, kept in the run record
 
     def applied_to(self, record: RunRecord) -> RunRecord:
         """``record`` with what this job committed: the run it publishes when it ends."""
         return record.with_changes(number=self.base + 1, command=self.command, tables=self.tables,
-                                   folders=self.folders, changed=self.changed, base=self.base)
+                                   folders=self.folders, changed=self.changed, base=self.base, config=self.config)
 
 
 EMPTY_VERSION = TableVersion(version=-1, run="", folder="", rows=0)
@@ -379,10 +380,12 @@ class Warehouse:
             return view.folders[name].rsplit("/", 1)[-1]
         return view.tables[name].run or None
 
-    def register(self) -> list[str]:
-        """Register every published table as a Spark SQL view of the same name (all of one run)."""
+    def register(self, names: Iterable[str] | None = None) -> list[str]:
+        """Register the published tables ``names`` (default: every one) as Spark SQL views of the same
+        name, all of one run. Returns the names registered."""
         view = self.view()
-        names = sorted(view.tables) if view is not None else self._parquet_tables()
+        published = sorted(view.tables) if view is not None else self._parquet_tables()
+        names = published if names is None else sorted(set(names) & set(published))
         for name in names:
             self._read(name, view).createOrReplaceTempView(name)
         return names
@@ -874,7 +877,8 @@ class Warehouse:
 
 
 @contextlib.contextmanager
-def writer_lock(spark: SparkSession, warehouse: str, *, command: str, create: bool = False) -> Iterator[None]:
+def writer_lock(spark: SparkSession, warehouse: str, *, command: str, create: bool = False,
+                config: dict[str, Any] | None = None) -> Iterator[None]:
     """Run the block as one writing job: hold the warehouse's writer lock (``WH/_LOCK``), and when
     the block ends without an error publish every table it committed as one run. Re-entrant in
     one process: a rebuild's stages are one job, published once.
@@ -898,6 +902,7 @@ def writer_lock(spark: SparkSession, warehouse: str, *, command: str, create: bo
         token = store._take_lock(command)
         try:
             job = _HELD[store.root] = _start_job(store.runs, token=token, command=command)
+            job.config = config or {}
         except BaseException:
             store._drop_lock(token)
             raise
@@ -977,7 +982,7 @@ def holds_writer_lock(*, create: bool = False) -> Callable[[Stage], Stage]:
     def decorate(stage: Stage) -> Stage:
         @functools.wraps(stage)
         def locked(spark, *args, warehouse: str, **kwargs):
-            with writer_lock(spark, warehouse, command=stage.__name__, create=create):
+            with writer_lock(spark, warehouse, command=stage.__name__, create=create, config=kwargs.get("config")):
                 return stage(spark, *args, warehouse=warehouse, **kwargs)
         return locked  # type: ignore[return-value]
     return decorate
