@@ -55,6 +55,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.types import StructType
 
 from deepcrate.delta_tables import DELTA_LOG, DataFile, commit_files, committed_files, latest_version, restore
 from deepcrate.errors import WarehouseError, first_line
@@ -254,6 +255,17 @@ def verified_files(root: str, name: str, entry: TableVersion) -> list[str]:
     return files
 
 
+def _spark_schema(uri: str) -> StructType | None:
+    """The schema Spark recorded in a Parquet file it wrote (None for another writer's file): given to
+    the reader, it spares the Spark job that would infer it (seconds, on a reader's first query)."""
+    filesystem, path = filesystem_and_path(uri)
+    recorded = (pq.read_metadata(path, filesystem=filesystem).metadata or {}).get(_SPARK_SCHEMA_KEY)
+    return StructType.fromJson(json.loads(recorded)) if recorded else None
+
+
+_SPARK_SCHEMA_KEY = b"org.apache.spark.sql.parquet.row.metadata"
+
+
 def resolve_view(runs: RunLog, *, as_of: int | None = None) -> RunRecord | None:
     """The run a reader sees: ``as_of`` when given, else the current one (None: no Delta runs yet)."""
     if as_of is None:
@@ -356,7 +368,9 @@ class Warehouse:
         else:
             if name not in view.tables:
                 raise WarehouseError(f"warehouse {self.root}: no table {name!r} (has: {sorted(view.tables)})")
-            frame = self.spark.read.parquet(*verified_files(self.root, name, view.tables[name]))
+            files = verified_files(self.root, name, view.tables[name])
+            schema = _spark_schema(files[0]) if files else None
+            frame = (self.spark.read if schema is None else self.spark.read.schema(schema)).parquet(*files)
         return frame if columns is None else frame.select(*columns)
 
     @property
