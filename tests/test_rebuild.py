@@ -277,6 +277,9 @@ def test_history_as_of_rollback_and_vacuum_from_the_command_line(rebuilt, tmp_pa
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("run 2 ") and lines[0].endswith("index_songs") and "changed: recommendations, index" in lines[1]
     assert any(line.startswith("run 1 ") and line.endswith("rebuild") for line in lines)
+    assert main(["history", "--warehouse", str(wh), "--format", "json"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert records[0]["config"]["index"]["k"] == 3 and records[1]["config"]["train"]["max_epochs"] == 2  # issue 42
     count = 'SELECT count(*) AS n FROM recommendations'
     assert main(["sql", "--warehouse", str(wh), "--format", "csv", count]) == 0
     assert capsys.readouterr().out.splitlines()[1] == str(3 * before["song_id"].nunique())

@@ -27,7 +27,7 @@ from pyspark.sql import Row, SparkSession
 
 from deepcrate.errors import InputError, spark_error_line
 from deepcrate.session import session_conf
-from deepcrate.sql_guard import check_read_only, quiet_query_errors, tables_named
+from deepcrate.sql_guard import check_read_only, quiet_query_errors
 from deepcrate.warehouse import Warehouse, unreadable_file_error
 
 FORMATS = ("table", "csv", "json")
@@ -80,8 +80,7 @@ class QuerySession:
         """
         with _cancellable(self.spark, timeout_s=self.timeout_s) as cancelled:
             try:
-                self.register(tables_named(self.spark, query))
-                check_read_only(self.spark, query, tables=self.tables)
+                check_read_only(self.spark, query, tables=self.tables, register=self.register)
             except Exception:  # Ctrl-C cancelled a job of the registration (a schema read)
                 _stop_if(cancelled(), timeout_s=self.timeout_s)
                 raise

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 
 from pyspark.sql import SparkSession
 
@@ -92,8 +92,13 @@ BUILT = frozenset({
     "CounterDiffWithStartTime", "Explode", "PosExplode", "Inline", "SQLKeywords", "Collations",
 })
 
-def check_read_only(spark: SparkSession, query: str, *, tables: Collection[str]) -> None:
+
+def check_read_only(spark: SparkSession, query: str, *, tables: Collection[str],
+                    register: Callable[[set[str] | None], None] | None = None) -> None:
     """Refuse ``query`` unless it is :data:`ALLOWED`, reading only ``tables`` (registered views).
+
+    ``register`` is called between the two checks with the table names the statement reads
+    (None: it lists the tables, SHOW TABLES), so that those views exist when Spark analyses it.
 
     Raises
     ------
@@ -102,29 +107,7 @@ def check_read_only(spark: SparkSession, query: str, *, tables: Collection[str])
         (an unknown table or column).
     """
     with quiet_query_errors():
-        _Guard(spark, frozenset(t.lower() for t in tables)).check(query_text=query)
-
-
-def tables_named(spark: SparkSession, query: str) -> set[str] | None:
-    """The one-part table names ``query`` reads, lower case, so that only those need registering;
-    None when it lists tables (SHOW TABLES) or does not parse (the check will say why)."""
-    guard = _Guard(spark, frozenset())
-    try:
-        pending = [guard._state.sqlParser().parsePlan(query)]
-    except Exception:  # ParseException: check_read_only reports it
-        return None
-    names: set[str] = set()
-    while pending:
-        plan = pending.pop()
-        for node, _ in guard._walk(plan):
-            kind = _kind(node)
-            if kind in ("ShowTables", "ShowTablesExtended", "ShowViews"):
-                return None
-            if kind in ("UnresolvedRelation", "UnresolvedTableOrView") and node.multipartIdentifier().size() == 1:
-                names.add(str(node.multipartIdentifier().apply(0)).lower())
-            if kind in ("ExplainCommand", "DescribeQueryCommand"):
-                pending.append(node.logicalPlan() if kind == "ExplainCommand" else node.plan())
-    return names
+        _Guard(spark, frozenset(t.lower() for t in tables), register=register).check(query_text=query)
 
 
 @contextlib.contextmanager
@@ -142,8 +125,10 @@ def quiet_query_errors() -> Iterator[None]:
 
 
 class _Guard:
-    def __init__(self, spark: SparkSession, tables: frozenset[str]) -> None:
+    def __init__(self, spark: SparkSession, tables: frozenset[str], *,
+                 register: Callable[[set[str] | None], None] | None = None) -> None:
         jvm = spark._jvm
+        self._register = register or (lambda names: None)
         self._state = spark._jsparkSession.sessionState()
         self._tracker = lambda: jvm.org.apache.spark.sql.catalyst.QueryPlanningTracker(jvm.scala.Option.empty())
         self._tables = tables
@@ -157,7 +142,7 @@ class _Guard:
                 parsed = self._state.sqlParser().parsePlan(query_text)
             except Exception as exc:  # ParseException: its first line says where
                 raise InputError(f"query failed: {spark_error_line(exc)}") from None
-        self._check_parsed(parsed)
+        self._register(self._check_parsed(parsed))
         try:
             analysed = self._state.analyzer().executeAndCheck(parsed, self._tracker())
         except Exception as exc:  # AnalysisException: an unknown table, column or function
@@ -165,18 +150,25 @@ class _Guard:
                              f"(tables: {', '.join(sorted(self._tables)) or 'none'})") from None
         self._check_analysed(analysed)
 
-    def _check_parsed(self, plan) -> None:
+    def _check_parsed(self, plan) -> set[str] | None:
         """Before the analyser runs: it evaluates constant expressions (VALUES rows, IDENTIFIER(),
-        LIMIT) and expands EXECUTE IMMEDIATE, so nothing left out may reach it."""
+        LIMIT) and expands EXECUTE IMMEDIATE, so nothing left out may reach it. Returns the
+        one-part table names the statement reads, lower case (None: it lists the tables)."""
+        names: set[str] | None = set()
         for node, _ in self._walk(plan):
             kind = _kind(node)
             if self._logical.isInstance(node):
                 if kind not in PARSED_NODES:
                     raise InputError(_refused_statement(kind))
-                if kind in ("UnresolvedRelation", "UnresolvedTableOrView") and node.multipartIdentifier().size() != 1:
-                    name = ".".join(_items(node.multipartIdentifier()))
-                    raise InputError(f"refused: {name} is not a table of the warehouse (files by path and other "
-                                     f"catalogs are not read); deepcrate sql runs {ALLOWED}")
+                if kind in ("UnresolvedRelation", "UnresolvedTableOrView"):
+                    parts = _items(node.multipartIdentifier())
+                    if len(parts) != 1:
+                        raise InputError(f"refused: {'.'.join(parts)} is not a table of the warehouse (files by "
+                                         f"path and other catalogs are not read); deepcrate sql runs {ALLOWED}")
+                    if names is not None:
+                        names.add(str(parts[0]).lower())
+                if kind in ("ShowTables", "ShowTablesExtended", "ShowViews"):
+                    names = None
             elif kind == "UnresolvedFunction":
                 self._check_function_name(_items(node.nameParts())[-1])
             elif kind == "ExpressionWithUnresolvedIdentifier":
@@ -184,6 +176,7 @@ class _Guard:
                 if _kind(name) != "Literal":
                     raise InputError(_refused_statement("PlanWithUnresolvedIdentifier"))
                 self._check_function_name(str(name.value()))
+        return names
 
     def _check_function_name(self, name: str) -> None:
         kind = self._builtins.by_name.get(name.lower())
