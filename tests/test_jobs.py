@@ -26,7 +26,11 @@ def test_spark_submit_ingest_job(tmp_path):
     output = result.stdout + result.stderr  # spark-submit sends the driver's stderr to stdout
     assert "3 songs, 6 slices, 1 rejects" in output  # the default preset, musicnn: two 2.99 s slices in 6 s
     assert "master local[2]" in output  # spark-submit's master, not the config's local[*]
-    assert "split:\n  train: 0.65" in output and "  seed: 3" in output  # the resolved config is logged
+    # issue 42: one line about the settings, not the 100-line dump; the whole config goes into the run record
+    assert "settings: the defaults with --set split.seed=3" in output and "split:\n  train: 0.65" not in output
+    import json
+    record = json.loads((tmp_path / "wh" / "_runs" / "00000001.json").read_text())
+    assert record["config"]["split"] == {"train": 0.65, "validation": 0.25, "test": 0.1, "seed": 3}
     songs = delta_table(tmp_path / "wh" / "songs").to_pandas()
     assert sorted(songs["genre"]) == ["a", "a", "b"]
     metadata = table_metadata(tmp_path / "wh", "slices")

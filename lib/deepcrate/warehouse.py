@@ -255,15 +255,15 @@ def verified_files(root: str, name: str, entry: TableVersion) -> list[str]:
     return files
 
 
+_SPARK_SCHEMA_KEY = b"org.apache.spark.sql.parquet.row.metadata"
+
+
 def _spark_schema(uri: str) -> StructType | None:
     """The schema Spark recorded in a Parquet file it wrote (None for another writer's file): given to
     the reader, it spares the Spark job that would infer it (seconds, on a reader's first query)."""
     filesystem, path = filesystem_and_path(uri)
     recorded = (pq.read_metadata(path, filesystem=filesystem).metadata or {}).get(_SPARK_SCHEMA_KEY)
     return StructType.fromJson(json.loads(recorded)) if recorded else None
-
-
-_SPARK_SCHEMA_KEY = b"org.apache.spark.sql.parquet.row.metadata"
 
 
 def resolve_view(runs: RunLog, *, as_of: int | None = None) -> RunRecord | None:
@@ -461,7 +461,7 @@ class Warehouse:
             for status in self._fs.listStatus(scratch):
                 name = status.getPath().getName()
                 run = name.removesuffix(_OWNER_SUFFIX)
-                owner = self._owner(f"{self.root}/{_SCRATCH}/{run}{_OWNER_SUFFIX}")
+                owner = self._job_record(f"{self.root}/{_SCRATCH}/{run}{_OWNER_SUFFIX}") or {}
                 if owner.get("host") == socket.gethostname() and _process_alive(int(owner.get("pid", -1))):
                     logger.warning("warehouse %s: keeping the scratch of run %s: its job (pid %s) still runs",
                                    self.root, run, owner.get("pid"))
@@ -474,12 +474,6 @@ class Warehouse:
         if self._fs.exists(former) and not self._exists(f"{self.root}/{_FORMER_SCRATCH}/_delta_log"):
             logger.info("warehouse %s: deleting %s, left by a job that did not finish", self.root, _FORMER_SCRATCH)
             self._fs.delete(former, True)
-
-    def _owner(self, uri: str) -> dict[str, Any]:
-        try:
-            return json.loads(self._read_text(uri)) if self._exists(uri) else {}
-        except (ValueError, WarehouseError):
-            return {}
 
     def staging_uri(self, run: str, name: str) -> str:
         """Where ``run`` writes table or folder ``name`` before it is published."""
@@ -774,7 +768,7 @@ class Warehouse:
         for _ in range(3):
             if self._create_new(lock, json.dumps(holder)):
                 return token
-            other = self._lock_holder(lock)
+            other = self._job_record(lock)
             if other is None:  # released meanwhile
                 continue
             if not other:
@@ -817,7 +811,9 @@ class Warehouse:
             stream.close()
         return True
 
-    def _lock_holder(self, lock: str) -> dict[str, Any] | None:
+    def _job_record(self, lock: str) -> dict[str, Any] | None:
+        """The JSON record of a job in ``lock`` (the writer lock, a scratch owner): None when the file
+        is gone, {} when it names no job."""
         for _ in range(20):  # a holder that just created the file may not have written it yet
             try:
                 text = self._read_text(lock)
@@ -835,7 +831,7 @@ class Warehouse:
         aside = f"{lock}.stale-{uuid.uuid4().hex[:8]}"
         if not self._fs.rename(self._path(lock), self._path(aside)):
             return  # another newcomer moved it first
-        if (self._lock_holder(aside) or {}).get("token") != stale.get("token"):  # moved a fresh lock: put it back
+        if (self._job_record(aside) or {}).get("token") != stale.get("token"):  # moved a fresh lock: put it back
             self._fs.rename(self._path(aside), self._path(lock))
             return
         self._fs.delete(self._path(aside), False)
@@ -850,7 +846,7 @@ class Warehouse:
         if job is None:
             return
         lock = f"{self.root}/{LOCK_FILE}"
-        holder = self._lock_holder(lock)
+        holder = self._job_record(lock)
         if holder is None or holder.get("token") != job.token:
             now = "it is gone" if holder is None else (f"it now names {holder.get('command', '?')}, pid "
                                                        f"{holder.get('pid', '?')} on {holder.get('host', '?')}")
@@ -859,7 +855,7 @@ class Warehouse:
 
     def _drop_lock(self, token: str) -> None:
         lock = f"{self.root}/{LOCK_FILE}"
-        holder = self._lock_holder(lock)
+        holder = self._job_record(lock)
         if holder and holder.get("token") == token:
             self._fs.delete(self._path(lock), False)
 
