@@ -4,7 +4,8 @@ Times, on one warehouse:
 
 1. the whole command, wall clock, ``--repeat`` times: this checkout's code against the code
    of a baseline commit (``--baseline``, default the last commit before issue 42), each in a
-   fresh process with the same virtualenv (the baseline's ``lib`` first on ``PYTHONPATH``);
+   fresh process with the same virtualenv (the baseline's ``lib`` first on ``PYTHONPATH``),
+   and the floor: a process that only starts and stops a bare local Spark session;
 2. inside one process of this checkout: the JVM and session start, opening the warehouse,
    registering the tables a statement names, the read-only check, the query;
 3. a shell sitting: the first statement and the ones after it (the session is kept).
@@ -43,6 +44,18 @@ def one_shot(lib: Path, warehouse: str) -> tuple[float, int]:
     if result.returncode != 0:
         raise SystemExit(f"deepcrate sql failed ({lib}): {result.stderr[-2000:]}")
     return seconds, len(result.stderr.splitlines())
+
+
+BARE_SESSION = ("from pyspark.sql import SparkSession; SparkSession.builder.master('local[*]')"
+                ".config('spark.ui.enabled', 'false').getOrCreate().stop()")
+
+
+def bare_session() -> float:
+    """Seconds for a process that only starts (and stops) a bare local Spark session: the floor."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", BARE_SESSION], capture_output=True, check=True, timeout=600,
+                   env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"})
+    return time.perf_counter() - started
 
 
 def baseline_lib(commit: str, folder: str) -> Path:
@@ -96,13 +109,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         old = baseline_lib(args.baseline, os.path.join(scratch, "baseline"))
         try:
-            runs = {"baseline": [], "this": []}
+            runs = {"baseline": [], "this": [], "bare_spark_session": []}
             stderr_lines = {}
-            for _ in range(args.repeat):  # interleaved: both see the same machine
+            for _ in range(args.repeat):  # interleaved: all three see the same machine
                 for name, lib in (("baseline", old), ("this", ROOT / "lib")):
                     seconds, lines = one_shot(lib, args.warehouse)
                     runs[name].append(seconds)
                     stderr_lines[name] = lines
+                runs["bare_spark_session"].append(bare_session())
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old.parent)],
                            capture_output=True)
