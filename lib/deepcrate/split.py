@@ -29,7 +29,7 @@ def assign_splits(
         Changing it draws a different split.
     """
     result = pd.Series(index=songs.index, dtype=object)
-    keys = songs["song_id"].map(lambda sid: hashlib.sha256(f"{seed}:{sid}".encode()).hexdigest())
+    keys = songs["song_id"].map(lambda sid: _order_key(sid, seed=seed))
     genres = songs["genre"].fillna("\0unlabelled")
     for _, members in keys.groupby(genres):
         ordered = members.sort_values(kind="stable").index
@@ -43,6 +43,11 @@ def assign_splits(
         labels = ["train"] * n_train + ["validation"] * n_validation + ["test"] * n_test
         result.loc[ordered] = labels
     return result
+
+
+def _order_key(song_id: str, *, seed: int) -> str:
+    """A song's place in its genre's seeded order."""
+    return hashlib.sha256(f"{seed}:{song_id}".encode()).hexdigest()
 
 
 def _round_half_up(value: float) -> int:
@@ -69,9 +74,9 @@ def repair_splits(songs: pd.DataFrame, *, train: float, validation: float, seed:
             donors = members.index[splits == source]
             if fraction <= 0 or (splits == lacking).any() or len(donors) < 2:
                 continue
-            keys = songs.loc[donors, "song_id"].map(lambda sid: hashlib.sha256(f"{seed}:{sid}".encode()).hexdigest())
-            preferred = [i for i in keys.sort_values(kind="stable").index if wanted[i] == lacking]
-            moved = preferred[0] if preferred else keys.sort_values(kind="stable").index[0]
+            ordered = songs.loc[donors, "song_id"].map(lambda sid: _order_key(sid, seed=seed)).sort_values(kind="stable")
+            preferred = [i for i in ordered.index if wanted[i] == lacking]
+            moved = preferred[0] if preferred else ordered.index[0]
             result[moved] = lacking
             moves.append(f"genre {genre!r} had no {lacking} song left: song {songs.loc[moved, 'song_id']} "
                          f"moved from {source} to {lacking}")
