@@ -73,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_common(ingest)
     ingest.set_defaults(run=_ingest)
 
+    features = commands.add_parser("features", help="slices -> pretrained_features: the frozen musicnn networks' "
+                                   "features of every new slice, once (on Spark)")
+    features.add_argument("--force", action="store_true", help="compute every slice again, not only new ones")
+    _add_common(features)
+    features.set_defaults(run=_features)
+
     train = commands.add_parser("train", help="slices -> a genre CNN, evaluated on the test split")
     train.add_argument("--resume", action="store_true",
                        help="continue the newest interrupted training run (with the config it started with)")
@@ -274,6 +280,15 @@ def _train(args: argparse.Namespace) -> int:
     config, spark = _config_and_session(args)
     result = train(spark, warehouse=args.warehouse, config=config, resume=args.resume)
     print("\n".join(result.lines()))
+    return 0
+
+
+def _features(args: argparse.Namespace) -> int:
+    from deepcrate.features import compute_features
+
+    config, spark = _config_and_session(args)
+    summary = compute_features(spark, warehouse=args.warehouse, config=config, incremental=not args.force)
+    print("\n".join(summary.lines()))
     return 0
 
 

@@ -60,6 +60,19 @@ class IngestSettings:
 
 
 @dataclass(frozen=True)
+class FeaturesSettings:
+    """The ``features`` section, typed."""
+
+    runtime: str
+    batch_size: int
+    progress_interval_s: float
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> FeaturesSettings:
+        return cls(**config["features"])
+
+
+@dataclass(frozen=True)
 class EmbedSettings:
     """The ``embed`` section, typed."""
 

@@ -1,8 +1,12 @@
 """Embed every slice on the Spark executors with a trained model; average the vectors per song.
 
-The model file travels to the executors as a broadcast (it is a few MB), so
-executors need no access to the warehouse's model folder; each Python worker loads it
-once and keeps it for every later batch and task (Spark reuses its Python workers).
+A model whose head learnt on stored pretrained features (musicnn, ``train.fine_tune=head``)
+is applied as its head alone to the ``pretrained_features`` table: two matrix products
+per slice in numpy (:mod:`deepcrate.feature_head`), the head's weights a broadcast of
+a few hundred KB. Any other model runs on the slices: the model file travels to the
+executors as a broadcast (a few MB), so executors need no access to the warehouse's
+model folder; each Python worker loads it once and keeps it for every later batch and
+task (Spark reuses its Python workers).
 """
 from __future__ import annotations
 
@@ -20,9 +24,11 @@ from pyspark.sql import SparkSession
 from deepcrate.config import EmbedSettings
 from deepcrate.errors import WarehouseError
 from deepcrate.faults import fail_if_injected
+from deepcrate.feature_head import FeatureHead
 from deepcrate.inference import embed_images, worker_model
-from deepcrate.model_store import MODELS, open_model
+from deepcrate.model_store import MODELS, ModelFolder, open_model
 from deepcrate.pipeline import Outcome, RebuildContext, Stage
+from deepcrate.pretrained_runtime import from_bytes
 from deepcrate.progress import Progress
 from deepcrate.schemas import SLICE_EMBEDDINGS, SONG_EMBEDDINGS, Table
 from deepcrate.session import live_count, session_conf
@@ -41,13 +47,15 @@ class EmbedSummary:
     seconds: float  # the whole job
     pass_seconds: float  # reading, embedding and writing the slices (no set-up, no per-song means)
     embedded: int = 0  # slices this run embedded (fewer than ``slices`` when incremental)
+    from_features: bool = False  # the head applied to stored pretrained features
 
     def lines(self) -> list[str]:
         kept = f" ({self.slices - self.embedded} kept from the last run)" if self.embedded < self.slices else ""
+        how = ("the head applied to the stored pretrained features" if self.from_features else
+               f"the model was loaded {self.model_loads} times, once per Python worker")
         return [
             f"embedded {self.embedded} slices with model {self.model_version} in {self.seconds:.1f} s "
-            f"({self.embedded / max(self.seconds, 1e-9):.0f} slices/s; the model was loaded "
-            f"{self.model_loads} times, once per Python worker)",
+            f"({self.embedded / max(self.seconds, 1e-9):.0f} slices/s; {how})",
             f"tables: slice_embeddings ({self.slices} slices{kept}), song_embeddings ({self.songs} songs)",
         ]
 
@@ -83,17 +91,21 @@ def embed(
     folder = open_model(store, model)
     settings = store.metadata(Table.SLICES).spectrogram
     folder.check_settings(settings, what="the slices table")
-    folder.load_keras()  # fail here, with a clear message, rather than on every executor
+    network = folder.load_keras()  # fail here, with a clear message, rather than on every executor
     options = EmbedSettings.from_config(config)
     batch_size = int(options.batch_size)
-    with open(os.path.join(folder.path, "model.keras"), "rb") as stream:
-        payload = spark.sparkContext.broadcast(stream.read())
     loads = spark.sparkContext.accumulator(0)
     done, task_warnings = live_count(spark), TaskWarnings(spark.sparkContext)
-    embed_batches = _embedder(payload, version=folder.version, shape=(settings.n_rows, settings.slice_frames),
-                              batch_size=batch_size, loads=loads, done=done, task_warnings=task_warnings)
-
-    slices = store.read(Table.SLICES, columns=["song_id", "slice_idx", "spectrogram"])
+    if folder.features is not None:
+        slices = _stored_features(store, folder)
+        embed_batches = _head_embedder(spark.sparkContext.broadcast(FeatureHead.from_model(network)),
+                                       width=folder.features["width"], done=done, task_warnings=task_warnings)
+    else:
+        with open(os.path.join(folder.path, "model.keras"), "rb") as stream:
+            payload = spark.sparkContext.broadcast(stream.read())
+        embed_batches = _embedder(payload, version=folder.version, shape=(settings.n_rows, settings.slice_frames),
+                                  batch_size=batch_size, loads=loads, done=done, task_warnings=task_warnings)
+        slices = store.read(Table.SLICES, columns=["song_id", "slice_idx", "spectrogram"])
     songs = store.read(Table.SONGS, columns=["song_id", "n_slices"])
     kept = _embeddings_to_keep(store, version=folder.version, songs=songs) if incremental else None
     if kept is not None:
@@ -136,7 +148,31 @@ def embed(
         published.append(f"{MODELS}/{folder.version}")
     store.publish(run, published)
     return EmbedSummary(model_version=version, slices=n_slices, songs=n_songs, model_loads=loads.value,
-                        seconds=time.monotonic() - started, pass_seconds=pass_seconds, embedded=total)
+                        seconds=time.monotonic() - started, pass_seconds=pass_seconds, embedded=total,
+                        from_features=folder.features is not None)
+
+
+def _stored_features(store: Warehouse, folder: ModelFolder):
+    """The ``pretrained_features`` rows (song_id, slice_idx, features) ``folder``'s head reads.
+
+    Raises
+    ------
+    WarehouseError
+        No such table, or slices without features (the table is older than the slices).
+    ModelError
+        A table of other networks than the model's head learnt on.
+    """
+    if not store.exists(Table.PRETRAINED_FEATURES):
+        raise WarehouseError(f"warehouse {store.root}: no pretrained_features table (model {folder.version} "
+                             "applies its head to them): run deepcrate features first, or rebuild")
+    folder.check_features(store.metadata(Table.PRETRAINED_FEATURES), where=f"warehouse {store.root}")
+    features = store.read(Table.PRETRAINED_FEATURES, columns=["song_id", "slice_idx", "features"])
+    keys = ["song_id", "slice_idx"]
+    missing = store.read(Table.SLICES, columns=keys).join(features.select(*keys), keys, "left_anti").count()
+    if missing:
+        raise WarehouseError(f"warehouse {store.root}: {missing} slices have no pretrained features (the table "
+                             "is older than the slices): run deepcrate features, or rebuild")
+    return features
 
 
 def _embeddings_to_keep(store: Warehouse, *, version: str, songs):
@@ -168,6 +204,25 @@ def _embedder(payload, *, version: str, shape: tuple[int, int], batch_size: int,
                 "embedding": list(embeddings),
                 "genre_probabilities": list(probabilities),
                 "pretrained": list(pretrained) if pretrained is not None else [None] * len(frame),
+            })
+            fail_if_injected("embed")
+
+    return embed_batches
+
+
+def _head_embedder(head, *, width: int, done, task_warnings: TaskWarnings):
+    def embed_batches(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for frame in frames:
+            features = from_bytes(list(frame["features"]), width=width, where="pretrained_features")
+            with task_warnings.captured():
+                embeddings, probabilities = head.value(features)
+            done.add(len(frame))
+            yield pd.DataFrame({
+                "song_id": frame["song_id"].to_numpy(),
+                "slice_idx": frame["slice_idx"].to_numpy(),
+                "embedding": list(embeddings),
+                "genre_probabilities": list(probabilities),
+                "pretrained": list(features),
             })
             fail_if_injected("embed")
 
@@ -242,7 +297,7 @@ class EmbedStage(Stage):
     """Rebuild stage: embeds the songs that have no embedding from this model (all with ``--force``)."""
 
     name = "embed"
-    after = ("ingest", "train")
+    after = ("ingest", "features", "train")
     writes = (Table.SLICE_EMBEDDINGS, Table.SONG_EMBEDDINGS)
 
     def run(self, context: RebuildContext, *, fingerprint: str) -> Outcome:

@@ -67,6 +67,20 @@ class ModelFolder:
                              f"lists {len(self.labels)} genres")
         return model
 
+    @property
+    def features(self) -> dict[str, Any] | None:
+        """What a model whose head learnt on stored pretrained features was trained on (``network``: the
+        networks' identity, ``checkpoints``, ``table_version``), or None: it reads the slices."""
+        value = self.train.get("features") if isinstance(self.train, dict) else None
+        return value if isinstance(value, dict) and "network" in value else None
+
+    def check_features(self, metadata, *, where: str) -> None:
+        """Refuse a ``pretrained_features`` table of other networks than this model's head learnt on."""
+        if self.features is not None and metadata.network != self.features["network"]:
+            raise ModelError(f"model {self.version} was trained on pretrained features of {self.features['network']}; "
+                             f"{where} holds features of {metadata.network}: compute them again (deepcrate "
+                             f"features, or rebuild) with train.pretrained={self.features['checkpoints']}")
+
     def history(self) -> dict[str, list[float]]:
         """Loss, accuracy and validation P@10 per epoch (``history.json``; empty when absent)."""
         if not os.path.isfile(os.path.join(self.path, "history.json")):

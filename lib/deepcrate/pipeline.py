@@ -63,6 +63,10 @@ class Stage:
         """What this stage reads from outside the warehouse (e.g. the audio folder's listing)."""
         return None
 
+    def not_needed(self, context: RebuildContext) -> str | None:
+        """Why this rebuild has no use for this stage (it is then left out), or None."""
+        return None
+
     def given(self, context: RebuildContext) -> tuple[str, str] | None:
         """(fingerprint, detail) when the user supplied this stage's output (``--model``)."""
         return None

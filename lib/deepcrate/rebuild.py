@@ -22,7 +22,7 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
-from deepcrate import embed, evaluate, index, ingest, training
+from deepcrate import embed, evaluate, features, index, ingest, training
 from deepcrate.evaluate import METHODS
 from deepcrate.genre_accuracy import percent
 from deepcrate.model_store import ModelFolder
@@ -32,7 +32,7 @@ from deepcrate.warehouse import Warehouse, holds_writer_lock
 
 logger = logging.getLogger(__name__)
 
-STAGES: tuple[Stage, ...] = (ingest.STAGE, training.STAGE, embed.STAGE, index.STAGE, evaluate.STAGE)
+STAGES: tuple[Stage, ...] = (ingest.STAGE, features.STAGE, training.STAGE, embed.STAGE, index.STAGE, evaluate.STAGE)
 
 
 @dataclass
@@ -40,7 +40,7 @@ class StageRun:
     """What one stage of a rebuild did."""
 
     name: str
-    status: str  # ran | skipped (its output was up to date) | given (--model)
+    status: str  # ran | skipped (its output was up to date) | given (--model) | unused (not needed by this rebuild)
     seconds: float
     detail: str = ""
 
@@ -130,6 +130,10 @@ def rebuild(
 
 
 def _run_stage(stage: Stage, context: RebuildContext) -> StageRun:
+    unused = stage.not_needed(context)
+    if unused is not None:
+        context.fingerprints[stage.name] = ""
+        return StageRun(stage.name, "unused", 0.0, unused)
     given = stage.given(context)
     if given is not None:
         fingerprint, detail = given

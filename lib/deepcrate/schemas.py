@@ -30,6 +30,7 @@ class Table(StrEnum):
 
     SONGS = "songs"
     SLICES = "slices"
+    PRETRAINED_FEATURES = "pretrained_features"
     REJECTS = "rejects"
     SLICE_EMBEDDINGS = "slice_embeddings"
     SONG_EMBEDDINGS = "song_embeddings"
@@ -89,6 +90,17 @@ SLICES = _schema(
     ("split", StringType(), False, "copied from `songs`"),
     ("spectrogram", BinaryType(), False, "a uint8 image, rows × slice_frames, row-major, row 0 = the highest "
      "frequency (`deepcrate.spectrogram.slice_from_bytes` reads it)"),
+)
+
+PRETRAINED_FEATURES = _schema(
+    Table.PRETRAINED_FEATURES, "One row per slice: what the frozen pretrained networks (`train.pretrained`) make "
+    "of it, computed once per slice (features), read by train and embed.",
+    ("song_id", StringType(), False, "the song"),
+    ("slice_idx", IntegerType(), False, "the slice"),
+    ("slice_hash", LongType(), False, "`xxhash64(spectrogram)` of the slice the features were computed from: a "
+     "slice whose pixels change gets new features"),
+    ("features", BinaryType(), False, "the towers' penultimate features side by side (200 per network), "
+     "little-endian float16 (`deepcrate.pretrained_runtime.from_bytes` reads them)"),
 )
 
 REJECTS = _schema(
@@ -177,7 +189,7 @@ DOWNLOADS = _schema(
 TABLES: dict[Table, StructType] = {
     Table.SONGS: SONGS, Table.SLICES: SLICES, Table.REJECTS: REJECTS, Table.SLICE_EMBEDDINGS: SLICE_EMBEDDINGS,
     Table.SONG_EMBEDDINGS: SONG_EMBEDDINGS, Table.RECOMMENDATIONS: RECOMMENDATIONS, Table.EVALUATION: EVALUATION,
-    Table.MFCC_FEATURES: MFCC_FEATURES, Table.DOWNLOADS: DOWNLOADS,
+    Table.MFCC_FEATURES: MFCC_FEATURES, Table.DOWNLOADS: DOWNLOADS, Table.PRETRAINED_FEATURES: PRETRAINED_FEATURES,
 }
 
 # Tables that may carry extra string columns after their fixed ones (manifest extras).

@@ -79,6 +79,17 @@ class EmbeddingsMetadata(TableMetadata):
 
 
 @dataclass(frozen=True, kw_only=True)
+class FeaturesMetadata(TableMetadata):
+    """Written by the features stage with pretrained_features: which networks, on which slices."""
+
+    network: str  # :meth:`deepcrate.pretrained_runtime.Network.identity`: checkpoints and a digest
+    checkpoints: str  # train.pretrained
+    width: int  # features per slice
+    format: str  # how a row's features are stored (pretrained_runtime.FEATURE_FORMAT)
+    runtime: str  # what computed them (openvino | keras)
+
+
+@dataclass(frozen=True, kw_only=True)
 class RecommendationsMetadata(TableMetadata):
     """Written by index with recommendations."""
 
@@ -108,6 +119,7 @@ METADATA_OF: dict[str, type[TableMetadata]] = {
     Table.RECOMMENDATIONS: RecommendationsMetadata,
     Table.EVALUATION: EvaluationMetadata,
     Table.DOWNLOADS: DownloadsMetadata,
+    Table.PRETRAINED_FEATURES: FeaturesMetadata,
 }
 
 

@@ -1,12 +1,13 @@
 """Transfer from a pretrained network: its features computed once per slice, a small head learnt on them.
 
 With ``train.model=musicnn`` and ``train.fine_tune=head`` (the default) the pretrained
-layers stay as they are, so their 200-d features of every train and validation slice
-are computed once, and only the head (Dense 128 = the embedding, ELU, dropout, genre
-softmax) is trained, on those arrays: an epoch takes well under a second instead of
+layers stay as they are, so their features of every slice are computed once (the
+features stage, :mod:`deepcrate.features`), and only the head (Dense 128 = the
+embedding, ELU, dropout, genre softmax) is trained, on those arrays: an epoch takes well under a second instead of
 a pass of the whole network over the slices, so a CPU trains it in minutes. The head's
 weights are then put back on the full network, which is what the model folder holds
-and what the embed stage runs.
+(``recommend --file`` runs it on a new file); the embed stage applies the head alone to
+the stored features (:mod:`deepcrate.feature_head`).
 
 The head is trained for what the product ranks by, and is kept only where it ranks the
 validation songs better than the network as it comes: the embedding layer starts as
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
+from deepcrate.feature_reader import SliceFeatures
 from deepcrate.model import (
     EMBEDDING_LAYER,
     EMBEDDING_SIZE,
@@ -46,26 +48,15 @@ from deepcrate.model import (
     build_model,
     embedding_and_genres,
     embedding_model,
-    slices_per_call,
     supervised_contrastive_loss,
 )
 from deepcrate.musicnn import load_pretrained, parse_checkpoints, pretrained_layer
 from deepcrate.retrieval import nearest_songs, retrieval_scores
-from deepcrate.slice_reader import SliceTable
 
 logger = logging.getLogger(__name__)
 
 HEAD_LAYERS = (EMBEDDING_LAYER, "logits")  # the layers with weights that the head learns
 SELECTION_K = 10  # the head is kept by the validation songs' precision at this many neighbours
-
-
-@dataclass
-class SliceFeatures:
-    """A split's pretrained features (n, d), label indices (n,) and song ids (n,)."""
-
-    features: np.ndarray
-    labels: np.ndarray
-    song_ids: np.ndarray
 
 
 def pretrained_model(*, n_classes: int, image_shape: tuple[int, int], level_range: float, checkpoint: str,
@@ -78,39 +69,16 @@ def pretrained_model(*, n_classes: int, image_shape: tuple[int, int], level_rang
     return model
 
 
-def slice_features(extractor: keras.Model, table: SliceTable, *, split: str, labels: Sequence[str] | None,
-                   batch_size: int, interval_s: float) -> SliceFeatures:
-    """The pretrained features of a split's slices (its labelled slices, or every slice when
-    ``labels`` is None)."""
-    features, targets, songs, done = [], [], [], 0
-    started = last = time.monotonic()
-    batch_size = slices_per_call(extractor, batch_size)
-    for batch in table.batches(split=split, labels=labels, batch_size=batch_size):
-        features.append(np.asarray(extractor.predict_on_batch(batch.images), dtype=np.float32))  # compiled: 1.8x eager
-        targets.append(batch.labels)
-        songs.append(batch.song_ids)
-        done += len(batch.images)
-        if time.monotonic() - last >= interval_s:
-            last = time.monotonic()
-            logger.info("pretrained features of the %s split: %d slices (%.0f slices/s)", split, done,
-                        done / (last - started))
-    if not features:
-        return SliceFeatures(np.zeros((0, 0), np.float32), np.zeros(0, np.int32), np.zeros(0, object))
-    logger.info("pretrained features of the %s split: %d slices in %.1f s", split, done, time.monotonic() - started)
-    return SliceFeatures(np.concatenate(features), np.concatenate(targets).astype(np.int32),
-                         np.concatenate(songs))
-
-
 def feature_extractor(model: keras.Model) -> keras.Model:
     """``model`` cut at its pretrained features (the input of the embedding layer)."""
     return keras.Model(model.input, model.get_layer(pretrained_layer(model)).output)
 
 
-def fit_head(model: keras.Model, *, table: SliceTable, labels: Sequence[str], objective: str, batch_size: int,
-             max_epochs: int, patience: int, learning_rate: float, class_weight: dict[int, float] | None,
-             interval_s: float, heads: int = 1, seed: int = 0) -> TrainedHead:
-    """Train ``model``'s head on its frozen pretrained features (in place), for retrieval:
-    the train and validation slices' features computed once, then :func:`train_head`.
+def fit_head(model: keras.Model, *, train: SliceFeatures, val: SliceFeatures, n_classes: int, objective: str,
+             batch_size: int, max_epochs: int, patience: int, learning_rate: float,
+             class_weight: dict[int, float] | None, heads: int = 1, seed: int = 0) -> TrainedHead:
+    """Train ``model``'s head on the frozen pretrained features of the train and validation
+    slices (:func:`train_head`) and set it on ``model`` (in place), for retrieval.
 
     Returns
     -------
@@ -119,10 +87,7 @@ def fit_head(model: keras.Model, *, table: SliceTable, labels: Sequence[str], ob
         ``val_precision_at_10`` (its first value: epoch 0, before any training), of the
         head that ranked the validation songs best.
     """
-    extractor = feature_extractor(model)
-    train, val = (slice_features(extractor, table, split=split, labels=labels, batch_size=batch_size,
-                                 interval_s=interval_s) for split in ("train", "validation"))
-    head = train_head(train, val, n_classes=len(labels), objective=objective, batch_size=batch_size,
+    head = train_head(train, val, n_classes=n_classes, objective=objective, batch_size=batch_size,
                       max_epochs=max_epochs, patience=patience, learning_rate=learning_rate,
                       class_weight=class_weight, heads=heads, seed=seed)
     model.get_layer(EMBEDDING_LAYER).set_weights(head.embedding)
@@ -368,13 +333,10 @@ def _weighted_crossentropy(class_weight: dict[int, float] | None, n_classes: int
     return loss
 
 
-def principal_embedding(model: keras.Model, *, table: SliceTable, batch_size: int, interval_s: float) -> keras.Model:
+def principal_embedding(model: keras.Model, *, features: np.ndarray) -> keras.Model:
     """The encoder (slice -> 128-d embedding) whose embedding layer projects the pretrained
-    features onto their principal components: no labels needed."""
-    extractor = feature_extractor(model)
-    parts = [slice_features(extractor, table, split=split, labels=None, batch_size=batch_size,
-                            interval_s=interval_s).features for split in ("train", "validation")]
-    features = np.concatenate([p for p in parts if len(p)]).astype(np.float64)
+    ``features`` (of the train and validation slices) onto their principal components: no labels needed."""
+    features = features.astype(np.float64)
     model.get_layer(EMBEDDING_LAYER).set_weights(principal_projection(features))
     logger.info("no genres to learn: the embedding is the pretrained features' %d principal components "
                 "(%d slices)", min(EMBEDDING_SIZE, *features.shape), len(features))

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 
 from deepcrate.errors import TrainingError
+from deepcrate.feature_reader import FeatureTable
 from deepcrate.genre_accuracy import Evaluation
 from deepcrate.model import build_model, embedding_model, pair_contrastive_loss, slices_per_call
 from deepcrate.slice_reader import SliceTable
@@ -35,29 +36,28 @@ def choose_precision(requested: str, gpus: list) -> str:
     return "mixed_bfloat16" if min(capabilities) >= (8, 0) else "mixed_float16"
 
 
-def fit_pretrained_head(run_dir: str, *, table: SliceTable, labels: list[str], counts, settings: TrainSettings,
-                         state: RunState, spectrogram: SpectrogramSettings) -> None:
-    """The head on the frozen musicnn features (or, without genres, the principal-component
+def fit_pretrained_head(run_dir: str, *, features: FeatureTable, labels: list[str], counts, settings: TrainSettings,
+                         state: RunState, spectrogram: SpectrogramSettings, image_shape: tuple[int, int]) -> None:
+    """The head on the stored musicnn features (or, without genres, the principal-component
     embedding), saved as best.keras: minutes on a CPU, so a resumed run starts it again."""
     from deepcrate.transfer import fit_head, pretrained_model, principal_embedding
 
-    model = pretrained_model(n_classes=max(len(labels), 2), image_shape=table.image_shape,
+    model = pretrained_model(n_classes=max(len(labels), 2), image_shape=image_shape,
                              level_range=spectrogram.db_range, checkpoint=settings.pretrained, seed=settings.seed)
     if labels:
         head = fit_head(
-            model, table=table, labels=labels, objective=settings.objective, batch_size=settings.batch_size,
+            model, train=features.split("train", labels=labels), val=features.split("validation", labels=labels),
+            n_classes=len(labels), objective=settings.objective, batch_size=settings.batch_size,
             max_epochs=settings.head_max_epochs, patience=settings.head_patience, heads=settings.heads_averaged,
-            seed=settings.seed,
-            learning_rate=settings.learning_rate or 0.001,
-            class_weight=genre_weights(counts, labels=labels, settings=settings),
-            interval_s=settings.progress_interval_s)
+            seed=settings.seed, learning_rate=settings.learning_rate or 0.001,
+            class_weight=genre_weights(counts, labels=labels, settings=settings))
         state.history, state.best_epoch, state.stopped_early = head.history, head.best_epoch, head.stopped_early
         state.heads = head.summary()
         state.epochs_done = len(head.history["loss"])
         state.best_val_loss = min(head.history["val_loss"])
     else:
-        model = principal_embedding(model, table=table, batch_size=settings.batch_size,
-                                    interval_s=settings.progress_interval_s)
+        parts = [features.split(split, labels=None).features for split in ("train", "validation")]
+        model = principal_embedding(model, features=np.concatenate([p for p in parts if len(p)]))
     tmp = os.path.join(run_dir, "tmp-best.keras")
     model.save(tmp)
     os.replace(tmp, os.path.join(run_dir, "best.keras"))
@@ -205,6 +205,22 @@ def evaluate_model(model, *, table: SliceTable, labels: Sequence[str], version: 
         probabilities.append(np.asarray(model.predict_on_batch(batch.images), dtype=np.float32))
         song_ids.append(batch.song_ids)
         true_labels.append(batch.labels)
+    return _evaluation(version, labels, song_ids, true_labels, probabilities)
+
+
+def evaluate_head(model, *, features: FeatureTable, labels: Sequence[str], version: str) -> Evaluation:
+    """:func:`evaluate_model` for a head on stored features: the test slices' features, not their images."""
+    from deepcrate.feature_head import FeatureHead
+
+    test = features.split("test", labels=labels)
+    if not len(test.labels):
+        return _evaluation(version, labels, [], [], [])
+    probabilities = FeatureHead.from_model(model)(test.features)[1]
+    return _evaluation(version, labels, [test.song_ids], [test.labels], [probabilities])
+
+
+def _evaluation(version: str, labels: Sequence[str], song_ids: list, true_labels: list,
+                probabilities: list) -> Evaluation:
     if not song_ids:
         logger.warning("the test split has no labelled slices: the evaluation is empty")
     return Evaluation.from_predictions(

@@ -16,15 +16,19 @@ from typing import Any
 import keras
 
 from deepcrate import __version__
+from deepcrate.errors import TrainingError
+from deepcrate.feature_reader import FeatureTable
 from deepcrate.genre_accuracy import Evaluation
 from deepcrate.model_store import MODELS, ModelFolder, open_model, read_model_folder, write_model_folder
 from deepcrate.pipeline import Outcome, RebuildContext, Stage, digest, without
+from deepcrate.pretrained_runtime import Network
 from deepcrate.schemas import Table
 from deepcrate.spectrogram import SpectrogramSettings
 from deepcrate.table_metadata import IngestMetadata
 from deepcrate.training.checks import genres_to_learn, slices_learnt, table_settings
 from deepcrate.training.fitting import (
     choose_precision,
+    evaluate_head,
     evaluate_model,
     final_model_file,
     fit_genre_head,
@@ -121,6 +125,7 @@ def train(
     check_pretrained_weights(settings)  # before a run folder exists
     spectrogram = table_settings(store, config)
     table = store.arrow.slice_table(image_shape=(spectrogram.n_rows, spectrogram.slice_frames))
+    features, features_record = _stored_features(store, settings, spectrogram)
     counts = table.genre_counts()
     labels = genres_to_learn(counts, uri=table.uri, objective=settings.objective,
                               labels_optional=settings.model == "musicnn")
@@ -146,8 +151,8 @@ def train(
                         slices_learnt(counts, "validation", labels=labels, settings=settings),
                         len(labels), ", ".join(devices))
             if on_frozen_features(settings):
-                fit_pretrained_head(run_dir, table=table, labels=labels, counts=counts, settings=settings,
-                                     state=state, spectrogram=spectrogram)
+                fit_pretrained_head(run_dir, features=features, labels=labels, counts=counts, settings=settings,
+                                    state=state, spectrogram=spectrogram, image_shape=table.image_shape)
             else:
                 with strategy.scope():  # a contrastive encoder drops the head: any width builds it
                     model = model_to_train(run_dir, state, settings, n_classes=max(len(labels), 2),
@@ -161,15 +166,18 @@ def train(
         evaluation = None
         if labels:
             best = keras.models.load_model(os.path.join(run_dir, final), compile=False)
-            evaluation = evaluate_model(best, table=table, labels=labels, version=version,
-                                        batch_size=settings.batch_size)
+            evaluation = (evaluate_head(best, features=features, labels=labels, version=version)
+                          if features is not None else
+                          evaluate_model(best, table=table, labels=labels, version=version,
+                                         batch_size=settings.batch_size))
     finally:
         keras.mixed_precision.set_dtype_policy(previous_policy)
 
     model_dir = os.path.join(run_dir, "model")
     _write_model_folder(model_dir, run_dir=run_dir, labels=labels, spectrogram=spectrogram, settings=settings,
                         state=state, evaluation=evaluation, precision=precision, devices=devices,
-                        slices_meta=store.metadata(Table.SLICES), table_uri=table.uri, counts=counts)
+                        slices_meta=store.metadata(Table.SLICES), table_uri=table.uri, counts=counts,
+                        features=features_record)
     _publish(store, version=version, model_dir=model_dir)
     shutil.rmtree(run_dir)
     if not os.listdir(work_root):
@@ -183,7 +191,8 @@ def train(
 
 def _write_model_folder(model_dir: str, *, run_dir: str, labels, spectrogram: SpectrogramSettings,
                         settings: TrainSettings, state: RunState, evaluation: Evaluation | None, precision: str,
-                        devices: list[str], slices_meta: IngestMetadata, table_uri: str, counts) -> None:
+                        devices: list[str], slices_meta: IngestMetadata, table_uri: str, counts,
+                        features: dict[str, Any] | None) -> None:
     from deepcrate.plots import plot_confusion, plot_training
 
     version = os.path.basename(run_dir)
@@ -204,6 +213,7 @@ def _write_model_folder(model_dir: str, *, run_dir: str, labels, spectrogram: Sp
         "slices": {split: slices_learnt(counts, split, labels=labels, settings=settings)
                    for split in ("train", "validation", "test")},
         "fingerprint": state.fingerprint,
+        "features": features,
     }
     write_model_folder(model_dir, model_file=os.path.join(run_dir, final_model_file(settings, labels)),
                        labels=list(labels), spectrogram=spectrogram, history=state.history, train=train,
@@ -213,6 +223,36 @@ def _write_model_folder(model_dir: str, *, run_dir: str, labels, spectrogram: Sp
                        title=f"{version}: test songs (song accuracy "
                              f"{100 * (evaluation.metrics()['song_accuracy'] or 0):.1f}%)")
     plot_training(os.path.join(model_dir, "training.png"), history=state.history, title=version)
+
+
+def _stored_features(store: Warehouse, settings: TrainSettings, spectrogram: SpectrogramSettings
+                     ) -> tuple[FeatureTable | None, dict[str, Any] | None]:
+    """The ``pretrained_features`` table a head learns from, with what the model folder records of it
+    (None, None: this model learns from the slices).
+
+    Raises
+    ------
+    TrainingError
+        No such table, or one of other networks than ``train.pretrained`` on these slices.
+    """
+    if not on_frozen_features(settings):
+        return None, None
+    if not store.exists(Table.PRETRAINED_FEATURES):
+        raise TrainingError(f"warehouse {store.root}: no pretrained_features table (train.model=musicnn learns "
+                            "its head on them): run deepcrate features first, or rebuild")
+    metadata = store.metadata(Table.PRETRAINED_FEATURES)
+    wanted = Network(checkpoints=settings.pretrained, image_shape=(spectrogram.n_rows, spectrogram.slice_frames),
+                     level_range=float(spectrogram.db_range)).identity()
+    if metadata.network != wanted:
+        raise TrainingError(f"warehouse {store.root}: pretrained_features holds features of {metadata.network}, "
+                            f"not of {wanted} (train.pretrained={settings.pretrained} on these slices): "
+                            "run deepcrate features again, or rebuild")
+    tables = store.arrow
+    table = FeatureTable(tables.dataset(Table.PRETRAINED_FEATURES), tables.dataset(Table.SLICES),
+                         width=metadata.width, uri=f"table pretrained_features in {store.root}")
+    record = {"network": metadata.network, "checkpoints": metadata.checkpoints, "width": metadata.width,
+              "table_version": store.version(Table.PRETRAINED_FEATURES)}
+    return table, record
 
 
 def _publish(store: Warehouse, *, version: str, model_dir: str) -> None:
@@ -228,7 +268,7 @@ class TrainStage(Stage):
     the one given with ``--model``."""
 
     name = "train"
-    after = ("ingest",)
+    after = ("ingest", "features")
 
     def check(self, context: RebuildContext) -> None:
         if context.model:  # a mismatch would otherwise surface only after the whole ingest
