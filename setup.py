@@ -33,6 +33,7 @@ setup(
         "scipy==1.17.1",
         "matplotlib==3.11.2",  # evaluation plots (PNG, no display needed)
         "scikit-learn==1.9.1",  # the logistic regression on MFCC statistics (evaluate's baseline)
+        "openvino==2026.4.1",  # the features stage runs the pretrained networks on it (~2x Keras per core)
     ],
     extras_require={
         "cpu": [f"tensorflow-cpu=={TENSORFLOW}"],
@@ -41,6 +42,7 @@ setup(
         "report": ["umap-learn==0.5.12"],  # the report's map; without it t-SNE or PCA draws it
         "test": ["pytest==9.2.0", "ruff==0.17.6", "import-linter==2.17", "jupytext==1.19.6", "ipykernel==7.4.0", "nbclient==0.11.0",
                  "nbformat==5.11.1", "selenium==4.51.0"],  # selenium: the report's browser tests
+        "bench": ["tf2onnx==1.17.0", "onnxruntime==1.31.1"],  # bench/pretrained_runtime.py's other runtimes
     },
     entry_points={"console_scripts": ["deepcrate=deepcrate.cli:main"]},
 )

@@ -110,6 +110,25 @@ def demo_warehouse(spark, tmp_path_factory):
     return root / "wh"
 
 
+MUSICNN = ["spectrogram.preset=musicnn", "train.model=musicnn"]
+
+
+@pytest.fixture(scope="session")
+def musicnn_warehouse(spark, tmp_path_factory):
+    """The demo catalogue (7 genres x 5 songs x 7 s = 2 musicnn slices each), ingested with the musicnn
+    preset, with its pretrained features (the features stage). Shared read-only."""
+    from deepcrate.demo import write_demo_catalogue
+    from deepcrate.features import compute_features
+    from deepcrate.ingest import ingest
+
+    root = tmp_path_factory.mktemp("musicnn")
+    manifest = write_demo_catalogue(root / "audio", songs_per_genre=5, seconds=7.0, seed=2)
+    config = resolve_config(overrides=MUSICNN)
+    ingest(spark, audio=str(root / "audio"), manifest=str(manifest), warehouse=str(root / "wh"), config=config)
+    compute_features(spark, warehouse=str(root / "wh"), config=config)
+    return root / "wh"
+
+
 @pytest.fixture(scope="session")
 def rebuilt(spark, tmp_path_factory):
     """A demo catalogue (7 genres x 5 songs x 11 s, one bad file) rebuilt from scratch with the CLI,

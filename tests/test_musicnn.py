@@ -101,19 +101,6 @@ def in_chunks(model, images: np.ndarray, size: int = 16) -> np.ndarray:
     return np.concatenate([np.asarray(model(images[i:i + size], training=False)) for i in range(0, len(images), size)])
 
 
-@pytest.fixture(scope="module")
-def musicnn_warehouse(spark, tmp_path_factory):
-    """The demo catalogue (7 genres x 5 songs x 7 s = 2 musicnn slices each), ingested with the musicnn preset."""
-    from deepcrate.demo import write_demo_catalogue
-    from deepcrate.ingest import ingest
-
-    root = tmp_path_factory.mktemp("musicnn")
-    manifest = write_demo_catalogue(root / "audio", songs_per_genre=5, seconds=7.0, seed=2)
-    ingest(spark, audio=str(root / "audio"), manifest=str(manifest), warehouse=str(root / "wh"),
-           config=resolve_config(overrides=MUSICNN))
-    return root / "wh"
-
-
 def test_the_supervised_contrastive_loss_is_khosla_et_als():
     rng = np.random.default_rng(0)
     z, labels = rng.normal(size=(6, 4)).astype(np.float32), np.array([0, 0, 1, 1, 1, 2])

@@ -21,6 +21,7 @@ import io
 import os
 import tarfile
 import tempfile
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +30,8 @@ import numpy as np
 from deepcrate.errors import ConfigError, WarehouseError
 
 RUNTIMES = ("openvino", "keras")
-FEATURE_FORMAT = "float16-le-v1"  # a row's features: little-endian float16, the towers side by side
-FEATURE_DTYPE = np.dtype("<f2")
+FEATURE_FORMAT = "float32-le-v1"  # a row's features: little-endian float32, the towers side by side
+FEATURE_DTYPE = np.dtype("<f4")  # float16 halves the table but moves a head's embeddings measurably (docs/benchmarks.md)
 WIDTH_PER_TOWER = 200
 
 # Per Python worker: identity -> a loaded extractor (Spark reuses its Python workers).
@@ -94,7 +95,9 @@ def export(network: Network, *, runtime: str = "openvino") -> bytes:
         else:
             import openvino as ov
 
-            converted = ov.convert_model(extractor, input=[("slice", [-1, *network.image_shape], ov.Type.u8)])
+            with warnings.catch_warnings():  # Keras: "the structure of inputs doesn't match" (a list of one)
+                warnings.simplefilter("ignore", UserWarning)
+                converted = ov.convert_model(extractor, input=[("slice", [-1, *network.image_shape], ov.Type.u8)])
             ov.save_model(converted, os.path.join(tmp, "extractor.xml"), compress_to_fp16=False)
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w") as archive:
@@ -165,5 +168,5 @@ def from_bytes(values, *, width: int, where: str) -> np.ndarray:
     """
     joined = b"".join(values)
     if len(joined) != len(values) * width * FEATURE_DTYPE.itemsize:
-        raise WarehouseError(f"{where}: stored features are not {width} float16 values a row")
+        raise WarehouseError(f"{where}: stored features are not {width} {FEATURE_DTYPE.name} values a row")
     return np.frombuffer(joined, dtype=FEATURE_DTYPE).reshape(len(values), width).astype(np.float32)

@@ -100,7 +100,7 @@ PRETRAINED_FEATURES = _schema(
     ("slice_hash", LongType(), False, "`xxhash64(spectrogram)` of the slice the features were computed from: a "
      "slice whose pixels change gets new features"),
     ("features", BinaryType(), False, "the towers' penultimate features side by side (200 per network), "
-     "little-endian float16 (`deepcrate.pretrained_runtime.from_bytes` reads them)"),
+     "little-endian float32 (`deepcrate.pretrained_runtime.from_bytes` reads them)"),
 )
 
 REJECTS = _schema(

@@ -57,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 HEAD_LAYERS = (EMBEDDING_LAYER, "logits")  # the layers with weights that the head learns
 SELECTION_K = 10  # the head is kept by the validation songs' precision at this many neighbours
+MIN_FEATURE_SCALE = 1e-3  # the smallest spread a feature is standardised by (the features are ~unit scale)
 
 
 def pretrained_model(*, n_classes: int, image_shape: tuple[int, int], level_range: float, checkpoint: str,
@@ -161,7 +162,9 @@ def train_head(train: SliceFeatures, val: SliceFeatures, *, n_classes: int, obje
     returned embedding weights, so they apply to the raw features.
     """
     both = np.concatenate([train.features, val.features]).astype(np.float64)
-    mean, scale = both.mean(axis=0), both.std(axis=0) + 1e-6
+    # A feature (nearly) constant over these slices (a unit that never fires) is not blown up: divided by
+    # its spread alone, the last digits of its value (another runtime's rounding) would move every embedding.
+    mean, scale = both.mean(axis=0), np.maximum(both.std(axis=0), MIN_FEATURE_SCALE)
     train_x, val_x = ((part.features - mean) / scale for part in (train, val))
     start = principal_projection((both - mean) / scale)
     ranking = ValidationRanking(train_x, train, val_x, val)
