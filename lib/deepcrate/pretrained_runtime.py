@@ -123,8 +123,15 @@ class Extractor:
                 self._keras = None
             else:
                 import keras
+                import tensorflow as tf
 
                 import deepcrate.model  # noqa: F401  registers musicnn's input layer for loading
+                if threads:
+                    try:
+                        tf.config.threading.set_intra_op_parallelism_threads(threads)
+                        tf.config.threading.set_inter_op_parallelism_threads(1)
+                    except RuntimeError:  # TensorFlow already started in this process: keep its pools
+                        pass
                 self._keras = keras.models.load_model(os.path.join(tmp, "extractor.keras"), compile=False)
                 self._compiled = None
 

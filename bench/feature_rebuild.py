@@ -1,0 +1,135 @@
+"""The default (musicnn) rebuild before and after the features stage, on the development corpus.
+
+Each run is ``deepcrate rebuild`` with the packaged defaults in a fresh process and a
+fresh warehouse, on the same audio (``bench/real_corpus.py``'s corpus):
+
+1. ``baseline``: the code of ``--baseline`` (default: the last commit before the features
+   stage), its ``lib`` first on ``PYTHONPATH``, same virtualenv: train computed the
+   musicnn features of the train and validation slices, embed all of them again;
+2. ``features``: this checkout, from scratch (ingest, features, train, embed, index, evaluate);
+3. ``train-setting``: this checkout again on the same warehouse with one ``train.*``
+   setting changed (``train.head_patience``): a new head, no feature computed;
+4. ``new-files``: this checkout after adding ~5% more files (copies of corpus tracks,
+   re-encoded so their bytes are new songs): the features of their slices only.
+
+Stage times come from the rebuild's own summary. Goals (issue "features once"):
+features/baseline <= 1/3, train-setting <= 60 s with 0 features computed, new-files
+computing only the new files' slices.
+
+    python bench/feature_rebuild.py                       # ~25 min on 2 cores
+    python bench/feature_rebuild.py --skip-baseline       # this checkout only
+
+Writes bench/results/feature_rebuild.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = Path.home() / ".cache" / "deepcrate-bench" / "real-corpus" / "audio"
+WORK = Path.home() / ".cache" / "deepcrate-bench" / "feature-rebuild"
+BASELINE = "63c1b2c"  # main before the features stage
+STAGE_LINE = re.compile(r"^\s+(\w+)\s+(ran|skipped|given|unused)\s+([\d.]+) s\s*(.*)$")
+TOTAL = re.compile(r"rebuild finished in ([\d.]+) s: (\d+) songs, (\d+) slices")
+QUALITY = re.compile(r"model ([\d.]+) / ([\d.]+)%")
+
+
+def run_rebuild(lib: Path, *, audio: Path, warehouse: Path, extra: list[str], log: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(lib)}
+    args = [sys.executable, "-m", "deepcrate.cli", "rebuild", "--audio", str(audio), "--manifest",
+            str(audio / "manifest.csv"), "--warehouse", str(warehouse)]
+    for setting in extra:
+        args += ["--set", setting]
+    started = time.perf_counter()
+    result = subprocess.run(args, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - started
+    log.write_text(result.stdout + "\n--- stderr ---\n" + result.stderr)
+    if result.returncode != 0:
+        raise SystemExit(f"rebuild failed ({lib}); see {log}")
+    stages = {m.group(1): {"status": m.group(2), "seconds": float(m.group(3)), "detail": m.group(4)}
+              for m in map(STAGE_LINE.match, result.stdout.splitlines()) if m}
+    total = TOTAL.search(result.stdout)
+    quality = QUALITY.search(result.stdout)
+    return {"wall_s": round(wall, 1), "stages_s": float(total.group(1)), "songs": int(total.group(2)),
+            "slices": int(total.group(3)), "stages": stages,
+            "precision_at_10": float(quality.group(1)) if quality else None,
+            "song_accuracy": float(quality.group(2)) / 100 if quality else None}
+
+
+def with_new_files(audio: Path, target: Path, *, share: float) -> int:
+    """A copy of ``audio`` plus ``share`` more files: corpus tracks cut to their second half, so
+    their bytes (and song ids) are new. Returns how many were added."""
+    import librosa
+    import soundfile as sf
+
+    shutil.copytree(audio, target)
+    rows = (audio / "manifest.csv").read_text().splitlines()
+    header, body = rows[0], rows[1:]
+    step = max(1, round(1 / share))
+    added = []
+    for row in body[::step]:
+        path = row.split(",", 1)[0]
+        samples, rate = librosa.load(str(audio / path), sr=None, mono=True)
+        new_path = str(Path(path).with_name(Path(path).stem + "-second-half.wav"))
+        sf.write(str(target / new_path), samples[len(samples) // 2:], rate)
+        added.append(new_path + "," + row.split(",", 1)[1])
+    (target / "manifest.csv").write_text("\n".join([header, *body, *added]) + "\n")
+    return len(added)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--audio", type=Path, default=CORPUS)
+    parser.add_argument("--baseline", default=BASELINE)
+    parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "feature_rebuild.json")
+    args = parser.parse_args(argv)
+    shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir(parents=True)
+    results: dict = {"audio": str(args.audio), "cores": os.cpu_count(), "runs": {}}
+    here = ROOT / "lib"
+    if not args.skip_baseline:
+        checkout = tempfile.mkdtemp(prefix="deepcrate-baseline-")
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--force", checkout, args.baseline],
+                       check=True, capture_output=True)
+        try:
+            results["baseline_commit"] = args.baseline
+            results["runs"]["baseline"] = run_rebuild(Path(checkout) / "lib", audio=args.audio,
+                                                      warehouse=WORK / "baseline-wh", extra=[],
+                                                      log=WORK / "baseline.log")
+            print("baseline", results["runs"]["baseline"], flush=True)
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", checkout], capture_output=True)
+    wh = WORK / "wh"
+    results["runs"]["features"] = run_rebuild(here, audio=args.audio, warehouse=wh, extra=[],
+                                              log=WORK / "features.log")
+    print("features", results["runs"]["features"], flush=True)
+    results["runs"]["train-setting"] = run_rebuild(here, audio=args.audio, warehouse=wh,
+                                                   extra=["train.head_patience=19"], log=WORK / "train-setting.log")
+    print("train-setting", results["runs"]["train-setting"], flush=True)
+    grown = WORK / "audio-grown"
+    results["new_files"] = with_new_files(args.audio, grown, share=0.05)
+    results["runs"]["new-files"] = run_rebuild(here, audio=grown, warehouse=wh, extra=["train.head_patience=19"],
+                                               log=WORK / "new-files.log")
+    print("new-files", results["runs"]["new-files"], flush=True)
+    if "baseline" in results["runs"]:
+        results["features_over_baseline"] = round(results["runs"]["features"]["wall_s"]
+                                                  / results["runs"]["baseline"]["wall_s"], 3)
+    results["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
