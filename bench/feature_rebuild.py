@@ -91,13 +91,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--audio", type=Path, default=CORPUS)
     parser.add_argument("--baseline", default=BASELINE)
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--baseline-result", type=Path, metavar="JSON",
+                        help="the baseline's run as this script printed it earlier on this machine (it takes ~1 h "
+                             "on 2 cores): not run again")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "feature_rebuild.json")
     args = parser.parse_args(argv)
-    shutil.rmtree(WORK, ignore_errors=True)
-    WORK.mkdir(parents=True)
+    for name in ("wh", "audio-grown", "baseline-wh"):
+        shutil.rmtree(WORK / name, ignore_errors=True)
+    WORK.mkdir(parents=True, exist_ok=True)
     results: dict = {"audio": str(args.audio), "cores": os.cpu_count(), "runs": {}}
     here = ROOT / "lib"
-    if not args.skip_baseline:
+    if args.baseline_result:
+        results["baseline_commit"] = args.baseline
+        results["runs"]["baseline"] = json.loads(args.baseline_result.read_text())
+        results["baseline_note"] = f"measured earlier in this session ({args.baseline_result})"
+    elif not args.skip_baseline:
         checkout = tempfile.mkdtemp(prefix="deepcrate-baseline-")
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--force", checkout, args.baseline],
                        check=True, capture_output=True)
@@ -106,21 +114,21 @@ def main(argv: list[str] | None = None) -> int:
             results["runs"]["baseline"] = run_rebuild(Path(checkout) / "lib", audio=args.audio,
                                                       warehouse=WORK / "baseline-wh", extra=[],
                                                       log=WORK / "baseline.log")
-            print("baseline", results["runs"]["baseline"], flush=True)
+            print("baseline", json.dumps(results["runs"]["baseline"]), flush=True)
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", checkout], capture_output=True)
     wh = WORK / "wh"
     results["runs"]["features"] = run_rebuild(here, audio=args.audio, warehouse=wh, extra=[],
                                               log=WORK / "features.log")
-    print("features", results["runs"]["features"], flush=True)
+    print("features", json.dumps(results["runs"]["features"]), flush=True)
     results["runs"]["train-setting"] = run_rebuild(here, audio=args.audio, warehouse=wh,
                                                    extra=["train.head_patience=19"], log=WORK / "train-setting.log")
-    print("train-setting", results["runs"]["train-setting"], flush=True)
+    print("train-setting", json.dumps(results["runs"]["train-setting"]), flush=True)
     grown = WORK / "audio-grown"
     results["new_files"] = with_new_files(args.audio, grown, share=0.05)
     results["runs"]["new-files"] = run_rebuild(here, audio=grown, warehouse=wh, extra=["train.head_patience=19"],
                                                log=WORK / "new-files.log")
-    print("new-files", results["runs"]["new-files"], flush=True)
+    print("new-files", json.dumps(results["runs"]["new-files"]), flush=True)
     if "baseline" in results["runs"]:
         results["features_over_baseline"] = round(results["runs"]["features"]["wall_s"]
                                                   / results["runs"]["baseline"]["wall_s"], 3)

@@ -59,7 +59,7 @@ def test_spark_submit_rebuild_on_a_standalone_cluster_with_the_packed_environmen
     assert f"master {cluster.url}" in output
     # the product's defaults (musicnn: 3 slices of 2.99 s per 11 s song), trained on the driver
     assert "35 songs, 105 slices, 1 rejects" in output and "rejected, not_audio: 1" in output
-    for stage in ("ingest", "train", "embed", "index", "evaluate"):
+    for stage in ("ingest", "features", "train", "embed", "index", "evaluate"):  # features: OpenVINO on the executors
         assert f"  {stage:<8} ran" in output
 
     songs = delta_table(tmp_path / "wh" / "songs").to_pandas()

@@ -20,6 +20,7 @@ from deepcrate.model_store import latest_model, read_model_folder
 from deepcrate.musicnn import weights_installed
 from deepcrate.pretrained_runtime import Extractor, Network, export, from_bytes, keras_extractor
 from deepcrate.rebuild import rebuild
+from deepcrate.recommend import Catalogue, Filters
 from deepcrate.training import train
 from deepcrate.warehouse import Warehouse
 
@@ -101,6 +102,15 @@ def test_features_are_computed_once_and_a_new_file_computes_only_its_own(spark, 
     assert cosines(got, expected.to_numpy()).min() > 0.9999
     np.testing.assert_allclose(got, expected.to_numpy(), atol=5e-3)
 
+    # recommend --file runs the whole network on a file: a catalogue file gets its own song's neighbours.
+    catalogue = Catalogue(str(wh), config=changed)
+    song_id = catalogue.songs.index[2]
+    path = catalogue.songs.at[song_id, "path"].removeprefix("file:")
+    by_file = catalogue.recommend([catalogue.file_seed(path)], k=4, filters=Filters())
+    by_song = catalogue.recommend([catalogue.song_seed(song_id)], k=4, filters=Filters())
+    assert list(by_file["song_id"]) == list(by_song["song_id"])
+    np.testing.assert_allclose(by_file["similarity"], by_song["similarity"], atol=1e-4)
+
     # A new file: ingest alone leaves its slices without features, which embed refuses in one line...
     write_demo_catalogue(tmp_path / "extra", songs_per_genre=1, seconds=10.0, seed=9, genres=("trance",))
     shutil.copy(next((tmp_path / "extra" / "trance").iterdir()), audio / "trance" / "new.mp3")
@@ -128,6 +138,8 @@ def delta_table_metadata_network(wh) -> str:
 def test_features_of_other_networks_are_refused_in_one_line(spark, musicnn_warehouse, tmp_path):
     wh = copy_warehouse(musicnn_warehouse, tmp_path / "wh")
     both = resolve_config(overrides=QUICK_HEAD)
+    again = compute_features(spark, warehouse=str(wh), config=both)  # the same networks: nothing to compute
+    assert (again.computed, again.slices) == (0, len(slices_of(wh)))
     train(spark, warehouse=str(wh), config=both)
     one = resolve_config(overrides=[*QUICK_HEAD, "train.pretrained=MTT_musicnn"])
     summary = compute_features(spark, warehouse=str(wh), config=one)
@@ -140,3 +152,29 @@ def test_features_of_other_networks_are_refused_in_one_line(spark, musicnn_wareh
     with pytest.raises(TrainingError, match=r"pretrained_features holds features of MTT_musicnn:\w+, not of "
                                             r"MTT_musicnn\+MSD_musicnn:\w+ .*run deepcrate features again"):
         train(spark, warehouse=str(wh), config=both)
+
+
+@pytest.mark.parametrize("genres", [3, 0])
+def test_the_numpy_head_computes_what_the_keras_head_computes(genres):
+    import keras
+
+    from deepcrate.feature_head import FeatureHead
+    from deepcrate.model import EMBEDDING_LAYER, embedding_and_genres
+
+    inputs = keras.Input(shape=(400,))
+    embedding, probabilities = embedding_and_genres(inputs, n_classes=max(genres, 2), seed=0)
+    model = keras.Model(inputs, probabilities if genres else embedding)
+    rng = np.random.default_rng(1)
+    for layer in model.layers:  # weights far from their start, so that the ELU's negative side counts
+        layer.set_weights([rng.normal(scale=0.3, size=w.shape).astype(np.float32) for w in layer.get_weights()])
+    features = rng.normal(size=(50, 400)).astype(np.float32)
+
+    got_embedding, got_probabilities = FeatureHead.from_model(model)(features)
+    expected = keras.Model(inputs, model.get_layer(EMBEDDING_LAYER).output)(features)
+    np.testing.assert_allclose(got_embedding, np.asarray(expected), rtol=1e-5, atol=1e-4)
+    assert (got_embedding < 0).any() and (got_embedding > 0).any()
+    if genres:
+        np.testing.assert_allclose(got_probabilities, np.asarray(model(features, training=False)), atol=1e-5)
+        np.testing.assert_allclose(got_probabilities.sum(axis=1), 1, rtol=1e-5)
+    else:
+        assert got_probabilities.shape == (50, 0)

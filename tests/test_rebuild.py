@@ -59,6 +59,7 @@ def test_rebuild_runs_every_stage_then_skips_them_all(rebuilt, capsys):
     assert "35 songs, 70 slices, 1 rejects" in out
     for stage in ("ingest", "train", "embed", "index", "evaluate"):
         assert f"  {stage:<8} ran" in out
+    assert "  features unused      0.0 s  train.model=seed learns from the slices" in out  # the tests' seed recipe
     assert "rejected, not_audio: 1" in out and "test song accuracy" in out and "deepcrate sql" in out
     for name in TABLES + ["evaluation"]:
         assert (root / "wh" / name / "_delta_log").is_dir(), name
@@ -84,7 +85,7 @@ def test_rebuilding_twice_from_scratch_gives_identical_tables(spark, rebuilt, tm
     first = rebuild(spark, **kwargs, force=True)
     tables = snapshot(tmp_path / "wh")
     second = rebuild(spark, **kwargs, force=True)
-    assert [s.status for s in first.stages] == [s.status for s in second.stages] == ["ran", "given", "ran", "ran", "ran"]
+    assert [s.status for s in first.stages] == [s.status for s in second.stages] == ["ran", "unused", "given", "ran", "ran", "ran"]
     assert_same_tables(tables, snapshot(tmp_path / "wh"))
     assert_same_tables(tables, snapshot(root / "wh"))  # the CLI's run, with training, embeds the same way
 
@@ -246,20 +247,20 @@ def test_a_new_stage_is_one_class_and_one_line_and_is_skipped_when_up_to_date(sp
               "model": str(next((root / "wh" / "models").iterdir())), "stages": (*STAGES, toy)}
     first = rebuild(spark, config=resolve_config(), **kwargs)
     assert [(s.name, s.status) for s in first.stages] == [
-        ("ingest", "ran"), ("train", "given"), ("embed", "ran"), ("index", "ran"), ("evaluate", "ran"),
+        ("ingest", "ran"), ("features", "unused"), ("train", "given"), ("embed", "ran"), ("index", "ran"), ("evaluate", "ran"),
         ("song_counts", "ran")]
     counts = {r["genre"]: r["count"] for r in delta_frame(spark, tmp_path / "wh" / "song_counts").collect()}
     songs = pd.read_csv(manifest)
     assert sum(counts.values()) == 35 and counts["trance"] == (songs["genre"] == "trance").sum()
 
     second = rebuild(spark, config=resolve_config(), **kwargs)
-    assert [s.status for s in second.stages] == ["skipped", "given", "skipped", "skipped", "skipped", "skipped"]
+    assert [s.status for s in second.stages] == ["skipped", "unused", "given", "skipped", "skipped", "skipped", "skipped"]
     assert toy.runs == 1
 
     # Another job replaced the recommendations: only the index runs again.
     index_songs(spark, warehouse=str(tmp_path / "wh"), config=resolve_config())
     third = rebuild(spark, config=resolve_config(), **kwargs)
-    assert [s.status for s in third.stages] == ["skipped", "given", "skipped", "ran", "skipped", "skipped"]
+    assert [s.status for s in third.stages] == ["skipped", "unused", "given", "skipped", "ran", "skipped", "skipped"]
 
     # A setting the toy declares changes its fingerprint (and ingest's): both run again.
     fourth = rebuild(spark, config=resolve_config(overrides=["split.seed=5"]), **kwargs)

@@ -95,7 +95,6 @@ def compute_features(spark: SparkSession, *, warehouse: str, config: dict[str, A
     options = FeaturesSettings.from_config(config)
     network = network_of(store, config)
     identity = network.identity()
-    payload = spark.sparkContext.broadcast(export(network, runtime=options.runtime))
 
     slices = (store.read(Table.SLICES, columns=["song_id", "slice_idx", "spectrogram"])
               .withColumn("slice_hash", F.xxhash64("spectrogram")))
@@ -106,6 +105,7 @@ def compute_features(spark: SparkSession, *, warehouse: str, config: dict[str, A
     logger.info("pretrained features (%s, %s): %d slices to compute", identity, options.runtime, total)
     loads = spark.sparkContext.accumulator(0)
     done, task_warnings = live_count(spark), TaskWarnings(spark.sparkContext)
+    payload = spark.sparkContext.broadcast(export(network, runtime=options.runtime) if total else b"")
     compute = _computer(payload, identity=identity, shape=network.image_shape, batch_size=options.batch_size,
                         loads=loads, done=done, task_warnings=task_warnings)
     run = store.begin_run()
@@ -144,10 +144,10 @@ def _computer(payload, *, identity: str, shape: tuple[int, int], batch_size: int
         from pyspark import TaskContext
 
         context = TaskContext.get()
-        with task_warnings.captured():
-            extractor = worker_extractor(identity, payload, threads=context.cpus() if context else None,
-                                         loads=loads)
         for frame in frames:
+            with task_warnings.captured():  # loaded on the first rows: a partition may have none
+                extractor = worker_extractor(identity, payload, threads=context.cpus() if context else None,
+                                             loads=loads)
             images = np.frombuffer(b"".join(frame["spectrogram"]), dtype=np.uint8).reshape(len(frame), *shape)
             with task_warnings.captured():
                 features = extractor(images, batch_size=batch_size)
@@ -171,8 +171,11 @@ class FeaturesStage(Stage):
             if context.model_folder.features is None:
                 return f"model {context.model_folder.version} reads the slices"
             return None
-        if not uses_stored_features(context.config["train"]):
-            return f"train.model={context.config['train']['model']}, fine_tune={context.config['train']['fine_tune']}"
+        train = context.config["train"]
+        if train["model"] != "musicnn":
+            return f"train.model={train['model']} learns from the slices"
+        if not uses_stored_features(train):
+            return f"train.fine_tune={train['fine_tune']} trains the pretrained networks too"
         return None
 
     def settings(self, config: dict[str, Any]) -> Any:

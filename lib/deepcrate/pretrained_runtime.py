@@ -116,7 +116,10 @@ class Extractor:
             if os.path.exists(os.path.join(tmp, "extractor.xml")):
                 import openvino as ov
 
-                config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+                # No pinning: OpenVINO pins a 1-thread network to the first core, so every Python worker
+                # of a machine ran on core 0 (two workers on 2 cores: one core busy, measured).
+                config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+                          "ENABLE_CPU_PINNING": "NO"}
                 if threads:
                     config["INFERENCE_NUM_THREADS"] = str(threads)
                 self._compiled = ov.Core().compile_model(os.path.join(tmp, "extractor.xml"), "CPU", config)
