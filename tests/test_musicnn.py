@@ -248,6 +248,7 @@ def test_fine_tuning_all_layers_starts_from_the_checkpoint_and_moves_it(spark, m
 @needs_weights
 def test_without_genres_the_catalogue_gets_the_pretrained_embedding(spark, tmp_path):
     from deepcrate.demo import write_demo_catalogue
+    from deepcrate.features import compute_features
     from deepcrate.ingest import ingest
 
     config = resolve_config(overrides=MUSICNN)
@@ -255,6 +256,7 @@ def test_without_genres_the_catalogue_gets_the_pretrained_embedding(spark, tmp_p
     for song in (tmp_path / "audio").glob("*/*.mp3"):  # no genre folders, no manifest: no genres at all
         song.rename(tmp_path / "audio" / f"{song.parent.name}-{song.name}")
     ingest(spark, audio=str(tmp_path / "audio"), manifest=None, warehouse=str(tmp_path / "wh"), config=config)
+    compute_features(spark, warehouse=str(tmp_path / "wh"), config=config)
     result = train(spark, warehouse=str(tmp_path / "wh"), config=config)
     assert result.evaluation is None
     folder = read_model_folder(latest_model(Warehouse(spark, str(tmp_path / "wh"))))

@@ -59,7 +59,7 @@ def test_rebuild_runs_every_stage_then_skips_them_all(rebuilt, capsys):
     assert "35 songs, 70 slices, 1 rejects" in out
     for stage in ("ingest", "train", "embed", "index", "evaluate"):
         assert f"  {stage:<8} ran" in out
-    assert "  features unused      0.0 s  train.model=seed learns from the slices" in out  # the tests' seed recipe
+    assert "  features unused       0.0 s  train.model=seed learns from the slices" in out  # the tests' seed recipe
     assert "rejected, not_audio: 1" in out and "test song accuracy" in out and "deepcrate sql" in out
     for name in TABLES + ["evaluation"]:
         assert (root / "wh" / name / "_delta_log").is_dir(), name
