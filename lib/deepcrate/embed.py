@@ -198,13 +198,7 @@ def _embedder(payload, *, version: str, shape: tuple[int, int], batch_size: int,
             with task_warnings.captured():
                 embeddings, probabilities, pretrained = embed_images(model, images, batch_size=batch_size)
             done.add(len(frame))
-            yield pd.DataFrame({
-                "song_id": frame["song_id"].to_numpy(),
-                "slice_idx": frame["slice_idx"].to_numpy(),
-                "embedding": list(embeddings),
-                "genre_probabilities": list(probabilities),
-                "pretrained": list(pretrained) if pretrained is not None else [None] * len(frame),
-            })
+            yield _slice_rows(frame, embeddings, probabilities, pretrained)
             fail_if_injected("embed")
 
     return embed_batches
@@ -217,16 +211,22 @@ def _head_embedder(head, *, width: int, done, task_warnings: TaskWarnings):
             with task_warnings.captured():
                 embeddings, probabilities = head.value(features)
             done.add(len(frame))
-            yield pd.DataFrame({
-                "song_id": frame["song_id"].to_numpy(),
-                "slice_idx": frame["slice_idx"].to_numpy(),
-                "embedding": list(embeddings),
-                "genre_probabilities": list(probabilities),
-                "pretrained": list(features),
-            })
+            yield _slice_rows(frame, embeddings, probabilities, features)
             fail_if_injected("embed")
 
     return embed_batches
+
+
+def _slice_rows(frame: pd.DataFrame, embeddings: np.ndarray, probabilities: np.ndarray,
+                pretrained: np.ndarray | None) -> pd.DataFrame:
+    """``slice_embeddings`` rows of a batch (``pretrained`` None: a model without pretrained layers)."""
+    return pd.DataFrame({
+        "song_id": frame["song_id"].to_numpy(),
+        "slice_idx": frame["slice_idx"].to_numpy(),
+        "embedding": list(embeddings),
+        "genre_probabilities": list(probabilities),
+        "pretrained": list(pretrained) if pretrained is not None else [None] * len(frame),
+    })
 
 
 def _song_vectors(*, labels: list[str], version: str):
