@@ -65,9 +65,7 @@ def uses_stored_features(train: dict[str, Any]) -> bool:
 
 def network_of(store: Warehouse, config: dict[str, Any]) -> Network:
     """The networks of ``train.pretrained`` on the shape and levels of the published slices."""
-    spectrogram = store.metadata(Table.SLICES).spectrogram
-    return Network(checkpoints=config["train"]["pretrained"], image_shape=(spectrogram.n_rows,
-                   spectrogram.slice_frames), level_range=float(spectrogram.db_range))
+    return Network.on_slices(config["train"]["pretrained"], store.metadata(Table.SLICES).spectrogram)
 
 
 @holds_writer_lock()

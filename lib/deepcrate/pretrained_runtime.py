@@ -46,6 +46,12 @@ class Network:
     image_shape: tuple[int, int]
     level_range: float  # the slices' db_range: the level drawn as grey 255
 
+    @classmethod
+    def on_slices(cls, checkpoints: str, spectrogram) -> Network:
+        """The networks of ``checkpoints`` on slices drawn with ``spectrogram`` (SpectrogramSettings)."""
+        return cls(checkpoints=checkpoints, image_shape=(spectrogram.n_rows, spectrogram.slice_frames),
+                   level_range=float(spectrogram.db_range))
+
     @property
     def width(self) -> int:
         from deepcrate.musicnn import parse_checkpoints

@@ -241,8 +241,7 @@ def _stored_features(store: Warehouse, settings: TrainSettings, spectrogram: Spe
         raise TrainingError(f"warehouse {store.root}: no pretrained_features table (train.model=musicnn learns "
                             "its head on them): run deepcrate features first, or rebuild")
     metadata = store.metadata(Table.PRETRAINED_FEATURES)
-    wanted = Network(checkpoints=settings.pretrained, image_shape=(spectrogram.n_rows, spectrogram.slice_frames),
-                     level_range=float(spectrogram.db_range)).identity()
+    wanted = Network.on_slices(settings.pretrained, spectrogram).identity()
     if metadata.network != wanted:
         raise TrainingError(f"warehouse {store.root}: pretrained_features holds features of {metadata.network}, "
                             f"not of {wanted} (train.pretrained={settings.pretrained} on these slices): "
