@@ -1,9 +1,11 @@
 """What to learn on top of pretrained networks: heads on their frozen features, per split seed.
 
-Reads the slices of one warehouse ingested with the ``musicnn`` spectrogram preset,
-computes the pretrained features of every slice once (``--features``: one checkpoint or
-several joined by ``+``, as ``train.pretrained`` takes them; cached in
-``~/.cache/deepcrate-bench/features``), and for each split seed draws the split exactly
+Reads the pretrained features of every slice of one warehouse ingested with the ``musicnn``
+spectrogram preset (``--features``: one checkpoint or several joined by ``+``, as
+``train.pretrained`` takes them): from its ``pretrained_features`` table (the default), or
+computed here with the Keras networks (``--source keras``, cached in
+``~/.cache/deepcrate-bench/features``: the two compared say whether the runtime that wrote
+the table changes the quality). For each split seed it draws the split exactly
 as ingest does (:func:`deepcrate.split.assign_splits`, default fractions), trains each
 head on the train split's slices, embeds every slice, pools per song (the mean) and
 ranks the test songs against every labelled song as ``deepcrate evaluate`` does
@@ -30,7 +32,8 @@ has little to learn from?
 
     python bench/transfer_heads.py WH --features MTT_musicnn+MSD_musicnn --seeds 0 1 2
     python bench/transfer_heads.py WH --features MTT_musicnn --max-train-songs 3
-    python bench/transfer_heads.py WH --layer pooled      # the networks' 1,506-d pooled mid-end each
+    python bench/transfer_heads.py WH --source keras  # the networks run by Keras, not the table
+    python bench/transfer_heads.py WH --source keras --layer pooled      # the networks' 1,506-d pooled mid-end each
     python bench/transfer_heads.py WH --heads 5           # the soup of 5 heads
 
 Prints mean ± std over the seeds and writes bench/results/transfer_heads.json.
@@ -49,6 +52,7 @@ import pandas as pd
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from deepcrate.pretrained_runtime import from_bytes
 from deepcrate.retrieval import nearest_songs, retrieval_scores
 from deepcrate.split import assign_splits
 from deepcrate.transfer import SliceFeatures, train_head
@@ -58,15 +62,29 @@ CACHE = Path.home() / ".cache" / "deepcrate-bench" / "features"
 HEAD = {"batch_size": 128, "learning_rate": 0.001, "max_epochs": 100, "patience": 20}  # conf/local.yaml's
 
 
-def read(warehouse: Path, checkpoints: str, *, layer: str = "penultimate") -> tuple[pd.DataFrame, np.ndarray,
-                                                                                       np.ndarray]:
-    """The labelled songs, and the song id and features of every slice (computed once, cached).
+def read(warehouse: Path, checkpoints: str, *, layer: str = "penultimate",
+         source: str = "table") -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """The labelled songs, and the song id and features of every slice.
 
-    ``layer``: ``penultimate`` (what the library's head learns from: 200-d per network),
-    ``pooled`` (the max and mean over time of each network's mid-end, 1,506-d per network,
-    the input of its dense back-end) or ``both`` side by side. One pass computes both.
+    ``source`` ``table``: the warehouse's ``pretrained_features`` table (what ``train``
+    learns from; refused if it holds other networks' features); ``keras``: computed here
+    with the Keras networks (once, cached), as training computed them before the table.
+    ``layer`` (``keras`` only): ``penultimate`` (200-d per network, what the head learns
+    from), ``pooled`` (the max and mean over time of each network's mid-end, 1,506-d per
+    network, the input of its dense back-end) or ``both`` side by side.
     """
-    songs = ArrowTables.current(str(warehouse)).read("songs", columns=["song_id", "genre"]).to_pandas()
+    tables = ArrowTables.current(str(warehouse))
+    songs = tables.read("songs", columns=["song_id", "genre"]).to_pandas()
+    if source == "table":
+        if layer != "penultimate":
+            raise SystemExit("--layer pooled/both: only with --source keras (the table holds the penultimate layer)")
+        metadata = tables.metadata("pretrained_features")
+        if metadata.checkpoints != checkpoints:
+            raise SystemExit(f"{warehouse}: pretrained_features holds {metadata.checkpoints}, not {checkpoints}")
+        rows = tables.read("pretrained_features", columns=["song_id", "slice_idx", "features"]).sort_by(
+            [("song_id", "ascending"), ("slice_idx", "ascending")])
+        features = from_bytes(rows.column("features").to_pylist(), width=metadata.width, where=str(warehouse))
+        return songs, rows.column("song_id").to_numpy(zero_copy_only=False), features
     stem = f"{warehouse.resolve().as_posix().strip('/').replace('/', '_')}-{checkpoints}"
     caches = {"penultimate": CACHE / f"{stem}.npz", "pooled": CACHE / f"{stem}-pooled.npz"}
     if not all(path.exists() for path in caches.values()):
@@ -199,15 +217,17 @@ def main() -> int:
     parser.add_argument("warehouse")
     parser.add_argument("--features", default="MTT_musicnn+MSD_musicnn", help="checkpoint(s), as train.pretrained")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--source", default="table", choices=("table", "keras"),
+                        help="the warehouse's pretrained_features table, or the Keras networks run here")
     parser.add_argument("--layer", default="penultimate", choices=("penultimate", "pooled", "both"),
                         help="which features of the networks the heads learn from")
     parser.add_argument("--max-train-songs", type=int, default=0, help="per label; 0: all")
     parser.add_argument("--heads", type=int, default=3, help="heads averaged in the soup row")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "transfer_heads.json"))
     args = parser.parse_args()
-    songs, slice_songs, features = read(Path(args.warehouse), args.features, layer=args.layer)
+    songs, slice_songs, features = read(Path(args.warehouse), args.features, layer=args.layer, source=args.source)
     print(f"{len(songs)} songs, {len(features)} slices, features {features.shape[1]}-d ({args.features}, "
-          f"{args.layer})", flush=True)
+          f"{args.layer}, from {args.source})", flush=True)
     runs = {seed: one_seed(songs, slice_songs, features, seed=seed, max_train_songs=args.max_train_songs,
                            heads=args.heads)
             for seed in args.seeds}
@@ -228,7 +248,8 @@ def main() -> int:
         print(f"{name:<34}" + "".join(f"  {m} {v['mean']:.3f} ± {v['std']:.3f}" for m, v in row.items()), flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"warehouse": args.warehouse, "features": args.features, "layer": args.layer,
+    out.write_text(json.dumps({"warehouse": args.warehouse, "features": args.features, "source": args.source,
+                               "layer": args.layer,
                                "seeds": args.seeds, "heads": args.heads,
                                "max_train_songs": args.max_train_songs, "summary": summary, "runs": runs}, indent=2))
     print(f"written {out}")
