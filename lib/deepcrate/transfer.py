@@ -33,29 +33,24 @@ train and validation slices), so the catalogue still gets the pretrained embeddi
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import keras
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from deepcrate.feature_reader import SliceFeatures
-from deepcrate.model import (
-    EMBEDDING_LAYER,
-    EMBEDDING_SIZE,
-    OUTPUT_LAYER,
-    build_model,
-    embedding_and_genres,
-    embedding_model,
-    supervised_contrastive_loss,
-)
+from deepcrate.head_training import Batch, FittedHead, HeadWeights, fit_genre_layer, fit_head_weights
+from deepcrate.model import EMBEDDING_LAYER, EMBEDDING_SIZE, build_model, embedding_model
 from deepcrate.musicnn import load_pretrained, parse_checkpoints, pretrained_layer
 from deepcrate.retrieval import nearest_songs, retrieval_scores
 
 logger = logging.getLogger(__name__)
 
-HEAD_LAYERS = (EMBEDDING_LAYER, "logits")  # the layers with weights that the head learns
 SELECTION_K = 10  # the head is kept by the validation songs' precision at this many neighbours
 MIN_FEATURE_SCALE = 1e-3  # the smallest spread a feature is standardised by (the features are ~unit scale)
 
@@ -123,18 +118,6 @@ class TrainedHead:
                 "validation_precision_at_10": self.validation_precision}
 
 
-@dataclass
-class HeadRun:
-    """One trained head, in the standardised feature space."""
-
-    seed: int
-    weights: dict[str, list[np.ndarray]]
-    history: dict[str, list[float]]
-    best_epoch: int
-    stopped_early: bool
-    score: tuple[float, float]
-
-
 def train_head(train: SliceFeatures, val: SliceFeatures, *, n_classes: int, objective: str, batch_size: int,
                max_epochs: int, patience: int, learning_rate: float,
                class_weight: dict[int, float] | None = None, heads: int = 1, seed: int = 0) -> TrainedHead:
@@ -147,7 +130,8 @@ def train_head(train: SliceFeatures, val: SliceFeatures, *, n_classes: int, obje
     their 128 principal components. Before training and after every epoch the
     validation songs are ranked against the train and validation songs
     (:class:`ValidationRanking`); the head of the best epoch is kept (epoch 0: the
-    start), and training stops ``patience`` epochs after the best.
+    start), and training stops ``patience`` epochs after the best. The training runs in
+    numpy (:mod:`deepcrate.head_training`).
 
     ``heads`` heads are trained so, from the same start with seeds ``seed``, ``seed + 1``,
     ... (shuffle order, dropout, genre layer), and their embedding weights are averaged
@@ -165,77 +149,49 @@ def train_head(train: SliceFeatures, val: SliceFeatures, *, n_classes: int, obje
     # A feature (nearly) constant over these slices (a unit that never fires) is not blown up: divided by
     # its spread alone, the last digits of its value (another runtime's rounding) would move every embedding.
     mean, scale = both.mean(axis=0), np.maximum(both.std(axis=0), MIN_FEATURE_SCALE)
-    train_x, val_x = ((part.features - mean) / scale for part in (train, val))
+    weight_of = np.array([(class_weight or {}).get(genre, 1.0) for genre in range(n_classes)], np.float32)
+    train_batch, val_batch = (Batch(((part.features - mean) / scale).astype(np.float32), part.labels.astype(np.int64),
+                                    weight_of[part.labels]) for part in (train, val))
     start = principal_projection((both - mean) / scale)
-    ranking = ValidationRanking(train_x, train, val_x, val)
+    ranking = ValidationRanking(train_batch.features, train, val_batch.features, val)
     started = time.monotonic()
-    trained, model = [], None
-    for head_seed in range(seed, seed + heads):
-        keras.utils.set_random_seed(head_seed)
-        model = _head_model(train_x.shape[1], n_classes=n_classes, objective=objective, class_weight=class_weight,
-                            learning_rate=learning_rate, seed=head_seed)
-        model.get_layer(EMBEDDING_LAYER).set_weights(start)
-        trained.append(_fit_one(model, train_x, train, val_x, val, ranking, seed=head_seed, batch_size=batch_size,
-                                max_epochs=max_epochs, patience=patience))
-    best = max(trained, key=lambda head: (head.score, -head.seed))
-    averaged = _mean_weights([head.weights[EMBEDDING_LAYER] for head in trained])
-    if ranking.score(*averaged) < ranking.score(*start):
-        kept, averaged = [], start
+
+    def one_head(head_seed: int) -> FittedHead:
+        rng = np.random.default_rng(head_seed)
+        return fit_head_weights(HeadWeights.starting(start, n_classes=n_classes, rng=rng), train_batch, val_batch,
+                                objective=objective, batch_size=batch_size, max_epochs=max_epochs, patience=patience,
+                                learning_rate=learning_rate, rng=rng, score=ranking.score)
+
+    # The heads side by side, one core each: numpy lets go of the GIL in its loops, and a head's
+    # matrices are too small for a BLAS thread per core to pay.
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(min(heads, os.cpu_count() or 1)) as pool:
+        trained = list(zip(range(seed, seed + heads), pool.map(one_head, range(seed, seed + heads))))
+    _, best = max(trained, key=lambda pair: (pair[1].score, -pair[0]))
+    averaged = _mean_weights([head.weights.arrays for _, head in trained])
+    if ranking.score(*averaged[:2]) < ranking.score(*start):
+        kept, result = [], HeadWeights(*start, *averaged[2:])
     else:
-        kept = trained
-    model.get_layer(EMBEDDING_LAYER).set_weights(averaged)
-    if len(kept) == 1 and kept[0].best_epoch > 0:  # one head, kept with the genre layer it learnt
-        model.get_layer("logits").set_weights(kept[0].weights["logits"])
+        kept, result = [head_seed for head_seed, _ in trained], HeadWeights(*averaged)
+    if len(kept) == 1 and best.best_epoch > 0:  # one head, kept with the genre layer it learnt
+        result = best.weights
     else:  # the start, or an average: its genre layer has not learnt from this embedding
-        if kept:
-            model.get_layer("logits").set_weights(_mean_weights([head.weights["logits"] for head in kept]))
-        _fit_genre_layer(model, train_x, train.labels, val_x, val.labels, batch_size=batch_size,
-                         learning_rate=learning_rate, class_weight=class_weight, patience=patience)
-    score = ranking.score(*model.get_layer(EMBEDDING_LAYER).get_weights())
+        result = fit_genre_layer(result, train_batch, val_batch, batch_size=batch_size, learning_rate=learning_rate,
+                                 patience=patience, rng=np.random.default_rng(seed))
+    score = ranking.score(*result.embedding)
     logger.info("%d head(s) trained on %d slices' pretrained features (%s) in %.1f s; validation P@%d %.3f at the "
-                "start, %s; kept: %s, %.3f", heads, len(train_x), objective, time.monotonic() - started,
+                "start, %s; kept: %s, %.3f", heads, len(train.labels), objective, time.monotonic() - started,
                 SELECTION_K, best.history["val_precision_at_10"][0],
-                ", ".join(f"seed {h.seed} {h.score[0]:.3f} at epoch {h.best_epoch}" for h in trained),
-                "their average" if len(kept) > 1 else f"seed {kept[0].seed}" if kept else "the start", score[0])
-    weights, bias = model.get_layer(EMBEDDING_LAYER).get_weights()
-    folded = [(weights / scale[:, None]).astype(np.float32),  # standardise(x) @ W + b == x @ W' + b'
-              (bias - (mean / scale) @ weights).astype(np.float32)]
-    return TrainedHead(folded, model.get_layer("logits").get_weights(), best.history, best.best_epoch,
-                       best.stopped_early, [head.seed for head in kept], score[0],
-                       [{"seed": h.seed, "best_epoch": h.best_epoch, "validation_precision_at_10": h.score[0]}
-                        for h in trained])
+                ", ".join(f"seed {s} {h.score[0]:.3f} at epoch {h.best_epoch}" for s, h in trained),
+                "their average" if len(kept) > 1 else f"seed {kept[0]}" if kept else "the start", score[0])
+    folded = [(result.kernel / scale[:, None]).astype(np.float32),  # standardise(x) @ W + b == x @ W' + b'
+              (result.bias - (mean / scale) @ result.kernel).astype(np.float32)]
+    return TrainedHead(folded, result.logits, best.history, best.best_epoch, best.stopped_early, kept, score[0],
+                       [{"seed": s, "best_epoch": h.best_epoch, "validation_precision_at_10": h.score[0]}
+                        for s, h in trained])
 
 
 def _mean_weights(weights: Sequence[list[np.ndarray]]) -> list[np.ndarray]:
-    return [np.mean(arrays, axis=0) for arrays in zip(*weights)]
-
-
-def _head_model(n_features: int, *, n_classes: int, objective: str, class_weight: dict[int, float] | None,
-                learning_rate: float, seed: int) -> keras.Model:
-    inputs = keras.Input(shape=(n_features,), name="pretrained_features")
-    embedding, probabilities = embedding_and_genres(inputs, n_classes=n_classes, seed=seed)
-    outputs = {OUTPUT_LAYER: probabilities}
-    losses = {OUTPUT_LAYER: _weighted_crossentropy(class_weight, n_classes)}
-    if objective == "supcon":
-        outputs[EMBEDDING_LAYER], losses[EMBEDDING_LAYER] = embedding, supervised_contrastive_loss
-    head = keras.Model(inputs, outputs, name="head")
-    head.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate), loss=losses,
-                 metrics={OUTPUT_LAYER: ["accuracy"]})
-    return head
-
-
-def _fit_one(head: keras.Model, train_x: np.ndarray, train: SliceFeatures, val_x: np.ndarray, val: SliceFeatures,
-             ranking: ValidationRanking, *, seed: int, batch_size: int, max_epochs: int, patience: int) -> HeadRun:
-    selection = RetrievalSelection(ranking, patience=patience)
-    names = list(head.output) if isinstance(head.output, dict) else [OUTPUT_LAYER]
-    fitted = head.fit(train_x, {name: train.labels for name in names},
-                      validation_data=(val_x, {name: val.labels for name in names}),
-                      batch_size=batch_size, epochs=max_epochs, shuffle=True, verbose=0, callbacks=[selection])
-    history = {key.replace(f"{OUTPUT_LAYER}_", ""): [float(v) for v in values]
-               for key, values in fitted.history.items()}
-    history["val_precision_at_10"] = selection.scores
-    return HeadRun(seed, selection.best_weights, history, selection.best_epoch, selection.stopped_early,
-                   selection.best_key)
+    return [np.mean(arrays, axis=0).astype(arrays[0].dtype) for arrays in zip(*weights)]
 
 
 class ValidationRanking:
@@ -252,10 +208,10 @@ class ValidationRanking:
         song_ids = np.concatenate([train.song_ids, val.song_ids])
         labels = np.concatenate([train.labels, val.labels])
         songs, position = np.unique(song_ids, return_inverse=True)
-        counts = np.bincount(position, minlength=len(songs))
-        self.song_means = np.zeros((len(songs), features.shape[1]))
-        np.add.at(self.song_means, position, features)
-        self.song_means /= counts[:, None]
+        order = np.argsort(position, kind="stable")
+        starts = np.flatnonzero(np.r_[True, np.diff(position[order]) != 0])
+        self.song_means = np.add.reduceat(features[order].astype(np.float64), starts, axis=0)
+        self.song_means /= np.bincount(position)[:, None]
         self.genres = np.zeros(len(songs), np.int64)
         self.genres[position] = labels
         self.queries = np.unique(position[len(train_x):])
@@ -267,37 +223,6 @@ class ValidationRanking:
         return float(scores[f"precision_at_{self.k}"].mean()), float(scores[f"map_at_{self.k}"].mean())
 
 
-class RetrievalSelection(keras.callbacks.Callback):
-    """Keeps the head whose embedding ranks the validation songs best (:class:`ValidationRanking`).
-
-    Scored before training (epoch 0) and after every epoch; ties broken by MAP, then by
-    the earlier epoch; stops ``patience`` epochs after the best.
-    """
-
-    def __init__(self, ranking: ValidationRanking, *, patience: int) -> None:
-        super().__init__()
-        self.ranking = ranking
-        self.patience = patience
-        self.scores: list[float] = []
-        self.best_epoch, self.best_key, self.best_weights = 0, None, {}
-        self.stopped_early = False
-
-    def on_train_begin(self, logs=None) -> None:
-        self._record(0)
-
-    def on_epoch_end(self, epoch: int, logs=None) -> None:
-        self._record(epoch + 1)
-        if epoch + 1 - self.best_epoch >= self.patience:
-            self.model.stop_training = self.stopped_early = True
-
-    def _record(self, epoch: int) -> None:
-        key = self.ranking.score(*self.model.get_layer(EMBEDDING_LAYER).get_weights())
-        self.scores.append(key[0])
-        if self.best_key is None or key > self.best_key:
-            self.best_epoch, self.best_key = epoch, key
-            self.best_weights = {name: self.model.get_layer(name).get_weights() for name in HEAD_LAYERS}
-
-
 def principal_projection(features: np.ndarray) -> list[np.ndarray]:
     """Dense weights (d, 128) and bias (128,) projecting ``features`` onto their principal
     components (fewer rows or dimensions than 128: the remaining columns stay zero)."""
@@ -307,33 +232,6 @@ def principal_projection(features: np.ndarray) -> list[np.ndarray]:
     kept = components[:EMBEDDING_SIZE].T
     basis[:, :kept.shape[1]] = kept
     return [basis.astype(np.float32), (-mean @ basis).astype(np.float32)]
-
-
-def _fit_genre_layer(head: keras.Model, train_x, train_y, val_x, val_y, *, batch_size: int, learning_rate: float,
-                     class_weight: dict[int, float] | None, patience: int) -> None:
-    """The genre layer alone, on the frozen embedding (lowest validation loss kept)."""
-    classifier = keras.Model(head.input, head.output[OUTPUT_LAYER] if isinstance(head.output, dict)
-                             else head.output)
-    head.get_layer(EMBEDDING_LAYER).trainable = False
-    classifier.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-                       loss=_weighted_crossentropy(class_weight, int(head.get_layer("logits").units)))
-    classifier.fit(train_x, train_y, validation_data=(val_x, val_y), batch_size=batch_size, epochs=200, verbose=0,
-                   callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
-                                                            restore_best_weights=True)])
-    head.get_layer(EMBEDDING_LAYER).trainable = True
-
-
-def _weighted_crossentropy(class_weight: dict[int, float] | None, n_classes: int):
-    """Sparse cross-entropy with per-genre weights (Keras' ``class_weight`` is refused for several outputs)."""
-    if not class_weight:
-        return "sparse_categorical_crossentropy"
-    weights = keras.ops.convert_to_tensor([class_weight[i] for i in range(n_classes)], dtype="float32")
-
-    def loss(y_true, y_pred):
-        y_true = keras.ops.reshape(keras.ops.cast(y_true, "int32"), (-1,))
-        return keras.losses.sparse_categorical_crossentropy(y_true, y_pred) * keras.ops.take(weights, y_true)
-
-    return loss
 
 
 def principal_embedding(model: keras.Model, *, features: np.ndarray) -> keras.Model:
