@@ -18,6 +18,12 @@ computing only the new files' slices.
 
     python bench/feature_rebuild.py                       # ~25 min on 2 cores
     python bench/feature_rebuild.py --skip-baseline       # this checkout only
+    python bench/feature_rebuild.py --train-setting-only --baseline COMMIT   # ~5 min
+
+``--train-setting-only`` reuses the warehouse and audio of an earlier full run and measures
+run 3 alone, for ``--baseline`` (e.g. the commit before a change to training) and this
+checkout, each on its own copy of that warehouse (``train.head_patience=18``: a setting
+that warehouse was not built with); it writes bench/results/feature_rebuild_train_setting.json.
 
 Writes bench/results/feature_rebuild.json.
 """
@@ -86,6 +92,40 @@ def with_new_files(audio: Path, target: Path, *, share: float) -> int:
     return len(added)
 
 
+def train_setting_only(baseline: str, out: Path) -> int:
+    """Run 3 alone, at ``baseline`` and at this checkout, each on a copy of the last full run's warehouse."""
+    if not (WORK / "wh").is_dir() or not (WORK / "audio-grown").is_dir():
+        raise SystemExit(f"{WORK}: no warehouse of an earlier full run: run this script without "
+                         "--train-setting-only first")
+    checkout = tempfile.mkdtemp(prefix="deepcrate-baseline-")
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--force", checkout, baseline],
+                   check=True, capture_output=True)
+    results: dict = {"audio": str(WORK / "audio-grown"), "cores": os.cpu_count(), "baseline_commit": baseline,
+                     "runs": {}}
+    try:
+        for name, lib in (("baseline", Path(checkout) / "lib"), ("this checkout", ROOT / "lib")):
+            copy = WORK / f"train-setting-{name.replace(' ', '-')}-wh"
+            shutil.rmtree(copy, ignore_errors=True)
+            shutil.copytree(WORK / "wh", copy)
+            results["runs"][name] = run_rebuild(lib, audio=WORK / "audio-grown", warehouse=copy,
+                                                extra=["train.head_patience=18"],
+                                                log=WORK / f"train-setting-{name.replace(' ', '-')}.log")
+            shutil.rmtree(copy, ignore_errors=True)
+            print(name, json.dumps(results["runs"][name]), flush=True)
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", checkout], capture_output=True)
+    runs = results["runs"]
+    results["wall_over_baseline"] = round(runs["this checkout"]["wall_s"] / runs["baseline"]["wall_s"], 3)
+    results["train_over_baseline"] = round(runs["this checkout"]["stages"]["train"]["seconds"]
+                                           / runs["baseline"]["stages"]["train"]["seconds"], 3)
+    results["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"this checkout / baseline: wall {results['wall_over_baseline']}, train {results['train_over_baseline']}; "
+          f"wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--audio", type=Path, default=CORPUS)
@@ -94,8 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-result", type=Path, metavar="JSON",
                         help="the baseline's run as this script printed it earlier on this machine (it takes ~1 h "
                              "on 2 cores): not run again")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "feature_rebuild.json")
+    parser.add_argument("--train-setting-only", action="store_true",
+                        help="only the train-setting rebuild, at --baseline and here, on copies of the last run's "
+                             "warehouse")
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    if args.train_setting_only:
+        return train_setting_only(args.baseline, args.out or ROOT / "bench" / "results"
+                                  / "feature_rebuild_train_setting.json")
+    args.out = args.out or ROOT / "bench" / "results" / "feature_rebuild.json"
     for name in ("wh", "audio-grown", "baseline-wh"):
         shutil.rmtree(WORK / name, ignore_errors=True)
     WORK.mkdir(parents=True, exist_ok=True)
