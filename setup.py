@@ -33,6 +33,7 @@ setup(
         "scipy==1.17.1",
         "matplotlib==3.11.2",  # evaluation plots (PNG, no display needed)
         "scikit-learn==1.9.1",  # the logistic regression on MFCC statistics (evaluate's baseline)
+        "threadpoolctl==3.8.0",  # one BLAS thread per head while training heads side by side
         "openvino==2026.4.1",  # the features stage runs the pretrained networks on it (~2x Keras per core)
     ],
     extras_require={
