@@ -16,7 +16,8 @@ Sources (built here, never committed; the recordings of an independent check are
 
 A MIDI file is kept only with one tempo over the part rendered. Its tempo (``set_tempo``,
 quarter notes) is counted in the beats its time signature notates: dotted quarters in
-6/8, 9/8, 12/8; halves in 2/2; quarters otherwise. Each is rendered by ``fluidsynth``
+6/8, 9/8, 12/8; halves in 2/2; quarters otherwise (``truth.json`` keeps the meter and the
+quarter-note tempo beside it: ``meter``, ``quarter_bpm``). Each is rendered by ``fluidsynth``
 with the FluidR3 General MIDI soundfont (Debian's ``fluid-soundfont-gm``) at 22,050 Hz
 mono, cut to whole repeats of the piece until it lasts at least 30 s (at most 60 s).
 
@@ -69,20 +70,22 @@ def split_tunes(text: str) -> list[str]:
     return [part for part in parts[1:] if part.strip()]
 
 
-def midi_tempo(data: bytes) -> tuple[float | None, float]:
-    """(the notated beat's tempo, or None for several tempi; the piece's seconds)."""
+def midi_tempo(data: bytes) -> tuple[float | None, float, str, float]:
+    """(the notated beat's tempo, or None for several tempi or meters; the piece's seconds; its
+    meter; its tempo in quarter notes, as the file states it)."""
     import mido
 
     midi = mido.MidiFile(file=io.BytesIO(data))
     tempi = {message.tempo for track in midi.tracks for message in track if message.type == "set_tempo"}
     meters = {(m.numerator, m.denominator) for track in midi.tracks for m in track if m.type == "time_signature"}
+    quarter = mido.tempo2bpm(min(tempi) if tempi else 500_000)
+    numerator, denominator = min(meters) if meters else (4, 4)
+    meter = f"{numerator}/{denominator}"
     if len(tempi) > 1 or len(meters) > 1:
-        return None, midi.length
-    quarter = mido.tempo2bpm(tempi.pop() if tempi else 500_000)
-    numerator, denominator = meters.pop() if meters else (4, 4)
+        return None, midi.length, meter, quarter
     if denominator == 8 and numerator % 3 == 0:
-        return quarter / 1.5, midi.length
-    return (quarter / 2 if denominator == 2 else quarter), midi.length
+        return quarter / 1.5, midi.length, meter, quarter
+    return (quarter / 2 if denominator == 2 else quarter), midi.length, meter, quarter
 
 
 def render(data: bytes, length: float, target: Path) -> float:
@@ -148,13 +151,14 @@ def main() -> int:
         if (source, name.split(" ", 1)[-1]) in titles:
             continue  # the same tune in two example files
         titles.add((source, name.split(" ", 1)[-1]))
-        tempo, length = midi_tempo(data)
+        tempo, length, meter, quarter = midi_tempo(data)
         if tempo is None or length < 4:
             skipped.append(f"{source} {name}: {'several tempi or meters' if tempo is None else 'under 4 s'}")
             continue
         file = f"{source}-{re.sub(r'[^A-Za-z0-9]+', '-', name).strip('-')}.wav"
         seconds = render(data, length, audio / file)
-        rows.append({"file": file, "source": source, "tempo_bpm": round(tempo, 3), "key": key,
+        rows.append({"file": file, "source": source, "tempo_bpm": round(tempo, 3), "key": key, "meter": meter,
+                     "quarter_bpm": round(quarter, 3),
                      "seconds": round(seconds, 1)})
     rows += demo_songs(audio, per_genre=args.demo_per_genre)
     (args.out / "truth.json").write_text(json.dumps({"songs": rows, "skipped": skipped}, indent=2) + "\n")
