@@ -3,6 +3,7 @@ pretrained_features; train and embed read that table; a table of other networks 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,7 @@ from deepcrate.config import resolve_config
 from deepcrate.demo import write_demo_catalogue
 from deepcrate.embed import embed
 from deepcrate.errors import ModelError, TrainingError, WarehouseError
+from deepcrate.feature_head import FeatureHead
 from deepcrate.features import compute_features
 from deepcrate.ingest import ingest
 from deepcrate.model import embedding_model
@@ -101,6 +103,21 @@ def test_features_are_computed_once_and_a_new_file_computes_only_its_own(spark, 
     got = np.stack(songs["embedding"].to_numpy())
     assert cosines(got, expected.to_numpy()).min() > 0.9999
     np.testing.assert_allclose(got, expected.to_numpy(), atol=5e-3)
+
+    # embed read the head from head.npz (no network loaded); a folder written before it had one
+    # (the head read off model.keras) embeds the same vectors, and an unreadable one is refused.
+    from_network = FeatureHead.from_model(folder.load_keras())
+    saved = FeatureHead.load(str(Path(folder.path) / "head.npz"))
+    for mine, theirs in zip(vars(saved).values(), vars(from_network).values()):
+        np.testing.assert_array_equal(mine, theirs)
+    (Path(folder.path) / "head.npz").unlink()
+    embed(spark, warehouse=str(wh), config=changed)
+    again = delta_table(wh / "song_embeddings").to_pandas().set_index("song_id").loc[expected.index]
+    np.testing.assert_allclose(np.stack(again["embedding"].to_numpy()), got, atol=1e-6)
+    (Path(folder.path) / "head.npz").write_bytes(b"not an npz")
+    with pytest.raises(ModelError, match=r"^model .*: head.npz cannot be read"):
+        embed(spark, warehouse=str(wh), config=changed)
+    saved.save(str(Path(folder.path) / "head.npz"))
 
     # recommend --file runs the whole network on a file: a catalogue file gets its own song's neighbours.
     catalogue = Catalogue(str(wh), config=changed)

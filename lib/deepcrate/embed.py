@@ -24,7 +24,6 @@ from pyspark.sql import SparkSession
 from deepcrate.config import EmbedSettings
 from deepcrate.errors import WarehouseError
 from deepcrate.faults import fail_if_injected
-from deepcrate.feature_head import FeatureHead
 from deepcrate.inference import embed_images, worker_model
 from deepcrate.model_store import MODELS, ModelFolder, open_model
 from deepcrate.pipeline import Outcome, RebuildContext, Stage
@@ -91,16 +90,16 @@ def embed(
     folder = open_model(store, model)
     settings = store.metadata(Table.SLICES).spectrogram
     folder.check_settings(settings, what="the slices table")
-    network = folder.load_keras()  # fail here, with a clear message, rather than on every executor
     options = EmbedSettings.from_config(config)
     batch_size = int(options.batch_size)
     loads = spark.sparkContext.accumulator(0)
     done, task_warnings = live_count(spark), TaskWarnings(spark.sparkContext)
     if folder.features is not None:
         slices = _stored_features(store, folder)
-        embed_batches = _head_embedder(spark.sparkContext.broadcast(FeatureHead.from_model(network)),
+        embed_batches = _head_embedder(spark.sparkContext.broadcast(folder.feature_head()),
                                        width=folder.features["width"], done=done, task_warnings=task_warnings)
     else:
+        folder.load_keras()  # fail here, with a clear message, rather than on every executor
         with open(os.path.join(folder.path, "model.keras"), "rb") as stream:
             payload = spark.sparkContext.broadcast(stream.read())
         embed_batches = _embedder(payload, version=folder.version, shape=(settings.n_rows, settings.slice_frames),
@@ -165,8 +164,11 @@ def _stored_features(store: Warehouse, folder: ModelFolder):
     if not store.exists(Table.PRETRAINED_FEATURES):
         raise WarehouseError(f"warehouse {store.root}: no pretrained_features table (model {folder.version} "
                              "applies its head to them): run deepcrate features first, or rebuild")
-    folder.check_features(store.metadata(Table.PRETRAINED_FEATURES), where=f"warehouse {store.root}")
+    metadata = store.metadata(Table.PRETRAINED_FEATURES)
+    folder.check_features(metadata, where=f"warehouse {store.root}")
     features = store.read(Table.PRETRAINED_FEATURES, columns=["song_id", "slice_idx", "features"])
+    if metadata.slices_run is not None and metadata.slices_run == store.version(Table.SLICES):
+        return features  # computed for every slice of these very slices
     keys = ["song_id", "slice_idx"]
     missing = store.read(Table.SLICES, columns=keys).join(features.select(*keys), keys, "left_anti").count()
     if missing:

@@ -34,6 +34,21 @@ class FeatureHead:
             return cls(kernel, bias, logits_kernel, logits_bias)
         return cls(kernel, bias)
 
+    @classmethod
+    def load(cls, path: str) -> FeatureHead:
+        """A head saved by :meth:`save` (an ``.npz`` of its arrays)."""
+        with np.load(path) as stored:
+            arrays = {name: np.asarray(stored[name], np.float32) for name in stored.files}
+        return cls(arrays["embedding_kernel"], arrays["embedding_bias"], arrays.get("logits_kernel"),
+                   arrays.get("logits_bias"))
+
+    def save(self, path: str) -> None:
+        arrays = {"embedding_kernel": self.embedding_kernel, "embedding_bias": self.embedding_bias}
+        if self.logits_kernel is not None:
+            arrays.update(logits_kernel=self.logits_kernel, logits_bias=self.logits_bias)
+        with open(path, "wb") as out:
+            np.savez(out, **arrays)
+
     @property
     def width(self) -> int:
         """The features it reads."""

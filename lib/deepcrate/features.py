@@ -108,7 +108,8 @@ def compute_features(spark: SparkSession, *, warehouse: str, config: dict[str, A
                         loads=loads, done=done, task_warnings=task_warnings)
     run = store.begin_run()
     metadata = FeaturesMetadata(network=identity, checkpoints=network.checkpoints, width=network.width,
-                                format=FEATURE_FORMAT, runtime=options.runtime)
+                                format=FEATURE_FORMAT, runtime=options.runtime,
+                                slices_run=store.version(Table.SLICES))
     with session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": str(options.batch_size)}), \
             Progress(label="slices' pretrained features", total=total, done=done,
                      interval_s=float(options.progress_interval_s)):

@@ -75,7 +75,7 @@ class HeadLoss:
     loss: float
     contrastive: float  # the supervised contrastive term of ``loss`` (0 for ``classify``)
     correct: int
-    gradients: list[np.ndarray | None]  # as HeadWeights.arrays; None where a layer is frozen
+    gradients: list[np.ndarray]  # as HeadWeights.arrays
 
 
 def elu(x: np.ndarray) -> np.ndarray:
@@ -96,31 +96,32 @@ def head_loss(weights: HeadWeights, batch: Batch, *, objective: str, kept: np.nd
     """
     embedded = batch.features @ weights.kernel + weights.bias
     activated = elu(embedded)
-    loss, correct, d_activated, logits_gradients = genre_loss(weights, activated, batch, kept=kept)
+    loss, correct, d_activated, logits_gradients = genre_loss(weights, activated, labels=batch.labels,
+                                                              genre_weights=batch.genre_weights, kept=kept)
     d_embedded = d_activated * np.where(embedded > 0, 1.0, activated + 1.0)  # ELU' = ELU + 1 below 0
     contrastive = 0.0
     if objective == "supcon":
         contrastive, d_contrastive = supervised_contrastive(embedded, batch.labels)
         d_embedded += d_contrastive
-    return HeadLoss(loss + contrastive, contrastive, correct, [batch.features.T @ d_embedded, d_embedded.sum(axis=0), *logits_gradients])
+    gradients = [batch.features.T @ d_embedded, d_embedded.sum(axis=0), *logits_gradients]
+    return HeadLoss(loss + contrastive, contrastive, correct, gradients)
 
 
-def genre_loss(weights: HeadWeights, activated: np.ndarray, batch: Batch, *, kept: np.ndarray | None
-               ) -> tuple[float, int, np.ndarray, list[np.ndarray]]:
-    """The genre layer's part on the activated embedding of ``batch`` (its features unused): (weighted
-    cross-entropy, correct guesses, its gradient by the activated embedding, its gradients by the
-    genre layer's kernel and bias)."""
-    n = len(batch.labels)
+def genre_loss(weights: HeadWeights, activated: np.ndarray, *, labels: np.ndarray, genre_weights: np.ndarray,
+               kept: np.ndarray | None) -> tuple[float, int, np.ndarray, list[np.ndarray]]:
+    """The genre layer's part, on slices' activated embeddings: (the weighted cross-entropy, correct
+    guesses, its gradient by the activated embeddings, its gradients by the genre layer's kernel and bias)."""
+    n = len(labels)
     dropped = activated if kept is None else activated * kept
     logits = dropped @ weights.logits_kernel + weights.logits_bias
     logits -= logits.max(axis=1, keepdims=True)
     log_probabilities = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
     rows = np.arange(n)
-    loss = float((-log_probabilities[rows, batch.labels] * batch.genre_weights).mean())
-    correct = int((logits.argmax(axis=1) == batch.labels).sum())
+    loss = float((-log_probabilities[rows, labels] * genre_weights).mean())
+    correct = int((logits.argmax(axis=1) == labels).sum())
     d_logits = np.exp(log_probabilities)
-    d_logits[rows, batch.labels] -= 1.0
-    d_logits *= (batch.genre_weights / n)[:, None]
+    d_logits[rows, labels] -= 1.0
+    d_logits *= (genre_weights / n)[:, None]
     d_activated = d_logits @ weights.logits_kernel.T
     if kept is not None:
         d_activated *= kept
@@ -221,7 +222,8 @@ def evaluate(weights: HeadWeights, data: Batch, *, objective: str, batch_size: i
     """The scores without dropout; the contrastive term over batches of ``batch_size`` in order (as
     Keras validates)."""
     embedded = data.features @ weights.kernel + weights.bias
-    loss, correct, _, _ = genre_loss(weights, elu(embedded), data, kept=None)
+    loss, correct, _, _ = genre_loss(weights, elu(embedded), labels=data.labels, genre_weights=data.genre_weights,
+                                     kept=None)
     contrastive = 0.0
     if objective == "supcon":
         contrastive = sum(supervised_contrastive(embedded[start:start + batch_size],
@@ -279,11 +281,12 @@ def fit_genre_layer(weights: HeadWeights, train: Batch, val: Batch, *, batch_siz
         order = rng.permutation(len(train.labels))
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            batch = Batch(train_activated[rows], train.labels[rows], train.genre_weights[rows])
-            _, _, _, gradients = genre_loss(weights, batch.features, batch,
+            _, _, _, gradients = genre_loss(weights, train_activated[rows], labels=train.labels[rows],
+                                            genre_weights=train.genre_weights[rows],
                                             kept=dropout_mask((len(rows), weights.kernel.shape[1]), rng))
             optimizer.step(weights.arrays, [None, None, *gradients])
-        val_loss = genre_loss(weights, val_activated, val, kept=None)[0]
+        val_loss = genre_loss(weights, val_activated, labels=val.labels, genre_weights=val.genre_weights,
+                              kept=None)[0]
         if val_loss < best_loss:
             best, best_loss, best_epoch = weights.copy(), val_loss, epoch
         elif epoch - best_epoch >= patience:

@@ -7,6 +7,9 @@ A folder holds::
                         model (contrastive objective on a catalogue without genres)
     spectrogram.json    the spectrogram settings of the slices it was trained on
     train.json          model preset, precision, epochs, the slices table it came from
+    head.npz            a head learnt on stored pretrained features: its weights alone, so
+                        embed applies it without loading the network (older folders: read
+                        off model.keras)
     history.json        loss and accuracy per epoch (training.png draws them)
     metrics.json        the test-split evaluation (confusion.png draws its matrix), when
                         the model predicts genres
@@ -31,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 MODELS = "models"
 REQUIRED_FILES = ("model.keras", "labels.json", "spectrogram.json", "train.json")
+HEAD_FILE = "head.npz"
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,29 @@ class ModelFolder:
         networks' identity, ``checkpoints``, ``table_version``), or None: it reads the slices."""
         value = self.train.get("features") if isinstance(self.train, dict) else None
         return value if isinstance(value, dict) and "network" in value else None
+
+    def feature_head(self):
+        """The head of a model learnt on stored features, in numpy (:class:`deepcrate.feature_head.FeatureHead`).
+
+        Raises
+        ------
+        ModelError
+            ``head.npz`` unreadable, or its genre layer disagrees with ``labels.json``.
+        """
+        from deepcrate.feature_head import FeatureHead
+
+        file = os.path.join(self.path, HEAD_FILE)
+        if not os.path.isfile(file):  # written before head.npz was
+            return FeatureHead.from_model(self.load_keras())
+        try:
+            head = FeatureHead.load(file)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelError(f"model {self.path}: {HEAD_FILE} cannot be read: {type(exc).__name__}: {exc}") from None
+        genres = 0 if head.logits_kernel is None else head.logits_kernel.shape[1]
+        if genres != len(self.labels):
+            raise ModelError(f"model {self.path}: {HEAD_FILE} has {genres} genre outputs but labels.json "
+                             f"lists {len(self.labels)} genres")
+        return head
 
     def check_features(self, metadata, *, where: str) -> None:
         """Refuse a ``pretrained_features`` table of other networks than this model's head learnt on."""
@@ -151,9 +178,10 @@ def open_model(store, model: str | None) -> ModelFolder:
 
 def write_model_folder(folder: str, *, model_file: str, labels: list[str], spectrogram: SpectrogramSettings,
                        history: dict[str, list[float]], train: dict[str, Any],
-                       metrics: dict[str, Any] | None = None) -> None:
+                       metrics: dict[str, Any] | None = None, head=None) -> None:
     """Write a new model folder (the layout above, less the plots and ``_SUCCESS``) that
-    :func:`read_model_folder` reads; ``model_file`` is copied in as ``model.keras``."""
+    :func:`read_model_folder` reads; ``model_file`` is copied in as ``model.keras``, ``head``
+    (a FeatureHead) saved as ``head.npz``."""
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(folder)
     shutil.copyfile(model_file, os.path.join(folder, "model.keras"))
@@ -163,6 +191,8 @@ def write_model_folder(folder: str, *, model_file: str, labels: list[str], spect
     write_json(folder, "train.json", train)
     if metrics is not None:
         write_json(folder, "metrics.json", metrics)
+    if head is not None:
+        head.save(os.path.join(folder, HEAD_FILE))
 
 
 def write_json(folder: str, name: str, value: Any) -> None:

@@ -87,6 +87,7 @@ class FeaturesMetadata(TableMetadata):
     width: int  # features per slice
     format: str  # how a row's features are stored (pretrained_runtime.FEATURE_FORMAT)
     runtime: str  # what computed them (openvino | keras)
+    slices_run: str | None = None  # the run of the slices table whose every slice has its row here
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 
 from deepcrate.errors import TrainingError
+from deepcrate.feature_head import FeatureHead
 from deepcrate.feature_reader import FeatureTable
 from deepcrate.genre_accuracy import Evaluation
 from deepcrate.model import build_model, embedding_model, pair_contrastive_loss, slices_per_call
@@ -208,14 +209,12 @@ def evaluate_model(model, *, table: SliceTable, labels: Sequence[str], version: 
     return _evaluation(version, labels, song_ids, true_labels, probabilities)
 
 
-def evaluate_head(model, *, features: FeatureTable, labels: Sequence[str], version: str) -> Evaluation:
+def evaluate_head(head: FeatureHead, *, features: FeatureTable, labels: Sequence[str], version: str) -> Evaluation:
     """:func:`evaluate_model` for a head on stored features: the test slices' features, not their images."""
-    from deepcrate.feature_head import FeatureHead
-
     test = features.split("test", labels=labels)
     if not len(test.labels):
         return _evaluation(version, labels, [], [], [])
-    probabilities = FeatureHead.from_model(model)(test.features)[1]
+    probabilities = head(test.features)[1]
     return _evaluation(version, labels, [test.song_ids], [test.labels], [probabilities])
 
 

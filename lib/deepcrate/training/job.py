@@ -17,6 +17,7 @@ import keras
 
 from deepcrate import __version__
 from deepcrate.errors import TrainingError
+from deepcrate.feature_head import FeatureHead
 from deepcrate.feature_reader import FeatureTable
 from deepcrate.genre_accuracy import Evaluation
 from deepcrate.model_store import MODELS, ModelFolder, open_model, read_model_folder, write_model_folder
@@ -163,10 +164,12 @@ def train(
         if final == "classifier.keras" and not os.path.exists(os.path.join(run_dir, final)):
             with strategy.scope():
                 fit_genre_head(run_dir, table=table, labels=labels, counts=counts, settings=settings)
-        evaluation = None
-        if labels:
+        evaluation = head = None
+        if labels or features is not None:
             best = keras.models.load_model(os.path.join(run_dir, final), compile=False)
-            evaluation = (evaluate_head(best, features=features, labels=labels, version=version)
+            head = FeatureHead.from_model(best) if features is not None else None  # embed applies it alone
+        if labels:
+            evaluation = (evaluate_head(head, features=features, labels=labels, version=version)
                           if features is not None else
                           evaluate_model(best, table=table, labels=labels, version=version,
                                          batch_size=settings.batch_size))
@@ -177,7 +180,7 @@ def train(
     _write_model_folder(model_dir, run_dir=run_dir, labels=labels, spectrogram=spectrogram, settings=settings,
                         state=state, evaluation=evaluation, precision=precision, devices=devices,
                         slices_meta=store.metadata(Table.SLICES), table_uri=table.uri, counts=counts,
-                        features=features_record)
+                        features=features_record, head=head)
     _publish(store, version=version, model_dir=model_dir)
     shutil.rmtree(run_dir)
     if not os.listdir(work_root):
@@ -192,7 +195,7 @@ def train(
 def _write_model_folder(model_dir: str, *, run_dir: str, labels, spectrogram: SpectrogramSettings,
                         settings: TrainSettings, state: RunState, evaluation: Evaluation | None, precision: str,
                         devices: list[str], slices_meta: IngestMetadata, table_uri: str, counts,
-                        features: dict[str, Any] | None) -> None:
+                        features: dict[str, Any] | None, head: FeatureHead | None) -> None:
     from deepcrate.plots import plot_confusion, plot_training
 
     version = os.path.basename(run_dir)
@@ -217,7 +220,7 @@ def _write_model_folder(model_dir: str, *, run_dir: str, labels, spectrogram: Sp
     }
     write_model_folder(model_dir, model_file=os.path.join(run_dir, final_model_file(settings, labels)),
                        labels=list(labels), spectrogram=spectrogram, history=state.history, train=train,
-                       metrics=evaluation.metrics() if evaluation is not None else None)
+                       metrics=evaluation.metrics() if evaluation is not None else None, head=head)
     if evaluation is not None:
         plot_confusion(os.path.join(model_dir, "confusion.png"), matrix=evaluation.confusion, labels=labels,
                        title=f"{version}: test songs (song accuracy "
