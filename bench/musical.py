@@ -48,9 +48,10 @@ from pathlib import Path
 
 import numpy as np
 
+from deepcrate.musical import PITCHES
+
 SET = Path.home() / ".cache" / "deepcrate-bench" / "notated"
 RESULTS = Path(__file__).resolve().parent / "results"
-PITCHES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")  # deepcrate.musical's
 SPELLINGS = {"Db": "C#", "D#": "Eb", "Gb": "F#", "G#": "Ab", "A#": "Bb", "Cb": "B", "Fb": "E", "E#": "F", "B#": "C"}
 Estimate = tuple[float | None, str | None]  # (tempo BPM, "A minor")
 

@@ -41,6 +41,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from deepcrate.musical import PITCHES
+
 ROOT = Path(__file__).resolve().parent
 OUT = Path.home() / ".cache" / "deepcrate-bench" / "notated"
 PIANOBOOSTER = Path("/usr/share/doc/pianobooster/courses")
@@ -49,7 +51,6 @@ SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
 RATE = 22_050
 MIN_SECONDS, MAX_SECONDS = 30.0, 60.0
 PITCH = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
-NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")  # deepcrate.musical.PITCHES
 PLAIN_KEY = re.compile(r"^([A-G])([#b]?)(m|min|minor|maj|major)?$", re.IGNORECASE)
 
 
@@ -61,7 +62,7 @@ def key_name(header: str) -> str | None:
         return None
     letter, accidental, mode = match.groups()
     pitch = (PITCH[letter.upper()] + {"#": 1, "b": -1, "": 0}[accidental]) % 12
-    return f"{NAMES[pitch]} {'minor' if (mode or '').lower() in ('m', 'min', 'minor') else 'major'}"
+    return f"{PITCHES[pitch]} {'minor' if (mode or '').lower() in ('m', 'min', 'minor') else 'major'}"
 
 
 def split_tunes(text: str) -> list[str]:
