@@ -40,7 +40,7 @@ def choose_precision(requested: str, gpus: list) -> str:
 def fit_pretrained_head(run_dir: str, *, features: FeatureTable, labels: list[str], counts, settings: TrainSettings,
                          state: RunState, spectrogram: SpectrogramSettings, image_shape: tuple[int, int]) -> None:
     """The head on the stored musicnn features (or, without genres, the principal-component
-    embedding), saved as best.keras: minutes on a CPU, so a resumed run starts it again."""
+    embedding), saved as best.keras: seconds on a CPU, so a resumed run starts it again."""
     from deepcrate.transfer import fit_head, pretrained_model, principal_embedding
 
     model = pretrained_model(n_classes=max(len(labels), 2), image_shape=image_shape,
