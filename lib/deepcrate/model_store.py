@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from deepcrate.errors import ModelError
+from deepcrate.feature_head import FeatureHead
 from deepcrate.spectrogram import SpectrogramSettings
 
 logger = logging.getLogger(__name__)
@@ -78,16 +79,14 @@ class ModelFolder:
         value = self.train.get("features") if isinstance(self.train, dict) else None
         return value if isinstance(value, dict) and "network" in value else None
 
-    def feature_head(self):
-        """The head of a model learnt on stored features, in numpy (:class:`deepcrate.feature_head.FeatureHead`).
+    def feature_head(self) -> FeatureHead:
+        """The head of a model learnt on stored features, in numpy.
 
         Raises
         ------
         ModelError
             ``head.npz`` unreadable, or its genre layer disagrees with ``labels.json``.
         """
-        from deepcrate.feature_head import FeatureHead
-
         file = os.path.join(self.path, HEAD_FILE)
         if not os.path.isfile(file):  # written before head.npz was
             return FeatureHead.from_model(self.load_keras())
@@ -178,10 +177,10 @@ def open_model(store, model: str | None) -> ModelFolder:
 
 def write_model_folder(folder: str, *, model_file: str, labels: list[str], spectrogram: SpectrogramSettings,
                        history: dict[str, list[float]], train: dict[str, Any],
-                       metrics: dict[str, Any] | None = None, head=None) -> None:
+                       metrics: dict[str, Any] | None = None, head: FeatureHead | None = None) -> None:
     """Write a new model folder (the layout above, less the plots and ``_SUCCESS``) that
     :func:`read_model_folder` reads; ``model_file`` is copied in as ``model.keras``, ``head``
-    (a FeatureHead) saved as ``head.npz``."""
+    saved as ``head.npz``."""
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(folder)
     shutil.copyfile(model_file, os.path.join(folder, "model.keras"))
