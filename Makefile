@@ -9,7 +9,7 @@ ENV_ARCHIVE := dist/deepcrate-env.tar.gz
 # which cannot sit beside numpy 2, so it is installed without its dependencies (its code is never run)
 MUSICNN := musicnn==0.1.0
 
-.PHONY: demo test browser lint package wheel bench-ingest bench-train bench-embed bench-index bench-rebuild bench-quality bench-scale clean
+.PHONY: demo test browser notation lint package wheel bench-ingest bench-train bench-embed bench-index bench-rebuild bench-quality bench-scale clean
 
 # Set up, synthesize the demo catalogue, rebuild everything on it, show recommendations.
 demo: $(BIN)/deepcrate
@@ -20,7 +20,7 @@ demo: $(BIN)/deepcrate
 	  --song "$$(ls $(DEMO)/audio/trance | head -n 1)"
 
 # Set up if needed and run the whole test suite (the cluster test needs the packed environment).
-test: $(BIN)/deepcrate $(ENV_ARCHIVE) browser
+test: $(BIN)/deepcrate $(ENV_ARCHIVE) browser notation
 	$(BIN)/python -m pytest tests
 
 # The report's browser tests drive Debian's Chromium; where it cannot be installed they are
@@ -31,6 +31,15 @@ browser:
 	  $(APT) install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1 || \
 	  { $(APT) update -q >/dev/null 2>&1 && $(APT) install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1; } || \
 	  echo "Chromium could not be installed: the report's browser tests will be skipped"
+
+# The tempo and key test renders tunes from their notation: Debian's abcmidi, fluidsynth and a
+# 6 MB General MIDI soundfont; where they cannot be installed it is skipped, saying why.
+NOTATION_PACKAGES := abcmidi fluidsynth timgm6mb-soundfont
+notation:
+	@command -v abc2midi >/dev/null && command -v fluidsynth >/dev/null && test -f /usr/share/sounds/sf2/TimGM6mb.sf2 || \
+	  $(APT) install -y -q --no-install-recommends $(NOTATION_PACKAGES) >/dev/null 2>&1 || \
+	  { $(APT) update -q >/dev/null 2>&1 && $(APT) install -y -q --no-install-recommends $(NOTATION_PACKAGES) >/dev/null 2>&1; } || \
+	  echo "abcmidi, fluidsynth or the soundfont could not be installed: the notated tempo and key test will be skipped"
 
 # Style (.ruff.toml): ruff's default rules at the project's 120-column lines; the layers
 # (.importlinter, docs/architecture.md): imports point down and no stage imports another.

@@ -1,7 +1,12 @@
-"""Tempo and key estimates on synthesized songs with clear beats and chords; Camelot codes
-against the published wheel; bad input gives nulls with a reason."""
+"""Tempo and key estimates on synthesized songs with clear beats and chords, and on tunes rendered
+from their notation; Camelot codes against the published wheel; bad input gives nulls with a reason."""
+import shutil
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
+import soundfile as sf
 
 from deepcrate.musical import PITCHES, camelot, close_key, compatible_camelot, musical_facts, tempo_mixes
 
@@ -98,3 +103,26 @@ def test_a_held_chord_has_a_key():
     drone = sum(_tone(220 * 2 ** (s / 12), 20.0) for s in (0, 3, 7)).astype(np.float32) * 0.2  # A minor, held
     facts = musical_facts(drone, sample_rate=RATE)
     assert facts.key is not None and close_key(facts.key, "A minor")
+
+
+TUNES = Path(__file__).resolve().parent.parent / "bench" / "notated" / "tunes.abc"
+SOUNDFONT = Path("/usr/share/sounds/sf2/TimGM6mb.sf2")
+# X: -> (tempo of the notated beat, key), as tunes.abc's Q: and K: headers give them
+NOTATED = {1: (96.0, "G major"), 2: (72.0, "A minor"), 7: (100.0, "A minor"), 10: (76.0, "D minor"),
+           14: (58.0, "F minor")}
+
+
+@pytest.mark.skipif(not (shutil.which("abc2midi") and shutil.which("fluidsynth") and SOUNDFONT.exists()),
+                    reason="needs Debian's abcmidi, fluidsynth and timgm6mb-soundfont (make test installs them)")
+def test_tunes_rendered_from_their_notation_get_the_notated_tempo_and_key(tmp_path):
+    """A waltz, a jig in 6/8 (its dotted-quarter beat), slow airs: real instruments, not synthesized tones."""
+    shutil.copy(TUNES, tmp_path / "tunes.abc")
+    subprocess.run(["abc2midi", "tunes.abc"], cwd=tmp_path, check=True, capture_output=True)
+    for number, (bpm, key) in NOTATED.items():
+        wav = tmp_path / f"tune{number}.wav"
+        subprocess.run(["fluidsynth", "-ni", "-g", "0.6", "-r", str(RATE), "-F", str(wav), str(SOUNDFONT),
+                        str(tmp_path / f"tunes{number}.mid")], check=True, capture_output=True)
+        samples, rate = sf.read(wav, dtype="float32", always_2d=True)
+        facts = musical_facts(np.tile(samples.mean(axis=1), 2), sample_rate=rate)  # twice through: >= 30 s
+        assert facts.tempo_bpm == pytest.approx(bpm, rel=0.04), f"tune {number}"
+        assert facts.key == key, f"tune {number}"
