@@ -226,10 +226,9 @@ def evaluate(weights: HeadWeights, data: Batch, *, objective: str, batch_size: i
                                      kept=None)
     contrastive = 0.0
     if objective == "supcon":
-        contrastive = sum(supervised_contrastive(embedded[start:start + batch_size],
-                                                 data.labels[start:start + batch_size])[0]
-                          * len(data.labels[start:start + batch_size])
-                          for start in range(0, len(data.labels), batch_size)) / len(data.labels)
+        parts = [slice(start, start + batch_size) for start in range(0, len(data.labels), batch_size)]
+        contrastive = sum(supervised_contrastive(embedded[part], data.labels[part])[0] * len(data.labels[part])
+                          for part in parts) / len(data.labels)
     return Scores(loss + contrastive, contrastive, correct / len(data.labels))
 
 
@@ -251,7 +250,7 @@ def fit_head_weights(start: HeadWeights, train: Batch, val: Batch, *, objective:
     (scored before training and after every epoch, ties to the earlier), stopping ``patience``
     epochs after it. The history gains ``val_precision_at_10``: each epoch's first score."""
     weights, optimizer, history = start.copy(), Adam(learning_rate), {}
-    best = FittedHead(start.copy(), history, 0, False, score(*start.embedding))
+    best = FittedHead(start.copy(), {}, 0, False, score(*start.embedding))
     scores = [best.score[0]]
     for epoch in range(1, max_epochs + 1):
         seen = run_epoch(weights, optimizer, train, objective=objective, batch_size=batch_size, rng=rng).history()
