@@ -30,8 +30,8 @@ import numpy as np
 import tensorflow as tf
 tf.config.threading.set_intra_op_parallelism_threads({threads})
 tf.config.threading.set_inter_op_parallelism_threads(1)
-from deepcrate.inference import embed_images, worker_model
-from deepcrate.warehouse import ArrowTables
+from deepcrate.models.inference import embed_images, worker_model
+from deepcrate.storage.warehouse import ArrowTables
 table = ArrowTables.current({warehouse!r}).slice_table(image_shape=(256, 256))
 def first_images(limit):
     chunks, held = [], 0
@@ -58,8 +58,8 @@ import json, sys, time
 sys.path.insert(0, {bench!r})
 from process_cpu import ProcessCpu
 from deepcrate.config import resolve_config
-from deepcrate.embed import embed
-from deepcrate.session import spark_session
+from deepcrate.stages.embed import embed
+from deepcrate.spark.session import spark_session
 config = resolve_config(overrides=["spark.master=local[{cores}]", "spark.options.spark.ui.enabled=false"])
 spark = spark_session(config)
 first = embed(spark, warehouse={warehouse!r}, config=config)  # warm-up: Python workers start, load the model

@@ -26,9 +26,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from deepcrate.config import resolve_config
-from deepcrate.index import recommendation_blocks
-from deepcrate.vector_index import IndexSettings, build_index
-from deepcrate.vectors import exact_top_k, normalise
+from deepcrate.stages.index import recommendation_blocks
+from deepcrate.vectors.faiss_index import IndexSettings, build_index
+from deepcrate.vectors.similarity import exact_top_k, normalise
 
 
 def clustered_vectors(n: int, dim: int = 128, *, seed: int = 0) -> np.ndarray:

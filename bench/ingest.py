@@ -22,11 +22,11 @@ import numpy as np
 import soundfile as sf
 from process_cpu import ProcessCpu
 
-from deepcrate.audio import DecodeLimits
+from deepcrate.audio.decode import DecodeLimits
+from deepcrate.audio.demo import GENRES, SAMPLE_RATE, render_song
+from deepcrate.audio.spectrogram import SpectrogramSettings
 from deepcrate.config import resolve_config
-from deepcrate.demo import GENRES, SAMPLE_RATE, render_song
-from deepcrate.ingest import decode_file
-from deepcrate.spectrogram import SpectrogramSettings
+from deepcrate.stages.ingest.job import decode_file
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -66,7 +66,7 @@ def decode_only(paths: list[Path]) -> None:
 
 
 def plain_loop(paths: list[Path], settings: SpectrogramSettings, limits: DecodeLimits) -> None:
-    """What an executor does per file (:func:`deepcrate.ingest.decode_file`), in one process:
+    """What an executor does per file (:func:`deepcrate.stages.ingest.job.decode_file`), in one process:
     decode, slice, tempo and key, the MFCC baselines' features."""
     for path in paths:
         decode_file(str(path), path.read_bytes(), settings=settings, limits=limits)
@@ -107,8 +107,8 @@ def time_spark(folder: Path, *, cores: int, config: dict, warehouse: Path,
                repeat: int) -> tuple[float, float, dict[str, float]]:
     """Best wall time of an ingest (session already warm), peak worker memory, and the CPU
     seconds of one more ingest by kind of process."""
-    from deepcrate.ingest import ingest
-    from deepcrate.session import spark_session
+    from deepcrate.spark.session import spark_session
+    from deepcrate.stages.ingest.job import ingest
 
     config = json.loads(json.dumps(config))
     config["spark"]["master"] = f"local[{cores}]"

@@ -11,7 +11,7 @@ against the tempo and key its notation (or the demo's synthesis) gives:
 - seconds of estimation per minute of audio, on one core (decoding included, as each
   estimator reads its files its own way).
 
-Estimators: ``deepcrate`` (today's: :func:`deepcrate.musical.musical_facts` on what ingest
+Estimators: ``deepcrate`` (today's: :func:`deepcrate.audio.musical.musical_facts` on what ingest
 decodes), ``essentia-percival`` and ``essentia-rhythm2013`` (tempo), ``essentia-key-PROFILE``
 (KeyExtractor with that profile), ``madmom`` (RNN beat activations + comb-filter tempo;
 the 2018 key CNN), ``tempocnn`` (Schreiber & Mueller's tempo CNN). Each that cannot be
@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepcrate.musical import PITCHES
+from deepcrate.audio.musical import PITCHES
 
 SET = Path.home() / ".cache" / "deepcrate-bench" / "notated"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -83,10 +83,10 @@ def tempo_scores(estimate: float | None, truth: float) -> tuple[bool, bool]:
 
 # -- the estimators: each builds its models once and returns a function of a file's path ------------
 def deepcrate_estimator() -> Callable[[Path], Estimate]:
-    from deepcrate.audio import DecodeLimits, decode_audio
+    from deepcrate.audio.decode import DecodeLimits, decode_audio
+    from deepcrate.audio.mfcc import SAMPLE_RATE, song_spectrum
+    from deepcrate.audio.musical import musical_facts
     from deepcrate.config import resolve_config
-    from deepcrate.mfcc import SAMPLE_RATE, song_spectrum
-    from deepcrate.musical import musical_facts
 
     limits = DecodeLimits.from_config(resolve_config())
 

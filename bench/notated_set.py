@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from deepcrate.musical import PITCHES
+from deepcrate.audio.musical import PITCHES
 
 ROOT = Path(__file__).resolve().parent
 OUT = Path.home() / ".cache" / "deepcrate-bench" / "notated"
@@ -174,7 +174,7 @@ def main() -> int:
 
 def demo_songs(audio: Path, *, per_genre: int) -> list[dict]:
     """The demo catalogue's songs (30 s MP3s), with the tempo and key they were synthesized at."""
-    from deepcrate.demo import GENRES, song_tempo_and_key, write_demo_catalogue
+    from deepcrate.audio.demo import GENRES, song_tempo_and_key, write_demo_catalogue
 
     rows = []
     with tempfile.TemporaryDirectory() as folder:

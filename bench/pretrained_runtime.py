@@ -41,10 +41,10 @@ CHECKPOINTS = "MTT_musicnn+MSD_musicnn"
 def real_slices(audio: Path, *, count: int) -> np.ndarray:
     """``count`` slices of the musicnn preset, a few from each of many files (sorted, so every run
     takes the same)."""
-    from deepcrate.audio import DecodeLimits
+    from deepcrate.audio.decode import DecodeLimits
+    from deepcrate.audio.slicing import slice_audio_file
+    from deepcrate.audio.spectrogram import SpectrogramSettings
     from deepcrate.config import default_config
-    from deepcrate.slicing import slice_audio_file
-    from deepcrate.spectrogram import SpectrogramSettings
 
     config = default_config()
     settings = SpectrogramSettings.from_config(config)
@@ -69,7 +69,7 @@ images = np.load(slices_file)
 import tensorflow as tf
 tf.config.threading.set_intra_op_parallelism_threads(threads)
 tf.config.threading.set_inter_op_parallelism_threads(1)
-from deepcrate.pretrained_runtime import Extractor, Network, export, keras_extractor
+from deepcrate.models.pretrained_runtime import Extractor, Network, export, keras_extractor
 network = Network(checkpoints=%(checkpoints)r, image_shape=images.shape[1:], level_range=8.0)
 BATCH = 64
 if runtime in ("keras", "openvino"):

@@ -26,8 +26,8 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, IntegerType, StringType, StructField, StructType
 
-from deepcrate.schemas import TABLES
-from deepcrate.warehouse import Warehouse, writer_lock
+from deepcrate.storage.schemas import TABLES
+from deepcrate.storage.warehouse import Warehouse, writer_lock
 
 SLICE_BYTES = 1024  # small stand-ins for the 64 KB images: publishing does not read the data
 

@@ -93,9 +93,9 @@ def main() -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from deepcrate.config import resolve_config
-    from deepcrate.rebuild import rebuild
-    from deepcrate.session import spark_session
-    from deepcrate.warehouse import Warehouse
+    from deepcrate.spark.session import spark_session
+    from deepcrate.stages.rebuild import rebuild
+    from deepcrate.storage.warehouse import Warehouse
 
     spark = spark_session(resolve_config(overrides=["spark.master=local[2]", "spark.options.spark.ui.enabled=false"]))
     runs = []

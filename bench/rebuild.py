@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from deepcrate.demo import write_demo_catalogue
+from deepcrate.audio.demo import write_demo_catalogue
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the test suite's standalone cluster on 127.0.0.1

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import psutil
 
-from deepcrate.demo import write_demo_catalogue
+from deepcrate.audio.demo import write_demo_catalogue
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

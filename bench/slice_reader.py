@@ -3,7 +3,7 @@
 pyarrow decodes a whole row group at once, and the reader interleaves
 ``train.interleave`` (8) row groups, so its memory follows the row-group size. Spark's
 default wrote one group per file, and the files grow with the catalogue; the warehouse
-now writes the slices in groups of :data:`deepcrate.warehouse.SLICES_ROW_GROUP_BYTES`.
+now writes the slices in groups of :data:`deepcrate.storage.warehouse.SLICES_ROW_GROUP_BYTES`.
 
 Given the Parquet files of a ``slices`` table, this rewrites them (pyarrow, same rows,
 same files) both ways into a scratch folder, then reads the train split in each, as
@@ -27,14 +27,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from deepcrate.warehouse import SLICES_ROW_GROUP_BYTES
+from deepcrate.storage.warehouse import SLICES_ROW_GROUP_BYTES
 
 RESULTS = Path(__file__).parent / "results"
 
 READ = """
 import json, sys, threading, time
 import pyarrow as pa, pyarrow.dataset as ds
-from deepcrate.slice_reader import SliceTable
+from deepcrate.models.slice_reader import SliceTable
 peak = [0.0]
 def rss():
     for line in open("/proc/self/status"):

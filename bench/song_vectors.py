@@ -21,7 +21,7 @@ evaluation's queries (the labelled test songs against every labelled song), as `
   song's slices (its long-term average spectrum and spread), standardised: what the
   slices say before any network sees them;
 - ``MFCC``: the evaluation's baseline;
-- ``timbre Gaussian, no model``: the evaluation's timbre baseline (:mod:`deepcrate.timbre`,
+- ``timbre Gaussian, no model``: the evaluation's timbre baseline (:mod:`deepcrate.audio.timbre`,
   Mandel & Ellis 2005): a Gaussian over the song's MFCC frames, neighbours by symmetric
   KL divergence; no labels, no training;
 - ``MFCC + LDA``, ``spectrum + MFCC + LDA``: those statistics projected by a linear
@@ -60,14 +60,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from deepcrate.evaluate import genre_probe
-from deepcrate.mfcc import N_MFCC, standardise
-from deepcrate.retrieval import ideal_songs, nearest_songs, retrieval_scores
-from deepcrate.spectrogram import SpectrogramSettings
-from deepcrate.split import SPLITS
-from deepcrate.timbre import least_divergent
-from deepcrate.vectors import normalise
-from deepcrate.warehouse import ArrowTables
+from deepcrate.audio.mfcc import N_MFCC, standardise
+from deepcrate.audio.spectrogram import SpectrogramSettings
+from deepcrate.audio.timbre import least_divergent
+from deepcrate.stages.evaluate import genre_probe
+from deepcrate.stages.ingest.split import SPLITS
+from deepcrate.storage.warehouse import ArrowTables
+from deepcrate.vectors.retrieval import ideal_songs, nearest_songs, retrieval_scores
+from deepcrate.vectors.similarity import normalise
 
 if TYPE_CHECKING:
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
@@ -201,7 +201,7 @@ def untrained_song_vectors(warehouse: Path, images: np.ndarray, owners: pd.Serie
     """Per song, the mean embedding of its slices by the warehouse's newest model re-initialised."""
     import keras
 
-    from deepcrate.model import embedding_model
+    from deepcrate.models.architectures import embedding_model
 
     folder = max(p for p in (warehouse / "models").iterdir() if (p / "_SUCCESS").is_file())
     keras.utils.set_random_seed(0)

@@ -67,9 +67,9 @@ def baseline_lib(commit: str, folder: str) -> Path:
 def phases(warehouse: str) -> dict[str, float]:
     """This checkout's phases in one process, then a shell's statements."""
     from deepcrate.config import resolve_config
-    from deepcrate.session import spark_session
-    from deepcrate.sql import QuerySession
-    from deepcrate.sql_guard import check_read_only
+    from deepcrate.query.sql import QuerySession
+    from deepcrate.query.sql_guard import check_read_only
+    from deepcrate.spark.session import spark_session
 
     times: dict[str, float] = {}
     started = time.perf_counter()

@@ -42,9 +42,9 @@ def main() -> int:
     import tensorflow as tf
 
     from deepcrate.config import resolve_config
-    from deepcrate.model import build_model
-    from deepcrate.training import TrainSettings, training_dataset
-    from deepcrate.warehouse import ArrowTables
+    from deepcrate.models.architectures import build_model
+    from deepcrate.stages.training import TrainSettings, training_dataset
+    from deepcrate.storage.warehouse import ArrowTables
 
     gpus = tf.config.list_physical_devices("GPU")
     device = "gpu" if gpus else "cpu"

@@ -6,10 +6,10 @@ spectrogram preset (``--features``: one checkpoint or several joined by ``+``, a
 computed here with the Keras networks (``--source keras``, cached in
 ``~/.cache/deepcrate-bench/features``: the two compared say whether the runtime that wrote
 the table changes the quality). For each split seed it draws the split exactly
-as ingest does (:func:`deepcrate.split.assign_splits`, default fractions), trains each
+as ingest does (:func:`deepcrate.stages.ingest.split.assign_splits`, default fractions), trains each
 head on the train split's slices, embeds every slice, pools per song (the mean) and
 ranks the test songs against every labelled song as ``deepcrate evaluate`` does
-(:mod:`deepcrate.retrieval`: P@10, MAP@10; song accuracy from the head's summed slice
+(:mod:`deepcrate.vectors.retrieval`: P@10, MAP@10; song accuracy from the head's summed slice
 softmax). The validation P@10 each head was kept by is reported beside it.
 
 Rows:
@@ -20,7 +20,7 @@ Rows:
   (random start, cross-entropy + supervised contrastive loss, early stopping on the
   validation loss with patience 3, at most 20 epochs);
 - ``supcon, kept by validation P@10`` and ``classify, kept by validation P@10``:
-  :func:`deepcrate.transfer.train_head`, the library's own head (principal-component
+  :func:`deepcrate.models.transfer.train_head`, the library's own head (principal-component
   start, kept at the epoch that ranks the validation songs best), one head;
 - ``supcon, N heads averaged`` (the default, ``--heads N``, 3 as ``train.heads_averaged``):
   N such heads from seeds ``seed``..``seed + N - 1``, their embedding weights averaged
@@ -52,11 +52,11 @@ import pandas as pd
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from deepcrate.pretrained_runtime import from_bytes
-from deepcrate.retrieval import nearest_songs, retrieval_scores
-from deepcrate.split import assign_splits
-from deepcrate.transfer import SliceFeatures, train_head
-from deepcrate.warehouse import ArrowTables
+from deepcrate.models.pretrained_runtime import from_bytes
+from deepcrate.models.transfer import SliceFeatures, train_head
+from deepcrate.stages.ingest.split import assign_splits
+from deepcrate.storage.warehouse import ArrowTables
+from deepcrate.vectors.retrieval import nearest_songs, retrieval_scores
 
 CACHE = Path.home() / ".cache" / "deepcrate-bench" / "features"
 HEAD = {"batch_size": 128, "learning_rate": 0.001, "max_epochs": 100, "patience": 20}  # conf/local.yaml's
@@ -99,8 +99,8 @@ def read(warehouse: Path, checkpoints: str, *, layer: str = "penultimate",
 def _compute(warehouse: Path, checkpoints: str, caches: dict[str, Path]) -> None:
     import keras
 
-    from deepcrate.musicnn import parse_checkpoints, tower
-    from deepcrate.transfer import feature_extractor, pretrained_model
+    from deepcrate.models.musicnn import parse_checkpoints, tower
+    from deepcrate.models.transfer import feature_extractor, pretrained_model
 
     table = ArrowTables.current(str(warehouse)).read("slices", columns=["song_id", "slice_idx", "spectrogram"])
     model = pretrained_model(n_classes=2, image_shape=(96, 187), level_range=8.0, checkpoint=checkpoints, seed=0)
@@ -125,7 +125,12 @@ def former_head(train: SliceFeatures, val: SliceFeatures, *, n_classes: int, see
     """(embedding weights, genre layer weights, epoch) of the head kept by validation loss."""
     import keras
 
-    from deepcrate.model import EMBEDDING_LAYER, OUTPUT_LAYER, embedding_and_genres, supervised_contrastive_loss
+    from deepcrate.models.architectures import (
+        EMBEDDING_LAYER,
+        OUTPUT_LAYER,
+        embedding_and_genres,
+        supervised_contrastive_loss,
+    )
 
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((train.features.shape[1],))

@@ -1,4 +1,4 @@
-"""Generate the references that code can write: docs/tables.md (from deepcrate.schemas) and
+"""Generate the references that code can write: docs/tables.md (from deepcrate.storage.schemas) and
 docs/settings.md (from conf/local.yaml, its values and comments).
 
     python docs/reference.py           # rewrite both
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from deepcrate.schemas import ABOUT, COLUMN_DOCS, EXTENSIBLE, TABLES
+from deepcrate.storage.schemas import ABOUT, COLUMN_DOCS, EXTENSIBLE, TABLES
 
 DOCS = Path(__file__).resolve().parent
 DEFAULTS = DOCS.parent / "conf" / "local.yaml"
@@ -23,7 +23,7 @@ _COMMENT = re.compile(r"^(?P<indent> *)#\s?(?P<comment>.*)$")
 
 def tables_markdown() -> str:
     out = ["# Tables", "",
-           "Generated from `lib/deepcrate/schemas.py` by `python docs/reference.py`; a test fails when the two "
+           "Generated from `lib/deepcrate/storage/schemas.py` by `python docs/reference.py`; a test fails when the two "
            "differ. How to open the tables, the folders that are not tables (`models/`, `index/`) and what the "
            "warehouse guarantees: [warehouse.md](warehouse.md).", ""]
     for table, schema in TABLES.items():

@@ -31,10 +31,10 @@ import numpy as np
 from IPython.display import Audio, Markdown, display
 
 from deepcrate.config import resolve_config
-from deepcrate.model_store import latest_model, read_model_folder
-from deepcrate.session import spark_session
+from deepcrate.models.store import latest_model, read_model_folder
+from deepcrate.spark.session import spark_session
+from deepcrate.storage.warehouse import Warehouse
 from deepcrate.uris import local_path
-from deepcrate.warehouse import Warehouse
 
 WAREHOUSE = os.environ.get("DEEPCRATE_WAREHOUSE", "../demo/warehouse")
 spark = spark_session(resolve_config(overrides=["spark.master=local[2]", "spark.log_level=ERROR"]))

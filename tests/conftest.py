@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from deepcrate.config import resolve_config
-from deepcrate.session import LOCAL_FILES, ensure_utf8_locale
+from deepcrate.spark.session import LOCAL_FILES, ensure_utf8_locale
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -100,8 +100,8 @@ def demo_warehouse(spark, tmp_path_factory):
 
     Shared read-only; a test that writes to a warehouse copies it first (:func:`copy_warehouse`).
     """
-    from deepcrate.demo import write_demo_catalogue
-    from deepcrate.ingest import ingest
+    from deepcrate.audio.demo import write_demo_catalogue
+    from deepcrate.stages.ingest.job import ingest
 
     root = tmp_path_factory.mktemp("demo")
     manifest = write_demo_catalogue(root / "audio", songs_per_genre=8, seconds=11.0, seed=3)
@@ -117,9 +117,9 @@ MUSICNN = ["spectrogram.preset=musicnn", "train.model=musicnn"]
 def musicnn_warehouse(spark, tmp_path_factory):
     """The demo catalogue (7 genres x 5 songs x 7 s = 2 musicnn slices each), ingested with the musicnn
     preset, with its pretrained features (the features stage). Shared read-only."""
-    from deepcrate.demo import write_demo_catalogue
-    from deepcrate.features import compute_features
-    from deepcrate.ingest import ingest
+    from deepcrate.audio.demo import write_demo_catalogue
+    from deepcrate.stages.features import compute_features
+    from deepcrate.stages.ingest.job import ingest
 
     root = tmp_path_factory.mktemp("musicnn")
     manifest = write_demo_catalogue(root / "audio", songs_per_genre=5, seconds=7.0, seed=2)
@@ -140,8 +140,8 @@ def rebuilt(spark, tmp_path_factory):
     import contextlib
     import io
 
+    from deepcrate.audio.demo import write_demo_catalogue
     from deepcrate.cli import main
-    from deepcrate.demo import write_demo_catalogue
 
     # spaces, unicode, '#', '?' and a lone '%' in every path: they must survive Spark, delta-rs and the URIs
     root = tmp_path_factory.mktemp("rebuild") / "my crate ü#1?100%"

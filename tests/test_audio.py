@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from deepcrate.audio import DecodeLimits, decode_audio
+from deepcrate.audio.decode import DecodeLimits, decode_audio
 from deepcrate.errors import AudioError
 
 from helpers import make_signal
@@ -98,7 +98,7 @@ def test_bad_files_fail_with_reason_and_name(data, reason, fragment):
 
 @pytest.mark.parametrize("fmt", ["MP3", "FLAC", "WAV"])
 def test_check_whole_tells_a_file_cut_short_from_a_whole_one(fmt):
-    from deepcrate.audio import DECODE_ERROR, TRUNCATED, check_whole
+    from deepcrate.audio.decode import DECODE_ERROR, TRUNCATED, check_whole
 
     out = io.BytesIO()
     sf.write(out, make_signal(6.0), 44100, format=fmt)

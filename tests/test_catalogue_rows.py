@@ -2,8 +2,8 @@
 import pandas as pd
 import pytest
 
-from deepcrate.catalogue_rows import reject_before_decoding, songs_and_rejects
-from deepcrate.schemas import SONGS
+from deepcrate.stages.ingest.catalogue_rows import reject_before_decoding, songs_and_rejects
+from deepcrate.storage.schemas import SONGS
 
 pytestmark = pytest.mark.unit
 AUDIO = "file:/music"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from deepcrate.cli import main
-from deepcrate.warehouse import Warehouse
+from deepcrate.storage.warehouse import Warehouse
 
 from helpers import make_signal, write_audio
 

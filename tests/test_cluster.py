@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from deepcrate.demo import write_demo_catalogue
+from deepcrate.audio.demo import write_demo_catalogue
 
 from helpers import delta_table
 from local_cluster import SPARK_HOME, StandaloneCluster

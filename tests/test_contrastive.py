@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from deepcrate.model import pair_contrastive_loss
-from deepcrate.warehouse import ArrowTables
+from deepcrate.models.architectures import pair_contrastive_loss
+from deepcrate.storage.warehouse import ArrowTables
 
 from helpers import delta_table
 
@@ -46,9 +46,9 @@ def test_an_unlabelled_catalogue_gets_an_embedding_only_model_and_recommendation
 
     import keras
 
+    from deepcrate.audio.demo import write_demo_catalogue
     from deepcrate.cli import main
-    from deepcrate.demo import write_demo_catalogue
-    from deepcrate.model import embedding_model  # noqa: F401  registers the custom layers
+    from deepcrate.models.architectures import embedding_model  # noqa: F401  registers the custom layers
 
     labelled = tmp_path / "labelled"
     write_demo_catalogue(labelled, songs_per_genre=2, seconds=11.0, seed=7, genres=("trance", "hip_hop", "rock_indie"))

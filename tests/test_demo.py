@@ -5,7 +5,7 @@ import hashlib
 import numpy as np
 import soundfile as sf
 
-from deepcrate.demo import GENRES, write_demo_catalogue
+from deepcrate.audio.demo import GENRES, write_demo_catalogue
 
 
 def digest(folder):

@@ -8,16 +8,16 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+from deepcrate.audio.demo import GENRES, render_song
+from deepcrate.audio.musical import compatible_camelot, tempo_mixes
 from deepcrate.cli import main
 from deepcrate.config import resolve_config
-from deepcrate.demo import GENRES, render_song
-from deepcrate.embed import embed
-from deepcrate.index import index_songs
-from deepcrate.ingest import ingest
-from deepcrate.model_store import MODELS
-from deepcrate.musical import compatible_camelot, tempo_mixes
-from deepcrate.recommend import Catalogue, Mixable
-from deepcrate.vectors import normalise
+from deepcrate.models.store import MODELS
+from deepcrate.query.recommend import Catalogue, Mixable
+from deepcrate.stages.embed import embed
+from deepcrate.stages.index import index_songs
+from deepcrate.stages.ingest.job import ingest
+from deepcrate.vectors.similarity import normalise
 
 from helpers import delta_table
 

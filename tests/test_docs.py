@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deepcrate.schemas import ABOUT, COLUMN_DOCS, TABLES, Table
+from deepcrate.storage.schemas import ABOUT, COLUMN_DOCS, TABLES, Table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "docs"))

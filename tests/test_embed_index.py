@@ -11,17 +11,17 @@ import pytest
 
 from deepcrate.cli import main
 from deepcrate.config import resolve_config
-from deepcrate.embed import embed
 from deepcrate.errors import InputError, ModelError
-from deepcrate.index import index_songs, recommendation_blocks
-from deepcrate.model import embedding_model
-from deepcrate.model_store import latest_model, read_model_folder
-from deepcrate.recommend import Catalogue, Filters
-from deepcrate.session import session_conf
-from deepcrate.training import train
-from deepcrate.vector_index import IndexSettings, build_index, neighbours
-from deepcrate.vectors import exact_top_k, normalise
-from deepcrate.warehouse import Warehouse
+from deepcrate.models.architectures import embedding_model
+from deepcrate.models.store import latest_model, read_model_folder
+from deepcrate.query.recommend import Catalogue, Filters
+from deepcrate.spark.session import session_conf
+from deepcrate.stages.embed import embed
+from deepcrate.stages.index import index_songs, recommendation_blocks
+from deepcrate.stages.training import train
+from deepcrate.storage.warehouse import Warehouse
+from deepcrate.vectors.faiss_index import IndexSettings, build_index, neighbours
+from deepcrate.vectors.similarity import exact_top_k, normalise
 
 from helpers import copy_warehouse, delta_frame, published_folder
 
@@ -76,7 +76,7 @@ def test_a_song_vector_is_the_mean_of_its_slice_vectors(spark, embedded):
 
 @pytest.mark.parametrize("batch_rows", [1, 2, 3, 7, 100])
 def test_song_vectors_from_batches_sorted_by_song_equal_a_groupby_mean_wherever_the_batches_split(batch_rows):
-    from deepcrate.embed import _song_vectors
+    from deepcrate.stages.embed import _song_vectors
 
     rng = np.random.default_rng(batch_rows)
     counts = {"a": 1, "b": 4, "c": 2, "d": 5, "e": 1}
@@ -285,9 +285,9 @@ def test_the_index_summary_says_how_many_neighbours_it_really_kept(spark, embedd
 
 
 def test_recommend_with_a_truncated_model_says_so_in_one_line(embedded, tmp_path, monkeypatch, capsys):
-    import deepcrate.inference
+    import deepcrate.models.inference
 
-    monkeypatch.setattr(deepcrate.inference, "_WORKER_MODELS", {})  # no copy cached by earlier tests
+    monkeypatch.setattr(deepcrate.models.inference, "_WORKER_MODELS", {})  # no copy cached by earlier tests
     wh = copy_warehouse(embedded[0], tmp_path / "wh")
     model = next((wh / "models").iterdir()) / "model.keras"
     model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
@@ -303,9 +303,9 @@ def test_recommend_with_a_truncated_model_says_so_in_one_line(embedded, tmp_path
 def test_recommend_refuses_a_model_that_would_run_code_when_loaded(embedded, tmp_path, monkeypatch, capsys):
     import keras
 
-    import deepcrate.inference
+    import deepcrate.models.inference
 
-    monkeypatch.setattr(deepcrate.inference, "_WORKER_MODELS", {})
+    monkeypatch.setattr(deepcrate.models.inference, "_WORKER_MODELS", {})
     wh = copy_warehouse(embedded[0], tmp_path / "wh")
     folder = next((wh / "models").iterdir())
     marker = tmp_path / "code-ran"

@@ -17,10 +17,11 @@ import soundfile as sf
 import soxr
 from deltalake import DeltaTable
 
-from deepcrate.audio import DecodeLimits
+from deepcrate.audio.decode import DecodeLimits
+from deepcrate.audio.mfcc import mfcc_statistics, song_mfcc_features, standardise
+from deepcrate.audio.timbre import RIDGE, divergence_vectors, least_divergent
 from deepcrate.cli import main
-from deepcrate.mfcc import mfcc_statistics, song_mfcc_features, standardise
-from deepcrate.retrieval import (
+from deepcrate.vectors.retrieval import (
     average_precision_at_k,
     ideal_songs,
     nearest_songs,
@@ -28,7 +29,6 @@ from deepcrate.retrieval import (
     random_songs,
     retrieval_scores,
 )
-from deepcrate.timbre import RIDGE, divergence_vectors, least_divergent
 
 from helpers import delta_table, make_signal, write_audio
 

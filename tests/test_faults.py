@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from deepcrate.config import resolve_config
-from deepcrate.ingest import ingest
-from deepcrate.warehouse import Warehouse
+from deepcrate.stages.ingest.job import ingest
+from deepcrate.storage.warehouse import Warehouse
 
 from helpers import make_signal, write_audio
 

@@ -10,21 +10,21 @@ import pandas as pd
 import pytest
 from conftest import MUSICNN
 
+from deepcrate.audio.demo import write_demo_catalogue
 from deepcrate.config import resolve_config
-from deepcrate.demo import write_demo_catalogue
-from deepcrate.embed import embed
 from deepcrate.errors import ModelError, TrainingError, WarehouseError
-from deepcrate.feature_head import FeatureHead
-from deepcrate.features import compute_features
-from deepcrate.ingest import ingest
-from deepcrate.model import embedding_model
-from deepcrate.model_store import latest_model, read_model_folder
-from deepcrate.musicnn import weights_installed
-from deepcrate.pretrained_runtime import Extractor, Network, export, from_bytes, keras_extractor
-from deepcrate.rebuild import rebuild
-from deepcrate.recommend import Catalogue, Filters
-from deepcrate.training import train
-from deepcrate.warehouse import Warehouse
+from deepcrate.models.architectures import embedding_model
+from deepcrate.models.feature_head import FeatureHead
+from deepcrate.models.musicnn import weights_installed
+from deepcrate.models.pretrained_runtime import Extractor, Network, export, from_bytes, keras_extractor
+from deepcrate.models.store import latest_model, read_model_folder
+from deepcrate.query.recommend import Catalogue, Filters
+from deepcrate.stages.embed import embed
+from deepcrate.stages.features import compute_features
+from deepcrate.stages.ingest.job import ingest
+from deepcrate.stages.rebuild import rebuild
+from deepcrate.stages.training import train
+from deepcrate.storage.warehouse import Warehouse
 
 from helpers import copy_warehouse, delta_table
 
@@ -175,8 +175,8 @@ def test_features_of_other_networks_are_refused_in_one_line(spark, musicnn_wareh
 def test_the_numpy_head_computes_what_the_keras_head_computes(genres):
     import keras
 
-    from deepcrate.feature_head import FeatureHead
-    from deepcrate.model import EMBEDDING_LAYER, embedding_and_genres
+    from deepcrate.models.architectures import EMBEDDING_LAYER, embedding_and_genres
+    from deepcrate.models.feature_head import FeatureHead
 
     inputs = keras.Input(shape=(400,))
     embedding, probabilities = embedding_and_genres(inputs, n_classes=max(genres, 2), seed=0)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deepcrate.model import EMBEDDING_SIZE
-from deepcrate.transfer import SliceFeatures, ValidationRanking, train_head
+from deepcrate.models.architectures import EMBEDDING_SIZE
+from deepcrate.models.transfer import SliceFeatures, ValidationRanking, train_head
 
 pytestmark = pytest.mark.unit
 

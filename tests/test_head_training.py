@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deepcrate.head_training import (
+from deepcrate.models.architectures import SUPCON_TEMPERATURE, supervised_contrastive_loss
+from deepcrate.models.head_training import (
     Adam,
     Batch,
     HeadWeights,
@@ -15,7 +16,6 @@ from deepcrate.head_training import (
     fit_genre_layer,
     head_loss,
 )
-from deepcrate.model import SUPCON_TEMPERATURE, supervised_contrastive_loss
 
 pytestmark = pytest.mark.unit
 
@@ -63,7 +63,7 @@ def test_the_loss_and_its_gradients_are_tensorflows(problem, objective, dropout)
 
 
 def test_the_contrastive_term_uses_the_models_temperature():
-    from deepcrate import head_training
+    from deepcrate.models import head_training
 
     assert head_training.SUPCON_TEMPERATURE == SUPCON_TEMPERATURE
 

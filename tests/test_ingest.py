@@ -13,9 +13,9 @@ import soundfile as sf
 
 from deepcrate.config import resolve_config
 from deepcrate.errors import InputError
-from deepcrate.history import vacuum
-from deepcrate.ingest import ingest
-from deepcrate.warehouse import Warehouse
+from deepcrate.query.history import vacuum
+from deepcrate.stages.ingest.job import ingest
+from deepcrate.storage.warehouse import Warehouse
 
 from helpers import make_signal, reference_seed_slice, write_audio
 
@@ -240,7 +240,7 @@ def test_missing_audio_folder_is_a_clear_error(spark, tmp_path):
 def test_mel_preset_ingest_resamples_and_records_its_settings(spark, tmp_path):
     import soxr
 
-    from deepcrate.spectrogram import SpectrogramSettings, iter_slices
+    from deepcrate.audio.spectrogram import SpectrogramSettings, iter_slices
 
     write_audio(tmp_path / "audio" / "x" / "a.mp3", make_signal(12, sample_rate=48000, channels=2, seed=1),
                 sample_rate=48000)
@@ -259,7 +259,7 @@ def test_mel_preset_ingest_resamples_and_records_its_settings(spark, tmp_path):
 
 
 def test_overlapping_slices_are_ingested_with_their_offsets(spark, tmp_path):
-    from deepcrate.spectrogram import SpectrogramSettings
+    from deepcrate.audio.spectrogram import SpectrogramSettings
 
     path = tmp_path / "audio" / "x" / "a.mp3"
     write_audio(path, make_signal(11, seed=4), sample_rate=44100)
@@ -278,7 +278,7 @@ def test_overlapping_slices_are_ingested_with_their_offsets(spark, tmp_path):
 
 
 def test_a_file_listed_twice_with_two_genres_is_named_with_both_and_the_first_kept(tmp_path, caplog):
-    from deepcrate.audio_inputs import read_manifest
+    from deepcrate.stages.ingest.audio_inputs import read_manifest
 
     manifest = tmp_path / "labels.csv"
     manifest.write_text("path,genre\nrock/a.mp3,rock\n./rock/a.mp3,jazz\nrock/b.mp3,rock\nrock/b.mp3,rock\n")
@@ -290,7 +290,7 @@ def test_a_file_listed_twice_with_two_genres_is_named_with_both_and_the_first_ke
 
 
 def test_an_empty_manifest_is_one_line(tmp_path):
-    from deepcrate.audio_inputs import read_manifest
+    from deepcrate.stages.ingest.audio_inputs import read_manifest
 
 
     (tmp_path / "empty.csv").write_bytes(b"")
@@ -339,7 +339,7 @@ def test_a_colon_in_a_file_name_makes_a_song_not_a_failed_job(spark, tmp_path):
     ("path,a b,a-b\na.mp3,1,2\n", "columns 'a b', 'a-b' all become column 'a_b'"),
 ])
 def test_a_manifest_whose_columns_would_shift_or_merge_is_refused_in_one_line(tmp_path, text, message):
-    from deepcrate.audio_inputs import read_manifest
+    from deepcrate.stages.ingest.audio_inputs import read_manifest
 
     manifest = tmp_path / "manifest.csv"
     manifest.write_text(text)
@@ -349,7 +349,7 @@ def test_a_manifest_whose_columns_would_shift_or_merge_is_refused_in_one_line(tm
 
 
 def test_a_manifest_row_with_fewer_fields_keeps_its_label(tmp_path):
-    from deepcrate.audio_inputs import read_manifest
+    from deepcrate.stages.ingest.audio_inputs import read_manifest
 
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("path,genre,artist\na.mp3,house\nb.mp3,trance,Someone\n")

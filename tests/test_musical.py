@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from deepcrate.musical import PITCHES, camelot, close_key, compatible_camelot, musical_facts, tempo_mixes
+from deepcrate.audio.musical import PITCHES, camelot, close_key, compatible_camelot, musical_facts, tempo_mixes
 
 pytestmark = pytest.mark.unit
 RATE = 22050

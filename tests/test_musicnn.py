@@ -12,23 +12,23 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from deepcrate.audio.spectrogram import SpectrogramSettings, iter_slices
 from deepcrate.config import resolve_config
-from deepcrate.embed import embed
 from deepcrate.errors import ConfigError
-from deepcrate.evaluate import evaluate
-from deepcrate.model import (
+from deepcrate.models.architectures import (
     EMBEDDING_LAYER,
     OUTPUT_LAYER,
     build_model,
     embedding_model,
     supervised_contrastive_loss,
 )
-from deepcrate.model_store import latest_model, read_model_folder
-from deepcrate.musicnn import PENULTIMATE_LAYER, checkpoint_prefix, load_pretrained, weights_installed
-from deepcrate.spectrogram import SpectrogramSettings, iter_slices
-from deepcrate.training import TrainSettings, train
-from deepcrate.transfer import feature_extractor, pretrained_model
-from deepcrate.warehouse import Warehouse
+from deepcrate.models.musicnn import PENULTIMATE_LAYER, checkpoint_prefix, load_pretrained, weights_installed
+from deepcrate.models.store import latest_model, read_model_folder
+from deepcrate.models.transfer import feature_extractor, pretrained_model
+from deepcrate.stages.embed import embed
+from deepcrate.stages.evaluate import evaluate
+from deepcrate.stages.training import TrainSettings, train
+from deepcrate.storage.warehouse import Warehouse
 
 from helpers import copy_warehouse, delta_frame, make_signal
 
@@ -247,9 +247,9 @@ def test_fine_tuning_all_layers_starts_from_the_checkpoint_and_moves_it(spark, m
 
 @needs_weights
 def test_without_genres_the_catalogue_gets_the_pretrained_embedding(spark, tmp_path):
-    from deepcrate.demo import write_demo_catalogue
-    from deepcrate.features import compute_features
-    from deepcrate.ingest import ingest
+    from deepcrate.audio.demo import write_demo_catalogue
+    from deepcrate.stages.features import compute_features
+    from deepcrate.stages.ingest.job import ingest
 
     config = resolve_config(overrides=MUSICNN)
     write_demo_catalogue(tmp_path / "audio", songs_per_genre=3, seconds=7.0, seed=6)

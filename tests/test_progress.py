@@ -4,12 +4,12 @@ import pickle
 import re
 import time
 
-from deepcrate.progress import LiveCount, Progress
-from deepcrate.session import live_count
+from deepcrate.spark.progress import LiveCount, Progress
+from deepcrate.spark.session import live_count
 
 
 def test_progress_moves_while_a_single_task_runs(spark, caplog):
-    caplog.set_level(logging.INFO, logger="deepcrate.progress")
+    caplog.set_level(logging.INFO, logger="deepcrate.spark.progress")
     count = live_count(spark)
 
     def slow(rows):

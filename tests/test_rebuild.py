@@ -13,13 +13,13 @@ from pyspark.sql.types import IntegerType, StringType, StructField, StructType
 from deepcrate.cli import main
 from deepcrate.config import resolve_config
 from deepcrate.errors import InputError, ModelError, WarehouseError
-from deepcrate.faults import INJECT_FAILURE
-from deepcrate.index import index_songs
-from deepcrate.pipeline import Outcome, Stage
-from deepcrate.rebuild import STAGES, rebuild
-from deepcrate.schemas import TABLES as SCHEMAS
-from deepcrate.schemas import Table
-from deepcrate.warehouse import Warehouse
+from deepcrate.spark.faults import INJECT_FAILURE
+from deepcrate.stages.index import index_songs
+from deepcrate.stages.pipeline import Outcome, Stage
+from deepcrate.stages.rebuild import STAGES, rebuild
+from deepcrate.storage.schemas import TABLES as SCHEMAS
+from deepcrate.storage.schemas import Table
+from deepcrate.storage.warehouse import Warehouse
 
 from helpers import delta_frame, delta_table, make_signal, table_metadata, write_audio
 

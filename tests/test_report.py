@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from deepcrate.cli import main
-from deepcrate.projection import choose_method, project, umap_installed
-from deepcrate.report import ReportPage, render_report
+from deepcrate.query.report import ReportPage, render_report
+from deepcrate.vectors.projection import choose_method, project, umap_installed
 
 from helpers import delta_table
 
@@ -234,9 +234,9 @@ def test_rebuild_writes_the_report_at_its_end(rebuilt):
 
 
 def test_what_the_warehouse_lacks_is_said_on_the_page(spark, tmp_path, capsys):
+    from deepcrate.audio.demo import write_demo_catalogue
     from deepcrate.config import resolve_config
-    from deepcrate.demo import write_demo_catalogue
-    from deepcrate.ingest import ingest
+    from deepcrate.stages.ingest.job import ingest
 
     manifest = write_demo_catalogue(tmp_path / "audio", songs_per_genre=1, seconds=6.0, seed=2)
     ingest(spark, audio=str(tmp_path / "audio"), manifest=str(manifest), warehouse=str(tmp_path / "wh"),

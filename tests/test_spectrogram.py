@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import scipy.signal
 
+from deepcrate.audio.spectrogram import SpectrogramSettings, count_slices, grey_to_db, iter_slices
 from deepcrate.config import resolve_config
 from deepcrate.errors import ConfigError
-from deepcrate.spectrogram import SpectrogramSettings, count_slices, grey_to_db, iter_slices
 
 from helpers import make_signal, reference_grey, reference_seed_slice
 

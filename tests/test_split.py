@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from deepcrate.split import assign_splits
+from deepcrate.stages.ingest.split import assign_splits
 
 
 def catalogue(n_per_genre=40, genres=("a", "b", "c"), unlabelled=7):
@@ -47,7 +47,7 @@ def test_tiny_genres_still_train(n, expected):
 
 
 def test_a_genre_left_without_validation_songs_gets_one_back_from_train_and_test_never_moves():
-    from deepcrate.split import repair_splits
+    from deepcrate.stages.ingest.split import repair_splits
 
     songs = pd.DataFrame({
         "song_id": [f"s{i}" for i in range(9)],
@@ -68,7 +68,7 @@ def test_a_genre_left_without_validation_songs_gets_one_back_from_train_and_test
 
 
 def test_a_genre_with_one_song_left_keeps_it_in_train():
-    from deepcrate.split import repair_splits
+    from deepcrate.stages.ingest.split import repair_splits
 
     songs = pd.DataFrame({"song_id": ["a", "b"], "genre": ["x", "y"], "split": ["train", "validation"]})
     repaired, moves = repair_splits(songs, train=0.65, validation=0.25, seed=0)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from deepcrate.errors import InputError
-from deepcrate.sql_guard import FUNCTION_GROUPS, check_read_only
+from deepcrate.query.sql_guard import FUNCTION_GROUPS, check_read_only
 
 TABLES = ("songs", "slices")
 

@@ -1,7 +1,7 @@
 """The shell's statement splitting (no Spark): a ';' ends a statement unless quoted or commented."""
 import pytest
 
-from deepcrate.sql_shell import StatementBuffer
+from deepcrate.query.sql_shell import StatementBuffer
 
 
 @pytest.mark.parametrize("lines, statements, pending", [

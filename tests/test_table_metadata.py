@@ -3,10 +3,10 @@ import json
 
 import pytest
 
+from deepcrate.audio.spectrogram import SpectrogramSettings
 from deepcrate.errors import WarehouseError
-from deepcrate.schemas import Table
-from deepcrate.spectrogram import SpectrogramSettings
-from deepcrate.table_metadata import (
+from deepcrate.storage.schemas import Table
+from deepcrate.storage.table_metadata import (
     METADATA_OF,
     EmbeddingsMetadata,
     EvaluationMetadata,

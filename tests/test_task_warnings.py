@@ -2,11 +2,11 @@
 import logging
 import warnings
 
-from deepcrate.task_warnings import MAX_DISTINCT, OTHERS, TaskWarnings, _Counts
+from deepcrate.spark.task_warnings import MAX_DISTINCT, OTHERS, TaskWarnings, _Counts
 
 
 def test_executor_warnings_reach_the_driver_once_each_with_their_count(spark, caplog):
-    caplog.set_level(logging.WARNING, logger="deepcrate.task_warnings")
+    caplog.set_level(logging.WARNING, logger="deepcrate.spark.task_warnings")
     collected = TaskWarnings(spark.sparkContext)
 
     def work(rows):
@@ -15,17 +15,17 @@ def test_executor_warnings_reach_the_driver_once_each_with_their_count(spark, ca
                 if row % 2 == 0:
                     warnings.warn("an even row", UserWarning, stacklevel=1)
                 if row == 7:
-                    logging.getLogger("deepcrate.ingest").warning("song %d.mp3: odd", row)
-                logging.getLogger("deepcrate.ingest").info("not a warning")
+                    logging.getLogger("deepcrate.stages.ingest.job").warning("song %d.mp3: odd", row)
+                logging.getLogger("deepcrate.stages.ingest.job").info("not a warning")
             yield row
 
     assert spark.sparkContext.parallelize(range(10), numSlices=4).mapPartitions(work).count() == 10
     assert collected.log(stage="ingest") == 6
-    lines = [r.getMessage() for r in caplog.records if r.name == "deepcrate.task_warnings"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "deepcrate.spark.task_warnings"]
     assert len(lines) == 2, lines
     assert lines[0].startswith("ingest, on the executors: UserWarning: an even row (test_task_warnings.py:")
     assert lines[0].endswith("(5 times)")
-    assert lines[1] == "ingest, on the executors: deepcrate.ingest: song 7.mp3: odd"
+    assert lines[1] == "ingest, on the executors: deepcrate.stages.ingest.job: song 7.mp3: odd"
     assert collected.log(stage="ingest") == 0  # each is logged once
 
     assert spark.sparkContext.parallelize(range(2), numSlices=1).mapPartitions(work).count() == 2

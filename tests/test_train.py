@@ -10,17 +10,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from deepcrate.audio.spectrogram import SpectrogramSettings
 from deepcrate.cli import main
 from deepcrate.config import resolve_config
 from deepcrate.errors import ModelError, TrainingError
-from deepcrate.genre_accuracy import Evaluation, vote_songs
-from deepcrate.model import EMBEDDING_LAYER, OUTPUT_LAYER, build_model, embedding_model
-from deepcrate.model_store import latest_model, read_model_folder
-from deepcrate.schemas import SLICES, Table
-from deepcrate.spectrogram import SpectrogramSettings
-from deepcrate.table_metadata import IngestMetadata
-from deepcrate.training import train
-from deepcrate.warehouse import ArrowTables, Warehouse
+from deepcrate.models.architectures import EMBEDDING_LAYER, OUTPUT_LAYER, build_model, embedding_model
+from deepcrate.models.store import latest_model, read_model_folder
+from deepcrate.stages.training import train
+from deepcrate.storage.schemas import SLICES, Table
+from deepcrate.storage.table_metadata import IngestMetadata
+from deepcrate.storage.warehouse import ArrowTables, Warehouse
+from deepcrate.vectors.genre_accuracy import Evaluation, vote_songs
 
 from helpers import copy_warehouse, delta_frame
 
@@ -279,7 +279,7 @@ def test_corrupt_model_folders_are_refused(tmp_path):
 
 
 def test_balanced_genre_weights_make_every_genre_weigh_the_same():
-    from deepcrate.training import TrainSettings, genre_weights
+    from deepcrate.stages.training import TrainSettings, genre_weights
 
     counts = {"train": {"rock": 300, "jazz": 100, "pop": 50, None: 999}, "validation": {"rock": 9}}
     labels = ["jazz", "pop", "rock"]

@@ -7,9 +7,9 @@ import pytest
 from pyspark.sql.types import IntegerType, StructField, StructType
 
 from deepcrate.errors import WarehouseError
-from deepcrate.schemas import TABLES
-from deepcrate.table_metadata import TableMetadata
-from deepcrate.warehouse import Warehouse
+from deepcrate.storage.schemas import TABLES
+from deepcrate.storage.table_metadata import TableMetadata
+from deepcrate.storage.warehouse import Warehouse
 
 
 @pytest.fixture(autouse=True)
@@ -105,7 +105,7 @@ def test_a_second_writer_is_refused_in_one_line_and_a_dead_writers_lock_is_taken
     import sys
 
     from deepcrate.cli import main
-    from deepcrate.warehouse import LOCK_FILE, writer_lock
+    from deepcrate.storage.warehouse import LOCK_FILE, writer_lock
 
     from helpers import make_signal, write_audio
 
@@ -139,7 +139,7 @@ def test_a_second_writer_is_refused_in_one_line_and_a_dead_writers_lock_is_taken
 
 
 def test_the_writer_lock_is_reentrant_and_released(spark, tmp_path):
-    from deepcrate.warehouse import LOCK_FILE, writer_lock
+    from deepcrate.storage.warehouse import LOCK_FILE, writer_lock
 
     wh = tmp_path / "wh"
     with writer_lock(spark, str(wh), command="rebuild", create=True):
@@ -153,7 +153,7 @@ def test_the_writer_lock_is_reentrant_and_released(spark, tmp_path):
 
 
 def test_a_job_whose_lock_was_deleted_commits_nothing_more_and_says_so(spark, tmp_path):
-    from deepcrate.warehouse import LOCK_FILE, writer_lock
+    from deepcrate.storage.warehouse import LOCK_FILE, writer_lock
 
     wh = tmp_path / "wh"
     with pytest.raises(WarehouseError) as lost, writer_lock(spark, str(wh), command="rebuild", create=True):
@@ -181,7 +181,7 @@ def test_a_direct_delta_reader_sees_a_crashed_jobs_versions_until_the_next_job_r
         spark, tmp_path):
     from deltalake import DeltaTable
 
-    from deepcrate.warehouse import writer_lock
+    from deepcrate.storage.warehouse import writer_lock
 
     wh = tmp_path / "wh"
     with writer_lock(spark, str(wh), command="ingest", create=True):
@@ -204,7 +204,7 @@ def test_a_direct_delta_reader_sees_a_crashed_jobs_versions_until_the_next_job_r
 
 
 def test_a_lock_file_with_garbage_in_it_is_explained(spark, tmp_path):
-    from deepcrate.warehouse import LOCK_FILE, writer_lock
+    from deepcrate.storage.warehouse import LOCK_FILE, writer_lock
 
     wh = tmp_path / "wh"
     wh.mkdir()
@@ -221,7 +221,7 @@ def test_scratch_of_a_live_job_is_kept_and_of_a_dead_one_deleted(spark, tmp_path
     import subprocess
     import sys
 
-    from deepcrate.warehouse import writer_lock
+    from deepcrate.storage.warehouse import writer_lock
 
     wh = tmp_path / "wh"
     store = Warehouse(spark, str(wh), create=True)
@@ -243,7 +243,7 @@ def test_scratch_of_a_live_job_is_kept_and_of_a_dead_one_deleted(spark, tmp_path
 def test_of_many_writers_starting_at_once_exactly_one_gets_the_lock(spark, tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
-    from deepcrate.warehouse import LOCK_FILE
+    from deepcrate.storage.warehouse import LOCK_FILE
 
     store = Warehouse(spark, str(tmp_path / "wh"), create=True)
     lock = f"{store.root}/{LOCK_FILE}"
@@ -263,7 +263,7 @@ def delta_rows(path, version=None):
 
 def job(spark, wh, tables, *, command="test-job"):
     """One writing job publishing ``tables`` ({name: values}), each with its own publish."""
-    from deepcrate.warehouse import writer_lock
+    from deepcrate.storage.warehouse import writer_lock
 
     with writer_lock(spark, str(wh), command=command, create=True):
         store = Warehouse(spark, str(wh), create=True)
@@ -301,8 +301,8 @@ def test_delta_tables_are_one_version_per_publish_and_spark_reads_what_delta_rs_
 @pytest.mark.parametrize("crash_at", range(5))
 def test_a_crash_between_any_two_steps_of_a_publish_leaves_readers_on_one_run(spark, tmp_path, crash_at):
     """A job's steps: commit a, draft, commit b, draft, run record. Readers see run 1 or run 2."""
-    import deepcrate.warehouse as warehouse_module
-    from deepcrate.run_log import RunLog
+    import deepcrate.storage.warehouse as warehouse_module
+    from deepcrate.storage.run_log import RunLog
 
     wh = tmp_path / "wh"
     job(spark, wh, {"a": [1], "b": [1]})
@@ -324,7 +324,7 @@ def test_a_crash_between_any_two_steps_of_a_publish_leaves_readers_on_one_run(sp
     assert steps[-1] == ["commit_files", "write_draft", "commit_files", "write_draft", "publish"][crash_at]
     store = Warehouse(spark, str(wh))
     assert (read(store, "a"), read(store, "b")) == ([1], [1])  # never a mix; the new run was not published
-    from deepcrate.warehouse import ArrowTables
+    from deepcrate.storage.warehouse import ArrowTables
 
     tables = ArrowTables.current(str(wh))
     assert tables.read("a").column("v").to_pylist() == [1] and tables.read("b").column("v").to_pylist() == [1]
@@ -342,7 +342,7 @@ def test_a_crash_between_any_two_steps_of_a_publish_leaves_readers_on_one_run(sp
 
 
 def test_a_second_writer_that_publishes_first_wins_and_the_other_is_refused_in_one_line(spark, tmp_path):
-    from deepcrate.warehouse import writer_lock
+    from deepcrate.storage.warehouse import writer_lock
 
     wh = tmp_path / "wh"
     job(spark, wh, {"a": [1]})
@@ -360,7 +360,7 @@ def test_a_second_writer_that_publishes_first_wins_and_the_other_is_refused_in_o
 
 
 def test_rollback_republishes_an_earlier_run_row_for_row_and_vacuum_keeps_what_kept_runs_read(spark, tmp_path):
-    from deepcrate.warehouse import writer_lock
+    from deepcrate.storage.warehouse import writer_lock
 
     wh = tmp_path / "wh"
     job(spark, wh, {"a": [1], "b": [1]})
@@ -382,7 +382,7 @@ def test_rollback_republishes_an_earlier_run_row_for_row_and_vacuum_keeps_what_k
         assert read(kept, "a") == {3: [3], 4: [2]}[number]
     with pytest.raises(WarehouseError, match="files of run 1 were vacuumed"):
         Warehouse(spark, str(wh), as_of=1)
-    from deepcrate.delta_tables import committed_files
+    from deepcrate.storage.delta_tables import committed_files
 
     read_by_kept = {tmp_path / uri.split(str(tmp_path) + "/", 1)[1]
                     for number in (3, 4) for name, entry in store.runs.get(number).tables.items()
@@ -436,7 +436,7 @@ def test_a_missing_or_corrupt_file_or_lost_rows_are_refused_in_one_line_naming_t
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from deepcrate.warehouse import ArrowTables
+    from deepcrate.storage.warehouse import ArrowTables
 
     wh = tmp_path / "wh"
     job(spark, wh, {"a": list(range(100))})
@@ -466,7 +466,7 @@ def test_a_damaged_page_behind_an_intact_footer_is_an_error_naming_the_file_not_
     import pyarrow.parquet as pq
 
     from deepcrate.cli import main
-    from deepcrate.warehouse import ArrowTables, unreadable_file_error
+    from deepcrate.storage.warehouse import ArrowTables, unreadable_file_error
 
     wh = tmp_path / "wh"
     job(spark, wh, {"a": list(range(100))})
@@ -494,8 +494,8 @@ def test_slices_are_written_in_row_groups_of_bounded_size_so_a_reader_holds_litt
     reader's memory grew with the catalogue."""
     import pyarrow.parquet as pq
 
-    from deepcrate.schemas import Table
-    from deepcrate.warehouse import SLICES_ROW_GROUP_BYTES, ArrowTables, writer_lock
+    from deepcrate.storage.schemas import Table
+    from deepcrate.storage.warehouse import SLICES_ROW_GROUP_BYTES, ArrowTables, writer_lock
 
     demo = ArrowTables.current(str(demo_warehouse))
     images = demo.read("slices", columns=["spectrogram"]).column("spectrogram").to_pylist()

@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"deepcrate {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a Spark job that met a damaged file is the user's to fix too, not a traceback
-        from deepcrate.warehouse import unreadable_file_error
+        from deepcrate.storage.warehouse import unreadable_file_error
 
         damaged = unreadable_file_error(exc)
         if damaged is None:
@@ -220,7 +220,7 @@ def _config_and_session(args: argparse.Namespace, *, options: dict[str, str] | N
     """The resolved config and its Spark session; ``options`` are Spark options this command
     prefers, unless the user's config sets them."""
     from deepcrate.config import config_to_yaml, resolve_config
-    from deepcrate.session import spark_session
+    from deepcrate.spark.session import spark_session
 
     config = resolve_config(conf_files=args.conf, overrides=args.overrides)
     for key, value in (options or {}).items():
@@ -235,7 +235,7 @@ def _config_and_session(args: argparse.Namespace, *, options: dict[str, str] | N
 
 
 def _demo_catalogue(args: argparse.Namespace) -> int:
-    from deepcrate.demo import write_demo_catalogue
+    from deepcrate.audio.demo import write_demo_catalogue
 
     if args.songs_per_genre < 1 or args.seconds <= 0:
         raise DeepcrateError("--songs-per-genre and --seconds must be positive")
@@ -252,7 +252,7 @@ def _demo_catalogue(args: argparse.Namespace) -> int:
 
 
 def _acquire(args: argparse.Namespace) -> int:
-    from deepcrate.acquire import acquire
+    from deepcrate.stages.acquire import acquire
 
     if args.workers is not None:
         args.overrides.append(f"acquire.workers={args.workers}")
@@ -265,7 +265,7 @@ def _acquire(args: argparse.Namespace) -> int:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from deepcrate.ingest import ingest
+    from deepcrate.stages.ingest.job import ingest
 
     config, spark = _config_and_session(args)
     summary = ingest(spark, audio=args.audio, manifest=args.manifest, warehouse=args.warehouse, config=config,
@@ -275,7 +275,7 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from deepcrate.training import train
+    from deepcrate.stages.training import train
 
     config, spark = _config_and_session(args)
     result = train(spark, warehouse=args.warehouse, config=config, resume=args.resume)
@@ -284,7 +284,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _features(args: argparse.Namespace) -> int:
-    from deepcrate.features import compute_features
+    from deepcrate.stages.features import compute_features
 
     config, spark = _config_and_session(args)
     summary = compute_features(spark, warehouse=args.warehouse, config=config, incremental=not args.force)
@@ -293,7 +293,7 @@ def _features(args: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from deepcrate.embed import embed
+    from deepcrate.stages.embed import embed
 
     config, spark = _config_and_session(args)
     summary = embed(spark, warehouse=args.warehouse, config=config, model=args.model)
@@ -302,7 +302,7 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _index(args: argparse.Namespace) -> int:
-    from deepcrate.index import index_songs
+    from deepcrate.stages.index import index_songs
 
     config, spark = _config_and_session(args)
     summary = index_songs(spark, warehouse=args.warehouse, config=config)
@@ -311,7 +311,7 @@ def _index(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from deepcrate.evaluate import evaluate
+    from deepcrate.stages.evaluate import evaluate
 
     config, spark = _config_and_session(args)
     summary = evaluate(spark, warehouse=args.warehouse, config=config)
@@ -324,7 +324,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _rebuild(args: argparse.Namespace) -> int:
-    from deepcrate.rebuild import rebuild
+    from deepcrate.stages.rebuild import rebuild
 
     config, spark = _config_and_session(args)
     summary = rebuild(spark, audio=args.audio, manifest=args.manifest, warehouse=args.warehouse, config=config,
@@ -336,7 +336,7 @@ def _rebuild(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from deepcrate.report import write_report
+    from deepcrate.query.report import write_report
 
     summary = write_report(args.warehouse, out=args.report_out, audio_base=args.audio_base, projection=args.projection)
     print("\n".join(summary.lines()))
@@ -345,7 +345,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def _recommend(args: argparse.Namespace) -> int:
     from deepcrate.config import resolve_config
-    from deepcrate.recommend import Catalogue, Filters, Mixable, parse_date, write_results
+    from deepcrate.query.recommend import Catalogue, Filters, Mixable, parse_date, write_results
 
     if args.k < 1:
         raise DeepcrateError("-k must be at least 1")
@@ -369,7 +369,7 @@ def _recommend(args: argparse.Namespace) -> int:
 
 def _playlist(args: argparse.Namespace) -> int:
     from deepcrate.config import resolve_config
-    from deepcrate.recommend import Catalogue, Mixable, write_playlist
+    from deepcrate.query.recommend import Catalogue, Mixable, write_playlist
 
     mixable = Mixable(bpm_range=args.bpm_range, key=args.key) if args.mixable else None
     catalogue = Catalogue(args.warehouse, config=resolve_config(conf_files=args.conf, overrides=args.overrides))
@@ -380,8 +380,8 @@ def _playlist(args: argparse.Namespace) -> int:
 
 
 def _sql(args: argparse.Namespace) -> int:
-    from deepcrate.sql import QuerySession
-    from deepcrate.sql_shell import run_shell
+    from deepcrate.query.sql import QuerySession
+    from deepcrate.query.sql_shell import run_shell
 
     config, spark = _config_and_session(args, options=SHELL_OPTIONS if args.query is None else ONE_SHOT_OPTIONS)
     session = QuerySession(spark, warehouse=args.warehouse, as_of=args.as_of, timeout_s=config["sql"]["timeout_s"])
@@ -392,14 +392,14 @@ def _sql(args: argparse.Namespace) -> int:
 
 
 def _history(args: argparse.Namespace) -> int:
-    from deepcrate.history import history_rows, write_history
+    from deepcrate.query.history import history_rows, write_history
 
     write_history(history_rows(args.warehouse), out=sys.stdout, fmt=args.format)
     return 0
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from deepcrate.history import rollback
+    from deepcrate.query.history import rollback
 
     _, spark = _config_and_session(args)
     print(rollback(spark, warehouse=args.warehouse, to=args.to))
@@ -407,7 +407,7 @@ def _rollback(args: argparse.Namespace) -> int:
 
 
 def _vacuum(args: argparse.Namespace) -> int:
-    from deepcrate.history import vacuum
+    from deepcrate.query.history import vacuum
 
     _, spark = _config_and_session(args)
     print(vacuum(spark, warehouse=args.warehouse, keep=args.keep))

@@ -1,0 +1,64 @@
+"""``deepcrate history``, ``rollback`` and ``vacuum``: the warehouse's published runs.
+
+Every writing job publishes one run (:mod:`deepcrate.storage.run_log`): which Delta version of
+each table, and which model and index folders, belong together. These commands list the
+runs, make an earlier one current again (as a new run; nothing is deleted), and delete
+the files that no recent run reads.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, TextIO
+
+from pyspark.sql import SparkSession
+
+from deepcrate.errors import WarehouseError
+from deepcrate.storage.run_log import RunLog
+from deepcrate.storage.warehouse import Warehouse, writer_lock
+from deepcrate.uris import filesystem_and_path, warehouse_uri
+
+
+def history_rows(warehouse: str) -> list[dict[str, Any]]:
+    """One row per published run, newest first: number, time, command, what changed, row counts."""
+    root = warehouse_uri(warehouse)
+    filesystem, path = filesystem_and_path(root)
+    if filesystem.get_file_info(path).type.name != "Directory":
+        raise WarehouseError(f"warehouse {root}: no such folder")
+    runs = RunLog(root)
+    oldest_kept = runs.oldest_kept()
+    return [{"run": record.number, "time": record.time, "command": record.command, "changed": record.changed,
+             "rows": {name: entry.rows for name, entry in sorted(record.tables.items())},
+             "models": sorted(name.split("/", 1)[1] for name in record.folders if name.startswith("models/")),
+             "files_kept": record.number >= oldest_kept, "config": record.config}
+            for record in runs.history()]
+
+
+def write_history(rows: list[dict[str, Any]], *, out: TextIO, fmt: str = "table") -> None:
+    """``rows`` as JSON lines (``fmt="json"``, one object per run) or as a table a person reads."""
+    if fmt == "json":
+        for row in rows:
+            out.write(json.dumps(row, sort_keys=True) + "\n")
+        return
+    if not rows:
+        out.write("no published runs (a Parquet warehouse, or nothing written yet)\n")
+        return
+    for row in rows:
+        kept = "" if row["files_kept"] else "  (files vacuumed)"
+        out.write(f"run {row['run']}  {row['time']}  {row['command']}{kept}\n")
+        out.write(f"  changed: {', '.join(row['changed']) or 'nothing'}\n")
+        out.write("  rows:    " + ", ".join(f"{name} {count}" for name, count in row["rows"].items()) + "\n")
+
+
+def rollback(spark: SparkSession, *, warehouse: str, to: int) -> str:
+    """Make run ``to`` current again, as a new run; returns a line saying what changed."""
+    with writer_lock(spark, warehouse, command=f"rollback to run {to}"):
+        record = Warehouse(spark, warehouse).rollback(to)
+    return (f"run {record.number}: the tables of run {to} are current again "
+            f"(changed: {', '.join(record.changed) or 'nothing'})")
+
+
+def vacuum(spark: SparkSession, *, warehouse: str, keep: int) -> str:
+    """Delete the files no run among the newest ``keep`` reads; returns a line saying how much went."""
+    with writer_lock(spark, warehouse, command="vacuum"):
+        deleted, freed = Warehouse(spark, warehouse).vacuum(keep=keep)
+    return f"vacuum: deleted {deleted} files ({freed / 1e6:.1f} MB); the newest {keep} runs keep every file they read"

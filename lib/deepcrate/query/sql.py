@@ -1,0 +1,221 @@
+"""``deepcrate sql``: one read-only Spark SQL query over the tables of a warehouse.
+
+The query tool is not a way in: the statement is parsed by Spark's own parser and
+refused, before anything runs, unless it is one query (SELECT, WITH, VALUES, TABLE)
+or one of SHOW, DESCRIBE, EXPLAIN, with no write anywhere in its plan (INSERT, CREATE,
+DROP, SET, CACHE, compound BEGIN ... END blocks, ...), reading only the warehouse's tables
+by their one-part names (no ``text.`/etc/passwd```, no other catalog) and calling no
+Java method by reflection. Reading files by path is also switched off in the session
+(``spark.sql.runSQLOnFiles``) as a second lock on the same door.
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import csv
+import datetime as dt
+import decimal
+import itertools
+import json
+import signal
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TextIO
+
+from pyspark.sql import Row, SparkSession
+
+from deepcrate.errors import InputError, spark_error_line
+from deepcrate.query.sql_guard import check_read_only, quiet_query_errors
+from deepcrate.spark.session import session_conf
+from deepcrate.storage.warehouse import Warehouse, unreadable_file_error
+
+FORMATS = ("table", "csv", "json")
+
+
+class QuerySession:
+    """The tables of one warehouse run, for one statement or a whole shell sitting.
+
+    A table is registered as a Spark SQL view the first time a statement names it (each costs
+    a Delta log read and a Parquet schema), all of the run the session was opened on.
+
+    Parameters
+    ----------
+    spark : SparkSession
+    warehouse : str
+        The warehouse folder or URI.
+    as_of : int, optional
+        Read the tables as published run ``as_of`` left them.
+    timeout_s : float
+        A statement still running after this long is cancelled, with its Spark jobs.
+    """
+
+    def __init__(self, spark: SparkSession, *, warehouse: str, as_of: int | None = None,
+                 timeout_s: float = 600.0) -> None:
+        self.spark = spark
+        self.timeout_s = timeout_s
+        self._store = Warehouse(spark, warehouse, as_of=as_of)
+        current = self._store.runs.current() if as_of is None else None
+        if current is not None:  # pinned: every statement of a sitting reads the same run
+            self._store = Warehouse(spark, warehouse, as_of=current.number)
+        self.tables = self._store.tables()
+        self._registered: set[str] = set()
+
+    def register(self, names: set[str] | None = None) -> None:
+        """Register ``names`` (default: every table) that are not registered yet."""
+        wanted = set(self.tables) if names is None else names & set(self.tables)
+        self._registered |= set(self._store.register(wanted - self._registered))
+
+    def run(self, query: str, *, out: TextIO, fmt: str = "table") -> int:
+        """Run ``query`` and write its rows to ``out`` in ``fmt`` (table, csv, json); returns the rows written.
+
+        Raises
+        ------
+        InputError
+            When the query does not parse, names an unknown table or column, is not a
+            read-only query over the warehouse's tables (:func:`~deepcrate.query.sql_guard.check_read_only`),
+            fails, or runs out of time.
+        KeyboardInterrupt
+            Ctrl-C: the statement's Spark jobs were cancelled.
+        """
+        with _cancellable(self.spark, timeout_s=self.timeout_s) as cancelled:
+            try:
+                check_read_only(self.spark, query, tables=self.tables, register=self.register)
+            except Exception:  # Ctrl-C cancelled a job of the registration (a schema read)
+                _stop_if(cancelled(), timeout_s=self.timeout_s)
+                raise
+            with session_conf(self.spark, {"spark.sql.runSQLOnFiles": "false"}), quiet_query_errors():
+                try:  # the first row before any output: most failures come before it
+                    _stop_if(cancelled(), timeout_s=self.timeout_s)
+                    frame = self.spark.sql(query)
+                    rows = frame.toLocalIterator()
+                    first = next(rows, None)
+                    stream = () if first is None else itertools.chain([first], rows)
+                    written = WRITERS[fmt](frame.columns, (_plain(row) for row in stream), out)
+                except Exception as exc:  # a damaged file, a failed assert_true(), or a cancel
+                    _stop_if(cancelled(), timeout_s=self.timeout_s)
+                    raise unreadable_file_error(exc) or InputError(f"query failed: {spark_error_line(exc)}") from None
+            _stop_if(cancelled(), timeout_s=self.timeout_s)  # Ctrl-C as the last rows came
+            return written
+
+
+def _stop_if(reason: str | None, *, timeout_s: float) -> None:
+    if reason == "timeout":
+        raise InputError(f"query cancelled after {timeout_s:g} s (sql.timeout_s)") from None
+    if reason == "interrupt":
+        raise KeyboardInterrupt from None
+
+
+@contextlib.contextmanager
+def _cancellable(spark: SparkSession, *, timeout_s: float) -> Iterator[Callable[[], str | None]]:
+    """Run the block's Spark jobs in a job group of their own, cancelled after ``timeout_s`` or on
+    Ctrl-C; the callable says why it was cancelled ("timeout", "interrupt") or None.
+
+    Ctrl-C only asks for the cancel, from another thread: raising inside the call the main
+    thread is blocked in would tear py4j's connection (a logged traceback) instead."""
+    context = spark.sparkContext
+    group = f"deepcrate-sql-{uuid.uuid4().hex[:12]}"
+    context.setJobGroup(group, "deepcrate sql", interruptOnCancel=True)
+    reasons: list[str] = []
+    done = threading.Event()
+
+    def keep_cancelling() -> None:  # a job the statement starts after the cancel is cancelled too
+        tracker = context.statusTracker()
+        while True:
+            if set(tracker.getJobIdsForGroup(group)) & set(tracker.getActiveJobsIds()):
+                context.cancelJobGroup(group)
+            if done.wait(0.2):
+                return
+
+    def cancel(reason: str) -> None:
+        if not reasons:
+            reasons.append(reason)
+            threading.Thread(target=keep_cancelling, daemon=True).start()
+
+    timer = threading.Timer(timeout_s, cancel, args=("timeout",))
+    timer.daemon = True
+    timer.start()
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, lambda *_: cancel("interrupt")) if in_main else None
+    try:
+        yield lambda: reasons[0] if reasons else None
+    finally:
+        done.set()
+        timer.cancel()
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
+        context.setLocalProperty("spark.jobGroup.id", None)
+
+
+def _plain(row: Row) -> list[Any]:
+    return [_json_value(value) for value in row]
+
+
+def _json_value(value: Any) -> Any:
+    """Spark values as JSON-ready Python: dates ISO, binaries base64, arrays as lists."""
+    if isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, Row):
+        return {k: _json_value(v) for k, v in value.asDict().items()}
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    return value
+
+
+def _cell(value: Any) -> str:
+    """A value as CSV/table text: nested values as JSON, missing as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def _write_csv(columns: list[str], rows: Iterable[list[Any]], out: TextIO) -> int:
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    count = 0
+    for row in rows:
+        writer.writerow([_cell(v) for v in row])
+        count += 1
+    return count
+
+
+def _write_json(columns: list[str], rows: Iterable[list[Any]], out: TextIO) -> int:
+    # Streamed object by object: one JSON array without holding every row in memory.
+    out.write("[")
+    count = 0
+    for row in rows:
+        out.write(",\n " if count else "\n ")
+        out.write(json.dumps(dict(zip(columns, row)), ensure_ascii=False))
+        count += 1
+    out.write("\n]\n" if count else "]\n")
+    return count
+
+
+def _write_table(columns: list[str], rows: Iterable[list[Any]], out: TextIO, *, width: int = 60) -> int:
+    # a newline or tab inside a value (a file name may hold one) would break the row apart
+    cells = [[_short(_cell(v).translate(_ESCAPES), width) for v in row] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()
+    out.write(line + "\n" + "  ".join("-" * w for w in widths) + "\n")
+    for row in cells:
+        out.write("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() + "\n")
+    out.write(f"({len(cells)} row{'s' if len(cells) != 1 else ''})\n")
+    return len(cells)
+
+
+_ESCAPES = str.maketrans({"\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
+def _short(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+WRITERS = {"table": _write_table, "csv": _write_csv, "json": _write_json}

@@ -1,0 +1,302 @@
+"""How good are the recommendations? Retrieval quality on the test split, with baselines.
+
+Each labelled test song is a query against every labelled song of the catalogue (all
+splits, the query left out); its 10 nearest songs (by cosine similarity; for the timbre
+baseline, by divergence) are judged by genre (:mod:`deepcrate.vectors.retrieval`). Four or five
+methods answer the same queries, beside the best answer the labels allow:
+
+- ``model``: the song embeddings (``song_embeddings``); song accuracy is the model's
+  own genre prediction (summed slice votes), or for a model without a genre head the
+  same logistic regression as for MFCCs, fitted on its embeddings;
+- ``pretrained`` (only for a model built on a pretrained network, ``train.model=musicnn``):
+  that network as it comes, untuned: the mean of each song's slices' pretrained features
+  (``song_embeddings.pretrained``, computed in the same pass as the embeddings), cosine;
+  song accuracy from the same logistic regression as for MFCCs. What fine-tuning must beat;
+- ``mfcc``: classic MFCC statistics (:mod:`deepcrate.audio.mfcc`), standardised over the
+  catalogue; song accuracy from a logistic regression fitted on the train and
+  validation songs' features;
+- ``timbre``: the classic timbre model (:mod:`deepcrate.audio.timbre`): a Gaussian over each
+  song's MFCC frames, the least divergent songs as neighbours; no labels, no training,
+  no genre prediction (song accuracy n/a). What a trained network should beat;
+- ``random``: random neighbours and random genres, averaged over several draws;
+- ``ideal``: not a method but the ceiling: what a perfect ranking scores with these
+  labels (every other song of the query's genre first). A genre with fewer than ``k``
+  other songs cannot fill the top ``k``, so this is below 1 on small catalogues.
+
+The MFCC features of both baselines come from ``mfcc_features``, which ingest computes
+from the samples it decodes anyway: evaluating decodes nothing.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import SparkSession
+
+from deepcrate.audio.mfcc import standardise
+from deepcrate.audio.timbre import least_divergent
+from deepcrate.config import EvaluateSettings
+from deepcrate.errors import InputError, WarehouseError
+from deepcrate.stages.pipeline import Outcome, RebuildContext, Stage
+from deepcrate.storage.schemas import EVALUATION, EVALUATION_METHODS, Table
+from deepcrate.storage.table_metadata import EvaluationMetadata
+from deepcrate.storage.warehouse import ArrowTables, Warehouse, holds_writer_lock
+from deepcrate.vectors.genre_accuracy import percent
+from deepcrate.vectors.retrieval import ideal_songs, nearest_songs, random_songs, retrieval_scores
+from deepcrate.vectors.similarity import list_column_matrix
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression
+
+logger = logging.getLogger(__name__)
+
+KS = (5, 10)
+METHODS = EVALUATION_METHODS  # pretrained: where the model has it
+METRICS = tuple(f"{name}_at_{k}" for name in ("precision", "map") for k in KS)
+
+
+@dataclass
+class EvaluateSummary:
+    model_version: str
+    queries: int  # labelled test songs
+    catalogue: int  # labelled songs searched
+    rows: pd.DataFrame  # the evaluation table
+    seconds: float
+
+    def lines(self) -> list[str]:
+        out = [f"evaluated model {self.model_version} in {self.seconds:.1f} s: {self.queries} test songs as "
+               f"queries against {self.catalogue} labelled songs",
+               f"  {'method':<10}{'song acc':>9}{'P@5':>7}{'P@10':>7}{'MAP@5':>7}{'MAP@10':>8}"]
+        overall = self.rows[self.rows["genre"].isna()].set_index("method")
+        methods = [m for m in METHODS if m in overall.index]
+        for method in methods:
+            row = overall.loc[method]
+            out.append(f"  {method:<10}{percent(row['song_accuracy']):>9}{row['precision_at_5']:>7.3f}"
+                       f"{row['precision_at_10']:>7.3f}{row['map_at_5']:>7.3f}{row['map_at_10']:>8.3f}")
+        model = overall.loc["model", "precision_at_10"]
+        ratios = [f"{model / overall.loc[baseline, 'precision_at_10']:.2f}x the {name} baseline"
+                  for baseline, name in (("mfcc", "MFCC"), ("timbre", "timbre"), ("pretrained", "untuned pretrained"))
+                  if baseline in overall.index and overall.loc[baseline, "precision_at_10"] > 0]
+        if ratios:
+            out.append(f"  P@10: the model is {', '.join(ratios)}")
+        per_genre = self.rows.dropna(subset=["genre"]).pivot(index="genre", columns="method", values="precision_at_10")
+        out.append(f"  P@10 per genre ({' / '.join(methods)}): " + ", ".join(
+            f"{genre} " + "/".join(f"{row[method]:.2f}" for method in methods) for genre, row in per_genre.iterrows()))
+        return out
+
+    def metrics(self) -> dict[str, Any]:
+        """The whole evaluation as JSON-ready values (``--json FILE``)."""
+        def clean(record: dict) -> dict:
+            return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in record.items()}
+        result: dict[str, Any] = {"model_version": self.model_version, "queries": self.queries,
+                                  "catalogue": self.catalogue, "methods": {}}
+        for method in [m for m in METHODS if m in set(self.rows["method"])]:
+            rows = self.rows[self.rows["method"] == method]
+            overall = rows[rows["genre"].isna()].iloc[0]
+            result["methods"][method] = {
+                **clean({k: overall[k] for k in ("song_accuracy", *METRICS)}),
+                "per_genre": {r["genre"]: clean({k: r[k] for k in ("songs", "song_accuracy", *METRICS)})
+                              for r in rows.dropna(subset=["genre"]).to_dict("records")},
+            }
+        return result
+
+
+@holds_writer_lock()
+def evaluate(spark: SparkSession, *, warehouse: str, config: dict[str, Any]) -> EvaluateSummary:
+    """Write the ``evaluation`` table for the published song embeddings and ``mfcc_features``.
+
+    Raises
+    ------
+    WarehouseError
+        When ``songs`` or ``song_embeddings`` is missing.
+    InputError
+        When there is no labelled test song, fewer than two genres, or too few labelled
+        songs to rank ``max(KS)`` neighbours.
+    """
+    started = time.monotonic()
+    store = Warehouse(spark, warehouse, table_format=config["warehouse"]["table_format"])
+    for name in (Table.SONGS, Table.SONG_EMBEDDINGS, Table.MFCC_FEATURES):
+        if not store.exists(name):
+            stage = "ingest" if name == Table.MFCC_FEATURES else "embed"
+            raise WarehouseError(f"warehouse {store.root}: no {name} table; run deepcrate rebuild (or {stage}) first")
+    songs = store.read(Table.SONGS, columns=["song_id", "path", "genre", "split"]).toPandas()
+    embeddings = _song_embeddings(store)
+    version = str(embeddings["model_version"].iloc[0]) if len(embeddings) else ""
+    labelled = songs.dropna(subset=["genre"]).merge(embeddings, on="song_id").sort_values("song_id")
+    _check_evaluable(labelled, where=f"warehouse {store.root}")
+
+    run = store.begin_run()
+    features = _read_features(store.arrow)  # ingest computed them from its own decode: no second one
+    catalogue = labelled.merge(features, on="song_id").sort_values("song_id").reset_index(drop=True)
+    if len(catalogue) < len(labelled):
+        logger.warning("%d labelled songs have no MFCC features (an ingest older than them?) and are left out "
+                       "of the evaluation", len(labelled) - len(catalogue))
+        _check_evaluable(catalogue, where=f"warehouse {store.root}")
+    test_slices = _test_slice_predictions(store, catalogue[catalogue["split"] == "test"])
+    rows = _evaluation_rows(catalogue, version=version, settings=EvaluateSettings.from_config(config),
+                            test_slices=test_slices)
+    frame = spark.createDataFrame(rows[list(EVALUATION.names)].astype(object).where(rows.notna(), None)
+                                  .itertuples(index=False, name=None), schema=EVALUATION).coalesce(1)
+    summary = EvaluateSummary(model_version=version, queries=int((catalogue["split"] == "test").sum()),
+                              catalogue=len(catalogue), rows=rows,
+                              seconds=time.monotonic() - started)
+    store.write_table(run, Table.EVALUATION, frame,
+                      metadata=EvaluationMetadata(model_version=version, metrics=summary.metrics()))
+    store.publish(run, [Table.EVALUATION])
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _check_evaluable(catalogue: pd.DataFrame, *, where: str) -> None:
+    """Raise InputError unless the labelled songs (``genre``, ``split``) can be evaluated."""
+    if not (catalogue["split"] == "test").any():
+        raise InputError(f"{where}: no labelled test songs to evaluate on")
+    if catalogue["genre"].nunique() < 2:
+        raise InputError(f"{where}: one genre only; same-genre retrieval would be trivial")
+    if len(catalogue) <= max(KS):
+        raise InputError(f"{where}: {len(catalogue)} labelled songs; precision@{max(KS)} needs a query and "
+                         f"{max(KS)} other songs")
+
+
+def _evaluation_rows(catalogue: pd.DataFrame, *, version: str, settings: EvaluateSettings,
+                     test_slices: pd.DataFrame) -> pd.DataFrame:
+    """One row per method and genre (genre None first) for the test songs of ``catalogue``.
+
+    ``test_slices``: the test songs' slices with their ``genre`` and the model's ``predicted`` genre.
+    """
+    genres = catalogue["genre"].to_numpy(dtype=object)
+    queries = np.flatnonzero(catalogue["split"].to_numpy() == "test")
+    query_genres = genres[queries]
+    k = max(KS)
+    mfcc = standardise(np.stack(catalogue["features"].to_numpy()))
+    rng = np.random.default_rng(int(settings.seed))
+    draws = int(settings.random_draws)
+    labels = np.array(sorted(set(genres)), dtype=object)
+
+    model_answers = catalogue["predicted_genre"].to_numpy(dtype=object)[queries]
+    if catalogue["predicted_genre"].isna().all():  # an embedding-only model: probe it as MFCCs are
+        model_answers = _probe_predictions(standardise(np.stack(catalogue["embedding"].to_numpy())), catalogue,
+                                           queries)
+    answers = {
+        "model": model_answers,
+        "mfcc": _probe_predictions(mfcc, catalogue, queries),
+    }
+    pretrained = None
+    if "pretrained" in catalogue and catalogue["pretrained"].notna().all():
+        pretrained = np.stack(catalogue["pretrained"].to_numpy())
+        answers["pretrained"] = _probe_predictions(standardise(pretrained), catalogue, queries)
+    scores = {
+        "model": retrieval_scores(genres, queries, nearest_songs(np.stack(catalogue["embedding"].to_numpy()),
+                                                                 queries, k=k), ks=KS),
+        "mfcc": retrieval_scores(genres, queries, nearest_songs(mfcc, queries, k=k), ks=KS),
+        "timbre": retrieval_scores(genres, queries, least_divergent(np.stack(catalogue["timbre"].to_numpy()),
+                                                                    queries, k=k), ks=KS),
+        "ideal": retrieval_scores(genres, queries, ideal_songs(genres, queries, k=k), ks=KS),
+    }
+    if pretrained is not None:
+        scores["pretrained"] = retrieval_scores(genres, queries, nearest_songs(pretrained, queries, k=k), ks=KS)
+    random_draws = [retrieval_scores(genres, queries, random_songs(len(catalogue), queries, k=k, rng=rng), ks=KS)
+                    for _ in range(draws)]
+    scores["random"] = {name: np.mean([d[name] for d in random_draws], axis=0) for name in METRICS}
+    correct = {method: answers[method] == query_genres for method in answers}
+    correct["random"] = np.mean([rng.choice(labels, size=len(queries)) == query_genres for _ in range(draws)], axis=0)
+    correct["timbre"] = correct["ideal"] = None  # rankings, not classifiers
+
+    rows = []
+    for method in [m for m in METHODS if m in scores]:
+        for genre in [None, *sorted(set(query_genres))]:
+            mask = np.ones(len(queries), bool) if genre is None else query_genres == genre
+            row = {"model_version": version, "method": method, "genre": genre, "songs": int(mask.sum()),
+                   "slices": None,
+                   "song_accuracy": None if correct[method] is None else float(np.mean(correct[method][mask])),
+                   "slice_accuracy": None, "most_confused_with": None,
+                   **{name: float(np.mean(scores[method][name][mask])) for name in METRICS}}
+            if method == "model":  # the classifier's details, as the train job reports them
+                slices = test_slices if genre is None else test_slices[test_slices["genre"] == genre]
+                row["slices"] = len(slices)
+                predicted = slices["predicted"].notna().any()
+                row["slice_accuracy"] = float((slices["genre"] == slices["predicted"]).mean()) if predicted else None
+                wrong = model_answers[mask][model_answers[mask] != genre] if genre is not None else []
+                row["most_confused_with"] = pd.Series(wrong).value_counts().sort_index(
+                    ).sort_values(ascending=False, kind="stable").index[0] if len(wrong) else None
+            rows.append(row)
+    frame = pd.DataFrame(rows)
+    frame["slices"] = frame["slices"].astype("Int64")
+    return frame
+
+
+def genre_probe(features: np.ndarray, genres: np.ndarray) -> LogisticRegression:
+    """The logistic regression that gives the baselines (and an embedding-only model) a
+    song accuracy, fitted on these songs' ``features`` and ``genres``."""
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(max_iter=2000, C=1.0).fit(features, genres)
+
+
+def _probe_predictions(features: np.ndarray, catalogue: pd.DataFrame, queries: np.ndarray) -> np.ndarray:
+    """Genres of the query songs by the :func:`genre_probe` of the train and validation songs."""
+    fit = catalogue["split"].isin(["train", "validation"]).to_numpy()
+    if catalogue.loc[fit, "genre"].nunique() < 2:
+        return np.full(len(queries), None, dtype=object)
+    return genre_probe(features[fit], catalogue.loc[fit, "genre"].to_numpy()).predict(features[queries]).astype(object)
+
+
+def _song_embeddings(store: Warehouse) -> pd.DataFrame:
+    names = store.arrow.dataset(Table.SONG_EMBEDDINGS).schema.names
+    vectors = ["embedding", *(["pretrained"] if "pretrained" in names else [])]  # not before it existed
+    table = store.arrow.read(Table.SONG_EMBEDDINGS, columns=["song_id", "predicted_genre", "model_version", *vectors])
+    frame = table.drop(vectors).to_pandas()
+    frame["embedding"] = list(list_column_matrix(table.column("embedding")))
+    if "pretrained" in vectors and table.column("pretrained").null_count == 0:
+        frame["pretrained"] = list(list_column_matrix(table.column("pretrained")))
+    return frame
+
+
+def _test_slice_predictions(store: Warehouse, test_songs: pd.DataFrame) -> pd.DataFrame:
+    """``genre`` and the model's ``predicted`` genre (argmax of its probabilities) of every test slice."""
+    labels = np.array(store.metadata(Table.SLICE_EMBEDDINGS).labels, dtype=object)
+    table = store.arrow.read(Table.SLICE_EMBEDDINGS, columns=["song_id", "genre_probabilities"],
+                             where=pc.field("song_id").isin(pa.array(test_songs["song_id"].tolist(), pa.string())))
+    probabilities = list_column_matrix(table.column("genre_probabilities"))
+    genre_of = dict(zip(test_songs["song_id"], test_songs["genre"]))
+    return pd.DataFrame({
+        "genre": [genre_of[s] for s in table.column("song_id").to_pylist()],
+        # no genre head (probabilities of width 0): no slice predictions
+        "predicted": (labels[probabilities.argmax(axis=1)] if len(probabilities) and len(labels)
+                      else np.full(len(probabilities), None, dtype=object)),
+    })
+
+
+def _read_features(tables: ArrowTables) -> pd.DataFrame:
+    table = tables.read(Table.MFCC_FEATURES)
+    return pd.DataFrame({"song_id": table.column("song_id").to_pylist(),
+                         "features": list(list_column_matrix(table.column("features"))),
+                         "timbre": list(list_column_matrix(table.column("timbre"), dtype=np.float64))})
+
+
+class EvaluateStage(Stage):
+    """Rebuild stage: the evaluation, when the catalogue has labelled test songs."""
+
+    name = "evaluate"
+    after = ("embed",)
+    writes = (Table.EVALUATION,)
+
+    def settings(self, config: dict[str, Any]) -> Any:
+        return dict(config["evaluate"])
+
+    def run(self, context: RebuildContext, *, fingerprint: str) -> Outcome:
+        try:
+            summary = evaluate(context.spark, warehouse=context.warehouse, config=context.config)
+        except InputError as exc:  # an unlabelled catalogue still gets its recommendations
+            logger.warning("rebuild: not evaluated: %s", exc)
+            return Outcome(f"not evaluated: {exc}", published=False)
+        return Outcome(f"{summary.queries} test songs as queries")
+
+
+STAGE = EvaluateStage()

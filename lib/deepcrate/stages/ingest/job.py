@@ -1,0 +1,456 @@
+"""Ingest: an audio folder becomes the ``songs``, ``slices`` and ``rejects`` tables.
+
+Extract: Spark lists the folder, then reads each audio file with the binaryFile
+source. Transform: executors decode, mix, resample and slice (``mapInArrow``);
+the driver removes duplicate content, attaches labels and draws the split from the
+small per-file results. Load: the three tables are staged and published together.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import to_arrow_schema
+from pyspark.sql.types import (
+    ArrayType,
+    BinaryType,
+    DoubleType,
+    FloatType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+)
+
+from deepcrate import __version__
+from deepcrate.audio.decode import (
+    DECODE_ERROR,
+    DecodeLimits,
+)
+from deepcrate.audio.mfcc import SAMPLE_RATE as MFCC_RATE
+from deepcrate.audio.mfcc import frames_of_spectrum, gaussian_of_frames, song_spectrum, statistics_of_frames
+from deepcrate.audio.musical import MUSICAL_FACTS_VERSION, musical_facts
+from deepcrate.audio.slicing import slice_audio_file
+from deepcrate.audio.spectrogram import SpectrogramSettings
+from deepcrate.config import IngestSettings
+from deepcrate.errors import AudioError, InputError, WarehouseError
+from deepcrate.spark.faults import fail_if_injected
+from deepcrate.spark.progress import Progress
+from deepcrate.spark.session import live_count, session_conf
+from deepcrate.spark.task_warnings import TaskWarnings
+from deepcrate.stages.ingest.audio_inputs import (
+    list_files,
+    literal_glob,
+    normalise_path,
+    read_manifest,
+)
+from deepcrate.stages.ingest.catalogue_rows import reject_before_decoding, songs_and_rejects
+from deepcrate.stages.pipeline import Outcome, RebuildContext, Stage
+from deepcrate.storage.schemas import REJECTS, SLICES, SONGS, Table
+from deepcrate.storage.table_metadata import IngestMetadata
+from deepcrate.storage.warehouse import Warehouse, holds_writer_lock
+from deepcrate.uris import to_uri
+
+logger = logging.getLogger(__name__)
+
+OUTPUTS = (Table.SONGS, Table.SLICES, Table.REJECTS, Table.MFCC_FEATURES)
+# The ingest settings that change what a file becomes (the others only change speed).
+DECODING_KEYS = ("extensions", "max_file_mb", "max_duration_s", "truncated_ratio", "silence_dbfs")
+# What the kept songs of an incremental ingest must share with the new ones.
+_SAME_FOR_INCREMENTAL = ("audio", "spectrogram", "decoding", "split", "musical")
+
+# One row per file (slice_idx -1: the file's facts or its reject reason) and one per
+# slice (slice_idx >= 0: just the image), as the executors emit them.
+_DECODED = StructType(
+    [
+        StructField("path", StringType()),
+        StructField("slice_idx", IntegerType()),
+        StructField("size_bytes", LongType()),
+        StructField("content_sha256", StringType()),
+        StructField("reason", StringType()),
+        StructField("message", StringType()),
+        StructField("duration_s", DoubleType()),
+        StructField("sample_rate", IntegerType()),
+        StructField("channels", IntegerType()),
+        StructField("n_slices", IntegerType()),
+        StructField("cut_at_s", DoubleType()),
+        StructField("tempo_bpm", DoubleType()),
+        StructField("tempo_confidence", DoubleType()),
+        StructField("key", StringType()),
+        StructField("camelot", StringType()),
+        StructField("key_confidence", DoubleType()),
+        StructField("musical_note", StringType()),
+        StructField("mfcc", ArrayType(FloatType())),
+        StructField("timbre", ArrayType(DoubleType())),
+        StructField("spectrogram", BinaryType()),
+    ]
+)
+_DECODED_ARROW = to_arrow_schema(_DECODED)
+
+
+@dataclass
+class IngestSummary:
+    """What one ingest run produced."""
+
+    warehouse: str
+    songs: int
+    slices: int
+    rejects: Counter = field(default_factory=Counter)
+    splits: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+    decoded: int = 0  # files decoded by this run (fewer than songs + rejects when incremental)
+
+    def lines(self) -> list[str]:
+        rejected = sum(self.rejects.values())
+        out = [
+            f"ingest finished in {self.seconds:.1f} s: {self.songs} songs, {self.slices} slices, "
+            f"{rejected} rejects ({self.decoded} files decoded)",
+            "  split: " + ", ".join(f"{k} {self.splits.get(k, 0)}" for k in ("train", "validation", "test")),
+        ]
+        for reason, count in sorted(self.rejects.items()):
+            out.append(f"  rejected, {reason}: {count}")
+        out.append(f"  tables: {self.warehouse}/{{{','.join(OUTPUTS)}}}")
+        return out
+
+
+@holds_writer_lock(create=True)
+def ingest(
+    spark: SparkSession,
+    *,
+    audio: str,
+    warehouse: str,
+    config: dict[str, Any],
+    manifest: str | None = None,
+    incremental: bool = False,
+    allow_empty: bool = False,
+) -> IngestSummary:
+    """Decode and slice every audio file under ``audio`` into the warehouse tables.
+
+    Every file under ``audio`` ends as exactly one row of ``songs`` or ``rejects``.
+
+    Parameters
+    ----------
+    incremental : bool
+        Keep the songs of the published tables whose file is still there with the same
+        size (their slices, labels from the manifest given now, and split), and decode
+        only the other files: new ones, changed ones and earlier rejects. Songs whose
+        file is gone are dropped. Falls back to a full ingest when the tables were made
+        from another folder or with other decoding, spectrogram or split settings.
+    allow_empty : bool
+        Publish even when every file was rejected and the published ``songs`` has songs
+        (otherwise refused: a wrong setting must not wipe a catalogue).
+
+    Raises
+    ------
+    InputError
+        When ``audio`` is missing or holds no files, or the manifest is unusable, or
+        every file was rejected over a published catalogue (without ``allow_empty``).
+    WarehouseError
+        When ``warehouse`` cannot be written.
+    """
+    started = time.monotonic()
+    settings = SpectrogramSettings.from_config(config)
+    options = IngestSettings.from_config(config)
+    limits = DecodeLimits.from_config(config)
+    audio_uri = to_uri(audio)
+    listing = list_files(spark, audio_uri)
+    store = Warehouse(spark, warehouse, create=True, table_format=config["warehouse"]["table_format"])
+    labels = read_manifest(manifest, audio_uri=audio_uri) if manifest else None
+    manifest_uri = normalise_path(to_uri(manifest)) if manifest else None
+    normalised = listing["path"].map(normalise_path)
+    if labels is not None:
+        missing = sorted(set(labels.index) - set(normalised) - {""})
+        if missing:
+            logger.warning("the manifest lists %d files not found under %s (first: %s)",
+                           len(missing), audio_uri, missing[0])
+    # Neither the manifest nor a warehouse kept inside the audio folder is a song.
+    listing = listing[(normalised != manifest_uri) & ~listing["path"].str.startswith(store.root + "/")]
+
+    extensions, max_bytes = options.suffixes, options.max_bytes
+    early_rejects = [
+        reject for path, length, problem in zip(listing["path"], listing["length"], listing["problem"])
+        if (reject := reject_before_decoding(
+            path, length, problem=problem, audio_uri=audio_uri, extensions=extensions, max_bytes=max_bytes,
+            max_mb=options.max_file_mb))
+    ]
+    metadata = _metadata(settings, config, audio_uri=audio_uri)
+    kept = _songs_to_keep(store, listing, metadata=metadata) if incremental else None
+    if kept is None and listing["problem"].isna().all():
+        paths, to_decode = None, len(listing) - len(early_rejects)  # the whole folder
+    else:  # the files to decode, named: Spark must not list what cannot be opened
+        skip = {r["path"] for r in early_rejects} | (set(kept["path"]) if kept is not None else set())
+        paths = [p for p in listing["path"] if p not in skip]
+        to_decode = len(paths)
+        if kept is not None:
+            logger.info("incremental ingest: %d songs kept, %d files to decode", len(kept), to_decode)
+    logger.info("%s: %d files, %d to decode", audio_uri, len(listing), to_decode)
+
+    run = store.begin_run()
+    try:
+        with session_conf(spark, {
+            "spark.sql.files.maxPartitionBytes": str(int(options.partition_mb * 2**20)),
+            "spark.sql.execution.arrow.maxRecordsPerBatch": str(options.files_per_batch),
+        }):
+            decoded = _decode(
+                spark, audio_uri, out_uri=store.scratch_uri(run, "decoded"), settings=settings, limits=limits,
+                extensions=extensions, max_bytes=max_bytes, progress_s=options.progress_interval_s, total=to_decode,
+                paths=paths,
+            )
+        # Parquet prunes the image column: reading the per-file facts back is cheap.
+        headers = decoded.filter(F.col("slice_idx") < 0).drop("spectrogram", "mfcc", "timbre").toPandas()
+        logger.debug("read back %d per-file rows", len(headers))
+        songs, rejects = songs_and_rejects(headers, labels=labels, audio_uri=audio_uri, split=config["split"],
+                                           kept=kept, decoded_columns=_DECODED.names)
+        rejects = pd.concat([rejects, pd.DataFrame(early_rejects, columns=REJECTS.names)])
+        if songs.empty and not allow_empty and store.exists(Table.SONGS) and (published := store.read(Table.SONGS).count()):
+            reasons = ", ".join(f"{reason} {n}" for reason, n in Counter(rejects["reason"]).most_common(3))
+            raise InputError(f"every one of the {len(rejects)} files was rejected ({reasons}) while {store.root}/songs "
+                             f"holds {published} songs: nothing published (check the settings; --allow-empty "
+                             f"publishes the empty catalogue)")
+        kept_slices = store.read(Table.SLICES) if kept is not None and len(kept) else None
+        kept_features = store.read(Table.MFCC_FEATURES) if kept is not None and len(kept) else None
+        slices_written = _write_tables(
+            spark, store, run, decoded=decoded, kept_slices=kept_slices, kept_features=kept_features, songs=songs,
+            rejects=rejects, settings=settings, metadata=metadata,
+        )
+        store.publish(run, list(OUTPUTS))
+    finally:
+        store.drop_scratch(run)  # the decoded files: the tables hold what is kept of them
+    return IngestSummary(
+        warehouse=store.root,
+        songs=len(songs),
+        slices=slices_written,
+        rejects=Counter(rejects["reason"]),
+        splits=Counter(songs["split"]),
+        seconds=time.monotonic() - started,
+        decoded=to_decode,
+    )
+
+
+def _songs_to_keep(store: Warehouse, listing: pd.DataFrame, *, metadata: IngestMetadata) -> pd.DataFrame | None:
+    """The published songs an incremental ingest keeps, or None when it must start over."""
+    if not all(store.exists(t) for t in OUTPUTS):
+        return None
+    try:
+        previous = store.metadata(Table.SONGS)
+    except WarehouseError as exc:  # written by an older deepcrate: decode everything again
+        logger.info("full ingest: %s", exc)
+        return None
+    changed = [key for key in _SAME_FOR_INCREMENTAL if getattr(previous, key) != getattr(metadata, key)]
+    if changed:
+        logger.info("full ingest: the published tables differ in %s", ", ".join(changed))
+        return None
+    songs = store.read(Table.SONGS).toPandas()
+    sizes = dict(zip(listing["path"], listing["length"]))
+    same = [sizes.get(path) == size for path, size in zip(songs["path"], songs["size_bytes"])]
+    return songs[same].reset_index(drop=True)
+
+
+def _decode(
+    spark: SparkSession,
+    audio_uri: str,
+    *,
+    out_uri: str,
+    settings: SpectrogramSettings,
+    limits: DecodeLimits,
+    extensions: tuple[str, ...],
+    max_bytes: int,
+    progress_s: float,
+    total: int,
+    paths: list[str] | None = None,
+) -> DataFrame:
+    """Decode and slice the audio files on the executors into Parquet at ``out_uri``.
+
+    ``paths`` limits the work to those files; None decodes the whole folder.
+
+    Written once to (staging) storage rather than cached: the per-file facts and the
+    slices are then read back separately, the slices only once, and an executor lost
+    later does not send any file back to the decoder.
+    """
+    files_done, task_warnings = live_count(spark), TaskWarnings(spark.sparkContext)
+
+    def decode_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for path, content in zip(batch.column("path").to_pylist(), batch.column("content")):
+                with task_warnings.captured():
+                    decoded = decode_file(path, content.as_py(), settings=settings, limits=limits)
+                yield decoded
+                files_done.add(1)
+                fail_if_injected("ingest")
+
+    extension_pattern = "(" + "|".join(e.replace(".", r"\.") for e in extensions) + ")$"
+    if paths == []:
+        files_done.close()
+        spark.createDataFrame([], schema=_DECODED).write.mode("overwrite").parquet(out_uri)
+        return spark.read.schema(_DECODED).parquet(out_uri)
+    decoding = (
+        spark.read.format("binaryFile")
+        .option("recursiveFileLookup", "true")
+        .load(audio_uri if paths is None else [literal_glob(p) for p in paths])
+        .filter(F.col("length") <= max_bytes)  # pushed into the scan: big files are never read
+        .filter(F.lower("path").rlike(extension_pattern))
+        .select("path", "content")
+        .mapInArrow(decode_batches, schema=_DECODED)
+    )
+    with Progress(label="files decoded", total=total, done=files_done, interval_s=progress_s):
+        # The images do not repeat: a Parquet dictionary for them is work thrown away.
+        decoding.write.mode("overwrite").option("parquet.enable.dictionary#spectrogram", "false").parquet(out_uri)
+    task_warnings.log(stage="ingest")
+    return spark.read.schema(_DECODED).parquet(out_uri)
+
+
+def decode_file(
+    path: str, content: bytes, *, settings: SpectrogramSettings, limits: DecodeLimits
+) -> pa.RecordBatch:
+    """The rows one file contributes to the decoded data: its facts, then its slices.
+
+    Built as Arrow directly: through pandas, the conversion to Arrow took 4% of an
+    executor's time (py-spy).
+    """
+    header: dict[str, Any] = {
+        "path": path, "slice_idx": -1, "size_bytes": len(content),
+        "content_sha256": hashlib.sha256(content).hexdigest(),
+    }
+    try:
+        song = slice_audio_file(content, name=path, settings=settings, limits=limits,
+                                keep_native=settings.sample_rate != MFCC_RATE)
+    except AudioError as exc:
+        header.update(reason=exc.reason, message=exc.message)
+        return _batch([header])
+    except Exception as exc:  # a decoder bug must not kill the job: reject the file
+        header.update(reason=DECODE_ERROR, message=f"{path}: {type(exc).__name__}: {exc}")
+        return _batch([header])
+    audio = song.audio
+    header.update(
+        duration_s=audio.duration_s, sample_rate=audio.sample_rate, channels=audio.channels,
+        n_slices=len(song.slices), cut_at_s=audio.cut_at_s,
+    )
+    # From the samples just decoded (no second decode) and one STFT: the MFCC and timbre
+    # baselines' features (evaluate reads them), tempo and key.
+    samples = audio.at_rate(MFCC_RATE)
+    spectrum = song_spectrum(samples, sample_rate=MFCC_RATE)
+    frames = frames_of_spectrum(spectrum)
+    header.update(mfcc=statistics_of_frames(frames).tolist(), timbre=gaussian_of_frames(frames).tolist())
+    try:
+        header.update(asdict(musical_facts(samples, sample_rate=MFCC_RATE, spectrum=spectrum)))
+    except Exception as exc:  # an estimator's bug costs the tempo and key, never the song
+        header.update(musical_note=f"tempo and key not estimated: {type(exc).__name__}: {exc}")
+    rows = [header] + [
+        {"path": path, "slice_idx": index, "spectrogram": image}
+        for index, image in enumerate(song.slices)
+    ]
+    return _batch(rows)
+
+
+def _batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pylist(rows, schema=_DECODED_ARROW)  # an absent key is null
+
+
+def _write_tables(
+    spark: SparkSession,
+    store: Warehouse,
+    run: str,
+    *,
+    decoded: DataFrame,
+    kept_slices: DataFrame | None,
+    kept_features: DataFrame | None,
+    songs: pd.DataFrame,
+    rejects: pd.DataFrame,
+    settings: SpectrogramSettings,
+    metadata: IngestMetadata,
+) -> int:
+    """Stage the four tables; returns the number of slices written."""
+    extras = [c for c in songs.columns if c not in SONGS.names]
+    songs_schema = StructType(SONGS.fields + [StructField(c, StringType(), True) for c in extras])
+    songs_df = spark.createDataFrame(_records(songs, songs_schema), schema=songs_schema)
+    rejects_df = spark.createDataFrame(_records(rejects.sort_values("path"), REJECTS), schema=REJECTS)
+    keys_schema = StructType([SONGS["path"], SONGS["song_id"], SONGS["genre"], SONGS["split"]])
+    song_keys = F.broadcast(spark.createDataFrame(_records(songs, keys_schema), schema=keys_schema))
+    slices_df = (
+        decoded.filter(F.col("slice_idx") >= 0)
+        .join(song_keys, "path")  # drops duplicates' and rejects' rows
+        .select(
+            "song_id", "slice_idx",
+            (F.col("slice_idx") * F.lit(settings.slice_hop_seconds)).alias("offset_s"),
+            "genre", "split", "spectrogram",
+        )  # already in file then slice order, as decoded: no sort needed
+    )
+    if kept_slices is not None:
+        # Kept songs' images are copied, not decoded again; labels may have changed.
+        kept_df = kept_slices.drop("genre", "split").join(song_keys.drop("path"), "song_id")
+        slices_df = kept_df.select(*SLICES.names).unionByName(slices_df)
+    features_df = (decoded.filter((F.col("slice_idx") < 0) & F.col("reason").isNull())
+                   .join(song_keys.select("path", "song_id"), "path")
+                   .select("song_id", F.col("mfcc").alias("features"), "timbre"))
+    if kept_features is not None:
+        features_df = kept_features.join(song_keys.select("song_id"), "song_id", "left_semi").unionByName(features_df)
+    frames = {Table.SONGS: songs_df.coalesce(1), Table.SLICES: slices_df, Table.REJECTS: rejects_df.coalesce(1),
+              Table.MFCC_FEATURES: features_df.coalesce(1)}
+    for name, frame in frames.items():
+        started = time.monotonic()
+        store.write_table(run, name, frame, metadata=metadata)
+        logger.debug("staged %s in %.2f s", name, time.monotonic() - started)
+    return int(songs["n_slices"].sum()) if len(songs) else 0
+
+
+def _metadata(settings: SpectrogramSettings, config: dict[str, Any], *, audio_uri: str) -> IngestMetadata:
+    options = IngestSettings.from_config(config).to_dict()
+    return IngestMetadata(
+        deepcrate_version=__version__,
+        audio=audio_uri,
+        spectrogram=settings,
+        ingest=options,
+        decoding={key: options[key] for key in DECODING_KEYS},
+        split=dict(config["split"]),
+        musical=MUSICAL_FACTS_VERSION,  # songs of an older ingest lack tempo and key: decode them again
+    )
+
+
+def _records(frame: pd.DataFrame, schema: StructType) -> list[tuple]:
+    """Rows as plain Python values of the schema's types (None for missing).
+
+    pandas turns an integer column with a missing value into floats; Spark wants ints.
+    """
+    casts = [_PYTHON_TYPES.get(type(f.dataType), lambda v: v) for f in schema.fields]
+    columns = [frame[f.name].astype(object).where(frame[f.name].notna(), None) for f in schema.fields]
+    return [tuple(None if v is None else cast(v) for v, cast in zip(row, casts)) for row in zip(*columns)]
+
+
+_PYTHON_TYPES = {IntegerType: int, LongType: int, DoubleType: float, StringType: str}
+
+
+class IngestStage(Stage):
+    """Rebuild stage: decodes what is new under the audio folder (everything with ``--force``)."""
+
+    name = "ingest"
+    writes = OUTPUTS
+
+    def settings(self, config: dict[str, Any]) -> Any:
+        return [SpectrogramSettings.from_config(config).to_dict(),
+                {key: config["ingest"][key] for key in DECODING_KEYS}, config["split"]]
+
+    def inputs(self, context: RebuildContext) -> Any:
+        """Every file's name, size and time, and the labels; a missing or empty folder raises here,
+        before any stage runs."""
+        audio_uri = to_uri(context.audio)
+        listing = list_files(context.spark, audio_uri)
+        labels = read_manifest(context.manifest, audio_uri=audio_uri).to_csv() if context.manifest else None
+        return [audio_uri, listing[["path", "length", "modified"]].to_csv(index=False), labels]
+
+    def run(self, context: RebuildContext, *, fingerprint: str) -> Outcome:
+        summary = ingest(context.spark, audio=context.audio, manifest=context.manifest, warehouse=context.warehouse,
+                         config=context.config, incremental=not context.force, allow_empty=context.allow_empty)
+        return Outcome(f"{summary.decoded} files decoded")
+
+
+STAGE = IngestStage()
