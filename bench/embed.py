@@ -31,7 +31,7 @@ import tensorflow as tf
 tf.config.threading.set_intra_op_parallelism_threads({threads})
 tf.config.threading.set_inter_op_parallelism_threads(1)
 from deepcrate.models.inference import embed_images, worker_model
-from deepcrate.storage.warehouse import ArrowTables
+from deepcrate.storage.arrow_tables import ArrowTables
 table = ArrowTables.current({warehouse!r}).slice_table(image_shape=(256, 256))
 def first_images(limit):
     chunks, held = [], 0

@@ -65,7 +65,7 @@ from deepcrate.audio.spectrogram import SpectrogramSettings
 from deepcrate.audio.timbre import least_divergent
 from deepcrate.stages.evaluate import genre_probe
 from deepcrate.stages.ingest.split import SPLITS
-from deepcrate.storage.warehouse import ArrowTables
+from deepcrate.storage.arrow_tables import ArrowTables
 from deepcrate.vectors.retrieval import ideal_songs, nearest_songs, retrieval_scores
 from deepcrate.vectors.similarity import normalise
 

@@ -44,7 +44,7 @@ def main() -> int:
     from deepcrate.config import resolve_config
     from deepcrate.models.architectures import build_model
     from deepcrate.stages.training import TrainSettings, training_dataset
-    from deepcrate.storage.warehouse import ArrowTables
+    from deepcrate.storage.arrow_tables import ArrowTables
 
     gpus = tf.config.list_physical_devices("GPU")
     device = "gpu" if gpus else "cpu"

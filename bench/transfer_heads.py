@@ -55,7 +55,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from deepcrate.models.pretrained_runtime import from_bytes
 from deepcrate.models.transfer import SliceFeatures, train_head
 from deepcrate.stages.ingest.split import assign_splits
-from deepcrate.storage.warehouse import ArrowTables
+from deepcrate.storage.arrow_tables import ArrowTables
 from deepcrate.vectors.retrieval import nearest_songs, retrieval_scores
 
 CACHE = Path.home() / ".cache" / "deepcrate-bench" / "features"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from deepcrate.models.architectures import pair_contrastive_loss
-from deepcrate.storage.warehouse import ArrowTables
+from deepcrate.storage.arrow_tables import ArrowTables
 
 from helpers import delta_table
 

@@ -196,7 +196,7 @@ def test_crash_while_writing_leaves_the_published_tables(spark, ingested, catalo
     after = tables(spark, warehouse)
     pd.testing.assert_frame_equal(before["songs"].sort_values("song_id", ignore_index=True),
                                   after["songs"].sort_values("song_id", ignore_index=True))
-    vacuum(spark, warehouse=str(warehouse), keep=1)  # deletes them
+    vacuum(warehouse=str(warehouse), keep=1)  # deletes them
     assert not list((warehouse / "songs" / abandoned).glob("*.parquet"))
     assert list((warehouse / "songs").glob("*/*.parquet"))
 

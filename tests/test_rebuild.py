@@ -188,14 +188,14 @@ def test_the_rebuilt_tables_are_delta_tables_and_spark_reads_what_delta_rs_reads
     assert {"songs", "slices", "recommendations", "evaluation", "index"} <= set(latest["changed"])
 
 
-def test_a_parquet_job_on_a_delta_warehouse_is_refused_in_one_line(rebuilt, tmp_path, capsys):
+def test_a_config_that_still_sets_the_removed_table_format_is_told_what_changed(rebuilt, tmp_path, capsys):
     root, _, _, _ = rebuilt
-    copy = tmp_path / "wh"
-    shutil.copytree(root / "wh", copy)
-    code = main(["ingest", "--audio", str(root / "audio"), "--warehouse", str(copy),
+    code = main(["ingest", "--audio", str(root / "audio"), "--warehouse", str(tmp_path / "wh"),
                  "--set", "warehouse.table_format=parquet"])
     err = capsys.readouterr().err
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "holds Delta tables" in err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "warehouse.table_format was removed: every warehouse is Delta now" in err
+    assert not (tmp_path / "wh").exists()
 
 
 def test_the_warehouse_records_what_each_stage_published_and_from_what(rebuilt):
@@ -294,8 +294,14 @@ def test_history_as_of_rollback_and_vacuum_from_the_command_line(rebuilt, tmp_pa
     assert main(["recommend", "--warehouse", str(wh), "--song", before["song_id"][0], "-k", "10", "--format", "json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["recommendations"]) == 10  # run 1's index and songs again
 
+    assert main(["vacuum", "--warehouse", str(wh), "--keep", "1", "--dry-run"]) == 0
+    *listed, summary = capsys.readouterr().out.splitlines()
+    assert listed and all((wh / line.split("\t")[0]).is_file() for line in listed)  # nothing deleted yet
+    assert summary == f"vacuum --dry-run: would delete {len(listed)} files " \
+        f"({sum(int(line.split(chr(9))[1]) for line in listed) / 1e6:.1f} MB); nothing was deleted"
     assert main(["vacuum", "--warehouse", str(wh), "--keep", "1"]) == 0
-    assert "vacuum: deleted" in capsys.readouterr().out
+    assert f"vacuum: deleted {len(listed)} files" in capsys.readouterr().out
+    assert not any((wh / line.split("\t")[0]).exists() for line in listed)
     assert main(["sql", "--warehouse", str(wh), "--as-of", "2", count]) == 2
     assert "files of run 2 were vacuumed" in capsys.readouterr().err
     assert main(["sql", "--warehouse", str(wh), "--format", "csv", count]) == 0  # the current run reads on

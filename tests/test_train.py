@@ -17,9 +17,10 @@ from deepcrate.errors import ModelError, TrainingError
 from deepcrate.models.architectures import EMBEDDING_LAYER, OUTPUT_LAYER, build_model, embedding_model
 from deepcrate.models.store import latest_model, read_model_folder
 from deepcrate.stages.training import train
+from deepcrate.storage.arrow_tables import ArrowTables
 from deepcrate.storage.schemas import SLICES, Table
 from deepcrate.storage.table_metadata import IngestMetadata
-from deepcrate.storage.warehouse import ArrowTables, Warehouse
+from deepcrate.storage.warehouse import Warehouse
 from deepcrate.vectors.genre_accuracy import Evaluation, vote_songs
 
 from helpers import copy_warehouse, delta_frame

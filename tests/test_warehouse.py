@@ -1,7 +1,7 @@
 """Write-then-publish: a published table is always a whole one; readers see one run at a time.
 
-The first tests cover the plain Parquet layout (``table_format="parquet"``: renames);
-the Delta tests below cover the default (delta-rs commits and run records).
+Tables are Delta tables (delta-rs commits, one run record per job); a warehouse in the
+earlier plain-Parquet layout is converted in place by its next writing job.
 """
 import pytest
 from pyspark.sql.types import IntegerType, StructField, StructType
@@ -27,62 +27,6 @@ def read(store, name):
     return sorted(r.v for r in store.read(name).collect())
 
 
-def test_publish_replaces_all_tables_of_a_run(spark, tmp_path):
-    store = Warehouse(spark, str(tmp_path / "wh"), create=True, table_format="parquet")
-    for values in ([1, 2], [3]):
-        run = store.begin_run()
-        stage(store, run, "a", values)
-        stage(store, run, "b", [v * 10 for v in values])
-        store.publish(run, ["a", "b"])
-        assert read(store, "a") == values and read(store, "b") == [v * 10 for v in values]
-    assert store.tables() == ["a", "b"]
-    assert store.metadata("a") == TableMetadata(table="a", run=run)
-    assert not any((tmp_path / "wh" / "_staging").iterdir())
-
-
-def test_publish_interrupted_midway_is_rolled_forward_by_the_next_job(spark, tmp_path, monkeypatch):
-    store = Warehouse(spark, str(tmp_path / "wh"), create=True, table_format="parquet")
-    run = store.begin_run()
-    stage(store, run, "a", [1])
-    stage(store, run, "b", [1])
-    store.publish(run, ["a", "b"])
-
-    run = store.begin_run()
-    stage(store, run, "a", [2])
-    stage(store, run, "b", [2])
-    renames = []
-    original = Warehouse._rename
-
-    def crash_on_fourth_rename(self, src, dst):  # old a aside, new a in, old b aside, crash
-        renames.append(src)
-        if len(renames) == 4:
-            raise RuntimeError("power cut")
-        original(self, src, dst)
-
-    monkeypatch.setattr(Warehouse, "_rename", crash_on_fourth_rename)
-    with pytest.raises(RuntimeError, match="power cut"):
-        store.publish(run, ["a", "b"])
-    monkeypatch.undo()
-    assert store.tables() == ["a"]  # b is aside: mid-publish
-
-    Warehouse(spark, str(tmp_path / "wh"), table_format="parquet").recover()
-    assert read(store, "a") == [2] and read(store, "b") == [2]
-    assert not any((tmp_path / "wh" / "_staging").iterdir())
-
-
-def test_unfinished_run_is_dropped_and_published_tables_stay(spark, tmp_path):
-    store = Warehouse(spark, str(tmp_path / "wh"), create=True, table_format="parquet")
-    run = store.begin_run()
-    stage(store, run, "a", [1])
-    store.publish(run, ["a"])
-    run = store.begin_run()
-    stage(store, run, "a", [5])  # the job dies here, before publishing
-    store.recover()
-    assert read(store, "a") == [1]
-    with pytest.raises(WarehouseError, match="not written completely"):
-        store.publish(run, ["a"])
-
-
 def test_reading_a_missing_table_or_warehouse_says_what_is_there(spark, tmp_path):
     with pytest.raises(WarehouseError, match="no such folder"):
         Warehouse(spark, str(tmp_path / "nowhere"))
@@ -105,7 +49,7 @@ def test_a_second_writer_is_refused_in_one_line_and_a_dead_writers_lock_is_taken
     import sys
 
     from deepcrate.cli import main
-    from deepcrate.storage.warehouse import LOCK_FILE, writer_lock
+    from deepcrate.storage.writer_lock import LOCK_FILE, writer_lock
 
     from helpers import make_signal, write_audio
 
@@ -119,7 +63,7 @@ def test_a_second_writer_is_refused_in_one_line_and_a_dead_writers_lock_is_taken
                   "started": "2026-12-02T10:00:00+00:00"}
         (wh / LOCK_FILE).write_text(json.dumps(holder))
         (wh / "songs" / "their-run").mkdir(parents=True)  # their half-written run
-        with pytest.raises(WarehouseError) as refused, writer_lock(spark, str(wh), command="ingest"):
+        with pytest.raises(WarehouseError) as refused, writer_lock(str(wh), command="ingest"):
             pass
         message = str(refused.value)
         assert "\n" not in message and f"pid {other.pid}" in message and socket.gethostname() in message
@@ -139,24 +83,24 @@ def test_a_second_writer_is_refused_in_one_line_and_a_dead_writers_lock_is_taken
 
 
 def test_the_writer_lock_is_reentrant_and_released(spark, tmp_path):
-    from deepcrate.storage.warehouse import LOCK_FILE, writer_lock
+    from deepcrate.storage.writer_lock import LOCK_FILE, writer_lock
 
     wh = tmp_path / "wh"
-    with writer_lock(spark, str(wh), command="rebuild", create=True):
-        with writer_lock(spark, str(wh), command="ingest"):  # a stage inside the rebuild
+    with writer_lock(str(wh), command="rebuild", create=True):
+        with writer_lock(str(wh), command="ingest"):  # a stage inside the rebuild
             assert (wh / LOCK_FILE).exists()
         assert (wh / LOCK_FILE).exists()
     assert not (wh / LOCK_FILE).exists()
-    with pytest.raises(RuntimeError), writer_lock(spark, str(wh), command="ingest"):
+    with pytest.raises(RuntimeError), writer_lock(str(wh), command="ingest"):
         raise RuntimeError("a job that fails")
     assert not (wh / LOCK_FILE).exists()
 
 
 def test_a_job_whose_lock_was_deleted_commits_nothing_more_and_says_so(spark, tmp_path):
-    from deepcrate.storage.warehouse import LOCK_FILE, writer_lock
+    from deepcrate.storage.writer_lock import LOCK_FILE, writer_lock
 
     wh = tmp_path / "wh"
-    with pytest.raises(WarehouseError) as lost, writer_lock(spark, str(wh), command="rebuild", create=True):
+    with pytest.raises(WarehouseError) as lost, writer_lock(str(wh), command="rebuild", create=True):
         store = Warehouse(spark, str(wh))
         run = store.begin_run()
         stage(store, run, "a", [1])
@@ -169,7 +113,7 @@ def test_a_job_whose_lock_was_deleted_commits_nothing_more_and_says_so(spark, tm
     assert "\n" not in message and "this rebuild lost its writer lock" in message and "it is gone" in message
     assert Warehouse(spark, str(wh)).tables() == []  # the job failed: nothing was published
     with pytest.raises(WarehouseError, match="lost its writer lock"), \
-            writer_lock(spark, str(wh), command="ingest"):  # nor when the loss comes after the last commit
+            writer_lock(str(wh), command="ingest"):  # nor when the loss comes after the last commit
         run = store.begin_run()
         stage(store, run, "a", [1])
         store.publish(run, ["a"])
@@ -181,16 +125,16 @@ def test_a_direct_delta_reader_sees_a_crashed_jobs_versions_until_the_next_job_r
         spark, tmp_path):
     from deltalake import DeltaTable
 
-    from deepcrate.storage.warehouse import writer_lock
+    from deepcrate.storage.writer_lock import writer_lock
 
     wh = tmp_path / "wh"
-    with writer_lock(spark, str(wh), command="ingest", create=True):
+    with writer_lock(str(wh), command="ingest", create=True):
         store = Warehouse(spark, str(wh))
         run = store.begin_run()
         stage(store, run, "a", [1])
         stage(store, run, "b", [10])
         store.publish(run, ["a", "b"])
-    with pytest.raises(RuntimeError), writer_lock(spark, str(wh), command="rebuild"):
+    with pytest.raises(RuntimeError), writer_lock(str(wh), command="rebuild"):
         run = store.begin_run()
         stage(store, run, "a", [2])
         store.publish(run, ["a"])  # committed as a new Delta version of a, not published
@@ -198,18 +142,18 @@ def test_a_direct_delta_reader_sees_a_crashed_jobs_versions_until_the_next_job_r
     direct = DeltaTable(str(wh / "a"))  # README: a direct reader sees each table whole, not one run
     assert sorted(direct.to_pyarrow_table()["v"].to_pylist()) == [2]
     assert read(Warehouse(spark, str(wh)), "a") == [1]  # deepcrate's readers: the published run
-    with writer_lock(spark, str(wh), command="index"):  # the next job restores first
+    with writer_lock(str(wh), command="index"):  # the next job restores first
         pass
     assert sorted(DeltaTable(str(wh / "a")).to_pyarrow_table()["v"].to_pylist()) == [1]
 
 
 def test_a_lock_file_with_garbage_in_it_is_explained(spark, tmp_path):
-    from deepcrate.storage.warehouse import LOCK_FILE, writer_lock
+    from deepcrate.storage.writer_lock import LOCK_FILE, writer_lock
 
     wh = tmp_path / "wh"
     wh.mkdir()
     (wh / LOCK_FILE).write_text("not a lock \x00\x01")
-    with pytest.raises(WarehouseError) as refused, writer_lock(spark, str(wh), command="ingest"):
+    with pytest.raises(WarehouseError) as refused, writer_lock(str(wh), command="ingest"):
         pass
     message = str(refused.value)
     assert "holds no job's record" in message and "delete that file" in message and "?" not in message
@@ -221,7 +165,7 @@ def test_scratch_of_a_live_job_is_kept_and_of_a_dead_one_deleted(spark, tmp_path
     import subprocess
     import sys
 
-    from deepcrate.storage.warehouse import writer_lock
+    from deepcrate.storage.writer_lock import writer_lock
 
     wh = tmp_path / "wh"
     store = Warehouse(spark, str(wh), create=True)
@@ -232,7 +176,7 @@ def test_scratch_of_a_live_job_is_kept_and_of_a_dead_one_deleted(spark, tmp_path
         for run, pid in (("live-run", live.pid), ("dead-run", dead.pid)):
             (wh / "_scratch" / run / "decoded").mkdir(parents=True)
             (wh / "_scratch" / f"{run}.owner").write_text(json.dumps({"host": socket.gethostname(), "pid": pid}))
-        with writer_lock(spark, str(wh), command="ingest"):
+        with writer_lock(str(wh), command="ingest"):
             store.begin_run()
         assert sorted(p.name for p in (wh / "_scratch").iterdir()) == ["live-run", "live-run.owner"]
     finally:
@@ -243,12 +187,13 @@ def test_scratch_of_a_live_job_is_kept_and_of_a_dead_one_deleted(spark, tmp_path
 def test_of_many_writers_starting_at_once_exactly_one_gets_the_lock(spark, tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
-    from deepcrate.storage.warehouse import LOCK_FILE
+    from deepcrate.storage.files import create_new
+    from deepcrate.storage.writer_lock import LOCK_FILE
 
     store = Warehouse(spark, str(tmp_path / "wh"), create=True)
     lock = f"{store.root}/{LOCK_FILE}"
     with ThreadPoolExecutor(8) as pool:
-        won = list(pool.map(lambda i: store._create_new(lock, f'{{"token": "{i}"}}'), range(8)))
+        won = list(pool.map(lambda i: create_new(lock, f'{{"token": "{i}"}}'), range(8)))
     assert won.count(True) == 1
     assert (tmp_path / "wh" / LOCK_FILE).read_text() == f'{{"token": "{won.index(True)}"}}'
 
@@ -263,9 +208,9 @@ def delta_rows(path, version=None):
 
 def job(spark, wh, tables, *, command="test-job"):
     """One writing job publishing ``tables`` ({name: values}), each with its own publish."""
-    from deepcrate.storage.warehouse import writer_lock
+    from deepcrate.storage.writer_lock import writer_lock
 
-    with writer_lock(spark, str(wh), command=command, create=True):
+    with writer_lock(str(wh), command=command, create=True):
         store = Warehouse(spark, str(wh), create=True)
         run = store.begin_run()
         for name, values in tables.items():
@@ -324,7 +269,7 @@ def test_a_crash_between_any_two_steps_of_a_publish_leaves_readers_on_one_run(sp
     assert steps[-1] == ["commit_files", "write_draft", "commit_files", "write_draft", "publish"][crash_at]
     store = Warehouse(spark, str(wh))
     assert (read(store, "a"), read(store, "b")) == ([1], [1])  # never a mix; the new run was not published
-    from deepcrate.storage.warehouse import ArrowTables
+    from deepcrate.storage.arrow_tables import ArrowTables
 
     tables = ArrowTables.current(str(wh))
     assert tables.read("a").column("v").to_pylist() == [1] and tables.read("b").column("v").to_pylist() == [1]
@@ -342,11 +287,11 @@ def test_a_crash_between_any_two_steps_of_a_publish_leaves_readers_on_one_run(sp
 
 
 def test_a_second_writer_that_publishes_first_wins_and_the_other_is_refused_in_one_line(spark, tmp_path):
-    from deepcrate.storage.warehouse import writer_lock
+    from deepcrate.storage.writer_lock import writer_lock
 
     wh = tmp_path / "wh"
     job(spark, wh, {"a": [1]})
-    with pytest.raises(WarehouseError) as refused, writer_lock(spark, str(wh), command="ours"):
+    with pytest.raises(WarehouseError) as refused, writer_lock(str(wh), command="ours"):
         store = Warehouse(spark, str(wh))
         run = store.begin_run()
         stage(store, run, "a", [2])
@@ -360,23 +305,29 @@ def test_a_second_writer_that_publishes_first_wins_and_the_other_is_refused_in_o
 
 
 def test_rollback_republishes_an_earlier_run_row_for_row_and_vacuum_keeps_what_kept_runs_read(spark, tmp_path):
-    from deepcrate.storage.warehouse import writer_lock
+    from deepcrate.storage import maintenance
+    from deepcrate.storage.writer_lock import writer_lock
 
     wh = tmp_path / "wh"
     job(spark, wh, {"a": [1], "b": [1]})
     job(spark, wh, {"a": [2]})
     job(spark, wh, {"a": [3], "b": [3]})
-    with writer_lock(spark, str(wh), command="rollback"):
-        record = Warehouse(spark, str(wh)).rollback(2)
+    with writer_lock(str(wh), command="rollback"):
+        record = maintenance.rollback(str(wh), 2)
     store = Warehouse(spark, str(wh))
     assert (record.number, record.changed) == (4, ["a", "b"])
     assert (read(store, "a"), read(store, "b")) == ([2], [1])
     assert (delta_rows(wh / "a"), delta_rows(wh / "b")) == ([2], [1])  # Delta readers see the same
     files_before = {p for p in wh.rglob("*.parquet")}
-    with writer_lock(spark, str(wh), command="vacuum"):
-        deleted, freed = Warehouse(spark, str(wh)).vacuum(keep=2)
+    everything = {p: p.stat().st_size for p in wh.rglob("*") if p.is_file() and "_runs" not in p.parts}
+    with writer_lock(str(wh), command="vacuum"):
+        listed = maintenance.vacuum(str(wh), keep=2, dry_run=True)
+    assert {p: p.stat().st_size for p in wh.rglob("*") if p.is_file() and "_runs" not in p.parts} == everything
+    with writer_lock(str(wh), command="vacuum"):
+        deleted = maintenance.vacuum(str(wh), keep=2)
     files_after = {p for p in wh.rglob("*.parquet")}
-    assert deleted > 0 and freed > 0 and files_after < files_before
+    assert deleted == listed and sum(f.size for f in deleted) > 0 and files_after < files_before
+    assert {wh / f.path for f in deleted} == {p for p in everything if not p.exists()}  # the dry run said what went
     for number in (3, 4):  # every file a kept run reads is still there
         kept = Warehouse(spark, str(wh), as_of=number)
         assert read(kept, "a") == {3: [3], 4: [2]}[number]
@@ -415,28 +366,59 @@ def test_a_truncated_delta_log_stops_a_writer_in_one_line_naming_the_table(spark
     assert len(err.splitlines()) == 1
 
 
+def parquet_warehouse(spark, wh, tables, *, run):
+    """A warehouse in the earlier plain-Parquet layout, written as that layout's jobs left it:
+    ``WH/<table>/`` with Spark's files, ``_SUCCESS`` and ``_deepcrate.json``, and a model folder."""
+    for name, values in tables.items():
+        spark.createDataFrame([(v,) for v in values], "v int").write.parquet(str(wh / name))
+        (wh / name / "_deepcrate.json").write_text(TableMetadata(table=name, run=run).to_json())
+    (wh / "models" / "v1").mkdir(parents=True)
+    (wh / "models" / "v1" / "labels.json").write_text("[]")
+    (wh / "models" / "v1" / "_SUCCESS").write_text("")
+
+
 def test_a_parquet_warehouse_becomes_delta_on_its_next_write_without_rewriting_a_file(spark, tmp_path):
+    from deepcrate.storage.arrow_tables import ArrowTables
+
     wh = tmp_path / "wh"
-    old = Warehouse(spark, str(wh), create=True, table_format="parquet")
-    run = old.begin_run()
-    stage(old, run, "a", [1, 2])
-    stage(old, run, "b", [5])
-    old.publish(run, ["a", "b"])
+    parquet_warehouse(spark, wh, {"a": [1, 2], "b": [5]}, run="old-run")
+    for reader in (lambda: Warehouse(spark, str(wh)).read("a"), lambda: ArrowTables.current(str(wh)).read("a"),
+                   lambda: Warehouse(spark, str(wh)).register()):
+        with pytest.raises(WarehouseError) as refused:
+            reader()
+        assert "earlier plain-Parquet layout; the next writing job converts them" in str(refused.value)
     files = {p: p.stat().st_ino for p in wh.glob("*/*.parquet")}
     job(spark, wh, {"b": [6]})
     store = Warehouse(spark, str(wh))
     assert (read(store, "a"), read(store, "b")) == ([1, 2], [6]) and delta_rows(wh / "a") == [1, 2]
     assert {p: p.stat().st_ino for p in files} == files  # the Parquet files stayed where they were
-    assert store.version("a") == run and store.runs.current().changed == ["a", "b"]
-    with pytest.raises(WarehouseError, match="holds Delta tables"):
-        Warehouse(spark, str(wh), table_format="parquet").begin_run()
+    assert store.version("a") == "old-run" and store.runs.current().changed == ["a", "b", "models/v1"]
+    assert store.list_folder("models") == ["v1"] and len(store.runs.history()) == 1
+
+
+def test_a_publish_the_renames_left_halfway_is_finished_before_the_conversion(spark, tmp_path):
+    wh = tmp_path / "wh"
+    parquet_warehouse(spark, wh, {"a": [1], "b": [1]}, run="r1")
+    staging = wh / "_staging" / "r2"
+    for name in ("a", "b"):  # run r2 staged both tables...
+        spark.createDataFrame([(2,)], "v int").write.parquet(str(staging / name))
+        (staging / name / "_deepcrate.json").write_text(TableMetadata(table=name, run="r2").to_json())
+    (staging / "_PUBLISH").write_text('["a", "b"]')
+    (staging / "_old").mkdir()
+    (wh / "a").rename(staging / "_old" / "a")  # ...and its renames stopped after a
+    (staging / "a").rename(wh / "a")
+    spark.createDataFrame([(9,)], "v int").write.parquet(str(wh / "_staging" / "r3" / "a"))  # never published
+    job(spark, wh, {"c": [0]})
+    store = Warehouse(spark, str(wh))
+    assert (read(store, "a"), read(store, "b"), read(store, "c")) == ([2], [2], [0])
+    assert store.version("b") == "r2" and not (wh / "_staging").exists()
 
 
 def test_a_missing_or_corrupt_file_or_lost_rows_are_refused_in_one_line_naming_the_table(spark, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from deepcrate.storage.warehouse import ArrowTables
+    from deepcrate.storage.arrow_tables import ArrowTables
 
     wh = tmp_path / "wh"
     job(spark, wh, {"a": list(range(100))})
@@ -466,7 +448,7 @@ def test_a_damaged_page_behind_an_intact_footer_is_an_error_naming_the_file_not_
     import pyarrow.parquet as pq
 
     from deepcrate.cli import main
-    from deepcrate.storage.warehouse import ArrowTables, unreadable_file_error
+    from deepcrate.storage.arrow_tables import ArrowTables, unreadable_file_error
 
     wh = tmp_path / "wh"
     job(spark, wh, {"a": list(range(100))})
@@ -494,8 +476,10 @@ def test_slices_are_written_in_row_groups_of_bounded_size_so_a_reader_holds_litt
     reader's memory grew with the catalogue."""
     import pyarrow.parquet as pq
 
+    from deepcrate.storage.arrow_tables import ArrowTables
     from deepcrate.storage.schemas import Table
-    from deepcrate.storage.warehouse import SLICES_ROW_GROUP_BYTES, ArrowTables, writer_lock
+    from deepcrate.storage.warehouse import SLICES_ROW_GROUP_BYTES
+    from deepcrate.storage.writer_lock import writer_lock
 
     demo = ArrowTables.current(str(demo_warehouse))
     images = demo.read("slices", columns=["spectrogram"]).column("spectrogram").to_pylist()
@@ -505,7 +489,7 @@ def test_slices_are_written_in_row_groups_of_bounded_size_so_a_reader_holds_litt
     chosen = [images[((n // 70) * 5 + n % 5) % len(images)] for n in range(rows)]
     frame = spark.createDataFrame([(f"{n // 5:016x}", n % 5, 3.0 * (n % 5), "rock", "train", image)
                                    for n, image in enumerate(chosen)], schema=TABLES[Table.SLICES]).coalesce(1)
-    with writer_lock(spark, str(tmp_path / "wh"), command="test", create=True):
+    with writer_lock(str(tmp_path / "wh"), command="test", create=True):
         store = Warehouse(spark, str(tmp_path / "wh"), create=True)
         run = store.begin_run()
         store.write_table(run, Table.SLICES, frame, metadata=Warehouse(spark, str(demo_warehouse)).metadata("slices"))

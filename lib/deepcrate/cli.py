@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"deepcrate {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a Spark job that met a damaged file is the user's to fix too, not a traceback
-        from deepcrate.storage.warehouse import unreadable_file_error
+        from deepcrate.storage.arrow_tables import unreadable_file_error
 
         damaged = unreadable_file_error(exc)
         if damaged is None:
@@ -163,12 +163,14 @@ def _parser() -> argparse.ArgumentParser:
 
     rollback = commands.add_parser("rollback", help="publish an earlier run's tables again, as a new run")
     rollback.add_argument("--to", type=int, required=True, metavar="RUN", help="the run to go back to")
-    _add_common(rollback)
+    rollback.add_argument("--warehouse", required=True, metavar="WH", help="folder (or URI) of the tables")
     rollback.set_defaults(run=_rollback)
 
     vacuum = commands.add_parser("vacuum", help="delete the files that none of the newest N runs reads")
     vacuum.add_argument("--keep", type=int, required=True, metavar="N", help="runs whose files are kept (>= 1)")
-    _add_common(vacuum)
+    vacuum.add_argument("--dry-run", action="store_true", help="list the files it would delete (path, bytes); "
+                        "delete nothing")
+    vacuum.add_argument("--warehouse", required=True, metavar="WH", help="folder (or URI) of the tables")
     vacuum.set_defaults(run=_vacuum)
     return parser
 
@@ -401,16 +403,14 @@ def _history(args: argparse.Namespace) -> int:
 def _rollback(args: argparse.Namespace) -> int:
     from deepcrate.query.history import rollback
 
-    _, spark = _config_and_session(args)
-    print(rollback(spark, warehouse=args.warehouse, to=args.to))
+    print(rollback(warehouse=args.warehouse, to=args.to))
     return 0
 
 
 def _vacuum(args: argparse.Namespace) -> int:
     from deepcrate.query.history import vacuum
 
-    _, spark = _config_and_session(args)
-    print(vacuum(spark, warehouse=args.warehouse, keep=args.keep))
+    print(vacuum(warehouse=args.warehouse, keep=args.keep, dry_run=args.dry_run))
     return 0
 
 

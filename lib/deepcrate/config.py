@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 
 # Sections whose keys are not known in advance.
 FREE_FORM = {("spark", "options")}
+# Settings that are gone, and what to do instead: a config that still sets one is told so.
+REMOVED = {"warehouse.table_format": "every warehouse is Delta now; one in the earlier plain-Parquet layout "
+                                    "is converted in place by its next writing job"}
 # Numbers whose default is positive but for which 0 means something (none, off, always approximate).
 ZERO_MEANS_SOMETHING = {"acquire.per_host_delay_s", "acquire.retries", "acquire.backoff_s", "index.exact_max_songs",
                         "index.recall_sample", "ingest.truncated_ratio"}
@@ -204,6 +207,10 @@ def _merge(base: dict, overlay: dict, *, where: str, trail: tuple[str, ...]) -> 
             base[key] = copy.deepcopy(value)
             continue
         if key not in base:
+            name = ".".join(path)
+            gone = [f"{old} was removed: {why}" for old, why in REMOVED.items() if f"{old}.".startswith(f"{name}.")]
+            if gone:
+                raise ConfigError(f"{where}: {gone[0]}")
             known = ", ".join(sorted(str(k) for k in base))
             raise ConfigError(f"{where}: unknown key {'.'.join(path)!r} (known here: {known})")
         current = base[key]

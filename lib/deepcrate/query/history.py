@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 from typing import Any, TextIO
 
-from pyspark.sql import SparkSession
-
 from deepcrate.errors import WarehouseError
+from deepcrate.storage import maintenance
 from deepcrate.storage.run_log import RunLog
-from deepcrate.storage.warehouse import Warehouse, writer_lock
+from deepcrate.storage.writer_lock import writer_lock
 from deepcrate.uris import filesystem_and_path, warehouse_uri
 
 
@@ -40,7 +39,7 @@ def write_history(rows: list[dict[str, Any]], *, out: TextIO, fmt: str = "table"
             out.write(json.dumps(row, sort_keys=True) + "\n")
         return
     if not rows:
-        out.write("no published runs (a Parquet warehouse, or nothing written yet)\n")
+        out.write("no published runs (nothing written yet, or a plain-Parquet warehouse its next job converts)\n")
         return
     for row in rows:
         kept = "" if row["files_kept"] else "  (files vacuumed)"
@@ -49,16 +48,21 @@ def write_history(rows: list[dict[str, Any]], *, out: TextIO, fmt: str = "table"
         out.write("  rows:    " + ", ".join(f"{name} {count}" for name, count in row["rows"].items()) + "\n")
 
 
-def rollback(spark: SparkSession, *, warehouse: str, to: int) -> str:
+def rollback(*, warehouse: str, to: int) -> str:
     """Make run ``to`` current again, as a new run; returns a line saying what changed."""
-    with writer_lock(spark, warehouse, command=f"rollback to run {to}"):
-        record = Warehouse(spark, warehouse).rollback(to)
+    with writer_lock(warehouse, command=f"rollback to run {to}"):
+        record = maintenance.rollback(warehouse, to)
     return (f"run {record.number}: the tables of run {to} are current again "
             f"(changed: {', '.join(record.changed) or 'nothing'})")
 
 
-def vacuum(spark: SparkSession, *, warehouse: str, keep: int) -> str:
-    """Delete the files no run among the newest ``keep`` reads; returns a line saying how much went."""
-    with writer_lock(spark, warehouse, command="vacuum"):
-        deleted, freed = Warehouse(spark, warehouse).vacuum(keep=keep)
-    return f"vacuum: deleted {deleted} files ({freed / 1e6:.1f} MB); the newest {keep} runs keep every file they read"
+def vacuum(*, warehouse: str, keep: int, dry_run: bool = False) -> str:
+    """Delete the files no run among the newest ``keep`` reads; returns lines saying how much went,
+    or with ``dry_run`` which files would go (one per line), deleting nothing."""
+    with writer_lock(warehouse, command="vacuum --dry-run" if dry_run else "vacuum"):
+        unread = maintenance.vacuum(warehouse, keep=keep, dry_run=dry_run)
+    size = sum(f.size for f in unread) / 1e6
+    if dry_run:
+        return "\n".join([*(f"{f.path}\t{f.size}" for f in unread),
+                          f"vacuum --dry-run: would delete {len(unread)} files ({size:.1f} MB); nothing was deleted"])
+    return f"vacuum: deleted {len(unread)} files ({size:.1f} MB); the newest {keep} runs keep every file they read"

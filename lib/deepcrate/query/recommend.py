@@ -24,8 +24,8 @@ from deepcrate.audio.slicing import slice_audio_file
 from deepcrate.config import EmbedSettings
 from deepcrate.errors import AudioError, InputError, ModelError, WarehouseError, first_line
 from deepcrate.models.store import MODELS, read_model_folder
+from deepcrate.storage.arrow_tables import ArrowTables
 from deepcrate.storage.schemas import Table
-from deepcrate.storage.warehouse import ArrowTables
 from deepcrate.uris import local_path, to_uri, warehouse_uri
 from deepcrate.vectors.faiss_index import INDEX, IndexSettings, load_index, neighbours
 from deepcrate.vectors.similarity import normalise

@@ -30,9 +30,9 @@ import pandas as pd
 
 from deepcrate.errors import InputError, ModelError, WarehouseError
 from deepcrate.models.store import MODELS, read_model_folder
+from deepcrate.storage.arrow_tables import ArrowTables
 from deepcrate.storage.run_log import RunLog, RunRecord
 from deepcrate.storage.schemas import EVALUATION_METHODS, Table
-from deepcrate.storage.warehouse import ArrowTables
 from deepcrate.uris import filesystem_and_path, local_path, warehouse_uri
 from deepcrate.vectors.projection import project
 

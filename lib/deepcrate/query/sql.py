@@ -28,7 +28,8 @@ from pyspark.sql import Row, SparkSession
 from deepcrate.errors import InputError, spark_error_line
 from deepcrate.query.sql_guard import check_read_only, quiet_query_errors
 from deepcrate.spark.session import session_conf
-from deepcrate.storage.warehouse import Warehouse, unreadable_file_error
+from deepcrate.storage.arrow_tables import unreadable_file_error
+from deepcrate.storage.warehouse import Warehouse
 
 FORMATS = ("table", "csv", "json")
 

@@ -36,7 +36,8 @@ from deepcrate.errors import AudioError, ConfigError, InputError
 from deepcrate.spark.task_warnings import TaskWarnings
 from deepcrate.storage.schemas import DOWNLOADS, Table
 from deepcrate.storage.table_metadata import DownloadsMetadata
-from deepcrate.storage.warehouse import Warehouse, holds_writer_lock
+from deepcrate.storage.warehouse import Warehouse
+from deepcrate.storage.writer_lock import holds_writer_lock
 
 logger = logging.getLogger(__name__)
 
@@ -387,7 +388,7 @@ def acquire(spark, *, manifest: str, audio: str, warehouse: str, config: dict[st
     settings = AcquireSettings.from_config(config)
     started = time.monotonic()
     audio_dir = Path(audio).resolve()
-    store = Warehouse(spark, warehouse, create=True, table_format=config["warehouse"]["table_format"])
+    store = Warehouse(spark, warehouse, create=True)
     audio_dir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(audio_dir / PARTIAL, ignore_errors=True)  # what a killed run left half-written
     downloads = plan_downloads(read_url_manifest(manifest))

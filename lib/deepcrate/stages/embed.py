@@ -34,7 +34,8 @@ from deepcrate.spark.task_warnings import TaskWarnings
 from deepcrate.stages.pipeline import Outcome, RebuildContext, Stage
 from deepcrate.storage.schemas import SLICE_EMBEDDINGS, SONG_EMBEDDINGS, Table
 from deepcrate.storage.table_metadata import EmbeddingsMetadata
-from deepcrate.storage.warehouse import Warehouse, holds_writer_lock
+from deepcrate.storage.warehouse import Warehouse
+from deepcrate.storage.writer_lock import holds_writer_lock
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def embed(
         When the model was trained on other spectrogram settings than the slices'.
     """
     started = time.monotonic()
-    store = Warehouse(spark, warehouse, table_format=config["warehouse"]["table_format"])
+    store = Warehouse(spark, warehouse)
     if not store.exists(Table.SLICES):
         raise WarehouseError(f"warehouse {store.root}: no slices table; run deepcrate ingest first")
     folder = open_model(store, model)

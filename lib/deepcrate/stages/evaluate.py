@@ -44,9 +44,11 @@ from deepcrate.audio.timbre import least_divergent
 from deepcrate.config import EvaluateSettings
 from deepcrate.errors import InputError, WarehouseError
 from deepcrate.stages.pipeline import Outcome, RebuildContext, Stage
+from deepcrate.storage.arrow_tables import ArrowTables
 from deepcrate.storage.schemas import EVALUATION, EVALUATION_METHODS, Table
 from deepcrate.storage.table_metadata import EvaluationMetadata
-from deepcrate.storage.warehouse import ArrowTables, Warehouse, holds_writer_lock
+from deepcrate.storage.warehouse import Warehouse
+from deepcrate.storage.writer_lock import holds_writer_lock
 from deepcrate.vectors.genre_accuracy import percent
 from deepcrate.vectors.retrieval import ideal_songs, nearest_songs, random_songs, retrieval_scores
 from deepcrate.vectors.similarity import list_column_matrix
@@ -120,7 +122,7 @@ def evaluate(spark: SparkSession, *, warehouse: str, config: dict[str, Any]) -> 
         songs to rank ``max(KS)`` neighbours.
     """
     started = time.monotonic()
-    store = Warehouse(spark, warehouse, table_format=config["warehouse"]["table_format"])
+    store = Warehouse(spark, warehouse)
     for name in (Table.SONGS, Table.SONG_EMBEDDINGS, Table.MFCC_FEATURES):
         if not store.exists(name):
             stage = "ingest" if name == Table.MFCC_FEATURES else "embed"

@@ -37,7 +37,8 @@ from deepcrate.spark.task_warnings import TaskWarnings
 from deepcrate.stages.pipeline import Outcome, RebuildContext, Stage
 from deepcrate.storage.schemas import PRETRAINED_FEATURES, Table
 from deepcrate.storage.table_metadata import FeaturesMetadata
-from deepcrate.storage.warehouse import Warehouse, holds_writer_lock
+from deepcrate.storage.warehouse import Warehouse
+from deepcrate.storage.writer_lock import holds_writer_lock
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def compute_features(spark: SparkSession, *, warehouse: str, config: dict[str, A
         The musicnn weights are not installed, or an unknown ``features.runtime``.
     """
     started = time.monotonic()
-    store = Warehouse(spark, warehouse, table_format=config["warehouse"]["table_format"])
+    store = Warehouse(spark, warehouse)
     if not store.exists(Table.SLICES):
         raise WarehouseError(f"warehouse {store.root}: no slices table; run deepcrate ingest first")
     options = FeaturesSettings.from_config(config)

@@ -24,9 +24,11 @@ from pyspark.sql.pandas.types import to_arrow_schema
 
 from deepcrate.errors import WarehouseError
 from deepcrate.stages.pipeline import Outcome, RebuildContext, Stage, without
+from deepcrate.storage.arrow_tables import ArrowTables
 from deepcrate.storage.schemas import RECOMMENDATIONS, Table
 from deepcrate.storage.table_metadata import RecommendationsMetadata
-from deepcrate.storage.warehouse import ArrowTables, Warehouse, holds_writer_lock
+from deepcrate.storage.warehouse import Warehouse
+from deepcrate.storage.writer_lock import holds_writer_lock
 from deepcrate.vectors.faiss_index import INDEX, IndexSettings, build_index, measure_recall, neighbours, save_index
 from deepcrate.vectors.similarity import list_column_matrix, normalise
 
@@ -94,7 +96,7 @@ def recommendation_blocks(
 def index_songs(spark, *, warehouse: str, config: dict[str, Any]) -> IndexSummary:
     """Index ``song_embeddings``, write ``recommendations``, publish both."""
     settings = IndexSettings.from_config(config)
-    store = Warehouse(spark, warehouse, table_format=config["warehouse"]["table_format"])
+    store = Warehouse(spark, warehouse)
     if not store.exists(Table.SONG_EMBEDDINGS):
         raise WarehouseError(f"warehouse {store.root}: no song_embeddings table; run deepcrate embed first")
     meta = store.metadata(Table.SONG_EMBEDDINGS)

@@ -4,9 +4,9 @@ A stage's *fingerprint* is a digest of everything its output depends on: the
 fingerprints of the stages it comes after, the settings that change its output
 (:meth:`Stage.settings`) and anything it reads from outside the warehouse
 (:meth:`Stage.inputs`). After a stage has published, the warehouse records that
-fingerprint with the versions of what it published (:meth:`Warehouse.record_stage`);
+fingerprint with the versions of what it published (:func:`record_stage`);
 a rebuild skips a stage whose record holds the fingerprint it would have now and whose
-outputs are still the ones recorded (:meth:`Warehouse.current_record`), so another job
+outputs are still the ones recorded (:func:`current_record`), so another job
 that replaced a table makes the stage run again.
 
 Adding a stage is one new module with a :class:`Stage` and one line in
@@ -14,15 +14,24 @@ Adding a stage is one new module with a :class:`Stage` and one line in
 """
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
+import logging
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from pyspark.sql import SparkSession
 
+from deepcrate.errors import WarehouseError
 from deepcrate.models.store import ModelFolder
+from deepcrate.storage import files
 from deepcrate.storage.warehouse import Warehouse
+
+logger = logging.getLogger(__name__)
+
+RECORDS = "_stages"  # WH/_stages/<stage>.json: what each stage last published, and from which inputs
 
 
 @dataclass
@@ -80,7 +89,7 @@ class Stage:
         return list(self.writes)
 
     def is_up_to_date(self, context: RebuildContext, fingerprint: str) -> bool:
-        return context.store.current_record(self.name, fingerprint=fingerprint) is not None
+        return current_record(context.store, self.name, fingerprint=fingerprint) is not None
 
     def passed_on(self, context: RebuildContext, fingerprint: str) -> str:
         """The fingerprint the stages after this one build on (by default its own)."""
@@ -109,3 +118,33 @@ def digest(*parts: Any) -> str:
 def without(section: dict[str, Any], ignored: tuple[str, ...]) -> dict[str, Any]:
     """A config section less the keys that only change speed or progress."""
     return {key: value for key, value in section.items() if key not in ignored}
+
+
+def record_stage(store: Warehouse, stage: str, *, fingerprint: str, outputs: list[str]) -> None:
+    """Record that ``stage`` published ``outputs`` (their current versions) from inputs with
+    ``fingerprint``; written after the publish, so a crash in between only repeats the stage."""
+    record = {"stage": stage, "fingerprint": fingerprint,
+              "versions": {name: store.version(name) for name in outputs},
+              "recorded": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    final = f"{store.root}/{RECORDS}/{stage}.json"
+    draft = f"{final}.{uuid.uuid4().hex[:8]}"
+    files.write_text(draft, json.dumps(record, indent=2, sort_keys=True))
+    files.move(draft, final)  # replaces the record before in one step
+
+
+def current_record(store: Warehouse, stage: str, *, fingerprint: str) -> dict[str, Any] | None:
+    """The record of ``stage`` when it last ran on inputs with ``fingerprint`` and what it
+    published then is still what is published now (no other job replaced it since); else None."""
+    uri = f"{store.root}/{RECORDS}/{stage}.json"
+    if not files.exists(uri):
+        return None
+    try:
+        record = json.loads(files.read_text(uri))
+    except (ValueError, WarehouseError):
+        logger.warning("warehouse %s: the record of stage %s is unreadable; it will run again", store.root, stage)
+        return None
+    if record.get("fingerprint") != fingerprint or not record.get("versions"):
+        return None
+    current = all(version is not None and store.version(name) == version
+                  for name, version in record["versions"].items())
+    return record if current else None

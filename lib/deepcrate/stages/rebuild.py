@@ -25,9 +25,10 @@ from pyspark.sql import SparkSession
 from deepcrate.models.store import ModelFolder
 from deepcrate.stages import embed, evaluate, features, index, ingest, training
 from deepcrate.stages.evaluate import METHODS
-from deepcrate.stages.pipeline import RebuildContext, Stage
+from deepcrate.stages.pipeline import RebuildContext, Stage, record_stage
 from deepcrate.storage.schemas import Table
-from deepcrate.storage.warehouse import Warehouse, holds_writer_lock
+from deepcrate.storage.warehouse import Warehouse
+from deepcrate.storage.writer_lock import holds_writer_lock
 from deepcrate.vectors.genre_accuracy import percent
 
 logger = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ def rebuild(
         From any stage; a missing or empty audio folder, an unwritable warehouse and a
         model for other spectrogram settings are found before any work is done.
     """
-    store = Warehouse(spark, warehouse, create=True, table_format=config["warehouse"]["table_format"])
+    store = Warehouse(spark, warehouse, create=True)
     context = RebuildContext(spark=spark, store=store, audio=audio, manifest=manifest, config=config, model=model,
                              force=force, allow_empty=allow_empty)
     for stage in stages:
@@ -148,7 +149,7 @@ def _run_stage(stage: Stage, context: RebuildContext) -> StageRun:
         started = time.monotonic()
         outcome = stage.run(context, fingerprint=fingerprint)
         if outcome.published:
-            context.store.record_stage(stage.name, fingerprint=fingerprint, outputs=stage.outputs(context))
+            record_stage(context.store, stage.name, fingerprint=fingerprint, outputs=stage.outputs(context))
         run = StageRun(stage.name, "ran", time.monotonic() - started, outcome.detail)
     context.fingerprints[stage.name] = stage.passed_on(context, fingerprint)
     return run

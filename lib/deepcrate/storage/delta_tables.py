@@ -12,13 +12,15 @@ import json
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.fs
+import pyarrow.parquet as pq
 from deltalake import DeltaTable
 from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
 
 from deepcrate.errors import WarehouseError, first_line
-from deepcrate.uris import local_path
+from deepcrate.uris import filesystem_and_path, local_path
 
 DELTA_LOG = "_delta_log"
 
@@ -40,6 +42,22 @@ def delta_location(uri: str) -> str:
     if uri.startswith("s3a://"):
         return "s3://" + uri[len("s3a://"):]
     return uri
+
+
+def folder_files(folder_uri: str, *, prefix: str) -> tuple[list[DataFile], pa.Schema | None]:
+    """The Parquet files directly in ``folder_uri`` (paths as ``prefix/<file>``) with their row
+    counts from the footers, and the first one's schema."""
+    filesystem, path = filesystem_and_path(folder_uri)
+    infos = sorted((i for i in filesystem.get_file_info(pyarrow.fs.FileSelector(path))
+                    if i.type == pyarrow.fs.FileType.File and i.base_name.endswith(".parquet")
+                    and not i.base_name.startswith(("_", "."))), key=lambda i: i.base_name)
+    files, schema = [], None
+    for info in infos:
+        footer = pq.read_metadata(info.path, filesystem=filesystem)
+        schema = schema or footer.schema.to_arrow_schema()
+        files.append(DataFile(path=f"{prefix}/{info.base_name}".lstrip("/"), size=info.size,
+                              modified_ms=int(info.mtime.timestamp() * 1000), rows=footer.num_rows))
+    return files, schema
 
 
 def commit_files(table_uri: str, files: list[DataFile], *, schema: pa.Schema, name: str,

@@ -22,11 +22,14 @@ from dataclasses import dataclass, field
 import pyarrow.fs
 
 from deepcrate.errors import WarehouseError
+from deepcrate.models.store import MODELS
 from deepcrate.uris import filesystem_and_path, local_path
+from deepcrate.vectors.faiss_index import INDEX
 
 RUNS = "_runs"
 DRAFT = "draft.json"
 VACUUM = "vacuum.json"  # the oldest run whose files vacuum kept
+NOT_TABLES = {MODELS, INDEX}  # the warehouse's folders of files, not tables: a run records them as folders
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from deepcrate.audio.spectrogram import SpectrogramSettings
 from deepcrate.errors import WarehouseError
 from deepcrate.storage.schemas import Table
 
+METADATA_FILE = "_deepcrate.json"  # beside a table's files: its TableMetadata
+
 
 @dataclass(frozen=True, kw_only=True)
 class TableMetadata:

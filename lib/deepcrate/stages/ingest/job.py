@@ -58,7 +58,8 @@ from deepcrate.stages.ingest.catalogue_rows import reject_before_decoding, songs
 from deepcrate.stages.pipeline import Outcome, RebuildContext, Stage
 from deepcrate.storage.schemas import REJECTS, SLICES, SONGS, Table
 from deepcrate.storage.table_metadata import IngestMetadata
-from deepcrate.storage.warehouse import Warehouse, holds_writer_lock
+from deepcrate.storage.warehouse import Warehouse
+from deepcrate.storage.writer_lock import holds_writer_lock
 from deepcrate.uris import to_uri
 
 logger = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ def ingest(
     limits = DecodeLimits.from_config(config)
     audio_uri = to_uri(audio)
     listing = list_files(spark, audio_uri)
-    store = Warehouse(spark, warehouse, create=True, table_format=config["warehouse"]["table_format"])
+    store = Warehouse(spark, warehouse, create=True)
     labels = read_manifest(manifest, audio_uri=audio_uri) if manifest else None
     manifest_uri = normalise_path(to_uri(manifest)) if manifest else None
     normalised = listing["path"].map(normalise_path)

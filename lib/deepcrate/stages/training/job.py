@@ -22,7 +22,7 @@ from deepcrate.models.feature_head import FeatureHead
 from deepcrate.models.feature_reader import FeatureTable
 from deepcrate.models.pretrained_runtime import Network
 from deepcrate.models.store import MODELS, ModelFolder, open_model, read_model_folder, write_model_folder
-from deepcrate.stages.pipeline import Outcome, RebuildContext, Stage, digest, without
+from deepcrate.stages.pipeline import Outcome, RebuildContext, Stage, current_record, digest, without
 from deepcrate.stages.training.checks import genres_to_learn, slices_learnt, table_settings
 from deepcrate.stages.training.fitting import (
     choose_precision,
@@ -38,7 +38,8 @@ from deepcrate.stages.training.runs import RunState, can_resume, new_run, unfini
 from deepcrate.stages.training.settings import TrainSettings, check_pretrained_weights, on_frozen_features
 from deepcrate.storage.schemas import Table
 from deepcrate.storage.table_metadata import IngestMetadata
-from deepcrate.storage.warehouse import Warehouse, holds_writer_lock
+from deepcrate.storage.warehouse import Warehouse
+from deepcrate.storage.writer_lock import holds_writer_lock
 from deepcrate.vectors.genre_accuracy import Evaluation
 
 logger = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ def train(
         head is fitted (without one, ``labels.json`` is empty and no genre is predicted);
         the train and validation splits just need slices.
     """
-    store = Warehouse(spark, warehouse, table_format=config["warehouse"]["table_format"])
+    store = Warehouse(spark, warehouse)
     work_root = work_folder(store, TrainSettings.from_config(config))
     if resume:
         run_dir, config = unfinished_run(work_root, given=config)
@@ -291,7 +292,7 @@ class TrainStage(Stage):
         return [f"{MODELS}/{context.model_folder.version}"]
 
     def is_up_to_date(self, context: RebuildContext, fingerprint: str) -> bool:
-        record = context.store.current_record(self.name, fingerprint=fingerprint)
+        record = current_record(context.store, self.name, fingerprint=fingerprint)
         if record is None:
             return False
         (published,) = record["versions"]

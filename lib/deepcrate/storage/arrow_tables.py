@@ -1,0 +1,180 @@
+"""The tables of a warehouse read with pyarrow: no Spark, no JVM, and the checks every reader makes.
+
+A reader resolves every table through one published run (:func:`resolve_view`), reads
+exactly the files that run's Delta version names, and checks them first
+(:func:`verified_files`): a missing or damaged file is one line naming it, never wrong rows.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs
+import pyarrow.parquet as pq
+
+from deepcrate.errors import WarehouseError, first_line
+from deepcrate.models.slice_reader import SliceTable
+from deepcrate.storage import legacy
+from deepcrate.storage.delta_tables import committed_files
+from deepcrate.storage.run_log import RunLog, RunRecord, TableVersion
+from deepcrate.storage.schemas import Table
+from deepcrate.storage.table_metadata import METADATA_FILE, TableMetadata, metadata_class
+from deepcrate.uris import filesystem_and_path, warehouse_uri
+
+# Spark writes a CRC with every Parquet page but neither Spark nor pyarrow checks it by default: a
+# damaged page then reads as wrong numbers, silently. Checked, it is an error naming the file.
+_PARQUET = ds.ParquetFileFormat(
+    default_fragment_scan_options=ds.ParquetFragmentScanOptions(page_checksum_verification=True))
+
+
+class ArrowTables:
+    """The tables of a warehouse read with pyarrow: no Spark, no JVM.
+
+    For the readers that run outside Spark (``recommend``, training's input pipeline) and
+    the stages that read a few columns into the driver. ``view`` is the run whose tables
+    are read (None: no run is published yet); ``folder_of``, when given, names the folder
+    of each table instead (a run's staged tables).
+    """
+
+    def __init__(self, root: str, view: RunRecord | None, *,
+                 folder_of: Callable[[str], str] | None = None) -> None:
+        self.root = warehouse_uri(root)
+        self.view = view
+        self._folder_of = folder_of
+
+    @classmethod
+    def current(cls, root: str, *, as_of: int | None = None) -> ArrowTables:
+        """The tables of the current run (or of run ``as_of``)."""
+        return cls(root, resolve_view(RunLog(warehouse_uri(root)), as_of=as_of))
+
+    @property
+    def staged(self) -> bool:
+        return self._folder_of is not None
+
+    def exists(self, name: str) -> bool:
+        if self.staged:
+            filesystem, path = filesystem_and_path(f"{self.folder(name)}/_SUCCESS")
+            return filesystem.get_file_info(path).type == pyarrow.fs.FileType.File
+        return self.view is not None and (name in self.view.tables or name in self.view.folders)
+
+    def folder(self, name: str) -> str:
+        """The URI of published folder ``name`` (``index``, ``models/<version>``), or of a table."""
+        if self.staged:
+            return self._folder_of(name)
+        if self.view is not None and name in self.view.folders:
+            return f"{self.root}/{self.view.folders[name]}"
+        return f"{self.root}/{name}"
+
+    def metadata(self, name: Table) -> TableMetadata:
+        """What the stage that wrote table ``name`` recorded with it (its settings), typed per table."""
+        folder = self.folder(name)
+        if not self.staged and self.view is not None and name in self.view.tables and self.view.tables[name].folder:
+            folder = f"{folder}/{self.view.tables[name].folder}"
+        filesystem, path = filesystem_and_path(f"{folder}/{METADATA_FILE}")
+        try:
+            with filesystem.open_input_stream(path) as stream:
+                text = stream.read().decode()
+        except (OSError, ValueError) as exc:
+            raise WarehouseError(f"table {name} in {self.root}: its metadata cannot be read: {first_line(exc)}") from None
+        return metadata_class(name).from_json(text, where=f"table {name} in {self.root}")
+
+    def dataset(self, name: Table) -> ds.Dataset:
+        """The Parquet files of table ``name`` (exactly its committed version) as one pyarrow dataset."""
+        if not self.exists(name):
+            if self.view is None and not self.staged:
+                legacy.refuse_unconverted(self.root)
+            raise WarehouseError(f"warehouse {self.root}: no table {name!r}")
+        try:
+            if self.staged:
+                filesystem, path = filesystem_and_path(self.folder(name))
+                return ds.dataset(path, format=_PARQUET, filesystem=filesystem)
+            files = verified_files(self.root, name, self.view.tables[name])
+            filesystem, _ = filesystem_and_path(self.root)
+            return ds.dataset([filesystem_and_path(uri)[1] for uri in files], format=_PARQUET, filesystem=filesystem)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise WarehouseError(f"table {name} in {self.root}: cannot be read: {exc}") from None
+
+    def read(self, name: Table, *, columns: list[str] | None = None, where: ds.Expression | None = None) -> pa.Table:
+        """Columns ``columns`` (all when None) of the rows matching ``where``."""
+        dataset = self.dataset(name)
+        try:
+            return dataset.to_table(columns=columns, filter=where)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise WarehouseError(f"table {name} in {self.root}: {_damaged_file(dataset) or 'cannot be read'}: "
+                                 f"{first_line(exc)}; restore it, or roll back (deepcrate rollback)") from None
+
+    def slice_table(self, *, image_shape: tuple[int, int]) -> SliceTable:
+        """The ``slices`` table as training streams it (:class:`~deepcrate.models.slice_reader.SliceTable`)."""
+        return SliceTable(self.dataset(Table.SLICES), image_shape=image_shape, uri=f"{self.root}/{Table.SLICES}")
+
+
+def _damaged_file(dataset: ds.Dataset) -> str | None:
+    """'file F', the first of ``dataset``'s files that cannot be read whole (pyarrow's errors do not say)."""
+    for fragment in dataset.get_fragments():
+        try:
+            fragment.to_table()
+        except (OSError, pa.ArrowInvalid):
+            return f"file {fragment.path}"
+    return None
+
+
+
+def unreadable_file_error(exc: BaseException) -> WarehouseError | None:
+    """The one line for a Spark job that failed reading a damaged Parquet file; None for other failures.
+
+    Spark raises such a failure as a ~10 KB Java stack in which the file and the cause are
+    two lines among hundreds (``FAILED_READ_FILE``).
+    """
+    text = str(exc)
+    found = re.search(r"Encountered error while reading file (.+?)\.?\s+SQLSTATE", text)
+    if found is None:
+        return None
+    causes = re.findall(r"^Caused by: ([\w.$]+)(?:: (.*))?$", text, flags=re.MULTILINE)
+    cause = f"{causes[-1][0].rsplit('.', 1)[-1]}: {causes[-1][1]}" if causes else "unknown cause"
+    return WarehouseError(f"file {found.group(1)} cannot be read ({cause}); restore it, "
+                          f"or roll back the warehouse (deepcrate rollback)")
+
+
+def verified_files(root: str, name: str, entry: TableVersion) -> list[str]:
+    """The files of table ``name`` as ``entry`` names its version, checked against what the run
+    recorded: every file there, readable Parquet (its footer), the rows adding up.
+
+    Raises
+    ------
+    WarehouseError
+        One line naming the table and the missing or unreadable file, or the rows that differ.
+    """
+    files = committed_files(f"{root}/{name}", entry.version, name=name)
+    filesystem, _ = filesystem_and_path(root)
+    paths = [filesystem_and_path(uri)[1] for uri in files]
+    missing = [uri for uri, info in zip(files, filesystem.get_file_info(paths), strict=True)
+               if info.type != pyarrow.fs.FileType.File]
+    if missing:
+        raise WarehouseError(f"table {name} in {root}: {len(missing)} of its {len(files)} files are missing "
+                             f"(first: {missing[0]}); restore them, or roll back (deepcrate rollback)")
+    rows = 0
+    for uri, path in zip(files, paths, strict=True):
+        try:
+            rows += pq.read_metadata(path, filesystem=filesystem).num_rows
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise WarehouseError(f"table {name} in {root}: file {uri} is not readable Parquet: "
+                                 f"{first_line(exc)}") from None
+    if rows != entry.rows:
+        raise WarehouseError(f"table {name} in {root}: its files hold {rows} rows, the run that published it "
+                             f"recorded {entry.rows}")
+    return files
+
+
+def resolve_view(runs: RunLog, *, as_of: int | None = None) -> RunRecord | None:
+    """The run a reader sees: ``as_of`` when given, else the current one (None: no Delta runs yet)."""
+    if as_of is None:
+        return runs.current()
+    if as_of < 1:
+        raise WarehouseError(f"warehouse {runs.root}: there is no run {as_of} (runs are numbered from 1; "
+                             f"deepcrate history lists them)")
+    if as_of < runs.oldest_kept():
+        raise WarehouseError(f"warehouse {runs.root}: the files of run {as_of} were vacuumed "
+                             f"(runs from {runs.oldest_kept()} on are kept)")
+    return runs.get(as_of)
