@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from deepcrate.storage.schemas import ABOUT, COLUMN_DOCS, EXTENSIBLE, TABLES
+from deepcrate.storage.spark_schemas import spark_schema
 
 DOCS = Path(__file__).resolve().parent
 DEFAULTS = DOCS.parent / "conf" / "local.yaml"
@@ -26,9 +27,9 @@ def tables_markdown() -> str:
            "Generated from `lib/deepcrate/storage/schemas.py` by `python docs/reference.py`; a test fails when the two "
            "differ. How to open the tables, the folders that are not tables (`models/`, `index/`) and what the "
            "warehouse guarantees: [warehouse.md](warehouse.md).", ""]
-    for table, schema in TABLES.items():
+    for table in TABLES:
         out += [f"## {table}", "", ABOUT[table], "", "| column | type | nullable | meaning |", "|---|---|---|---|"]
-        for field in schema.fields:
+        for field in spark_schema(table).fields:  # the types as Spark SQL shows them
             meaning = COLUMN_DOCS[table][field.name]
             out.append(f"| {field.name} | {field.dataType.simpleString()} | {'yes' if field.nullable else 'no'} "
                        f"| {_cell(meaning)} |")

@@ -6,9 +6,9 @@ import shutil
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from pyspark.sql import functions as F
-from pyspark.sql.types import IntegerType, StringType, StructField, StructType
 
 from deepcrate.cli import main
 from deepcrate.config import resolve_config
@@ -240,8 +240,7 @@ class SongCounts(Stage):
 
 def test_a_new_stage_is_one_class_and_one_line_and_is_skipped_when_up_to_date(spark, rebuilt, tmp_path, monkeypatch):
     root, manifest, _, _ = rebuilt
-    monkeypatch.setitem(SCHEMAS, "song_counts", StructType([StructField("genre", StringType()),
-                                                           StructField("count", IntegerType())]))
+    monkeypatch.setitem(SCHEMAS, "song_counts", pa.schema([("genre", pa.string()), ("count", pa.int32())]))
     toy = SongCounts()
     kwargs = {"audio": str(root / "audio"), "manifest": str(manifest), "warehouse": str(tmp_path / "wh"),
               "model": str(next((root / "wh" / "models").iterdir())), "stages": (*STAGES, toy)}

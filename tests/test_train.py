@@ -18,7 +18,8 @@ from deepcrate.models.architectures import EMBEDDING_LAYER, OUTPUT_LAYER, build_
 from deepcrate.models.store import latest_model, read_model_folder
 from deepcrate.stages.training import train
 from deepcrate.storage.arrow_tables import ArrowTables
-from deepcrate.storage.schemas import SLICES, Table
+from deepcrate.storage.schemas import Table
+from deepcrate.storage.spark_schemas import spark_schema
 from deepcrate.storage.table_metadata import IngestMetadata
 from deepcrate.storage.warehouse import Warehouse
 from deepcrate.vectors.genre_accuracy import Evaluation, vote_songs
@@ -196,7 +197,7 @@ def _slices_warehouse(spark, root: Path, songs: list[tuple[str, str | None, str]
     store = Warehouse(spark, str(root), create=True)
     settings = SpectrogramSettings.from_config(resolve_config(overrides=[f"spectrogram.preset={preset}"]))
     run = store.begin_run()
-    store.write_table(run, Table.SLICES, spark.createDataFrame(rows, schema=SLICES),
+    store.write_table(run, Table.SLICES, spark.createDataFrame(rows, schema=spark_schema(Table.SLICES)),
                       metadata=IngestMetadata(deepcrate_version="test", audio=f"file:{root}/audio", spectrogram=settings,
                                               ingest={}, decoding={}, split={}))
     store.publish(run, [Table.SLICES])

@@ -3,8 +3,8 @@
 Tables are Delta tables (delta-rs commits, one run record per job); a warehouse in the
 earlier plain-Parquet layout is converted in place by its next writing job.
 """
+import pyarrow as pa
 import pytest
-from pyspark.sql.types import IntegerType, StructField, StructType
 
 from deepcrate.errors import WarehouseError
 from deepcrate.storage.schemas import TABLES
@@ -16,7 +16,7 @@ from deepcrate.storage.warehouse import Warehouse
 def toy_tables(monkeypatch):
     """Tables ``a``, ``b``, ``c`` of one int column, known to the schemas like a stage's own tables."""
     for name in ("a", "b", "c"):
-        monkeypatch.setitem(TABLES, name, StructType([StructField("v", IntegerType(), True)]))
+        monkeypatch.setitem(TABLES, name, pa.schema([("v", pa.int32())]))
 
 
 def stage(store, run, name, values):

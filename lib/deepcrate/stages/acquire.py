@@ -35,6 +35,7 @@ from deepcrate.audio.decode import DECODE_ERROR, TRUNCATED, check_whole
 from deepcrate.errors import AudioError, ConfigError, InputError
 from deepcrate.spark.task_warnings import TaskWarnings
 from deepcrate.storage.schemas import DOWNLOADS, Table
+from deepcrate.storage.spark_schemas import spark_schema
 from deepcrate.storage.table_metadata import DownloadsMetadata
 from deepcrate.storage.warehouse import Warehouse
 from deepcrate.storage.writer_lock import holds_writer_lock
@@ -457,8 +458,8 @@ def _fetch_on_spark(spark, todo: list[Download], *, audio_dir: Path, settings: A
 
 def _write_downloads_table(spark, store: Warehouse, downloads: list[Download]) -> None:
     run = store.begin_run()
-    rows = [tuple(d.row()[f.name] for f in DOWNLOADS.fields) for d in downloads]
-    frame = spark.createDataFrame(rows, schema=DOWNLOADS).coalesce(1)
+    rows = [tuple(d.row()[name] for name in DOWNLOADS.names) for d in downloads]
+    frame = spark.createDataFrame(rows, schema=spark_schema(Table.DOWNLOADS)).coalesce(1)
     store.write_table(run, Table.DOWNLOADS, frame, metadata=DownloadsMetadata(deepcrate_version=__version__))
     store.publish(run, [Table.DOWNLOADS])
 

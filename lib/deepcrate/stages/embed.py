@@ -32,7 +32,8 @@ from deepcrate.spark.progress import Progress
 from deepcrate.spark.session import live_count, session_conf
 from deepcrate.spark.task_warnings import TaskWarnings
 from deepcrate.stages.pipeline import Outcome, RebuildContext, Stage
-from deepcrate.storage.schemas import SLICE_EMBEDDINGS, SONG_EMBEDDINGS, Table
+from deepcrate.storage.schemas import Table
+from deepcrate.storage.spark_schemas import spark_schema
 from deepcrate.storage.table_metadata import EmbeddingsMetadata
 from deepcrate.storage.warehouse import Warehouse
 from deepcrate.storage.writer_lock import holds_writer_lock
@@ -123,7 +124,7 @@ def embed(
     with session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": str(batch_size)}), \
             Progress(label="slices embedded", total=total, done=done,
                      interval_s=float(options.progress_interval_s)):
-        frame = slices.mapInPandas(embed_batches, schema=SLICE_EMBEDDINGS)
+        frame = slices.mapInPandas(embed_batches, schema=spark_schema(Table.SLICE_EMBEDDINGS))
         if kept is not None:
             frame = kept_slices.unionByName(frame, allowMissingColumns=True)  # kept from before "pretrained"
         store.write_table(run, Table.SLICE_EMBEDDINGS, frame, metadata=metadata)
@@ -136,7 +137,7 @@ def embed(
     if kept is not None:
         new_slices = new_slices.join(kept_ids, "song_id", "left_anti")
     songs_frame = (new_slices.repartition("song_id").sortWithinPartitions("song_id")
-                   .mapInPandas(_song_vectors(labels=labels, version=version), schema=SONG_EMBEDDINGS))
+                   .mapInPandas(_song_vectors(labels=labels, version=version), schema=spark_schema(Table.SONG_EMBEDDINGS)))
     if kept is not None:
         songs_frame = kept_songs.unionByName(songs_frame, allowMissingColumns=True)
     store.write_table(run, Table.SONG_EMBEDDINGS, songs_frame, metadata=metadata)

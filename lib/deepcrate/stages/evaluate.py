@@ -46,6 +46,7 @@ from deepcrate.errors import InputError, WarehouseError
 from deepcrate.stages.pipeline import Outcome, RebuildContext, Stage
 from deepcrate.storage.arrow_tables import ArrowTables
 from deepcrate.storage.schemas import EVALUATION, EVALUATION_METHODS, Table
+from deepcrate.storage.spark_schemas import spark_schema
 from deepcrate.storage.table_metadata import EvaluationMetadata
 from deepcrate.storage.warehouse import Warehouse
 from deepcrate.storage.writer_lock import holds_writer_lock
@@ -144,7 +145,7 @@ def evaluate(spark: SparkSession, *, warehouse: str, config: dict[str, Any]) -> 
     rows = _evaluation_rows(catalogue, version=version, settings=EvaluateSettings.from_config(config),
                             test_slices=test_slices)
     frame = spark.createDataFrame(rows[list(EVALUATION.names)].astype(object).where(rows.notna(), None)
-                                  .itertuples(index=False, name=None), schema=EVALUATION).coalesce(1)
+                                  .itertuples(index=False, name=None), schema=spark_schema(Table.EVALUATION)).coalesce(1)
     summary = EvaluateSummary(model_version=version, queries=int((catalogue["split"] == "test").sum()),
                               catalogue=len(catalogue), rows=rows,
                               seconds=time.monotonic() - started)

@@ -35,7 +35,8 @@ from deepcrate.spark.progress import Progress
 from deepcrate.spark.session import live_count, session_conf
 from deepcrate.spark.task_warnings import TaskWarnings
 from deepcrate.stages.pipeline import Outcome, RebuildContext, Stage
-from deepcrate.storage.schemas import PRETRAINED_FEATURES, Table
+from deepcrate.storage.schemas import Table
+from deepcrate.storage.spark_schemas import spark_schema
 from deepcrate.storage.table_metadata import FeaturesMetadata
 from deepcrate.storage.warehouse import Warehouse
 from deepcrate.storage.writer_lock import holds_writer_lock
@@ -115,7 +116,7 @@ def compute_features(spark: SparkSession, *, warehouse: str, config: dict[str, A
             Progress(label="slices' pretrained features", total=total, done=done,
                      interval_s=float(options.progress_interval_s)):
         frame = todo.select("song_id", "slice_idx", "slice_hash", "spectrogram").mapInPandas(
-            compute, schema=PRETRAINED_FEATURES)
+            compute, schema=spark_schema(Table.PRETRAINED_FEATURES))
         if kept is not None:
             frame = kept.unionByName(frame)
         store.write_table(run, Table.PRETRAINED_FEATURES, frame, metadata=metadata)

@@ -20,7 +20,6 @@ import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pyspark.sql.pandas.types import to_arrow_schema
 
 from deepcrate.errors import WarehouseError
 from deepcrate.stages.pipeline import Outcome, RebuildContext, Stage, without
@@ -33,8 +32,6 @@ from deepcrate.vectors.faiss_index import INDEX, IndexSettings, build_index, mea
 from deepcrate.vectors.similarity import list_column_matrix, normalise
 
 logger = logging.getLogger(__name__)
-
-RECOMMENDATION_COLUMNS = to_arrow_schema(RECOMMENDATIONS)
 
 
 @dataclass
@@ -89,7 +86,7 @@ def recommendation_blocks(
                 similarity.append(sim)
         yield pa.table([pa.array(song, pa.string()), pa.array(rank, pa.int32()),
                         pa.array(neighbour, pa.string()), pa.array(similarity, pa.float64())],
-                       schema=RECOMMENDATION_COLUMNS)
+                       schema=RECOMMENDATIONS)
 
 
 @holds_writer_lock()

@@ -47,7 +47,8 @@ from deepcrate.storage.delta_tables import (
     folder_files,
 )
 from deepcrate.storage.run_log import EMPTY, NOT_TABLES, RunLog, RunRecord, TableVersion
-from deepcrate.storage.schemas import Table, validate
+from deepcrate.storage.schemas import Table
+from deepcrate.storage.spark_schemas import validate
 from deepcrate.storage.table_metadata import METADATA_FILE, TableMetadata, checked_metadata, metadata_class
 from deepcrate.storage.writer_lock import check_lock, held_job, job_record, open_folder, process_alive
 from deepcrate.uris import filesystem_and_path, to_uri

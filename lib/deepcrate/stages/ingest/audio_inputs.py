@@ -122,7 +122,7 @@ def read_manifest(manifest: str, *, audio_uri: str) -> pd.DataFrame:
     table.columns = names
     if "path" not in table.columns:
         raise InputError(f"manifest {manifest}: needs a 'path' column, has {list(table.columns)}")
-    reserved = {f.name for f in SONGS.fields} - {"path", *LABEL_COLUMNS}
+    reserved = set(SONGS.names) - {"path", *LABEL_COLUMNS}
     clashes = sorted(reserved & set(table.columns))
     if clashes:
         raise InputError(f"manifest {manifest}: columns {clashes} are computed by ingest; rename them")

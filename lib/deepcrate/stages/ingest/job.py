@@ -57,6 +57,7 @@ from deepcrate.stages.ingest.audio_inputs import (
 from deepcrate.stages.ingest.catalogue_rows import reject_before_decoding, songs_and_rejects
 from deepcrate.stages.pipeline import Outcome, RebuildContext, Stage
 from deepcrate.storage.schemas import REJECTS, SLICES, SONGS, Table
+from deepcrate.storage.spark_schemas import spark_schema
 from deepcrate.storage.table_metadata import IngestMetadata
 from deepcrate.storage.warehouse import Warehouse
 from deepcrate.storage.writer_lock import holds_writer_lock
@@ -372,10 +373,11 @@ def _write_tables(
 ) -> int:
     """Stage the four tables; returns the number of slices written."""
     extras = [c for c in songs.columns if c not in SONGS.names]
-    songs_schema = StructType(SONGS.fields + [StructField(c, StringType(), True) for c in extras])
+    songs_schema = spark_schema(Table.SONGS, extras=tuple(extras))
     songs_df = spark.createDataFrame(_records(songs, songs_schema), schema=songs_schema)
-    rejects_df = spark.createDataFrame(_records(rejects.sort_values("path"), REJECTS), schema=REJECTS)
-    keys_schema = StructType([SONGS["path"], SONGS["song_id"], SONGS["genre"], SONGS["split"]])
+    rejects_schema = spark_schema(Table.REJECTS)
+    rejects_df = spark.createDataFrame(_records(rejects.sort_values("path"), rejects_schema), schema=rejects_schema)
+    keys_schema = StructType([songs_schema[name] for name in ("path", "song_id", "genre", "split")])
     song_keys = F.broadcast(spark.createDataFrame(_records(songs, keys_schema), schema=keys_schema))
     slices_df = (
         decoded.filter(F.col("slice_idx") >= 0)
