@@ -52,7 +52,7 @@ def test_mixable_recommendations_keep_tempo_and_key_and_say_when_fewer(rebuilt, 
     tempo, code = songs.at[seed, "tempo_bpm"], songs.at[seed, "camelot"]
     assert main(["recommend", "--warehouse", str(root / "wh"), "--song", seed, "-k", "30", "--mixable",
                  "--bpm-range", "6", "--format", "json"]) == 0
-    found = json.loads(capsys.readouterr().out)["recommendations"]
+    found = json.loads(capsys.readouterr().out)
     expected = {sid for sid, row in songs.iterrows() if sid != seed and not pd.isna(row["tempo_bpm"])
                 and tempo_mixes(row["tempo_bpm"], tempo, percent=6) and row["camelot"] in compatible_camelot(code)}
     assert {r["song_id"] for r in found} == expected  # every mixable song, and only those (30 > catalogue)
@@ -131,7 +131,7 @@ def test_explain_finds_the_shared_passage(shared_passage, capsys):
     wh = str(shared_passage / "wh")
     x = str(shared_passage / "audio" / "X.wav")
     assert main(["recommend", "--warehouse", wh, "--song", "X.wav", "-k", "4", "--explain", "--format", "json"]) == 0
-    found = {r["path"].rsplit("/", 1)[-1]: r for r in json.loads(capsys.readouterr().out)["recommendations"]}
+    found = {r["path"].rsplit("/", 1)[-1]: r for r in json.loads(capsys.readouterr().out)}
     why = found["Y.wav"]["why"]
     assert why["seed_passage"] == pytest.approx([2 * SLICE_S, 3 * SLICE_S], abs=0.01)
     assert why["passage"] == pytest.approx([4 * SLICE_S, 5 * SLICE_S], abs=0.01)
@@ -143,5 +143,5 @@ def test_explain_finds_the_shared_passage(shared_passage, capsys):
     assert "why: 0:10–0:15 of X.wav ↔ 0:20–0:26 of Y.wav" in out
     # a file that is not in the catalogue is explained from its own slices
     assert main(["recommend", "--warehouse", wh, "--file", x, "-k", "4", "--explain", "--format", "json"]) == 0
-    from_file = {r["path"].rsplit("/", 1)[-1]: r for r in json.loads(capsys.readouterr().out)["recommendations"]}
+    from_file = {r["path"].rsplit("/", 1)[-1]: r for r in json.loads(capsys.readouterr().out)}
     assert from_file["Y.wav"]["why"]["passage"] == pytest.approx([4 * SLICE_S, 5 * SLICE_S], abs=0.01)

@@ -255,7 +255,7 @@ def test_recommend_cli_prints_a_table_or_json_and_fails_in_one_line(embedded, ca
     assert len(out) == 3 + 3
     assert main(["recommend", "--warehouse", str(wh), "--song", song_id, "-k", "4", "--format", "json"]) == 0
     payload = json.loads(capsys.readouterr().out)
-    assert [r["rank"] for r in payload["recommendations"]] == [1, 2, 3, 4]
+    assert [r["rank"] for r in payload] == [1, 2, 3, 4]  # a list of row objects, as every --format json
     assert main(["recommend", "--warehouse", str(wh), "--song", "nothing like it"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no song matches" in err[0]

@@ -7,10 +7,10 @@ the files that no recent run reads.
 """
 from __future__ import annotations
 
-import json
 from typing import Any, TextIO
 
 from deepcrate.errors import WarehouseError
+from deepcrate.query.output import write_json, write_table
 from deepcrate.storage import maintenance
 from deepcrate.storage.run_log import RunLog
 from deepcrate.storage.writer_lock import writer_lock
@@ -33,19 +33,20 @@ def history_rows(warehouse: str) -> list[dict[str, Any]]:
 
 
 def write_history(rows: list[dict[str, Any]], *, out: TextIO, fmt: str = "table") -> None:
-    """``rows`` as JSON lines (``fmt="json"``, one object per run) or as a table a person reads."""
+    """``rows`` as JSON (``fmt="json"``, one object per run) or as a table a person reads, each run
+    with what it changed and its tables' row counts under it."""
     if fmt == "json":
-        for row in rows:
-            out.write(json.dumps(row, sort_keys=True) + "\n")
+        write_json(rows, out)
         return
     if not rows:
         out.write("no published runs (nothing written yet, or a plain-Parquet warehouse its next job converts)\n")
         return
-    for row in rows:
-        kept = "" if row["files_kept"] else "  (files vacuumed)"
-        out.write(f"run {row['run']}  {row['time']}  {row['command']}{kept}\n")
-        out.write(f"  changed: {', '.join(row['changed']) or 'nothing'}\n")
-        out.write("  rows:    " + ", ".join(f"{name} {count}" for name, count in row["rows"].items()) + "\n")
+    write_table(["run", "time", "command", "files"],
+                [[row["run"], row["time"], row["command"], "kept" if row["files_kept"] else "vacuumed"] for row in rows],
+                out, width=None, count=False,
+                notes=[[f"changed: {', '.join(row['changed']) or 'nothing'}",
+                        "rows:    " + ", ".join(f"{name} {count}" for name, count in row["rows"].items())]
+                       for row in rows])
 
 
 def rollback(*, warehouse: str, to: int) -> str:

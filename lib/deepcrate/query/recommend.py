@@ -6,7 +6,6 @@ second or two; ``--file`` adds TensorFlow to embed a song that is not in the cat
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from deepcrate.audio.slicing import slice_audio_file
 from deepcrate.config import EmbedSettings
 from deepcrate.errors import AudioError, InputError, ModelError, WarehouseError, first_line
 from deepcrate.models.store import MODELS, read_model_folder
+from deepcrate.query.output import write_json, write_m3u, write_table
 from deepcrate.storage.arrow_tables import ArrowTables
 from deepcrate.storage.schemas import Table
 from deepcrate.uris import local_path, to_uri, warehouse_uri
@@ -370,11 +370,7 @@ def write_results(results: pd.DataFrame, *, out: TextIO, fmt: str, seeds: Sequen
     if k is not None and 0 < len(results) < k:
         logger.warning("only %d songs pass the filters (asked for %d)", len(results), k)
     if fmt == "json":
-        records = [{k: (v.isoformat() if isinstance(v, (dt.date, pd.Timestamp)) else
-                        None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
-                   for row in results.to_dict(orient="records")]
-        json.dump({"seeds": [s.label for s in seeds], "recommendations": records}, out, indent=2, default=str)
-        out.write("\n")
+        write_json(results.to_dict(orient="records"), out)
         return
     described = [f"{s.label!r}" + (f" ({_musical(s.tempo_bpm, s.camelot)})" if s.tempo_bpm or s.camelot else "")
                  for s in seeds]
@@ -388,15 +384,10 @@ def write_results(results: pd.DataFrame, *, out: TextIO, fmt: str, seeds: Sequen
              .assign(similarity=results["similarity"].round(4),
                      tempo_bpm=[f"{t:.1f}" if t is not None and not pd.isna(t) else "" for t in results["tempo_bpm"]])
              .rename(columns={"tempo_bpm": "bpm"}).fillna(""))
-    widths = {c: max(len(c), *(len(str(v)) for v in shown[c])) for c in shown.columns}
-    out.write("  ".join(c.ljust(widths[c]) for c in shown.columns).rstrip() + "\n")
-    out.write("  ".join("-" * widths[c] for c in shown.columns) + "\n")
-    for n, (_, row) in enumerate(shown.iterrows()):
-        out.write("  ".join(str(row[c]).ljust(widths[c]) for c in shown.columns).rstrip() + "\n")
-        if explained is not None:
-            why = explained[n]
-            title = row["title"] or os.path.basename(str(row["path"]))
-            out.write(f"    why: {describe_match(why, title=title) if why else 'no slice embeddings to compare'}\n")
+    notes = None if explained is None else [
+        [f"why: {describe_match(why, title=title or os.path.basename(str(path))) if why else 'no slice embeddings to compare'}"]
+        for why, title, path in zip(explained, shown["title"], shown["path"])]
+    write_table(list(shown.columns), shown.itertuples(index=False, name=None), out, width=None, notes=notes, count=False)
     if k is not None and len(results) < k:
         out.write(f"(only {len(results)} of the {k} asked for pass the filters)\n")
 
@@ -451,27 +442,20 @@ def _musical(tempo: float | None, code: str | None) -> str:
 def write_playlist(steps: pd.DataFrame, *, out: TextIO, fmt: str) -> None:
     """A playlist as a table, JSON, or M3U (extended) that DJ software opens."""
     if fmt == "m3u":
-        out.write("#EXTM3U\n")
-        for row in steps.itertuples():
-            name = " - ".join(str(v) for v in (row.artist, row.title) if isinstance(v, str)) or os.path.basename(row.path)
-            out.write(f"#EXTINF:{round(row.duration_s)},{name}\n{local_path(row.path) if row.path.startswith('file:') else row.path}\n")
+        write_m3u(((" - ".join(str(v) for v in (row.artist, row.title) if isinstance(v, str))
+                    or os.path.basename(row.path), row.duration_s,
+                    local_path(row.path) if row.path.startswith("file:") else row.path)
+                   for row in steps.itertuples()), out)
         return
     if fmt == "json":
-        records = [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
-                   for row in steps.to_dict(orient="records")]
-        json.dump({"playlist": records}, out, indent=2, default=str)
-        out.write("\n")
+        write_json(steps.to_dict(orient="records"), out)
         return
     shown = steps.drop(columns=["song_id", "duration_s"]).assign(
         similarity=["" if v is None or pd.isna(v) else f"{v:.4f}" for v in steps["similarity"]],
         tempo_bpm=[f"{t:.1f}" if _known(t) else "" for t in steps["tempo_bpm"]],
     ).rename(columns={"tempo_bpm": "bpm", "similarity": "to previous"}).fillna("")
-    widths = {c: max(len(c), *(len(str(v)) for v in shown[c])) for c in shown.columns}
     out.write(f"a playlist of {len(steps)} songs:\n")
-    out.write("  ".join(c.ljust(widths[c]) for c in shown.columns).rstrip() + "\n")
-    out.write("  ".join("-" * widths[c] for c in shown.columns) + "\n")
-    for _, row in shown.iterrows():
-        out.write("  ".join(str(row[c]).ljust(widths[c]) for c in shown.columns).rstrip() + "\n")
+    write_table(list(shown.columns), shown.itertuples(index=False, name=None), out, width=None, count=False)
 
 
 def parse_date(text: str, *, flag: str) -> dt.date:

@@ -10,28 +10,22 @@ Java method by reflection. Reading files by path is also switched off in the ses
 """
 from __future__ import annotations
 
-import base64
 import contextlib
-import csv
-import datetime as dt
-import decimal
 import itertools
-import json
 import signal
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TextIO
+from typing import TextIO
 
 from pyspark.sql import Row, SparkSession
 
 from deepcrate.errors import InputError, spark_error_line
+from deepcrate.query.output import write_csv, write_json, write_table
 from deepcrate.query.sql_guard import check_read_only, quiet_query_errors
 from deepcrate.spark.session import session_conf
 from deepcrate.storage.arrow_tables import unreadable_file_error
 from deepcrate.storage.warehouse import Warehouse
-
-FORMATS = ("table", "csv", "json")
 
 
 class QuerySession:
@@ -92,7 +86,7 @@ class QuerySession:
                     rows = frame.toLocalIterator()
                     first = next(rows, None)
                     stream = () if first is None else itertools.chain([first], rows)
-                    written = WRITERS[fmt](frame.columns, (_plain(row) for row in stream), out)
+                    written = _write(fmt, frame.columns, stream, out)
                 except Exception as exc:  # a damaged file, a failed assert_true(), or a cancel
                     _stop_if(cancelled(), timeout_s=self.timeout_s)
                     raise unreadable_file_error(exc) or InputError(f"query failed: {spark_error_line(exc)}") from None
@@ -148,75 +142,9 @@ def _cancellable(spark: SparkSession, *, timeout_s: float) -> Iterator[Callable[
         context.setLocalProperty("spark.jobGroup.id", None)
 
 
-def _plain(row: Row) -> list[Any]:
-    return [_json_value(value) for value in row]
-
-
-def _json_value(value: Any) -> Any:
-    """Spark values as JSON-ready Python: dates ISO, binaries base64, arrays as lists."""
-    if isinstance(value, (bytes, bytearray)):
-        return base64.b64encode(bytes(value)).decode("ascii")
-    if isinstance(value, (dt.date, dt.datetime)):
-        return value.isoformat()
-    if isinstance(value, decimal.Decimal):
-        return float(value)
-    if isinstance(value, Row):
-        return {k: _json_value(v) for k, v in value.asDict().items()}
-    if isinstance(value, dict):
-        return {str(k): _json_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_value(v) for v in value]
-    return value
-
-
-def _cell(value: Any) -> str:
-    """A value as CSV/table text: nested values as JSON, missing as empty."""
-    if value is None:
-        return ""
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, ensure_ascii=False)
-    return str(value)
-
-
-def _write_csv(columns: list[str], rows: Iterable[list[Any]], out: TextIO) -> int:
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(columns)
-    count = 0
-    for row in rows:
-        writer.writerow([_cell(v) for v in row])
-        count += 1
-    return count
-
-
-def _write_json(columns: list[str], rows: Iterable[list[Any]], out: TextIO) -> int:
-    # Streamed object by object: one JSON array without holding every row in memory.
-    out.write("[")
-    count = 0
-    for row in rows:
-        out.write(",\n " if count else "\n ")
-        out.write(json.dumps(dict(zip(columns, row)), ensure_ascii=False))
-        count += 1
-    out.write("\n]\n" if count else "]\n")
-    return count
-
-
-def _write_table(columns: list[str], rows: Iterable[list[Any]], out: TextIO, *, width: int = 60) -> int:
-    # a newline or tab inside a value (a file name may hold one) would break the row apart
-    cells = [[_short(_cell(v).translate(_ESCAPES), width) for v in row] for row in rows]
-    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()
-    out.write(line + "\n" + "  ".join("-" * w for w in widths) + "\n")
-    for row in cells:
-        out.write("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() + "\n")
-    out.write(f"({len(cells)} row{'s' if len(cells) != 1 else ''})\n")
-    return len(cells)
-
-
-_ESCAPES = str.maketrans({"\n": "\\n", "\r": "\\r", "\t": "\\t"})
-
-
-def _short(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
-WRITERS = {"table": _write_table, "csv": _write_csv, "json": _write_json}
+def _write(fmt: str, columns: list[str], rows: Iterable[Row], out: TextIO) -> int:
+    if fmt == "json":
+        return write_json((dict(zip(columns, row)) for row in rows), out)
+    if fmt == "csv":
+        return write_csv(columns, rows, out)
+    return write_table(columns, rows, out)

@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from typing import TextIO
 
 from deepcrate.errors import DeepcrateError
-from deepcrate.query.sql import FORMATS, QuerySession
+from deepcrate.query.output import FORMATS
+from deepcrate.query.sql import QuerySession
 
 PROMPT, MORE = "deepcrate> ", "      ...> "
 HISTORY = "~/.deepcrate_sql_history"
