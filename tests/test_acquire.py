@@ -278,7 +278,7 @@ def test_requests_to_one_host_wait_for_each_other(spark, server, tmp_path, monke
             starts.append(start)
             return start
 
-    monkeypatch.setattr("deepcrate.stages.acquire.HostPacer", RecordingPacer)
+    monkeypatch.setattr("deepcrate.stages.acquire.job.HostPacer", RecordingPacer)
     rows = [{"url": f"{server}/ok/{name}", "genre": "g"} for name in ("a.mp3", "b.mp3", "c.mp3", "d.mp3")]
     config = resolve_config(overrides=[*FAST, "acquire.per_host_delay_s=0.3"])
     summary = acquire(spark, manifest=str(_manifest(tmp_path / "urls.csv", rows)), audio=str(tmp_path / "audio"),

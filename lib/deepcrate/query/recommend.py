@@ -105,18 +105,12 @@ class Catalogue:
         self.root = warehouse_uri(warehouse)
         self.config = config
         self.settings = IndexSettings.from_config(config)
-        if not self.root.startswith("file:"):
-            raise InputError(f"recommend reads local warehouses; copy {self.root} locally first")
-        if not os.path.isdir(local_path(self.root)):
-            raise WarehouseError(f"warehouse {local_path(self.root)}: no such folder")
-        self.tables = ArrowTables.current(self.root)
+        self.tables = ArrowTables.local(self.root, reader="recommend")
         for needed, stage in ((Table.SONGS, "ingest"), (Table.SONG_EMBEDDINGS, "embed"), (INDEX, "index")):
             if not self.tables.exists(needed):
                 raise WarehouseError(f"warehouse {self.root}: no {needed}; run deepcrate {stage} first")
-        self.has_musical = set(MUSICAL_COLUMNS) <= set(self.tables.dataset(Table.SONGS).schema.names)
-        songs = self.tables.read(Table.SONGS, columns=SONG_COLUMNS + MUSICAL_COLUMNS * self.has_musical).to_pandas()
-        for column in MUSICAL_COLUMNS * (not self.has_musical):
-            songs[column] = None
+        self.has_musical = self.tables.has_columns(Table.SONGS, MUSICAL_COLUMNS)
+        songs = self.tables.read_pandas(Table.SONGS, columns=SONG_COLUMNS, optional=MUSICAL_COLUMNS)
         predicted = self.tables.read(Table.SONG_EMBEDDINGS, columns=["song_id", "predicted_genre"]).to_pandas()
         self.songs = songs.merge(predicted, on="song_id", how="inner").set_index("song_id")
         self.loaded = load_index(local_path(self.tables.folder(INDEX)), settings=self.settings,

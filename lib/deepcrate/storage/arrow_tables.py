@@ -7,8 +7,9 @@ exactly the files that run's Delta version names, and checks them first
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs
@@ -48,6 +49,17 @@ class ArrowTables:
     def current(cls, root: str, *, as_of: int | None = None) -> ArrowTables:
         """The tables of the current run (or of run ``as_of``)."""
         return cls(root, resolve_view(RunLog(warehouse_uri(root)), as_of=as_of))
+
+    @classmethod
+    def local(cls, warehouse: str, *, reader: str) -> ArrowTables:
+        """The current tables of a local warehouse, for ``reader`` (a command that runs without Spark)."""
+        root = warehouse_uri(warehouse)
+        if not root.startswith("file:"):
+            raise WarehouseError(f"{reader} reads local warehouses; copy {root} locally first")
+        filesystem, path = filesystem_and_path(root)
+        if filesystem.get_file_info(path).type != pyarrow.fs.FileType.Directory:
+            raise WarehouseError(f"warehouse {path}: no such folder")
+        return cls.current(root)
 
     @property
     def staged(self) -> bool:
@@ -104,6 +116,20 @@ class ArrowTables:
         except (OSError, pa.ArrowInvalid) as exc:
             raise WarehouseError(f"table {name} in {self.root}: {_damaged_file(dataset) or 'cannot be read'}: "
                                  f"{first_line(exc)}; restore it, or roll back (deepcrate rollback)") from None
+
+    def has_columns(self, name: Table, columns: Sequence[str]) -> bool:
+        """Whether table ``name`` has every one of ``columns`` (a table an older stage wrote may lack some)."""
+        return set(columns) <= set(self.dataset(name).schema.names)
+
+    def read_pandas(self, name: Table, *, columns: Sequence[str], optional: Sequence[str] = ()) -> pd.DataFrame:
+        """``columns`` and ``optional`` of table ``name``; an optional column the table lacks (written by an
+        older stage) is there, all None."""
+        present = set(self.dataset(name).schema.names)
+        frame = self.read(name, columns=[*columns, *(c for c in optional if c in present)]).to_pandas()
+        for column in optional:
+            if column not in present:
+                frame[column] = None
+        return frame
 
     def slice_table(self, *, image_shape: tuple[int, int]) -> SliceTable:
         """The ``slices`` table as training streams it (:class:`~deepcrate.models.slice_reader.SliceTable`)."""

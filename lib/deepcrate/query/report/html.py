@@ -1,251 +1,28 @@
-"""``deepcrate report``: the catalogue as one self-contained HTML page to look at and listen to.
-
-The page holds a map of the song embeddings (every song a point, coloured by genre;
-hover names it, a click plays it and lists its recommendations, each playable), how good
-the recommendations are (the ``evaluation`` table, the confusion matrix, the training
-curves), and the catalogue itself (genres and splits, durations, rejects, the runs that
-wrote the warehouse). It needs no server, no CDN and no Spark: pyarrow reads the tables,
-the page's own script draws the map on a canvas from compactly embedded arrays
-(about 150 bytes a song with 10 recommendations), so 100,000 songs stay under 20 MB.
-
-Whatever the warehouse lacks (embeddings, an evaluation, a model, audio files that
-moved) the page says, instead of failing.
-"""
+"""The report's HTML: one self-contained page (its style and script inlined from ``assets/``)."""
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import html
 import json
-import logging
 import os
-import tempfile
-from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
-from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
 
-from deepcrate.errors import InputError, ModelError, WarehouseError
-from deepcrate.models.store import MODELS, read_model_folder
-from deepcrate.storage.arrow_tables import ArrowTables
-from deepcrate.storage.run_log import RunLog, RunRecord
-from deepcrate.storage.schemas import EVALUATION_METHODS, Table
-from deepcrate.uris import filesystem_and_path, local_path, warehouse_uri
-from deepcrate.vectors.projection import project
+from deepcrate.query.report.page import REJECTS_LISTED, RUNS_LISTED, SPLITS, UNLABELLED, ReportPage
+from deepcrate.storage.run_log import RunRecord
+from deepcrate.storage.schemas import EVALUATION_METHODS
+from deepcrate.uris import local_path
 
-logger = logging.getLogger(__name__)
-
-SPLITS = ("train", "validation", "test")
-UNLABELLED = "(unlabelled)"
-REJECTS_LISTED = 50  # paths shown per reject reason; the count is always whole
-RUNS_LISTED = 20
 _METRICS = (("songs", "songs"), ("song_accuracy", "song accuracy"), ("precision_at_5", "P@5"),
             ("precision_at_10", "P@10"), ("map_at_5", "MAP@5"), ("map_at_10", "MAP@10"))
 
 
-@dataclass
-class ReportPage:
-    """Everything the page shows, read from a warehouse (:func:`read_report_page`)."""
-
-    warehouse: str
-    songs: pd.DataFrame  # song_id, artist, title, genre, split, duration_s, predicted_genre, url, found
-    points: np.ndarray | None = None  # (songs, 2) in [0, 1]; None: no embeddings
-    projection: str = ""
-    neighbours: np.ndarray | None = None  # (songs, k) row positions in ``songs``, -1 where none
-    similarity: np.ndarray | None = None  # (songs, k)
-    evaluation: pd.DataFrame | None = None
-    model_version: str | None = None
-    model_settings: dict[str, Any] = field(default_factory=dict)
-    history: dict[str, list[float]] = field(default_factory=dict)
-    rejects: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["path", "reason", "message"]))
-    runs: list[RunRecord] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)  # what the page says it cannot show, and why
-    generated: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
-
-
-@dataclass
-class ReportSummary:
-    path: str
-    songs: int
-    projection: str
-    size_bytes: int
-    missing: list[str]
-
-    def lines(self) -> list[str]:
-        lines = [f"report written: {self.path} ({self.songs} songs, {self.size_bytes / 1e6:.1f} MB"
-                 + (f"; map: {self.projection})" if self.projection else ")")]
-        lines += [f"  not shown: {reason}" for reason in self.missing]
-        return lines
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_report(warehouse: str, *, out: str, audio_base: str | None = None, projection: str = "auto") -> ReportSummary:
-    """Write the report of ``warehouse`` to the local file ``out`` (replaced whole, never half-written).
-
-    Parameters
-    ----------
-    warehouse : str
-        A local warehouse folder (or ``file:`` URI).
-    out : str
-        The HTML file to write; audio links are relative to its folder unless ``audio_base`` is given.
-    audio_base : str, optional
-        A URL or path under which the audio folder's files are found (the songs' common folder
-        is replaced by it), for a report served beside the music.
-    projection : str
-        ``auto``, ``umap``, ``tsne`` or ``pca`` (:func:`deepcrate.vectors.projection.project`).
-    """
-    out = os.path.abspath(os.path.expanduser(out))
-    if os.path.isdir(out):
-        raise WarehouseError(f"report {out}: is a folder; give the HTML file to write")
-    try:  # the place is tried before the page is built (a projection can take minutes)
-        os.makedirs(os.path.dirname(out), exist_ok=True)
-        draft = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=os.path.dirname(out), prefix=".report-",  # noqa: SIM115 (closed below, after the page is built)
-                                            suffix=".html", delete=False)
-    except OSError as exc:
-        raise InputError(f"report {out}: cannot be written there ({exc.strerror})") from None
-    try:
-        with draft:
-            page = read_report_page(warehouse, out_dir=os.path.dirname(out), audio_base=audio_base,
-                                    projection=projection)
-            text = render_report(page)
-            draft.write(text)
-        os.chmod(draft.name, 0o666 & ~_umask())  # a page for people: the mode any program's output gets
-        os.replace(draft.name, out)
-    except OSError as exc:
-        raise InputError(f"report {out}: cannot be written there ({exc.strerror})") from None
-    finally:
-        if os.path.exists(draft.name):
-            os.unlink(draft.name)
-    return ReportSummary(path=out, songs=len(page.songs), projection=page.projection,
-                         size_bytes=len(text.encode("utf-8")), missing=page.missing)
-
-
-# -- reading the warehouse ------------------------------------------------------------
-def read_report_page(warehouse: str, *, out_dir: str, audio_base: str | None = None,
-                     projection: str = "auto") -> ReportPage:
-    """Read what the page shows from the current run of ``warehouse``."""
-    root = warehouse_uri(warehouse)
-    if not root.startswith("file:"):
-        raise WarehouseError(f"report reads local warehouses; copy {root} locally first")
-    filesystem, path = filesystem_and_path(root)
-    if filesystem.get_file_info(path).type.name != "Directory":
-        raise WarehouseError(f"warehouse {root}: no such folder")
-    tables = ArrowTables.current(root)
-    if not tables.exists(Table.SONGS):
-        raise WarehouseError(f"warehouse {root}: no songs; run deepcrate ingest (or rebuild) first")
-    missing: list[str] = []
-    present = set(tables.dataset(Table.SONGS).schema.names)
-    songs = tables.read(Table.SONGS, columns=["song_id", "path", "genre", "artist", "title", "split", "duration_s",
-                                              *[c for c in ("tempo_bpm", "key", "camelot") if c in present]]).to_pandas()
-    for column in ("tempo_bpm", "key", "camelot"):  # an ingest older than tempo and key
-        if column not in songs:
-            songs[column] = None
-    songs = songs.sort_values("song_id", kind="stable").reset_index(drop=True)
-    page = ReportPage(warehouse=root, songs=songs, missing=missing, runs=RunLog(root).history())
-    if tables.exists(Table.REJECTS):
-        page.rejects = tables.read(Table.REJECTS).to_pandas()
-    songs["url"], songs["found"] = _audio_links(songs["path"], out_dir=out_dir, audio_base=audio_base)
-    lost = songs.loc[~songs["found"], "path"].map(local_path).tolist()
-    if lost:
-        missing.append(f"{len(lost)} songs' audio files are not where the catalogue says (moved or deleted?), "
-                       f"so they cannot be played: {', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}")
-    _read_embeddings(page, tables, projection=projection)
-    _read_recommendations(page, tables)
-    if tables.exists(Table.EVALUATION):
-        page.evaluation = tables.read(Table.EVALUATION).to_pandas()
-    else:
-        missing.append("no evaluation table: run deepcrate evaluate (or rebuild) to see how good the "
-                       "recommendations are")
-    _read_model(page, tables)
-    return page
-
-
-def _read_embeddings(page: ReportPage, tables: ArrowTables, *, projection: str) -> None:
-    songs = page.songs
-    songs["predicted_genre"] = None
-    if not tables.exists(Table.SONG_EMBEDDINGS):
-        page.missing.append("no song embeddings: run deepcrate embed (or rebuild) to draw the map")
-        return
-    embedded = tables.read(Table.SONG_EMBEDDINGS, columns=["song_id", "embedding", "predicted_genre",
-                                                           "model_version"]).to_pandas()
-    embedded = songs[["song_id"]].merge(embedded, on="song_id", how="inner")
-    page.model_version = str(embedded["model_version"].iloc[0]) if len(embedded) else None
-    songs["predicted_genre"] = songs["song_id"].map(embedded.set_index("song_id")["predicted_genre"])
-    position = pd.Series(np.arange(len(songs)), index=songs["song_id"])
-    points = np.full((len(songs), 2), np.nan)
-    if len(embedded):
-        vectors = np.stack(embedded["embedding"].to_numpy()).astype(np.float32)
-        mapped, page.projection = project(vectors, method=projection)
-        points[position[embedded["song_id"]].to_numpy()] = mapped
-    page.points = points
-    unmapped = len(songs) - len(embedded)
-    if unmapped:
-        page.missing.append(f"{unmapped} songs have no embedding yet (run deepcrate embed): they are not on the map")
-
-
-def _read_recommendations(page: ReportPage, tables: ArrowTables) -> None:
-    if not tables.exists(Table.RECOMMENDATIONS):
-        page.missing.append("no recommendations table: run deepcrate index (or rebuild)")
-        return
-    recs = tables.read(Table.RECOMMENDATIONS).to_pandas()
-    k = int(recs["rank"].max()) if len(recs) else 0
-    position = pd.Series(np.arange(len(page.songs)), index=page.songs["song_id"])
-    rows = position.reindex(recs["song_id"]).to_numpy()
-    columns = position.reindex(recs["neighbor_id"]).to_numpy()
-    known = ~(np.isnan(rows) | np.isnan(columns))
-    neighbours = np.full((len(page.songs), k), -1, dtype=np.int32)
-    similarity = np.zeros((len(page.songs), k))
-    ranks = recs["rank"].to_numpy()[known] - 1
-    neighbours[rows[known].astype(int), ranks] = columns[known].astype(int)
-    similarity[rows[known].astype(int), ranks] = recs["similarity"].to_numpy()[known]
-    page.neighbours, page.similarity = neighbours, similarity
-
-
-def _read_model(page: ReportPage, tables: ArrowTables) -> None:
-    version = page.model_version
-    if version is None and tables.view is not None:
-        versions = sorted(name.split("/", 1)[1] for name in tables.view.folders if name.startswith(f"{MODELS}/"))
-        version = versions[-1] if versions else None
-    if version is None:
-        page.missing.append("no trained model: run deepcrate train (or rebuild)")
-        return
-    try:
-        folder = read_model_folder(local_path(tables.folder(f"{MODELS}/{version}")))
-    except ModelError as exc:
-        page.missing.append(f"model {version}: {exc}")
-        return
-    page.model_version = version
-    page.model_settings = {**folder.train, "labels": folder.labels, "spectrogram": folder.spectrogram.preset}
-    page.history = folder.history()
-
-
-def _audio_links(paths: pd.Series, *, out_dir: str, audio_base: str | None) -> tuple[list[str], np.ndarray]:
-    """Each song's audio as a URL the page can play, and whether its local file is there."""
-    local = [local_path(uri) if uri.startswith("file:") else None for uri in paths]
-    if audio_base:
-        known = [p for p in local if p is not None]
-        common = os.path.commonpath([os.path.dirname(p) for p in known]) if known else "/"
-        base = audio_base.rstrip("/")
-        urls = [f"{base}/{quote(os.path.relpath(p, common))}" if p is not None else uri
-                for p, uri in zip(local, paths)]
-        return urls, np.ones(len(urls), dtype=bool)  # served elsewhere: not ours to check
-    urls = [quote(os.path.relpath(p, out_dir)) if p is not None else uri for p, uri in zip(local, paths)]
-    found = np.array([p is None or os.path.isfile(p) for p in local], dtype=bool)
-    return urls, found
-
-
-# -- the page -------------------------------------------------------------------------
 def render_report(page: ReportPage) -> str:
     """The whole HTML page: the map's data as JSON in the page, the tables as HTML."""
-    asset = resources.files("deepcrate.query") / "report_assets"
+    asset = resources.files("deepcrate.query.report") / "assets"
     body = "\n".join([
         f"<header><h1>deepcrate report</h1><p class=\"where\">{_e(local_path(page.warehouse))} &middot; "
         f"written {_e(page.generated)}"
