@@ -13,7 +13,7 @@ from deepcrate.audio.musical import compatible_camelot, tempo_mixes
 from deepcrate.cli import main
 from deepcrate.config import resolve_config
 from deepcrate.models.store import MODELS
-from deepcrate.query.recommend import Catalogue, Mixable
+from deepcrate.query.recommend import Catalogue, Mixable, playlist
 from deepcrate.stages.embed import embed
 from deepcrate.stages.index import index_songs
 from deepcrate.stages.ingest.job import ingest
@@ -74,7 +74,7 @@ def test_a_playlist_walks_from_a_to_b_through_near_neighbours(rebuilt, catalogue
     cosines = vectors @ vectors.T
     first, last = embeddings.index[0], embeddings.index[int(np.argmin(cosines[0]))]  # far apart
     breadth = 6
-    steps = catalogue.playlist(catalogue.song_seed(first), catalogue.song_seed(last), length=6, breadth=breadth)
+    steps = playlist(catalogue, catalogue.song_seed(first), catalogue.song_seed(last), length=6, breadth=breadth)
     ids = steps["song_id"].tolist()
     assert ids[0] == first and ids[-1] == last and len(ids) >= 6 and len(set(ids)) == len(ids)
     for before, after in itertools.pairwise(ids):
@@ -96,7 +96,7 @@ def test_a_playlist_walks_from_a_to_b_through_near_neighbours(rebuilt, catalogue
 def test_a_mixable_playlist_mixes_at_every_step(rebuilt, catalogue):
     songs = _songs(rebuilt[0])
     trance = songs[(songs["genre"] == "trance") & songs["tempo_bpm"].notna()].index
-    steps = catalogue.playlist(catalogue.song_seed(trance[0]), catalogue.song_seed(trance[-1]), length=4,
+    steps = playlist(catalogue, catalogue.song_seed(trance[0]), catalogue.song_seed(trance[-1]), length=4,
                                mixable=Mixable(bpm_range=8, key="any"))
     ids = steps["song_id"].tolist()
     assert ids[0] == trance[0] and ids[-1] == trance[-1] and len(set(ids)) == len(ids)

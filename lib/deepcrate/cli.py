@@ -347,7 +347,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def _recommend(args: argparse.Namespace) -> int:
     from deepcrate.config import resolve_config
-    from deepcrate.query.recommend import Catalogue, Filters, Mixable, parse_date, write_results
+    from deepcrate.query.recommend import Catalogue, Filters, Mixable, explain, parse_date, write_results
 
     if args.k < 1:
         raise DeepcrateError("-k must be at least 1")
@@ -364,18 +364,18 @@ def _recommend(args: argparse.Namespace) -> int:
     seeds = [catalogue.song_seed(text) for text in args.song] + [catalogue.file_seed(path) for path in args.file]
     results = catalogue.recommend(seeds, k=args.k, filters=filters)
     if args.explain:
-        results = catalogue.explain(seeds, results)
+        results = explain(catalogue, seeds, results)
     write_results(results, out=sys.stdout, fmt=args.format, seeds=seeds, k=args.k)
     return 0
 
 
 def _playlist(args: argparse.Namespace) -> int:
     from deepcrate.config import resolve_config
-    from deepcrate.query.recommend import Catalogue, Mixable, write_playlist
+    from deepcrate.query.recommend import Catalogue, Mixable, playlist, write_playlist
 
     mixable = Mixable(bpm_range=args.bpm_range, key=args.key) if args.mixable else None
     catalogue = Catalogue(args.warehouse, config=resolve_config(conf_files=args.conf, overrides=args.overrides))
-    steps = catalogue.playlist(catalogue.song_seed(args.start), catalogue.song_seed(args.end), length=args.length,
+    steps = playlist(catalogue, catalogue.song_seed(args.start), catalogue.song_seed(args.end), length=args.length,
                                mixable=mixable)
     write_playlist(steps, out=sys.stdout, fmt=args.format)
     return 0
