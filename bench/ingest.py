@@ -26,7 +26,7 @@ from deepcrate.audio.decode import DecodeLimits
 from deepcrate.audio.demo import GENRES, SAMPLE_RATE, render_song
 from deepcrate.audio.spectrogram import SpectrogramSettings
 from deepcrate.config import resolve_config
-from deepcrate.stages.ingest.job import decode_file
+from deepcrate.stages.ingest.decoding import decode_file
 
 RESULTS = Path(__file__).parent / "results"
 

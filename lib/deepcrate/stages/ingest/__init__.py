@@ -3,6 +3,7 @@
 :mod:`.audio_inputs` (the folder and the manifest), :mod:`.split` (a song's split), :mod:`.catalogue_rows`
 (which files become songs, in pandas) and :mod:`.job` (the stage).
 """
-from deepcrate.stages.ingest.job import STAGE, IngestStage, IngestSummary, decode_file, ingest
+from deepcrate.stages.ingest.decoding import decode_file
+from deepcrate.stages.ingest.job import STAGE, IngestStage, IngestSummary, ingest
 
 __all__ = ["STAGE", "IngestStage", "IngestSummary", "decode_file", "ingest"]

@@ -7,54 +7,39 @@ small per-file results. Load: the three tables are staged and published together
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import (
-    ArrayType,
-    BinaryType,
     DoubleType,
-    FloatType,
     IntegerType,
     LongType,
     StringType,
-    StructField,
     StructType,
 )
 
 from deepcrate import __version__
 from deepcrate.audio.decode import (
-    DECODE_ERROR,
     DecodeLimits,
 )
-from deepcrate.audio.mfcc import SAMPLE_RATE as MFCC_RATE
-from deepcrate.audio.mfcc import frames_of_spectrum, gaussian_of_frames, song_spectrum, statistics_of_frames
-from deepcrate.audio.musical import MUSICAL_FACTS_VERSION, musical_facts
-from deepcrate.audio.slicing import slice_audio_file
+from deepcrate.audio.musical import MUSICAL_FACTS_VERSION
 from deepcrate.audio.spectrogram import SpectrogramSettings
 from deepcrate.config import IngestSettings
-from deepcrate.errors import AudioError, InputError, WarehouseError
-from deepcrate.spark.faults import fail_if_injected
-from deepcrate.spark.progress import Progress
-from deepcrate.spark.session import live_count, session_conf
-from deepcrate.spark.task_warnings import TaskWarnings
+from deepcrate.errors import InputError, WarehouseError
+from deepcrate.spark.session import session_conf
 from deepcrate.stages.ingest.audio_inputs import (
     list_files,
-    literal_glob,
     normalise_path,
     read_manifest,
 )
 from deepcrate.stages.ingest.catalogue_rows import reject_before_decoding, songs_and_rejects
+from deepcrate.stages.ingest.decoding import DECODED, decode_files
 from deepcrate.stages.pipeline import Outcome, RebuildContext, Stage
 from deepcrate.storage.schemas import REJECTS, SLICES, SONGS, Table
 from deepcrate.storage.spark_schemas import spark_schema
@@ -70,35 +55,6 @@ OUTPUTS = (Table.SONGS, Table.SLICES, Table.REJECTS, Table.MFCC_FEATURES)
 DECODING_KEYS = ("extensions", "max_file_mb", "max_duration_s", "truncated_ratio", "silence_dbfs")
 # What the kept songs of an incremental ingest must share with the new ones.
 _SAME_FOR_INCREMENTAL = ("audio", "spectrogram", "decoding", "split", "musical")
-
-# One row per file (slice_idx -1: the file's facts or its reject reason) and one per
-# slice (slice_idx >= 0: just the image), as the executors emit them.
-_DECODED = StructType(
-    [
-        StructField("path", StringType()),
-        StructField("slice_idx", IntegerType()),
-        StructField("size_bytes", LongType()),
-        StructField("content_sha256", StringType()),
-        StructField("reason", StringType()),
-        StructField("message", StringType()),
-        StructField("duration_s", DoubleType()),
-        StructField("sample_rate", IntegerType()),
-        StructField("channels", IntegerType()),
-        StructField("n_slices", IntegerType()),
-        StructField("cut_at_s", DoubleType()),
-        StructField("tempo_bpm", DoubleType()),
-        StructField("tempo_confidence", DoubleType()),
-        StructField("key", StringType()),
-        StructField("camelot", StringType()),
-        StructField("key_confidence", DoubleType()),
-        StructField("musical_note", StringType()),
-        StructField("mfcc", ArrayType(FloatType())),
-        StructField("timbre", ArrayType(DoubleType())),
-        StructField("spectrogram", BinaryType()),
-    ]
-)
-_DECODED_ARROW = to_arrow_schema(_DECODED)
-
 
 @dataclass
 class IngestSummary:
@@ -203,7 +159,7 @@ def ingest(
             "spark.sql.files.maxPartitionBytes": str(int(options.partition_mb * 2**20)),
             "spark.sql.execution.arrow.maxRecordsPerBatch": str(options.files_per_batch),
         }):
-            decoded = _decode(
+            decoded = decode_files(
                 spark, audio_uri, out_uri=store.scratch_uri(run, "decoded"), settings=settings, limits=limits,
                 extensions=extensions, max_bytes=max_bytes, progress_s=options.progress_interval_s, total=to_decode,
                 paths=paths,
@@ -212,7 +168,7 @@ def ingest(
         headers = decoded.filter(F.col("slice_idx") < 0).drop("spectrogram", "mfcc", "timbre").toPandas()
         logger.debug("read back %d per-file rows", len(headers))
         songs, rejects = songs_and_rejects(headers, labels=labels, audio_uri=audio_uri, split=config["split"],
-                                           kept=kept, decoded_columns=_DECODED.names)
+                                           kept=kept, decoded_columns=DECODED.names)
         rejects = pd.concat([rejects, pd.DataFrame(early_rejects, columns=REJECTS.names)])
         if songs.empty and not allow_empty and store.exists(Table.SONGS) and (published := store.read(Table.SONGS).count()):
             reasons = ", ".join(f"{reason} {n}" for reason, n in Counter(rejects["reason"]).most_common(3))
@@ -256,106 +212,6 @@ def _songs_to_keep(store: Warehouse, listing: pd.DataFrame, *, metadata: IngestM
     sizes = dict(zip(listing["path"], listing["length"]))
     same = [sizes.get(path) == size for path, size in zip(songs["path"], songs["size_bytes"])]
     return songs[same].reset_index(drop=True)
-
-
-def _decode(
-    spark: SparkSession,
-    audio_uri: str,
-    *,
-    out_uri: str,
-    settings: SpectrogramSettings,
-    limits: DecodeLimits,
-    extensions: tuple[str, ...],
-    max_bytes: int,
-    progress_s: float,
-    total: int,
-    paths: list[str] | None = None,
-) -> DataFrame:
-    """Decode and slice the audio files on the executors into Parquet at ``out_uri``.
-
-    ``paths`` limits the work to those files; None decodes the whole folder.
-
-    Written once to (staging) storage rather than cached: the per-file facts and the
-    slices are then read back separately, the slices only once, and an executor lost
-    later does not send any file back to the decoder.
-    """
-    files_done, task_warnings = live_count(spark), TaskWarnings(spark.sparkContext)
-
-    def decode_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            for path, content in zip(batch.column("path").to_pylist(), batch.column("content")):
-                with task_warnings.captured():
-                    decoded = decode_file(path, content.as_py(), settings=settings, limits=limits)
-                yield decoded
-                files_done.add(1)
-                fail_if_injected("ingest")
-
-    extension_pattern = "(" + "|".join(e.replace(".", r"\.") for e in extensions) + ")$"
-    if paths == []:
-        files_done.close()
-        spark.createDataFrame([], schema=_DECODED).write.mode("overwrite").parquet(out_uri)
-        return spark.read.schema(_DECODED).parquet(out_uri)
-    decoding = (
-        spark.read.format("binaryFile")
-        .option("recursiveFileLookup", "true")
-        .load(audio_uri if paths is None else [literal_glob(p) for p in paths])
-        .filter(F.col("length") <= max_bytes)  # pushed into the scan: big files are never read
-        .filter(F.lower("path").rlike(extension_pattern))
-        .select("path", "content")
-        .mapInArrow(decode_batches, schema=_DECODED)
-    )
-    with Progress(label="files decoded", total=total, done=files_done, interval_s=progress_s):
-        # The images do not repeat: a Parquet dictionary for them is work thrown away.
-        decoding.write.mode("overwrite").option("parquet.enable.dictionary#spectrogram", "false").parquet(out_uri)
-    task_warnings.log(stage="ingest")
-    return spark.read.schema(_DECODED).parquet(out_uri)
-
-
-def decode_file(
-    path: str, content: bytes, *, settings: SpectrogramSettings, limits: DecodeLimits
-) -> pa.RecordBatch:
-    """The rows one file contributes to the decoded data: its facts, then its slices.
-
-    Built as Arrow directly: through pandas, the conversion to Arrow took 4% of an
-    executor's time (py-spy).
-    """
-    header: dict[str, Any] = {
-        "path": path, "slice_idx": -1, "size_bytes": len(content),
-        "content_sha256": hashlib.sha256(content).hexdigest(),
-    }
-    try:
-        song = slice_audio_file(content, name=path, settings=settings, limits=limits,
-                                keep_native=settings.sample_rate != MFCC_RATE)
-    except AudioError as exc:
-        header.update(reason=exc.reason, message=exc.message)
-        return _batch([header])
-    except Exception as exc:  # a decoder bug must not kill the job: reject the file
-        header.update(reason=DECODE_ERROR, message=f"{path}: {type(exc).__name__}: {exc}")
-        return _batch([header])
-    audio = song.audio
-    header.update(
-        duration_s=audio.duration_s, sample_rate=audio.sample_rate, channels=audio.channels,
-        n_slices=len(song.slices), cut_at_s=audio.cut_at_s,
-    )
-    # From the samples just decoded (no second decode) and one STFT: the MFCC and timbre
-    # baselines' features (evaluate reads them), tempo and key.
-    samples = audio.at_rate(MFCC_RATE)
-    spectrum = song_spectrum(samples, sample_rate=MFCC_RATE)
-    frames = frames_of_spectrum(spectrum)
-    header.update(mfcc=statistics_of_frames(frames).tolist(), timbre=gaussian_of_frames(frames).tolist())
-    try:
-        header.update(asdict(musical_facts(samples, sample_rate=MFCC_RATE, spectrum=spectrum)))
-    except Exception as exc:  # an estimator's bug costs the tempo and key, never the song
-        header.update(musical_note=f"tempo and key not estimated: {type(exc).__name__}: {exc}")
-    rows = [header] + [
-        {"path": path, "slice_idx": index, "spectrogram": image}
-        for index, image in enumerate(song.slices)
-    ]
-    return _batch(rows)
-
-
-def _batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
-    return pa.RecordBatch.from_pylist(rows, schema=_DECODED_ARROW)  # an absent key is null
 
 
 def _write_tables(

@@ -1,0 +1,219 @@
+"""What each ``deepcrate`` subcommand runs: its config and Spark session when it needs them, then its stage
+or reader; the answer on stdout."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from deepcrate.errors import DeepcrateError
+
+logger = logging.getLogger("deepcrate")
+
+# Commands that only read: they answer on stdout and say nothing on stderr unless something is
+# wrong (or -v is given), as psql and sqlite3 do.
+READERS = frozenset({"sql", "recommend", "playlist", "history", "report"})
+
+
+# A one-shot query's JVM lives seconds, spent loading classes and running them once: the quick
+# compiler alone starts it ~3 s sooner on 2 cores (bench/sql_startup.py); no UI server either.
+ONE_SHOT_OPTIONS = {"spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1", "spark.ui.enabled": "false"}
+SHELL_OPTIONS = {"spark.ui.enabled": "false"}
+
+
+def _config_and_session(args: argparse.Namespace, *, options: dict[str, str] | None = None):
+    """The resolved config and its Spark session; ``options`` are Spark options this command
+    prefers, unless the user's config sets them."""
+    from deepcrate.config import config_to_yaml, resolve_config
+    from deepcrate.spark.session import spark_session
+
+    config = resolve_config(conf_files=args.conf, overrides=args.overrides)
+    for key, value in (options or {}).items():
+        config["spark"]["options"].setdefault(key, value)
+    logger.debug("deepcrate %s: resolved config\n%s", args.command, config_to_yaml(config))
+    if args.command not in READERS:
+        given = [f"--conf {c}" for c in args.conf] + [f"--set {o}" for o in args.overrides]
+        logger.info("deepcrate %s: settings: the defaults%s; the resolved config is kept in the run this job "
+                    "publishes (deepcrate history --format json; -v prints it)", args.command,
+                    f" with {' '.join(given)}" if given else "")
+    return config, spark_session(config, quiet=not args.verbose)
+
+
+def run_demo_catalogue(args: argparse.Namespace) -> int:
+    from deepcrate.audio.demo import write_demo_catalogue
+
+    if args.songs_per_genre < 1 or args.seconds <= 0:
+        raise DeepcrateError("--songs-per-genre and --seconds must be positive")
+    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        raise DeepcrateError(f"{args.out_dir} exists and is not a folder; name a folder for the demo catalogue")
+    try:
+        manifest = write_demo_catalogue(
+            args.out_dir, songs_per_genre=args.songs_per_genre, seconds=args.seconds, seed=args.seed
+        )
+    except OSError as exc:
+        raise DeepcrateError(f"cannot write the demo catalogue: {exc.strerror}: {exc.filename}") from None
+    print(f"demo catalogue written: {manifest.parent} (manifest: {manifest})")
+    return 0
+
+
+def run_acquire(args: argparse.Namespace) -> int:
+    from deepcrate.stages.acquire import acquire
+
+    if args.workers is not None:
+        args.overrides.append(f"acquire.workers={args.workers}")
+    if args.per_host_delay is not None:
+        args.overrides.append(f"acquire.per_host_delay_s={args.per_host_delay}")
+    config, spark = _config_and_session(args)
+    summary = acquire(spark, manifest=args.manifest, audio=args.audio, warehouse=args.warehouse, config=config)
+    print("\n".join(summary.lines()))
+    return 0
+
+
+def run_ingest(args: argparse.Namespace) -> int:
+    from deepcrate.stages.ingest.job import ingest
+
+    config, spark = _config_and_session(args)
+    summary = ingest(spark, audio=args.audio, manifest=args.manifest, warehouse=args.warehouse, config=config,
+                     allow_empty=args.allow_empty)
+    print("\n".join(summary.lines()))
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from deepcrate.stages.training import train
+
+    config, spark = _config_and_session(args)
+    result = train(spark, warehouse=args.warehouse, config=config, resume=args.resume)
+    print("\n".join(result.lines()))
+    return 0
+
+
+def run_features(args: argparse.Namespace) -> int:
+    from deepcrate.stages.features import compute_features
+
+    config, spark = _config_and_session(args)
+    summary = compute_features(spark, warehouse=args.warehouse, config=config, incremental=not args.force)
+    print("\n".join(summary.lines()))
+    return 0
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    from deepcrate.stages.embed import embed
+
+    config, spark = _config_and_session(args)
+    summary = embed(spark, warehouse=args.warehouse, config=config, model=args.model)
+    print("\n".join(summary.lines()))
+    return 0
+
+
+def run_index(args: argparse.Namespace) -> int:
+    from deepcrate.stages.index import index_songs
+
+    config, spark = _config_and_session(args)
+    summary = index_songs(spark, warehouse=args.warehouse, config=config)
+    print("\n".join(summary.lines()))
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from deepcrate.stages.evaluate import evaluate
+
+    config, spark = _config_and_session(args)
+    summary = evaluate(spark, warehouse=args.warehouse, config=config)
+    print("\n".join(summary.lines()))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as out:
+            json.dump(summary.metrics(), out, indent=2)
+            out.write("\n")
+    return 0
+
+
+def run_rebuild(args: argparse.Namespace) -> int:
+    from deepcrate.stages.rebuild import rebuild
+
+    config, spark = _config_and_session(args)
+    summary = rebuild(spark, audio=args.audio, manifest=args.manifest, warehouse=args.warehouse, config=config,
+                      model=args.model, force=args.force, allow_empty=args.allow_empty)
+    print("\n".join(summary.lines()))
+    if args.report_out:
+        return run_report(args)
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from deepcrate.query.report import write_report
+
+    summary = write_report(args.warehouse, out=args.report_out, audio_base=args.audio_base, projection=args.projection)
+    print("\n".join(summary.lines()))
+    return 0
+
+
+def run_recommend(args: argparse.Namespace) -> int:
+    from deepcrate.config import resolve_config
+    from deepcrate.query.recommend import Catalogue, Filters, Mixable, explain, parse_date, write_results
+
+    if args.k < 1:
+        raise DeepcrateError("-k must be at least 1")
+    if not args.song and not args.file:
+        raise DeepcrateError("give at least one --song or --file")
+    filters = Filters(
+        exclude_seed_artists=args.exclude_artist,
+        released_before=parse_date(args.released_before, flag="--released-before") if args.released_before else None,
+        released_after=parse_date(args.released_after, flag="--released-after") if args.released_after else None,
+        genre=args.genre,
+        mixable=Mixable(bpm_range=args.bpm_range, key=args.key) if args.mixable else None,
+    )
+    catalogue = Catalogue(args.warehouse, config=resolve_config(conf_files=args.conf, overrides=args.overrides))
+    seeds = [catalogue.song_seed(text) for text in args.song] + [catalogue.file_seed(path) for path in args.file]
+    results = catalogue.recommend(seeds, k=args.k, filters=filters)
+    if args.explain:
+        results = explain(catalogue, seeds, results)
+    write_results(results, out=sys.stdout, fmt=args.format, seeds=seeds, k=args.k)
+    return 0
+
+
+def run_playlist(args: argparse.Namespace) -> int:
+    from deepcrate.config import resolve_config
+    from deepcrate.query.recommend import Catalogue, Mixable, playlist, write_playlist
+
+    mixable = Mixable(bpm_range=args.bpm_range, key=args.key) if args.mixable else None
+    catalogue = Catalogue(args.warehouse, config=resolve_config(conf_files=args.conf, overrides=args.overrides))
+    steps = playlist(catalogue, catalogue.song_seed(args.start), catalogue.song_seed(args.end), length=args.length,
+                               mixable=mixable)
+    write_playlist(steps, out=sys.stdout, fmt=args.format)
+    return 0
+
+
+def run_sql(args: argparse.Namespace) -> int:
+    from deepcrate.query.sql import QuerySession
+    from deepcrate.query.sql_shell import run_shell
+
+    config, spark = _config_and_session(args, options=SHELL_OPTIONS if args.query is None else ONE_SHOT_OPTIONS)
+    session = QuerySession(spark, warehouse=args.warehouse, as_of=args.as_of, timeout_s=config["sql"]["timeout_s"])
+    if args.query is None:
+        return run_shell(session, fmt=args.format)
+    session.run(args.query, out=sys.stdout, fmt=args.format)
+    return 0
+
+
+def run_history(args: argparse.Namespace) -> int:
+    from deepcrate.query.history import history_rows, write_history
+
+    write_history(history_rows(args.warehouse), out=sys.stdout, fmt=args.format)
+    return 0
+
+
+def run_rollback(args: argparse.Namespace) -> int:
+    from deepcrate.query.history import rollback
+
+    print(rollback(warehouse=args.warehouse, to=args.to))
+    return 0
+
+
+def run_vacuum(args: argparse.Namespace) -> int:
+    from deepcrate.query.history import vacuum
+
+    print(vacuum(warehouse=args.warehouse, keep=args.keep, dry_run=args.dry_run))
+    return 0
