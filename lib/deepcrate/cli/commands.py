@@ -7,6 +7,8 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from deepcrate.errors import DeepcrateError
 
@@ -41,6 +43,14 @@ def _config_and_session(args: argparse.Namespace, *, options: dict[str, str] | N
     return config, spark_session(config, quiet=not args.verbose)
 
 
+def _run_stage(args: argparse.Namespace, stage: Callable[..., Any], **arguments: Any) -> Any:
+    """Run a writing stage on ``--warehouse`` with the resolved config and its session; print its summary."""
+    config, spark = _config_and_session(args)
+    summary = stage(spark, warehouse=args.warehouse, config=config, **arguments)
+    print("\n".join(summary.lines()))
+    return summary
+
+
 def run_demo_catalogue(args: argparse.Namespace) -> int:
     from deepcrate.audio.demo import write_demo_catalogue
 
@@ -65,64 +75,49 @@ def run_acquire(args: argparse.Namespace) -> int:
         args.overrides.append(f"acquire.workers={args.workers}")
     if args.per_host_delay is not None:
         args.overrides.append(f"acquire.per_host_delay_s={args.per_host_delay}")
-    config, spark = _config_and_session(args)
-    summary = acquire(spark, manifest=args.manifest, audio=args.audio, warehouse=args.warehouse, config=config)
-    print("\n".join(summary.lines()))
+    _run_stage(args, acquire, manifest=args.manifest, audio=args.audio)
     return 0
 
 
 def run_ingest(args: argparse.Namespace) -> int:
     from deepcrate.stages.ingest.job import ingest
 
-    config, spark = _config_and_session(args)
-    summary = ingest(spark, audio=args.audio, manifest=args.manifest, warehouse=args.warehouse, config=config,
-                     allow_empty=args.allow_empty)
-    print("\n".join(summary.lines()))
+    _run_stage(args, ingest, audio=args.audio, manifest=args.manifest, allow_empty=args.allow_empty)
     return 0
 
 
 def run_train(args: argparse.Namespace) -> int:
     from deepcrate.stages.training import train
 
-    config, spark = _config_and_session(args)
-    result = train(spark, warehouse=args.warehouse, config=config, resume=args.resume)
-    print("\n".join(result.lines()))
+    _run_stage(args, train, resume=args.resume)
     return 0
 
 
 def run_features(args: argparse.Namespace) -> int:
     from deepcrate.stages.features import compute_features
 
-    config, spark = _config_and_session(args)
-    summary = compute_features(spark, warehouse=args.warehouse, config=config, incremental=not args.force)
-    print("\n".join(summary.lines()))
+    _run_stage(args, compute_features, incremental=not args.force)
     return 0
 
 
 def run_embed(args: argparse.Namespace) -> int:
     from deepcrate.stages.embed import embed
 
-    config, spark = _config_and_session(args)
-    summary = embed(spark, warehouse=args.warehouse, config=config, model=args.model)
-    print("\n".join(summary.lines()))
+    _run_stage(args, embed, model=args.model)
     return 0
 
 
 def run_index(args: argparse.Namespace) -> int:
     from deepcrate.stages.index import index_songs
 
-    config, spark = _config_and_session(args)
-    summary = index_songs(spark, warehouse=args.warehouse, config=config)
-    print("\n".join(summary.lines()))
+    _run_stage(args, index_songs)
     return 0
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from deepcrate.stages.evaluate import evaluate
 
-    config, spark = _config_and_session(args)
-    summary = evaluate(spark, warehouse=args.warehouse, config=config)
-    print("\n".join(summary.lines()))
+    summary = _run_stage(args, evaluate)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump(summary.metrics(), out, indent=2)
@@ -133,10 +128,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_rebuild(args: argparse.Namespace) -> int:
     from deepcrate.stages.rebuild import rebuild
 
-    config, spark = _config_and_session(args)
-    summary = rebuild(spark, audio=args.audio, manifest=args.manifest, warehouse=args.warehouse, config=config,
-                      model=args.model, force=args.force, allow_empty=args.allow_empty)
-    print("\n".join(summary.lines()))
+    _run_stage(args, rebuild, audio=args.audio, manifest=args.manifest, model=args.model, force=args.force,
+               allow_empty=args.allow_empty)
     if args.report_out:
         return run_report(args)
     return 0
