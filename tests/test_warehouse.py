@@ -478,6 +478,7 @@ def test_slices_are_written_in_row_groups_of_bounded_size_so_a_reader_holds_litt
 
     from deepcrate.storage.arrow_tables import ArrowTables
     from deepcrate.storage.schemas import Table
+    from deepcrate.storage.spark_schemas import spark_schema
     from deepcrate.storage.warehouse import SLICES_ROW_GROUP_BYTES
     from deepcrate.storage.writer_lock import writer_lock
 
@@ -488,7 +489,7 @@ def test_slices_are_written_in_row_groups_of_bounded_size_so_a_reader_holds_litt
     # names): with a dictionary for the images, Parquet then never cut a group.
     chosen = [images[((n // 70) * 5 + n % 5) % len(images)] for n in range(rows)]
     frame = spark.createDataFrame([(f"{n // 5:016x}", n % 5, 3.0 * (n % 5), "rock", "train", image)
-                                   for n, image in enumerate(chosen)], schema=TABLES[Table.SLICES]).coalesce(1)
+                                   for n, image in enumerate(chosen)], schema=spark_schema(Table.SLICES)).coalesce(1)
     with writer_lock(str(tmp_path / "wh"), command="test", create=True):
         store = Warehouse(spark, str(tmp_path / "wh"), create=True)
         run = store.begin_run()

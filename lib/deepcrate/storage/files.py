@@ -9,6 +9,7 @@ folders, rollback and vacuum) goes through these functions. Each takes a URI as
 from __future__ import annotations
 
 import os
+import uuid
 
 import pyarrow.fs
 from pyarrow.fs import FileInfo, FileSelector, FileType
@@ -25,23 +26,37 @@ def exists(uri: str) -> bool:
 
 def read_text(uri: str) -> str:
     """The UTF-8 text of file ``uri``."""
+    text = read_text_if_any(uri)
+    if text is None:
+        raise WarehouseError(f"{uri}: missing")
+    return text
+
+
+def read_text_if_any(uri: str) -> str | None:
+    """The UTF-8 text of file ``uri``, or None when there is no such file."""
     filesystem, path = filesystem_and_path(uri)
     try:
         with filesystem.open_input_stream(path) as stream:
             return stream.read().decode("utf-8")
     except FileNotFoundError:
-        raise WarehouseError(f"{uri}: missing") from None
+        return None
     except (OSError, UnicodeDecodeError) as exc:
+        if filesystem.get_file_info(path).type == FileType.NotFound:
+            return None
         raise WarehouseError(f"{uri}: cannot be read: {first_line(exc)}") from None
 
 
 def write_text(uri: str, text: str) -> None:
-    """Write (or overwrite) file ``uri``, making its folder when missing."""
+    """Write (or replace) file ``uri``, making its folder when missing. Written beside it first, then
+    renamed over it: a reader sees the old text or the new, never a part (where renames are atomic)."""
     filesystem, path = filesystem_and_path(uri)
+    folder, name = path.rsplit("/", 1)
+    draft = f"{folder}/.{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        with filesystem.open_output_stream(path) as stream:
+        filesystem.create_dir(folder, recursive=True)
+        with filesystem.open_output_stream(draft) as stream:
             stream.write(text.encode("utf-8"))
+        filesystem.move(draft, path)
     except OSError as exc:
         raise WarehouseError(f"{uri}: cannot be written: {first_line(exc)}") from None
 
@@ -49,23 +64,32 @@ def write_text(uri: str, text: str) -> None:
 def create_new(uri: str, text: str) -> bool:
     """Write file ``uri`` only if nothing is there; False when something is.
 
-    Atomic on a local folder and a shared POSIX mount (``O_EXCL``). Elsewhere (HDFS through
-    pyarrow, object stores) it checks, then writes: two writers starting within the same
-    moment could both succeed.
+    On a local folder or a shared POSIX mount the text is written to a draft and hard-linked
+    to the name: atomic, and the file appears complete. Elsewhere (HDFS through pyarrow,
+    object stores) it checks, then writes: two writers starting within the same moment
+    could both succeed.
     """
-    if uri.startswith("file:"):
+    if not uri.startswith("file:"):
+        if exists(uri):
+            return False
+        write_text(uri, text)
+        return True
+    path = local_path(uri)
+    draft = f"{os.path.dirname(path)}/.{os.path.basename(path)}.{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(draft, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
         try:
-            descriptor = os.open(local_path(uri), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.link(draft, path)
         except FileExistsError:
             return False
-        except OSError as exc:
-            raise WarehouseError(f"{uri}: cannot be written: {exc.strerror}") from None
-        with os.fdopen(descriptor, "w", encoding="utf-8") as out:
-            out.write(text)
-        return True
-    if exists(uri):
-        return False
-    write_text(uri, text)
+        finally:
+            os.unlink(draft)
+    except OSError as exc:
+        raise WarehouseError(f"{uri}: cannot be written: {exc.strerror or exc}") from None
     return True
 
 

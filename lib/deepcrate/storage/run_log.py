@@ -16,14 +16,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import os
 from dataclasses import dataclass, field
-
-import pyarrow.fs
 
 from deepcrate.errors import WarehouseError
 from deepcrate.models.store import MODELS
-from deepcrate.uris import filesystem_and_path, local_path
+from deepcrate.storage import files
 from deepcrate.vectors.faiss_index import INDEX
 
 RUNS = "_runs"
@@ -89,12 +86,11 @@ class RunLog:
     def __init__(self, root: str) -> None:
         self.root = root
         self.folder = f"{root}/{RUNS}"
-        self._fs, self._path = filesystem_and_path(self.folder)
 
     def numbers(self) -> list[int]:
         """The published runs' numbers, oldest first."""
         try:
-            infos = self._fs.get_file_info(pyarrow.fs.FileSelector(self._path, allow_not_found=True))
+            infos = files.listing(self.folder)
         except OSError as exc:
             raise WarehouseError(f"warehouse {self.root}: cannot list {self.folder}: {exc}") from None
         return sorted(int(info.base_name[:-5]) for info in infos
@@ -143,52 +139,18 @@ class RunLog:
 
     # -- files -------------------------------------------------------------------
     def _read(self, name: str) -> str | None:
-        try:
-            with self._fs.open_input_stream(f"{self._path}/{name}") as stream:
-                return stream.read().decode("utf-8")
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            if self._fs.get_file_info(f"{self._path}/{name}").type == pyarrow.fs.FileType.NotFound:
-                return None
-            raise WarehouseError(f"warehouse {self.root}: cannot read {self.folder}/{name}: {exc}") from None
+        return files.read_text_if_any(f"{self.folder}/{name}")
 
     def _write(self, name: str, text: str) -> None:
-        self._fs.create_dir(self._path, recursive=True)
-        draft = f"{self._path}/.{name}.{os.getpid()}"
-        with self._fs.open_output_stream(draft) as stream:
-            stream.write(text.encode("utf-8"))
-        self._fs.move(draft, f"{self._path}/{name}")
+        files.write_text(f"{self.folder}/{name}", text)
 
     def _create_new(self, name: str, text: str) -> bool:
-        """Write ``name`` only if it does not exist: a hard link on a local or mounted folder; elsewhere a
-        check, then a write (object stores have no create-if-absent here: one writer at a time is the
-        writer lock's job there, see docs/warehouse.md)."""
-        self._fs.create_dir(self._path, recursive=True)
-        if self.folder.startswith("file:") or "://" not in self.folder:
-            folder = local_path(self.folder) if self.folder.startswith("file:") else self._path
-            draft = os.path.join(folder, f".{name}.{os.getpid()}")
-            with open(draft, "w", encoding="utf-8") as out:
-                out.write(text)
-                out.flush()
-                os.fsync(out.fileno())
-            try:  # a hard link appears complete, and only if the name is free
-                os.link(draft, os.path.join(folder, name))
-            except FileExistsError:
-                return False
-            finally:
-                os.unlink(draft)
-            return True
-        if self._fs.get_file_info(f"{self._path}/{name}").type != pyarrow.fs.FileType.NotFound:
-            return False
-        self._write(name, text)
-        return True
+        """Write ``name`` only if it does not exist (atomic on local and mounted folders; elsewhere
+        one writer at a time is the writer lock's job, see docs/warehouse.md)."""
+        return files.create_new(f"{self.folder}/{name}", text)
 
     def _delete(self, name: str) -> None:
-        try:
-            self._fs.delete_file(f"{self._path}/{name}")
-        except FileNotFoundError:
-            pass
+        files.delete(f"{self.folder}/{name}")
 
 
 def _name(number: int) -> str:
