@@ -277,7 +277,8 @@ def test_history_as_of_rollback_and_vacuum_from_the_command_line(rebuilt, tmp_pa
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["run", "time", "command", "files"] and set(lines[1]) == {"-", " "}
     assert lines[2].startswith("2 ") and lines[2].split()[2:] == ["index_songs", "kept"]
-    assert lines[3] == "    changed: recommendations, index" and lines[4].startswith("    rows:    recommendations ")
+    assert lines[3] == "    changed: recommendations, index" and lines[4].startswith("    rows:    evaluation ")
+    assert f" recommendations {3 * before['song_id'].nunique()}," in lines[4]  # run 2's: 3 per song
     assert any(line.startswith("1 ") and line.split()[2:] == ["rebuild", "kept"] for line in lines)
     assert main(["history", "--warehouse", str(wh), "--format", "json"]) == 0
     records = json.loads(capsys.readouterr().out)
