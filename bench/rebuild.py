@@ -36,7 +36,7 @@ from deepcrate.audio.demo import write_demo_catalogue
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the test suite's standalone cluster on 127.0.0.1
-from local_cluster import SPARK_HOME, StandaloneCluster
+from local_cluster import SPARK_HOME, StandaloneCluster, code_zip
 
 CACHE = Path.home() / ".cache" / "deepcrate-bench" / "rebuild-200"
 STAGE_LINE = re.compile(r"^\s+(ingest|train|embed|index|evaluate)\s+(ran|skipped|given)\s+([\d.]+) s\s*(.*)$")
@@ -50,13 +50,6 @@ def catalogue() -> Path:
         print(f"writing the 203-song demo catalogue to {audio} (once)", flush=True)
         write_demo_catalogue(audio, songs_per_genre=29, seconds=30.0, seed=200)
     return audio
-
-
-def code_zip(work: Path) -> Path:
-    """This checkout as a wheel, renamed .zip: Spark puts only .zip/.egg/.jar py-files on sys.path."""
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(work / "dist"), str(ROOT)], check=True, cwd=work)
-    return shutil.copyfile(next((work / "dist").glob("deepcrate-*.whl")), work / "dist" / "deepcrate.zip")
 
 
 def submit(*, master: str, spark_args: list[str], job_args: list[str], env: dict, cwd: Path) -> dict:
@@ -118,7 +111,7 @@ def main() -> int:
         try:
             print(f"standalone cluster, {args.workers} workers x 1 core: rebuild from scratch with --model",
                   flush=True)
-            spark_args = ["--archives", f"{archive}#env", "--py-files", str(code_zip(work)),
+            spark_args = ["--archives", f"{archive}#env", "--py-files", str(code_zip(ROOT, work)),
                           "--conf", "spark.pyspark.python=./env/bin/python", "--conf", "spark.executor.memory=2g",
                           "--driver-memory", "4g"]
             results["cluster"] = submit(

@@ -7,15 +7,32 @@ started with ``spark-class``, each in its own process group, and stopped by PID.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pyspark
 
 SPARK_HOME = Path(pyspark.__file__).parent  # the pip package is a Spark distribution too
+
+
+def code_zip(root: Path, out_dir: Path) -> Path:
+    """The checkout at ``root`` as a wheel renamed .zip (Spark puts only .zip, .egg and .jar py-files
+    on sys.path), for executors with nothing installed."""
+    _drop_build_folders(root)  # setuptools builds in the tree: an old build/lib would ship modules moved since
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--wheel-dir", str(out_dir), str(root)], check=True, cwd=out_dir)
+    _drop_build_folders(root)
+    return shutil.copyfile(next(out_dir.glob("deepcrate-*.whl")), out_dir / "deepcrate.zip")
+
+
+def _drop_build_folders(root: Path) -> None:
+    for folder in (root / "build" / "lib", *(root / "build").glob("bdist*")):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def free_port() -> int:

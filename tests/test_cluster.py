@@ -6,7 +6,6 @@ the code is a wheel built here (shipped with --py-files).
 """
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from deepcrate.audio.demo import write_demo_catalogue
 
 from helpers import delta_table
-from local_cluster import SPARK_HOME, StandaloneCluster
+from local_cluster import SPARK_HOME, StandaloneCluster, code_zip
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV_ARCHIVE = ROOT / "dist" / "deepcrate-env.tar.gz"
@@ -35,10 +34,8 @@ def test_spark_submit_rebuild_on_a_standalone_cluster_with_the_packed_environmen
     if not ENV_ARCHIVE.is_file():
         pytest.fail(f"{ENV_ARCHIVE} is missing: run `make package` (make test does)")
     # The code as a wheel, built now so that the executors run this checkout.
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(tmp_path / "dist"), str(ROOT)], check=True, cwd=tmp_path)
-    wheel = next((tmp_path / "dist").glob("deepcrate-*.whl"))
-    code = shutil.copyfile(wheel, tmp_path / "dist" / "deepcrate.zip")  # Spark imports .zip py-files only
+    (tmp_path / "dist").mkdir()
+    code = code_zip(ROOT, tmp_path / "dist")
     manifest = write_demo_catalogue(tmp_path / "audio", songs_per_genre=5, seconds=11.0, seed=2)
     (tmp_path / "audio" / "trance" / "broken.mp3").write_bytes(b"not audio")
 
