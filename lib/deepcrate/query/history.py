@@ -9,21 +9,15 @@ from __future__ import annotations
 
 from typing import Any, TextIO
 
-from deepcrate.errors import WarehouseError
 from deepcrate.query.output import write_json, write_table
-from deepcrate.storage import maintenance
+from deepcrate.storage import files, maintenance
 from deepcrate.storage.run_log import RunLog
 from deepcrate.storage.writer_lock import writer_lock
-from deepcrate.uris import filesystem_and_path, warehouse_uri
 
 
 def history_rows(warehouse: str) -> list[dict[str, Any]]:
     """One row per published run, newest first: number, time, command, what changed, row counts."""
-    root = warehouse_uri(warehouse)
-    filesystem, path = filesystem_and_path(root)
-    if filesystem.get_file_info(path).type.name != "Directory":
-        raise WarehouseError(f"warehouse {root}: no such folder")
-    runs = RunLog(root)
+    runs = RunLog(files.warehouse_folder(warehouse))
     oldest_kept = runs.oldest_kept()
     return [{"run": record.number, "time": record.time, "command": record.command, "changed": record.changed,
              "rows": {name: entry.rows for name, entry in sorted(record.tables.items())},

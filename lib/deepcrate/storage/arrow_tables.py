@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from deepcrate.errors import WarehouseError, first_line
 from deepcrate.models.slice_reader import SliceTable
-from deepcrate.storage import legacy
+from deepcrate.storage import files, legacy
 from deepcrate.storage.delta_tables import committed_files
 from deepcrate.storage.run_log import RunLog, RunRecord, TableVersion
 from deepcrate.storage.schemas import Table
@@ -53,13 +53,9 @@ class ArrowTables:
     @classmethod
     def local(cls, warehouse: str, *, reader: str) -> ArrowTables:
         """The current tables of a local warehouse, for ``reader`` (a command that runs without Spark)."""
-        root = warehouse_uri(warehouse)
-        if not root.startswith("file:"):
-            raise WarehouseError(f"{reader} reads local warehouses; copy {root} locally first")
-        filesystem, path = filesystem_and_path(root)
-        if filesystem.get_file_info(path).type != pyarrow.fs.FileType.Directory:
-            raise WarehouseError(f"warehouse {path}: no such folder")
-        return cls.current(root)
+        if not warehouse_uri(warehouse).startswith("file:"):
+            raise WarehouseError(f"{reader} reads local warehouses; copy {warehouse_uri(warehouse)} locally first")
+        return cls.current(files.warehouse_folder(warehouse))
 
     @property
     def staged(self) -> bool:

@@ -15,7 +15,31 @@ import pyarrow.fs
 from pyarrow.fs import FileInfo, FileSelector, FileType
 
 from deepcrate.errors import WarehouseError, first_line
-from deepcrate.uris import filesystem_and_path, local_path
+from deepcrate.uris import filesystem_and_path, local_path, warehouse_uri
+
+
+def warehouse_folder(warehouse: str, *, create: bool = False) -> str:
+    """The URI of warehouse folder ``warehouse``; with ``create``, made when missing and checked writable.
+
+    Raises
+    ------
+    WarehouseError
+        The folder is missing (``create=False``) or not writable.
+    """
+    root = warehouse_uri(warehouse)
+    shown = local_path(root) if root.startswith("file:") else root  # as the user typed it
+    if create:
+        try:
+            make_folder(root)
+            probe = f"{root}/.write-probe-{uuid.uuid4().hex}"
+            write_text(probe, "")
+            delete(probe)
+        except WarehouseError as exc:
+            raise WarehouseError(f"warehouse {shown}: not writable: {exc}") from None
+    filesystem, path = filesystem_and_path(root)
+    if filesystem.get_file_info(path).type != FileType.Directory:
+        raise WarehouseError(f"warehouse {shown}: no such folder")
+    return root
 
 
 def exists(uri: str) -> bool:

@@ -50,7 +50,7 @@ from deepcrate.storage.run_log import EMPTY, NOT_TABLES, RunLog, RunRecord, Tabl
 from deepcrate.storage.schemas import Table
 from deepcrate.storage.spark_schemas import validate
 from deepcrate.storage.table_metadata import METADATA_FILE, TableMetadata, checked_metadata, metadata_class
-from deepcrate.storage.writer_lock import check_lock, held_job, job_record, open_folder, process_alive
+from deepcrate.storage.writer_lock import check_lock, held_job, job_record, process_alive
 from deepcrate.uris import filesystem_and_path, to_uri
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class Warehouse:
 
     def __init__(self, spark: SparkSession, root: str, *, create: bool = False, as_of: int | None = None) -> None:
         self.spark = spark
-        self.root = open_folder(root, create=create)
+        self.root = files.warehouse_folder(root, create=create)
         # delta-rs refuses the INT96 timestamps Spark writes by default (FIELD-NOTES)
         spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
         spark.conf.set(VERIFY_PAGES, "true")

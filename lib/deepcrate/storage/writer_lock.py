@@ -31,7 +31,6 @@ from deepcrate.errors import WarehouseError
 from deepcrate.storage import files, legacy
 from deepcrate.storage.delta_tables import latest_version, restore
 from deepcrate.storage.run_log import EMPTY, RunLog, RunRecord, TableVersion
-from deepcrate.uris import warehouse_uri
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +83,7 @@ def writer_lock(warehouse: str, *, command: str, create: bool = False,
         command), another job published meanwhile, or the folder is missing (``create=False``)
         or not writable.
     """
-    root = open_folder(warehouse, create=create)
+    root = files.warehouse_folder(warehouse, create=create)
     runs = RunLog(root)
     job = _HELD.get(root)
     if job:
@@ -120,28 +119,6 @@ def holds_writer_lock(*, create: bool = False) -> Callable[[Stage], Stage]:
                 return stage(spark, *args, warehouse=warehouse, **kwargs)
         return locked  # type: ignore[return-value]
     return decorate
-
-
-def open_folder(warehouse: str, *, create: bool = False) -> str:
-    """The URI of warehouse folder ``warehouse``; with ``create``, made when missing and checked writable.
-
-    Raises
-    ------
-    WarehouseError
-        The folder is missing (``create=False``) or not writable.
-    """
-    root = warehouse_uri(warehouse)
-    if create:
-        try:
-            files.make_folder(root)
-            probe = f"{root}/.write-probe-{uuid.uuid4().hex}"
-            files.write_text(probe, "")
-            files.delete(probe)
-        except WarehouseError as exc:
-            raise WarehouseError(f"warehouse {root}: not writable: {exc}") from None
-    if not files.exists(root):
-        raise WarehouseError(f"warehouse {root}: no such folder")
-    return root
 
 
 def check_lock(root: str) -> None:
