@@ -53,8 +53,9 @@ class ArrowTables:
     @classmethod
     def local(cls, warehouse: str, *, reader: str) -> ArrowTables:
         """The current tables of a local warehouse, for ``reader`` (a command that runs without Spark)."""
-        if not warehouse_uri(warehouse).startswith("file:"):
-            raise WarehouseError(f"{reader} reads local warehouses; copy {warehouse_uri(warehouse)} locally first")
+        uri = warehouse_uri(warehouse)
+        if not uri.startswith("file:"):
+            raise WarehouseError(f"{reader} reads local warehouses; copy {uri} locally first")
         return cls.current(files.warehouse_folder(warehouse))
 
     @property

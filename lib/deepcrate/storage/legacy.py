@@ -18,7 +18,7 @@ from deepcrate.errors import WarehouseError
 from deepcrate.models.store import MODELS
 from deepcrate.storage import files
 from deepcrate.storage.delta_tables import commit_files, folder_files
-from deepcrate.storage.run_log import RunLog, TableVersion
+from deepcrate.storage.run_log import TableVersion
 from deepcrate.storage.table_metadata import METADATA_FILE, TableMetadata
 from deepcrate.vectors.faiss_index import INDEX
 
@@ -37,18 +37,17 @@ def parquet_tables(root: str) -> list[str]:
 
 
 def refuse_unconverted(root: str) -> None:
-    """Raise when ``root`` is a Parquet warehouse that no writing job has converted yet."""
-    if RunLog(root).current() is None and parquet_tables(root):
+    """For a reader that found no published run in ``root``: raise when it is a Parquet warehouse that no
+    writing job has converted yet."""
+    if parquet_tables(root):
         raise WarehouseError(f"warehouse {root} holds tables in the earlier plain-Parquet layout; the next "
                              f"writing job converts them to Delta tables in place (no file is rewritten)")
 
 
 def convert(root: str, *, command: str) -> tuple[dict[str, TableVersion], dict[str, str]]:
-    """Commit every Parquet table of ``root`` as the first version of a Delta table over the files it
-    has, after finishing a publish the renames left halfway. Returns (tables, folders) to publish;
-    both empty when ``root`` is not a Parquet warehouse."""
-    if RunLog(root).current() is not None:
-        return {}, {}
+    """Commit every Parquet table of ``root`` (a warehouse with no published run) as the first version of a
+    Delta table over the files it has, after finishing a publish the renames left halfway. Returns
+    (tables, folders) to publish; both empty when ``root`` is not a Parquet warehouse."""
     _finish_publish(root)
     tables = {}
     for name in parquet_tables(root):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 
-from pyarrow.fs import FileType
+from pyarrow.fs import FileSelector, FileType
 
 from deepcrate.errors import WarehouseError
 from deepcrate.storage import files
@@ -70,7 +70,8 @@ def vacuum(warehouse: str, *, keep: int, dry_run: bool = False) -> list[Unread]:
     kept = runs.history()[:keep]
     if not kept:
         return []
-    unread = _unread_files(root, [*kept, *([runs.draft()] if runs.draft() else [])])
+    draft = runs.draft()
+    unread = _unread_files(root, [*kept, *([draft] if draft else [])])
     if dry_run:
         return unread
     filesystem, base = filesystem_and_path(root)
@@ -79,7 +80,7 @@ def vacuum(warehouse: str, *, keep: int, dry_run: bool = False) -> list[Unread]:
         filesystem.delete_file(f"{base}/{file.path}")
         emptied.add(f"{base}/{file.path}".rsplit("/", 1)[0])
     for folder in sorted(emptied, key=len, reverse=True):  # run folders left empty, deepest first
-        if not files.listing(f"{root}{folder[len(base):]}"):
+        if not filesystem.get_file_info(FileSelector(folder, allow_not_found=True)):
             filesystem.delete_dir(folder)
     runs.mark_vacuumed(kept[-1].number)
     logger.info("vacuum %s: deleted %d files (%d bytes); runs %d-%d kept", root, len(unread),

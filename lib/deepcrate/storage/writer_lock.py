@@ -222,7 +222,7 @@ def _start_job(runs: RunLog, *, token: str, command: str) -> Job:
                        runs.root, draft.command, ", ".join(draft.changed))
         runs.drop_draft()
     _restore_newest_versions(runs.root, {**current.tables, **job.tables})
-    tables, folders = legacy.convert(runs.root, command=command)
+    tables, folders = legacy.convert(runs.root, command=command) if current is EMPTY else ({}, {})
     if tables:  # a warehouse in the plain-Parquet layout: its tables become Delta tables, published with the job
         job.tables.update(tables)
         job.folders.update(folders)
