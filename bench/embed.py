@@ -57,14 +57,14 @@ SPARK = """
 import json, sys, time
 sys.path.insert(0, {bench!r})
 from process_cpu import ProcessCpu
-from deepcrate.config import resolve_config
+from deepcrate.config import resolve_settings
 from deepcrate.stages.embed import embed
 from deepcrate.spark.session import spark_session
-config = resolve_config(overrides=["spark.master=local[{cores}]", "spark.options.spark.ui.enabled=false"])
-spark = spark_session(config)
-first = embed(spark, warehouse={warehouse!r}, config=config)  # warm-up: Python workers start, load the model
+settings = resolve_settings(overrides=["spark.master=local[{cores}]", "spark.options.spark.ui.enabled=false"])
+spark = spark_session(settings.spark)
+first = embed(spark, warehouse={warehouse!r}, settings=settings)  # warm-up: Python workers start, load the model
 with ProcessCpu() as cpu:
-    summary = embed(spark, warehouse={warehouse!r}, config=config)  # the same workers: no new loads
+    summary = embed(spark, warehouse={warehouse!r}, settings=settings)  # the same workers: no new loads
 print(json.dumps({{"slices": summary.slices, "seconds": summary.seconds, "pass_seconds": summary.pass_seconds,
                   "model_loads": first.model_loads + summary.model_loads, "cpu_seconds": cpu.seconds}}))
 """

@@ -25,9 +25,9 @@ import faiss
 import numpy as np
 import pyarrow.parquet as pq
 
-from deepcrate.config import resolve_config
+from deepcrate.config import resolve_settings
 from deepcrate.stages.index import recommendation_blocks
-from deepcrate.vectors.faiss_index import IndexSettings, build_index
+from deepcrate.vectors.faiss_index import build_index
 from deepcrate.vectors.similarity import exact_top_k, normalise
 
 
@@ -101,8 +101,8 @@ def main() -> int:
             index = faiss.IndexFlatIP(vectors.shape[1])
             index.add(vectors)
         else:
-            index, _ = build_index(vectors, IndexSettings.from_config(
-                resolve_config(overrides=["index.exact_max_songs=0", f"index.approximate={kind}"])))
+            index, _ = build_index(vectors, 
+                resolve_settings(overrides=["index.exact_max_songs=0", f"index.approximate={kind}"]).index)
         build_s = time.perf_counter() - started
         started = time.perf_counter()
         _, found = index.search(queries, k)
@@ -135,8 +135,7 @@ def main() -> int:
 def table_only(songs: int) -> None:
     """Build the default index and write the whole recommendations table; print one JSON line."""
     vectors = clustered_vectors(songs)
-    config = resolve_config(overrides=["index.exact_max_songs=0"])
-    settings = IndexSettings.from_config(config)
+    settings = resolve_settings(overrides=["index.exact_max_songs=0"]).index
     started = time.perf_counter()
     index, params = build_index(vectors, settings)
     build_s = time.perf_counter() - started

@@ -16,16 +16,16 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 from process_cpu import ProcessCpu
 
-from deepcrate.audio.decode import DecodeLimits
 from deepcrate.audio.demo import GENRES, SAMPLE_RATE, render_song
 from deepcrate.audio.spectrogram import SpectrogramSettings
-from deepcrate.config import resolve_config
+from deepcrate.config import DecodeLimits, Settings, resolve_settings
 from deepcrate.stages.ingest.decoding import decode_file
 
 RESULTS = Path(__file__).parent / "results"
@@ -103,26 +103,25 @@ class WorkerMemory:
                         self.peak_mb = max(self.peak_mb, int(line.split()[1]) / 1024)
 
 
-def time_spark(folder: Path, *, cores: int, config: dict, warehouse: Path,
+def time_spark(folder: Path, *, cores: int, settings: Settings, warehouse: Path,
                repeat: int) -> tuple[float, float, dict[str, float]]:
     """Best wall time of an ingest (session already warm), peak worker memory, and the CPU
     seconds of one more ingest by kind of process."""
     from deepcrate.spark.session import spark_session
     from deepcrate.stages.ingest.job import ingest
 
-    config = json.loads(json.dumps(config))
-    config["spark"]["master"] = f"local[{cores}]"
-    spark = spark_session(config)
+    settings = replace(settings, spark=replace(settings.spark, master=f"local[{cores}]"))
+    spark = spark_session(settings.spark)
     try:
         warm = folder.parent / "warm"  # start the Python workers before timing
         if not warm.exists():
             make_songs(warm, songs=2, seconds=12)
-        ingest(spark, audio=str(warm), warehouse=str(warehouse / "warm"), config=config)
+        ingest(spark, audio=str(warm), warehouse=str(warehouse / "warm"), settings=settings)
         with WorkerMemory() as memory:
             elapsed = best_of(repeat, lambda: ingest(
-                spark, audio=str(folder), warehouse=str(warehouse / f"cores{cores}"), config=config))
+                spark, audio=str(folder), warehouse=str(warehouse / f"cores{cores}"), settings=settings))
         with ProcessCpu() as cpu:
-            ingest(spark, audio=str(folder), warehouse=str(warehouse / f"cores{cores}-cpu"), config=config)
+            ingest(spark, audio=str(folder), warehouse=str(warehouse / f"cores{cores}-cpu"), settings=settings)
         return elapsed, memory.peak_mb, cpu.seconds
     finally:
         spark.stop()
@@ -137,8 +136,8 @@ def main() -> None:
     parser.add_argument("--cache", default=os.path.expanduser("~/.cache/deepcrate-bench"))
     args = parser.parse_args()
 
-    config = resolve_config(overrides=[f"spectrogram.preset={args.preset}", "ingest.progress_interval_s=60"])
-    settings = SpectrogramSettings.from_config(config)
+    settings = resolve_settings(overrides=[f"spectrogram.preset={args.preset}", "ingest.progress_interval_s=60"])
+    spectrogram = SpectrogramSettings.of(settings.spectrogram)
     limits = DecodeLimits(max_duration_s=600, truncated_ratio=0.9, silence_dbfs=-60)
     folder = Path(args.cache) / f"songs-{args.seconds:g}s"
     paths = make_songs(folder / "all", songs=args.songs, seconds=args.seconds)
@@ -151,13 +150,13 @@ def main() -> None:
     print(f"{len(paths)} songs, {total_s:.0f} s of audio, preset {args.preset}, {os.cpu_count()} cores")
 
     decode_s = best_of(args.repeat, lambda: decode_only(paths))
-    loop_s = best_of(args.repeat, lambda: plain_loop(paths, settings, limits))
+    loop_s = best_of(args.repeat, lambda: plain_loop(paths, spectrogram, limits))
     with tempfile.TemporaryDirectory() as tmp:
-        spark1_s, memory1, cpu1 = time_spark(folder / "all", cores=1, config=config, warehouse=Path(tmp),
+        spark1_s, memory1, cpu1 = time_spark(folder / "all", cores=1, settings=settings, warehouse=Path(tmp),
                                              repeat=args.repeat)
-        spark2_s, memory2, cpu2 = time_spark(folder / "all", cores=2, config=config, warehouse=Path(tmp),
+        spark2_s, memory2, cpu2 = time_spark(folder / "all", cores=2, settings=settings, warehouse=Path(tmp),
                                              repeat=args.repeat)
-        _, memory_half, _ = time_spark(half, cores=2, config=config, warehouse=Path(tmp) / "half", repeat=1)
+        _, memory_half, _ = time_spark(half, cores=2, settings=settings, warehouse=Path(tmp) / "half", repeat=1)
 
     realtime = {
         "decode_only": total_s / decode_s,

@@ -83,12 +83,12 @@ def tempo_scores(estimate: float | None, truth: float) -> tuple[bool, bool]:
 
 # -- the estimators: each builds its models once and returns a function of a file's path ------------
 def deepcrate_estimator() -> Callable[[Path], Estimate]:
-    from deepcrate.audio.decode import DecodeLimits, decode_audio
+    from deepcrate.audio.decode import decode_audio
     from deepcrate.audio.mfcc import SAMPLE_RATE, song_spectrum
     from deepcrate.audio.musical import musical_facts
-    from deepcrate.config import resolve_config
+    from deepcrate.config import resolve_settings
 
-    limits = DecodeLimits.from_config(resolve_config())
+    limits = resolve_settings().ingest.limits
 
     def estimate(path: Path) -> Estimate:
         audio = decode_audio(path.read_bytes(), name=path.name, target_rate=SAMPLE_RATE, limits=limits)

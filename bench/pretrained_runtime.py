@@ -41,14 +41,13 @@ CHECKPOINTS = "MTT_musicnn+MSD_musicnn"
 def real_slices(audio: Path, *, count: int) -> np.ndarray:
     """``count`` slices of the musicnn preset, a few from each of many files (sorted, so every run
     takes the same)."""
-    from deepcrate.audio.decode import DecodeLimits
     from deepcrate.audio.slicing import slice_audio_file
     from deepcrate.audio.spectrogram import SpectrogramSettings
-    from deepcrate.config import default_config
+    from deepcrate.config import resolve_settings
 
-    config = default_config()
-    settings = SpectrogramSettings.from_config(config)
-    limits = DecodeLimits.from_config(config)
+    defaults = resolve_settings()
+    settings = SpectrogramSettings.of(defaults.spectrogram)
+    limits = defaults.ingest.limits
     files = sorted(p for p in audio.rglob("*") if p.suffix.lower() in (".mp3", ".ogg", ".wav", ".flac"))
     images: list[np.ndarray] = []
     for path in files[:: max(1, len(files) // max(1, count // 8))]:

@@ -92,12 +92,12 @@ def main() -> int:
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from deepcrate.config import resolve_config
+    from deepcrate.config import resolve_settings
     from deepcrate.spark.session import spark_session
     from deepcrate.stages.rebuild import rebuild
     from deepcrate.storage.warehouse import Warehouse
 
-    spark = spark_session(resolve_config(overrides=["spark.master=local[2]", "spark.options.spark.ui.enabled=false"]))
+    spark = spark_session(resolve_settings(overrides=["spark.master=local[2]", "spark.options.spark.ui.enabled=false"]).spark)
     runs = []
     for seed in args.seeds:
         for variant in args.variants:
@@ -105,7 +105,7 @@ def main() -> int:
             warehouse = Path(args.work) / f"{variant}-{seed}"
             started = time.monotonic()
             summary = rebuild(spark, audio=str(corpus), manifest=str(corpus / "manifest.csv"),
-                              warehouse=str(warehouse), config=resolve_config(overrides=overrides))
+                              warehouse=str(warehouse), settings=resolve_settings(overrides=overrides))
             metrics = Warehouse(spark, str(warehouse)).metadata("evaluation").metrics
             train_s = next(s.seconds for s in summary.stages if s.name == "train")
             runs.append({"variant": variant, "seed": seed, "overrides": overrides, "metrics": metrics,

@@ -66,14 +66,14 @@ def baseline_lib(commit: str, folder: str) -> Path:
 
 def phases(warehouse: str) -> dict[str, float]:
     """This checkout's phases in one process, then a shell's statements."""
-    from deepcrate.config import resolve_config
+    from deepcrate.config import resolve_settings
     from deepcrate.query.sql import QuerySession
     from deepcrate.query.sql_guard import check_read_only
     from deepcrate.spark.session import spark_session
 
     times: dict[str, float] = {}
     started = time.perf_counter()
-    spark = spark_session(resolve_config(), quiet=True)
+    spark = spark_session(resolve_settings().spark, quiet=True)
     times["jvm_and_session_s"] = time.perf_counter() - started
     mark = time.perf_counter()
     session = QuerySession(spark, warehouse=warehouse)

@@ -41,9 +41,9 @@ def main() -> int:
     import keras
     import tensorflow as tf
 
-    from deepcrate.config import resolve_config
+    from deepcrate.config import resolve_settings
     from deepcrate.models.architectures import build_model
-    from deepcrate.stages.training import TrainSettings, training_dataset
+    from deepcrate.stages.training import training_dataset
     from deepcrate.storage.arrow_tables import ArrowTables
 
     gpus = tf.config.list_physical_devices("GPU")
@@ -71,8 +71,8 @@ def main() -> int:
                     data = (tf.data.Dataset.from_tensor_slices((images, targets)).shuffle(len(targets), seed=0)
                             .batch(args.batch_size).prefetch(2))
                 else:
-                    settings = TrainSettings.from_config(resolve_config(
-                        overrides=[f"train.batch_size={args.batch_size}"]))
+                    settings = resolve_settings(
+                        overrides=[f"train.batch_size={args.batch_size}"]).train
                     data = training_dataset(table, labels=labels, settings=settings, n_slices=n_slices)
                 timer = _EpochTimer()
                 model.fit(data, epochs=1 + args.epochs, verbose=0, callbacks=[timer])

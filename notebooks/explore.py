@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -30,14 +32,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import Audio, Markdown, display
 
-from deepcrate.config import resolve_config
+from deepcrate.config import resolve_settings
 from deepcrate.models.store import latest_model, read_model_folder
 from deepcrate.spark.session import spark_session
 from deepcrate.storage.warehouse import Warehouse
 from deepcrate.uris import local_path
 
 WAREHOUSE = os.environ.get("DEEPCRATE_WAREHOUSE", "../demo/warehouse")
-spark = spark_session(resolve_config(overrides=["spark.master=local[2]", "spark.log_level=ERROR"]))
+spark = spark_session(resolve_settings(overrides=["spark.master=local[2]", "spark.log_level=ERROR"]).spark)
 store = Warehouse(spark, WAREHOUSE)
 print("tables:", ", ".join(store.register()))
 

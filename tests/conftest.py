@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from deepcrate.config import resolve_config
+from deepcrate.config import resolve_settings
 from deepcrate.spark.session import LOCAL_FILES, ensure_utf8_locale
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -52,9 +52,9 @@ def seed_recipe_by_default():
     original CNN): most tests exercise the stages on it, fast and with its exact numbers. The
     product's default (musicnn) is tested where a test asks for it (tests/test_musicnn.py) and
     where a test runs the product in a child process (spark-submit, the cluster)."""
-    import deepcrate.config
+    import deepcrate.config.loading
 
-    packaged = deepcrate.config.default_config
+    packaged = deepcrate.config.loading.default_config
 
     def seed_defaults():
         config = packaged()
@@ -63,7 +63,7 @@ def seed_recipe_by_default():
         return config
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(deepcrate.config, "default_config", seed_defaults)
+        patch.setattr(deepcrate.config.loading, "default_config", seed_defaults)
         yield
 
 
@@ -88,12 +88,6 @@ def spark():
     session.stop()
 
 
-@pytest.fixture
-def config():
-    """The packaged defaults, with progress lines often enough to be seen in a test."""
-    return resolve_config(overrides=["ingest.progress_interval_s=1"])
-
-
 @pytest.fixture(scope="session")
 def demo_warehouse(spark, tmp_path_factory):
     """A small real warehouse: the demo catalogue (7 genres x 8 songs x 11 s = 2 slices each), ingested.
@@ -106,7 +100,7 @@ def demo_warehouse(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     manifest = write_demo_catalogue(root / "audio", songs_per_genre=8, seconds=11.0, seed=3)
     ingest(spark, audio=str(root / "audio"), manifest=str(manifest), warehouse=str(root / "wh"),
-           config=resolve_config())
+           settings=resolve_settings())
     return root / "wh"
 
 
@@ -123,9 +117,9 @@ def musicnn_warehouse(spark, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("musicnn")
     manifest = write_demo_catalogue(root / "audio", songs_per_genre=5, seconds=7.0, seed=2)
-    config = resolve_config(overrides=MUSICNN)
-    ingest(spark, audio=str(root / "audio"), manifest=str(manifest), warehouse=str(root / "wh"), config=config)
-    compute_features(spark, warehouse=str(root / "wh"), config=config)
+    settings = resolve_settings(overrides=MUSICNN)
+    ingest(spark, audio=str(root / "audio"), manifest=str(manifest), warehouse=str(root / "wh"), settings=settings)
+    compute_features(spark, warehouse=str(root / "wh"), settings=settings)
     return root / "wh"
 
 

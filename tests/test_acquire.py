@@ -17,7 +17,7 @@ import pytest
 import soundfile as sf
 
 from deepcrate.cli import main
-from deepcrate.config import resolve_config
+from deepcrate.config import resolve_settings
 from deepcrate.errors import InputError
 from deepcrate.stages.acquire import HostPacer, acquire, plan_downloads, read_url_manifest, safe_name
 from deepcrate.stages.ingest.job import ingest
@@ -181,8 +181,8 @@ def test_every_url_ends_intact_or_as_a_clear_error_and_a_rerun_downloads_nothing
     ]
     manifest = _manifest(tmp_path / "urls.csv", rows)
     audio, wh = tmp_path / "audio", tmp_path / "wh"
-    config = resolve_config(overrides=FAST)
-    summary = acquire(spark, manifest=str(manifest), audio=str(audio), warehouse=str(wh), config=config)
+    settings = resolve_settings(overrides=FAST)
+    summary = acquire(spark, manifest=str(manifest), audio=str(audio), warehouse=str(wh), settings=settings)
 
     table = _table(spark, wh)
     assert len(delta_frame(spark, wh / "downloads").collect()) == len(rows)  # one row per manifest row
@@ -229,14 +229,14 @@ def test_every_url_ends_intact_or_as_a_clear_error_and_a_rerun_downloads_nothing
 
     # A rerun downloads nothing it already has; it tries the failures again.
     ok_hits = {p: n for p, n in _Handler.hits.items() if p.startswith("/ok/")}
-    again = acquire(spark, manifest=str(manifest), audio=str(audio), warehouse=str(wh), config=config)
+    again = acquire(spark, manifest=str(manifest), audio=str(audio), warehouse=str(wh), settings=settings)
     assert {p: n for p, n in _Handler.hits.items() if p.startswith("/ok/")} == ok_hits
     assert again.counts() == {"present": 9, "failed": 9, "duplicate": 1}
     assert _Handler.hits["/missing.mp3"] == 2
 
     # The folder chains straight into ingest, labels included.
     result = ingest(spark, audio=str(audio), manifest=str(audio / "manifest.csv"), warehouse=str(wh),
-                    config=resolve_config())
+                    settings=resolve_settings())
     songs = delta_frame(spark, wh / "songs").toPandas()
     assert len(songs) == 9 and result.songs == 9
     first = songs[songs["title"] == "First"].iloc[0]
@@ -246,13 +246,13 @@ def test_every_url_ends_intact_or_as_a_clear_error_and_a_rerun_downloads_nothing
 def test_a_rerun_after_a_crash_before_the_manifest_keeps_the_finished_files(spark, server, tmp_path):
     rows = [{"url": f"{server}/ok/{name}", "genre": "g"} for name in ("a.mp3", "b.mp3")]
     manifest, audio = _manifest(tmp_path / "urls.csv", rows), tmp_path / "audio"
-    config = resolve_config(overrides=FAST)
-    acquire(spark, manifest=str(manifest), audio=str(audio), warehouse=str(tmp_path / "wh"), config=config)
+    settings = resolve_settings(overrides=FAST)
+    acquire(spark, manifest=str(manifest), audio=str(audio), warehouse=str(tmp_path / "wh"), settings=settings)
     (audio / "manifest.csv").unlink()  # as if killed after the downloads, before the manifest
     (audio / ".partial").mkdir()
     (audio / ".partial" / "leftover.part").write_bytes(b"half a file")
     hits = dict(_Handler.hits)
-    again = acquire(spark, manifest=str(manifest), audio=str(audio), warehouse=str(tmp_path / "wh"), config=config)
+    again = acquire(spark, manifest=str(manifest), audio=str(audio), warehouse=str(tmp_path / "wh"), settings=settings)
     assert _Handler.hits == hits and again.counts() == {"present": 2}
     assert [d.bytes for d in again.downloads] == [len(BODIES["a.mp3"]), len(BODIES["b.mp3"])]
     assert not (audio / ".partial").exists() and (audio / "manifest.csv").is_file()
@@ -280,9 +280,9 @@ def test_requests_to_one_host_wait_for_each_other(spark, server, tmp_path, monke
 
     monkeypatch.setattr("deepcrate.stages.acquire.job.HostPacer", RecordingPacer)
     rows = [{"url": f"{server}/ok/{name}", "genre": "g"} for name in ("a.mp3", "b.mp3", "c.mp3", "d.mp3")]
-    config = resolve_config(overrides=[*FAST, "acquire.per_host_delay_s=0.3"])
+    settings = resolve_settings(overrides=[*FAST, "acquire.per_host_delay_s=0.3"])
     summary = acquire(spark, manifest=str(_manifest(tmp_path / "urls.csv", rows)), audio=str(tmp_path / "audio"),
-                      warehouse=str(tmp_path / "wh"), config=config)
+                      warehouse=str(tmp_path / "wh"), settings=settings)
     assert summary.counts() == {"downloaded": 4}
     starts.sort()
     assert len(starts) == 4  # 4 workers, yet one schedule: pacers per worker would start them together
@@ -339,9 +339,9 @@ def test_a_body_without_content_length_is_kept_only_when_the_audio_is_whole(spar
     rows = [{"url": f"{server}/{name}.mp3", "genre": "g", "title": name}
             for name in ("no-length", "no-length-cut", "no-length-cut-once", "no-length-page")]
     audio, wh = tmp_path / "audio", tmp_path / "wh"
-    config = resolve_config(overrides=FAST)
+    settings = resolve_settings(overrides=FAST)
     summary = acquire(spark, manifest=str(_manifest(tmp_path / "urls.csv", rows)), audio=str(audio), warehouse=str(wh),
-                      config=config)
+                      settings=settings)
     table = _table(spark, wh)
     assert (table["no-length.mp3"]["status"], table["no-length.mp3"]["attempts"]) == ("downloaded", 1)
     assert (table["no-length-cut-once.mp3"]["status"], table["no-length-cut-once.mp3"]["attempts"]) == ("downloaded", 2)
@@ -355,5 +355,5 @@ def test_a_body_without_content_length_is_kept_only_when_the_audio_is_whole(spar
     assert len(kept) == 2 and all(sf.info(path).frames > 0 for path in kept)
     # a partial download is fetched again by the next run; the whole ones are not
     acquire(spark, manifest=str(_manifest(tmp_path / "urls.csv", rows)), audio=str(audio), warehouse=str(wh),
-            config=config)
+            settings=settings)
     assert _Handler.hits["/no-length-cut.mp3"] == 4 and _Handler.hits["/no-length.mp3"] == 1

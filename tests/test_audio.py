@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from deepcrate.audio.decode import DecodeLimits, decode_audio
+from deepcrate.audio.decode import decode_audio
+from deepcrate.config import DecodeLimits
 from deepcrate.errors import AudioError
 
 from helpers import make_signal

@@ -2,12 +2,13 @@
 import pandas as pd
 import pytest
 
+from deepcrate.config import SplitSettings
 from deepcrate.stages.ingest.catalogue_rows import reject_before_decoding, songs_and_rejects
 from deepcrate.storage.schemas import SONGS
 
 pytestmark = pytest.mark.unit
 AUDIO = "file:/music"
-SPLIT = {"train": 0.6, "validation": 0.2, "test": 0.2, "seed": 0}
+SPLIT = SplitSettings(train=0.6, validation=0.2, test=0.2, seed=0)
 
 
 def _facts(path: str, content: str, *, reason: str | None = None) -> dict:

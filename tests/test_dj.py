@@ -11,7 +11,7 @@ import soundfile as sf
 from deepcrate.audio.demo import GENRES, render_song
 from deepcrate.audio.musical import compatible_camelot, tempo_mixes
 from deepcrate.cli import main
-from deepcrate.config import resolve_config
+from deepcrate.config import resolve_settings
 from deepcrate.models.store import MODELS
 from deepcrate.query.recommend import Catalogue, Mixable, playlist
 from deepcrate.stages.embed import embed
@@ -27,7 +27,7 @@ SLICE_S = 5.12  # the seed preset's slice (tests/conftest.py makes it the defaul
 @pytest.fixture(scope="module")
 def catalogue(rebuilt):
     root = rebuilt[0]
-    return Catalogue(str(root / "wh"), config=resolve_config())
+    return Catalogue(str(root / "wh"), settings=resolve_settings())
 
 
 def _songs(root) -> pd.DataFrame:
@@ -118,12 +118,12 @@ def shared_passage(spark, rebuilt, tmp_path_factory):
             at = round((2 if n == 0 else 4) * SLICE_S * rate)
             samples[at:at + len(passage)] = passage
         sf.write(audio / f"{'XY'[n] if n < 2 else genre}.wav", samples, rate)
-    config = resolve_config()
+    settings = resolve_settings()
     wh = str(root / "wh")
-    ingest(spark, audio=str(audio), manifest=None, warehouse=wh, config=config)
+    ingest(spark, audio=str(audio), manifest=None, warehouse=wh, settings=settings)
     model = next((rebuilt[0] / "wh" / MODELS).iterdir())
-    embed(spark, warehouse=wh, config=config, model=str(model))
-    index_songs(spark, warehouse=wh, config=config)
+    embed(spark, warehouse=wh, settings=settings, model=str(model))
+    index_songs(spark, warehouse=wh, settings=settings)
     return root
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from deepcrate.cli import main
-from deepcrate.config import resolve_config
+from deepcrate.config import resolve_settings
 from deepcrate.errors import InputError, ModelError
 from deepcrate.models.architectures import embedding_model
 from deepcrate.models.store import latest_model, read_model_folder
@@ -20,7 +20,7 @@ from deepcrate.stages.embed import embed
 from deepcrate.stages.index import index_songs, recommendation_blocks
 from deepcrate.stages.training import train
 from deepcrate.storage.warehouse import Warehouse
-from deepcrate.vectors.faiss_index import IndexSettings, build_index, neighbours
+from deepcrate.vectors.faiss_index import build_index, neighbours
 from deepcrate.vectors.similarity import exact_top_k, normalise
 
 from helpers import copy_warehouse, delta_frame, published_folder
@@ -32,11 +32,11 @@ FAST = ["train.batch_size=16", "train.max_epochs=3", "train.shuffle_buffer=64", 
 def embedded(spark, demo_warehouse, tmp_path_factory):
     """The demo warehouse with a trained model, embeddings (in many small tasks), index, recommendations."""
     wh = copy_warehouse(demo_warehouse, tmp_path_factory.mktemp("embedded") / "wh")
-    config = resolve_config(overrides=FAST)
-    train(spark, warehouse=str(wh), config=config)
+    settings = resolve_settings(overrides=FAST)
+    train(spark, warehouse=str(wh), settings=settings)
     with session_conf(spark, {"spark.sql.files.maxPartitionBytes": str(1 << 19)}):  # ~8 slices per task
-        summary = embed(spark, warehouse=str(wh), config=resolve_config(overrides=["embed.batch_size=5"]))
-    index_songs(spark, warehouse=str(wh), config=config)
+        summary = embed(spark, warehouse=str(wh), settings=resolve_settings(overrides=["embed.batch_size=5"]))
+    index_songs(spark, warehouse=str(wh), settings=settings)
     return wh, summary
 
 
@@ -127,7 +127,7 @@ def test_duplicates_and_the_song_itself_are_never_recommended():
     vectors = np.vstack([base, base[:1]])  # song 6 is a re-encode of song 0
     index = faiss.IndexFlatIP(8)
     index.add(vectors)
-    settings = IndexSettings.from_config(resolve_config(overrides=["index.k=5", "index.block_size=4"]))
+    settings = resolve_settings(overrides=["index.k=5", "index.block_size=4"]).index
     table = pd.concat(b.to_pandas() for b in recommendation_blocks(index, np.array(list("abcdefg"), dtype=object),
                                                                    vectors, settings))
     assert len(table) == 7 * 5
@@ -144,8 +144,8 @@ def test_approximate_indexes_reach_high_recall_on_clustered_vectors(kind):
     rng = np.random.default_rng(1)
     centres = rng.standard_normal((50, 32))
     vectors = normalise((centres[rng.integers(0, 50, 5000)] + 0.3 * rng.standard_normal((5000, 32))).astype(np.float32))
-    settings = IndexSettings.from_config(resolve_config(overrides=["index.exact_max_songs=100",
-                                                                   f"index.approximate={kind}"]))
+    settings = resolve_settings(overrides=["index.exact_max_songs=100",
+                                                                   f"index.approximate={kind}"]).index
     index, params = build_index(vectors, settings)
     assert params["kind"] == kind and index.ntotal == 5000
     _, truth = exact_top_k(vectors, vectors[:200], 10)
@@ -160,7 +160,7 @@ def test_approximate_indexes_reach_high_recall_on_clustered_vectors(kind):
 @pytest.fixture(scope="module")
 def catalogue(embedded):
     wh, _ = embedded
-    return Catalogue(str(wh), config=resolve_config())
+    return Catalogue(str(wh), settings=resolve_settings())
 
 
 def _brute_force(catalogue: Catalogue, seed_position: int, allowed: np.ndarray, k: int) -> list[str]:
@@ -247,7 +247,7 @@ def test_seeds_by_path_file_name_and_title_and_clear_errors(catalogue, tmp_path)
 
 def test_recommend_cli_prints_a_table_or_json_and_fails_in_one_line(embedded, capsys):
     wh, _ = embedded
-    catalogue = Catalogue(str(wh), config=resolve_config())
+    catalogue = Catalogue(str(wh), settings=resolve_settings())
     song_id = catalogue.songs.index[0]
     assert main(["recommend", "--warehouse", str(wh), "--song", song_id, "-k", "3"]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -270,18 +270,18 @@ def test_a_model_from_another_preset_is_refused(spark, embedded, tmp_path):
     settings = json.loads((folder / "spectrogram.json").read_text())
     (folder / "spectrogram.json").write_text(json.dumps({**settings, "preset": "mel", "sample_rate": 22050}))
     with pytest.raises(ModelError, match="trained on 'mel' spectrograms and the slices table holds 'seed'"):
-        embed(spark, warehouse=str(wh), config=resolve_config(), model=str(folder))
+        embed(spark, warehouse=str(wh), settings=resolve_settings(), model=str(folder))
 
 
 def test_the_index_summary_says_how_many_neighbours_it_really_kept(spark, embedded, tmp_path):
     wh = copy_warehouse(embedded[0], tmp_path / "wh")
-    summary = index_songs(spark, warehouse=str(wh), config=resolve_config(overrides=["index.k=60"]))
+    summary = index_songs(spark, warehouse=str(wh), settings=resolve_settings(overrides=["index.k=60"]))
     ranks = delta_frame(spark, wh / "recommendations").groupBy("song_id").count().toPandas()["count"]
     assert summary.songs == 56 and (summary.fewest, summary.most) == (ranks.min(), ranks.max())
     span = str(ranks.min()) if ranks.min() == ranks.max() else f"{ranks.min()} to {ranks.max()}"
     assert ranks.max() <= 55
     assert f"recommendations: {span} per song, not index.k = 60: the catalogue has 56 songs" in summary.lines()[1]
-    assert "top 10 for every song" in index_songs(spark, warehouse=str(wh), config=resolve_config()).lines()[1]
+    assert "top 10 for every song" in index_songs(spark, warehouse=str(wh), settings=resolve_settings()).lines()[1]
 
 
 def test_recommend_with_a_truncated_model_says_so_in_one_line(embedded, tmp_path, monkeypatch, capsys):
@@ -291,7 +291,7 @@ def test_recommend_with_a_truncated_model_says_so_in_one_line(embedded, tmp_path
     wh = copy_warehouse(embedded[0], tmp_path / "wh")
     model = next((wh / "models").iterdir()) / "model.keras"
     model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
-    catalogue = Catalogue(str(wh), config=resolve_config())
+    catalogue = Catalogue(str(wh), settings=resolve_settings())
     path = catalogue.songs.iloc[0]["path"].removeprefix("file:")
     with pytest.raises(ModelError, match=r"model\.keras cannot be loaded .*rebuild it with deepcrate train"):
         catalogue.file_seed(path)
@@ -315,7 +315,7 @@ def test_recommend_refuses_a_model_that_would_run_code_when_loaded(embedded, tmp
                                                      output_shape=(4,))(inputs))
     unsafe.save(folder / "model.keras")
     marker.unlink(missing_ok=True)  # building the model may have run the code; loading it must not
-    catalogue = Catalogue(str(wh), config=resolve_config())
+    catalogue = Catalogue(str(wh), settings=resolve_settings())
     path = catalogue.songs.iloc[0]["path"].removeprefix("file:")
     assert main(["recommend", "--warehouse", str(wh), "--file", path]) == 2
     err = capsys.readouterr().err.strip()

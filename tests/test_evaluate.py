@@ -17,10 +17,10 @@ import soundfile as sf
 import soxr
 from deltalake import DeltaTable
 
-from deepcrate.audio.decode import DecodeLimits
 from deepcrate.audio.mfcc import mfcc_statistics, song_mfcc_features, standardise
 from deepcrate.audio.timbre import RIDGE, divergence_vectors, least_divergent
 from deepcrate.cli import main
+from deepcrate.config import DecodeLimits
 from deepcrate.vectors.retrieval import (
     average_precision_at_k,
     ideal_songs,

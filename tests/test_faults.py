@@ -12,7 +12,7 @@ import os
 import numpy as np
 import pytest
 
-from deepcrate.config import resolve_config
+from deepcrate.config import resolve_settings
 from deepcrate.stages.ingest.job import ingest
 from deepcrate.storage.warehouse import Warehouse
 
@@ -63,8 +63,8 @@ def fuzzed(tmp_path_factory):
 
 def test_every_damaged_file_ends_as_one_songs_or_rejects_row_and_nothing_crashes(spark, fuzzed):
     root, made = fuzzed
-    config = resolve_config(overrides=["ingest.max_duration_s=15", "ingest.progress_interval_s=1"])
-    summary = ingest(spark, audio=str(root / "audio"), warehouse=str(root / "wh"), config=config)
+    settings = resolve_settings(overrides=["ingest.max_duration_s=15", "ingest.progress_interval_s=1"])
+    summary = ingest(spark, audio=str(root / "audio"), warehouse=str(root / "wh"), settings=settings)
     store = Warehouse(spark, str(root / "wh"))
     prefix = "file:" + os.path.abspath(root / "audio") + "/"
     songs = [path.removeprefix(prefix) for path in store.read("songs").toPandas()["path"]]

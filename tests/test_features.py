@@ -11,7 +11,7 @@ import pytest
 from conftest import MUSICNN
 
 from deepcrate.audio.demo import write_demo_catalogue
-from deepcrate.config import resolve_config
+from deepcrate.config import resolve_settings
 from deepcrate.errors import ModelError, TrainingError, WarehouseError
 from deepcrate.models.architectures import embedding_model
 from deepcrate.models.feature_head import FeatureHead
@@ -72,19 +72,19 @@ def test_openvino_and_the_stored_table_give_the_keras_networks_features_on_real_
 def test_features_are_computed_once_and_a_new_file_computes_only_its_own(spark, tmp_path):
     audio, wh = tmp_path / "audio", tmp_path / "wh"
     manifest = write_demo_catalogue(audio, songs_per_genre=2, seconds=7.0, seed=6, genres=("funky_house", "trance", "rock_indie"))
-    config = resolve_config(overrides=QUICK_HEAD)
-    ingest(spark, audio=str(audio), manifest=str(manifest), warehouse=str(wh), config=config)
+    settings = resolve_settings(overrides=QUICK_HEAD)
+    ingest(spark, audio=str(audio), manifest=str(manifest), warehouse=str(wh), settings=settings)
     with pytest.raises(TrainingError, match=r"no pretrained_features table .*: run deepcrate features first"):
-        train(spark, warehouse=str(wh), config=config)
-    first = rebuild(spark, audio=str(audio), manifest=str(manifest), warehouse=str(wh), config=config)
+        train(spark, warehouse=str(wh), settings=settings)
+    first = rebuild(spark, audio=str(audio), manifest=str(manifest), warehouse=str(wh), settings=settings)
     status = {stage.name: (stage.status, stage.detail) for stage in first.stages}
     assert status["features"] == ("ran", f"{first.slices} slices computed, 0 kept")
     stored = delta_table(wh / "pretrained_features").to_pandas().set_index(["song_id", "slice_idx"]).sort_index()
     assert len(stored) == first.slices
 
     # A changed training setting: a new head, no feature computed, embed from the stored features.
-    changed = resolve_config(overrides=[*QUICK_HEAD, "train.head_max_epochs=4"])
-    second = rebuild(spark, audio=str(audio), manifest=str(manifest), warehouse=str(wh), config=changed)
+    changed = resolve_settings(overrides=[*QUICK_HEAD, "train.head_max_epochs=4"])
+    second = rebuild(spark, audio=str(audio), manifest=str(manifest), warehouse=str(wh), settings=changed)
     status = {stage.name: stage.status for stage in second.stages}
     assert (status["ingest"], status["features"], status["train"], status["embed"]) == (
         "skipped", "skipped", "ran", "ran")
@@ -111,16 +111,16 @@ def test_features_are_computed_once_and_a_new_file_computes_only_its_own(spark, 
     for mine, theirs in zip(vars(saved).values(), vars(from_network).values()):
         np.testing.assert_array_equal(mine, theirs)
     (Path(folder.path) / "head.npz").unlink()
-    embed(spark, warehouse=str(wh), config=changed)
+    embed(spark, warehouse=str(wh), settings=changed)
     again = delta_table(wh / "song_embeddings").to_pandas().set_index("song_id").loc[expected.index]
     np.testing.assert_allclose(np.stack(again["embedding"].to_numpy()), got, atol=1e-6)
     (Path(folder.path) / "head.npz").write_bytes(b"not an npz")
     with pytest.raises(ModelError, match=r"^model .*: head.npz cannot be read"):
-        embed(spark, warehouse=str(wh), config=changed)
+        embed(spark, warehouse=str(wh), settings=changed)
     saved.save(str(Path(folder.path) / "head.npz"))
 
     # recommend --file runs the whole network on a file: a catalogue file gets its own song's neighbours.
-    catalogue = Catalogue(str(wh), config=changed)
+    catalogue = Catalogue(str(wh), settings=changed)
     song_id = catalogue.songs.index[2]
     path = catalogue.songs.at[song_id, "path"].removeprefix("file:")
     by_file = catalogue.recommend([catalogue.file_seed(path)], k=4, filters=Filters())
@@ -131,12 +131,12 @@ def test_features_are_computed_once_and_a_new_file_computes_only_its_own(spark, 
     # A new file: ingest alone leaves its slices without features, which embed refuses in one line...
     write_demo_catalogue(tmp_path / "extra", songs_per_genre=1, seconds=10.0, seed=9, genres=("trance",))
     shutil.copy(next((tmp_path / "extra" / "trance").iterdir()), audio / "trance" / "new.mp3")
-    ingest(spark, audio=str(audio), manifest=str(manifest), warehouse=str(wh), config=changed, incremental=True)
+    ingest(spark, audio=str(audio), manifest=str(manifest), warehouse=str(wh), settings=changed, incremental=True)
     with pytest.raises(WarehouseError, match=r"^warehouse .*: \d+ slices have no pretrained features .* run "
                                              r"deepcrate features"):
-        embed(spark, warehouse=str(wh), config=changed)
+        embed(spark, warehouse=str(wh), settings=changed)
     # ...and the next rebuild computes the features of its slices only; the others' stay as they were.
-    third = rebuild(spark, audio=str(audio), manifest=str(manifest), warehouse=str(wh), config=changed)
+    third = rebuild(spark, audio=str(audio), manifest=str(manifest), warehouse=str(wh), settings=changed)
     new_slices = third.slices - first.slices
     assert new_slices > 0
     status = {stage.name: (stage.status, stage.detail) for stage in third.stages}
@@ -154,21 +154,21 @@ def delta_table_metadata_network(wh) -> str:
 
 def test_features_of_other_networks_are_refused_in_one_line(spark, musicnn_warehouse, tmp_path):
     wh = copy_warehouse(musicnn_warehouse, tmp_path / "wh")
-    both = resolve_config(overrides=QUICK_HEAD)
-    again = compute_features(spark, warehouse=str(wh), config=both)  # the same networks: nothing to compute
+    both = resolve_settings(overrides=QUICK_HEAD)
+    again = compute_features(spark, warehouse=str(wh), settings=both)  # the same networks: nothing to compute
     assert (again.computed, again.slices) == (0, len(slices_of(wh)))
-    train(spark, warehouse=str(wh), config=both)
-    one = resolve_config(overrides=[*QUICK_HEAD, "train.pretrained=MTT_musicnn"])
-    summary = compute_features(spark, warehouse=str(wh), config=one)
+    train(spark, warehouse=str(wh), settings=both)
+    one = resolve_settings(overrides=[*QUICK_HEAD, "train.pretrained=MTT_musicnn"])
+    summary = compute_features(spark, warehouse=str(wh), settings=one)
     assert summary.computed == summary.slices  # other networks: nothing kept
     assert delta_table_metadata_network(wh).startswith("MTT_musicnn:")
 
     with pytest.raises(ModelError, match=r"^model \S+ was trained on pretrained features of MTT_musicnn\+MSD_musicnn:"
                                          r"\w+; warehouse .* holds features of MTT_musicnn:\w+: compute them again"):
-        embed(spark, warehouse=str(wh), config=both)
+        embed(spark, warehouse=str(wh), settings=both)
     with pytest.raises(TrainingError, match=r"pretrained_features holds features of MTT_musicnn:\w+, not of "
                                             r"MTT_musicnn\+MSD_musicnn:\w+ .*run deepcrate features again"):
-        train(spark, warehouse=str(wh), config=both)
+        train(spark, warehouse=str(wh), settings=both)
 
 
 @pytest.mark.parametrize("genres", [3, 0])

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from deepcrate.config import resolve_config
+from deepcrate.config import resolve_settings
 from deepcrate.errors import InputError
 from deepcrate.query.history import vacuum
 from deepcrate.stages.ingest.job import ingest
@@ -91,7 +91,7 @@ def catalogue(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ingested(spark, catalogue, tmp_path_factory):
     warehouse = tmp_path_factory.mktemp("wh") / "warehouse"
-    summary = ingest(spark, audio=str(catalogue), warehouse=str(warehouse), config=resolve_config(overrides=CONFIG))
+    summary = ingest(spark, audio=str(catalogue), warehouse=str(warehouse), settings=resolve_settings(overrides=CONFIG))
     return summary, warehouse, tables(spark, warehouse)
 
 
@@ -167,7 +167,7 @@ def test_rerun_gives_identical_tables(spark, ingested, catalogue):
     for dead in (warehouse / "_scratch" / "20260101T000000-dead" / "decoded", warehouse / "decoded" / "run"):
         dead.mkdir(parents=True)  # a killed job's decoded files, and where an older version left them for good
         (dead / "part-0.parquet").write_bytes(b"x" * 1000)
-    ingest(spark, audio=str(catalogue), warehouse=str(warehouse), config=resolve_config(overrides=CONFIG))
+    ingest(spark, audio=str(catalogue), warehouse=str(warehouse), settings=resolve_settings(overrides=CONFIG))
     assert not (warehouse / "_scratch").exists() and not (warehouse / "decoded").exists()
     after = tables(spark, warehouse)
     keys = {"songs": ["song_id"], "slices": ["song_id", "slice_idx"], "rejects": ["path"]}
@@ -188,9 +188,9 @@ def test_crash_while_writing_leaves_the_published_tables(spark, ingested, catalo
 
     published = {p.name for p in (warehouse / "songs").iterdir()}
     monkeypatch.setattr(Warehouse, "write_table", crash_on_slices)
-    other = resolve_config(overrides=CONFIG + ["split.seed=99"])  # would change every split
+    other = resolve_settings(overrides=CONFIG + ["split.seed=99"])  # would change every split
     with pytest.raises(RuntimeError, match="simulated crash"):
-        ingest(spark, audio=str(catalogue), warehouse=str(warehouse), config=other)
+        ingest(spark, audio=str(catalogue), warehouse=str(warehouse), settings=other)
     monkeypatch.undo()
     (abandoned,) = {p.name for p in (warehouse / "songs").iterdir()} - published  # its files, read by nobody
     after = tables(spark, warehouse)
@@ -215,7 +215,7 @@ def test_manifest_supplies_labels_and_extra_columns(spark, catalogue, tmp_path, 
     ]).to_csv(manifest, index=False)
     warehouse = tmp_path / "wh"
     ingest(spark, audio=str(catalogue), manifest=str(manifest), warehouse=str(warehouse),
-           config=resolve_config(overrides=CONFIG))
+           settings=resolve_settings(overrides=CONFIG))
     songs = tables(spark, warehouse)["songs"].set_index("path")
     one = songs.loc[uri(catalogue, "rock/song one.mp3")]
     assert (one["genre"], one["artist"], one["title"], str(one["release_date"])) == ("indie", "A", "One", "2001-02-03")
@@ -231,10 +231,10 @@ def test_missing_audio_folder_is_a_clear_error(spark, tmp_path):
 
 
     with pytest.raises(InputError, match="no such folder"):
-        ingest(spark, audio=str(tmp_path / "nope"), warehouse=str(tmp_path / "wh"), config=resolve_config())
+        ingest(spark, audio=str(tmp_path / "nope"), warehouse=str(tmp_path / "wh"), settings=resolve_settings())
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="holds no files"):
-        ingest(spark, audio=str(tmp_path / "empty"), warehouse=str(tmp_path / "wh"), config=resolve_config())
+        ingest(spark, audio=str(tmp_path / "empty"), warehouse=str(tmp_path / "wh"), settings=resolve_settings())
 
 
 def test_mel_preset_ingest_resamples_and_records_its_settings(spark, tmp_path):
@@ -244,15 +244,15 @@ def test_mel_preset_ingest_resamples_and_records_its_settings(spark, tmp_path):
 
     write_audio(tmp_path / "audio" / "x" / "a.mp3", make_signal(12, sample_rate=48000, channels=2, seed=1),
                 sample_rate=48000)
-    config = resolve_config(overrides=["spectrogram.preset=mel"])
-    summary = ingest(spark, audio=str(tmp_path / "audio"), warehouse=str(tmp_path / "wh"), config=config)
+    settings = resolve_settings(overrides=["spectrogram.preset=mel"])
+    summary = ingest(spark, audio=str(tmp_path / "audio"), warehouse=str(tmp_path / "wh"), settings=settings)
     assert (summary.songs, summary.slices) == (1, 2)  # 12 s at 22.05 kHz: 596 columns
     store = Warehouse(spark, str(tmp_path / "wh"))
-    assert store.metadata("slices").spectrogram == SpectrogramSettings.from_config(config)
+    assert store.metadata("slices").spectrogram == SpectrogramSettings.of(settings.spectrogram)
     stored = store.read("slices").orderBy("slice_idx").collect()
     samples, rate = sf.read(tmp_path / "audio" / "x" / "a.mp3", dtype="float32")
     mono = soxr.resample(samples.mean(axis=1), rate, 22050, quality="HQ")
-    expected = list(iter_slices(mono, settings=SpectrogramSettings.from_config(config)))
+    expected = list(iter_slices(mono, settings=SpectrogramSettings.of(settings.spectrogram)))
     for row, image in zip(stored, expected, strict=True):
         got = np.frombuffer(row.spectrogram, np.uint8).reshape(256, 256).astype(int)
         assert np.abs(got - image.astype(int)).max() <= 1
@@ -263,12 +263,12 @@ def test_overlapping_slices_are_ingested_with_their_offsets(spark, tmp_path):
 
     path = tmp_path / "audio" / "x" / "a.mp3"
     write_audio(path, make_signal(11, seed=4), sample_rate=44100)
-    config = resolve_config(overrides=["spectrogram.slice_hop_frames=128"])
-    summary = ingest(spark, audio=str(tmp_path / "audio"), warehouse=str(tmp_path / "wh"), config=config)
+    settings = resolve_settings(overrides=["spectrogram.slice_hop_frames=128"])
+    summary = ingest(spark, audio=str(tmp_path / "audio"), warehouse=str(tmp_path / "wh"), settings=settings)
     assert (summary.songs, summary.slices) == (1, 3)  # 550 columns: starts 0, 128, 256
     store = Warehouse(spark, str(tmp_path / "wh"))
     assert store.metadata("slices").spectrogram.slice_hop_frames == 128
-    assert store.metadata("slices").spectrogram == SpectrogramSettings.from_config(config)
+    assert store.metadata("slices").spectrogram == SpectrogramSettings.of(settings.spectrogram)
     stored = store.read("slices").orderBy("slice_idx").toPandas()
     np.testing.assert_allclose(stored["offset_s"], [0.0, 2.56, 5.12])
     samples, _ = sf.read(path, dtype="float32")
@@ -306,7 +306,7 @@ def test_links_that_cannot_be_opened_become_rejects_and_the_job_goes_on(spark, t
     (audio / "rock" / "loop.mp3").symlink_to("loop.mp3")
     (audio / "rock" / "again").symlink_to(audio / "rock", target_is_directory=True)  # a folder loop
     (audio / "rock" / "alias.mp3").symlink_to(audio / "rock" / "s0.mp3")  # a working link: same bytes as s0
-    summary = ingest(spark, audio=str(audio), warehouse=str(tmp_path / "wh"), config=resolve_config(overrides=CONFIG))
+    summary = ingest(spark, audio=str(audio), warehouse=str(tmp_path / "wh"), settings=resolve_settings(overrides=CONFIG))
     store = Warehouse(spark, str(tmp_path / "wh"))
     rejects = store.read("rejects").toPandas().set_index("path")
     songs = store.read("songs").toPandas()
@@ -325,7 +325,7 @@ def test_a_colon_in_a_file_name_makes_a_song_not_a_failed_job(spark, tmp_path):
     write_audio(audio / "a:b.mp3", make_signal(6, seed=1))
     write_audio(audio / "house" / "Artist: Title.mp3", make_signal(6, seed=2))
     write_audio(audio / "house" / "plain.mp3", make_signal(6, seed=3))
-    summary = ingest(spark, audio=str(audio), warehouse=str(tmp_path / "wh"), config=resolve_config(overrides=CONFIG))
+    summary = ingest(spark, audio=str(audio), warehouse=str(tmp_path / "wh"), settings=resolve_settings(overrides=CONFIG))
     songs = Warehouse(spark, str(tmp_path / "wh")).read("songs").toPandas().set_index("path")
     assert summary.songs == 3 and sum(summary.rejects.values()) == 0
     assert songs.loc[f"file:{audio}/house/Artist: Title.mp3", "genre"] == "house"
@@ -361,13 +361,13 @@ def test_removing_a_genres_validation_songs_is_repaired_by_the_next_incremental_
     audio, wh = tmp_path / "audio", tmp_path / "wh"
     for n in range(6):
         write_audio(audio / ("trance" if n < 3 else "house") / f"s{n}.mp3", make_signal(6, seed=n))
-    config = resolve_config(overrides=CONFIG)
-    ingest(spark, audio=str(audio), warehouse=str(wh), config=config, incremental=True)
+    settings = resolve_settings(overrides=CONFIG)
+    ingest(spark, audio=str(audio), warehouse=str(wh), settings=settings, incremental=True)
     songs = Warehouse(spark, str(wh)).read("songs").toPandas()
     for path in songs.loc[(songs["genre"] == "trance") & (songs["split"] == "validation"), "path"]:
         os.unlink(path[len("file:"):])  # issue 43: training then refused "no validation slices for trance"
     caplog.set_level("WARNING")
-    ingest(spark, audio=str(audio), warehouse=str(wh), config=config, incremental=True)
+    ingest(spark, audio=str(audio), warehouse=str(wh), settings=settings, incremental=True)
     after = Warehouse(spark, str(wh)).read("songs").toPandas().set_index("song_id")
     assert set(after.loc[after["genre"] == "trance", "split"]) == {"train", "validation"}
     assert "genre 'trance' had no validation song left" in caplog.text

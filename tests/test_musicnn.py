@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from deepcrate.audio.spectrogram import SpectrogramSettings, iter_slices
-from deepcrate.config import resolve_config
+from deepcrate.config import resolve_settings
 from deepcrate.errors import ConfigError
 from deepcrate.models.architectures import (
     EMBEDDING_LAYER,
@@ -27,7 +27,7 @@ from deepcrate.models.store import latest_model, read_model_folder
 from deepcrate.models.transfer import feature_extractor, pretrained_model
 from deepcrate.stages.embed import embed
 from deepcrate.stages.evaluate import evaluate
-from deepcrate.stages.training import TrainSettings, train
+from deepcrate.stages.training import train
 from deepcrate.storage.warehouse import Warehouse
 
 from helpers import copy_warehouse, delta_frame, make_signal
@@ -62,11 +62,11 @@ def test_missing_or_unknown_weights_say_what_to_do(monkeypatch):
 
 
 def test_the_preset_draws_musicnns_own_front_end():
-    settings = SpectrogramSettings.from_config(resolve_config(overrides=["spectrogram.preset=musicnn"]))
+    settings = SpectrogramSettings.of(resolve_settings(overrides=["spectrogram.preset=musicnn"]).spectrogram)
     assert (settings.sample_rate, settings.n_fft, settings.hop_length, settings.n_rows, settings.slice_frames) == (
         16000, 512, 256, 96, 187)
     assert settings.to_dict()["levels"] == "musicnn"
-    assert "levels" not in SpectrogramSettings.from_config(resolve_config()).to_dict()  # older tables read the same
+    assert "levels" not in SpectrogramSettings.of(resolve_settings().spectrogram).to_dict()  # older tables read the same
 
     samples = 0.5 * make_signal(7.0, sample_rate=16000, seed=4)
     # What musicnn's own batch_data computes, with librosa (without its centring: our grid starts at sample 0)
@@ -88,11 +88,11 @@ def test_the_model_refuses_slices_of_another_front_end():
     with pytest.raises(ConfigError, match="reads 96 mel bands"):
         build_model(preset="musicnn", n_classes=2, input_shape=(256, 256))
     with pytest.raises(ConfigError, match="objective=classify"):
-        TrainSettings.from_config(resolve_config(overrides=[*MUSICNN, "train.objective=contrastive"]))
+        resolve_settings(overrides=[*MUSICNN, "train.objective=contrastive"])
     with pytest.raises(ConfigError, match="supcon trains the head on a pretrained network"):
-        TrainSettings.from_config(resolve_config(overrides=["train.objective=supcon"]))
+        resolve_settings(overrides=["train.objective=supcon"])
     with pytest.raises(ConfigError, match="fine_tune must be one of"):
-        TrainSettings.from_config(resolve_config(overrides=[*MUSICNN, "train.fine_tune=some"]))
+        resolve_settings(overrides=[*MUSICNN, "train.fine_tune=some"])
 
 
 def in_chunks(model, images: np.ndarray, size: int = 16) -> np.ndarray:
@@ -119,9 +119,9 @@ def test_the_supervised_contrastive_loss_is_khosla_et_als():
 @needs_weights
 def test_a_head_on_frozen_features_learns_the_genres_and_keeps_the_pretrained_layers(spark, musicnn_warehouse,
                                                                                       tmp_path):
-    config = resolve_config(overrides=[*MUSICNN, "train.max_epochs=40", "train.patience=40", "train.batch_size=32"])
+    config = resolve_settings(overrides=[*MUSICNN, "train.max_epochs=40", "train.patience=40", "train.batch_size=32"])
     copy_warehouse(musicnn_warehouse, tmp_path / "wh")
-    result = train(spark, warehouse=str(tmp_path / "wh"), config=config)
+    result = train(spark, warehouse=str(tmp_path / "wh"), settings=config)
 
     folder = read_model_folder(latest_model(Warehouse(spark, str(tmp_path / "wh"))))
     model = folder.load_keras()
@@ -139,8 +139,8 @@ def test_a_head_on_frozen_features_learns_the_genres_and_keeps_the_pretrained_la
     assert model.get_layer(EMBEDDING_LAYER).output.shape[-1] == 128
 
     # The untuned network is evaluated beside the model, from the same embedding pass.
-    embed(spark, warehouse=str(tmp_path / "wh"), config=config)
-    summary = evaluate(spark, warehouse=str(tmp_path / "wh"), config=config)
+    embed(spark, warehouse=str(tmp_path / "wh"), settings=config)
+    summary = evaluate(spark, warehouse=str(tmp_path / "wh"), settings=config)
     rows = summary.rows[summary.rows["genre"].isna()].set_index("method")
     assert list(rows.index) == ["model", "pretrained", "mfcc", "timbre", "random", "ideal"]
     # Independently: the checkpoint's features of every slice, averaged per song, cosine, top 10.
@@ -163,10 +163,10 @@ def test_a_head_on_frozen_features_learns_the_genres_and_keeps_the_pretrained_la
 
 @needs_weights
 def test_the_supcon_head_learns_the_genres_too(spark, musicnn_warehouse, tmp_path):
-    config = resolve_config(overrides=[*MUSICNN, "train.objective=supcon", "train.max_epochs=40",
+    config = resolve_settings(overrides=[*MUSICNN, "train.objective=supcon", "train.max_epochs=40",
                                        "train.patience=40", "train.batch_size=32"])
     copy_warehouse(musicnn_warehouse, tmp_path / "wh")
-    result = train(spark, warehouse=str(tmp_path / "wh"), config=config)
+    result = train(spark, warehouse=str(tmp_path / "wh"), settings=config)
     assert result.version.endswith("-musicnn-supcon")
     history = json.loads((Path(result.model_uri.removeprefix("file:")) / "history.json").read_text())
     assert history["loss"][-1] < history["loss"][0] and "embedding_loss" in history
@@ -175,10 +175,10 @@ def test_the_supcon_head_learns_the_genres_too(spark, musicnn_warehouse, tmp_pat
 
 @needs_weights
 def test_the_head_kept_is_the_epoch_and_the_average_that_rank_the_validation_songs_best(spark, musicnn_warehouse, tmp_path):
-    config = resolve_config(overrides=[*MUSICNN, "train.head_max_epochs=12", "train.head_patience=12",
+    config = resolve_settings(overrides=[*MUSICNN, "train.head_max_epochs=12", "train.head_patience=12",
                                        "train.batch_size=32"])
     copy_warehouse(musicnn_warehouse, tmp_path / "wh")
-    result = train(spark, warehouse=str(tmp_path / "wh"), config=config)
+    result = train(spark, warehouse=str(tmp_path / "wh"), settings=config)
     folder = read_model_folder(latest_model(Warehouse(spark, str(tmp_path / "wh"))))
     history = json.loads((Path(folder.path) / "history.json").read_text())
     scores = history["val_precision_at_10"]
@@ -224,17 +224,17 @@ def test_two_checkpoints_are_two_towers_each_with_its_own_weights():
     np.testing.assert_allclose(features[:, :200], feature_extractor(alone["MTT_musicnn"])(images), atol=1e-5)
     np.testing.assert_allclose(features[:, 200:], feature_extractor(alone["MSD_musicnn"])(images), atol=1e-5)
     with pytest.raises(ConfigError, match="names a checkpoint twice"):
-        TrainSettings.from_config(resolve_config(overrides=[*MUSICNN, "train.pretrained=MSD_musicnn+MSD_musicnn"]))
+        resolve_settings(overrides=[*MUSICNN, "train.pretrained=MSD_musicnn+MSD_musicnn"])
     with pytest.raises(ConfigError, match="must be one of"):
-        TrainSettings.from_config(resolve_config(overrides=[*MUSICNN, "train.pretrained=MTT_musicnn+VGG"]))
+        resolve_settings(overrides=[*MUSICNN, "train.pretrained=MTT_musicnn+VGG"])
 
 
 @needs_weights
 def test_fine_tuning_all_layers_starts_from_the_checkpoint_and_moves_it(spark, musicnn_warehouse, tmp_path):
-    config = resolve_config(overrides=[*MUSICNN, "train.fine_tune=all", "train.max_epochs=2", "train.patience=2",
+    config = resolve_settings(overrides=[*MUSICNN, "train.fine_tune=all", "train.max_epochs=2", "train.patience=2",
                                        "train.batch_size=16", "train.shuffle_buffer=64", "train.interleave=2"])
     copy_warehouse(musicnn_warehouse, tmp_path / "wh")
-    result = train(spark, warehouse=str(tmp_path / "wh"), config=config)
+    result = train(spark, warehouse=str(tmp_path / "wh"), settings=config)
     assert result.epochs == 2 and result.evaluation is not None
     model = read_model_folder(latest_model(Warehouse(spark, str(tmp_path / "wh")))).load_keras()
     pretrained = pretrained_model(n_classes=7, image_shape=(96, 187), level_range=8.0,
@@ -251,13 +251,13 @@ def test_without_genres_the_catalogue_gets_the_pretrained_embedding(spark, tmp_p
     from deepcrate.stages.features import compute_features
     from deepcrate.stages.ingest.job import ingest
 
-    config = resolve_config(overrides=MUSICNN)
+    config = resolve_settings(overrides=MUSICNN)
     write_demo_catalogue(tmp_path / "audio", songs_per_genre=3, seconds=7.0, seed=6)
     for song in (tmp_path / "audio").glob("*/*.mp3"):  # no genre folders, no manifest: no genres at all
         song.rename(tmp_path / "audio" / f"{song.parent.name}-{song.name}")
-    ingest(spark, audio=str(tmp_path / "audio"), manifest=None, warehouse=str(tmp_path / "wh"), config=config)
-    compute_features(spark, warehouse=str(tmp_path / "wh"), config=config)
-    result = train(spark, warehouse=str(tmp_path / "wh"), config=config)
+    ingest(spark, audio=str(tmp_path / "audio"), manifest=None, warehouse=str(tmp_path / "wh"), settings=config)
+    compute_features(spark, warehouse=str(tmp_path / "wh"), settings=config)
+    result = train(spark, warehouse=str(tmp_path / "wh"), settings=config)
     assert result.evaluation is None
     folder = read_model_folder(latest_model(Warehouse(spark, str(tmp_path / "wh"))))
     assert folder.labels == []

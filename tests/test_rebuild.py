@@ -11,7 +11,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from deepcrate.cli import main
-from deepcrate.config import resolve_config
+from deepcrate.config import resolve_settings, to_mapping
 from deepcrate.errors import InputError, ModelError, WarehouseError
 from deepcrate.spark.faults import INJECT_FAILURE
 from deepcrate.stages.index import index_songs
@@ -79,9 +79,9 @@ def test_rebuild_runs_every_stage_then_skips_them_all(rebuilt, capsys):
 def test_rebuilding_twice_from_scratch_gives_identical_tables(spark, rebuilt, tmp_path):
     root, manifest, _, _ = rebuilt
     model = next((root / "wh" / "models").iterdir())
-    config = resolve_config()
+    settings = resolve_settings()
     kwargs = {"audio": str(root / "audio"), "manifest": str(manifest), "warehouse": str(tmp_path / "wh"),
-              "config": config, "model": str(model)}
+              "settings": settings, "model": str(model)}
     first = rebuild(spark, **kwargs, force=True)
     tables = snapshot(tmp_path / "wh")
     second = rebuild(spark, **kwargs, force=True)
@@ -121,7 +121,7 @@ def test_adding_songs_ingests_and_embeds_only_them(spark, rebuilt, tmp_path, cap
     # The same catalogue rebuilt from scratch with the same model: the same tables,
     # except the split, which an incremental ingest keeps for the songs it already had.
     rebuild(spark, audio=str(audio), manifest=str(audio / "manifest.csv"), warehouse=str(tmp_path / "full"),
-            config=resolve_config(), model=str(model), force=True)
+            settings=resolve_settings(), model=str(model), force=True)
     assert_same_tables(snapshot(wh, drop=["split"]), snapshot(tmp_path / "full", drop=["split"]))
 
 
@@ -133,7 +133,7 @@ def test_a_task_that_fails_mid_stage_is_retried_without_duplicates(spark, rebuil
     context.setLocalProperty(INJECT_FAILURE, "ingest,embed")
     try:
         summary = rebuild(spark, audio=str(root / "audio"), manifest=str(manifest), warehouse=str(tmp_path / "wh"),
-                          config=resolve_config(overrides=["embed.batch_size=4"]), model=str(model))
+                          settings=resolve_settings(overrides=["embed.batch_size=4"]), model=str(model))
     finally:
         context.setLocalProperty(INJECT_FAILURE, None)
         context.setLocalProperty("spark.jobGroup.id", None)
@@ -150,19 +150,19 @@ def test_a_task_that_fails_mid_stage_is_retried_without_duplicates(spark, rebuil
 
 def test_bad_input_fails_before_any_work(spark, rebuilt, tmp_path):
     root, _, _, _ = rebuilt
-    config = resolve_config()
+    settings = resolve_settings()
     with pytest.raises(InputError, match="no such folder"):
-        rebuild(spark, audio=str(tmp_path / "missing"), warehouse=str(tmp_path / "wh"), config=config)
+        rebuild(spark, audio=str(tmp_path / "missing"), warehouse=str(tmp_path / "wh"), settings=settings)
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="holds no files"):
-        rebuild(spark, audio=str(tmp_path / "empty"), warehouse=str(tmp_path / "wh"), config=config)
+        rebuild(spark, audio=str(tmp_path / "empty"), warehouse=str(tmp_path / "wh"), settings=settings)
     (tmp_path / "file").write_text("x")
     with pytest.raises(WarehouseError, match="not writable"):
-        rebuild(spark, audio=str(root / "audio"), warehouse=str(tmp_path / "file" / "wh"), config=config)
+        rebuild(spark, audio=str(root / "audio"), warehouse=str(tmp_path / "file" / "wh"), settings=settings)
     model = next((root / "wh" / "models").iterdir())
     with pytest.raises(ModelError, match="trained on 'seed' spectrograms.*--set spectrogram.preset=seed"):
         rebuild(spark, audio=str(root / "audio"), warehouse=str(tmp_path / "wh2"), model=str(model),
-                config=resolve_config(overrides=["spectrogram.preset=mel"]))
+                settings=resolve_settings(overrides=["spectrogram.preset=mel"]))
     assert not (tmp_path / "wh2" / "songs").exists()
 
 
@@ -225,8 +225,8 @@ class SongCounts(Stage):
     def __init__(self):
         self.runs = 0
 
-    def settings(self, config):
-        return config["split"]
+    def settings(self, settings):
+        return to_mapping(settings.split)
 
     def run(self, context, *, fingerprint):
         self.runs += 1
@@ -244,7 +244,7 @@ def test_a_new_stage_is_one_class_and_one_line_and_is_skipped_when_up_to_date(sp
     toy = SongCounts()
     kwargs = {"audio": str(root / "audio"), "manifest": str(manifest), "warehouse": str(tmp_path / "wh"),
               "model": str(next((root / "wh" / "models").iterdir())), "stages": (*STAGES, toy)}
-    first = rebuild(spark, config=resolve_config(), **kwargs)
+    first = rebuild(spark, settings=resolve_settings(), **kwargs)
     assert [(s.name, s.status) for s in first.stages] == [
         ("ingest", "ran"), ("features", "unused"), ("train", "given"), ("embed", "ran"), ("index", "ran"), ("evaluate", "ran"),
         ("song_counts", "ran")]
@@ -252,17 +252,17 @@ def test_a_new_stage_is_one_class_and_one_line_and_is_skipped_when_up_to_date(sp
     songs = pd.read_csv(manifest)
     assert sum(counts.values()) == 35 and counts["trance"] == (songs["genre"] == "trance").sum()
 
-    second = rebuild(spark, config=resolve_config(), **kwargs)
+    second = rebuild(spark, settings=resolve_settings(), **kwargs)
     assert [s.status for s in second.stages] == ["skipped", "unused", "given", "skipped", "skipped", "skipped", "skipped"]
     assert toy.runs == 1
 
     # Another job replaced the recommendations: only the index runs again.
-    index_songs(spark, warehouse=str(tmp_path / "wh"), config=resolve_config())
-    third = rebuild(spark, config=resolve_config(), **kwargs)
+    index_songs(spark, warehouse=str(tmp_path / "wh"), settings=resolve_settings())
+    third = rebuild(spark, settings=resolve_settings(), **kwargs)
     assert [s.status for s in third.stages] == ["skipped", "unused", "given", "skipped", "ran", "skipped", "skipped"]
 
     # A setting the toy declares changes its fingerprint (and ingest's): both run again.
-    fourth = rebuild(spark, config=resolve_config(overrides=["split.seed=5"]), **kwargs)
+    fourth = rebuild(spark, settings=resolve_settings(overrides=["split.seed=5"]), **kwargs)
     assert fourth.stages[0].status == "ran" and fourth.stages[-1].status == "ran" and toy.runs == 2
 
 

@@ -235,12 +235,12 @@ def test_rebuild_writes_the_report_at_its_end(rebuilt):
 
 def test_what_the_warehouse_lacks_is_said_on_the_page(spark, tmp_path, capsys):
     from deepcrate.audio.demo import write_demo_catalogue
-    from deepcrate.config import resolve_config
+    from deepcrate.config import resolve_settings
     from deepcrate.stages.ingest.job import ingest
 
     manifest = write_demo_catalogue(tmp_path / "audio", songs_per_genre=1, seconds=6.0, seed=2)
     ingest(spark, audio=str(tmp_path / "audio"), manifest=str(manifest), warehouse=str(tmp_path / "wh"),
-           config=resolve_config())
+           settings=resolve_settings())
     moved = min((tmp_path / "audio").rglob("*.mp3"))
     moved.rename(tmp_path / "elsewhere.mp3")
     out = tmp_path / "report.html"

@@ -4,14 +4,14 @@ import pytest
 import scipy.signal
 
 from deepcrate.audio.spectrogram import SpectrogramSettings, count_slices, grey_to_db, iter_slices
-from deepcrate.config import resolve_config
+from deepcrate.config import resolve_settings
 from deepcrate.errors import ConfigError
 
 from helpers import make_signal, reference_grey, reference_seed_slice
 
 
 def settings_for(preset: str) -> SpectrogramSettings:
-    return SpectrogramSettings.from_config(resolve_config(overrides=[f"spectrogram.preset={preset}"]))
+    return SpectrogramSettings.of(resolve_settings(overrides=[f"spectrogram.preset={preset}"]).spectrogram)
 
 
 def test_seed_geometry_is_the_original_recipe():
@@ -25,7 +25,7 @@ def test_seed_geometry_is_the_original_recipe():
 
 
 def test_overlapping_slices_start_every_hop_and_show_the_same_pixels():
-    s = SpectrogramSettings.from_config(resolve_config(overrides=["spectrogram.slice_hop_frames=128"]))
+    s = SpectrogramSettings.of(resolve_settings(overrides=["spectrogram.slice_hop_frames=128"]).spectrogram)
     assert (s.slice_frames, s.slice_hop_frames, s.slice_hop_seconds) == (256, 128, pytest.approx(2.56))
     # 5999 columns: slices start at columns 0, 128, ..., 5632 (the last ends at 5888)
     assert count_slices(120 * 44100, settings=s) == 1 + (5999 - 256) // 128 == 45
@@ -45,7 +45,7 @@ def test_settings_stored_before_the_slice_hop_existed_still_match():
     stored = default.to_dict()
     assert "slice_hop_frames" not in stored  # tables and models written end to end keep their fingerprint
     assert SpectrogramSettings(**stored) == default
-    overlapping = SpectrogramSettings.from_config(resolve_config(overrides=["spectrogram.slice_hop_frames=64"]))
+    overlapping = SpectrogramSettings.of(resolve_settings(overrides=["spectrogram.slice_hop_frames=64"]).spectrogram)
     assert overlapping.to_dict()["slice_hop_frames"] == 64
     assert SpectrogramSettings(**overlapping.to_dict()) == overlapping
     assert default.differences(overlapping) == {"slice_hop_frames": (256, 64)}
@@ -58,7 +58,7 @@ def test_settings_stored_before_the_slice_hop_existed_still_match():
 ])
 def test_a_slice_hop_outside_the_slice_is_refused(hop, message):
     with pytest.raises(ConfigError, match=message):
-        SpectrogramSettings.from_config(resolve_config(overrides=[f"spectrogram.slice_hop_frames={hop}"]))
+        SpectrogramSettings.of(resolve_settings(overrides=[f"spectrogram.slice_hop_frames={hop}"]).spectrogram)
 
 
 def test_seed_slices_match_a_plain_numpy_stft():

@@ -12,7 +12,7 @@ import pytest
 
 from deepcrate.audio.spectrogram import SpectrogramSettings
 from deepcrate.cli import main
-from deepcrate.config import resolve_config
+from deepcrate.config import resolve_settings
 from deepcrate.errors import ModelError, TrainingError
 from deepcrate.models.architectures import EMBEDDING_LAYER, OUTPUT_LAYER, build_model, embedding_model
 from deepcrate.models.store import latest_model, read_model_folder
@@ -128,7 +128,7 @@ def test_training_lowers_the_loss_and_publishes_a_consistent_model(spark, demo_w
     folder = read_model_folder(latest_model(Warehouse(spark, str(wh))))
     songs = delta_frame(spark, wh / "songs").toPandas()
     assert folder.labels == sorted(songs["genre"].unique())
-    assert folder.spectrogram == SpectrogramSettings.from_config(resolve_config())
+    assert folder.spectrogram == SpectrogramSettings.of(resolve_settings().spectrogram)
     history = json.loads((Path(folder.path) / "history.json").read_text())
     assert len(history["loss"]) == 6 and history["loss"][-1] < history["loss"][0]
 
@@ -165,16 +165,16 @@ class _Interrupt(keras.callbacks.Callback):
 
 def test_an_interrupted_run_resumes_after_its_last_epoch(spark, demo_warehouse, tmp_path, caplog):
     wh = copy_warehouse(demo_warehouse, tmp_path / "wh")
-    config = resolve_config(overrides=[*FAST, "train.max_epochs=4", "train.patience=4"])
+    settings = resolve_settings(overrides=[*FAST, "train.max_epochs=4", "train.patience=4"])
     with pytest.raises(KeyboardInterrupt):
-        train(spark, warehouse=str(wh), config=config, callbacks=[_Interrupt()])
+        train(spark, warehouse=str(wh), settings=settings, callbacks=[_Interrupt()])
     (run,) = os.listdir(wh / "_training")
     state = json.loads((wh / "_training" / run / "state.json").read_text())
     assert state["epochs_done"] == 2 and not state["finished"]
     assert not (wh / "models").exists()
 
     caplog.set_level("INFO")
-    result = train(spark, warehouse=str(wh), config=resolve_config(), resume=True)  # the run's own config wins
+    result = train(spark, warehouse=str(wh), settings=resolve_settings(), resume=True)  # the run's own settings win
     assert result.version == run and result.epochs == 4
     assert "resuming" in caplog.text and "after epoch 2" in caplog.text
     history = json.loads((wh / "models" / run / "history.json").read_text())
@@ -183,7 +183,7 @@ def test_an_interrupted_run_resumes_after_its_last_epoch(spark, demo_warehouse, 
     assert int(model.optimizer.iterations.numpy()) == result.best_epoch * 5  # 70 slices / 16 = 5 steps per epoch
 
     with pytest.raises(TrainingError, match="nothing to resume"):
-        train(spark, warehouse=str(wh), config=config, resume=True)
+        train(spark, warehouse=str(wh), settings=settings, resume=True)
 
 
 # -- bad input -------------------------------------------------------------------------
@@ -195,7 +195,7 @@ def _slices_warehouse(spark, root: Path, songs: list[tuple[str, str | None, str]
     rows = [(song, k, 5.12 * k, genre, split, rng.integers(0, 256, 65536, dtype=np.uint8).tobytes())
             for song, genre, split in songs for k in range(2)]
     store = Warehouse(spark, str(root), create=True)
-    settings = SpectrogramSettings.from_config(resolve_config(overrides=[f"spectrogram.preset={preset}"]))
+    settings = SpectrogramSettings.of(resolve_settings(overrides=[f"spectrogram.preset={preset}"]).spectrogram)
     run = store.begin_run()
     store.write_table(run, Table.SLICES, spark.createDataFrame(rows, schema=spark_schema(Table.SLICES)),
                       metadata=IngestMetadata(deepcrate_version="test", audio=f"file:{root}/audio", spectrogram=settings,
@@ -206,7 +206,7 @@ def _slices_warehouse(spark, root: Path, songs: list[tuple[str, str | None, str]
 
 def _train_fails(spark, wh: Path, *overrides: str) -> str:
     with pytest.raises(TrainingError) as error:
-        train(spark, warehouse=str(wh), config=resolve_config(overrides=[*FAST, *overrides]))
+        train(spark, warehouse=str(wh), settings=resolve_settings(overrides=[*FAST, *overrides]))
     return str(error.value)
 
 
@@ -226,15 +226,15 @@ def test_bad_training_data_is_refused_with_a_clear_message(spark, tmp_path):
 
     mel = _slices_warehouse(spark, tmp_path / "e", [("s1", "rock", "train"), ("s2", "jazz", "train")], preset="mel")
     message = _train_fails(spark, mel)
-    assert "(preset: table 'mel', config 'seed', " in message
-    assert "train with --set spectrogram.preset=mel or re-ingest" in message
+    assert "(preset: table 'mel', settings 'seed', " in message
+    assert "train with spectrogram.preset=mel or re-ingest" in message
     message = _train_fails(spark, mel, "spectrogram.preset=mel", "spectrogram.slice_hop_frames=128")
-    assert "(slice_hop_frames: table 256, config 128)" in message
-    assert "train with --set spectrogram.slice_hop_frames=256 or re-ingest" in message
+    assert "(slice_hop_frames: table 256, settings 128)" in message
+    assert "train with spectrogram.slice_hop_frames=256 or re-ingest" in message
 
     nothing = Warehouse(spark, str(tmp_path / "f"), create=True).root
     with pytest.raises(TrainingError, match="no slices table; run deepcrate ingest first"):
-        train(spark, warehouse=nothing, config=resolve_config())
+        train(spark, warehouse=nothing, settings=resolve_settings())
 
 
 def test_cli_reports_training_errors_in_one_line(spark, tmp_path, capsys):
@@ -251,7 +251,7 @@ def test_corrupt_model_folders_are_refused(tmp_path):
     folder.mkdir()
     with pytest.raises(ModelError, match="incomplete, missing model.keras, labels.json"):
         read_model_folder(str(folder))
-    settings = SpectrogramSettings.from_config(resolve_config())
+    settings = SpectrogramSettings.of(resolve_settings().spectrogram)
     (folder / "labels.json").write_text('["a", "b"]')
     (folder / "spectrogram.json").write_text(json.dumps(settings.to_dict()))
     (folder / "train.json").write_text("{}")
@@ -272,21 +272,21 @@ def test_corrupt_model_folders_are_refused(tmp_path):
     with pytest.raises(ModelError, match="labels.json is not readable JSON"):
         read_model_folder(str(folder))
     (folder / "labels.json").write_text('["a", "b", "c"]')
-    mel = SpectrogramSettings.from_config(resolve_config(overrides=["spectrogram.preset=mel"]))
+    mel = SpectrogramSettings.of(resolve_settings(overrides=["spectrogram.preset=mel"]).spectrogram)
     with pytest.raises(ModelError, match="trained on 'seed' spectrograms and the slices table holds 'mel'"):
         read_model_folder(str(folder)).check_settings(mel, what="the slices table")
     # Overlapping slices show the same pixels: the model embeds them, as it would the stored ones.
-    overlapping = SpectrogramSettings.from_config(resolve_config(overrides=["spectrogram.slice_hop_frames=128"]))
+    overlapping = SpectrogramSettings.of(resolve_settings(overrides=["spectrogram.slice_hop_frames=128"]).spectrogram)
     read_model_folder(str(folder)).check_settings(overlapping, what="the slices table")
 
 
 def test_balanced_genre_weights_make_every_genre_weigh_the_same():
-    from deepcrate.stages.training import TrainSettings, genre_weights
+    from deepcrate.stages.training import genre_weights
 
     counts = {"train": {"rock": 300, "jazz": 100, "pop": 50, None: 999}, "validation": {"rock": 9}}
     labels = ["jazz", "pop", "rock"]
-    settings = TrainSettings.from_config(resolve_config(overrides=["train.balance_genres=true"]))
+    settings = resolve_settings(overrides=["train.balance_genres=true"]).train
     weights = genre_weights(counts, labels=labels, settings=settings)
     totals = [weights[i] * counts["train"][genre] for i, genre in enumerate(labels)]
     np.testing.assert_allclose(totals, [150.0] * 3)  # 450 labelled slices shared by 3 genres
-    assert genre_weights(counts, labels=labels, settings=TrainSettings.from_config(resolve_config())) is None
+    assert genre_weights(counts, labels=labels, settings=resolve_settings().train) is None

@@ -13,12 +13,12 @@ import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import soundfile as sf
 import soxr
 
+from deepcrate.config.sections import DecodeLimits
 from deepcrate.errors import AudioError
 
 # Reason codes of the rejects table, in one place.
@@ -35,22 +35,6 @@ HIDDEN_NAME = "hidden_name"
 UNREADABLE = "unreadable"  # listed but cannot be opened: a broken symlink, a symlink loop, no permission
 
 _BLOCK_FRAMES = 1 << 18  # ~6 s at 44.1 kHz per read: bounded memory, few calls
-
-
-@dataclass(frozen=True)
-class DecodeLimits:
-    """When a decoded file is cut, or refused."""
-
-    max_duration_s: float
-    truncated_ratio: float
-    silence_dbfs: float
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> DecodeLimits:
-        """The ``ingest`` settings that cut or refuse a decoded file."""
-        options = config["ingest"]
-        return cls(max_duration_s=float(options["max_duration_s"]), truncated_ratio=float(options["truncated_ratio"]),
-                   silence_dbfs=float(options["silence_dbfs"]))
 
 
 @dataclass

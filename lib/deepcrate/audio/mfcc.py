@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import librosa
 import numpy as np
 
-from deepcrate.audio.decode import DecodeLimits, decode_audio
+from deepcrate.audio.decode import decode_audio
+from deepcrate.config.sections import DecodeLimits
 
 SAMPLE_RATE = 22050
 N_MFCC = 20

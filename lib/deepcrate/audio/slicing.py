@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from deepcrate.audio.decode import TOO_SHORT, DecodedAudio, DecodeLimits, decode_audio
+from deepcrate.audio.decode import TOO_SHORT, DecodedAudio, decode_audio
 from deepcrate.audio.spectrogram import SpectrogramSettings, count_slices, iter_slices
+from deepcrate.config.sections import DecodeLimits
 from deepcrate.errors import AudioError
 
 

@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import scipy.fft
 
+from deepcrate.config.sections import SpectrogramSection
 from deepcrate.errors import ConfigError
 
-PRESETS = ("seed", "mel", "musicnn")
 LEVELS = ("db", "musicnn")
 
 
@@ -92,36 +92,13 @@ class SpectrogramSettings:
                 and not (pixels_only and f.name == "slice_hop_frames")}
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> SpectrogramSettings:
-        section = config["spectrogram"]
-        preset = section["preset"]
-        if preset not in PRESETS:
-            raise ConfigError(f"spectrogram.preset must be one of {PRESETS}, got {preset!r}")
-        params = section[preset]
-        sample_rate = int(params["sample_rate"])
-        n_fft = int(params["n_fft"])
-        # seed keeps the top n_fft/2 of the n_fft/2 + 1 linear bins (drops DC).
-        n_rows = n_fft // 2 if preset == "seed" else int(params["n_mels"])
-        # 0: the preset's own length (the length its model was made for)
-        slice_frames = int(section["slice_frames"]) or int(params["slice_frames"])
-        settings = cls(
-            preset=preset,
-            sample_rate=sample_rate,
-            n_fft=n_fft,
-            hop_length=round(float(params["hop_s"]) * sample_rate),
-            n_rows=n_rows,
-            db_range=float(params["db_range"]),
-            slice_frames=slice_frames,
-            slice_hop_frames=int(section["slice_hop_frames"]),
-            levels="musicnn" if preset == "musicnn" else "db",
-        )
-        if settings.hop_length < 1 or settings.db_range <= 0 or settings.slice_frames < 1:
-            raise ConfigError(f"spectrogram.{preset}: hop_s, db_range, slice_frames must be > 0")
-        if not 1 <= settings.slice_hop_frames <= settings.slice_frames:
-            # A hop beyond the slice would skip audio between slices.
-            raise ConfigError(f"spectrogram.slice_hop_frames must be 0 (= slice_frames) or 1..{settings.slice_frames}"
-                              f", got {section['slice_hop_frames']}")
-        return settings
+    def of(cls, section: SpectrogramSection) -> SpectrogramSettings:
+        """What the ``spectrogram`` settings' preset makes of a slice."""
+        front_end = section.front_end
+        return cls(preset=section.preset, sample_rate=front_end.sample_rate, n_fft=front_end.n_fft,
+                   hop_length=section.hop_length, n_rows=section.n_rows, db_range=float(front_end.db_range),
+                   slice_frames=section.frames, slice_hop_frames=section.hop_frames,
+                   levels="musicnn" if section.preset == "musicnn" else "db")
 
 
 def count_slices(n_samples: int, *, settings: SpectrogramSettings) -> int:

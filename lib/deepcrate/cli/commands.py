@@ -1,4 +1,4 @@
-"""What each ``deepcrate`` subcommand runs: its config and Spark session when it needs them, then its stage
+"""What each ``deepcrate`` subcommand runs: its settings and Spark session when it needs them, then its stage
 or reader; the answer on stdout."""
 from __future__ import annotations
 
@@ -25,28 +25,34 @@ ONE_SHOT_OPTIONS = {"spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1", 
 SHELL_OPTIONS = {"spark.ui.enabled": "false"}
 
 
-def _config_and_session(args: argparse.Namespace, *, options: dict[str, str] | None = None):
-    """The resolved config and its Spark session; ``options`` are Spark options this command
-    prefers, unless the user's config sets them."""
-    from deepcrate.config import config_to_yaml, resolve_config
+def _settings(args: argparse.Namespace):
+    """The settings this command runs with: the defaults, ``--conf`` files, ``--set`` overrides;
+    built and checked once, here."""
+    from deepcrate.config import resolve_settings, settings_to_yaml
+
+    settings = resolve_settings(conf_files=args.conf, overrides=args.overrides)
+    logger.debug("deepcrate %s: resolved settings\n%s", args.command, settings_to_yaml(settings))
+    return settings
+
+
+def _settings_and_session(args: argparse.Namespace, *, options: dict[str, str] | None = None):
+    """The settings and their Spark session; ``options`` are Spark options this command
+    prefers, unless the user's settings set them."""
     from deepcrate.spark.session import spark_session
 
-    config = resolve_config(conf_files=args.conf, overrides=args.overrides)
-    for key, value in (options or {}).items():
-        config["spark"]["options"].setdefault(key, value)
-    logger.debug("deepcrate %s: resolved config\n%s", args.command, config_to_yaml(config))
+    settings = _settings(args)
     if args.command not in READERS:
         given = [f"--conf {c}" for c in args.conf] + [f"--set {o}" for o in args.overrides]
         logger.info("deepcrate %s: settings: the defaults%s; the resolved config is kept in the run this job "
                     "publishes (deepcrate history --format json; -v prints it)", args.command,
                     f" with {' '.join(given)}" if given else "")
-    return config, spark_session(config, quiet=not args.verbose)
+    return settings, spark_session(settings.spark.preferring(options or {}), quiet=not args.verbose)
 
 
 def _run_stage(args: argparse.Namespace, stage: Callable[..., Any], **arguments: Any) -> Any:
-    """Run a writing stage on ``--warehouse`` with the resolved config and its session; print its summary."""
-    config, spark = _config_and_session(args)
-    summary = stage(spark, warehouse=args.warehouse, config=config, **arguments)
+    """Run a writing stage on ``--warehouse`` with the settings and their session; print its summary."""
+    settings, spark = _settings_and_session(args)
+    summary = stage(spark, warehouse=args.warehouse, settings=settings, **arguments)
     print("\n".join(summary.lines()))
     return summary
 
@@ -144,7 +150,6 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_recommend(args: argparse.Namespace) -> int:
-    from deepcrate.config import resolve_config
     from deepcrate.query.recommend import Catalogue, Filters, Mixable, explain, parse_date, write_results
 
     if args.k < 1:
@@ -158,7 +163,7 @@ def run_recommend(args: argparse.Namespace) -> int:
         genre=args.genre,
         mixable=Mixable(bpm_range=args.bpm_range, key=args.key) if args.mixable else None,
     )
-    catalogue = Catalogue(args.warehouse, config=resolve_config(conf_files=args.conf, overrides=args.overrides))
+    catalogue = Catalogue(args.warehouse, settings=_settings(args))
     seeds = [catalogue.song_seed(text) for text in args.song] + [catalogue.file_seed(path) for path in args.file]
     results = catalogue.recommend(seeds, k=args.k, filters=filters)
     if args.explain:
@@ -168,11 +173,10 @@ def run_recommend(args: argparse.Namespace) -> int:
 
 
 def run_playlist(args: argparse.Namespace) -> int:
-    from deepcrate.config import resolve_config
     from deepcrate.query.recommend import Catalogue, Mixable, playlist, write_playlist
 
     mixable = Mixable(bpm_range=args.bpm_range, key=args.key) if args.mixable else None
-    catalogue = Catalogue(args.warehouse, config=resolve_config(conf_files=args.conf, overrides=args.overrides))
+    catalogue = Catalogue(args.warehouse, settings=_settings(args))
     steps = playlist(catalogue, catalogue.song_seed(args.start), catalogue.song_seed(args.end), length=args.length,
                                mixable=mixable)
     write_playlist(steps, out=sys.stdout, fmt=args.format)
@@ -183,8 +187,8 @@ def run_sql(args: argparse.Namespace) -> int:
     from deepcrate.query.sql import QuerySession
     from deepcrate.query.sql_shell import run_shell
 
-    config, spark = _config_and_session(args, options=SHELL_OPTIONS if args.query is None else ONE_SHOT_OPTIONS)
-    session = QuerySession(spark, warehouse=args.warehouse, as_of=args.as_of, timeout_s=config["sql"]["timeout_s"])
+    settings, spark = _settings_and_session(args, options=SHELL_OPTIONS if args.query is None else ONE_SHOT_OPTIONS)
+    session = QuerySession(spark, warehouse=args.warehouse, as_of=args.as_of, timeout_s=settings.sql.timeout_s)
     if args.query is None:
         return run_shell(session, fmt=args.format)
     session.run(args.query, out=sys.stdout, fmt=args.format)

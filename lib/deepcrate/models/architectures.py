@@ -11,10 +11,10 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from deepcrate.config.sections import MODEL_PRESETS
 from deepcrate.errors import ConfigError
 from deepcrate.models.musicnn import N_MELS, musicnn_features  # also registers its layer for loading saved models
 
-MODEL_PRESETS = ("seed", "improved", "musicnn")
 EMBEDDING_LAYER = "embedding"
 OUTPUT_LAYER = "genre_probabilities"
 EMBEDDING_SIZE = 128

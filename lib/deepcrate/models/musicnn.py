@@ -33,9 +33,9 @@ import os
 import keras
 from keras import layers
 
+from deepcrate.config.sections import CHECKPOINTS, parse_checkpoints
 from deepcrate.errors import ConfigError
 
-CHECKPOINTS = ("MSD_musicnn", "MTT_musicnn")
 DEFAULT_CHECKPOINT = "MTT_musicnn"
 N_MELS = 96
 PENULTIMATE_LAYER = "musicnn_penultimate"  # the first tower's 200-d features
@@ -71,24 +71,6 @@ class MusicnnInput(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "level_range": self.level_range}
-
-
-def parse_checkpoints(value: str) -> tuple[str, ...]:
-    """``train.pretrained`` (one checkpoint, or several joined by ``+``) as checkpoint names.
-
-    Raises
-    ------
-    ConfigError
-        An unknown or repeated name.
-    """
-    names = tuple(part.strip() for part in str(value).split("+"))
-    for name in names:
-        if name not in CHECKPOINTS:
-            raise ConfigError(f"musicnn checkpoint must be one of {CHECKPOINTS} (or several joined by '+'), "
-                              f"got {name!r}")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"train.pretrained names a checkpoint twice: {value!r}")
-    return names
 
 
 def tower(position: int) -> str:

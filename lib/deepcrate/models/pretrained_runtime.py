@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from deepcrate.config.sections import FEATURE_RUNTIMES, parse_checkpoints
 from deepcrate.errors import ConfigError, WarehouseError
 
-RUNTIMES = ("openvino", "keras")
 FEATURE_FORMAT = "float32-le-v1"  # a row's features: little-endian float32, the towers side by side
 FEATURE_DTYPE = np.dtype("<f4")  # float16 halves the table but moves a head's embeddings measurably (docs/benchmarks.md)
 WIDTH_PER_TOWER = 200
@@ -54,14 +54,12 @@ class Network:
 
     @property
     def width(self) -> int:
-        from deepcrate.models.musicnn import parse_checkpoints
-
         return WIDTH_PER_TOWER * len(parse_checkpoints(self.checkpoints))
 
     def identity(self) -> str:
         """A digest of everything a stored feature depends on: the checkpoints' weight files,
         the slices' shape and levels, and the row layout."""
-        from deepcrate.models.musicnn import checkpoint_prefix, parse_checkpoints
+        from deepcrate.models.musicnn import checkpoint_prefix
 
         digest = hashlib.sha256()
         digest.update(repr((FEATURE_FORMAT, self.checkpoints, tuple(self.image_shape),
@@ -85,15 +83,15 @@ def keras_extractor(network: Network):
 
 
 def export(network: Network, *, runtime: str = "openvino") -> bytes:
-    """The extractor as bytes a worker loads with :func:`worker_extractor` (``runtime``: one of :data:`RUNTIMES`).
+    """The extractor as bytes a worker loads with :func:`worker_extractor` (``runtime``: one of :data:`~deepcrate.config.sections.FEATURE_RUNTIMES`).
 
     Raises
     ------
     ConfigError
         An unknown runtime, or the checkpoints are not installed.
     """
-    if runtime not in RUNTIMES:
-        raise ConfigError(f"features.runtime must be one of {RUNTIMES}, got {runtime!r}")
+    if runtime not in FEATURE_RUNTIMES:
+        raise ConfigError(f"features.runtime must be one of {FEATURE_RUNTIMES}, got {runtime!r}")
     extractor = keras_extractor(network)
     with tempfile.TemporaryDirectory(prefix="deepcrate-extractor-") as tmp:
         if runtime == "keras":

@@ -43,10 +43,11 @@ import keras
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from deepcrate.config.sections import parse_checkpoints
 from deepcrate.models.architectures import EMBEDDING_LAYER, EMBEDDING_SIZE, build_model, embedding_model
 from deepcrate.models.feature_reader import SliceFeatures
 from deepcrate.models.head_training import Batch, FittedHead, HeadWeights, fit_genre_layer, fit_head_weights
-from deepcrate.models.musicnn import load_pretrained, parse_checkpoints, pretrained_layer
+from deepcrate.models.musicnn import load_pretrained, pretrained_layer
 from deepcrate.vectors.retrieval import nearest_songs, retrieval_scores
 
 logger = logging.getLogger(__name__)

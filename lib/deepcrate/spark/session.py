@@ -15,6 +15,7 @@ from typing import Any
 from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
+from deepcrate.config import SparkSettings
 from deepcrate.errors import ConfigError, spark_error_line
 from deepcrate.spark.progress import LiveCount
 
@@ -44,21 +45,20 @@ def ensure_utf8_locale() -> None:
         os.environ["LC_ALL"] = "C.UTF-8"
 
 
-def spark_session(config: dict[str, Any], *, quiet: bool = False) -> SparkSession:
-    """Get or create the session described by ``config["spark"]``.
+def spark_session(section: SparkSettings, *, quiet: bool = False) -> SparkSession:
+    """Get or create the session the ``spark`` settings describe.
 
     In local mode the session stays on loopback and its Python workers run this
     interpreter, so a project virtualenv works without being activated. With ``quiet``, a JVM
     started here writes its own output (start-up notices, Spark's log) to a file instead of
     the terminal; its last words are quoted if it fails to start.
     """
-    section = config["spark"]
     ensure_utf8_locale()
-    builder = SparkSession.builder.appName(section["app_name"])
-    for key, value in section["options"].items():
+    builder = SparkSession.builder.appName(section.app_name)
+    for key, value in section.options.items():
         builder = builder.config(key, _conf_value(value))
     if not under_spark_submit():
-        master = section["master"]
+        master = section.master
         builder = builder.master(master)
         if master.startswith("local"):
             os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -71,9 +71,9 @@ def spark_session(config: dict[str, Any], *, quiet: bool = False) -> SparkSessio
     # Executors on a cluster decode file names too.
     builder = builder.config("spark.executorEnv.LC_ALL", "C.UTF-8")
     for key, value in LOCAL_FILES.items():
-        if key not in section["options"]:
+        if key not in section.options:
             builder = builder.config(key, value)
-    if "spark.sql.warehouse.dir" not in section["options"]:
+    if "spark.sql.warehouse.dir" not in section.options:
         # Spark's catalog makes its default database folder (./spark-warehouse) the first time a
         # statement looks at it (SHOW TABLES): deepcrate keeps no tables there, so it goes to a
         # folder of its own that is removed at exit, never into the user's current folder.
@@ -87,15 +87,15 @@ def spark_session(config: dict[str, Any], *, quiet: bool = False) -> SparkSessio
                 raise ConfigError(f"spark.options: {spark_error_line(exc)}") from None
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             said = f"the JVM said: {_last_words(jvm_log)}" if jvm_log else "the JVM's own message, if any, is above"
-            raise ConfigError(f"Spark did not start (spark.master {section['master']!r}, spark.options "
-                              f"{section['options']}): {reason}; {said}") from None
+            raise ConfigError(f"Spark did not start (spark.master {section.master!r}, spark.options "
+                              f"{section.options}): {reason}; {said}") from None
     try:  # Spark checks SQL options only when the session's settings are first read: here, not mid-job
-        for key, value in section["options"].items():
+        for key, value in section.options.items():
             if key.startswith("spark.sql.") and key != "spark.sql.warehouse.dir":
                 spark.conf.set(key, _conf_value(value))
     except Exception as exc:
         raise ConfigError(f"spark.options: {spark_error_line(exc)}") from None
-    spark.sparkContext.setLogLevel(section["log_level"])
+    spark.sparkContext.setLogLevel(section.log_level)
     logger.info("Spark %s, master %s", spark.version, spark.sparkContext.master)
     return spark
 

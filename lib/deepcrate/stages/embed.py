@@ -15,14 +15,13 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
 from pyspark import TaskContext
 from pyspark.sql import SparkSession
 
-from deepcrate.config import EmbedSettings
+from deepcrate.config import Settings
 from deepcrate.errors import WarehouseError
 from deepcrate.models.inference import embed_images, worker_model
 from deepcrate.models.pretrained_runtime import from_bytes
@@ -67,7 +66,7 @@ def embed(
     spark: SparkSession,
     *,
     warehouse: str,
-    config: dict[str, Any],
+    settings: Settings,
     model: str | None = None,
     incremental: bool = False,
 ) -> EmbedSummary:
@@ -91,9 +90,9 @@ def embed(
     if not store.exists(Table.SLICES):
         raise WarehouseError(f"warehouse {store.root}: no slices table; run deepcrate ingest first")
     folder = open_model(store, model)
-    settings = store.metadata(Table.SLICES).spectrogram
-    folder.check_settings(settings, what="the slices table")
-    options = EmbedSettings.from_config(config)
+    spectrogram = store.metadata(Table.SLICES).spectrogram
+    folder.check_settings(spectrogram, what="the slices table")
+    options = settings.embed
     batch_size = int(options.batch_size)
     loads = spark.sparkContext.accumulator(0)
     done, task_warnings = live_count(spark), TaskWarnings(spark.sparkContext)
@@ -105,7 +104,7 @@ def embed(
         folder.load_keras()  # fail here, with a clear message, rather than on every executor
         with open(os.path.join(folder.path, "model.keras"), "rb") as stream:
             payload = spark.sparkContext.broadcast(stream.read())
-        embed_batches = _embedder(payload, version=folder.version, shape=(settings.n_rows, settings.slice_frames),
+        embed_batches = _embedder(payload, version=folder.version, shape=(spectrogram.n_rows, spectrogram.slice_frames),
                                   batch_size=batch_size, loads=loads, done=done, task_warnings=task_warnings)
         slices = store.read(Table.SLICES, columns=["song_id", "slice_idx", "spectrogram"])
     songs = store.read(Table.SONGS, columns=["song_id", "n_slices"])
@@ -307,7 +306,7 @@ class EmbedStage(Stage):
     writes = (Table.SLICE_EMBEDDINGS, Table.SONG_EMBEDDINGS)
 
     def run(self, context: RebuildContext, *, fingerprint: str) -> Outcome:
-        summary = embed(context.spark, warehouse=context.warehouse, config=context.config,
+        summary = embed(context.spark, warehouse=context.warehouse, settings=context.settings,
                         model=context.model_folder.path, incremental=not context.force)
         return Outcome(f"{summary.embedded} slices embedded")
 

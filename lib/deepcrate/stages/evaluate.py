@@ -41,7 +41,8 @@ from pyspark.sql import SparkSession
 
 from deepcrate.audio.mfcc import standardise
 from deepcrate.audio.timbre import least_divergent
-from deepcrate.config import EvaluateSettings
+from deepcrate.config import Settings, to_mapping
+from deepcrate.config.sections import EvaluateSettings
 from deepcrate.errors import InputError, WarehouseError
 from deepcrate.stages.pipeline import Outcome, RebuildContext, Stage
 from deepcrate.storage.arrow_tables import ArrowTables
@@ -111,7 +112,7 @@ class EvaluateSummary:
 
 
 @holds_writer_lock()
-def evaluate(spark: SparkSession, *, warehouse: str, config: dict[str, Any]) -> EvaluateSummary:
+def evaluate(spark: SparkSession, *, warehouse: str, settings: Settings) -> EvaluateSummary:
     """Write the ``evaluation`` table for the published song embeddings and ``mfcc_features``.
 
     Raises
@@ -142,7 +143,7 @@ def evaluate(spark: SparkSession, *, warehouse: str, config: dict[str, Any]) -> 
                        "of the evaluation", len(labelled) - len(catalogue))
         _check_evaluable(catalogue, where=f"warehouse {store.root}")
     test_slices = _test_slice_predictions(store, catalogue[catalogue["split"] == "test"])
-    rows = _evaluation_rows(catalogue, version=version, settings=EvaluateSettings.from_config(config),
+    rows = _evaluation_rows(catalogue, version=version, settings=settings.evaluate,
                             test_slices=test_slices)
     frame = spark.createDataFrame(rows[list(EVALUATION.names)].astype(object).where(rows.notna(), None)
                                   .itertuples(index=False, name=None), schema=spark_schema(Table.EVALUATION)).coalesce(1)
@@ -290,12 +291,12 @@ class EvaluateStage(Stage):
     after = ("embed",)
     writes = (Table.EVALUATION,)
 
-    def settings(self, config: dict[str, Any]) -> Any:
-        return dict(config["evaluate"])
+    def settings(self, settings: Settings) -> Any:
+        return to_mapping(settings.evaluate)
 
     def run(self, context: RebuildContext, *, fingerprint: str) -> Outcome:
         try:
-            summary = evaluate(context.spark, warehouse=context.warehouse, config=context.config)
+            summary = evaluate(context.spark, warehouse=context.warehouse, settings=context.settings)
         except InputError as exc:  # an unlabelled catalogue still gets its recommendations
             logger.warning("rebuild: not evaluated: %s", exc)
             return Outcome(f"not evaluated: {exc}", published=False)

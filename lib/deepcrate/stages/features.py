@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from deepcrate.config import FeaturesSettings
+from deepcrate.config import Settings
 from deepcrate.errors import WarehouseError
 from deepcrate.models.pretrained_runtime import FEATURE_FORMAT, Network, export, to_bytes, worker_extractor
 from deepcrate.spark.faults import fail_if_injected
@@ -60,18 +60,8 @@ class FeaturesSummary:
                 f"table: pretrained_features ({self.slices} slices, networks {self.network})"]
 
 
-def uses_stored_features(train: dict[str, Any]) -> bool:
-    """Whether a ``train`` config section learns on frozen pretrained features (and embeds from them)."""
-    return train["model"] == "musicnn" and train["fine_tune"] == "head"
-
-
-def network_of(store: Warehouse, config: dict[str, Any]) -> Network:
-    """The networks of ``train.pretrained`` on the shape and levels of the published slices."""
-    return Network.on_slices(config["train"]["pretrained"], store.metadata(Table.SLICES).spectrogram)
-
-
 @holds_writer_lock()
-def compute_features(spark: SparkSession, *, warehouse: str, config: dict[str, Any],
+def compute_features(spark: SparkSession, *, warehouse: str, settings: Settings,
                      incremental: bool = True) -> FeaturesSummary:
     """Write ``pretrained_features`` for every slice of ``WH/slices``.
 
@@ -92,8 +82,9 @@ def compute_features(spark: SparkSession, *, warehouse: str, config: dict[str, A
     store = Warehouse(spark, warehouse)
     if not store.exists(Table.SLICES):
         raise WarehouseError(f"warehouse {store.root}: no slices table; run deepcrate ingest first")
-    options = FeaturesSettings.from_config(config)
-    network = network_of(store, config)
+    options = settings.features
+    # train.pretrained's networks, on the shape and levels of the published slices
+    network = Network.on_slices(settings.train.pretrained, store.metadata(Table.SLICES).spectrogram)
     identity = network.identity()
 
     slices = (store.read(Table.SLICES, columns=["song_id", "slice_idx", "spectrogram"])
@@ -172,21 +163,22 @@ class FeaturesStage(Stage):
             if context.model_folder.features is None:
                 return f"model {context.model_folder.version} reads the slices"
             return None
-        train = context.config["train"]
-        if train["model"] != "musicnn":
-            return f"train.model={train['model']} learns from the slices"
-        if not uses_stored_features(train):
-            return f"train.fine_tune={train['fine_tune']} trains the pretrained networks too"
+        train = context.settings.train
+        if train.model != "musicnn":
+            return f"train.model={train.model} learns from the slices"
+        if not train.on_frozen_features:
+            return f"train.fine_tune={train.fine_tune} trains the pretrained networks too"
         return None
 
-    def settings(self, config: dict[str, Any]) -> Any:
-        return [config["train"]["pretrained"], FEATURE_FORMAT]
+    def settings(self, settings: Settings) -> Any:
+        return [settings.train.pretrained, FEATURE_FORMAT]
 
     def run(self, context: RebuildContext, *, fingerprint: str) -> Outcome:
-        config = context.config
+        settings = context.settings
         if context.model_folder is not None:  # the networks the given model was trained on
-            config = {**config, "train": {**config["train"], "pretrained": context.model_folder.features["checkpoints"]}}
-        summary = compute_features(context.spark, warehouse=context.warehouse, config=config,
+            settings = replace(settings, train=replace(settings.train,
+                                                       pretrained=context.model_folder.features["checkpoints"]))
+        summary = compute_features(context.spark, warehouse=context.warehouse, settings=settings,
                                    incremental=not context.force)
         return Outcome(f"{summary.computed} slices computed, {summary.slices - summary.computed} kept")
 

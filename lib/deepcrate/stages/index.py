@@ -21,6 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from deepcrate.config import Settings
+from deepcrate.config.sections import IndexSettings
 from deepcrate.errors import WarehouseError
 from deepcrate.stages.pipeline import Outcome, RebuildContext, Stage, without
 from deepcrate.storage.arrow_tables import ArrowTables
@@ -28,7 +30,7 @@ from deepcrate.storage.schemas import RECOMMENDATIONS, Table
 from deepcrate.storage.table_metadata import RecommendationsMetadata
 from deepcrate.storage.warehouse import Warehouse
 from deepcrate.storage.writer_lock import holds_writer_lock
-from deepcrate.vectors.faiss_index import INDEX, IndexSettings, build_index, measure_recall, neighbours, save_index
+from deepcrate.vectors.faiss_index import INDEX, build_index, measure_recall, neighbours, save_index
 from deepcrate.vectors.similarity import list_column_matrix, normalise
 
 logger = logging.getLogger(__name__)
@@ -90,9 +92,9 @@ def recommendation_blocks(
 
 
 @holds_writer_lock()
-def index_songs(spark, *, warehouse: str, config: dict[str, Any]) -> IndexSummary:
+def index_songs(spark, *, warehouse: str, settings: Settings) -> IndexSummary:
     """Index ``song_embeddings``, write ``recommendations``, publish both."""
-    settings = IndexSettings.from_config(config)
+    options = settings.index
     store = Warehouse(spark, warehouse)
     if not store.exists(Table.SONG_EMBEDDINGS):
         raise WarehouseError(f"warehouse {store.root}: no song_embeddings table; run deepcrate embed first")
@@ -102,14 +104,14 @@ def index_songs(spark, *, warehouse: str, config: dict[str, Any]) -> IndexSummar
         raise WarehouseError(f"warehouse {store.root}: {len(ids)} song(s) embedded; recommendations need at least 2")
     vectors = normalise(raw)
     started = time.monotonic()
-    index, params = build_index(vectors, settings)
+    index, params = build_index(vectors, options)
     build_s = time.monotonic() - started
     if index.ntotal != len(ids):
         raise WarehouseError(f"the index holds {index.ntotal} vectors but song_embeddings has {len(ids)} songs")
-    recall = None if params["kind"] == "flat" else measure_recall(index, vectors, k=settings.k,
-                                                                   sample=settings.recall_sample)
+    recall = None if params["kind"] == "flat" else measure_recall(index, vectors, k=options.k,
+                                                                   sample=options.recall_sample)
     logger.info("index of %d songs: %s built in %.1f s%s", len(ids), params["kind"], build_s,
-                "" if recall is None else f", recall@{settings.k} {recall:.3f}")
+                "" if recall is None else f", recall@{options.k} {recall:.3f}")
 
     scratch = tempfile.mkdtemp(prefix="deepcrate-index-")
     try:
@@ -117,23 +119,23 @@ def index_songs(spark, *, warehouse: str, config: dict[str, Any]) -> IndexSummar
         table_dir = os.path.join(scratch, Table.RECOMMENDATIONS)
         os.makedirs(table_dir)
         last = time.monotonic()
-        fewest, most = settings.k, 0
-        for number, block in enumerate(recommendation_blocks(index, ids, vectors, settings)):
+        fewest, most = options.k, 0
+        for number, block in enumerate(recommendation_blocks(index, ids, vectors, options)):
             pq.write_table(block, os.path.join(table_dir, f"part-{number:05d}.parquet"))
-            songs_in_block = min(settings.block_size, len(ids) - number * settings.block_size)
+            songs_in_block = min(options.block_size, len(ids) - number * options.block_size)
             per_song = np.unique(block.column("song_id").to_numpy(zero_copy_only=False), return_counts=True)[1]
             fewest = min(fewest, int(per_song.min()) if len(per_song) == songs_in_block else 0)
             most = max(most, int(per_song.max()) if len(per_song) else 0)
-            if time.monotonic() - last >= settings.progress_interval_s:
+            if time.monotonic() - last >= options.progress_interval_s:
                 last = time.monotonic()
-                done = min((number + 1) * settings.block_size, len(ids))
+                done = min((number + 1) * options.block_size, len(ids))
                 logger.info("recommendations: %d/%d songs", done, len(ids))
         recommend_s = time.monotonic() - started
 
         index_dir = os.path.join(scratch, INDEX)
-        description = {**params, "songs": len(ids), "dim": int(vectors.shape[1]), "k": settings.k,
+        description = {**params, "songs": len(ids), "dim": int(vectors.shape[1]), "k": options.k,
                        "recall_at_k": recall, "build_s": round(build_s, 3),
-                       "model_version": meta.model_version, "settings": asdict(settings)}
+                       "model_version": meta.model_version, "settings": asdict(options)}
         save_index(index_dir, index=index, ids=ids, description=description)
 
         run = store.begin_run()
@@ -144,7 +146,7 @@ def index_songs(spark, *, warehouse: str, config: dict[str, Any]) -> IndexSummar
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return IndexSummary(songs=len(ids), kind=params["kind"], recall_at_k=recall, build_s=build_s,
-                        recommend_s=recommend_s, k=settings.k, fewest=fewest, most=most)
+                        recommend_s=recommend_s, k=options.k, fewest=fewest, most=most)
 
 
 class IndexStage(Stage):
@@ -154,11 +156,11 @@ class IndexStage(Stage):
     after = ("embed",)
     writes = (Table.RECOMMENDATIONS,)  # WH/index is published in the same run
 
-    def settings(self, config: dict[str, Any]) -> Any:
-        return without(config["index"], ("progress_interval_s", "block_size", "recall_sample"))
+    def settings(self, settings: Settings) -> Any:
+        return without(settings.index, ("progress_interval_s", "block_size", "recall_sample"))
 
     def run(self, context: RebuildContext, *, fingerprint: str) -> Outcome:
-        summary = index_songs(context.spark, warehouse=context.warehouse, config=context.config)
+        summary = index_songs(context.spark, warehouse=context.warehouse, settings=context.settings)
         return Outcome(f"{summary.kind} index of {summary.songs} songs")
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
+from deepcrate.config import Settings, to_mapping
 from deepcrate.errors import WarehouseError
 from deepcrate.models.store import ModelFolder
 from deepcrate.storage import files
@@ -42,7 +43,7 @@ class RebuildContext:
     store: Warehouse
     audio: str
     manifest: str | None
-    config: dict[str, Any]
+    settings: Settings
     model: str | None = None  # --model: a given model folder or version; training is then skipped
     force: bool = False  # run every stage from scratch
     allow_empty: bool = False
@@ -64,7 +65,7 @@ class Stage:
     def check(self, context: RebuildContext) -> None:
         """Refuse, before any stage runs, what would make this one fail later (a missing model...)."""
 
-    def settings(self, config: dict[str, Any]) -> Any:
+    def settings(self, settings: Settings) -> Any:
         """The settings that change this stage's output (not those that only change its speed)."""
         return None
 
@@ -82,7 +83,7 @@ class Stage:
 
     def fingerprint(self, context: RebuildContext) -> str:
         return digest(self.name, [context.fingerprints[name] for name in self.after],
-                      self.settings(context.config), self.inputs(context))
+                      self.settings(context.settings), self.inputs(context))
 
     def outputs(self, context: RebuildContext) -> list[str]:
         """The names whose published versions the record holds (by default :attr:`writes`)."""
@@ -115,9 +116,9 @@ def digest(*parts: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
-def without(section: dict[str, Any], ignored: tuple[str, ...]) -> dict[str, Any]:
-    """A config section less the keys that only change speed or progress."""
-    return {key: value for key, value in section.items() if key not in ignored}
+def without(section: Any, ignored: tuple[str, ...]) -> dict[str, Any]:
+    """A settings section as a mapping, less the keys that only change speed or progress."""
+    return {key: value for key, value in to_mapping(section).items() if key not in ignored}
 
 
 def record_stage(store: Warehouse, stage: str, *, fingerprint: str, outputs: list[str]) -> None:

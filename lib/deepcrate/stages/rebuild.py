@@ -22,6 +22,7 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
+from deepcrate.config import Settings
 from deepcrate.models.store import ModelFolder
 from deepcrate.stages import embed, evaluate, features, index, ingest, training
 from deepcrate.stages.evaluate import METHODS
@@ -87,7 +88,7 @@ def rebuild(
     *,
     audio: str,
     warehouse: str,
-    config: dict[str, Any],
+    settings: Settings,
     manifest: str | None = None,
     model: str | None = None,
     force: bool = False,
@@ -102,8 +103,8 @@ def rebuild(
         The catalogue's audio folder.
     warehouse : str
         Where the tables go (created when missing).
-    config : dict
-        The resolved config.
+    settings : Settings
+        The resolved settings.
     manifest : str, optional
         Labels and song facts (see :func:`deepcrate.stages.ingest.audio_inputs.read_manifest`).
     model : str, optional
@@ -120,7 +121,7 @@ def rebuild(
         model for other spectrogram settings are found before any work is done.
     """
     store = Warehouse(spark, warehouse, create=True)
-    context = RebuildContext(spark=spark, store=store, audio=audio, manifest=manifest, config=config, model=model,
+    context = RebuildContext(spark=spark, store=store, audio=audio, manifest=manifest, settings=settings, model=model,
                              force=force, allow_empty=allow_empty)
     for stage in stages:
         stage.check(context)

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from deepcrate.config import to_mapping
 from deepcrate.errors import WarehouseError
 from deepcrate.storage import files, legacy
 from deepcrate.storage.delta_tables import latest_version, restore
@@ -115,7 +116,9 @@ def holds_writer_lock(*, create: bool = False) -> Callable[[Stage], Stage]:
     def decorate(stage: Stage) -> Stage:
         @functools.wraps(stage)
         def locked(spark, *args, warehouse: str, **kwargs):
-            with writer_lock(warehouse, command=stage.__name__, create=create, config=kwargs.get("config")):
+            settings = kwargs.get("settings")
+            with writer_lock(warehouse, command=stage.__name__, create=create,
+                             config=to_mapping(settings) if settings is not None else None):
                 return stage(spark, *args, warehouse=warehouse, **kwargs)
         return locked  # type: ignore[return-value]
     return decorate

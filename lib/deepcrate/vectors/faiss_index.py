@@ -18,37 +18,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from deepcrate.errors import ConfigError, SearchIndexError
+from deepcrate.config.sections import IndexSettings
+from deepcrate.errors import SearchIndexError
 from deepcrate.vectors.similarity import exact_top_k
 
 INDEX = "index"  # its folder in the warehouse
-KINDS = ("hnsw", "ivf")
-
-
-@dataclass(frozen=True)
-class IndexSettings:
-    """The ``index`` section of the config, checked."""
-
-    k: int
-    exact_max_songs: int
-    approximate: str
-    hnsw_m: int
-    hnsw_ef_construction: int
-    hnsw_ef_search: int
-    ivf_nprobe: int
-    duplicate_similarity: float
-    block_size: int
-    recall_sample: int
-    progress_interval_s: float
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> IndexSettings:
-        settings = cls(**config["index"])
-        if settings.approximate not in KINDS:
-            raise ConfigError(f"index.approximate must be one of {KINDS}, got {settings.approximate!r}")
-        if min(settings.k, settings.block_size, settings.hnsw_m, settings.hnsw_ef_search, settings.ivf_nprobe) < 1:
-            raise ConfigError("index: k, block_size, hnsw_m, hnsw_ef_search and ivf_nprobe must be >= 1")
-        return settings
 
 
 def build_index(vectors: np.ndarray, settings: IndexSettings) -> tuple[faiss.Index, dict[str, Any]]:

@@ -10,22 +10,20 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from deepcrate.audio.decode import DecodeLimits
 from deepcrate.audio.mfcc import SAMPLE_RATE as MFCC_RATE
 from deepcrate.audio.musical import KEY_CHOICES, compatible_camelot, musical_facts, tempo_mixes
 from deepcrate.audio.slicing import slice_audio_file
-from deepcrate.config import EmbedSettings
+from deepcrate.config import Settings
 from deepcrate.errors import AudioError, InputError, ModelError, WarehouseError, first_line
 from deepcrate.models.store import MODELS, read_model_folder
 from deepcrate.storage.arrow_tables import ArrowTables
 from deepcrate.storage.schemas import Table
 from deepcrate.uris import local_path, to_uri, warehouse_uri
-from deepcrate.vectors.faiss_index import INDEX, IndexSettings, load_index, neighbours
+from deepcrate.vectors.faiss_index import INDEX, load_index, neighbours
 from deepcrate.vectors.similarity import normalise
 
 logger = logging.getLogger(__name__)
@@ -95,14 +93,13 @@ class Catalogue:
     ----------
     warehouse : str
         A local folder (or a URI pyarrow can open) that ``deepcrate index`` wrote to.
-    config : dict
-        The resolved config (``index`` and ``ingest`` sections).
+    settings : Settings
+        The resolved settings (``index``, ``ingest`` and ``embed`` sections).
     """
 
-    def __init__(self, warehouse: str, *, config: dict[str, Any]) -> None:
+    def __init__(self, warehouse: str, *, settings: Settings) -> None:
         self.root = warehouse_uri(warehouse)
-        self.config = config
-        self.settings = IndexSettings.from_config(config)
+        self.settings = settings
         self.tables = ArrowTables.local(self.root, reader="recommend")
         for needed, stage in ((Table.SONGS, "ingest"), (Table.SONG_EMBEDDINGS, "embed"), (INDEX, "index")):
             if not self.tables.exists(needed):
@@ -111,7 +108,7 @@ class Catalogue:
         songs = self.tables.read_pandas(Table.SONGS, columns=SONG_COLUMNS, optional=MUSICAL_COLUMNS)
         predicted = self.tables.read(Table.SONG_EMBEDDINGS, columns=["song_id", "predicted_genre"]).to_pandas()
         self.songs = songs.merge(predicted, on="song_id", how="inner").set_index("song_id")
-        self.loaded = load_index(local_path(self.tables.folder(INDEX)), settings=self.settings,
+        self.loaded = load_index(local_path(self.tables.folder(INDEX)), settings=self.settings.index,
                                  expected_songs=len(predicted))
         self.positions = pd.Series(np.arange(len(self.loaded.ids)), index=self.loaded.ids)
         missing = set(self.loaded.ids) - set(self.songs.index)
@@ -170,9 +167,8 @@ class Catalogue:
                 data = stream.read()
         except OSError as exc:
             raise InputError(f"--file {path}: {exc.strerror}") from None
-        limits = DecodeLimits.from_config(self.config)
         try:
-            sliced = slice_audio_file(data, name=os.path.basename(path), settings=folder.spectrogram, limits=limits,
+            sliced = slice_audio_file(data, name=os.path.basename(path), settings=folder.spectrogram, limits=self.settings.ingest.limits,
                                       keep_native=True)
         except AudioError as exc:
             raise InputError(f"--file {path}: {exc.message}") from None
@@ -186,7 +182,7 @@ class Catalogue:
             raise ModelError(f"model {folder.path}: model.keras cannot be loaded ({type(exc).__name__}: "
                              f"{first_line(exc)}); rebuild it with "
                              f"deepcrate train") from None
-        embeddings, probabilities, _ = embed_images(model, images, batch_size=EmbedSettings.from_config(self.config).batch_size)
+        embeddings, probabilities, _ = embed_images(model, images, batch_size=self.settings.embed.batch_size)
         vector = normalise(embeddings.mean(axis=0, dtype=np.float64).astype(np.float32)[None, :])[0]
         # at ingest's rate, so that the file's tempo and key compare with the catalogue's
         facts = musical_facts(sliced.audio.at_rate(MFCC_RATE), sample_rate=MFCC_RATE)
@@ -203,7 +199,7 @@ class Catalogue:
         allowed = self._allowed(seeds, filters)
         exclude = {s.position for s in seeds if s.position is not None}
         found = neighbours(self.loaded.index, query, k=k, exclude=[exclude], allowed=allowed,
-                           duplicate_similarity=self.settings.duplicate_similarity)[0]
+                           duplicate_similarity=self.settings.index.duplicate_similarity)[0]
         rows = []
         for rank, (position, similarity) in enumerate(found, start=1):
             song = self.songs.iloc[position]

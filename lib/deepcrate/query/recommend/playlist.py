@@ -49,7 +49,7 @@ def playlist(catalogue: Catalogue, start: Seed, end: Seed, *, length: int, mixab
                                       code=song["camelot"] if isinstance(song["camelot"], str) else None)
             allowed[end.position] = True  # the user chose the end: it need only be near
         near = neighbours(index, here, k=min(breadth, len(songs) - 1), exclude=[{current}], allowed=allowed,
-                          duplicate_similarity=catalogue.settings.duplicate_similarity)[0]
+                          duplicate_similarity=catalogue.settings.index.duplicate_similarity)[0]
         by_position = dict(near)
         if end.position in by_position and len(path) >= length - 1:
             path.append(end.position)

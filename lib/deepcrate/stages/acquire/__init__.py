@@ -3,9 +3,9 @@
 :mod:`.manifest` (which file each row becomes, named safely), :mod:`.fetch` (one download: paced,
 retried, renamed when whole) and :mod:`.job` (the stage, and its ``downloads`` table).
 """
-from deepcrate.stages.acquire.fetch import AcquireSettings, HostPacer, fetch
+from deepcrate.stages.acquire.fetch import HostPacer, fetch
 from deepcrate.stages.acquire.job import AcquireSummary, acquire
 from deepcrate.stages.acquire.manifest import Download, plan_downloads, read_url_manifest, safe_name
 
-__all__ = ["AcquireSettings", "AcquireSummary", "Download", "HostPacer", "acquire", "fetch", "plan_downloads",
+__all__ = ["AcquireSummary", "Download", "HostPacer", "acquire", "fetch", "plan_downloads",
            "read_url_manifest", "safe_name"]

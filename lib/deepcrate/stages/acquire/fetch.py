@@ -12,43 +12,17 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from deepcrate import __version__
 from deepcrate.audio.decode import DECODE_ERROR, TRUNCATED, check_whole
-from deepcrate.errors import AudioError, ConfigError
+from deepcrate.config import Settings
+from deepcrate.errors import AudioError
 from deepcrate.stages.acquire.manifest import DOWNLOADED, FAILED, INCOMPLETE, Download
 
 logger = logging.getLogger(__name__)
 
 PARTIAL = ".partial"
-
-
-@dataclass(frozen=True)
-class AcquireSettings:
-    """The ``acquire`` section of the config, checked."""
-
-    workers: int
-    per_host_delay_s: float
-    timeout_s: float
-    retries: int
-    backoff_s: float
-    max_file_mb: float
-    content_types: list[str]
-    distributed: bool
-    progress_interval_s: float
-    truncated_ratio: float = 0.9  # ingest's: a body without Content-Length is whole when ingest would take it
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> AcquireSettings:
-        settings = cls(**config["acquire"], truncated_ratio=float(config["ingest"]["truncated_ratio"]))
-        if settings.workers < 1 or settings.retries < 0 or settings.timeout_s <= 0 or settings.max_file_mb <= 0:
-            raise ConfigError("acquire: workers >= 1, retries >= 0, timeout_s > 0 and max_file_mb > 0 are required")
-        if settings.per_host_delay_s < 0 or settings.backoff_s < 0:
-            raise ConfigError("acquire: per_host_delay_s and backoff_s must be >= 0")
-        return settings
 
 
 class HostPacer:
@@ -104,11 +78,11 @@ class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_HttpOnlyRedirects())
 
 
-def fetch(item: Download, *, audio_dir: Path, settings: AcquireSettings, pacer: HostPacer) -> Download:
+def fetch(item: Download, *, audio_dir: Path, settings: Settings, pacer: HostPacer) -> Download:
     """Download one planned item into ``audio_dir`` (retrying what may pass), fill in its status."""
     final = audio_dir / item.path
     host = urllib.parse.urlsplit(item.url).netloc.lower()
-    for attempt in range(1, settings.retries + 2):
+    for attempt in range(1, settings.acquire.retries + 2):
         item.attempts = attempt
         pacer.wait(host)
         try:
@@ -121,34 +95,34 @@ def fetch(item: Download, *, audio_dir: Path, settings: AcquireSettings, pacer: 
         except _Retryable as exc:
             item.status = INCOMPLETE if isinstance(exc, _Incomplete) else FAILED
             item.http_status, item.error = exc.http_status, str(exc)
-        if attempt <= settings.retries:
-            pause = settings.backoff_s * 2 ** (attempt - 1) * (0.5 + random.random() / 2)  # jitter
+        if attempt <= settings.acquire.retries:
+            pause = settings.acquire.backoff_s * 2 ** (attempt - 1) * (0.5 + random.random() / 2)  # jitter
             logger.debug("%s: %s; retry %d in %.1f s", item.url, item.error, attempt, pause)
             time.sleep(pause)
     item.error = f"{item.error} (gave up after {item.attempts} attempts)"
     return item
 
 
-def _check_whole(path: Path, *, name: str, settings: AcquireSettings, status: int) -> None:
+def _check_whole(path: Path, *, name: str, settings: Settings, status: int) -> None:
     try:
-        check_whole(path.read_bytes(), name=name, truncated_ratio=settings.truncated_ratio)
+        check_whole(path.read_bytes(), name=name, truncated_ratio=settings.ingest.truncated_ratio)
     except AudioError as exc:
         if exc.reason in (TRUNCATED, DECODE_ERROR):
             raise _Incomplete(f"cut short: {exc}", status) from None
         raise _Refused(f"not audio: {exc}", status) from None
 
 
-def _stream(url: str, final: Path, *, audio_dir: Path, settings: AcquireSettings) -> tuple[int, int]:
+def _stream(url: str, final: Path, *, audio_dir: Path, settings: Settings) -> tuple[int, int]:
     """GET ``url`` to a temporary file, check it, rename it to ``final``; (HTTP status, bytes)."""
-    limit = int(settings.max_file_mb * 1024 * 1024)
+    limit = int(settings.acquire.max_file_mb * 1024 * 1024)
     request = urllib.request.Request(url, headers={"User-Agent": f"deepcrate-acquire/{__version__}"})
     partial = audio_dir / PARTIAL / (hashlib.sha256(url.encode()).hexdigest()[:24] + ".part")
     partial.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with _OPENER.open(request, timeout=settings.timeout_s) as response:
+        with _OPENER.open(request, timeout=settings.acquire.timeout_s) as response:
             status = response.status
             content_type = (response.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-            if not any(content_type.startswith(t) for t in settings.content_types):
+            if not any(content_type.startswith(t) for t in settings.acquire.content_types):
                 raise _Refused(f"content type {content_type or 'missing'!r} is not audio", status)
             expected = response.headers.get("Content-Length")
             expected = int(expected) if expected and expected.isdigit() else None
@@ -159,7 +133,7 @@ def _stream(url: str, final: Path, *, audio_dir: Path, settings: AcquireSettings
                 while chunk := response.read(1 << 16):
                     received += len(chunk)
                     if received > limit:
-                        raise _Refused(f"too large: over {settings.max_file_mb:g} MB and still sending", status)
+                        raise _Refused(f"too large: over {settings.acquire.max_file_mb:g} MB and still sending", status)
                     out.write(chunk)
             if expected is not None and received != expected:
                 raise _Retryable(f"cut off: {received} of {expected} bytes", status)
@@ -181,7 +155,7 @@ def _stream(url: str, final: Path, *, audio_dir: Path, settings: AcquireSettings
     except http.client.IncompleteRead as exc:
         raise _Retryable(f"cut off: {len(exc.partial)} bytes then the connection closed") from None
     except TimeoutError:
-        raise _Retryable(f"timed out after {settings.timeout_s:g} s") from None
+        raise _Retryable(f"timed out after {settings.acquire.timeout_s:g} s") from None
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, _Refused):
             raise exc.reason from None

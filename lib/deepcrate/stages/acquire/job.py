@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from deepcrate import __version__
+from deepcrate.config import Settings
 from deepcrate.spark.task_warnings import TaskWarnings
-from deepcrate.stages.acquire.fetch import PARTIAL, AcquireSettings, HostPacer, fetch
+from deepcrate.stages.acquire.fetch import PARTIAL, HostPacer, fetch
 from deepcrate.stages.acquire.manifest import (
     DOWNLOADED,
     DUPLICATE,
@@ -71,7 +72,7 @@ class AcquireSummary:
 
 
 @holds_writer_lock(create=True)
-def acquire(spark, *, manifest: str, audio: str, warehouse: str, config: dict[str, Any]) -> AcquireSummary:
+def acquire(spark, *, manifest: str, audio: str, warehouse: str, settings: Settings) -> AcquireSummary:
     """Download every URL of ``manifest`` into ``audio``; write ``audio/manifest.csv`` and ``downloads``.
 
     Files an earlier run completed are not downloaded again: those ``audio/manifest.csv``
@@ -81,7 +82,6 @@ def acquire(spark, *, manifest: str, audio: str, warehouse: str, config: dict[st
     ``acquire.distributed`` the downloads run on Spark executors, which must see
     ``audio`` at the same path (shared storage).
     """
-    settings = AcquireSettings.from_config(config)
     started = time.monotonic()
     audio_dir = Path(audio).resolve()
     store = Warehouse(spark, warehouse, create=True)
@@ -105,7 +105,7 @@ def acquire(spark, *, manifest: str, audio: str, warehouse: str, config: dict[st
             todo.append(item)
     logger.info("%d URLs: %d to download, %d already present, %d refused or repeated", len(downloads), len(todo),
                 sum(d.status == PRESENT for d in downloads), sum(d.status in (FAILED, DUPLICATE) for d in downloads))
-    if settings.distributed and todo:
+    if settings.acquire.distributed and todo:
         _fetch_on_spark(spark, todo, audio_dir=audio_dir, settings=settings)
     else:
         _fetch_here(todo, audio_dir=audio_dir, settings=settings)
@@ -115,33 +115,33 @@ def acquire(spark, *, manifest: str, audio: str, warehouse: str, config: dict[st
     return AcquireSummary(downloads=downloads, manifest=manifest_path, seconds=time.monotonic() - started)
 
 
-def _fetch_here(todo: list[Download], *, audio_dir: Path, settings: AcquireSettings) -> None:
+def _fetch_here(todo: list[Download], *, audio_dir: Path, settings: Settings) -> None:
     """A bounded thread pool in this process, with progress lines."""
-    pacer = HostPacer(settings.per_host_delay_s)
+    pacer = HostPacer(settings.acquire.per_host_delay_s)
     finished = _Counter()
-    with ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="acquire") as pool:
+    with ThreadPoolExecutor(max_workers=settings.acquire.workers, thread_name_prefix="acquire") as pool:
         futures = [pool.submit(_fetch_counted, item, audio_dir, settings, pacer, finished) for item in todo]
         last = time.monotonic()
         while not all(f.done() for f in futures):
             time.sleep(0.1)
-            if time.monotonic() - last >= settings.progress_interval_s:
+            if time.monotonic() - last >= settings.acquire.progress_interval_s:
                 last = time.monotonic()
                 logger.info("downloads: %d/%d done, %d failed", finished.done, len(todo), finished.failed)
         for future in futures:
             future.result()
 
 
-def _fetch_on_spark(spark, todo: list[Download], *, audio_dir: Path, settings: AcquireSettings) -> None:
+def _fetch_on_spark(spark, todo: list[Download], *, audio_dir: Path, settings: Settings) -> None:
     """The same downloads, the URL list partitioned over executors (each with its own pool and pacer)."""
     partitions = min(len(todo), max(1, spark.sparkContext.defaultParallelism))
     payload = [json.dumps(asdict(item)) for item in todo]
-    audio, options = str(audio_dir), asdict(settings)
+    audio = str(audio_dir)
     task_warnings = TaskWarnings(spark.sparkContext)
 
     def fetch_partition(rows):
         items = [Download(**json.loads(row)) for row in rows]
         with task_warnings.captured():
-            _fetch_here(items, audio_dir=Path(audio), settings=AcquireSettings(**options))
+            _fetch_here(items, audio_dir=Path(audio), settings=settings)
         return [json.dumps(asdict(item)) for item in items]
 
     logger.info("downloading on Spark: %d URLs in %d partitions", len(todo), partitions)
@@ -165,7 +165,7 @@ class _Counter:
         self.lock = threading.Lock()
 
 
-def _fetch_counted(item: Download, audio_dir: Path, settings: AcquireSettings, pacer: HostPacer,
+def _fetch_counted(item: Download, audio_dir: Path, settings: Settings, pacer: HostPacer,
                    counter: _Counter) -> None:
     fetch(item, audio_dir=audio_dir, settings=settings, pacer=pacer)
     with counter.lock:

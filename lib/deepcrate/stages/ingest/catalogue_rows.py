@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 import pandas as pd
 
 from deepcrate.audio.decode import DUPLICATE, EMPTY, HIDDEN_NAME, TOO_LARGE, UNREADABLE, UNSUPPORTED_EXTENSION
+from deepcrate.config.sections import SplitSettings
 from deepcrate.stages.ingest.audio_inputs import LABEL_COLUMNS, folder_genre, normalise_path, skipped_by_spark
 from deepcrate.stages.ingest.split import assign_splits, repair_splits
 from deepcrate.storage.schemas import SONGS
@@ -48,7 +48,7 @@ def songs_and_rejects(
     *,
     labels: pd.DataFrame | None,
     audio_uri: str,
-    split: dict[str, Any],
+    split: SplitSettings,
     kept: pd.DataFrame | None = None,
     decoded_columns: Sequence[str] = (),
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -83,15 +83,15 @@ def songs_and_rejects(
     new = attach_labels(new, labels=labels, audio_uri=audio_uri)
     # Only new songs are drawn: a kept song moving split would leak into a trained model's test.
     new["split"] = assign_splits(
-        new, train=split["train"], validation=split["validation"], test=split["test"], seed=split["seed"]
+        new, train=split.train, validation=split.validation, test=split.test, seed=split.seed
     )
     computed = [c for c in SONGS.names if c not in LABEL_COLUMNS]
     kept = attach_labels(kept[computed].copy(), labels=labels, audio_uri=audio_uri)
     songs = pd.concat([kept, new], ignore_index=True) if len(kept) else new
     extras = [c for c in songs.columns if c not in SONGS.names and c not in decoded_columns]
     songs = songs[SONGS.names + extras].sort_values("song_id", ignore_index=True)
-    songs["split"], moves = repair_splits(songs, train=split["train"], validation=split["validation"],
-                                          seed=split["seed"])
+    songs["split"], moves = repair_splits(songs, train=split.train, validation=split.validation,
+                                          seed=split.seed)
     for move in moves:
         logger.warning("split: %s (files were removed)", move)
     return songs, rejects

@@ -12,12 +12,13 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
-from deepcrate.audio.decode import DECODE_ERROR, DecodeLimits
+from deepcrate.audio.decode import DECODE_ERROR
 from deepcrate.audio.mfcc import SAMPLE_RATE as MFCC_RATE
 from deepcrate.audio.mfcc import frames_of_spectrum, gaussian_of_frames, song_spectrum, statistics_of_frames
 from deepcrate.audio.musical import musical_facts
 from deepcrate.audio.slicing import slice_audio_file
 from deepcrate.audio.spectrogram import SpectrogramSettings
+from deepcrate.config.sections import DecodeLimits
 from deepcrate.errors import AudioError
 from deepcrate.spark.faults import fail_if_injected
 from deepcrate.spark.progress import Progress

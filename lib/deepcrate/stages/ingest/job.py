@@ -25,12 +25,9 @@ from pyspark.sql.types import (
 )
 
 from deepcrate import __version__
-from deepcrate.audio.decode import (
-    DecodeLimits,
-)
 from deepcrate.audio.musical import MUSICAL_FACTS_VERSION
 from deepcrate.audio.spectrogram import SpectrogramSettings
-from deepcrate.config import IngestSettings
+from deepcrate.config import Settings, to_mapping
 from deepcrate.errors import InputError, WarehouseError
 from deepcrate.spark.session import session_conf
 from deepcrate.stages.ingest.audio_inputs import (
@@ -87,7 +84,7 @@ def ingest(
     *,
     audio: str,
     warehouse: str,
-    config: dict[str, Any],
+    settings: Settings,
     manifest: str | None = None,
     incremental: bool = False,
     allow_empty: bool = False,
@@ -117,9 +114,8 @@ def ingest(
         When ``warehouse`` cannot be written.
     """
     started = time.monotonic()
-    settings = SpectrogramSettings.from_config(config)
-    options = IngestSettings.from_config(config)
-    limits = DecodeLimits.from_config(config)
+    spectrogram = SpectrogramSettings.of(settings.spectrogram)
+    options = settings.ingest
     audio_uri = to_uri(audio)
     listing = list_files(spark, audio_uri)
     store = Warehouse(spark, warehouse, create=True)
@@ -141,7 +137,7 @@ def ingest(
             path, length, problem=problem, audio_uri=audio_uri, extensions=extensions, max_bytes=max_bytes,
             max_mb=options.max_file_mb))
     ]
-    metadata = _metadata(settings, config, audio_uri=audio_uri)
+    metadata = _metadata(spectrogram, settings, audio_uri=audio_uri)
     kept = _songs_to_keep(store, listing, metadata=metadata) if incremental else None
     if kept is None and listing["problem"].isna().all():
         paths, to_decode = None, len(listing) - len(early_rejects)  # the whole folder
@@ -160,14 +156,14 @@ def ingest(
             "spark.sql.execution.arrow.maxRecordsPerBatch": str(options.files_per_batch),
         }):
             decoded = decode_files(
-                spark, audio_uri, out_uri=store.scratch_uri(run, "decoded"), settings=settings, limits=limits,
+                spark, audio_uri, out_uri=store.scratch_uri(run, "decoded"), settings=spectrogram, limits=options.limits,
                 extensions=extensions, max_bytes=max_bytes, progress_s=options.progress_interval_s, total=to_decode,
                 paths=paths,
             )
         # Parquet prunes the image column: reading the per-file facts back is cheap.
         headers = decoded.filter(F.col("slice_idx") < 0).drop("spectrogram", "mfcc", "timbre").toPandas()
         logger.debug("read back %d per-file rows", len(headers))
-        songs, rejects = songs_and_rejects(headers, labels=labels, audio_uri=audio_uri, split=config["split"],
+        songs, rejects = songs_and_rejects(headers, labels=labels, audio_uri=audio_uri, split=settings.split,
                                            kept=kept, decoded_columns=DECODED.names)
         rejects = pd.concat([rejects, pd.DataFrame(early_rejects, columns=REJECTS.names)])
         if songs.empty and not allow_empty and store.exists(Table.SONGS) and (published := store.read(Table.SONGS).count()):
@@ -179,7 +175,7 @@ def ingest(
         kept_features = store.read(Table.MFCC_FEATURES) if kept is not None and len(kept) else None
         slices_written = _write_tables(
             spark, store, run, decoded=decoded, kept_slices=kept_slices, kept_features=kept_features, songs=songs,
-            rejects=rejects, settings=settings, metadata=metadata,
+            rejects=rejects, settings=spectrogram, metadata=metadata,
         )
         store.publish(run, list(OUTPUTS))
     finally:
@@ -262,15 +258,15 @@ def _write_tables(
     return int(songs["n_slices"].sum()) if len(songs) else 0
 
 
-def _metadata(settings: SpectrogramSettings, config: dict[str, Any], *, audio_uri: str) -> IngestMetadata:
-    options = IngestSettings.from_config(config).to_dict()
+def _metadata(spectrogram: SpectrogramSettings, settings: Settings, *, audio_uri: str) -> IngestMetadata:
+    options = to_mapping(settings.ingest)
     return IngestMetadata(
         deepcrate_version=__version__,
         audio=audio_uri,
-        spectrogram=settings,
+        spectrogram=spectrogram,
         ingest=options,
         decoding={key: options[key] for key in DECODING_KEYS},
-        split=dict(config["split"]),
+        split=to_mapping(settings.split),
         musical=MUSICAL_FACTS_VERSION,  # songs of an older ingest lack tempo and key: decode them again
     )
 
@@ -294,9 +290,10 @@ class IngestStage(Stage):
     name = "ingest"
     writes = OUTPUTS
 
-    def settings(self, config: dict[str, Any]) -> Any:
-        return [SpectrogramSettings.from_config(config).to_dict(),
-                {key: config["ingest"][key] for key in DECODING_KEYS}, config["split"]]
+    def settings(self, settings: Settings) -> Any:
+        ingest = to_mapping(settings.ingest)
+        return [SpectrogramSettings.of(settings.spectrogram).to_dict(), {key: ingest[key] for key in DECODING_KEYS},
+                to_mapping(settings.split)]
 
     def inputs(self, context: RebuildContext) -> Any:
         """Every file's name, size and time, and the labels; a missing or empty folder raises here,
@@ -308,7 +305,7 @@ class IngestStage(Stage):
 
     def run(self, context: RebuildContext, *, fingerprint: str) -> Outcome:
         summary = ingest(context.spark, audio=context.audio, manifest=context.manifest, warehouse=context.warehouse,
-                         config=context.config, incremental=not context.force, allow_empty=context.allow_empty)
+                         settings=context.settings, incremental=not context.force, allow_empty=context.allow_empty)
         return Outcome(f"{summary.decoded} files decoded")
 
 

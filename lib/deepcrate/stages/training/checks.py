@@ -3,30 +3,29 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 from deepcrate.audio.spectrogram import SpectrogramSettings
+from deepcrate.config import TrainSettings
 from deepcrate.errors import TrainingError
-from deepcrate.stages.training.settings import TrainSettings
 from deepcrate.storage.schemas import Table
 from deepcrate.storage.warehouse import Warehouse
 
 logger = logging.getLogger(__name__)
 
 
-def table_settings(store: Warehouse, config: dict[str, Any]) -> SpectrogramSettings:
+def table_settings(store: Warehouse, wanted: SpectrogramSettings) -> SpectrogramSettings:
+    """The slices table's spectrogram settings, which must be those ``wanted``."""
     if not store.exists(Table.SLICES):
         raise TrainingError(f"warehouse {store.root}: no slices table; run deepcrate ingest first")
     table = store.metadata(Table.SLICES).spectrogram
-    wanted = SpectrogramSettings.from_config(config)
     differences = table.differences(wanted)
     if differences:
-        detail = ", ".join(f"{k}: table {t!r}, config {c!r}" for k, (t, c) in differences.items())
-        # Only these are config keys of their own; the rest follow from the preset.
-        hint = " ".join(f"--set spectrogram.{k}={t}" for k, (t, _) in differences.items()
+        detail = ", ".join(f"{k}: table {t!r}, settings {c!r}" for k, (t, c) in differences.items())
+        # Only these are settings of their own; the rest follow from the preset.
+        hint = ", ".join(f"spectrogram.{k}={t}" for k, (t, _) in differences.items()
                         if k in ("preset", "slice_frames", "slice_hop_frames")) or "the table's spectrogram settings"
         raise TrainingError(
-            f"the slices table was made with other spectrogram settings than the config asks for ({detail}); "
+            f"the slices table was made with other spectrogram settings than these ({detail}); "
             f"train with {hint} or re-ingest with the settings you want"
         )
     return table
@@ -92,3 +91,13 @@ def slices_learnt(counts: dict[str, dict[str | None, int]], split: str, *, label
 
 def slice_total(counts: dict[str, dict[str | None, int]], split: str, labels: Sequence[str]) -> int:
     return sum(n for g, n in counts.get(split, {}).items() if g in labels)
+
+
+def check_pretrained_weights(settings: TrainSettings) -> None:
+    """Raise ConfigError, naming what to install, when the model needs pretrained weights that are missing."""
+    if settings.model == "musicnn":
+        from deepcrate.config.sections import parse_checkpoints
+        from deepcrate.models.musicnn import checkpoint_prefix
+
+        for name in parse_checkpoints(settings.pretrained):
+            checkpoint_prefix(name)

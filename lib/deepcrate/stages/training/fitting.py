@@ -11,6 +11,7 @@ import keras
 import numpy as np
 
 from deepcrate.audio.spectrogram import SpectrogramSettings
+from deepcrate.config import TrainSettings
 from deepcrate.errors import TrainingError
 from deepcrate.models.architectures import build_model, embedding_model, pair_contrastive_loss, slices_per_call
 from deepcrate.models.feature_head import FeatureHead
@@ -19,7 +20,6 @@ from deepcrate.models.slice_reader import SliceTable
 from deepcrate.stages.training.checks import slice_total, slices_learnt
 from deepcrate.stages.training.inputs import genre_weights, pair_dataset, training_dataset, validation_dataset
 from deepcrate.stages.training.runs import Checkpoint, RunState
-from deepcrate.stages.training.settings import TrainSettings
 from deepcrate.vectors.genre_accuracy import Evaluation
 
 logger = logging.getLogger(__name__)

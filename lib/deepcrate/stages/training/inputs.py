@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from deepcrate.config import TrainSettings
 from deepcrate.models.slice_reader import SliceTable
-from deepcrate.stages.training.settings import TrainSettings
 
 logger = logging.getLogger(__name__)
 

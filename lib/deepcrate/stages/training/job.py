@@ -17,13 +17,14 @@ import keras
 
 from deepcrate import __version__
 from deepcrate.audio.spectrogram import SpectrogramSettings
+from deepcrate.config import Settings, TrainSettings
 from deepcrate.errors import TrainingError
 from deepcrate.models.feature_head import FeatureHead
 from deepcrate.models.feature_reader import FeatureTable
 from deepcrate.models.pretrained_runtime import Network
 from deepcrate.models.store import MODELS, ModelFolder, open_model, read_model_folder, write_model_folder
 from deepcrate.stages.pipeline import Outcome, RebuildContext, Stage, current_record, digest, without
-from deepcrate.stages.training.checks import genres_to_learn, slices_learnt, table_settings
+from deepcrate.stages.training.checks import check_pretrained_weights, genres_to_learn, slices_learnt, table_settings
 from deepcrate.stages.training.fitting import (
     choose_precision,
     evaluate_head,
@@ -35,7 +36,6 @@ from deepcrate.stages.training.fitting import (
     model_to_train,
 )
 from deepcrate.stages.training.runs import RunState, can_resume, new_run, unfinished_run, work_folder
-from deepcrate.stages.training.settings import TrainSettings, check_pretrained_weights, on_frozen_features
 from deepcrate.storage.schemas import Table
 from deepcrate.storage.table_metadata import IngestMetadata
 from deepcrate.storage.warehouse import Warehouse
@@ -85,7 +85,7 @@ def train(
     spark,
     *,
     warehouse: str,
-    config: dict[str, Any],
+    settings: Settings,
     resume: bool = False,
     callbacks: Sequence[Any] = (),
     fingerprint: str | None = None,
@@ -98,10 +98,10 @@ def train(
         Used for the warehouse's file system (training itself runs in this process).
     warehouse : str
         The warehouse an ingest wrote.
-    config : dict
-        The resolved config; its ``train`` section drives the run.
+    settings : Settings
+        The resolved settings; the ``train`` section drives the run.
     resume : bool
-        Continue the newest unfinished run in the work folder (with that run's config).
+        Continue the newest unfinished run in the work folder (with the settings it started with).
     callbacks : sequence of keras.callbacks.Callback
         Extra callbacks, run after the checkpoint of each epoch is written.
     fingerprint : str, optional
@@ -118,53 +118,52 @@ def train(
         the train and validation splits just need slices.
     """
     store = Warehouse(spark, warehouse)
-    work_root = work_folder(store, TrainSettings.from_config(config))
+    work_root = work_folder(store, settings.train)
+    run_dir = None
     if resume:
-        run_dir, config = unfinished_run(work_root, given=config)
-    else:
-        run_dir = None
-    settings = TrainSettings.from_config(config)
-    check_pretrained_weights(settings)  # before a run folder exists
-    spectrogram = table_settings(store, config)
+        run_dir, settings = unfinished_run(work_root, given=settings)
+    options = settings.train
+    check_pretrained_weights(options)  # before a run folder exists
+    spectrogram = table_settings(store, SpectrogramSettings.of(settings.spectrogram))
     table = store.arrow.slice_table(image_shape=(spectrogram.n_rows, spectrogram.slice_frames))
-    features, features_record = _stored_features(store, settings, spectrogram)
+    features, features_record = _stored_features(store, options, spectrogram)
     counts = table.genre_counts()
-    labels = genres_to_learn(counts, uri=table.uri, objective=settings.objective,
-                              labels_optional=settings.model == "musicnn")
+    labels = genres_to_learn(counts, uri=table.uri, objective=options.objective,
+                              labels_optional=options.model == "musicnn")
     if run_dir is None:
-        run_dir = new_run(work_root, settings, config, fingerprint=fingerprint)
+        run_dir = new_run(work_root, settings, fingerprint=fingerprint)
     version = os.path.basename(run_dir)
 
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
-    precision = choose_precision(settings.precision, gpus)
+    precision = choose_precision(options.precision, gpus)
     devices = [g.name for g in gpus] or ["CPU"]
     state = RunState.load(run_dir)
-    keras.utils.set_random_seed(settings.seed + state.epochs_done)
+    keras.utils.set_random_seed(options.seed + state.epochs_done)
     previous_policy = keras.mixed_precision.dtype_policy()
     keras.mixed_precision.set_dtype_policy(precision)
     try:
         strategy = tf.distribute.MirroredStrategy() if gpus else tf.distribute.get_strategy()
         if not state.finished:
             logger.info("training %s (%s model, %s, %d train / %d validation slices, %d genres) on %s",
-                        version, settings.model, precision,
-                        slices_learnt(counts, "train", labels=labels, settings=settings),
-                        slices_learnt(counts, "validation", labels=labels, settings=settings),
+                        version, options.model, precision,
+                        slices_learnt(counts, "train", labels=labels, settings=options),
+                        slices_learnt(counts, "validation", labels=labels, settings=options),
                         len(labels), ", ".join(devices))
-            if on_frozen_features(settings):
-                fit_pretrained_head(run_dir, features=features, labels=labels, counts=counts, settings=settings,
+            if options.on_frozen_features:
+                fit_pretrained_head(run_dir, features=features, labels=labels, counts=counts, settings=options,
                                     state=state, spectrogram=spectrogram, image_shape=table.image_shape)
             else:
                 with strategy.scope():  # a contrastive encoder drops the head: any width builds it
-                    model = model_to_train(run_dir, state, settings, n_classes=max(len(labels), 2),
+                    model = model_to_train(run_dir, state, options, n_classes=max(len(labels), 2),
                                             input_shape=table.image_shape, spectrogram=spectrogram)
-                fit_network(model, table=table, labels=labels, counts=counts, settings=settings, state=state,
+                fit_network(model, table=table, labels=labels, counts=counts, settings=options, state=state,
                      run_dir=run_dir, callbacks=callbacks)
-        final = final_model_file(settings, labels)
+        final = final_model_file(options, labels)
         if final == "classifier.keras" and not os.path.exists(os.path.join(run_dir, final)):
             with strategy.scope():
-                fit_genre_head(run_dir, table=table, labels=labels, counts=counts, settings=settings)
+                fit_genre_head(run_dir, table=table, labels=labels, counts=counts, settings=options)
         evaluation = head = None
         if labels or features is not None:
             best = keras.models.load_model(os.path.join(run_dir, final), compile=False)
@@ -173,12 +172,12 @@ def train(
             evaluation = (evaluate_head(head, features=features, labels=labels, version=version)
                           if features is not None else
                           evaluate_model(best, table=table, labels=labels, version=version,
-                                         batch_size=settings.batch_size))
+                                         batch_size=options.batch_size))
     finally:
         keras.mixed_precision.set_dtype_policy(previous_policy)
 
     model_dir = os.path.join(run_dir, "model")
-    _write_model_folder(model_dir, run_dir=run_dir, labels=labels, spectrogram=spectrogram, settings=settings,
+    _write_model_folder(model_dir, run_dir=run_dir, labels=labels, spectrogram=spectrogram, settings=options,
                         state=state, evaluation=evaluation, precision=precision, devices=devices,
                         slices_meta=store.metadata(Table.SLICES), table_uri=table.uri, counts=counts,
                         features=features_record, head=head)
@@ -189,7 +188,7 @@ def train(
     return TrainResult(version=version, model_uri=store.folder_uri(f"{MODELS}/{version}"), evaluation=evaluation,
                        epochs=state.epochs_done, best_epoch=state.best_epoch, stopped_early=state.stopped_early,
                        precision=precision, devices=devices,
-                       kept_by=("validation P@10" if on_frozen_features(settings) and labels else "validation loss"),
+                       kept_by=("validation P@10" if options.on_frozen_features and labels else "validation loss"),
                        heads=state.heads)
 
 
@@ -239,7 +238,7 @@ def _stored_features(store: Warehouse, settings: TrainSettings, spectrogram: Spe
     TrainingError
         No such table, or one of other networks than ``train.pretrained`` on these slices.
     """
-    if not on_frozen_features(settings):
+    if not settings.on_frozen_features:
         return None, None
     if not store.exists(Table.PRETRAINED_FEATURES):
         raise TrainingError(f"warehouse {store.root}: no pretrained_features table (train.model=musicnn learns "
@@ -276,17 +275,18 @@ class TrainStage(Stage):
     def check(self, context: RebuildContext) -> None:
         if context.model:  # a mismatch would otherwise surface only after the whole ingest
             context.model_folder = open_model(context.store, context.model)
-            context.model_folder.check_settings(SpectrogramSettings.from_config(context.config), what="the config")
+            context.model_folder.check_settings(SpectrogramSettings.of(context.settings.spectrogram),
+                                                what="the settings")
         else:
-            check_pretrained_weights(TrainSettings.from_config(context.config))
+            check_pretrained_weights(context.settings.train)
 
     def given(self, context: RebuildContext) -> tuple[str, str] | None:
         if not context.model:
             return None
         return context.model_folder.version, f"model {context.model_folder.version}"
 
-    def settings(self, config: dict[str, Any]) -> Any:
-        return without(config["train"], ("progress_interval_s", "work_dir"))
+    def settings(self, settings: Settings) -> Any:
+        return without(settings.train, ("progress_interval_s", "work_dir"))
 
     def outputs(self, context: RebuildContext) -> list[str]:
         return [f"{MODELS}/{context.model_folder.version}"]
@@ -303,8 +303,8 @@ class TrainStage(Stage):
         return digest(fingerprint, context.model_folder.version)  # a new model means new embeddings
 
     def run(self, context: RebuildContext, *, fingerprint: str) -> Outcome:
-        resume = can_resume(context.store, context.config, fingerprint=fingerprint)
-        result = train(context.spark, warehouse=context.warehouse, config=context.config, resume=resume,
+        resume = can_resume(context.store, context.settings, fingerprint=fingerprint)
+        result = train(context.spark, warehouse=context.warehouse, settings=context.settings, resume=resume,
                        fingerprint=fingerprint)
         context.model_folder = _open_published(context.store, f"{MODELS}/{result.version}")
         return Outcome(f"model {result.version}" + (" (resumed)" if resume else ""))

@@ -18,16 +18,14 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import keras
 import numpy as np
 import yaml
 
-from deepcrate.config import config_to_yaml
-from deepcrate.errors import TrainingError
+from deepcrate.config import Settings, TrainSettings, settings_from_mapping, settings_to_yaml
+from deepcrate.errors import ConfigError, TrainingError, first_line
 from deepcrate.models.store import write_json
-from deepcrate.stages.training.settings import TrainSettings
 from deepcrate.storage.warehouse import Warehouse
 from deepcrate.uris import local_path
 
@@ -43,9 +41,9 @@ def work_folder(store: Warehouse, settings: TrainSettings) -> str:
     return os.path.expanduser(f"~/.cache/deepcrate/training/{digest}")
 
 
-def can_resume(store: Warehouse, config: dict[str, Any], *, fingerprint: str) -> bool:
+def can_resume(store: Warehouse, settings: Settings, *, fingerprint: str) -> bool:
     """Whether ``resume=True`` would continue an interrupted run started with ``fingerprint``."""
-    runs = _runs_in(work_folder(store, TrainSettings.from_config(config)))
+    runs = _runs_in(work_folder(store, settings.train))
     return bool(runs) and RunState.load(runs[-1]).fingerprint == fingerprint
 
 
@@ -56,9 +54,10 @@ def _runs_in(work_root: str) -> list[str]:
                   if os.path.isfile(os.path.join(work_root, d, "state.json")))
 
 
-def new_run(work_root: str, settings: TrainSettings, config: dict[str, Any], *, fingerprint: str | None) -> str:
+def new_run(work_root: str, settings: Settings, *, fingerprint: str | None) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    kind = settings.model if settings.objective == "classify" else f"{settings.model}-{settings.objective}"
+    train = settings.train
+    kind = train.model if train.objective == "classify" else f"{train.model}-{train.objective}"
     base = os.path.join(work_root, f"{stamp}-{kind}")
     run_dir, n = base, 1
     while os.path.exists(run_dir):
@@ -66,26 +65,28 @@ def new_run(work_root: str, settings: TrainSettings, config: dict[str, Any], *, 
         run_dir = f"{base}-{n}"
     os.makedirs(run_dir)
     with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as out:
-        out.write(config_to_yaml(config) + "\n")
+        out.write(settings_to_yaml(settings) + "\n")
     RunState(fingerprint=fingerprint).save(run_dir)
     return run_dir
 
 
-def unfinished_run(work_root: str, *, given: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def unfinished_run(work_root: str, *, given: Settings) -> tuple[str, Settings]:
+    """The newest unfinished run in ``work_root``, and the settings it started with."""
     runs = _runs_in(work_root)
     if not runs:
         raise TrainingError(f"nothing to resume: no unfinished training run in {work_root}")
     run_dir = runs[-1]
+    kept = os.path.join(run_dir, "config.yaml")
     try:
-        with open(os.path.join(run_dir, "config.yaml"), encoding="utf-8") as stream:
-            config = yaml.safe_load(stream)
-    except (OSError, yaml.YAMLError) as exc:
-        raise TrainingError(f"cannot resume {run_dir}: its config.yaml is unreadable: {exc}") from None
+        with open(kept, encoding="utf-8") as stream:
+            settings = settings_from_mapping(yaml.safe_load(stream), where=kept)
+    except (OSError, yaml.YAMLError, ConfigError) as exc:
+        raise TrainingError(f"cannot resume {run_dir}: its config.yaml is unreadable: {first_line(exc)}") from None
     state = RunState.load(run_dir)
-    if config != given:
-        logger.warning("resuming %s with the config it started with; settings given now are ignored", run_dir)
+    if settings != given:
+        logger.warning("resuming %s with the settings it started with; settings given now are ignored", run_dir)
     logger.info("resuming %s after epoch %d", run_dir, state.epochs_done)
-    return run_dir, config
+    return run_dir, settings
 
 
 @dataclass

@@ -1,21 +1,22 @@
-"""Configuration: the packaged defaults (conf/local.yaml), YAML overlays, ``--set`` overrides.
+"""Where settings come from: the packaged defaults (conf/local.yaml), YAML overlays, ``--set`` overrides.
 
 Every key an overlay or override names must exist in the defaults, so a typo fails
-loudly instead of being ignored. The free-form exception is ``spark.options``,
-which is handed to Spark as it is.
+loudly instead of being ignored; each value must have its default's type and sign. The
+free-form exception is ``spark.options``, which is handed to Spark as it is. What the
+values mean is checked where they become typed (:mod:`deepcrate.config.sections`).
 """
 from __future__ import annotations
 
 import copy
 import logging
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from deepcrate.config.sections import Settings, to_mapping
 from deepcrate.errors import ConfigError, first_line
 
 logger = logging.getLogger(__name__)
@@ -30,85 +31,14 @@ ZERO_MEANS_SOMETHING = {"acquire.per_host_delay_s", "acquire.retries", "acquire.
                         "index.recall_sample", "ingest.truncated_ratio"}
 
 
-@dataclass(frozen=True)
-class IngestSettings:
-    """The ``ingest`` section, typed (conf/local.yaml explains each key)."""
-
-    extensions: tuple[str, ...]
-    max_file_mb: float
-    max_duration_s: float
-    truncated_ratio: float
-    silence_dbfs: float
-    partition_mb: float
-    files_per_batch: int
-    progress_interval_s: float
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> IngestSettings:
-        section = dict(config["ingest"])
-        return cls(**{**section, "extensions": tuple(section["extensions"])})
-
-    @property
-    def suffixes(self) -> tuple[str, ...]:
-        """``.mp3``, ``.ogg``, ...: the extensions as file names end."""
-        return tuple("." + e.lower().lstrip(".") for e in self.extensions)
-
-    @property
-    def max_bytes(self) -> int:
-        return int(float(self.max_file_mb) * 2**20)
-
-    def to_dict(self) -> dict[str, Any]:
-        """As the config (and the tables' metadata) writes it."""
-        return {**asdict(self), "extensions": list(self.extensions)}
-
-
-@dataclass(frozen=True)
-class FeaturesSettings:
-    """The ``features`` section, typed."""
-
-    runtime: str
-    batch_size: int
-    progress_interval_s: float
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> FeaturesSettings:
-        return cls(**config["features"])
-
-
-@dataclass(frozen=True)
-class EmbedSettings:
-    """The ``embed`` section, typed."""
-
-    batch_size: int
-    progress_interval_s: float
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> EmbedSettings:
-        return cls(**config["embed"])
-
-
-@dataclass(frozen=True)
-class EvaluateSettings:
-    """The ``evaluate`` section, typed."""
-
-    random_draws: int
-    seed: int
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> EvaluateSettings:
-        return cls(**config["evaluate"])
-
-
 def default_config() -> dict[str, Any]:
     """The packaged defaults (a copy of ``conf/local.yaml``)."""
     text = resources.files("deepcrate").joinpath("local.yaml").read_text(encoding="utf-8")
     return yaml.safe_load(text)
 
 
-def resolve_config(
-    *, conf_files: Iterable[str | Path] = (), overrides: Iterable[str] = ()
-) -> dict[str, Any]:
-    """Defaults, then each YAML file in order, then each ``key.path=value`` override.
+def resolve_settings(*, conf_files: Iterable[str | Path] = (), overrides: Iterable[str] = ()) -> Settings:
+    """Defaults, then each YAML file in order, then each ``key.path=value`` override, typed and checked.
 
     Parameters
     ----------
@@ -121,7 +51,7 @@ def resolve_config(
     Raises
     ------
     ConfigError
-        On an unreadable file, an unknown key or a value of the wrong type.
+        On an unreadable file, an unknown key, a value of the wrong type or one that makes no sense.
     """
     config = default_config()
     for conf_file in conf_files:
@@ -154,10 +84,25 @@ def resolve_config(
         for part in reversed(parts):
             nested = {part: nested}
         _merge(config, nested, where=f"--set {override}", trail=())
-    _check_split(config["split"])
+    return _typed(config)
+
+
+def settings_from_mapping(mapping: dict[str, Any], *, where: str = "settings") -> Settings:
+    """Settings kept as a mapping (a training run's config.yaml, a test's few keys) over the defaults.
+
+    Raises
+    ------
+    ConfigError
+        As :func:`resolve_settings`.
+    """
+    config = default_config()
+    _merge(config, mapping, where=where, trail=())
+    return _typed(config)
+
+
+def _typed(config: dict[str, Any]) -> Settings:
     _check_signs(config, default_config(), trail=())
-    _check_meaning(config)
-    return config
+    return Settings.from_mapping(config)
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -165,26 +110,6 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     mark = getattr(exc, "problem_mark", None)
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
     return f"{getattr(exc, 'problem', None) or first_line(exc)}{where}"
-
-
-LOG_LEVELS = ("ALL", "TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF")
-
-
-def _check_meaning(config: dict[str, Any]) -> None:
-    """Values that parse but would make nonsense of a job, refused before it starts."""
-    level = str(config["spark"]["log_level"]).upper()
-    if level not in LOG_LEVELS:
-        raise ConfigError(f"spark.log_level must be one of {', '.join(LOG_LEVELS)}, got {config['spark']['log_level']!r}")
-    config["spark"]["log_level"] = level
-    extensions = config["ingest"]["extensions"]
-    if not isinstance(extensions, list) or not extensions or not all(isinstance(e, str) and e.strip(".")
-                                                                      for e in extensions):
-        raise ConfigError(f"ingest.extensions must list at least one file extension (e.g. [mp3, flac]), "
-                          f"got {extensions!r}")
-    ratio = config["ingest"]["truncated_ratio"]
-    if not 0 < ratio <= 1:
-        raise ConfigError(f"ingest.truncated_ratio must be > 0 and <= 1 (the share of its header's length a "
-                          f"file must decode to), got {ratio!r}")
 
 
 def _safe_yaml(text: str, *, where: str) -> Any:
@@ -195,9 +120,9 @@ def _safe_yaml(text: str, *, where: str) -> Any:
     return yaml.safe_load(text)
 
 
-def config_to_yaml(config: dict[str, Any]) -> str:
-    """The resolved config as YAML, for the log line every job starts with."""
-    return yaml.safe_dump(config, sort_keys=False, default_flow_style=False).rstrip()
+def settings_to_yaml(settings: Settings) -> str:
+    """The resolved settings as YAML (what ``-v`` prints, and a training run keeps)."""
+    return yaml.safe_dump(to_mapping(settings), sort_keys=False, default_flow_style=False).rstrip()
 
 
 def _merge(base: dict, overlay: dict, *, where: str, trail: tuple[str, ...]) -> None:
@@ -266,12 +191,3 @@ def _check_signs(config: dict[str, Any], defaults: dict[str, Any], *, trail: tup
             ok, rule = value <= 0, "<= 0"
         if not ok:
             raise ConfigError(f"{name} must be {rule}, got {value!r}")
-
-
-def _check_split(split: dict[str, Any]) -> None:
-    fractions = [split["train"], split["validation"], split["test"]]
-    if any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
-        raise ConfigError(
-            f"split fractions must be >= 0 and sum to 1, got train={split['train']}, "
-            f"validation={split['validation']}, test={split['test']}"
-        )
