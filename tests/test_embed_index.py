@@ -237,7 +237,7 @@ def test_seeds_by_path_file_name_and_title_and_clear_errors(catalogue, tmp_path)
         with pytest.raises(InputError, match="matches .* songs by title"):
             catalogue.resolve(titles.index[0])
     (tmp_path / "noise.mp3").write_bytes(b"this is not audio")
-    with pytest.raises(InputError, match="--file .*noise.mp3: .*not"):
+    with pytest.raises(InputError, match="^file .*noise.mp3: .*not"):
         catalogue.file_seed(str(tmp_path / "noise.mp3"))
     with pytest.raises(InputError, match="missing.mp3: No such file"):
         catalogue.file_seed(str(tmp_path / "missing.mp3"))

@@ -119,14 +119,14 @@ def test_the_supervised_contrastive_loss_is_khosla_et_als():
 @needs_weights
 def test_a_head_on_frozen_features_learns_the_genres_and_keeps_the_pretrained_layers(spark, musicnn_warehouse,
                                                                                       tmp_path):
-    config = resolve_settings(overrides=[*MUSICNN, "train.max_epochs=40", "train.patience=40", "train.batch_size=32"])
+    settings = resolve_settings(overrides=[*MUSICNN, "train.max_epochs=40", "train.patience=40", "train.batch_size=32"])
     copy_warehouse(musicnn_warehouse, tmp_path / "wh")
-    result = train(spark, warehouse=str(tmp_path / "wh"), settings=config)
+    result = train(spark, warehouse=str(tmp_path / "wh"), settings=settings)
 
     folder = read_model_folder(latest_model(Warehouse(spark, str(tmp_path / "wh"))))
     model = folder.load_keras()
     pretrained = pretrained_model(n_classes=len(folder.labels), image_shape=(96, 187), level_range=8.0,
-                                  checkpoint=config["train"]["pretrained"], seed=0)
+                                  checkpoint=settings.train.pretrained, seed=0)
     for name in ("musicnn_timbral_74", "musicnn_mid3", PENULTIMATE_LAYER,  # frozen: still the checkpoints'
                  "musicnn2_timbral_74", "musicnn2_penultimate"):
         for mine, theirs in zip(model.get_layer(name).get_weights(), pretrained.get_layer(name).get_weights()):
@@ -139,8 +139,8 @@ def test_a_head_on_frozen_features_learns_the_genres_and_keeps_the_pretrained_la
     assert model.get_layer(EMBEDDING_LAYER).output.shape[-1] == 128
 
     # The untuned network is evaluated beside the model, from the same embedding pass.
-    embed(spark, warehouse=str(tmp_path / "wh"), settings=config)
-    summary = evaluate(spark, warehouse=str(tmp_path / "wh"), settings=config)
+    embed(spark, warehouse=str(tmp_path / "wh"), settings=settings)
+    summary = evaluate(spark, warehouse=str(tmp_path / "wh"), settings=settings)
     rows = summary.rows[summary.rows["genre"].isna()].set_index("method")
     assert list(rows.index) == ["model", "pretrained", "mfcc", "timbre", "random", "ideal"]
     # Independently: the checkpoint's features of every slice, averaged per song, cosine, top 10.
@@ -163,10 +163,10 @@ def test_a_head_on_frozen_features_learns_the_genres_and_keeps_the_pretrained_la
 
 @needs_weights
 def test_the_supcon_head_learns_the_genres_too(spark, musicnn_warehouse, tmp_path):
-    config = resolve_settings(overrides=[*MUSICNN, "train.objective=supcon", "train.max_epochs=40",
+    settings = resolve_settings(overrides=[*MUSICNN, "train.objective=supcon", "train.max_epochs=40",
                                        "train.patience=40", "train.batch_size=32"])
     copy_warehouse(musicnn_warehouse, tmp_path / "wh")
-    result = train(spark, warehouse=str(tmp_path / "wh"), settings=config)
+    result = train(spark, warehouse=str(tmp_path / "wh"), settings=settings)
     assert result.version.endswith("-musicnn-supcon")
     history = json.loads((Path(result.model_uri.removeprefix("file:")) / "history.json").read_text())
     assert history["loss"][-1] < history["loss"][0] and "embedding_loss" in history
@@ -175,10 +175,10 @@ def test_the_supcon_head_learns_the_genres_too(spark, musicnn_warehouse, tmp_pat
 
 @needs_weights
 def test_the_head_kept_is_the_epoch_and_the_average_that_rank_the_validation_songs_best(spark, musicnn_warehouse, tmp_path):
-    config = resolve_settings(overrides=[*MUSICNN, "train.head_max_epochs=12", "train.head_patience=12",
+    settings = resolve_settings(overrides=[*MUSICNN, "train.head_max_epochs=12", "train.head_patience=12",
                                        "train.batch_size=32"])
     copy_warehouse(musicnn_warehouse, tmp_path / "wh")
-    result = train(spark, warehouse=str(tmp_path / "wh"), settings=config)
+    result = train(spark, warehouse=str(tmp_path / "wh"), settings=settings)
     folder = read_model_folder(latest_model(Warehouse(spark, str(tmp_path / "wh"))))
     history = json.loads((Path(folder.path) / "history.json").read_text())
     scores = history["val_precision_at_10"]
@@ -231,14 +231,14 @@ def test_two_checkpoints_are_two_towers_each_with_its_own_weights():
 
 @needs_weights
 def test_fine_tuning_all_layers_starts_from_the_checkpoint_and_moves_it(spark, musicnn_warehouse, tmp_path):
-    config = resolve_settings(overrides=[*MUSICNN, "train.fine_tune=all", "train.max_epochs=2", "train.patience=2",
+    settings = resolve_settings(overrides=[*MUSICNN, "train.fine_tune=all", "train.max_epochs=2", "train.patience=2",
                                        "train.batch_size=16", "train.shuffle_buffer=64", "train.interleave=2"])
     copy_warehouse(musicnn_warehouse, tmp_path / "wh")
-    result = train(spark, warehouse=str(tmp_path / "wh"), settings=config)
+    result = train(spark, warehouse=str(tmp_path / "wh"), settings=settings)
     assert result.epochs == 2 and result.evaluation is not None
     model = read_model_folder(latest_model(Warehouse(spark, str(tmp_path / "wh")))).load_keras()
     pretrained = pretrained_model(n_classes=7, image_shape=(96, 187), level_range=8.0,
-                                  checkpoint=config["train"]["pretrained"], seed=0)
+                                  checkpoint=settings.train.pretrained, seed=0)
     for name in ("musicnn_timbral_74", "musicnn_mid3"):  # trained, from the checkpoint's values: close, not equal
         mine, theirs = model.get_layer(name).get_weights()[0], pretrained.get_layer(name).get_weights()[0]
         assert not np.array_equal(mine, theirs)
@@ -251,13 +251,13 @@ def test_without_genres_the_catalogue_gets_the_pretrained_embedding(spark, tmp_p
     from deepcrate.stages.features import compute_features
     from deepcrate.stages.ingest.job import ingest
 
-    config = resolve_settings(overrides=MUSICNN)
+    settings = resolve_settings(overrides=MUSICNN)
     write_demo_catalogue(tmp_path / "audio", songs_per_genre=3, seconds=7.0, seed=6)
     for song in (tmp_path / "audio").glob("*/*.mp3"):  # no genre folders, no manifest: no genres at all
         song.rename(tmp_path / "audio" / f"{song.parent.name}-{song.name}")
-    ingest(spark, audio=str(tmp_path / "audio"), manifest=None, warehouse=str(tmp_path / "wh"), settings=config)
-    compute_features(spark, warehouse=str(tmp_path / "wh"), settings=config)
-    result = train(spark, warehouse=str(tmp_path / "wh"), settings=config)
+    ingest(spark, audio=str(tmp_path / "audio"), manifest=None, warehouse=str(tmp_path / "wh"), settings=settings)
+    compute_features(spark, warehouse=str(tmp_path / "wh"), settings=settings)
+    result = train(spark, warehouse=str(tmp_path / "wh"), settings=settings)
     assert result.evaluation is None
     folder = read_model_folder(latest_model(Warehouse(spark, str(tmp_path / "wh"))))
     assert folder.labels == []
@@ -269,7 +269,7 @@ def test_without_genres_the_catalogue_gets_the_pretrained_embedding(spark, tmp_p
     slices = delta_frame(spark, tmp_path / "wh" / "slices").filter("split != 'test'").toPandas()
     images = np.stack([np.frombuffer(b, np.uint8).reshape(96, 187) for b in slices["spectrogram"]])
     pretrained = pretrained_model(n_classes=2, image_shape=(96, 187), level_range=8.0,
-                                  checkpoint=config["train"]["pretrained"], seed=0)
+                                  checkpoint=settings.train.pretrained, seed=0)
     features = np.asarray(in_chunks(feature_extractor(pretrained), images),
                           dtype=np.float64)
     centred = features - features.mean(axis=0)

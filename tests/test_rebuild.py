@@ -160,7 +160,7 @@ def test_bad_input_fails_before_any_work(spark, rebuilt, tmp_path):
     with pytest.raises(WarehouseError, match="not writable"):
         rebuild(spark, audio=str(root / "audio"), warehouse=str(tmp_path / "file" / "wh"), settings=settings)
     model = next((root / "wh" / "models").iterdir())
-    with pytest.raises(ModelError, match="trained on 'seed' spectrograms.*--set spectrogram.preset=seed"):
+    with pytest.raises(ModelError, match="trained on 'seed' spectrograms.*re-ingest with spectrogram.preset=seed"):
         rebuild(spark, audio=str(root / "audio"), warehouse=str(tmp_path / "wh2"), model=str(model),
                 settings=resolve_settings(overrides=["spectrogram.preset=mel"]))
     assert not (tmp_path / "wh2" / "songs").exists()
@@ -299,7 +299,7 @@ def test_history_as_of_rollback_and_vacuum_from_the_command_line(rebuilt, tmp_pa
     assert main(["vacuum", "--warehouse", str(wh), "--keep", "1", "--dry-run"]) == 0
     *listed, summary = capsys.readouterr().out.splitlines()
     assert listed and all((wh / line.split("\t")[0]).is_file() for line in listed)  # nothing deleted yet
-    assert summary == f"vacuum --dry-run: would delete {len(listed)} files " \
+    assert summary == f"dry run: vacuum would delete {len(listed)} files " \
         f"({sum(int(line.split(chr(9))[1]) for line in listed) / 1e6:.1f} MB); nothing was deleted"
     assert main(["vacuum", "--warehouse", str(wh), "--keep", "1"]) == 0
     assert f"vacuum: deleted {len(listed)} files" in capsys.readouterr().out

@@ -149,8 +149,19 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mixable(args: argparse.Namespace):
+    """``--mixable`` with its ``--bpm-range`` and ``--key``, or None."""
+    from deepcrate.query.recommend import Mixable
+
+    if not args.mixable:
+        return None
+    if not 0 < args.bpm_range <= 50:
+        raise DeepcrateError(f"--bpm-range {args.bpm_range}: give a percentage between 0 and 50")
+    return Mixable(bpm_range=args.bpm_range, key=args.key)
+
+
 def run_recommend(args: argparse.Namespace) -> int:
-    from deepcrate.query.recommend import Catalogue, Filters, Mixable, explain, parse_date, write_results
+    from deepcrate.query.recommend import Catalogue, Filters, explain, parse_date, write_results
 
     if args.k < 1:
         raise DeepcrateError("-k must be at least 1")
@@ -161,7 +172,7 @@ def run_recommend(args: argparse.Namespace) -> int:
         released_before=parse_date(args.released_before, flag="--released-before") if args.released_before else None,
         released_after=parse_date(args.released_after, flag="--released-after") if args.released_after else None,
         genre=args.genre,
-        mixable=Mixable(bpm_range=args.bpm_range, key=args.key) if args.mixable else None,
+        mixable=_mixable(args),
     )
     catalogue = Catalogue(args.warehouse, settings=_settings(args))
     seeds = [catalogue.song_seed(text) for text in args.song] + [catalogue.file_seed(path) for path in args.file]
@@ -173,9 +184,9 @@ def run_recommend(args: argparse.Namespace) -> int:
 
 
 def run_playlist(args: argparse.Namespace) -> int:
-    from deepcrate.query.recommend import Catalogue, Mixable, playlist, write_playlist
+    from deepcrate.query.recommend import Catalogue, playlist, write_playlist
 
-    mixable = Mixable(bpm_range=args.bpm_range, key=args.key) if args.mixable else None
+    mixable = _mixable(args)
     catalogue = Catalogue(args.warehouse, settings=_settings(args))
     steps = playlist(catalogue, catalogue.song_seed(args.start), catalogue.song_seed(args.end), length=args.length,
                                mixable=mixable)

@@ -71,11 +71,11 @@ def resolve_settings(*, conf_files: Iterable[str | Path] = (), overrides: Iterab
     for override in overrides:
         key, sep, raw = override.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set {override!r}: expected section.key=value")
+            raise ConfigError(f"override {override!r}: expected section.key=value")
         try:
-            value = _safe_yaml(raw, where=f"--set {override!r}") if raw.strip() else ""
+            value = _safe_yaml(raw, where=f"override {override!r}") if raw.strip() else ""
         except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {override!r}: value is not valid YAML: {_yaml_problem(exc)}") from None
+            raise ConfigError(f"override {override!r}: value is not valid YAML: {_yaml_problem(exc)}") from None
         parts = key.strip().split(".")
         for free in FREE_FORM:  # spark.options.spark.executor.memory: the rest is one key
             if tuple(parts[: len(free)]) == free and len(parts) > len(free):
@@ -83,7 +83,7 @@ def resolve_settings(*, conf_files: Iterable[str | Path] = (), overrides: Iterab
         nested: Any = value
         for part in reversed(parts):
             nested = {part: nested}
-        _merge(config, nested, where=f"--set {override}", trail=())
+        _merge(config, nested, where=f"override {override}", trail=())
     return _typed(config)
 
 

@@ -122,7 +122,7 @@ class ModelFolder:
             raise ModelError(
                 f"model {self.version} was trained on '{self.spectrogram.preset}' spectrograms and "
                 f"{what} holds '{settings.preset}' ones ({detail}); re-ingest with "
-                f"--set spectrogram.preset={self.spectrogram.preset} or train a model on this table"
+                f"spectrogram.preset={self.spectrogram.preset} or train a model on this table"
             )
 
 

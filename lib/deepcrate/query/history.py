@@ -59,5 +59,5 @@ def vacuum(*, warehouse: str, keep: int, dry_run: bool = False) -> str:
     size = sum(f.size for f in unread) / 1e6
     if dry_run:
         return "\n".join([*(f"{f.path}\t{f.size}" for f in unread),
-                          f"vacuum --dry-run: would delete {len(unread)} files ({size:.1f} MB); nothing was deleted"])
+                          f"dry run: vacuum would delete {len(unread)} files ({size:.1f} MB); nothing was deleted"])
     return f"vacuum: deleted {len(unread)} files ({size:.1f} MB); the newest {keep} runs keep every file they read"

@@ -45,19 +45,19 @@ class Mixable:
 
     def __post_init__(self) -> None:
         if not 0 < self.bpm_range <= 50:
-            raise InputError(f"--bpm-range {self.bpm_range}: give a percentage between 0 and 50")
+            raise InputError(f"bpm range {self.bpm_range}: give a percentage between 0 and 50")
         if self.key not in KEY_CHOICES:
-            raise InputError(f"--key {self.key!r}: choose one of {', '.join(KEY_CHOICES)}")
+            raise InputError(f"key rule {self.key!r}: choose one of {', '.join(KEY_CHOICES)}")
 
     def allowed(self, songs: pd.DataFrame, *, tempo: float | None, code: str | None) -> np.ndarray:
         """Which of ``songs`` (with ``tempo_bpm`` and ``camelot``) mix with a song of ``tempo`` and ``code``."""
         if tempo is None:
-            raise InputError("--mixable: the seed has no tempo (no clear beat); drop --mixable or pick another seed")
+            raise InputError("mixable: the seed has no tempo (no clear beat); ask without mixable, or pick another seed")
         allowed = np.array([t is not None and not pd.isna(t) and tempo_mixes(float(t), tempo, percent=self.bpm_range)
                             for t in songs["tempo_bpm"]], dtype=bool)
         if self.key != "any":
             if code is None:
-                raise InputError("--mixable: the seed has no clear key; add --key any, or pick another seed")
+                raise InputError("mixable: the seed has no clear key; let any key mix, or pick another seed")
             allowed &= songs["camelot"].isin(compatible_camelot(code, rule=self.key)).to_numpy()
         return allowed
 
@@ -166,12 +166,12 @@ class Catalogue:
             with open(path, "rb") as stream:
                 data = stream.read()
         except OSError as exc:
-            raise InputError(f"--file {path}: {exc.strerror}") from None
+            raise InputError(f"file {path}: {exc.strerror}") from None
         try:
-            sliced = slice_audio_file(data, name=os.path.basename(path), settings=folder.spectrogram, limits=self.settings.ingest.limits,
-                                      keep_native=True)
+            sliced = slice_audio_file(data, name=os.path.basename(path), settings=folder.spectrogram,
+                                      limits=self.settings.ingest.limits, keep_native=True)
         except AudioError as exc:
-            raise InputError(f"--file {path}: {exc.message}") from None
+            raise InputError(f"file {path}: {exc.message}") from None
         shape = (folder.spectrogram.n_rows, folder.spectrogram.slice_frames)
         images = np.frombuffer(b"".join(sliced.slices), dtype=np.uint8).reshape(len(sliced.slices), *shape)
         with open(os.path.join(folder.path, "model.keras"), "rb") as stream:
@@ -194,7 +194,7 @@ class Catalogue:
     def recommend(self, seeds: Sequence[Seed], *, k: int, filters: Filters) -> pd.DataFrame:
         """The ``k`` songs nearest the mean of the seeds, never a seed itself nor a duplicate of one."""
         if not seeds:
-            raise InputError("give at least one --song or --file")
+            raise InputError("no seeds: give at least one catalogue song or audio file")
         query = normalise(np.mean([s.vector for s in seeds], axis=0)[None, :])
         allowed = self._allowed(seeds, filters)
         exclude = {s.position for s in seeds if s.position is not None}
@@ -215,7 +215,7 @@ class Catalogue:
 
     def require_musical(self) -> None:
         if not self.has_musical:
-            raise InputError(f"--mixable: the songs of {self.root} have no tempo and key (an ingest older than "
+            raise InputError(f"mixable: the songs of {self.root} have no tempo and key (an ingest older than "
                              f"them); run deepcrate ingest or rebuild again")
 
     def _allowed(self, seeds: Sequence[Seed], filters: Filters) -> np.ndarray | None:
@@ -224,7 +224,7 @@ class Catalogue:
         if filters.exclude_seed_artists:
             artists = {s.artist.casefold() for s in seeds if s.artist}
             if not artists:
-                logger.warning("--exclude-artist: the seeds have no artist; nothing is excluded")
+                logger.warning("excluding the seeds' artists: the seeds have no artist; nothing is excluded")
             allowed &= ~songs["artist"].fillna("").str.casefold().isin(artists).to_numpy()
         dates = pd.to_datetime(songs["release_date"])
         if filters.released_before:
@@ -235,7 +235,7 @@ class Catalogue:
             genre = songs["genre"].fillna(songs["predicted_genre"])
             if not (genre == filters.genre).any():
                 known = ", ".join(sorted(genre.dropna().unique()))
-                raise InputError(f"--genre {filters.genre!r}: no such genre in the catalogue (has: {known})")
+                raise InputError(f"genre {filters.genre!r}: no such genre in the catalogue (has: {known})")
             allowed &= (genre == filters.genre).to_numpy()
         if filters.mixable:
             self.require_musical()

@@ -29,11 +29,11 @@ def playlist(catalogue: Catalogue, start: Seed, end: Seed, *, length: int, mixab
     :class:`InputError` when no such path exists within ``3 * length`` songs.
     """
     if start.position is None or end.position is None:
-        raise InputError("a playlist runs between two catalogue songs (--from and --to)")
+        raise InputError("a playlist runs between two catalogue songs")
     if start.position == end.position:
-        raise InputError("--from and --to name the same song")
+        raise InputError("a playlist's start and end are the same song")
     if length < 2:
-        raise InputError(f"--length {length}: a playlist has at least its two ends")
+        raise InputError(f"length {length}: a playlist has at least its two ends")
     if mixable is not None:
         catalogue.require_musical()
     index, songs = catalogue.loaded.index, catalogue.songs
@@ -58,8 +58,8 @@ def playlist(catalogue: Catalogue, start: Seed, end: Seed, *, length: int, mixab
         if len(path) >= 3 * length:
             raise InputError(f"no path from {start.label!r} to {end.label!r} within {3 * length} songs "
                              f"(each step among the previous song's {breadth} nearest"
-                             f"{', mixable' if mixable else ''}); try a longer --length"
-                             f"{' or without --mixable' if mixable else ''}")
+                             f"{', mixable' if mixable else ''}); try a longer playlist"
+                             f"{' or one that need not be mixable' if mixable else ''}")
         share = min(len(path) / (length - 1), 1.0)  # how far along from start's sound to end's
         target = normalise(((1 - share) * start.vector + share * end.vector)[None, :])[0]
         candidates = [p for p, _ in near if p not in used]

@@ -169,8 +169,8 @@ def ingest(
         if songs.empty and not allow_empty and store.exists(Table.SONGS) and (published := store.read(Table.SONGS).count()):
             reasons = ", ".join(f"{reason} {n}" for reason, n in Counter(rejects["reason"]).most_common(3))
             raise InputError(f"every one of the {len(rejects)} files was rejected ({reasons}) while {store.root}/songs "
-                             f"holds {published} songs: nothing published (check the settings; --allow-empty "
-                             f"publishes the empty catalogue)")
+                             f"holds {published} songs: nothing published (check the settings; "
+                             f"allow_empty publishes the empty catalogue)")
         kept_slices = store.read(Table.SLICES) if kept is not None and len(kept) else None
         kept_features = store.read(Table.MFCC_FEATURES) if kept is not None and len(kept) else None
         slices_written = _write_tables(

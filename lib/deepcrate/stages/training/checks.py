@@ -61,7 +61,7 @@ def _check_splits(counts: dict[str, dict[str | None, int]], *, uri: str) -> list
         unlabelled = counts.get("train", {}).get(None, 0)
         why = f"its {unlabelled} slices have no genre" if unlabelled else "it is empty"
         raise TrainingError(f"slices table {uri}: no labelled slices in the train split ({why}); "
-                            f"give genres with --manifest or one folder per genre, and enough songs per genre")
+                            f"give genres in a manifest or one folder per genre, and enough songs per genre")
     labels = sorted(train)
     if len(labels) < 2:
         raise TrainingError(f"slices table {uri}: the train split has one genre only ({labels[0]!r}); "
