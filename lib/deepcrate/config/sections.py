@@ -218,6 +218,7 @@ class TrainSettings:
     head_max_epochs: int
     head_patience: int
     heads_averaged: int
+    head_max_slices: int
     precision: str
     shuffle_buffer: int
     interleave: int
@@ -239,7 +240,7 @@ class TrainSettings:
         if self.model == "musicnn":
             parse_checkpoints(self.pretrained)
         _at_least_one(self, "train", ("batch_size", "max_epochs", "patience", "head_max_epochs", "head_patience",
-                                      "heads_averaged", "shuffle_buffer", "interleave"))
+                                      "heads_averaged", "head_max_slices", "shuffle_buffer", "interleave"))
         if self.learning_rate < 0:
             raise ConfigError(f"train.learning_rate must be > 0 (or 0 for the preset's own), got {self.learning_rate}")
 

@@ -1,12 +1,15 @@
 """The ``pretrained_features`` table read in this process, per split, for the head's training.
 
 The table holds no split or genre (they belong to songs, and a repair of the split
-would otherwise leave it stale): they come from the ``slices`` table's small columns,
-joined on (song_id, slice_idx). Rows come back sorted by song and slice, so a
-training run sees the same order whichever files the table's rows sit in.
+would otherwise leave it stale): they come from the ``songs`` table. A split is read with a
+budget of slices, spread evenly over its songs, and the features table is streamed batch by
+batch keeping only those rows, so the memory training needs stays flat however large the
+catalogue grows. Rows come back sorted by song and slice, so a training run sees the same
+order whichever files the table's rows sit in.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,6 +20,10 @@ import pyarrow.dataset as ds
 
 from deepcrate.errors import TrainingError
 from deepcrate.models.pretrained_runtime import from_bytes
+
+logger = logging.getLogger(__name__)
+
+_BATCH_ROWS = 8192  # features rows decoded at once while streaming the table (~13 MB at 400 floats)
 
 
 @dataclass
@@ -29,28 +36,32 @@ class SliceFeatures:
 
 
 class FeatureTable:
-    """The stored features of every slice, with each slice's split and genre.
+    """The stored features of every slice, read a split at a time with each slice's genre.
 
     Parameters
     ----------
-    features, slices : pyarrow.dataset.Dataset
-        The ``pretrained_features`` and ``slices`` tables' files.
+    features, songs : pyarrow.dataset.Dataset
+        The ``pretrained_features`` and ``songs`` tables' files.
     width : int
         Features per slice (the table's metadata).
     uri : str
         Where the features table is, for messages.
+    max_slices : int
+        At most this many slices of a split are read (more only where a split has more
+        songs: one slice each).
     """
 
-    def __init__(self, features: ds.Dataset, slices: ds.Dataset, *, width: int, uri: str) -> None:
+    def __init__(self, features: ds.Dataset, songs: ds.Dataset, *, width: int, uri: str, max_slices: int) -> None:
         self._features = features
-        self._slices = slices
+        self._songs = songs
         self.width = width
         self.uri = uri
-        self._rows: pa.Table | None = None
+        self.max_slices = max_slices
 
     def split(self, split: str, *, labels: Sequence[str] | None) -> SliceFeatures:
         """The slices of ``split`` whose genre is one of ``labels`` (labelled by position), or every
-        slice of it when ``labels`` is None (labels -1).
+        slice of it when ``labels`` is None (labels -1); at most :attr:`max_slices` of them, evenly
+        spread over each song.
 
         Raises
         ------
@@ -60,25 +71,77 @@ class FeatureTable:
         condition = ds.field("split") == split
         if labels is not None:
             condition = condition & ds.field("genre").isin(list(labels))
-        keys = self._slices.to_table(columns=["song_id", "slice_idx", "genre"], filter=condition)
-        joined = keys.join(self._stored(), keys=["song_id", "slice_idx"], join_type="left outer")
-        missing = joined.column("features").null_count
-        if missing:
-            raise TrainingError(f"{self.uri}: {missing} {split} slices have no pretrained features (the table is "
-                                f"older than the slices): run deepcrate features, or rebuild")
-        joined = joined.sort_by([("song_id", "ascending"), ("slice_idx", "ascending")])
+        songs = self._songs.to_table(columns=["song_id", "genre", "n_slices"], filter=condition)
+        keys = chosen_slices(songs, budget=self.max_slices)
+        if keys.num_rows < int(pc.sum(songs.column("n_slices")).as_py() or 0):
+            logger.info("%s split: %d of its %s slices read (train.head_max_slices), evenly over its %d songs",
+                        split, keys.num_rows, pc.sum(songs.column("n_slices")).as_py(), songs.num_rows)
+        found, features = self._rows_of(keys)
+        if found.num_rows < keys.num_rows:
+            raise TrainingError(f"{self.uri}: {keys.num_rows - found.num_rows} {split} slices have no pretrained "
+                                f"features (the table is older than the slices): run deepcrate features, or rebuild")
+        order = pc.sort_indices(found, sort_keys=[("song_id", "ascending"), ("slice_idx", "ascending")]).to_numpy()
+        found = found.take(order)
         if labels is None:
-            label_idx = np.full(joined.num_rows, -1, dtype=np.int32)
+            label_idx = np.full(found.num_rows, -1, dtype=np.int32)
         else:
-            label_idx = pc.index_in(joined.column("genre"), value_set=pa.array(list(labels), pa.string()))
+            label_idx = pc.index_in(found.column("genre"), value_set=pa.array(list(labels), pa.string()))
             label_idx = label_idx.to_numpy(zero_copy_only=False).astype(np.int32)
-        return SliceFeatures(
-            features=from_bytes(joined.column("features").to_pylist(), width=self.width, where=self.uri),
-            labels=label_idx,
-            song_ids=joined.column("song_id").to_numpy(zero_copy_only=False),
-        )
+        return SliceFeatures(features=features[found.column("row").to_numpy()], labels=label_idx,
+                             song_ids=found.column("song_id").to_numpy(zero_copy_only=False))
 
-    def _stored(self) -> pa.Table:
-        if self._rows is None:  # read once: three splits join against it
-            self._rows = self._features.to_table(columns=["song_id", "slice_idx", "features"])
-        return self._rows
+    def _rows_of(self, keys: pa.Table) -> tuple[pa.Table, np.ndarray]:
+        """The features of the slices ``keys`` names, streamed: (their keys with ``row``, the
+        features' row in the array; the features)."""
+        found, parts, rows = [], [], 0
+        for batch in self._features.to_batches(columns=["song_id", "slice_idx", "features"], batch_size=_BATCH_ROWS):
+            if not batch.num_rows:
+                continue
+            kept = pa.Table.from_batches([batch]).join(keys, keys=["song_id", "slice_idx"], join_type="inner")
+            if not kept.num_rows:
+                continue
+            parts.append(from_bytes(kept.column("features").to_pylist(), width=self.width, where=self.uri))
+            found.append(kept.select(["song_id", "slice_idx", "genre"])
+                         .append_column("row", pa.array(np.arange(rows, rows + kept.num_rows))))
+            rows += kept.num_rows
+        if not parts:
+            empty = pa.table({"song_id": pa.array([], pa.string()), "slice_idx": pa.array([], pa.int32()),
+                              "genre": pa.array([], pa.string()), "row": pa.array([], pa.int64())})
+            return empty, np.zeros((0, self.width), dtype=np.float32)
+        return pa.concat_tables(found), np.concatenate(parts)
+
+
+def chosen_slices(songs: pa.Table, *, budget: int) -> pa.Table:
+    """(song_id, slice_idx, genre) of at most ``budget`` slices of ``songs`` (with ``n_slices``):
+    every slice when they fit; else the same number from each song (fewer where a song has
+    fewer), evenly spaced along it, and at least one per song."""
+    counts = songs.column("n_slices").to_numpy(zero_copy_only=False).astype(np.int64)
+    per_song = _per_song_quota(counts, budget=budget)
+    taken = np.minimum(counts, per_song)
+    song_rows = np.repeat(np.arange(len(counts)), taken)
+    slice_idx = np.concatenate([_evenly(int(n), int(k)) for n, k in zip(counts, taken)]) if len(counts) else []
+    return pa.table({"song_id": songs.column("song_id").take(pa.array(song_rows, pa.int64())),
+                     "slice_idx": pa.array(slice_idx, pa.int32()),
+                     "genre": songs.column("genre").take(pa.array(song_rows, pa.int64()))})
+
+
+def _per_song_quota(counts: np.ndarray, *, budget: int) -> int:
+    """The largest per-song number of slices whose total stays within ``budget`` (at least 1)."""
+    if counts.sum() <= budget:
+        return int(counts.max()) if len(counts) else 0
+    low, high = 1, int(counts.max())
+    while low < high:  # the total of min(count, q) grows with q
+        middle = (low + high + 1) // 2
+        if np.minimum(counts, middle).sum() <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def _evenly(n: int, k: int) -> np.ndarray:
+    """``k`` of the slice indices ``0 .. n-1``, one from the middle of each of ``k`` equal stretches
+    of the song (all of them when ``k >= n``)."""
+    if k >= n:
+        return np.arange(n)
+    return np.floor((np.arange(k) + 0.5) * n / k).astype(np.int64)

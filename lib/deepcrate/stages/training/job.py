@@ -250,8 +250,9 @@ def _stored_features(store: Warehouse, settings: TrainSettings, spectrogram: Spe
                             f"not of {wanted} (train.pretrained={settings.pretrained} on these slices): "
                             "run deepcrate features again, or rebuild")
     tables = store.arrow
-    table = FeatureTable(tables.dataset(Table.PRETRAINED_FEATURES), tables.dataset(Table.SLICES),
-                         width=metadata.width, uri=f"table pretrained_features in {store.root}")
+    table = FeatureTable(tables.dataset(Table.PRETRAINED_FEATURES), tables.dataset(Table.SONGS),
+                         width=metadata.width, uri=f"table pretrained_features in {store.root}",
+                         max_slices=settings.head_max_slices)
     record = {"network": metadata.network, "checkpoints": metadata.checkpoints, "width": metadata.width,
               "table_version": store.version(Table.PRETRAINED_FEATURES)}
     return table, record
