@@ -67,6 +67,15 @@ def seed_recipe_by_default():
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_cache_folder(tmp_path_factory):
+    """The user's cache (``XDG_CACHE_HOME``: the JVM's class archive) is the session's own folder,
+    for this process and every command it starts."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def spark():
     from pyspark.sql import SparkSession

@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -245,15 +246,6 @@ def _deepcrate() -> str:
     return str(Path(sys.executable).parent / "deepcrate")
 
 
-def test_show_tables_leaves_nothing_in_the_current_folder(warehouse, tmp_path):
-    import subprocess
-
-    result = subprocess.run([_deepcrate(), "sql", "--warehouse", str(warehouse), "--format", "csv", "SHOW TABLES"],
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert {"songs", "slices", "rejects"} <= {row.split(",")[1] for row in result.stdout.splitlines()[1:]}
-    assert list(tmp_path.iterdir()) == []  # Spark's catalog used to make ./spark-warehouse
-    assert result.stderr == ""  # issue 42: no config dump, no JVM start-up lines: a reader answers quietly
 
 
 SHELL_INPUT = """SELECT genre, count(*) AS n
@@ -338,3 +330,49 @@ def test_a_demo_catalogue_into_an_existing_file_is_one_line(tmp_path, capsys):
     assert err == f"deepcrate demo-catalogue: error: {tmp_path / 'taken'} exists and is not a folder; name a folder " \
                   "for the demo catalogue\n"
     assert (tmp_path / "taken").read_text() == "mine"
+
+
+def test_a_one_shot_query_answers_quietly_leaves_no_file_and_an_archive_of_the_jvms_classes(warehouse, tmp_path):
+    import subprocess
+    import time
+
+    here, cache = tmp_path / "here", tmp_path / "cache"
+    here.mkdir()
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache)}
+    query = [_deepcrate(), "sql", "--warehouse", str(warehouse), "--format", "csv", "SHOW TABLES"]
+    first = subprocess.run(query, capture_output=True, text=True, timeout=300, cwd=here, env=env)
+    assert first.returncode == 0, first.stderr
+    assert {"songs", "slices", "rejects"} <= {row.split(",")[1] for row in first.stdout.splitlines()[1:]}
+    assert list(here.iterdir()) == []  # Spark's catalog used to make ./spark-warehouse
+    assert first.stderr == ""  # issue 42: no config dump, no JVM start-up lines: a reader answers quietly
+    folder = cache / "deepcrate" / "jvm"
+    deadline = time.monotonic() + 240  # written by the JVM as it exits, after the command returned
+    while not list(folder.glob("spark-*.jsa")) and time.monotonic() < deadline:
+        time.sleep(1)
+    (archive,) = folder.glob("spark-*.jsa")
+    assert archive.stat().st_size > 50 * 2**20 and list(folder.iterdir()) == [archive]  # no draft left
+    # -Xshare:on: a JVM that cannot map the archive (another Java, another class path) does not start
+    mapped = subprocess.run([*query, "--set", "spark.options.spark.driver.extraJavaOptions="
+                             f"-XX:SharedArchiveFile={archive} -Xshare:on -XX:+VerifySharedSpaces"],
+                            capture_output=True, text=True, timeout=300, cwd=here, env=env)
+    assert (mapped.returncode, mapped.stdout) == (0, first.stdout), mapped.stderr
+
+
+def test_a_one_shot_query_maps_a_ready_archive_and_makes_none_otherwise_when_told_not_to(tmp_path, monkeypatch):
+    from deepcrate.cli.commands import _class_archive
+    from deepcrate.config import resolve_settings
+    from deepcrate.spark import class_archive
+
+    monkeypatch.setattr(class_archive, "cache_folder", lambda: tmp_path)
+    monkeypatch.setattr("pyspark.SparkContext._active_spark_context", None)
+    options = {"spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1"}
+    making = _class_archive(resolve_settings(), options, make=True)
+    assert options["spark.driver.extraJavaOptions"].startswith(f"-XX:TieredStopAtLevel=1 -XX:ArchiveClassesAtExit={making.draft}")
+    making.path.write_bytes(b"x")  # as if the helper had renamed it into place
+    options = {}
+    assert _class_archive(resolve_settings(), options, make=True) is None  # ready: nothing to make
+    assert options["spark.driver.extraJavaOptions"].startswith(f"-XX:SharedArchiveFile={making.path} -XX:+VerifySharedSpaces")
+    for settings in (resolve_settings(overrides=["sql.class_archive=false"]),
+                     resolve_settings(overrides=["spark.options.spark.driver.extraJavaOptions=-Xmx1g"])):
+        options = {}
+        assert _class_archive(settings, options, make=True) is None and options == {}  # off, or the user's own

@@ -35,12 +35,12 @@ def _settings(args: argparse.Namespace):
     return settings
 
 
-def _settings_and_session(args: argparse.Namespace, *, options: dict[str, str] | None = None):
-    """The settings and their Spark session; ``options`` are Spark options this command
-    prefers, unless the user's settings set them."""
+def _settings_and_session(args: argparse.Namespace, *, options: dict[str, str] | None = None, settings=None):
+    """The settings (given, or built here) and their Spark session; ``options`` are Spark options this
+    command prefers, unless the user's settings set them."""
     from deepcrate.spark.session import spark_session
 
-    settings = _settings(args)
+    settings = settings or _settings(args)
     if args.command not in READERS:
         given = [f"--conf {c}" for c in args.conf] + [f"--set {o}" for o in args.overrides]
         logger.info("deepcrate %s: settings: the defaults%s; the resolved config is kept in the run this job "
@@ -198,12 +198,37 @@ def run_sql(args: argparse.Namespace) -> int:
     from deepcrate.query.sql import QuerySession
     from deepcrate.query.sql_shell import run_shell
 
-    settings, spark = _settings_and_session(args, options=SHELL_OPTIONS if args.query is None else ONE_SHOT_OPTIONS)
+    settings = _settings(args)
+    options = dict(SHELL_OPTIONS if args.query is None else ONE_SHOT_OPTIONS)
+    archive = _class_archive(settings, options, make=args.query is not None)
+    settings, spark = _settings_and_session(args, options=options, settings=settings)
     session = QuerySession(spark, warehouse=args.warehouse, as_of=args.as_of, timeout_s=settings.sql.timeout_s)
     if args.query is None:
         return run_shell(session, fmt=args.format)
     session.run(args.query, out=sys.stdout, fmt=args.format)
+    if archive is not None:
+        archive.finish(spark)
     return 0
+
+
+def _class_archive(settings, options: dict[str, str], *, make: bool):
+    """Add to ``options`` the JVM option that maps the archive of Spark's classes (``sql.class_archive``),
+    or, with ``make``, writes it; the archive to finish when this run writes it, else None."""
+    from pyspark import SparkContext
+
+    from deepcrate.spark.class_archive import ClassArchive
+    from deepcrate.spark.session import under_spark_submit
+
+    if (not settings.sql.class_archive or under_spark_submit() or SparkContext._active_spark_context is not None
+            or "spark.driver.extraJavaOptions" in settings.spark.options):
+        return None  # no archive wanted, a JVM already running, or the user's own JVM options
+    archive = ClassArchive.for_this_jvm()
+    option = archive.java_option(make=make) if archive else None
+    if option is None:
+        return None
+    options["spark.driver.extraJavaOptions"] = " ".join(filter(None, [options.get("spark.driver.extraJavaOptions"),
+                                                                      option]))
+    return None if archive.ready else archive
 
 
 def run_history(args: argparse.Namespace) -> int:

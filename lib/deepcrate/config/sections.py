@@ -294,6 +294,7 @@ class IndexSettings:
 @dataclass(frozen=True)
 class SqlSettings:
     timeout_s: float
+    class_archive: bool
 
 
 @dataclass(frozen=True)

@@ -102,23 +102,28 @@ def spark_session(section: SparkSettings, *, quiet: bool = False) -> SparkSessio
 
 @contextmanager
 def _jvm_output(*, to_file: bool) -> Iterator[str | None]:
-    """While the block starts the JVM, point this process's stderr at a log file, which the JVM
-    inherits for good (its "Using incubator modules", log4j and native-library notices, and
-    Spark's own log); ours is restored after. Yields the file's path (None: left as it was)."""
+    """While the block starts the JVM, point this process's stdout and stderr at a log file, which
+    the JVM inherits for good (its "Using incubator modules", log4j and native-library notices,
+    Spark's own log, its unified logging); ours are restored after, so the JVM never holds the
+    answer's stdout (a pipe reading it ends when this process does). Yields the file's path
+    (None: left as it was)."""
     if not to_file:
         yield None
         return
     descriptor, path = tempfile.mkstemp(prefix="deepcrate-spark-", suffix=".log")
     atexit.register(lambda: os.path.exists(path) and os.unlink(path))
+    sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(2)
-    os.dup2(descriptor, 2)
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    for fd in saved:
+        os.dup2(descriptor, fd)
     os.close(descriptor)
     try:
         yield path
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
 def _last_words(log: str) -> str:
