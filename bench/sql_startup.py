@@ -6,6 +6,8 @@ Times, on one warehouse:
    of a baseline commit (``--baseline``, default the last commit before issue 42), each in a
    fresh process with the same virtualenv (the baseline's ``lib`` first on ``PYTHONPATH``),
    and the floor: a process that only starts and stops a bare local Spark session;
+   this checkout is timed with its class archive (sql.class_archive: written by a first one-shot
+   query, timed on its own) and without it;
 2. inside one process of this checkout: the JVM and session start, opening the warehouse,
    registering the tables a statement names, the read-only check, the query;
 3. a shell sitting: the first statement and the ones after it (the session is kept).
@@ -34,11 +36,11 @@ SHELL_QUERIES = [QUERY, "SELECT count(*) AS n FROM recommendations", "SELECT max
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def one_shot(lib: Path, warehouse: str) -> tuple[float, int]:
-    """Seconds for one ``deepcrate sql`` process and the lines it wrote on stderr."""
-    env = {**os.environ, "PYTHONPATH": str(lib)}
+def one_shot(lib: Path, warehouse: str, *, cache: str, extra: tuple[str, ...] = ()) -> tuple[float, int]:
+    """Seconds for one ``deepcrate sql`` process (its user cache: ``cache``) and the lines it wrote on stderr."""
+    env = {**os.environ, "PYTHONPATH": str(lib), "XDG_CACHE_HOME": cache}
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "deepcrate.cli", "sql", "--warehouse", warehouse, QUERY],
+    result = subprocess.run([sys.executable, "-m", "deepcrate.cli", "sql", "--warehouse", warehouse, *extra, QUERY],
                             capture_output=True, text=True, env=env, timeout=600)
     seconds = time.perf_counter() - started
     if result.returncode != 0:
@@ -108,12 +110,22 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         old = baseline_lib(args.baseline, os.path.join(scratch, "baseline"))
+        cache = os.path.join(scratch, "cache")
         try:
-            runs = {"baseline": [], "this": [], "bare_spark_session": []}
+            # the first one-shot query of this checkout writes the class archive (sql.class_archive)
+            first_s, _ = one_shot(ROOT / "lib", args.warehouse, cache=cache)
+            archives = Path(cache) / "deepcrate" / "jvm"
+            returned = time.monotonic()
+            while not list(archives.glob("spark-*.jsa")) and time.monotonic() < returned + 600:
+                time.sleep(1)
+            ready_after_s = time.monotonic() - returned
+            runs = {"baseline": [], "this_without_archive": [], "this": [], "bare_spark_session": []}
+            variants = (("baseline", old, ()), ("this_without_archive", ROOT / "lib", ("--set", "sql.class_archive=false")),
+                        ("this", ROOT / "lib", ()))
             stderr_lines = {}
-            for _ in range(args.repeat):  # interleaved: all three see the same machine
-                for name, lib in (("baseline", old), ("this", ROOT / "lib")):
-                    seconds, lines = one_shot(lib, args.warehouse)
+            for _ in range(args.repeat):  # interleaved: all of them see the same machine
+                for name, lib, extra in variants:
+                    seconds, lines = one_shot(lib, args.warehouse, cache=cache, extra=extra)
                     runs[name].append(seconds)
                     stderr_lines[name] = lines
                 runs["bare_spark_session"].append(bare_session())
@@ -124,6 +136,9 @@ def main() -> None:
         "warehouse": args.warehouse, "query": QUERY, "cores": os.cpu_count(), "baseline_commit": args.baseline,
         "one_shot_s": {name: {"median": statistics.median(v), "runs": v} for name, v in runs.items()},
         "one_shot_ratio_this_to_baseline": statistics.median(runs["this"]) / statistics.median(runs["baseline"]),
+        "first_one_shot_writing_the_archive_s": first_s,
+        "archive_ready_after_it_returned_s": ready_after_s,
+        "archive_mb": sum(p.stat().st_size for p in archives.glob("spark-*.jsa")) / 2**20,
         "stderr_lines": stderr_lines,
         "phases_this": phases(args.warehouse),
     }
