@@ -48,7 +48,7 @@ PRESETS = {
     "musicnn": ["train.max_epochs=1"],
 }
 STAGE_LINE = re.compile(r"^  (\w+)\s+(ran|skipped|given)\s+([\d.]+) s\s*(.*)$")
-STAGE_START = re.compile(r"deepcrate\.rebuild: rebuild: (\w+)")
+STAGE_START = re.compile(r"deepcrate\.stages\.rebuild: rebuild: (\w+)")
 
 
 def id3_tag(text: str) -> bytes:
