@@ -119,6 +119,7 @@ def main() -> None:
             while not list(archives.glob("spark-*.jsa")) and time.monotonic() < returned + 600:
                 time.sleep(1)
             ready_after_s = time.monotonic() - returned
+            archive_mb = sum(p.stat().st_size for p in archives.glob("spark-*.jsa")) / 2**20
             runs = {"baseline": [], "this_without_archive": [], "this": [], "bare_spark_session": []}
             variants = (("baseline", old, ()), ("this_without_archive", ROOT / "lib", ("--set", "sql.class_archive=false")),
                         ("this", ROOT / "lib", ()))
@@ -138,7 +139,7 @@ def main() -> None:
         "one_shot_ratio_this_to_baseline": statistics.median(runs["this"]) / statistics.median(runs["baseline"]),
         "first_one_shot_writing_the_archive_s": first_s,
         "archive_ready_after_it_returned_s": ready_after_s,
-        "archive_mb": sum(p.stat().st_size for p in archives.glob("spark-*.jsa")) / 2**20,
+        "archive_mb": archive_mb,
         "stderr_lines": stderr_lines,
         "phases_this": phases(args.warehouse),
     }
