@@ -73,9 +73,10 @@ class FeatureTable:
             condition = condition & ds.field("genre").isin(list(labels))
         songs = self._songs.to_table(columns=["song_id", "genre", "n_slices"], filter=condition)
         keys = chosen_slices(songs, budget=self.max_slices)
-        if keys.num_rows < int(pc.sum(songs.column("n_slices")).as_py() or 0):
-            logger.info("%s split: %d of its %s slices read (train.head_max_slices), evenly over its %d songs",
-                        split, keys.num_rows, pc.sum(songs.column("n_slices")).as_py(), songs.num_rows)
+        total = int(pc.sum(songs.column("n_slices")).as_py() or 0)
+        if keys.num_rows < total:
+            logger.info("%s split: %d of its %d slices read (train.head_max_slices), evenly over its %d songs",
+                        split, keys.num_rows, total, songs.num_rows)
         found, features = self._rows_of(keys)
         if found.num_rows < keys.num_rows:
             raise TrainingError(f"{self.uri}: {keys.num_rows - found.num_rows} {split} slices have no pretrained "
