@@ -153,7 +153,10 @@ def train_head(train: SliceFeatures, val: SliceFeatures, *, n_classes: int, obje
     weight_of = np.array([(class_weight or {}).get(genre, 1.0) for genre in range(n_classes)], np.float32)
     train_batch, val_batch = (Batch(((part.features - mean) / scale).astype(np.float32), part.labels.astype(np.int64),
                                     weight_of[part.labels]) for part in (train, val))
-    start = principal_projection((both - mean) / scale)
+    both -= mean  # standardised in place (the same values as (both - mean) / scale): no copy of every slice
+    both /= scale
+    start = principal_projection(both, overwrite=True)
+    del both
     ranking = ValidationRanking(train_batch.features, train, val_batch.features, val)
     started = time.monotonic()
 
@@ -224,11 +227,17 @@ class ValidationRanking:
         return float(scores[f"precision_at_{self.k}"].mean()), float(scores[f"map_at_{self.k}"].mean())
 
 
-def principal_projection(features: np.ndarray) -> list[np.ndarray]:
+def principal_projection(features: np.ndarray, *, overwrite: bool = False) -> list[np.ndarray]:
     """Dense weights (d, 128) and bias (128,) projecting ``features`` onto their principal
-    components (fewer rows or dimensions than 128: the remaining columns stay zero)."""
+    components (fewer rows or dimensions than 128: the remaining columns stay zero).
+    ``overwrite``: centre ``features`` in place instead of in a copy (a float array)."""
     mean = features.mean(axis=0)
-    _, _, components = np.linalg.svd(features - mean, full_matrices=False)
+    if overwrite:
+        features -= mean
+        centred = features
+    else:
+        centred = features - mean
+    _, _, components = np.linalg.svd(centred, full_matrices=False)
     basis = np.zeros((features.shape[1], EMBEDDING_SIZE))
     kept = components[:EMBEDDING_SIZE].T
     basis[:, :kept.shape[1]] = kept
