@@ -53,7 +53,8 @@ def resolve_settings(*, conf_files: Iterable[str | Path] = (), overrides: Iterab
     ConfigError
         On an unreadable file, an unknown key, a value of the wrong type or one that makes no sense.
     """
-    config = default_config()
+    defaults = default_config()
+    config = copy.deepcopy(defaults)
     for conf_file in conf_files:
         path = Path(conf_file)
         try:
@@ -84,7 +85,7 @@ def resolve_settings(*, conf_files: Iterable[str | Path] = (), overrides: Iterab
         for part in reversed(parts):
             nested = {part: nested}
         _merge(config, nested, where=f"override {override}", trail=())
-    return _typed(config)
+    return _typed(config, defaults)
 
 
 def settings_from_mapping(mapping: dict[str, Any], *, where: str = "settings") -> Settings:
@@ -95,13 +96,15 @@ def settings_from_mapping(mapping: dict[str, Any], *, where: str = "settings") -
     ConfigError
         As :func:`resolve_settings`.
     """
-    config = default_config()
+    defaults = default_config()
+    config = copy.deepcopy(defaults)
     _merge(config, mapping, where=where, trail=())
-    return _typed(config)
+    return _typed(config, defaults)
 
 
-def _typed(config: dict[str, Any]) -> Settings:
-    _check_signs(config, default_config(), trail=())
+def _typed(config: dict[str, Any], defaults: dict[str, Any]) -> Settings:
+    """The merged mapping checked against the defaults it started from, then typed."""
+    _check_signs(config, defaults, trail=())
     return Settings.from_mapping(config)
 
 
