@@ -5,11 +5,12 @@ BIN := $(VENV)/bin
 DEMO := demo
 PACK_ENV := build/pack-env
 ENV_ARCHIVE := dist/deepcrate-env.tar.gz
+TF_ENV_ARCHIVE := dist/deepcrate-env-tensorflow.tar.gz
 # musicnn's wheel carries the pretrained weights of train.model=musicnn; it declares numpy<1.17,
 # which cannot sit beside numpy 2, so it is installed without its dependencies (its code is never run)
 MUSICNN := musicnn==0.1.0
 
-.PHONY: demo test browser notation lint package wheel bench-ingest bench-train bench-embed bench-index bench-rebuild bench-quality bench-scale clean
+.PHONY: demo test browser notation lint package package-tensorflow pack-env wheel bench-ingest bench-train bench-embed bench-index bench-rebuild bench-quality bench-scale clean
 
 # Set up, synthesize the demo catalogue, rebuild everything on it, show recommendations.
 demo: $(BIN)/deepcrate
@@ -71,9 +72,13 @@ bench-quality: $(BIN)/deepcrate
 	$(BIN)/python bench/real_corpus.py
 	$(BIN)/python bench/quality.py --seeds 0 1 2
 
-# What executors need on a cluster where nothing is installed (README, "On a cluster"):
+# What executors need on a cluster where nothing is installed (docs/cluster.md):
 # the project as a wheel (--py-files) and its dependencies as a packed virtualenv (--archives).
+# The product's defaults run no TensorFlow on executors (OpenVINO computes the features, the
+# head is numpy), so that archive leaves it out; package-tensorflow builds one with it, for a
+# driver in cluster deploy mode and for recipes that embed with a Keras model (seed, fine_tune=all).
 package: wheel $(ENV_ARCHIVE)
+package-tensorflow: wheel $(TF_ENV_ARCHIVE)
 
 # Spark puts only .zip, .egg and .jar --py-files on the executors' sys.path: the wheel
 # (a zip) is copied to dist/deepcrate.zip for that.
@@ -87,14 +92,20 @@ wheel: $(BIN)/deepcrate
 # librosa compiles its numba functions on first use (~15 s in a fresh environment) and caches
 # them beside its sources: they are compiled here once, so that executors load them instead.
 $(ENV_ARCHIVE): setup.py | $(BIN)/deepcrate
+	$(MAKE) --no-print-directory pack-env ARCHIVE=$@ EXTRAS=
+
+$(TF_ENV_ARCHIVE): setup.py | $(BIN)/deepcrate
+	$(MAKE) --no-print-directory pack-env ARCHIVE=$@ EXTRAS='[cpu]' WEIGHTS=$(MUSICNN)
+
+pack-env:
 	rm -rf $(PACK_ENV) && $(PYTHON) -m venv $(PACK_ENV)
 	$(PACK_ENV)/bin/pip install --quiet --upgrade pip
-	$(PACK_ENV)/bin/pip install --quiet '.[cpu]' venv-pack==0.2.0
-	$(PACK_ENV)/bin/pip install --quiet --no-deps $(MUSICNN)
+	$(PACK_ENV)/bin/pip install --quiet '.$(EXTRAS)' venv-pack==0.2.0
+	$(if $(WEIGHTS),$(PACK_ENV)/bin/pip install --quiet --no-deps $(WEIGHTS))
 	$(PACK_ENV)/bin/python -c "import numpy, librosa; librosa.feature.mfcc(y=numpy.zeros(22050, numpy.float32))"
 	$(PACK_ENV)/bin/pip uninstall --quiet --yes deepcrate pyspark py4j  # Spark puts its own on PYTHONPATH
 	rm -rf build/lib build/bdist*
-	mkdir -p dist && $(PACK_ENV)/bin/venv-pack --quiet --force -p $(PACK_ENV) -o $@
+	mkdir -p dist && $(PACK_ENV)/bin/venv-pack --quiet --force -p $(PACK_ENV) -o $(ARCHIVE)
 
 $(BIN)/deepcrate: setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

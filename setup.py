@@ -34,7 +34,7 @@ setup(
         "matplotlib==3.11.2",  # evaluation plots (PNG, no display needed)
         "scikit-learn==1.9.1",  # the logistic regression on MFCC statistics (evaluate's baseline)
         "threadpoolctl==3.8.0",  # one BLAS thread per head while training heads side by side
-        "openvino==2026.4.1",  # the features stage runs the pretrained networks on it (~2x Keras per core)
+        "openvino==2026.4.1",  # the features stage runs the pretrained networks on it (~3x Keras per core)
     ],
     extras_require={
         "cpu": [f"tensorflow-cpu=={TENSORFLOW}"],

@@ -9,15 +9,19 @@ each in its own process with 1 thread (per core: what one Spark task gets) and t
   the features stage (the baseline);
 - ``onnxruntime``: the towers converted by tf2onnx (opset 17), fp32; and ``onnxruntime-int8``:
   the same model with dynamically quantized weights (onnxruntime.quantization);
-- ``openvino``: the towers converted by OpenVINO itself, fp32 (what the features stage runs).
+- ``openvino-as-converted``: the towers converted by OpenVINO itself, fp32; and ``openvino``: the
+  same with the front-end's single-channel convolutions unfolded over time
+  (deepcrate.models.openvino_graph), what the features stage runs; ``openvino-int8``: that
+  graph quantized to int8 by NNCF's post-training quantisation, calibrated on the measured
+  slices themselves (which flatters it).
 
 Quality: per slice, the cosine of each runtime's features with Keras' (the minimum over
 slices is reported, goal >= 1 - 1e-3), and the features stored as float16.
 
     python bench/pretrained_runtime.py                      # slices of the development corpus
-    python bench/pretrained_runtime.py --audio DIR --slices 512
+    python bench/pretrained_runtime.py --audio DIR --slices 512 --batch 16
 
-Needs the optional runtimes onnxruntime and tf2onnx (``pip install tf2onnx onnxruntime``);
+Needs the optional runtimes onnxruntime, tf2onnx and nncf (``pip install tf2onnx onnxruntime nncf``);
 one that is missing is reported, not measured. Writes bench/results/pretrained_runtime.json.
 """
 from __future__ import annotations
@@ -34,7 +38,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = Path.home() / ".cache" / "deepcrate-bench" / "real-corpus" / "audio"
-RUNTIMES = ("keras", "onnxruntime", "onnxruntime-int8", "openvino")
+RUNTIMES = ("keras", "onnxruntime", "onnxruntime-int8", "openvino-as-converted", "openvino", "openvino-int8")
 CHECKPOINTS = "MTT_musicnn+MSD_musicnn"
 
 
@@ -63,17 +67,29 @@ WORKER = r"""
 import json, os, sys, time
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import numpy as np
-runtime, threads, slices_file, out_file = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+runtime, threads, slices_file, out_file, BATCH = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
 images = np.load(slices_file)
 import tensorflow as tf
 tf.config.threading.set_intra_op_parallelism_threads(threads)
 tf.config.threading.set_inter_op_parallelism_threads(1)
 from deepcrate.models.pretrained_runtime import Extractor, Network, export, keras_extractor
 network = Network(checkpoints=%(checkpoints)r, image_shape=images.shape[1:], level_range=8.0)
-BATCH = 64
-if runtime in ("keras", "openvino"):
-    extractor = Extractor(export(network, runtime=runtime), threads=threads)
+if runtime in ("keras", "openvino", "openvino-as-converted"):
+    payload = export(network, runtime=runtime.split("-")[0], unfold_time=runtime == "openvino")
+    extractor = Extractor(payload, threads=threads)
     run = lambda batch: extractor(batch, batch_size=BATCH)
+elif runtime == "openvino-int8":
+    import io, tarfile, tempfile
+    import nncf, openvino as ov
+    with tempfile.TemporaryDirectory() as tmp:
+        tarfile.open(fileobj=io.BytesIO(export(network, runtime="openvino"))).extractall(tmp, filter="data")
+        model = ov.Core().read_model(os.path.join(tmp, "extractor.xml"))
+    calibration = nncf.Dataset([images[i:i + 16] for i in range(0, len(images), 16)])
+    quantized = nncf.quantize(model, calibration, subset_size=len(images))
+    compiled = ov.Core().compile_model(quantized, "CPU", {"PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": "NO",
+                                                          "INFERENCE_NUM_THREADS": str(threads)})
+    run = lambda batch: np.concatenate([np.asarray(compiled(batch[i:i + BATCH])[0], np.float32)
+                                        for i in range(0, len(batch), BATCH)])
 else:
     import onnxruntime as ort
     import tf2onnx
@@ -104,10 +120,10 @@ print(json.dumps({"seconds": seconds, "slices_per_s": len(images) / seconds}))
 """
 
 
-def measure(runtime: str, threads: int, slices_file: Path, out_file: Path) -> dict:
+def measure(runtime: str, threads: int, slices_file: Path, out_file: Path, *, batch: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     done = subprocess.run([sys.executable, "-c", WORKER % {"checkpoints": CHECKPOINTS}, runtime, str(threads),
-                           str(slices_file), str(out_file)], capture_output=True, text=True, env=env)
+                           str(slices_file), str(out_file), str(batch)], capture_output=True, text=True, env=env)
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -122,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--audio", type=Path, default=CORPUS)
     parser.add_argument("--slices", type=int, default=512)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--batch", type=int, default=64, help="slices a call (the features stage: features.batch_size)")
+    parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES))
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "pretrained_runtime.json")
     args = parser.parse_args(argv)
     work = Path.home() / ".cache" / "deepcrate-bench" / "pretrained-runtime"
@@ -130,12 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     slices_file = work / "slices.npy"
     np.save(slices_file, images)
     print(f"{len(images)} slices of {args.audio}", flush=True)
-    results: dict = {"slices": len(images), "audio": str(args.audio), "checkpoints": CHECKPOINTS, "runs": {}}
+    results: dict = {"slices": len(images), "audio": str(args.audio), "checkpoints": CHECKPOINTS,
+                     "batch": args.batch, "runs": {}}
     for threads in args.threads:
         reference = None
-        for runtime in RUNTIMES:
+        for runtime in ["keras", *(r for r in args.runtimes if r != "keras")]:
             out_file = work / f"{runtime}-{threads}.npy"
-            result = measure(runtime, threads, slices_file, out_file)
+            result = measure(runtime, threads, slices_file, out_file, batch=args.batch)
             if "error" not in result:
                 features = np.load(out_file)
                 if runtime == "keras":

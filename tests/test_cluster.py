@@ -1,8 +1,9 @@
 """jobs/rebuild.py on a real Spark standalone cluster (a master and two workers on 127.0.0.1).
 
 The executors get nothing from this checkout's virtualenv: their Python is the packed
-environment (``make package``: dist/deepcrate-env.tar.gz, shipped with --archives) and
-the code is a wheel built here (shipped with --py-files).
+environment (``make package``: dist/deepcrate-env.tar.gz, shipped with --archives), which
+has no TensorFlow (the product's defaults run none on executors), and the code is a wheel
+built here (shipped with --py-files).
 """
 from __future__ import annotations
 
@@ -70,4 +71,6 @@ def test_spark_submit_rebuild_on_a_standalone_cluster_with_the_packed_environmen
     # Both executors ran in the unpacked environment, not in this checkout's virtualenv.
     executors = list((cluster.work).glob("worker*/app-*/*"))
     assert len(executors) == 2 and all((e / "env" / "bin" / "python").exists() for e in executors)
+    installed = {p.name for e in executors for p in (e / "env").glob("lib/python3*/site-packages/*")}
+    assert "openvino" in installed and "tensorflow" not in installed  # features on OpenVINO, the head in numpy
     assert all((e / "deepcrate.zip").exists() for e in executors)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 
 import faiss
 import numpy as np
@@ -323,3 +324,25 @@ def test_recommend_refuses_a_model_that_would_run_code_when_loaded(embedded, tmp
     with pytest.raises(ModelError, match="Lambda"):
         read_model_folder(str(folder)).load_keras()
     assert not marker.exists()
+
+
+def test_executors_without_tensorflow_are_refused_before_a_keras_model_embeds(spark, embedded, tmp_path):
+    """The lean packed environment (make package) has no TensorFlow: embedding with a Keras model
+    (the seed recipe here) there is refused in one line before any slice is read, and the
+    published embeddings stay as they were."""
+    wh = copy_warehouse(embedded[0], tmp_path / "wh")
+    blocked = tmp_path / "no-keras"
+    blocked.mkdir()
+    (blocked / "sitecustomize.py").write_text("import sys\nsys.modules['keras'] = None  # as if not installed\n")
+    python = tmp_path / "python-without-keras"
+    python.write_text(f'#!/bin/sh\nPYTHONPATH="{blocked}:$PYTHONPATH" exec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    before = delta_frame(spark, wh / "slice_embeddings").count()
+    context = spark.sparkContext
+    executors_python, context.pythonExec = context.pythonExec, str(python)  # the Python workers jobs start
+    try:
+        with pytest.raises(ModelError, match="^the executors' Python has no TensorFlow, and this model embeds"):
+            embed(spark, warehouse=str(wh), settings=resolve_settings())
+    finally:
+        context.pythonExec = executors_python
+    assert delta_frame(spark, wh / "slice_embeddings").count() == before

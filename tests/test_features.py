@@ -2,7 +2,11 @@
 pretrained_features; train and embed read that table; a table of other networks is refused."""
 from __future__ import annotations
 
+import io
+import os
 import shutil
+import tarfile
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -51,12 +55,26 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
+def single_channel_kernel_widths(payload: bytes) -> set[int]:
+    """The kernel widths (bands) of an exported OpenVINO extractor's convolutions over one channel."""
+    import openvino as ov
+
+    with tempfile.TemporaryDirectory() as tmp, tarfile.open(fileobj=io.BytesIO(payload)) as archive:
+        archive.extractall(tmp, filter="data")
+        model = ov.Core().read_model(os.path.join(tmp, "extractor.xml"))
+    return {op.input(1).get_partial_shape()[3].get_length() for op in model.get_ordered_ops()
+            if op.get_type_name() == "Convolution" and op.input(0).get_partial_shape()[1].get_length() == 1}
+
+
 def test_openvino_and_the_stored_table_give_the_keras_networks_features_on_real_slices(musicnn_warehouse):
     slices = slices_of(musicnn_warehouse)
     images = images_of(slices)
     expected = keras_features(images)  # what train and embed computed before the features stage
 
-    openvino = Extractor(export(NETWORK, runtime="openvino"))(images)
+    payload = export(NETWORK, runtime="openvino")
+    assert single_channel_kernel_widths(payload) == {1}  # the timbral front-end (7x38, 7x67) unfolded
+    assert single_channel_kernel_widths(export(NETWORK, runtime="openvino", unfold_time=False)) == {1, 38, 67}
+    openvino = Extractor(payload)(images)
     assert openvino.shape == expected.shape == (len(slices), 400)
     assert cosines(openvino, expected).min() > 1 - 1e-6
     np.testing.assert_allclose(openvino, expected, atol=1e-4)

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from deepcrate.errors import ModelError
+
 # Per Python worker: model version -> a Keras model with named outputs (embedding, probabilities, pretrained).
 _WORKER_MODELS: dict[str, Any] = {}
 
@@ -25,9 +27,13 @@ def worker_model(version: str, payload: bytes | Any, *, loads: Any = None, threa
     """
     model = _WORKER_MODELS.get(version)
     if model is None:
+        try:
+            import keras
+        except ImportError:  # an executor environment packed without it (docs/cluster.md)
+            raise ModelError("this Python has no TensorFlow: the model embeds with Keras here; on a cluster, ship "
+                             "the environment `make package-tensorflow` builds") from None
         if threads is not None:
             _limit_threads(threads)
-        import keras
 
         import deepcrate.models.architectures  # noqa: F401  registers the augmentation layers
         from deepcrate.models.architectures import EMBEDDING_LAYER

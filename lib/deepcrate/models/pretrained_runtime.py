@@ -4,7 +4,8 @@ With ``train.model=musicnn`` and ``train.fine_tune=head`` the musicnn towers nev
 change, so what they make of a slice is computed once (the ``features`` stage) and
 kept in the ``pretrained_features`` table. This module builds that extractor: the
 Keras towers with the checkpoints' weights, cut at their penultimate features, then
-handed to OpenVINO, which runs the same graph ~2x faster per core than Keras'
+handed to OpenVINO, which runs the same graph (its front-end's convolutions rewritten:
+:mod:`deepcrate.models.openvino_graph`) ~3x faster per core than Keras'
 ``predict_on_batch`` on these CPUs, with features equal to within 1e-6 (bench/
 pretrained_runtime.py; docs/benchmarks.md). The converted network travels to the
 executors as bytes (an OpenVINO IR, ~6 MB), so executors need OpenVINO, not TensorFlow.
@@ -29,6 +30,7 @@ import numpy as np
 
 from deepcrate.config.sections import FEATURE_RUNTIMES, parse_checkpoints
 from deepcrate.errors import ConfigError, WarehouseError
+from deepcrate.models.openvino_graph import unfold_time_into_channels
 
 FEATURE_FORMAT = "float32-le-v1"  # a row's features: little-endian float32, the towers side by side
 FEATURE_DTYPE = np.dtype("<f4")  # float16 halves the table but moves a head's embeddings measurably (docs/benchmarks.md)
@@ -82,8 +84,12 @@ def keras_extractor(network: Network):
                                               seed=0))
 
 
-def export(network: Network, *, runtime: str = "openvino") -> bytes:
+def export(network: Network, *, runtime: str = "openvino", unfold_time: bool = True) -> bytes:
     """The extractor as bytes a worker loads with :func:`worker_extractor` (``runtime``: one of :data:`~deepcrate.config.sections.FEATURE_RUNTIMES`).
+
+    With OpenVINO the single-channel convolutions are rewritten to run faster
+    (:func:`~deepcrate.models.openvino_graph.unfold_time_into_channels`); ``unfold_time=False``
+    keeps the graph as converted (the benchmark's comparison).
 
     Raises
     ------
@@ -102,6 +108,8 @@ def export(network: Network, *, runtime: str = "openvino") -> bytes:
             with warnings.catch_warnings():  # Keras: "the structure of inputs doesn't match" (a list of one)
                 warnings.simplefilter("ignore", UserWarning)
                 converted = ov.convert_model(extractor, input=[("slice", [-1, *network.image_shape], ov.Type.u8)])
+            if unfold_time:
+                unfold_time_into_channels(converted)
             ov.save_model(converted, os.path.join(tmp, "extractor.xml"), compress_to_fp16=False)
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w") as archive:

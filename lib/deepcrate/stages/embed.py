@@ -10,6 +10,7 @@ task (Spark reuses its Python workers).
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import time
@@ -22,7 +23,7 @@ from pyspark import TaskContext
 from pyspark.sql import SparkSession
 
 from deepcrate.config import Settings
-from deepcrate.errors import WarehouseError
+from deepcrate.errors import ModelError, WarehouseError
 from deepcrate.models.inference import embed_images, worker_model
 from deepcrate.models.pretrained_runtime import from_bytes
 from deepcrate.models.store import MODELS, ModelFolder, open_model
@@ -102,6 +103,7 @@ def embed(
                                        width=folder.features["width"], done=done, task_warnings=task_warnings)
     else:
         folder.load_keras()  # fail here, with a clear message, rather than on every executor
+        _check_executors_have_keras(spark)
         with open(os.path.join(folder.path, "model.keras"), "rb") as stream:
             payload = spark.sparkContext.broadcast(stream.read())
         embed_batches = _embedder(payload, version=folder.version, shape=(spectrogram.n_rows, spectrogram.slice_frames),
@@ -177,6 +179,15 @@ def _stored_features(store: Warehouse, folder: ModelFolder):
         raise WarehouseError(f"warehouse {store.root}: {missing} slices have no pretrained features (the table "
                              "is older than the slices): run deepcrate features, or rebuild")
     return features
+
+
+def _check_executors_have_keras(spark: SparkSession) -> None:
+    """A Keras model runs on the executors: one task looks for Keras there, so that an environment
+    packed without TensorFlow (the product's defaults need none) is refused in one line, before
+    any slice is read."""
+    if not spark.sparkContext.parallelize([0], 1).map(lambda _: importlib.util.find_spec("keras") is not None).first():
+        raise ModelError("the executors' Python has no TensorFlow, and this model embeds with Keras on them: "
+                         "ship an environment packed with it (docs/cluster.md: make package-tensorflow)")
 
 
 def _embeddings_to_keep(store: Warehouse, *, version: str, songs):
