@@ -18,7 +18,7 @@ setup(
     python_requires=">=3.11,<3.12",
     package_dir={"": "lib"},
     packages=find_packages("lib"),
-    package_data={"deepcrate": ["local.yaml"], "deepcrate.query.report": ["assets/*"]},  # local.yaml: the defaults, a link to conf/local.yaml
+    package_data={"deepcrate": ["local.yaml"], "deepcrate.query": ["spark_functions.json"], "deepcrate.query.report": ["assets/*"]},  # local.yaml: the defaults, a link to conf/local.yaml
     install_requires=[
         "pyspark==4.3.0",
         "numpy==2.4.6",

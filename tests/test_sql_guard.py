@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from deepcrate.errors import InputError
-from deepcrate.query.sql_guard import FUNCTION_GROUPS, check_read_only
+from deepcrate.query.sql_guard import FUNCTION_GROUPS, check_read_only, packaged_functions, registry_functions
 
 TABLES = ("songs", "slices")
 
@@ -193,6 +193,17 @@ def _documented_examples(spark, *, groups) -> list[tuple[str, str]]:
         if info.getGroup() in groups and found:  # the first example of each: the suite's time is counted
             examples.append((names.apply(i).funcName(), " ".join(found.group(1).split())))
     return examples
+
+
+def test_the_packaged_function_list_is_the_registry_of_the_spark_installed(spark):
+    """The door decides by the packaged list (no ~1 s of py4j calls on every one-shot query); it
+    must be the very registry it stands for, and a list of another Spark release is not used."""
+    registry = registry_functions(spark)
+    assert len(registry) > 500 and ("reflect", "CallMethodViaReflection", "misc_funcs") in registry
+    assert packaged_functions(spark.version) == registry, (
+        "lib/deepcrate/query/spark_functions.json is not this Spark's registry: "
+        "run python -m deepcrate.query.sql_guard")
+    assert packaged_functions("3.5.0") is None
 
 
 def test_every_allowed_built_in_function_passes_with_its_documented_example(spark):

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import re
 from collections.abc import Callable, Collection, Iterator
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
@@ -220,7 +222,8 @@ class _Guard:
 
 @dataclasses.dataclass(frozen=True)
 class _Builtins:
-    """Spark's built-in functions, read once per process from its registry."""
+    """Spark's built-in functions, once per process: from the list packaged for this Spark
+    version (:data:`FUNCTION_LIST`), else from the JVM's registry (~1 s of py4j calls)."""
 
     by_class: dict[str, tuple[str, str]]  # simple class name -> (a SQL name, its group)
     by_name: dict[str, str]  # SQL name -> simple class name
@@ -230,18 +233,10 @@ class _Builtins:
     def of(cls, spark: SparkSession) -> _Builtins:
         global _builtins
         if _builtins is None:
-            registry = getattr(spark._jvm.org.apache.spark.sql.catalyst.analysis,
-                               "FunctionRegistry$").__getattr__("MODULE$").builtin()
-            names = registry.listFunction()
+            functions = packaged_functions(spark.version) or registry_functions(spark)
             by_class: dict[str, tuple[str, str]] = {}
             by_name: dict[str, str] = {}
-            for i in range(names.size()):
-                info = registry.lookupFunction(names.apply(i))
-                if info.isEmpty():
-                    continue
-                name, group = names.apply(i).funcName(), str(info.get().getGroup())
-                # a builder's class stands for what it builds (MaxByBuilder builds MaxBy)
-                kind = re.sub(r"(Expression)?Builder$", "", info.get().getClassName().rsplit(".", 1)[-1])
+            for name, kind, group in functions:
                 by_class.setdefault(kind, (name, group))
                 by_name[name.lower()] = kind
             allowed = frozenset(k for k, (_, group) in by_class.items() if group in FUNCTION_GROUPS) - LEFT_OUT
@@ -258,6 +253,37 @@ class _Builtins:
 
 
 _builtins: _Builtins | None = None
+# Spark's registry read once per Spark release and packaged (``python -m deepcrate.query.sql_guard``
+# writes it); tests/test_sql_guard.py checks it against the registry of the Spark installed.
+FUNCTION_LIST = Path(__file__).with_name("spark_functions.json")
+
+
+def registry_functions(spark: SparkSession) -> list[tuple[str, str, str]]:
+    """(SQL name, simple class name, group) of every built-in function, sorted by name.
+
+    A builder's class stands for what it builds (MaxByBuilder builds MaxBy).
+    """
+    registry = getattr(spark._jvm.org.apache.spark.sql.catalyst.analysis,
+                       "FunctionRegistry$").__getattr__("MODULE$").builtin()
+    names = registry.listFunction()
+    functions = []
+    for i in range(names.size()):
+        info = registry.lookupFunction(names.apply(i))
+        if not info.isEmpty():
+            kind = re.sub(r"(Expression)?Builder$", "", info.get().getClassName().rsplit(".", 1)[-1])
+            functions.append((names.apply(i).funcName(), kind, str(info.get().getGroup())))
+    return sorted(functions)
+
+
+def packaged_functions(spark_version: str) -> list[tuple[str, str, str]] | None:
+    """The packaged list when it was read from ``spark_version``'s registry; None otherwise."""
+    try:
+        packaged = json.loads(FUNCTION_LIST.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    if packaged.get("spark") != spark_version:
+        return None
+    return [tuple(entry) for entry in packaged["functions"]]
 _GROUPS_LEFT_OUT = {"xml_funcs": "parses XML", "avro_funcs": "loads classes by name",
                     "protobuf_funcs": "loads classes by name and reads descriptor files"}
 
@@ -287,3 +313,15 @@ def _statement(kind: str) -> str:
     return re.sub(r"(?<=[a-z])(?=[A-Z])", " ", kind.removeprefix("Unresolved")).upper()
 
 
+
+
+if __name__ == "__main__":  # after a Spark upgrade: python -m deepcrate.query.sql_guard
+    from deepcrate.config import resolve_settings
+    from deepcrate.spark.session import spark_session
+
+    session = spark_session(resolve_settings().spark, quiet=True)
+    listed = registry_functions(session)
+    rows = ",\n".join(json.dumps(list(function)) for function in listed)  # one a line: a diff shows what changed
+    FUNCTION_LIST.write_text(f'{{"spark": {json.dumps(session.version)}, "functions": [\n{rows}\n]}}\n',
+                             encoding="utf-8")
+    print(f"{FUNCTION_LIST}: {len(listed)} functions of Spark {session.version}")
