@@ -26,7 +26,6 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-import scipy.fft
 
 from deepcrate.config.sections import SpectrogramSection
 from deepcrate.errors import ConfigError
@@ -116,6 +115,8 @@ def iter_slices(samples: np.ndarray, *, settings: SpectrogramSettings) -> Iterat
 
     Works one slice at a time, so memory stays flat however long the song is.
     """
+    import scipy.fft  # here: the readers import this module for its settings only, and scipy.fft takes ~0.3 s
+
     samples = np.asarray(samples, dtype=np.float32)
     window = _hann(settings.n_fft)
     ref_power = (float(window.sum()) / 2.0) ** 2
