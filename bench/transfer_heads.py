@@ -26,6 +26,11 @@ Rows:
   N such heads from seeds ``seed``..``seed + N - 1``, their embedding weights averaged
   (a model soup); the validation P@10 of each is in the JSON (``trained``).
 
+``--slices-per-song N`` trains on at most N slices of each train and validation song, chosen as
+training chooses them under ``train.head_max_slices`` (the same number from every song, evenly
+along it: :func:`deepcrate.models.feature_reader.chosen_slices`): how small can that budget be?
+``--only-soup`` runs the product's row alone.
+
 ``--max-train-songs N`` keeps only N train songs per label (the rest stay in the
 catalogue as unlabelled-for-training songs): does the head still do no harm when it
 has little to learn from?
@@ -35,6 +40,7 @@ has little to learn from?
     python bench/transfer_heads.py WH --source keras  # the networks run by Keras, not the table
     python bench/transfer_heads.py WH --source keras --layer pooled      # the networks' 1,506-d pooled mid-end each
     python bench/transfer_heads.py WH --heads 5           # the soup of 5 heads
+    python bench/transfer_heads.py WH --only-soup --slices-per-song 4
 
 Prints mean ± std over the seeds and writes bench/results/transfer_heads.json.
 """
@@ -146,8 +152,24 @@ def former_head(train: SliceFeatures, val: SliceFeatures, *, n_classes: int, see
     return head.get_layer(EMBEDDING_LAYER).get_weights(), head.get_layer("logits").get_weights(), epoch
 
 
+def evenly_chosen(song_ids: np.ndarray, *, per_song: int) -> np.ndarray:
+    """A mask of the slices (rows sorted by song, then slice) that training keeps with at most
+    ``per_song`` slices a song, as the library's reader chooses them."""
+    import pyarrow as pa
+
+    from deepcrate.models.feature_reader import chosen_slices
+
+    frame = pd.DataFrame({"song_id": song_ids})
+    frame["slice_idx"] = frame.groupby("song_id").cumcount()
+    counts = frame.groupby("song_id", sort=False).size()
+    songs = pa.table({"song_id": counts.index.to_numpy(), "n_slices": counts.to_numpy(),
+                      "genre": np.zeros(len(counts), dtype=object).astype(str)})
+    chosen = chosen_slices(songs, budget=per_song * len(counts)).to_pandas()[["song_id", "slice_idx"]]
+    return frame.merge(chosen.assign(kept=True), how="left", on=["song_id", "slice_idx"])["kept"].eq(True).to_numpy()
+
+
 def one_seed(songs: pd.DataFrame, slice_songs: np.ndarray, features: np.ndarray, *, seed: int,
-             max_train_songs: int, heads: int) -> dict[str, dict]:
+             max_train_songs: int, heads: int, slices_per_song: int = 0, only_soup: bool = False) -> dict[str, dict]:
     split = assign_splits(songs, train=0.65, validation=0.25, test=0.10, seed=seed)
     labelled = (songs.assign(split=split.to_numpy()).dropna(subset=["genre"]).sort_values("song_id")
                 .reset_index(drop=True))
@@ -174,6 +196,8 @@ def one_seed(songs: pd.DataFrame, slice_songs: np.ndarray, features: np.ndarray,
 
     def part(name: str) -> SliceFeatures:
         rows = (slice_split == name) & (slice_label >= 0)
+        if slices_per_song:
+            rows[rows] = evenly_chosen(slice_songs[rows], per_song=slices_per_song)
         return SliceFeatures(features[rows], slice_label[rows].astype(np.int32), slice_songs[rows])
 
     def scores(vectors: np.ndarray) -> dict[str, float]:
@@ -193,11 +217,12 @@ def one_seed(songs: pd.DataFrame, slice_songs: np.ndarray, features: np.ndarray,
     train, val = part("train"), part("validation")
     results = {"as it comes": scores(song_means)}
     started = time.monotonic()
-    embedding, logits, epoch = former_head(train, val, n_classes=len(labels), seed=seed)
-    results["supcon, kept by validation loss"] = {
-        **scores(song_means @ embedding[0] + embedding[1]), "song_accuracy": song_accuracy(embedding, logits),
-        "epoch": epoch, "train_s": round(time.monotonic() - started, 1)}
-    for objective in ("supcon", "classify"):  # train_head seeds Keras itself
+    if not only_soup:
+        embedding, logits, epoch = former_head(train, val, n_classes=len(labels), seed=seed)
+        results["supcon, kept by validation loss"] = {
+            **scores(song_means @ embedding[0] + embedding[1]), "song_accuracy": song_accuracy(embedding, logits),
+            "epoch": epoch, "train_s": round(time.monotonic() - started, 1)}
+    for objective in () if only_soup else ("supcon", "classify"):  # train_head seeds Keras itself
         started = time.monotonic()
         head = train_head(train, val, n_classes=len(labels), objective=objective, seed=seed, **HEAD)
         results[f"{objective}, kept by validation P@10"] = {
@@ -213,7 +238,8 @@ def one_seed(songs: pd.DataFrame, slice_songs: np.ndarray, features: np.ndarray,
         "song_accuracy": song_accuracy(head.embedding, head.logits), "averaged": len(head.averaged),
         "validation_precision_at_10": head.validation_precision, "trained": head.trained,
         "train_s": round(time.monotonic() - started, 1)}
-    results["queries"] = {"n": len(queries), "train_songs": int((splits == "train").sum())}
+    results["queries"] = {"n": len(queries), "train_songs": int((splits == "train").sum()),
+                          "train_slices": len(train.features), "validation_slices": len(val.features)}
     return results
 
 
@@ -228,17 +254,21 @@ def main() -> int:
                         help="which features of the networks the heads learn from")
     parser.add_argument("--max-train-songs", type=int, default=0, help="per label; 0: all")
     parser.add_argument("--heads", type=int, default=3, help="heads averaged in the soup row")
+    parser.add_argument("--slices-per-song", type=int, default=0, help="train on at most N slices a song; 0: all")
+    parser.add_argument("--only-soup", action="store_true", help="only the product's row (and the features as they come)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "transfer_heads.json"))
     args = parser.parse_args()
     songs, slice_songs, features = read(Path(args.warehouse), args.features, layer=args.layer, source=args.source)
     print(f"{len(songs)} songs, {len(features)} slices, features {features.shape[1]}-d ({args.features}, "
           f"{args.layer}, from {args.source})", flush=True)
     runs = {seed: one_seed(songs, slice_songs, features, seed=seed, max_train_songs=args.max_train_songs,
-                           heads=args.heads)
+                           heads=args.heads, slices_per_song=args.slices_per_song, only_soup=args.only_soup)
             for seed in args.seeds}
     summary = {}
     n = [runs[s]["queries"]["n"] for s in args.seeds]
-    print(f"\nseeds {args.seeds}, {n} test queries, max train songs per label: {args.max_train_songs or 'all'}")
+    slices = [runs[s]["queries"]["train_slices"] for s in args.seeds]
+    print(f"\nseeds {args.seeds}, {n} test queries, max train songs per label: {args.max_train_songs or 'all'}, "
+          f"slices a song: {args.slices_per_song or 'all'} ({slices} train slices)")
     for name in runs[args.seeds[0]]:
         if name == "queries":
             continue
@@ -256,7 +286,8 @@ def main() -> int:
     out.write_text(json.dumps({"warehouse": args.warehouse, "features": args.features, "source": args.source,
                                "layer": args.layer,
                                "seeds": args.seeds, "heads": args.heads,
-                               "max_train_songs": args.max_train_songs, "summary": summary, "runs": runs}, indent=2))
+                               "max_train_songs": args.max_train_songs, "slices_per_song": args.slices_per_song,
+                               "summary": summary, "runs": runs}, indent=2))
     print(f"written {out}")
     return 0
 
