@@ -48,6 +48,7 @@ from deepcrate.models.architectures import EMBEDDING_LAYER, EMBEDDING_SIZE, buil
 from deepcrate.models.feature_reader import SliceFeatures
 from deepcrate.models.head_training import Batch, FittedHead, HeadWeights, fit_genre_layer, fit_head_weights
 from deepcrate.models.musicnn import load_pretrained, pretrained_layer
+from deepcrate.vectors.moments import column_moments, principal_components
 from deepcrate.vectors.retrieval import nearest_songs, retrieval_scores
 
 logger = logging.getLogger(__name__)
@@ -146,17 +147,14 @@ def train_head(train: SliceFeatures, val: SliceFeatures, *, n_classes: int, obje
     with the genre layer it learnt, is the result. The standardisation is folded into the
     returned embedding weights, so they apply to the raw features.
     """
-    both = np.concatenate([train.features, val.features]).astype(np.float64)
+    mean, spread = column_moments([train.features, val.features])  # by blocks: no float64 copy of every slice
     # A feature (nearly) constant over these slices (a unit that never fires) is not blown up: divided by
     # its spread alone, the last digits of its value (another runtime's rounding) would move every embedding.
-    mean, scale = both.mean(axis=0), np.maximum(both.std(axis=0), MIN_FEATURE_SCALE)
+    scale = np.maximum(spread, MIN_FEATURE_SCALE)
     weight_of = np.array([(class_weight or {}).get(genre, 1.0) for genre in range(n_classes)], np.float32)
     train_batch, val_batch = (Batch(((part.features - mean) / scale).astype(np.float32), part.labels.astype(np.int64),
                                     weight_of[part.labels]) for part in (train, val))
-    both -= mean  # standardised in place (the same values as (both - mean) / scale): no copy of every slice
-    both /= scale
-    start = principal_projection(both, overwrite=True)
-    del both
+    start = principal_projection([train_batch.features, val_batch.features])
     ranking = ValidationRanking(train_batch.features, train, val_batch.features, val)
     started = time.monotonic()
 
@@ -227,28 +225,20 @@ class ValidationRanking:
         return float(scores[f"precision_at_{self.k}"].mean()), float(scores[f"map_at_{self.k}"].mean())
 
 
-def principal_projection(features: np.ndarray, *, overwrite: bool = False) -> list[np.ndarray]:
-    """Dense weights (d, 128) and bias (128,) projecting ``features`` onto their principal
-    components (fewer rows or dimensions than 128: the remaining columns stay zero).
-    ``overwrite``: centre ``features`` in place instead of in a copy (a float array)."""
-    mean = features.mean(axis=0)
-    if overwrite:
-        features -= mean
-        centred = features
-    else:
-        centred = features - mean
-    _, _, components = np.linalg.svd(centred, full_matrices=False)
-    basis = np.zeros((features.shape[1], EMBEDDING_SIZE))
-    kept = components[:EMBEDDING_SIZE].T
-    basis[:, :kept.shape[1]] = kept
+def principal_projection(parts: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Dense weights (d, 128) and bias (128,) projecting the rows of ``parts`` (stacked) onto their
+    principal components (fewer rows or dimensions than 128: the remaining columns stay zero),
+    computed block by block (:func:`deepcrate.vectors.moments.principal_components`)."""
+    mean, components = principal_components(parts, count=EMBEDDING_SIZE)
+    basis = np.zeros((components.shape[0], EMBEDDING_SIZE))
+    basis[:, :components.shape[1]] = components
     return [basis.astype(np.float32), (-mean @ basis).astype(np.float32)]
 
 
 def principal_embedding(model: keras.Model, *, features: np.ndarray) -> keras.Model:
     """The encoder (slice -> 128-d embedding) whose embedding layer projects the pretrained
     ``features`` (of the train and validation slices) onto their principal components: no labels needed."""
-    features = features.astype(np.float64)
-    model.get_layer(EMBEDDING_LAYER).set_weights(principal_projection(features))
+    model.get_layer(EMBEDDING_LAYER).set_weights(principal_projection([features]))
     logger.info("no genres to learn: the embedding is the pretrained features' %d principal components "
                 "(%d slices)", min(EMBEDDING_SIZE, *features.shape), len(features))
     return embedding_model(model)

@@ -1,0 +1,56 @@
+"""Column statistics of a matrix held in parts (train and validation slices), block by block.
+
+Means, spreads and principal components are accumulated in float64 over blocks of rows,
+so the memory they take does not grow with the rows: a float64 copy of every slice's
+features, and the factors of its SVD, took ~9 KB a slice of the head's training
+(bench/head_memory.py).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+BLOCK_ROWS = 8192
+
+
+def column_moments(parts: Sequence[np.ndarray], *, block_rows: int = BLOCK_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """The (mean, standard deviation) of each column of ``parts`` stacked, in float64 (population
+    deviation, as ``numpy.std``: the sum of squares taken around the mean, in a second pass).
+    """
+    rows = sum(len(part) for part in parts)
+    mean = sum((block.sum(axis=0) for block in _blocks(parts, block_rows)), np.zeros(_width(parts))) / rows
+    squares = sum((np.square(block - mean).sum(axis=0) for block in _blocks(parts, block_rows)),
+                  np.zeros(_width(parts)))
+    return mean, np.sqrt(squares / rows)
+
+
+def principal_components(parts: Sequence[np.ndarray], *, count: int,
+                         block_rows: int = BLOCK_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """The (mean, components) of the rows of ``parts`` stacked: ``components`` (columns, k) holds
+    the eigenvectors of their covariance with the k largest eigenvalues, largest first, where
+    k = min(``count``, rows, columns) as an SVD of the centred rows would give them. Each is
+    signed so that its largest loading is positive (an eigenvector's sign is otherwise
+    arbitrary, and would differ between LAPACK builds).
+    """
+    rows, width = sum(len(part) for part in parts), _width(parts)
+    mean, _ = column_moments(parts, block_rows=block_rows)
+    scatter = np.zeros((width, width))
+    for block in _blocks(parts, block_rows):
+        centred = block - mean
+        scatter += centred.T @ centred
+    _, vectors = np.linalg.eigh(scatter)  # ascending eigenvalues
+    components = vectors[:, ::-1][:, :min(count, rows, width)]
+    largest = np.abs(components).argmax(axis=0)
+    components *= np.sign(components[largest, np.arange(components.shape[1])])
+    return mean, components
+
+
+def _width(parts: Sequence[np.ndarray]) -> int:
+    return next(part.shape[1] for part in parts)
+
+
+def _blocks(parts: Sequence[np.ndarray], block_rows: int) -> Iterator[np.ndarray]:
+    for part in parts:
+        for start in range(0, len(part), block_rows):
+            yield np.asarray(part[start:start + block_rows], dtype=np.float64)
