@@ -376,3 +376,20 @@ def test_a_one_shot_query_maps_a_ready_archive_and_makes_none_otherwise_when_tol
                      resolve_settings(overrides=["spark.options.spark.driver.extraJavaOptions=-Xmx1g"])):
         options = {}
         assert _class_archive(settings, options, make=True) is None and options == {}  # off, or the user's own
+
+
+def test_py4j_resending_a_command_leaves_no_traceback_on_the_terminal():
+    """py4j logs an INFO traceback on the root logger whenever it resends a command on a fresh
+    connection (the call then succeeds): writing jobs showed two at the features stage's start.
+    The CLI's handlers drop exactly that record; py4j's real failures and ours pass."""
+    import py4j.java_gateway
+
+    from deepcrate.cli import _py4j_retry
+
+    def record(name: str, level: int, path: str) -> logging.LogRecord:
+        return logging.LogRecord(name, level, path, 1, "Exception while sending command.", None, None)
+
+    assert not _py4j_retry(record("root", logging.INFO, py4j.java_gateway.__file__))
+    assert _py4j_retry(record("root", logging.ERROR, py4j.java_gateway.__file__))  # it gave up: shown
+    assert _py4j_retry(record("root", logging.INFO, __file__))
+    assert _py4j_retry(record("deepcrate.stages.features", logging.INFO, __file__))

@@ -43,7 +43,18 @@ def _setup_logging(verbose: bool, *, reader: bool = False) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if not verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_py4j_retry)
     for noisy in ("py4j", "pyspark", "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not verbose:  # py4j logs a traceback when Ctrl-C breaks a call it waits on; the user gets one line
         logging.getLogger("py4j").setLevel(logging.CRITICAL)
+
+
+def _py4j_retry(record: logging.LogRecord) -> bool:
+    """False for py4j's INFO traceback when it resends a command on a fresh connection (a
+    pooled connection the JVM had closed; the call then succeeds): py4j logs it on the
+    root logger, so the py4j logger's level does not reach it."""
+    return not (record.levelno == logging.INFO and record.name == "root"
+                and record.pathname.endswith(("py4j/java_gateway.py", "py4j/clientserver.py")))
