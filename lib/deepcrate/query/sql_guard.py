@@ -239,7 +239,9 @@ class _Builtins:
             for name, kind, group in functions:
                 by_class.setdefault(kind, (name, group))
                 by_name[name.lower()] = kind
-            allowed = frozenset(k for k, (_, group) in by_class.items() if group in FUNCTION_GROUPS) - LEFT_OUT
+            # A class is allowed only if every name it is registered under is in an allowed group.
+            outside = {kind for _, kind, group in functions if group not in FUNCTION_GROUPS}
+            allowed = frozenset(k for k, (_, group) in by_class.items() if group in FUNCTION_GROUPS) - outside - LEFT_OUT
             _builtins = cls(by_class, by_name, allowed)
         return _builtins
 
