@@ -255,6 +255,8 @@ class _Builtins:
 
 
 _builtins: _Builtins | None = None
+_GROUPS_LEFT_OUT = {"xml_funcs": "parses XML", "avro_funcs": "loads classes by name",
+                    "protobuf_funcs": "loads classes by name and reads descriptor files"}
 # Spark's registry read once per Spark release and packaged (``python -m deepcrate.query.sql_guard``
 # writes it); tests/test_sql_guard.py checks it against the registry of the Spark installed.
 FUNCTION_LIST = Path(__file__).with_name("spark_functions.json")
@@ -286,8 +288,7 @@ def packaged_functions(spark_version: str) -> list[tuple[str, str, str]] | None:
     if packaged.get("spark") != spark_version:
         return None
     return [tuple(entry) for entry in packaged["functions"]]
-_GROUPS_LEFT_OUT = {"xml_funcs": "parses XML", "avro_funcs": "loads classes by name",
-                    "protobuf_funcs": "loads classes by name and reads descriptor files"}
+
 
 
 def _refused_statement(kind: str) -> str:
@@ -313,8 +314,6 @@ def _statement(kind: str) -> str:
     for suffix in ("Statement", "Command"):
         kind = kind.removesuffix(suffix)
     return re.sub(r"(?<=[a-z])(?=[A-Z])", " ", kind.removeprefix("Unresolved")).upper()
-
-
 
 
 if __name__ == "__main__":  # after a Spark upgrade: python -m deepcrate.query.sql_guard

@@ -19,7 +19,7 @@ def column_moments(parts: Sequence[np.ndarray], *, block_rows: int = BLOCK_ROWS)
     deviation, as ``numpy.std``: the sum of squares taken around the mean, in a second pass).
     """
     rows = sum(len(part) for part in parts)
-    mean = sum((block.sum(axis=0) for block in _blocks(parts, block_rows)), np.zeros(_width(parts))) / rows
+    mean = _column_mean(parts, block_rows)
     squares = sum((np.square(block - mean).sum(axis=0) for block in _blocks(parts, block_rows)),
                   np.zeros(_width(parts)))
     return mean, np.sqrt(squares / rows)
@@ -34,7 +34,7 @@ def principal_components(parts: Sequence[np.ndarray], *, count: int,
     arbitrary, and would differ between LAPACK builds).
     """
     rows, width = sum(len(part) for part in parts), _width(parts)
-    mean, _ = column_moments(parts, block_rows=block_rows)
+    mean = _column_mean(parts, block_rows)  # the spread is not needed: one pass fewer
     scatter = np.zeros((width, width))
     for block in _blocks(parts, block_rows):
         centred = block - mean
@@ -44,6 +44,11 @@ def principal_components(parts: Sequence[np.ndarray], *, count: int,
     largest = np.abs(components).argmax(axis=0)
     components *= np.sign(components[largest, np.arange(components.shape[1])])
     return mean, components
+
+
+def _column_mean(parts: Sequence[np.ndarray], block_rows: int) -> np.ndarray:
+    rows = sum(len(part) for part in parts)
+    return sum((block.sum(axis=0) for block in _blocks(parts, block_rows)), np.zeros(_width(parts))) / rows
 
 
 def _width(parts: Sequence[np.ndarray]) -> int:
