@@ -3,7 +3,7 @@
 pyarrow decodes a whole row group at once, and the reader interleaves
 ``train.interleave`` (8) row groups, so its memory follows the row-group size. Spark's
 default wrote one group per file, and the files grow with the catalogue; the warehouse
-now writes the slices in groups of :data:`deepcrate.storage.warehouse.SLICES_ROW_GROUP_BYTES`.
+now writes the slices in groups of :data:`deepcrate.storage.warehouse.ROW_GROUP_BYTES`.
 
 Given the Parquet files of a ``slices`` table, this rewrites them (pyarrow, same rows,
 same files) both ways into a scratch folder, then reads the train split in each, as
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from deepcrate.storage.warehouse import SLICES_ROW_GROUP_BYTES
+from deepcrate.storage.warehouse import ROW_GROUP_BYTES
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -75,9 +75,9 @@ def main() -> int:
     first = min(source.glob("*.parquet"))
     image_bytes = len(pq.read_table(first, columns=["spectrogram"]).column(0)[0].as_py())
     row = {"slices_folder": str(source), "files": len(list(source.glob("*.parquet"))),
-           "group_bytes": SLICES_ROW_GROUP_BYTES}
+           "group_bytes": ROW_GROUP_BYTES}
     with tempfile.TemporaryDirectory() as scratch:
-        for name, group_bytes in (("one_group_per_file", None), ("groups_of_16_mb", SLICES_ROW_GROUP_BYTES)):
+        for name, group_bytes in (("one_group_per_file", None), ("groups_of_16_mb", ROW_GROUP_BYTES)):
             folder = Path(scratch) / name
             rewrite(source, folder, group_bytes=group_bytes)
             done = subprocess.run([sys.executable, "-c", READ.format(folder=str(folder), image_bytes=image_bytes)],

@@ -82,3 +82,16 @@ def test_slices_without_stored_features_are_refused(tmp_path):
     features, songs, _ = _tables(tmp_path, _songs({"a": 3}), skip={("a", 1)})
     with pytest.raises(TrainingError, match="^t: 1 train slices have no pretrained features"):
         FeatureTable(features, songs, width=WIDTH, uri="t", max_slices=100).split("train", labels=None)
+
+
+def test_stored_features_are_read_from_arrow_as_from_their_bytes():
+    from deepcrate.errors import WarehouseError
+    from deepcrate.models.pretrained_runtime import from_arrow, from_bytes
+
+    rows = [np.random.default_rng(n).normal(size=WIDTH).astype("<f4").tobytes() for n in range(7)]
+    column = pa.chunked_array([pa.array(rows[:3], pa.binary()), pa.array(rows[3:], pa.binary()).slice(1)])
+    expected = from_bytes(rows[:3] + rows[4:], width=WIDTH, where="t")
+    np.testing.assert_array_equal(from_arrow(column, width=WIDTH, where="t"), expected)
+    assert from_arrow(pa.chunked_array([], pa.binary()), width=WIDTH, where="t").shape == (0, WIDTH)
+    with pytest.raises(WarehouseError, match=f"^t: stored features are not {WIDTH} float32 values a row$"):
+        from_arrow(pa.array([rows[0], rows[1][:-4]], pa.binary()), width=WIDTH, where="t")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from deepcrate.models.architectures import EMBEDDING_SIZE
-from deepcrate.models.transfer import SliceFeatures, ValidationRanking, train_head
+from deepcrate.models.transfer import SliceFeatures, ValidationRanking, song_sums, standardised, train_head
 
 pytestmark = pytest.mark.unit
 
@@ -81,3 +81,39 @@ def test_three_heads_are_averaged_into_one_that_scores_what_it_says(splits):
     # The folded weights apply to the raw features and score what the head says they score.
     assert precision_by_brute_force(train, val, *head.embedding) == pytest.approx(head.validation_precision)
     assert head.logits[0].shape == (EMBEDDING_SIZE, 3)
+
+
+def test_song_sums_by_blocks_are_each_songs_sum():
+    rng = np.random.default_rng(4)
+    parts = [rng.normal(size=(11, 3)).astype(np.float32), rng.normal(size=(6, 3)).astype(np.float32)]
+    position = rng.integers(0, 4, 17)  # songs in no order, straddling blocks and parts
+    stacked = np.concatenate(parts).astype(np.float64)
+    expected = np.array([stacked[position == song].sum(axis=0) for song in range(5)])  # song 4 has no slice
+    np.testing.assert_allclose(song_sums(parts, position, songs=5, block_rows=4), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_standardising_in_place_gives_the_copys_values():
+    rng = np.random.default_rng(5)
+    features = rng.normal(3.0, 2.0, (10, 4)).astype(np.float32)
+    mean, scale = features.mean(axis=0, dtype=np.float64), features.std(axis=0, dtype=np.float64)
+    expected = ((features - mean) / scale).astype(np.float32)
+    copy = standardised(features, mean=mean, scale=scale, overwrite=False, block_rows=3)
+    np.testing.assert_array_equal(copy, expected)
+    assert not np.shares_memory(copy, features)
+    overwritten = standardised(features, mean=mean, scale=scale, overwrite=True, block_rows=3)
+    assert np.shares_memory(overwritten, features)
+    np.testing.assert_array_equal(features, expected)
+
+
+def test_a_head_trained_over_its_features_is_the_head_trained_on_a_copy(splits):
+    train, val = splits
+    settings = {"n_classes": 3, "objective": "supcon", "batch_size": 32, "max_epochs": 3, "patience": 3,
+                "learning_rate": 0.01, "heads": 2}
+    owned = [SliceFeatures(part.features.astype(np.float32), part.labels, part.song_ids) for part in (train, val)]
+    kept = train_head(*owned, **settings)
+    over = train_head(*owned, overwrite_features=True, **settings)
+    for got, expected in zip(over.embedding + over.logits, kept.embedding + kept.logits):
+        np.testing.assert_array_equal(got, expected)
+    stacked = np.concatenate([part.features for part in owned])  # standardised where they were
+    np.testing.assert_allclose(stacked.mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(stacked.std(axis=0), 1.0, rtol=1e-5)

@@ -90,3 +90,18 @@ def test_a_frozen_embedding_stays_and_the_genre_layer_learns(problem):
     np.testing.assert_array_equal(fitted.kernel, weights.kernel)
     np.testing.assert_array_equal(fitted.bias, weights.bias)
     assert evaluate(fitted, val, objective="classify", batch_size=16).loss < before
+
+
+@pytest.mark.parametrize("objective", ["classify", "supcon"])
+def test_the_validation_scores_do_not_depend_on_the_block_size(problem, objective, monkeypatch):
+    from deepcrate.models import head_training
+
+    weights, batch, _ = problem
+    expected = keras_loss([tf.Variable(w) for w in weights.arrays], batch, None, objective="classify")
+    whole = evaluate(weights, batch, objective=objective, batch_size=8)
+    monkeypatch.setattr(head_training, "EVALUATION_BLOCK_ROWS", 16)  # 3 blocks of 2 batches
+    blocks = evaluate(weights, batch, objective=objective, batch_size=8)
+    assert blocks.loss == pytest.approx(whole.loss, rel=1e-6)
+    assert blocks.contrastive == pytest.approx(whole.contrastive, rel=1e-6)
+    assert blocks.accuracy == whole.accuracy
+    assert whole.loss - whole.contrastive == pytest.approx(float(expected), rel=1e-5)  # the cross-entropy is Keras'

@@ -3,6 +3,7 @@
 Tables are Delta tables (delta-rs commits, one run record per job); a warehouse in the
 earlier plain-Parquet layout is converted in place by its next writing job.
 """
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -479,12 +480,12 @@ def test_slices_are_written_in_row_groups_of_bounded_size_so_a_reader_holds_litt
     from deepcrate.storage.arrow_tables import ArrowTables
     from deepcrate.storage.schemas import Table
     from deepcrate.storage.spark_schemas import spark_schema
-    from deepcrate.storage.warehouse import SLICES_ROW_GROUP_BYTES
+    from deepcrate.storage.warehouse import ROW_GROUP_BYTES
     from deepcrate.storage.writer_lock import writer_lock
 
     demo = ArrowTables.current(str(demo_warehouse))
     images = demo.read("slices", columns=["spectrogram"]).column("spectrogram").to_pylist()
-    rows = 4 * SLICES_ROW_GROUP_BYTES // len(images[0])  # four groups' worth
+    rows = 4 * ROW_GROUP_BYTES // len(images[0])  # four groups' worth
     # Real slices, each song's five 14 times in a row (copies of one recording under several
     # names): with a dictionary for the images, Parquet then never cut a group.
     chosen = [images[((n // 70) * 5 + n % 5) % len(images)] for n in range(rows)]
@@ -500,8 +501,40 @@ def test_slices_are_written_in_row_groups_of_bounded_size_so_a_reader_holds_litt
               for metadata in [pq.read_metadata(path)] for i in range(metadata.num_row_groups)]
     total = sum(len(image) for image in chosen)
     assert sum(group.num_rows for group in groups) == rows
-    assert len(groups) >= total // SLICES_ROW_GROUP_BYTES >= 2  # Spark's default writes one group here
-    assert max(group.total_byte_size for group in groups) <= 1.5 * SLICES_ROW_GROUP_BYTES  # checked every ~100 rows
+    assert len(groups) >= total // ROW_GROUP_BYTES >= 2  # Spark's default writes one group here
+    assert max(group.total_byte_size for group in groups) <= 1.5 * ROW_GROUP_BYTES  # checked every ~100 rows
     table = ArrowTables.current(str(tmp_path / "wh")).slice_table(image_shape=(1, len(images[0])))
     assert len(table.row_groups(split="train")) == len(groups)
     assert sum(len(batch.labels) for batch in table.batches(split="train", labels=None, batch_size=64)) == rows
+
+
+def test_pretrained_features_are_written_in_row_groups_of_bounded_size_too(spark, tmp_path):
+    """The head's reader decodes a row group at a time: one group per file grew it with the table.
+    Three groups' worth of features whose rows repeat (copies of one recording): a dictionary,
+    left on, would hide their size and no group would be cut."""
+    import pyarrow.parquet as pq
+
+    from deepcrate.storage.schemas import Table
+    from deepcrate.storage.spark_schemas import spark_schema
+    from deepcrate.storage.table_metadata import FeaturesMetadata
+    from deepcrate.storage.warehouse import ROW_GROUP_BYTES
+    from deepcrate.storage.writer_lock import writer_lock
+
+    rng = np.random.default_rng(0)
+    # 64 rows over and over: more than the 64 KB a compressor looks back over (which would shrink
+    # the groups' stored size), few enough for a dictionary
+    distinct = [rng.normal(size=400).astype("<f4").tobytes() for _ in range(64)]
+    rows = 3 * ROW_GROUP_BYTES // len(distinct[0])
+    frame = spark.createDataFrame([(f"{n // 8:016x}", n % 8, n % 64, distinct[n % 64]) for n in range(rows)],
+                                  schema=spark_schema(Table.PRETRAINED_FEATURES)).coalesce(1)
+    metadata = FeaturesMetadata(network="test", checkpoints="test", width=400, format="float32", runtime="test")
+    with writer_lock(str(tmp_path / "wh"), command="test", create=True):
+        store = Warehouse(spark, str(tmp_path / "wh"), create=True)
+        run = store.begin_run()
+        store.write_table(run, Table.PRETRAINED_FEATURES, frame, metadata=metadata)
+        store.publish(run, [Table.PRETRAINED_FEATURES])
+    groups = [metadata.row_group(i) for path in (tmp_path / "wh" / "pretrained_features").rglob("*.parquet")
+              for metadata in [pq.read_metadata(path)] for i in range(metadata.num_row_groups)]
+    assert sum(group.num_rows for group in groups) == rows
+    assert len(groups) >= 3  # Spark's default (or a dictionary) writes one group here
+    assert max(group.total_byte_size for group in groups) <= 1.5 * ROW_GROUP_BYTES  # checked every ~100 rows

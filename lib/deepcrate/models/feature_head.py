@@ -56,7 +56,7 @@ class FeatureHead:
 
     def __call__(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(embeddings (n, 128), genre probabilities (n, genres; width 0 without genres)), float32."""
-        embeddings = features.astype(np.float32) @ self.embedding_kernel + self.embedding_bias
+        embeddings = features.astype(np.float32, copy=False) @ self.embedding_kernel + self.embedding_bias
         if self.logits_kernel is None:
             return embeddings, np.zeros((len(features), 0), np.float32)
         activated = np.where(embeddings > 0, embeddings, np.expm1(np.minimum(embeddings, 0)))  # ELU

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from deepcrate.errors import TrainingError
-from deepcrate.models.pretrained_runtime import from_bytes
+from deepcrate.models.pretrained_runtime import from_arrow
 
 logger = logging.getLogger(__name__)
 
@@ -77,39 +77,50 @@ class FeatureTable:
         if keys.num_rows < total:
             logger.info("%s split: %d of its %d slices read (train.head_max_slices), evenly over its %d songs",
                         split, keys.num_rows, total, songs.num_rows)
-        found, features = self._rows_of(keys)
-        if found.num_rows < keys.num_rows:
-            raise TrainingError(f"{self.uri}: {keys.num_rows - found.num_rows} {split} slices have no pretrained "
+        keys = keys.take(pc.sort_indices(keys, sort_keys=[("song_id", "ascending"), ("slice_idx", "ascending")]))
+        features, found = self._rows_of(keys)
+        if found < keys.num_rows:
+            raise TrainingError(f"{self.uri}: {keys.num_rows - found} {split} slices have no pretrained "
                                 f"features (the table is older than the slices): run deepcrate features, or rebuild")
-        order = pc.sort_indices(found, sort_keys=[("song_id", "ascending"), ("slice_idx", "ascending")]).to_numpy()
-        found = found.take(order)
         if labels is None:
-            label_idx = np.full(found.num_rows, -1, dtype=np.int32)
+            label_idx = np.full(keys.num_rows, -1, dtype=np.int32)
         else:
-            label_idx = pc.index_in(found.column("genre"), value_set=pa.array(list(labels), pa.string()))
+            label_idx = pc.index_in(keys.column("genre"), value_set=pa.array(list(labels), pa.string()))
             label_idx = label_idx.to_numpy(zero_copy_only=False).astype(np.int32)
-        return SliceFeatures(features=features[found.column("row").to_numpy()], labels=label_idx,
-                             song_ids=found.column("song_id").to_numpy(zero_copy_only=False))
+        return SliceFeatures(features=features, labels=label_idx,
+                             song_ids=keys.column("song_id").to_numpy(zero_copy_only=False))
 
-    def _rows_of(self, keys: pa.Table) -> tuple[pa.Table, np.ndarray]:
-        """The features of the slices ``keys`` names, streamed: (their keys with ``row``, the
-        features' row in the array; the features)."""
-        found, parts, rows = [], [], 0
-        for batch in self._features.to_batches(columns=["song_id", "slice_idx", "features"], batch_size=_BATCH_ROWS):
-            if not batch.num_rows:
+    def _rows_of(self, keys: pa.Table) -> tuple[np.ndarray, int]:
+        """The features of the slices ``keys`` (sorted by song and slice) names, streamed into one
+        array in the keys' order (no list of parts, no sorted copy: the features are held once);
+        and how many were found."""
+        songs = pc.unique(keys.column("song_id"))  # in the keys' order: sorted
+        wanted = _slice_codes(keys, songs)
+        features = np.zeros((keys.num_rows, self.width), dtype=np.float32)
+        found = np.zeros(keys.num_rows, dtype=bool)
+        # One batch decoded ahead, one file at a time: the scanner's default read-ahead (16 batches
+        # of 4 files) held ~200 MB of a large table's rows at once.
+        for batch in self._features.to_batches(columns=["song_id", "slice_idx", "features"], batch_size=_BATCH_ROWS,
+                                               batch_readahead=1, fragment_readahead=1):
+            if not batch.num_rows or not keys.num_rows:
                 continue
-            kept = pa.Table.from_batches([batch]).join(keys, keys=["song_id", "slice_idx"], join_type="inner")
-            if not kept.num_rows:
-                continue
-            parts.append(from_bytes(kept.column("features").to_pylist(), width=self.width, where=self.uri))
-            found.append(kept.select(["song_id", "slice_idx", "genre"])
-                         .append_column("row", pa.array(np.arange(rows, rows + kept.num_rows))))
-            rows += kept.num_rows
-        if not parts:
-            empty = pa.table({"song_id": pa.array([], pa.string()), "slice_idx": pa.array([], pa.int32()),
-                              "genre": pa.array([], pa.string()), "row": pa.array([], pa.int64())})
-            return empty, np.zeros((0, self.width), dtype=np.float32)
-        return pa.concat_tables(found), np.concatenate(parts)
+            codes = _slice_codes(batch, songs)
+            rows = np.minimum(np.searchsorted(wanted, codes), len(wanted) - 1)
+            kept = wanted[rows] == codes
+            if kept.any():
+                rows = rows[kept]
+                features[rows] = from_arrow(batch.column("features").filter(pa.array(kept)), width=self.width,
+                                            where=self.uri)
+                found[rows] = True
+        pa.default_memory_pool().release_unused()  # the decoded row groups: Arrow's allocator keeps them otherwise
+        return features, int(found.sum())
+
+
+def _slice_codes(rows: pa.Table | pa.RecordBatch, songs: pa.Array) -> np.ndarray:
+    """One int64 per row: its song's position in ``songs`` (-1: not there) and its slice, ordered as
+    (song, slice) are."""
+    song = pc.index_in(rows.column("song_id"), value_set=songs).fill_null(-1).to_numpy(zero_copy_only=False)
+    return (song.astype(np.int64) << 32) | rows.column("slice_idx").to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def chosen_slices(songs: pa.Table, *, budget: int) -> pa.Table:

@@ -24,6 +24,7 @@ DROPOUT = 0.5  # deepcrate.models.architectures.embedding_and_genres' rate
 SUPCON_TEMPERATURE = 0.1  # deepcrate.models.architectures.SUPCON_TEMPERATURE, without importing Keras
 ADAM_BETAS, ADAM_EPSILON = (0.9, 0.999), 1e-7  # Keras' defaults
 GENRE_LAYER_EPOCHS = 200  # the genre layer alone: at most this many epochs (its early stopping ends it sooner)
+EVALUATION_BLOCK_ROWS = 2048  # slices embedded at once outside a training step (their temporaries ~1 MB each)
 
 
 @dataclass
@@ -214,22 +215,39 @@ def run_epoch(weights: HeadWeights, optimizer: Adam, train: Batch, *, objective:
     return Scores(total / len(order), contrastive / len(order), correct / len(order))
 
 
+def activations(weights: HeadWeights, features: np.ndarray) -> np.ndarray:
+    """The activated embeddings of ``features`` (n, 128), block by block: ELU's temporaries for a block of
+    slices at a time, not for all of them."""
+    out = np.empty((len(features), weights.kernel.shape[1]), np.float32)
+    for start in range(0, len(features), EVALUATION_BLOCK_ROWS):
+        block = slice(start, start + EVALUATION_BLOCK_ROWS)
+        out[block] = elu(features[block] @ weights.kernel + weights.bias)
+    return out
+
+
 def dropout_mask(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     return (rng.random(shape, np.float32) >= DROPOUT) * np.float32(1 / (1 - DROPOUT))
 
 
 def evaluate(weights: HeadWeights, data: Batch, *, objective: str, batch_size: int) -> Scores:
     """The scores without dropout; the contrastive term over batches of ``batch_size`` in order (as
-    Keras validates)."""
-    embedded = data.features @ weights.kernel + weights.bias
-    loss, correct, _, _ = genre_loss(weights, elu(embedded), labels=data.labels, genre_weights=data.genre_weights,
-                                     kept=None)
-    contrastive = 0.0
-    if objective == "supcon":
-        parts = [slice(start, start + batch_size) for start in range(0, len(data.labels), batch_size)]
-        contrastive = sum(supervised_contrastive(embedded[part], data.labels[part])[0] * len(data.labels[part])
-                          for part in parts) / len(data.labels)
-    return Scores(loss + contrastive, contrastive, correct / len(data.labels))
+    Keras validates). Computed over blocks of those batches, so that the heads trained side by side
+    each hold a block's embeddings, not the whole split's."""
+    n = len(data.labels)
+    step = batch_size * max(1, EVALUATION_BLOCK_ROWS // batch_size)  # whole batches: the same contrastive terms
+    loss, contrastive, correct = 0.0, 0.0, 0
+    for start in range(0, n, step):
+        block = slice(start, start + step)
+        embedded = data.features[block] @ weights.kernel + weights.bias
+        labels = data.labels[block]
+        block_loss, block_correct, _, _ = genre_loss(weights, elu(embedded), labels=labels,
+                                                     genre_weights=data.genre_weights[block], kept=None)
+        loss += block_loss * len(labels)
+        correct += block_correct
+        if objective == "supcon":
+            contrastive += sum(supervised_contrastive(embedded[part:part + batch_size], labels[part:part + batch_size])[0]
+                               * len(labels[part:part + batch_size]) for part in range(0, len(labels), batch_size))
+    return Scores((loss + contrastive) / n, contrastive / n, correct / n)
 
 
 @dataclass
@@ -273,7 +291,7 @@ def fit_genre_layer(weights: HeadWeights, train: Batch, val: Batch, *, batch_siz
                     patience: int, rng: np.random.Generator) -> HeadWeights:
     """The genre layer alone on the frozen embedding (cross-entropy, dropout as in training); the
     epoch of the lowest validation loss is kept, stopping ``patience`` epochs after it."""
-    train_activated, val_activated = (elu(part.features @ weights.kernel + weights.bias) for part in (train, val))
+    train_activated, val_activated = (activations(weights, part.features) for part in (train, val))
     weights, optimizer = weights.copy(), Adam(learning_rate)
     best, best_loss, best_epoch = weights.copy(), np.inf, 0
     for epoch in range(1, GENRE_LAYER_EPOCHS + 1):

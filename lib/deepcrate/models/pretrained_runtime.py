@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from deepcrate.config.sections import FEATURE_RUNTIMES, parse_checkpoints
 from deepcrate.errors import ConfigError, WarehouseError
@@ -192,3 +193,24 @@ def from_bytes(values, *, width: int, where: str) -> np.ndarray:
     if len(joined) != len(values) * width * FEATURE_DTYPE.itemsize:
         raise WarehouseError(f"{where}: stored features are not {width} {FEATURE_DTYPE.name} values a row")
     return np.frombuffer(joined, dtype=FEATURE_DTYPE).reshape(len(values), width).astype(np.float32)
+
+
+def from_arrow(values: pa.Array | pa.ChunkedArray, *, width: int, where: str) -> np.ndarray:
+    """:func:`from_bytes` for the column as Arrow reads it, without a Python object per row: cast to
+    fixed-width binary, the values are one buffer of floats.
+
+    Raises
+    ------
+    WarehouseError
+        A row of another width (a table written for other networks).
+    """
+    row_bytes = width * FEATURE_DTYPE.itemsize
+    parts = []
+    for chunk in values.chunks if isinstance(values, pa.ChunkedArray) else [values]:
+        try:
+            fixed = chunk.cast(pa.binary(row_bytes))
+        except pa.ArrowInvalid:
+            raise WarehouseError(f"{where}: stored features are not {width} {FEATURE_DTYPE.name} values a row") from None
+        parts.append(np.frombuffer(fixed.buffers()[1], dtype=FEATURE_DTYPE, count=len(fixed) * width,
+                                   offset=fixed.offset * row_bytes).reshape(len(fixed), width))
+    return np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros((0, width), np.float32)

@@ -4,7 +4,7 @@ Training reads the table directly with pyarrow (no Spark, no copy of the table):
 row groups of the requested split are read a few at a time, interleaved, and pass
 through a shuffle buffer of fixed size. pyarrow decodes a row group at once, and the
 warehouse writes the slices in row groups of a fixed size
-(:data:`deepcrate.storage.warehouse.SLICES_ROW_GROUP_BYTES`), so memory depends on ``shuffle_buffer``
+(:data:`deepcrate.storage.warehouse.ROW_GROUP_BYTES`), so memory depends on ``shuffle_buffer``
 and ``interleave`` only, never on the size of the catalogue.
 """
 from __future__ import annotations

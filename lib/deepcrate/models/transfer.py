@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import keras
 import numpy as np
+from scipy import sparse
 from threadpoolctl import threadpool_limits
 
 from deepcrate.config.sections import parse_checkpoints
@@ -48,7 +49,7 @@ from deepcrate.models.architectures import EMBEDDING_LAYER, EMBEDDING_SIZE, buil
 from deepcrate.models.feature_reader import SliceFeatures
 from deepcrate.models.head_training import Batch, FittedHead, HeadWeights, fit_genre_layer, fit_head_weights
 from deepcrate.models.musicnn import load_pretrained, pretrained_layer
-from deepcrate.vectors.moments import column_moments, principal_components
+from deepcrate.vectors.moments import BLOCK_ROWS, column_moments, principal_components
 from deepcrate.vectors.retrieval import nearest_songs, retrieval_scores
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,8 @@ def feature_extractor(model: keras.Model) -> keras.Model:
 
 def fit_head(model: keras.Model, *, train: SliceFeatures, val: SliceFeatures, n_classes: int, objective: str,
              batch_size: int, max_epochs: int, patience: int, learning_rate: float,
-             class_weight: dict[int, float] | None, heads: int = 1, seed: int = 0) -> TrainedHead:
+             class_weight: dict[int, float] | None, heads: int = 1, seed: int = 0,
+             overwrite_features: bool = False) -> TrainedHead:
     """Train ``model``'s head on the frozen pretrained features of the train and validation
     slices (:func:`train_head`) and set it on ``model`` (in place), for retrieval.
 
@@ -87,7 +89,7 @@ def fit_head(model: keras.Model, *, train: SliceFeatures, val: SliceFeatures, n_
     """
     head = train_head(train, val, n_classes=n_classes, objective=objective, batch_size=batch_size,
                       max_epochs=max_epochs, patience=patience, learning_rate=learning_rate,
-                      class_weight=class_weight, heads=heads, seed=seed)
+                      class_weight=class_weight, heads=heads, seed=seed, overwrite_features=overwrite_features)
     model.get_layer(EMBEDDING_LAYER).set_weights(head.embedding)
     model.get_layer("logits").set_weights(head.logits)
     return head
@@ -122,7 +124,8 @@ class TrainedHead:
 
 def train_head(train: SliceFeatures, val: SliceFeatures, *, n_classes: int, objective: str, batch_size: int,
                max_epochs: int, patience: int, learning_rate: float,
-               class_weight: dict[int, float] | None = None, heads: int = 1, seed: int = 0) -> TrainedHead:
+               class_weight: dict[int, float] | None = None, heads: int = 1, seed: int = 0,
+               overwrite_features: bool = False) -> TrainedHead:
     """The head (Dense 128 embedding -> ELU -> dropout -> genre softmax) on pretrained features.
 
     ``objective`` ``classify``: genre cross-entropy; ``supcon``: the cross-entropy plus the
@@ -145,15 +148,17 @@ def train_head(train: SliceFeatures, val: SliceFeatures, *, n_classes: int, obje
     Should the average rank the validation songs worse than the start, the start is
     kept. The genre layer is then fitted on the kept embedding, unless one head, kept
     with the genre layer it learnt, is the result. The standardisation is folded into the
-    returned embedding weights, so they apply to the raw features.
+    returned embedding weights, so they apply to the raw features. With ``overwrite_features``
+    the standardised features are written over ``train.features`` and ``val.features`` (float32),
+    so the slices are held once instead of twice.
     """
     mean, spread = column_moments([train.features, val.features])  # by blocks: no float64 copy of every slice
     # A feature (nearly) constant over these slices (a unit that never fires) is not blown up: divided by
     # its spread alone, the last digits of its value (another runtime's rounding) would move every embedding.
     scale = np.maximum(spread, MIN_FEATURE_SCALE)
     weight_of = np.array([(class_weight or {}).get(genre, 1.0) for genre in range(n_classes)], np.float32)
-    train_batch, val_batch = (Batch(((part.features - mean) / scale).astype(np.float32), part.labels.astype(np.int64),
-                                    weight_of[part.labels]) for part in (train, val))
+    train_batch, val_batch = (Batch(standardised(part.features, mean=mean, scale=scale, overwrite=overwrite_features),
+                                    part.labels.astype(np.int64), weight_of[part.labels]) for part in (train, val))
     start = principal_projection([train_batch.features, val_batch.features])
     ranking = ValidationRanking(train_batch.features, train, val_batch.features, val)
     started = time.monotonic()
@@ -192,6 +197,17 @@ def train_head(train: SliceFeatures, val: SliceFeatures, *, n_classes: int, obje
                         for s, h in trained])
 
 
+def standardised(features: np.ndarray, *, mean: np.ndarray, scale: np.ndarray, overwrite: bool,
+                 block_rows: int = BLOCK_ROWS) -> np.ndarray:
+    """``(features - mean) / scale`` as float32, computed in float64 block by block (no float64
+    copy of every slice), into ``features`` itself when ``overwrite`` and it is float32."""
+    out = features if overwrite and features.dtype == np.float32 else np.empty(features.shape, np.float32)
+    for start in range(0, len(features), block_rows):
+        block = slice(start, start + block_rows)
+        out[block] = (features[block] - mean) / scale
+    return out
+
+
 def _mean_weights(weights: Sequence[list[np.ndarray]]) -> list[np.ndarray]:
     return [np.mean(arrays, axis=0).astype(arrays[0].dtype) for arrays in zip(*weights)]
 
@@ -206,13 +222,10 @@ class ValidationRanking:
     """
 
     def __init__(self, train_x: np.ndarray, train: SliceFeatures, val_x: np.ndarray, val: SliceFeatures) -> None:
-        features = np.concatenate([train_x, val_x])
         song_ids = np.concatenate([train.song_ids, val.song_ids])
         labels = np.concatenate([train.labels, val.labels])
         songs, position = np.unique(song_ids, return_inverse=True)
-        order = np.argsort(position, kind="stable")
-        starts = np.flatnonzero(np.r_[True, np.diff(position[order]) != 0])
-        self.song_means = np.add.reduceat(features[order].astype(np.float64), starts, axis=0)
+        self.song_means = song_sums([train_x, val_x], position, songs=len(songs))
         self.song_means /= np.bincount(position)[:, None]
         self.genres = np.zeros(len(songs), np.int64)
         self.genres[position] = labels
@@ -225,6 +238,23 @@ class ValidationRanking:
         return float(scores[f"precision_at_{self.k}"].mean()), float(scores[f"map_at_{self.k}"].mean())
 
 
+def song_sums(parts: Sequence[np.ndarray], position: np.ndarray, *, songs: int,
+              block_rows: int = BLOCK_ROWS) -> np.ndarray:
+    """(songs, d) float64: the sum of the rows of ``parts`` (stacked) by song, row i's song being
+    ``position[i]``; block by block, each song's rows added in their order (no stacked or
+    float64 copy of every slice)."""
+    sums = np.zeros((songs, next(part.shape[1] for part in parts)))
+    offset = 0
+    for part in parts:
+        for start in range(0, len(part), block_rows):
+            block = part[start:start + block_rows]
+            indicator = sparse.csr_array((np.ones(len(block)), (position[offset + start:offset + start + len(block)],
+                                                                 np.arange(len(block)))), shape=(songs, len(block)))
+            sums += indicator @ block.astype(np.float64)
+        offset += len(part)
+    return sums
+
+
 def principal_projection(parts: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Dense weights (d, 128) and bias (128,) projecting the rows of ``parts`` (stacked) onto their
     principal components (fewer rows or dimensions than 128: the remaining columns stay zero),
@@ -235,10 +265,11 @@ def principal_projection(parts: Sequence[np.ndarray]) -> list[np.ndarray]:
     return [basis.astype(np.float32), (-mean @ basis).astype(np.float32)]
 
 
-def principal_embedding(model: keras.Model, *, features: np.ndarray) -> keras.Model:
+def principal_embedding(model: keras.Model, *, parts: Sequence[np.ndarray]) -> keras.Model:
     """The encoder (slice -> 128-d embedding) whose embedding layer projects the pretrained
-    ``features`` (of the train and validation slices) onto their principal components: no labels needed."""
-    model.get_layer(EMBEDDING_LAYER).set_weights(principal_projection([features]))
+    features of ``parts`` (the train and validation slices) onto their principal components: no labels needed."""
+    model.get_layer(EMBEDDING_LAYER).set_weights(principal_projection(parts))
+    rows = sum(len(part) for part in parts)
     logger.info("no genres to learn: the embedding is the pretrained features' %d principal components "
-                "(%d slices)", min(EMBEDDING_SIZE, *features.shape), len(features))
+                "(%d slices)", min(EMBEDDING_SIZE, rows, parts[0].shape[1]), rows)
     return embedding_model(model)

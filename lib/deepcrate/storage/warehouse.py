@@ -63,14 +63,16 @@ _DONE = "_SUCCESS"
 # reaches the Hadoop conf of every file scan): a damaged page is then an error naming the file.
 VERIFY_PAGES = "parquet.page.verify-checksum.enabled"
 # pyarrow decodes a whole row group at once, so a reader holds one group per file it reads;
-# Spark's default (128 MB, in practice one group per file) let training's reader grow with the
-# catalogue (1.5 GB at 2,000 songs, 3.5 GB at 10,000: bench/slice_reader.py). Groups of 16 MB
-# keep it flat (0.6 GB at both). No dictionary for the images: they rarely repeat, and where
-# they do (copies of one recording under several names) the dictionary hides their size from
-# Parquet's row-group check, which then never cuts a group.
-SLICES_ROW_GROUP_BYTES = 16 * 2**20
+# Spark's default (128 MB, in practice one group per file) let training's readers grow with the
+# catalogue (slices: 1.5 GB at 2,000 songs, 3.5 GB at 10,000: bench/slice_reader.py). Groups of
+# 16 MB keep them flat (0.6 GB at both). No dictionary for the images or the features: they
+# rarely repeat, and where they do (copies of one recording under several names) the
+# dictionary hides their size from Parquet's row-group check, which then never cuts a group.
+ROW_GROUP_BYTES = 16 * 2**20
 WRITE_OPTIONS: dict[str, dict[str, str]] = {
-    Table.SLICES: {"parquet.block.size": str(SLICES_ROW_GROUP_BYTES), "parquet.enable.dictionary#spectrogram": "false"},
+    Table.SLICES: {"parquet.block.size": str(ROW_GROUP_BYTES), "parquet.enable.dictionary#spectrogram": "false"},
+    Table.PRETRAINED_FEATURES: {"parquet.block.size": str(ROW_GROUP_BYTES),
+                                "parquet.enable.dictionary#features": "false"},
 }
 
 

@@ -51,14 +51,15 @@ def fit_pretrained_head(run_dir: str, *, features: FeatureTable, labels: list[st
             n_classes=len(labels), objective=settings.objective, batch_size=settings.batch_size,
             max_epochs=settings.head_max_epochs, patience=settings.head_patience, heads=settings.heads_averaged,
             seed=settings.seed, learning_rate=settings.learning_rate or 0.001,
-            class_weight=genre_weights(counts, labels=labels, settings=settings))
+            class_weight=genre_weights(counts, labels=labels, settings=settings),
+            overwrite_features=True)  # the splits are read for this call alone: held once, not twice
         state.history, state.best_epoch, state.stopped_early = head.history, head.best_epoch, head.stopped_early
         state.heads = head.summary()
         state.epochs_done = len(head.history["loss"])
         state.best_val_loss = min(head.history["val_loss"])
     else:
         parts = [features.split(split, labels=None).features for split in ("train", "validation")]
-        model = principal_embedding(model, features=np.concatenate([p for p in parts if len(p)]))
+        model = principal_embedding(model, parts=parts)
     tmp = os.path.join(run_dir, "tmp-best.keras")
     model.save(tmp)
     os.replace(tmp, os.path.join(run_dir, "best.keras"))
