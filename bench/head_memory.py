@@ -1,23 +1,27 @@
 """Peak memory of the musicnn head's training per slice (``models.transfer.train_head``), without Spark.
 
-Synthetic features (400 floats a slice, 5 genres, 10 slices a song), ``--slices`` train slices
-plus half as many validation ones, 3 heads side by side, 2 epochs; each size in a fresh
-process, its peak resident memory above what the inputs already took, per slice. Writes
-bench/results/head_memory.json.
+Synthetic features (400 float32 a slice, 5 genres, 10 slices a song), ``--slices`` train slices
+plus half as many validation ones, 3 heads side by side, 2 epochs, as the train stage calls it
+(the features standardised over themselves where the code can); each size in a fresh
+process, its peak resident memory above what the inputs already took, per slice; this
+checkout and a baseline commit (``--baseline``, its ``lib`` first on ``PYTHONPATH``, from a
+temporary git worktree) one after the other. Writes bench/results/head_memory.json.
 
-    python bench/head_memory.py [--slices 20000 60000]
+    python bench/head_memory.py [--slices 20000 60000] [--baseline e8064db]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ONE_SIZE = """
-import json, resource, sys, time
+import inspect, json, resource, sys, time
 import numpy as np
 from deepcrate.models.feature_reader import SliceFeatures
 from deepcrate.models.transfer import train_head
@@ -26,13 +30,15 @@ n = int(sys.argv[1])
 rng = np.random.default_rng(0)
 def part(m):
     labels = rng.integers(0, 5, m).astype(np.int32)
-    features = (rng.normal(size=(m, 400)) + labels[:, None] * 0.05).astype(np.float32)
+    features = rng.standard_normal((m, 400), dtype=np.float32)  # no float64 draw: it would raise the peak before
+    features += labels[:, None].astype(np.float32) * np.float32(0.05)
     return SliceFeatures(features=features, labels=labels, song_ids=np.array([f"s{i // 10}" for i in range(m)], object))
 train, val = part(n), part(n // 2)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+as_the_stage = {"overwrite_features": True} if "overwrite_features" in inspect.signature(train_head).parameters else {}
 started = time.monotonic()
 head = train_head(train, val, n_classes=5, objective="supcon", batch_size=128, max_epochs=2, patience=2,
-                  learning_rate=0.001, heads=3)
+                  learning_rate=0.001, heads=3, **as_the_stage)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"train_slices": n, "inputs_mb": before, "peak_mb": peak,
                   "kb_per_slice": (peak - before) * 1024 / (1.5 * n), "seconds": time.monotonic() - started,
@@ -40,18 +46,35 @@ print(json.dumps({"train_slices": n, "inputs_mb": before, "peak_mb": peak,
 """
 
 
+def one_size(n: int, lib: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(lib), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", ONE_SIZE, str(n)], capture_output=True, text=True, check=True, env=env)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, nargs="+", default=[20000, 60000])
+    parser.add_argument("--baseline", default="e8064db", help="commit whose code is the baseline")
     args = parser.parse_args()
-    runs = []
-    for n in args.slices:
-        done = subprocess.run([sys.executable, "-c", ONE_SIZE, str(n)], capture_output=True, text=True, check=True)
-        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        print(json.dumps(runs[-1]), flush=True)
+    runs: dict[str, list[dict]] = {"baseline": [], "this": []}
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = os.path.join(scratch, "baseline")
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--force", folder, args.baseline],
+                       check=True, capture_output=True)
+        try:
+            for n in args.slices:
+                for name, lib in (("baseline", Path(folder) / "lib"), ("this", ROOT / "lib")):
+                    runs[name].append(one_size(n, lib))
+                    print(name, json.dumps(runs[name][-1]), flush=True)
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", folder], capture_output=True)
+    ratios = [this["kb_per_slice"] / base["kb_per_slice"] for this, base in zip(runs["this"], runs["baseline"])]
+    print("KB per slice, this / baseline:", ", ".join(f"{r:.2f}" for r in ratios))
     out = ROOT / "bench" / "results" / "head_memory.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+    out.write_text(json.dumps({"baseline_commit": args.baseline, "runs": runs, "ratio_this_to_baseline": ratios},
+                              indent=2) + "\n")
 
 
 if __name__ == "__main__":
