@@ -76,6 +76,7 @@ def test_a_split_is_streamed_within_its_budget_and_sorted_by_song_and_slice(tmp_
     assert table.split("train", labels=["rock"]).song_ids.tolist() == ["s3"] * 4  # alone, its 4 slices fit
     unlabelled = table.split("validation", labels=None)
     assert unlabelled.labels.tolist() == [-1] * 6 and list(unlabelled.song_ids) == ["v1"] * 6
+    assert table.split("test", labels=["rock"]).features.shape == (0, WIDTH)  # a split without songs
 
 
 def test_slices_without_stored_features_are_refused(tmp_path):

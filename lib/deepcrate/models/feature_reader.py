@@ -94,15 +94,17 @@ class FeatureTable:
         """The features of the slices ``keys`` (sorted by song and slice) names, streamed into one
         array in the keys' order (no list of parts, no sorted copy: the features are held once);
         and how many were found."""
-        songs = pc.unique(keys.column("song_id"))  # in the keys' order: sorted
-        wanted = _slice_codes(keys, songs)
         features = np.zeros((keys.num_rows, self.width), dtype=np.float32)
         found = np.zeros(keys.num_rows, dtype=bool)
-        # One batch decoded ahead, one file at a time: the scanner's default read-ahead (16 batches
-        # of 4 files) held ~200 MB of a large table's rows at once.
+        if not keys.num_rows:
+            return features, 0
+        songs = pc.unique(keys.column("song_id"))  # in the keys' order: sorted
+        wanted = _slice_codes(keys, songs)
+        # One batch decoded ahead, one file at a time: by default the scanner decodes up to 16
+        # batches of 4 files ahead, row groups a reader would hold at once.
         for batch in self._features.to_batches(columns=["song_id", "slice_idx", "features"], batch_size=_BATCH_ROWS,
                                                batch_readahead=1, fragment_readahead=1):
-            if not batch.num_rows or not keys.num_rows:
+            if not batch.num_rows:
                 continue
             codes = _slice_codes(batch, songs)
             rows = np.minimum(np.searchsorted(wanted, codes), len(wanted) - 1)
