@@ -1,0 +1,101 @@
+"""The driver's peak memory while ``deepcrate train`` runs, per warehouse, for this checkout and a baseline.
+
+For each warehouse given (e.g. bench/scale.py's at 2,000 and 10,000 songs): optionally
+``deepcrate features`` first (``--rewrite-features``: the table rewritten by this checkout,
+in its layout; no feature is computed where the table is complete), then ``deepcrate
+train`` with this checkout's code and with a baseline commit's (``--baseline``, its ``lib``
+first on ``PYTHONPATH``, from a temporary git worktree), each in a fresh process whose
+resident memory is polled every 0.2 s. Each train publishes a model run into the
+warehouse: use bench warehouses. Writes bench/results/train_memory.json.
+
+    python bench/train_memory.py WH [WH ...] [--baseline e8064db] [--rewrite-features]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+SLICES = re.compile(r"(\d+) train / (\d+) validation slices")
+
+
+def peak_of(command: list[str], lib: Path) -> tuple[float, float, str]:
+    """(peak resident MB of the process, seconds, its output)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(lib), os.environ.get("PYTHONPATH", "")])}
+    started = time.monotonic()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    watched, peak = psutil.Process(process.pid), 0.0
+    output = []
+    reader = _drain(process, output)
+    while process.poll() is None:
+        try:
+            peak = max(peak, watched.memory_info().rss / 2**20)
+        except psutil.Error:
+            pass
+        time.sleep(0.2)
+    reader.join()
+    if process.returncode:
+        raise SystemExit(f"{' '.join(command)} failed ({process.returncode}):\n" + "".join(output)[-3000:])
+    return peak, time.monotonic() - started, "".join(output)
+
+
+def _drain(process: subprocess.Popen, into: list[str]) -> threading.Thread:
+    thread = threading.Thread(target=lambda: into.extend(process.stdout), daemon=True)
+    thread.start()
+    return thread
+
+
+def deepcrate(command: str, warehouse: str) -> list[str]:
+    return [sys.executable, "-m", "deepcrate.cli", command, "--warehouse", warehouse, "--set", "spark.master=local[2]"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("warehouses", nargs="+")
+    parser.add_argument("--baseline", default="e8064db", help="commit whose code is the baseline")
+    parser.add_argument("--rewrite-features", action="store_true")
+    args = parser.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = os.path.join(scratch, "baseline")
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--force", folder, args.baseline],
+                       check=True, capture_output=True)
+        try:
+            for warehouse in args.warehouses:
+                row: dict = {"warehouse": warehouse}
+                if args.rewrite_features:
+                    _, row["features_s"], _ = peak_of(deepcrate("features", warehouse), ROOT / "lib")
+                for name, lib in (("baseline", Path(folder) / "lib"), ("this", ROOT / "lib")):
+                    peak, seconds, output = peak_of(deepcrate("train", warehouse), lib)
+                    found = SLICES.search(output)
+                    row[name] = {"driver_peak_mb": round(peak), "seconds": round(seconds, 1)}
+                    if found:
+                        row["train_slices"], row["validation_slices"] = int(found.group(1)), int(found.group(2))
+                    print(warehouse, name, json.dumps(row[name]), flush=True)
+                results.append(row)
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", folder], capture_output=True)
+    small, large = results[0], results[-1]
+    slices = (large["train_slices"] + large["validation_slices"]) - (small["train_slices"] + small["validation_slices"])
+    if slices > 0:
+        for name in ("baseline", "this"):
+            grown = large[name]["driver_peak_mb"] - small[name]["driver_peak_mb"]
+            print(f"{name}: +{grown} MB from the first warehouse to the last, {grown * 1024 / slices:.1f} KB "
+                  f"per slice read more")
+    out = ROOT / "bench" / "results" / "train_memory.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"baseline_commit": args.baseline, "warehouses": results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
