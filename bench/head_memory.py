@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from baseline_checkout import ROOT, baseline_checkout, env_running
+
 ONE_SIZE = """
 import inspect, json, resource, sys, time
 import numpy as np
@@ -47,8 +46,8 @@ print(json.dumps({"train_slices": n, "inputs_mb": before, "peak_mb": peak,
 
 
 def one_size(n: int, lib: Path) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(lib), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", ONE_SIZE, str(n)], capture_output=True, text=True, check=True, env=env)
+    done = subprocess.run([sys.executable, "-c", ONE_SIZE, str(n)], capture_output=True, text=True, check=True,
+                          env=env_running(lib))
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -58,17 +57,11 @@ def main() -> None:
     parser.add_argument("--baseline", default="e8064db", help="commit whose code is the baseline")
     args = parser.parse_args()
     runs: dict[str, list[dict]] = {"baseline": [], "this": []}
-    with tempfile.TemporaryDirectory() as scratch:
-        folder = os.path.join(scratch, "baseline")
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--force", folder, args.baseline],
-                       check=True, capture_output=True)
-        try:
-            for n in args.slices:
-                for name, lib in (("baseline", Path(folder) / "lib"), ("this", ROOT / "lib")):
-                    runs[name].append(one_size(n, lib))
-                    print(name, json.dumps(runs[name][-1]), flush=True)
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", folder], capture_output=True)
+    with baseline_checkout(args.baseline) as baseline:
+        for n in args.slices:
+            for name, lib in (("baseline", baseline / "lib"), ("this", ROOT / "lib")):
+                runs[name].append(one_size(n, lib))
+                print(name, json.dumps(runs[name][-1]), flush=True)
     ratios = [this["kb_per_slice"] / base["kb_per_slice"] for this, base in zip(runs["this"], runs["baseline"])]
     print("KB per slice, this / baseline:", ", ".join(f"{r:.2f}" for r in ratios))
     out = ROOT / "bench" / "results" / "head_memory.json"

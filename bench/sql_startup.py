@@ -30,10 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from baseline_checkout import ROOT, baseline_checkout
+
 QUERY = "SELECT genre, count(*) AS n FROM songs GROUP BY genre ORDER BY genre"
 SHELL_QUERIES = [QUERY, "SELECT count(*) AS n FROM recommendations", "SELECT max(duration_s) FROM songs",
                  "SELECT s.title FROM songs s JOIN recommendations r USING (song_id) LIMIT 3"]
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def one_shot(lib: Path, warehouse: str, *, cache: str, extra: tuple[str, ...] = ()) -> tuple[float, int]:
@@ -58,12 +59,6 @@ def bare_session() -> float:
     subprocess.run([sys.executable, "-c", BARE_SESSION], capture_output=True, check=True, timeout=600,
                    env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"})
     return time.perf_counter() - started
-
-
-def baseline_lib(commit: str, folder: str) -> Path:
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--force", folder, commit],
-                   check=True, capture_output=True)
-    return Path(folder) / "lib"
 
 
 def phases(warehouse: str) -> dict[str, float]:
@@ -108,31 +103,27 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--baseline", default="c5efc72", help="commit whose code is the baseline")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as scratch:
-        old = baseline_lib(args.baseline, os.path.join(scratch, "baseline"))
+    with tempfile.TemporaryDirectory() as scratch, baseline_checkout(args.baseline) as baseline:
+        old = baseline / "lib"
         cache = os.path.join(scratch, "cache")
-        try:
-            # the first one-shot query of this checkout writes the class archive (sql.class_archive)
-            first_s, _ = one_shot(ROOT / "lib", args.warehouse, cache=cache)
-            archives = Path(cache) / "deepcrate" / "jvm"
-            returned = time.monotonic()
-            while not list(archives.glob("spark-*.jsa")) and time.monotonic() < returned + 600:
-                time.sleep(1)
-            ready_after_s = time.monotonic() - returned
-            archive_mb = sum(p.stat().st_size for p in archives.glob("spark-*.jsa")) / 2**20
-            runs = {"baseline": [], "this_without_archive": [], "this": [], "bare_spark_session": []}
-            variants = (("baseline", old, ()), ("this_without_archive", ROOT / "lib", ("--set", "sql.class_archive=false")),
-                        ("this", ROOT / "lib", ()))
-            stderr_lines = {}
-            for _ in range(args.repeat):  # interleaved: all of them see the same machine
-                for name, lib, extra in variants:
-                    seconds, lines = one_shot(lib, args.warehouse, cache=cache, extra=extra)
-                    runs[name].append(seconds)
-                    stderr_lines[name] = lines
-                runs["bare_spark_session"].append(bare_session())
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old.parent)],
-                           capture_output=True)
+        # the first one-shot query of this checkout writes the class archive (sql.class_archive)
+        first_s, _ = one_shot(ROOT / "lib", args.warehouse, cache=cache)
+        archives = Path(cache) / "deepcrate" / "jvm"
+        returned = time.monotonic()
+        while not list(archives.glob("spark-*.jsa")) and time.monotonic() < returned + 600:
+            time.sleep(1)
+        ready_after_s = time.monotonic() - returned
+        archive_mb = sum(p.stat().st_size for p in archives.glob("spark-*.jsa")) / 2**20
+        runs = {"baseline": [], "this_without_archive": [], "this": [], "bare_spark_session": []}
+        variants = (("baseline", old, ()), ("this_without_archive", ROOT / "lib", ("--set", "sql.class_archive=false")),
+                    ("this", ROOT / "lib", ()))
+        stderr_lines = {}
+        for _ in range(args.repeat):  # interleaved: all of them see the same machine
+            for name, lib, extra in variants:
+                seconds, lines = one_shot(lib, args.warehouse, cache=cache, extra=extra)
+                runs[name].append(seconds)
+                stderr_lines[name] = lines
+            runs["bare_spark_session"].append(bare_session())
     result = {
         "warehouse": args.warehouse, "query": QUERY, "cores": os.cpu_count(), "baseline_commit": args.baseline,
         "one_shot_s": {name: {"median": statistics.median(v), "runs": v} for name, v in runs.items()},

@@ -14,26 +14,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import psutil
+from baseline_checkout import ROOT, baseline_checkout, env_running
 
-ROOT = Path(__file__).resolve().parent.parent
 SLICES = re.compile(r"(\d+) train / (\d+) validation slices")
 
 
 def peak_of(command: list[str], lib: Path) -> tuple[float, float, str]:
     """(peak resident MB of the process, seconds, its output)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(lib), os.environ.get("PYTHONPATH", "")])}
     started = time.monotonic()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=env_running(lib))
     watched, peak = psutil.Process(process.pid), 0.0
     output = []
     reader = _drain(process, output)
@@ -66,25 +64,19 @@ def main() -> None:
     parser.add_argument("--rewrite-features", action="store_true")
     args = parser.parse_args()
     results = []
-    with tempfile.TemporaryDirectory() as scratch:
-        folder = os.path.join(scratch, "baseline")
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--force", folder, args.baseline],
-                       check=True, capture_output=True)
-        try:
-            for warehouse in args.warehouses:
-                row: dict = {"warehouse": warehouse}
-                if args.rewrite_features:
-                    _, row["features_s"], _ = peak_of(deepcrate("features", warehouse), ROOT / "lib")
-                for name, lib in (("baseline", Path(folder) / "lib"), ("this", ROOT / "lib")):
-                    peak, seconds, output = peak_of(deepcrate("train", warehouse), lib)
-                    found = SLICES.search(output)
-                    row[name] = {"driver_peak_mb": round(peak), "seconds": round(seconds, 1)}
-                    if found:
-                        row["train_slices"], row["validation_slices"] = int(found.group(1)), int(found.group(2))
-                    print(warehouse, name, json.dumps(row[name]), flush=True)
-                results.append(row)
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", folder], capture_output=True)
+    with baseline_checkout(args.baseline) as baseline:
+        for warehouse in args.warehouses:
+            row: dict = {"warehouse": warehouse}
+            if args.rewrite_features:
+                _, row["features_s"], _ = peak_of(deepcrate("features", warehouse), ROOT / "lib")
+            for name, lib in (("baseline", baseline / "lib"), ("this", ROOT / "lib")):
+                peak, seconds, output = peak_of(deepcrate("train", warehouse), lib)
+                found = SLICES.search(output)
+                row[name] = {"driver_peak_mb": round(peak), "seconds": round(seconds, 1)}
+                if found:
+                    row["train_slices"], row["validation_slices"] = int(found.group(1)), int(found.group(2))
+                print(warehouse, name, json.dumps(row[name]), flush=True)
+            results.append(row)
     small, large = results[0], results[-1]
     slices = (large["train_slices"] + large["validation_slices"]) - (small["train_slices"] + small["validation_slices"])
     if slices > 0:
