@@ -36,11 +36,11 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from baseline_checkout import ROOT, baseline_checkout
+
 CORPUS = Path.home() / ".cache" / "deepcrate-bench" / "real-corpus" / "audio"
 WORK = Path.home() / ".cache" / "deepcrate-bench" / "feature-rebuild"
 BASELINE = "63c1b2c"  # main before the features stage
@@ -97,13 +97,10 @@ def train_setting_only(baseline: str, out: Path) -> int:
     if not (WORK / "wh").is_dir() or not (WORK / "audio-grown").is_dir():
         raise SystemExit(f"{WORK}: no warehouse of an earlier full run: run this script without "
                          "--train-setting-only first")
-    checkout = tempfile.mkdtemp(prefix="deepcrate-baseline-")
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--force", checkout, baseline],
-                   check=True, capture_output=True)
     results: dict = {"audio": str(WORK / "audio-grown"), "cores": os.cpu_count(), "baseline_commit": baseline,
                      "runs": {}}
-    try:
-        for name, lib in (("baseline", Path(checkout) / "lib"), ("this checkout", ROOT / "lib")):
+    with baseline_checkout(baseline) as checkout:
+        for name, lib in (("baseline", checkout / "lib"), ("this checkout", ROOT / "lib")):
             copy = WORK / f"train-setting-{name.replace(' ', '-')}-wh"
             shutil.rmtree(copy, ignore_errors=True)
             shutil.copytree(WORK / "wh", copy)
@@ -112,8 +109,6 @@ def train_setting_only(baseline: str, out: Path) -> int:
                                                 log=WORK / f"train-setting-{name.replace(' ', '-')}.log")
             shutil.rmtree(copy, ignore_errors=True)
             print(name, json.dumps(results["runs"][name]), flush=True)
-    finally:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", checkout], capture_output=True)
     runs = results["runs"]
     results["wall_over_baseline"] = round(runs["this checkout"]["wall_s"] / runs["baseline"]["wall_s"], 3)
     results["train_over_baseline"] = round(runs["this checkout"]["stages"]["train"]["seconds"]
@@ -153,17 +148,12 @@ def main(argv: list[str] | None = None) -> int:
         results["runs"]["baseline"] = json.loads(args.baseline_result.read_text())
         results["baseline_note"] = f"measured earlier in this session ({args.baseline_result})"
     elif not args.skip_baseline:
-        checkout = tempfile.mkdtemp(prefix="deepcrate-baseline-")
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--force", checkout, args.baseline],
-                       check=True, capture_output=True)
-        try:
+        with baseline_checkout(args.baseline) as checkout:
             results["baseline_commit"] = args.baseline
-            results["runs"]["baseline"] = run_rebuild(Path(checkout) / "lib", audio=args.audio,
+            results["runs"]["baseline"] = run_rebuild(checkout / "lib", audio=args.audio,
                                                       warehouse=WORK / "baseline-wh", extra=[],
                                                       log=WORK / "baseline.log")
             print("baseline", json.dumps(results["runs"]["baseline"]), flush=True)
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", checkout], capture_output=True)
     wh = WORK / "wh"
     results["runs"]["features"] = run_rebuild(here, audio=args.audio, warehouse=wh, extra=[],
                                               log=WORK / "features.log")
