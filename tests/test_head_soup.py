@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from deepcrate.models.architectures import EMBEDDING_SIZE
-from deepcrate.models.transfer import SliceFeatures, ValidationRanking, song_sums, standardised, train_head
+from deepcrate.models.transfer import SliceFeatures, ValidationRanking, standardised, train_head
 
 pytestmark = pytest.mark.unit
 
@@ -81,15 +81,6 @@ def test_three_heads_are_averaged_into_one_that_scores_what_it_says(splits):
     # The folded weights apply to the raw features and score what the head says they score.
     assert precision_by_brute_force(train, val, *head.embedding) == pytest.approx(head.validation_precision)
     assert head.logits[0].shape == (EMBEDDING_SIZE, 3)
-
-
-def test_song_sums_by_blocks_are_each_songs_sum():
-    rng = np.random.default_rng(4)
-    parts = [rng.normal(size=(11, 3)).astype(np.float32), rng.normal(size=(6, 3)).astype(np.float32)]
-    position = rng.integers(0, 4, 17)  # songs in no order, straddling blocks and parts
-    stacked = np.concatenate(parts).astype(np.float64)
-    expected = np.array([stacked[position == song].sum(axis=0) for song in range(5)])  # song 4 has no slice
-    np.testing.assert_allclose(song_sums(parts, position, songs=5, block_rows=4), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_standardising_in_place_gives_the_copys_values():

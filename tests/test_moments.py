@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deepcrate.vectors.moments import column_moments, principal_components
+from deepcrate.vectors.moments import column_moments, group_sums, principal_components
 
 
 def parts_of(matrix: np.ndarray, *cuts: int) -> list[np.ndarray]:
@@ -36,3 +36,12 @@ def test_principal_components_are_the_svds_signed_by_their_largest_loading(rows)
     np.testing.assert_allclose(components, expected * signs, atol=1e-6)
     assert (components[np.abs(components).argmax(axis=0), np.arange(components.shape[1])] > 0).all()
     np.testing.assert_allclose(mean, matrix.mean(axis=0), rtol=1e-12)
+
+
+def test_group_sums_by_blocks_are_each_groups_sum():
+    rng = np.random.default_rng(4)
+    parts = [rng.normal(size=(11, 3)).astype(np.float32), rng.normal(size=(6, 3)).astype(np.float32)]
+    position = rng.integers(0, 4, 17)  # groups in no order, straddling blocks and parts
+    stacked = np.concatenate(parts).astype(np.float64)
+    expected = np.array([stacked[position == group].sum(axis=0) for group in range(5)])  # group 4 has no row
+    np.testing.assert_allclose(group_sums(parts, position, count=5, block_rows=4), expected, rtol=1e-12, atol=1e-12)

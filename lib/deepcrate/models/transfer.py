@@ -41,7 +41,6 @@ from dataclasses import dataclass
 
 import keras
 import numpy as np
-from scipy import sparse
 from threadpoolctl import threadpool_limits
 
 from deepcrate.config.sections import parse_checkpoints
@@ -49,7 +48,7 @@ from deepcrate.models.architectures import EMBEDDING_LAYER, EMBEDDING_SIZE, buil
 from deepcrate.models.feature_reader import SliceFeatures
 from deepcrate.models.head_training import Batch, FittedHead, HeadWeights, fit_genre_layer, fit_head_weights
 from deepcrate.models.musicnn import load_pretrained, pretrained_layer
-from deepcrate.vectors.moments import BLOCK_ROWS, column_moments, principal_components
+from deepcrate.vectors.moments import BLOCK_ROWS, column_moments, group_sums, principal_components
 from deepcrate.vectors.retrieval import nearest_songs, retrieval_scores
 
 logger = logging.getLogger(__name__)
@@ -225,7 +224,7 @@ class ValidationRanking:
         song_ids = np.concatenate([train.song_ids, val.song_ids])
         labels = np.concatenate([train.labels, val.labels])
         songs, position = np.unique(song_ids, return_inverse=True)
-        self.song_means = song_sums([train_x, val_x], position, songs=len(songs))
+        self.song_means = group_sums([train_x, val_x], position, count=len(songs))
         self.song_means /= np.bincount(position)[:, None]
         self.genres = np.zeros(len(songs), np.int64)
         self.genres[position] = labels
@@ -236,23 +235,6 @@ class ValidationRanking:
         found = nearest_songs(self.song_means @ weights + bias, self.queries, k=self.k)
         scores = retrieval_scores(self.genres, self.queries, found, ks=(self.k,))
         return float(scores[f"precision_at_{self.k}"].mean()), float(scores[f"map_at_{self.k}"].mean())
-
-
-def song_sums(parts: Sequence[np.ndarray], position: np.ndarray, *, songs: int,
-              block_rows: int = BLOCK_ROWS) -> np.ndarray:
-    """(songs, d) float64: the sum of the rows of ``parts`` (stacked) by song, row i's song being
-    ``position[i]``; block by block, each song's rows added in their order (no stacked or
-    float64 copy of every slice)."""
-    sums = np.zeros((songs, next(part.shape[1] for part in parts)))
-    offset = 0
-    for part in parts:
-        for start in range(0, len(part), block_rows):
-            block = part[start:start + block_rows]
-            indicator = sparse.csr_array((np.ones(len(block)), (position[offset + start:offset + start + len(block)],
-                                                                 np.arange(len(block)))), shape=(songs, len(block)))
-            sums += indicator @ block.astype(np.float64)
-        offset += len(part)
-    return sums
 
 
 def principal_projection(parts: Sequence[np.ndarray]) -> list[np.ndarray]:

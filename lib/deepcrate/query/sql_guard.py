@@ -290,7 +290,6 @@ def packaged_functions(spark_version: str) -> list[tuple[str, str, str]] | None:
     return [tuple(entry) for entry in packaged["functions"]]
 
 
-
 def _refused_statement(kind: str) -> str:
     return f"refused: {_statement(kind)} is not read-only; deepcrate sql runs {ALLOWED}"
 

@@ -1,6 +1,6 @@
 """Column statistics of a matrix held in parts (train and validation slices), block by block.
 
-Means, spreads and principal components are accumulated in float64 over blocks of rows,
+Means, spreads, principal components and sums by group are accumulated in float64 over blocks of rows,
 so the memory they take does not grow with the rows: a float64 copy of every slice's
 features, and the factors of its SVD, took ~9 KB a slice of the head's training
 (bench/head_memory.py).
@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+from scipy import sparse
 
 BLOCK_ROWS = 8192
 
@@ -20,7 +21,7 @@ def column_moments(parts: Sequence[np.ndarray], *, block_rows: int = BLOCK_ROWS)
     """
     rows = sum(len(part) for part in parts)
     mean = _column_mean(parts, block_rows)
-    squares = sum((np.square(block - mean).sum(axis=0) for block in _blocks(parts, block_rows)),
+    squares = sum((np.square(block - mean).sum(axis=0) for _, block in _blocks(parts, block_rows)),
                   np.zeros(_width(parts)))
     return mean, np.sqrt(squares / rows)
 
@@ -36,7 +37,7 @@ def principal_components(parts: Sequence[np.ndarray], *, count: int,
     rows, width = sum(len(part) for part in parts), _width(parts)
     mean = _column_mean(parts, block_rows)  # the spread is not needed: one pass fewer
     scatter = np.zeros((width, width))
-    for block in _blocks(parts, block_rows):
+    for _, block in _blocks(parts, block_rows):
         centred = block - mean
         scatter += centred.T @ centred
     _, vectors = np.linalg.eigh(scatter)  # ascending eigenvalues
@@ -46,16 +47,31 @@ def principal_components(parts: Sequence[np.ndarray], *, count: int,
     return mean, components
 
 
+def group_sums(parts: Sequence[np.ndarray], groups: np.ndarray, *, count: int,
+               block_rows: int = BLOCK_ROWS) -> np.ndarray:
+    """(count, columns) float64: the sum of the rows of ``parts`` stacked by group, row i's group
+    being ``groups[i]`` (in 0 .. count-1); each group's rows added in their order."""
+    sums = np.zeros((count, _width(parts)))
+    for first, block in _blocks(parts, block_rows):
+        rows = np.arange(len(block))
+        sums += sparse.csr_array((np.ones(len(block)), (groups[first:first + len(block)], rows)),
+                                 shape=(count, len(block))) @ block
+    return sums
+
+
 def _column_mean(parts: Sequence[np.ndarray], block_rows: int) -> np.ndarray:
     rows = sum(len(part) for part in parts)
-    return sum((block.sum(axis=0) for block in _blocks(parts, block_rows)), np.zeros(_width(parts))) / rows
+    return sum((block.sum(axis=0) for _, block in _blocks(parts, block_rows)), np.zeros(_width(parts))) / rows
 
 
 def _width(parts: Sequence[np.ndarray]) -> int:
     return next(part.shape[1] for part in parts)
 
 
-def _blocks(parts: Sequence[np.ndarray], block_rows: int) -> Iterator[np.ndarray]:
+def _blocks(parts: Sequence[np.ndarray], block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(the first row's position in the stacked parts, the block in float64)."""
+    first = 0
     for part in parts:
         for start in range(0, len(part), block_rows):
-            yield np.asarray(part[start:start + block_rows], dtype=np.float64)
+            yield first + start, np.asarray(part[start:start + block_rows], dtype=np.float64)
+        first += len(part)
