@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from deepcrate.models.architectures import EMBEDDING_SIZE
-from deepcrate.models.transfer import SliceFeatures, ValidationRanking, standardised, train_head
+from deepcrate.models.transfer import SliceFeatures, ValidationRanking, train_head
+from deepcrate.vectors.moments import standardised
 
 pytestmark = pytest.mark.unit
 

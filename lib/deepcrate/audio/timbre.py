@@ -66,7 +66,7 @@ def divergence_vectors(gaussians: np.ndarray, *, centre: np.ndarray | None = Non
     return queries, database
 
 
-def least_divergent(gaussians: np.ndarray, queries: np.ndarray, *, k: int, block: int = 16384) -> np.ndarray:
+def least_divergent(gaussians: np.ndarray, queries: np.ndarray, *, k: int, block: int = 4096) -> np.ndarray:
     """Positions of the ``k`` songs whose Gaussians are least divergent from each query's,
     the query itself left out (exact search).
 
@@ -76,8 +76,8 @@ def least_divergent(gaussians: np.ndarray, queries: np.ndarray, *, k: int, block
     queries : ndarray of int
         Positions of the query songs.
     block : int
-        Songs whose database vectors are held at once (16,384: 110 MiB), so memory
-        stays flat however large the catalogue.
+        Songs whose database vectors are held at once (4,096: 28 MiB), so that this
+        memory stays flat however large the catalogue.
     """
     centre = np.asarray(gaussians[:, :N_MFCC], dtype=np.float64).mean(axis=0)
     query_vectors, _ = divergence_vectors(gaussians[queries], centre=centre)

@@ -270,6 +270,7 @@ class EmbedSettings:
 class EvaluateSettings:
     random_draws: int
     seed: int
+    probe_max_songs: int
 
 
 @dataclass(frozen=True)

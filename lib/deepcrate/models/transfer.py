@@ -48,7 +48,7 @@ from deepcrate.models.architectures import EMBEDDING_LAYER, EMBEDDING_SIZE, buil
 from deepcrate.models.feature_reader import SliceFeatures
 from deepcrate.models.head_training import Batch, FittedHead, HeadWeights, fit_genre_layer, fit_head_weights
 from deepcrate.models.musicnn import load_pretrained, pretrained_layer
-from deepcrate.vectors.moments import BLOCK_ROWS, column_moments, group_sums, principal_components
+from deepcrate.vectors.moments import column_moments, group_sums, principal_components, standardised
 from deepcrate.vectors.retrieval import nearest_songs, retrieval_scores
 
 logger = logging.getLogger(__name__)
@@ -194,17 +194,6 @@ def train_head(train: SliceFeatures, val: SliceFeatures, *, n_classes: int, obje
     return TrainedHead(folded, result.logits, best.history, best.best_epoch, best.stopped_early, kept, score[0],
                        [{"seed": s, "best_epoch": h.best_epoch, "validation_precision_at_10": h.score[0]}
                         for s, h in trained])
-
-
-def standardised(features: np.ndarray, *, mean: np.ndarray, scale: np.ndarray, overwrite: bool,
-                 block_rows: int = BLOCK_ROWS) -> np.ndarray:
-    """``(features - mean) / scale`` as float32, computed in float64 block by block (no float64
-    copy of every slice), into ``features`` itself when ``overwrite`` and it is float32."""
-    out = features if overwrite and features.dtype == np.float32 else np.empty(features.shape, np.float32)
-    for start in range(0, len(features), block_rows):
-        block = slice(start, start + block_rows)
-        out[block] = (features[block] - mean) / scale
-    return out
 
 
 def _mean_weights(weights: Sequence[list[np.ndarray]]) -> list[np.ndarray]:

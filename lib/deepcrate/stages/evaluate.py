@@ -39,7 +39,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import SparkSession
 
-from deepcrate.audio.mfcc import standardise
 from deepcrate.audio.timbre import least_divergent
 from deepcrate.config import Settings, to_mapping
 from deepcrate.config.sections import EvaluateSettings
@@ -52,6 +51,7 @@ from deepcrate.storage.table_metadata import EvaluationMetadata
 from deepcrate.storage.warehouse import Warehouse
 from deepcrate.storage.writer_lock import holds_writer_lock
 from deepcrate.vectors.genre_accuracy import percent
+from deepcrate.vectors.moments import standardise_columns
 from deepcrate.vectors.retrieval import ideal_songs, nearest_songs, random_songs, retrieval_scores
 from deepcrate.vectors.similarity import list_column_matrix
 
@@ -63,6 +63,7 @@ logger = logging.getLogger(__name__)
 KS = (5, 10)
 METHODS = EVALUATION_METHODS  # pretrained: where the model has it
 METRICS = tuple(f"{name}_at_{k}" for name in ("precision", "map") for k in KS)
+PROBE_BLOCK = 8192  # query songs predicted at once
 
 
 @dataclass
@@ -129,22 +130,25 @@ def evaluate(spark: SparkSession, *, warehouse: str, settings: Settings) -> Eval
         if not store.exists(name):
             stage = "ingest" if name == Table.MFCC_FEATURES else "embed"
             raise WarehouseError(f"warehouse {store.root}: no {name} table; run deepcrate rebuild (or {stage}) first")
-    songs = store.read(Table.SONGS, columns=["song_id", "path", "genre", "split"]).toPandas()
-    embeddings = _song_embeddings(store)
-    version = str(embeddings["model_version"].iloc[0]) if len(embeddings) else ""
-    labelled = songs.dropna(subset=["genre"]).merge(embeddings, on="song_id").sort_values("song_id")
+    songs = store.read(Table.SONGS, columns=["song_id", "genre", "split"]).toPandas()
+    embedded = store.arrow.read(Table.SONG_EMBEDDINGS, columns=["song_id", "predicted_genre", "model_version"]
+                                ).to_pandas()
+    version = str(embedded["model_version"].iloc[0]) if len(embedded) else ""
+    labelled = songs.dropna(subset=["genre"]).merge(embedded.drop(columns="model_version"), on="song_id")
     _check_evaluable(labelled, where=f"warehouse {store.root}")
 
     run = store.begin_run()
-    features = _read_features(store.arrow)  # ingest computed them from its own decode: no second one
-    catalogue = labelled.merge(features, on="song_id").sort_values("song_id").reset_index(drop=True)
+    # ingest computed the MFCC features from its own decode: no second one
+    featured = store.arrow.read(Table.MFCC_FEATURES, columns=["song_id"]).column("song_id")
+    catalogue = (labelled[labelled["song_id"].isin(featured.to_numpy(zero_copy_only=False))]
+                 .sort_values("song_id").reset_index(drop=True))
     if len(catalogue) < len(labelled):
         logger.warning("%d labelled songs have no MFCC features (an ingest older than them?) and are left out "
                        "of the evaluation", len(labelled) - len(catalogue))
         _check_evaluable(catalogue, where=f"warehouse {store.root}")
     test_slices = _test_slice_predictions(store, catalogue[catalogue["split"] == "test"])
-    rows = _evaluation_rows(catalogue, version=version, settings=settings.evaluate,
-                            test_slices=test_slices)
+    rows = _evaluation_rows(catalogue, CatalogueVectors(store.arrow, catalogue["song_id"]), version=version,
+                            settings=settings.evaluate, test_slices=test_slices)
     frame = spark.createDataFrame(rows[list(EVALUATION.names)].astype(object).where(rows.notna(), None)
                                   .itertuples(index=False, name=None), schema=spark_schema(Table.EVALUATION)).coalesce(1)
     summary = EvaluateSummary(model_version=version, queries=int((catalogue["split"] == "test").sum()),
@@ -168,43 +172,48 @@ def _check_evaluable(catalogue: pd.DataFrame, *, where: str) -> None:
                          f"{max(KS)} other songs")
 
 
-def _evaluation_rows(catalogue: pd.DataFrame, *, version: str, settings: EvaluateSettings,
-                     test_slices: pd.DataFrame) -> pd.DataFrame:
+def _evaluation_rows(catalogue: pd.DataFrame, vectors: CatalogueVectors, *, version: str,
+                     settings: EvaluateSettings, test_slices: pd.DataFrame) -> pd.DataFrame:
     """One row per method and genre (genre None first) for the test songs of ``catalogue``.
 
-    ``test_slices``: the test songs' slices with their ``genre`` and the model's ``predicted`` genre.
+    ``vectors``: the songs' vectors, each method's read when it is scored and let go after,
+    so that one method's matrix is held at a time. ``test_slices``: the test songs' slices
+    with their ``genre`` and the model's ``predicted`` genre.
     """
     genres = catalogue["genre"].to_numpy(dtype=object)
     queries = np.flatnonzero(catalogue["split"].to_numpy() == "test")
     query_genres = genres[queries]
+    probe = GenreProbe(genres, catalogue["split"].to_numpy(), queries, max_songs=int(settings.probe_max_songs))
     k = max(KS)
-    mfcc = standardise(np.stack(catalogue["features"].to_numpy()))
     rng = np.random.default_rng(int(settings.seed))
     draws = int(settings.random_draws)
     labels = np.array(sorted(set(genres)), dtype=object)
 
+    def scored(found: np.ndarray) -> dict[str, np.ndarray]:
+        return retrieval_scores(genres, queries, found, ks=KS)
+
+    embedding = vectors.read(Table.SONG_EMBEDDINGS, "embedding")
+    scores = {"model": scored(nearest_songs(embedding, queries, k=k))}
     model_answers = catalogue["predicted_genre"].to_numpy(dtype=object)[queries]
     if catalogue["predicted_genre"].isna().all():  # an embedding-only model: probe it as MFCCs are
-        model_answers = _probe_predictions(standardise(np.stack(catalogue["embedding"].to_numpy())), catalogue,
-                                           queries)
-    answers = {
-        "model": model_answers,
-        "mfcc": _probe_predictions(mfcc, catalogue, queries),
-    }
-    pretrained = None
-    if "pretrained" in catalogue and catalogue["pretrained"].notna().all():
-        pretrained = np.stack(catalogue["pretrained"].to_numpy())
-        answers["pretrained"] = _probe_predictions(standardise(pretrained), catalogue, queries)
-    scores = {
-        "model": retrieval_scores(genres, queries, nearest_songs(np.stack(catalogue["embedding"].to_numpy()),
-                                                                 queries, k=k), ks=KS),
-        "mfcc": retrieval_scores(genres, queries, nearest_songs(mfcc, queries, k=k), ks=KS),
-        "timbre": retrieval_scores(genres, queries, least_divergent(np.stack(catalogue["timbre"].to_numpy()),
-                                                                    queries, k=k), ks=KS),
-        "ideal": retrieval_scores(genres, queries, ideal_songs(genres, queries, k=k), ks=KS),
-    }
-    if pretrained is not None:
-        scores["pretrained"] = retrieval_scores(genres, queries, nearest_songs(pretrained, queries, k=k), ks=KS)
+        model_answers = probe.answers(standardise_columns(embedding, overwrite=True))
+    answers = {"model": model_answers}
+    del embedding
+
+    mfcc = standardise_columns(vectors.read(Table.MFCC_FEATURES, "features"), overwrite=True)
+    scores["mfcc"] = scored(nearest_songs(mfcc, queries, k=k))
+    answers["mfcc"] = probe.answers(mfcc)
+    del mfcc
+
+    if vectors.complete(Table.SONG_EMBEDDINGS, "pretrained"):
+        pretrained = vectors.read(Table.SONG_EMBEDDINGS, "pretrained")
+        scores["pretrained"] = scored(nearest_songs(pretrained, queries, k=k))
+        answers["pretrained"] = probe.answers(standardise_columns(pretrained, overwrite=True))
+        del pretrained
+
+    scores["timbre"] = scored(least_divergent(vectors.read(Table.MFCC_FEATURES, "timbre", dtype=np.float64),
+                                              queries, k=k))
+    scores["ideal"] = scored(ideal_songs(genres, queries, k=k))
     random_draws = [retrieval_scores(genres, queries, random_songs(len(catalogue), queries, k=k, rng=rng), ks=KS)
                     for _ in range(draws)]
     scores["random"] = {name: np.mean([d[name] for d in random_draws], axis=0) for name in METRICS}
@@ -243,23 +252,47 @@ def genre_probe(features: np.ndarray, genres: np.ndarray) -> LogisticRegression:
     return LogisticRegression(max_iter=2000, C=1.0).fit(features, genres)
 
 
-def _probe_predictions(features: np.ndarray, catalogue: pd.DataFrame, queries: np.ndarray) -> np.ndarray:
-    """Genres of the query songs by the :func:`genre_probe` of the train and validation songs."""
-    fit = catalogue["split"].isin(["train", "validation"]).to_numpy()
-    if catalogue.loc[fit, "genre"].nunique() < 2:
-        return np.full(len(queries), None, dtype=object)
-    return genre_probe(features[fit], catalogue.loc[fit, "genre"].to_numpy()).predict(features[queries]).astype(object)
+class GenreProbe:
+    """Genres of the query songs by the :func:`genre_probe` of the train and validation songs.
+
+    At most ``max_songs`` of them are fitted on (evenly spaced in catalogue order, i.e. by song
+    id, a hash: a sample independent of genre), so that the fit's memory stays bounded
+    however large the catalogue.
+    """
+
+    def __init__(self, genres: np.ndarray, splits: np.ndarray, queries: np.ndarray, *, max_songs: int) -> None:
+        fitted = np.flatnonzero(np.isin(splits, ["train", "validation"]))
+        if len(fitted) > max_songs:
+            fitted = fitted[np.linspace(0, len(fitted) - 1, max_songs).round().astype(np.int64)]
+        self.fitted, self.genres, self.queries = fitted, genres[fitted], queries
+
+    def answers(self, features: np.ndarray) -> np.ndarray:
+        """The predicted genre of each query song (None each when fewer than two genres are fitted)."""
+        if len(set(self.genres)) < 2:
+            return np.full(len(self.queries), None, dtype=object)
+        fit = genre_probe(features[self.fitted], self.genres)
+        return np.concatenate([fit.predict(features[self.queries[start:start + PROBE_BLOCK]])
+                               for start in range(0, len(self.queries), PROBE_BLOCK)]).astype(object)
 
 
-def _song_embeddings(store: Warehouse) -> pd.DataFrame:
-    names = store.arrow.dataset(Table.SONG_EMBEDDINGS).schema.names
-    vectors = ["embedding", *(["pretrained"] if "pretrained" in names else [])]  # not before it existed
-    table = store.arrow.read(Table.SONG_EMBEDDINGS, columns=["song_id", "predicted_genre", "model_version", *vectors])
-    frame = table.drop(vectors).to_pandas()
-    frame["embedding"] = list(list_column_matrix(table.column("embedding")))
-    if "pretrained" in vectors and table.column("pretrained").null_count == 0:
-        frame["pretrained"] = list(list_column_matrix(table.column("pretrained")))
-    return frame
+class CatalogueVectors:
+    """The catalogue's vectors from the warehouse's tables, a column at a time, in catalogue order
+    (``song_ids``): each read batch by batch into one matrix (:meth:`ArrowTables.matrix`)."""
+
+    def __init__(self, tables: ArrowTables, song_ids: pd.Series) -> None:
+        self.tables = tables
+        self.keys = pa.array(song_ids.to_numpy(dtype=object), pa.string())
+
+    def read(self, table: Table, column: str, *, dtype: type = np.float32) -> np.ndarray:
+        return self.tables.matrix(table, column, keys=self.keys, dtype=dtype)
+
+    def complete(self, table: Table, column: str) -> bool:
+        """Whether ``table`` has ``column`` with a value for every catalogue song (``pretrained``:
+        not before it existed, and null for a model without a pretrained network)."""
+        if not self.tables.has_columns(table, [column]):
+            return False
+        missing = pc.field("song_id").isin(self.keys) & pc.field(column).is_null()
+        return self.tables.dataset(table).count_rows(filter=missing) == 0
 
 
 def _test_slice_predictions(store: Warehouse, test_songs: pd.DataFrame) -> pd.DataFrame:
@@ -275,13 +308,6 @@ def _test_slice_predictions(store: Warehouse, test_songs: pd.DataFrame) -> pd.Da
         "predicted": (labels[probabilities.argmax(axis=1)] if len(probabilities) and len(labels)
                       else np.full(len(probabilities), None, dtype=object)),
     })
-
-
-def _read_features(tables: ArrowTables) -> pd.DataFrame:
-    table = tables.read(Table.MFCC_FEATURES)
-    return pd.DataFrame({"song_id": table.column("song_id").to_pylist(),
-                         "features": list(list_column_matrix(table.column("features"))),
-                         "timbre": list(list_column_matrix(table.column("timbre"), dtype=np.float64))})
 
 
 class EvaluateStage(Stage):

@@ -9,8 +9,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs
 import pyarrow.parquet as pq
@@ -23,6 +25,7 @@ from deepcrate.storage.run_log import RunLog, RunRecord, TableVersion
 from deepcrate.storage.schemas import Table
 from deepcrate.storage.table_metadata import METADATA_FILE, TableMetadata, metadata_class
 from deepcrate.uris import filesystem_and_path, warehouse_uri
+from deepcrate.vectors.similarity import list_column_matrix
 
 # Spark writes a CRC with every Parquet page but neither Spark nor pyarrow checks it by default: a
 # damaged page then reads as wrong numbers, silently. Checked, it is an error naming the file.
@@ -113,6 +116,51 @@ class ArrowTables:
         except (OSError, pa.ArrowInvalid) as exc:
             raise WarehouseError(f"table {name} in {self.root}: {_damaged_file(dataset) or 'cannot be read'}: "
                                  f"{first_line(exc)}; restore it, or roll back (deepcrate rollback)") from None
+
+    def matrix(self, name: Table, column: str, *, keys: pa.Array, dtype: type = np.float32,
+               batch_rows: int = 8192) -> np.ndarray:
+        """Column ``column`` of table ``name`` (float lists of one length) as one matrix: row ``i`` is the
+        list of the row whose ``song_id`` is ``keys[i]``.
+
+        The table is streamed a batch at a time into the matrix, so a reader holds the matrix and
+        one batch, not the table as well (nor a list of parts to stack).
+
+        Raises
+        ------
+        WarehouseError
+            A key has no row, a row's list is null, or the lists differ in length.
+        """
+        where = f"table {name} in {self.root}"
+        out: np.ndarray | None = None
+        found = np.zeros(len(keys), dtype=bool)
+        dataset = self.dataset(name)
+        try:
+            # One batch decoded ahead, one file at a time (by default: 16 batches of 4 files).
+            for batch in dataset.to_batches(columns=["song_id", column], batch_size=batch_rows,
+                                            batch_readahead=1, fragment_readahead=1):
+                rows = pc.index_in(batch.column("song_id"), value_set=keys).fill_null(-1).to_numpy(zero_copy_only=False)
+                kept = rows >= 0
+                if not kept.any():
+                    continue
+                lists = batch.column(column).filter(pa.array(kept))
+                if lists.null_count:
+                    raise WarehouseError(f"{where}: {lists.null_count} rows without {column}")
+                values = list_column_matrix(lists, dtype=dtype)
+                if out is None:
+                    out = np.zeros((len(keys), values.shape[1]), dtype=dtype)
+                elif values.shape[1] != out.shape[1]:
+                    raise WarehouseError(f"{where}: {column} of {values.shape[1]} and of {out.shape[1]} values")
+                out[rows[kept]] = values
+                found[rows[kept]] = True
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise WarehouseError(f"{where}: {_damaged_file(dataset) or 'cannot be read'}: {first_line(exc)}; "
+                                 f"restore it, or roll back (deepcrate rollback)") from None
+        finally:
+            pa.default_memory_pool().release_unused()  # the decoded batches: Arrow's allocator keeps them otherwise
+        if not found.all():
+            raise WarehouseError(f"{where}: no row for {int((~found).sum())} of {len(keys)} songs "
+                                 f"(e.g. {keys[int(np.argmin(found))]})")
+        return out if out is not None else np.zeros((0, 0), dtype)
 
     def has_columns(self, name: Table, columns: Sequence[str]) -> bool:
         """Whether table ``name`` has every one of ``columns`` (a table an older stage wrote may lack some)."""

@@ -1,6 +1,7 @@
 """Column statistics of a matrix held in parts (train and validation slices), block by block.
 
-Means, spreads, principal components and sums by group are accumulated in float64 over blocks of rows,
+Means, spreads, principal components and sums by group are accumulated, and standardised copies
+computed, in float64 over blocks of rows,
 so the memory they take does not grow with the rows: a float64 copy of every slice's
 features, and the factors of its SVD, took ~9 KB a slice of the head's training
 (bench/head_memory.py).
@@ -57,6 +58,27 @@ def group_sums(parts: Sequence[np.ndarray], groups: np.ndarray, *, count: int,
         sums += sparse.csr_array((np.ones(len(block)), (groups[first:first + len(block)], rows)),
                                  shape=(count, len(block))) @ block
     return sums
+
+
+def standardised(features: np.ndarray, *, mean: np.ndarray, scale: np.ndarray, overwrite: bool,
+                 block_rows: int = BLOCK_ROWS) -> np.ndarray:
+    """``(features - mean) / scale`` as float32, computed in float64 block by block (no float64
+    copy of every slice), into ``features`` itself when ``overwrite`` and it is float32."""
+    out = features if overwrite and features.dtype == np.float32 else np.empty(features.shape, np.float32)
+    for start in range(0, len(features), block_rows):
+        block = slice(start, start + block_rows)
+        out[block] = (features[block] - mean) / scale
+    return out
+
+
+def standardise_columns(features: np.ndarray, *, overwrite: bool = False, block_rows: int = BLOCK_ROWS) -> np.ndarray:
+    """Each column of ``features`` to mean 0 and standard deviation 1 over these rows, a constant
+    column to 0, as float32 (statistics and arithmetic in float64 by blocks, no float64 copy), into
+    ``features`` itself when ``overwrite`` and it is float32."""
+    mean, spread = column_moments([features], block_rows=block_rows)
+    # a constant column is centred to 0; divided by infinity rather than 0, it stays 0
+    return standardised(features, mean=mean, scale=np.where(spread > 0, spread, np.inf), overwrite=overwrite,
+                        block_rows=block_rows)
 
 
 def _column_mean(parts: Sequence[np.ndarray], block_rows: int) -> np.ndarray:
