@@ -18,14 +18,16 @@ import soxr
 from deltalake import DeltaTable
 
 from deepcrate.audio.mfcc import mfcc_statistics, song_mfcc_features
-from deepcrate.audio.timbre import RIDGE, divergence_vectors, least_divergent
+from deepcrate.audio.timbre import RIDGE, divergence_vectors, least_divergent, least_divergent_of_blocks
 from deepcrate.cli import main
 from deepcrate.config import DecodeLimits
+from deepcrate.stages.evaluate import GenreProbe
 from deepcrate.vectors.moments import standardise_columns
 from deepcrate.vectors.retrieval import (
     average_precision_at_k,
     ideal_songs,
     nearest_songs,
+    nearest_songs_of_blocks,
     precision_at_k,
     random_songs,
     retrieval_scores,
@@ -68,6 +70,9 @@ def test_a_tiny_catalogue_with_known_neighbours():
         order = [p for p in np.argsort(-cosine[query], kind="stable") if p != query][:3]
         assert list(found[row]) == order
     assert list(found[0][:2]) == [1, 2]  # the a songs first, nearest first
+    # The catalogue read from a table: blocks in another order, each with its songs' positions.
+    blocks = iter([(np.array([4, 1]), vectors[[4, 1]].astype(np.float32)), (np.array([5, 0, 3, 2]), vectors[[5, 0, 3, 2]])])
+    np.testing.assert_array_equal(nearest_songs_of_blocks(blocks, vectors[queries], queries, k=3), found)
     scores = retrieval_scores(genres, queries, found, ks=(1, 3))
     # query 0: a, a, b -> P@3 2/3; query 2 (an a among b's): b, b, b -> 0; query 3: b, b, a -> 2/3
     np.testing.assert_allclose(scores["precision_at_3"], [2 / 3, 0, 2 / 3])
@@ -160,6 +165,26 @@ def test_standardise_gives_zero_mean_unit_variance_columns_and_zero_for_constant
     assert overwritten is many and np.allclose(many, expected, atol=1e-6)
 
 
+def test_the_genre_probe_is_fitted_on_at_most_its_budget_of_train_and_validation_songs_evenly_spread():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    genres = np.array(["a", "b"] * 50, dtype=object)
+    splits = np.array(["train"] * 60 + ["validation"] * 20 + ["test"] * 20, dtype=object)
+    features = (rng.normal(size=(100, 3)) + 1.5 * (genres == "a")[:, None]).astype(np.float32)
+    queries = np.arange(80, 100)
+
+    probe = GenreProbe(genres, splits, max_songs=10)
+    assert len(probe.fitted) == 10 and probe.fitted[0] == 0 and probe.fitted[-1] == 79
+    assert np.all(np.diff(probe.fitted) >= 8) and set(splits[probe.fitted]) == {"train", "validation"}
+    expected = LogisticRegression(max_iter=2000).fit(features[probe.fitted], genres[probe.fitted]).predict(
+        features[queries])
+    np.testing.assert_array_equal(probe.answers(features[probe.fitted], features[queries]), expected)
+    assert len(GenreProbe(genres, splits, max_songs=1000).fitted) == 80  # below the budget: all of them
+    one_genre = GenreProbe(np.array(["a"] * 100, dtype=object), splits, max_songs=10)
+    assert list(one_genre.answers(features[one_genre.fitted], features[queries])) == [None] * 20
+
+
 def test_mfcc_statistics_of_a_single_frame_do_not_fail():
     assert mfcc_statistics(np.zeros(100, np.float32) + 0.1).shape == (80,)
 
@@ -213,6 +238,12 @@ def test_least_divergent_songs_come_in_order_of_divergence():
         assert list(found[row]) == list(np.argsort(divergence, kind="stable")[:4])
     # The same answer when the catalogue is searched in blocks of 5 songs.
     np.testing.assert_array_equal(least_divergent(gaussians, queries, k=4, block=5), found)
+    # ... and when it comes from a table: blocks in another order, each with its songs' positions.
+    order = np.random.default_rng(2).permutation(12)
+    blocks = [(order[start:start + 5], gaussians[order[start:start + 5]]) for start in range(0, 12, 5)]
+    centre = gaussians[:, :20].mean(axis=0)
+    np.testing.assert_array_equal(
+        least_divergent_of_blocks(iter(blocks), gaussians[queries], queries, centre=centre, k=4, block=2), found)
     # A song's own Gaussian repeated is its least divergent neighbour, the query itself never.
     twin = np.vstack([gaussians, gaussians[5]])
     assert least_divergent(twin, np.array([5]), k=1)[0, 0] == 12

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deepcrate.vectors.moments import column_moments, group_sums, principal_components
+from deepcrate.vectors.moments import column_moments, group_sums, principal_components, streamed_moments
 
 
 def parts_of(matrix: np.ndarray, *cuts: int) -> list[np.ndarray]:
@@ -18,6 +18,18 @@ def test_moments_by_blocks_equal_numpys_over_the_stacked_parts():
     whole = matrix.astype(np.float64)
     np.testing.assert_allclose(mean, whole.mean(axis=0), rtol=1e-12)
     np.testing.assert_allclose(spread, whole.std(axis=0), rtol=1e-9)
+
+
+def test_moments_of_a_stream_of_blocks_equal_numpys_in_one_pass():
+    rng = np.random.default_rng(8)
+    matrix = (rng.normal(size=(1000, 12)) * np.arange(1, 13) + 1e4).astype(np.float32)  # far from zero
+    whole = matrix.astype(np.float64)
+    blocks = (matrix[start:stop] for start, stop in [(0, 1), (1, 1), (1, 400), (400, 999), (999, 1000)])
+    mean, spread = streamed_moments(blocks)  # a generator: one pass, uneven and empty blocks
+    np.testing.assert_allclose(mean, whole.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(spread, whole.std(axis=0), rtol=1e-9)
+    with pytest.raises(ValueError, match="no rows"):
+        streamed_moments(iter([]))
 
 
 @pytest.mark.parametrize("rows", [500, 6])

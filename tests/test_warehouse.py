@@ -538,3 +538,38 @@ def test_pretrained_features_are_written_in_row_groups_of_bounded_size_too(spark
     assert sum(group.num_rows for group in groups) == rows
     assert len(groups) >= 3  # Spark's default (or a dictionary) writes one group here
     assert max(group.total_byte_size for group in groups) <= 1.5 * ROW_GROUP_BYTES  # checked every ~100 rows
+
+
+def test_the_song_vector_tables_are_written_in_row_groups_of_bounded_size_too(spark, tmp_path, demo_warehouse):
+    """evaluate and index stream them a row group at a time. Three groups' worth of MFCC features
+    whose rows repeat (64 distinct, as copies of recordings would)."""
+    import pyarrow.parquet as pq
+
+    from deepcrate.storage.arrow_tables import ArrowTables
+    from deepcrate.storage.schemas import Table
+    from deepcrate.storage.spark_schemas import spark_schema
+    from deepcrate.storage.warehouse import ROW_GROUP_BYTES
+    from deepcrate.storage.writer_lock import writer_lock
+
+    rng = np.random.default_rng(0)
+    distinct = [(rng.normal(size=80).astype(np.float32).tolist(), rng.normal(size=420).tolist()) for _ in range(64)]
+    copies = 3 * ROW_GROUP_BYTES // (80 * 4 + 420 * 8) // 64 + 1
+    frame = spark.createDataFrame([(f"{n:02d}-{copy}", *distinct[n]) for copy in range(copies) for n in range(64)],
+                                  schema=spark_schema(Table.MFCC_FEATURES)).coalesce(1)
+    with writer_lock(str(tmp_path / "wh"), command="test", create=True):
+        store = Warehouse(spark, str(tmp_path / "wh"), create=True)
+        run = store.begin_run()
+        store.write_table(run, Table.MFCC_FEATURES, frame, metadata=Warehouse(spark, str(demo_warehouse)).metadata("mfcc_features"))
+        store.publish(run, [Table.MFCC_FEATURES])
+    groups = [metadata.row_group(i) for path in (tmp_path / "wh" / "mfcc_features").rglob("*.parquet")
+              for metadata in [pq.read_metadata(path)] for i in range(metadata.num_row_groups)]
+    assert sum(group.num_rows for group in groups) == 64 * copies
+    assert len(groups) >= 3  # Spark's default (or a dictionary) writes one group here
+    assert max(group.total_byte_size for group in groups) <= 1.5 * ROW_GROUP_BYTES
+    # Streamed back a group at a time, every song's row in its place.
+    tables = ArrowTables.current(str(tmp_path / "wh"))
+    keys = pa.array([f"{n:02d}-{copies - 1}" for n in range(64)])
+    blocks = list(tables.matrix_blocks(Table.MFCC_FEATURES, "timbre", keys=keys, dtype=np.float64))
+    assert sum(len(rows) for rows, _ in blocks) == 64
+    np.testing.assert_array_equal(tables.matrix(Table.MFCC_FEATURES, "timbre", keys=keys, dtype=np.float64),
+                                  np.array([timbre for _, timbre in distinct]))

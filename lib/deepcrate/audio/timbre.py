@@ -21,11 +21,13 @@ an inner-product index (FAISS) could serve it at catalogue scale.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 from deepcrate.audio.mfcc import N_MFCC
 from deepcrate.vectors.retrieval import other_songs
-from deepcrate.vectors.similarity import exact_top_k, merge_top_k
+from deepcrate.vectors.similarity import top_k_of_blocks
 
 # Added to every covariance: a song with a constant coefficient (digital silence in a
 # band, a single frame) still has a precision matrix.
@@ -80,12 +82,21 @@ def least_divergent(gaussians: np.ndarray, queries: np.ndarray, *, k: int, block
         memory stays flat however large the catalogue.
     """
     centre = np.asarray(gaussians[:, :N_MFCC], dtype=np.float64).mean(axis=0)
-    query_vectors, _ = divergence_vectors(gaussians[queries], centre=centre)
-    wanted = min(k + 1, len(gaussians))
-    best_scores = np.zeros((len(queries), 0))
-    best_found = np.zeros((len(queries), 0), np.int64)
-    for start in range(0, len(gaussians), block):
-        _, database = divergence_vectors(gaussians[start:start + block], centre=centre)
-        scores, found = exact_top_k(database, -query_vectors, min(wanted, len(database)))
-        best_scores, best_found = merge_top_k(best_scores, best_found, scores, found + start, k=wanted)
-    return other_songs(best_found, queries, k=k)
+    blocks = ((np.arange(start, min(start + block, len(gaussians))), gaussians[start:start + block])
+              for start in range(0, len(gaussians), block))
+    return least_divergent_of_blocks(blocks, gaussians[queries], queries, centre=centre, k=k)
+
+
+def least_divergent_of_blocks(blocks: Iterable[tuple[np.ndarray, np.ndarray]], query_gaussians: np.ndarray,
+                              queries: np.ndarray, *, centre: np.ndarray, k: int, block: int = 2048) -> np.ndarray:
+    """:func:`least_divergent` of Gaussians that come a block at a time, as (positions, Gaussians)
+    (rows read from a table); ``query_gaussians`` are those of the songs at positions ``queries``,
+    ``centre`` the mean of every song's mean (:func:`divergence_vectors`). The vectors of at most
+    ``block`` songs are made at once (each song's take ~27 KB while they are)."""
+    # the smallest divergence is the largest -q.v: a top k of inner products
+    negated_queries = np.concatenate([-divergence_vectors(query_gaussians[start:start + block], centre=centre)[0]
+                                      for start in range(0, len(query_gaussians), block)] or [np.zeros((0, 842))])
+    database = ((positions[start:start + block], divergence_vectors(gaussians[start:start + block], centre=centre)[1])
+                for positions, gaussians in blocks for start in range(0, len(gaussians), block))
+    _, found = top_k_of_blocks(database, negated_queries, k + 1)
+    return other_songs(found, queries, k=k)

@@ -14,7 +14,7 @@ methods answer the same queries, beside the best answer the labels allow:
   song accuracy from the same logistic regression as for MFCCs. What fine-tuning must beat;
 - ``mfcc``: classic MFCC statistics (:mod:`deepcrate.audio.mfcc`), standardised over the
   catalogue; song accuracy from a logistic regression fitted on the train and
-  validation songs' features;
+  validation songs' features (at most ``evaluate.probe_max_songs`` of them);
 - ``timbre``: the classic timbre model (:mod:`deepcrate.audio.timbre`): a Gaussian over each
   song's MFCC frames, the least divergent songs as neighbours; no labels, no training,
   no genre prediction (song accuracy n/a). What a trained network should beat;
@@ -24,12 +24,17 @@ methods answer the same queries, beside the best answer the labels allow:
   other songs cannot fill the top ``k``, so this is below 1 on small catalogues.
 
 The MFCC features of both baselines come from ``mfcc_features``, which ingest computes
-from the samples it decodes anyway: evaluating decodes nothing.
+from the samples it decodes anyway: evaluating decodes nothing. Each search streams the
+catalogue's vectors from their table a row group at a time; the driver holds the query
+songs' vectors, their best neighbours so far, and the genre probes' bounded sample, not the
+catalogue's vectors.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +44,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import SparkSession
 
-from deepcrate.audio.timbre import least_divergent
+from deepcrate.audio.mfcc import N_MFCC
+from deepcrate.audio.timbre import least_divergent_of_blocks
 from deepcrate.config import Settings, to_mapping
 from deepcrate.config.sections import EvaluateSettings
 from deepcrate.errors import InputError, WarehouseError
@@ -51,8 +57,8 @@ from deepcrate.storage.table_metadata import EvaluationMetadata
 from deepcrate.storage.warehouse import Warehouse
 from deepcrate.storage.writer_lock import holds_writer_lock
 from deepcrate.vectors.genre_accuracy import percent
-from deepcrate.vectors.moments import standardise_columns
-from deepcrate.vectors.retrieval import ideal_songs, nearest_songs, random_songs, retrieval_scores
+from deepcrate.vectors.moments import standard_scale, standardised, streamed_moments
+from deepcrate.vectors.retrieval import ideal_songs, nearest_songs_of_blocks, random_songs, retrieval_scores
 from deepcrate.vectors.similarity import list_column_matrix
 
 if TYPE_CHECKING:
@@ -130,7 +136,7 @@ def evaluate(spark: SparkSession, *, warehouse: str, settings: Settings) -> Eval
         if not store.exists(name):
             stage = "ingest" if name == Table.MFCC_FEATURES else "embed"
             raise WarehouseError(f"warehouse {store.root}: no {name} table; run deepcrate rebuild (or {stage}) first")
-    songs = store.read(Table.SONGS, columns=["song_id", "genre", "split"]).toPandas()
+    songs = store.arrow.read(Table.SONGS, columns=["song_id", "genre", "split"]).to_pandas()
     embedded = store.arrow.read(Table.SONG_EMBEDDINGS, columns=["song_id", "predicted_genre", "model_version"]
                                 ).to_pandas()
     version = str(embedded["model_version"].iloc[0]) if len(embedded) else ""
@@ -176,14 +182,14 @@ def _evaluation_rows(catalogue: pd.DataFrame, vectors: CatalogueVectors, *, vers
                      settings: EvaluateSettings, test_slices: pd.DataFrame) -> pd.DataFrame:
     """One row per method and genre (genre None first) for the test songs of ``catalogue``.
 
-    ``vectors``: the songs' vectors, each method's read when it is scored and let go after,
-    so that one method's matrix is held at a time. ``test_slices``: the test songs' slices
-    with their ``genre`` and the model's ``predicted`` genre.
+    ``vectors``: the songs' vectors, streamed from their tables a row group at a time for each
+    search; only the query songs' (and the genre probes' sample of songs') are held.
+    ``test_slices``: the test songs' slices with their ``genre`` and the model's ``predicted`` genre.
     """
     genres = catalogue["genre"].to_numpy(dtype=object)
     queries = np.flatnonzero(catalogue["split"].to_numpy() == "test")
     query_genres = genres[queries]
-    probe = GenreProbe(genres, catalogue["split"].to_numpy(), queries, max_songs=int(settings.probe_max_songs))
+    probe = GenreProbe(genres, catalogue["split"].to_numpy(), max_songs=int(settings.probe_max_songs))
     k = max(KS)
     rng = np.random.default_rng(int(settings.seed))
     draws = int(settings.random_draws)
@@ -192,27 +198,32 @@ def _evaluation_rows(catalogue: pd.DataFrame, vectors: CatalogueVectors, *, vers
     def scored(found: np.ndarray) -> dict[str, np.ndarray]:
         return retrieval_scores(genres, queries, found, ks=KS)
 
-    embedding = vectors.read(Table.SONG_EMBEDDINGS, "embedding")
-    scores = {"model": scored(nearest_songs(embedding, queries, k=k))}
+    def nearest(table: Table, column: str, prepare: Prepare = _as_they_are) -> dict[str, np.ndarray]:
+        """The scores of the cosine neighbours of the queries by ``column`` (each block ``prepare``d)."""
+        blocks = ((positions, prepare(block)) for positions, block in vectors.blocks(table, column))
+        return scored(nearest_songs_of_blocks(blocks, prepare(vectors.rows(table, column, queries)), queries, k=k))
+
+    def probed(table: Table, column: str) -> np.ndarray:
+        """The query songs' genres by the genre probe of ``column``, standardised over the catalogue."""
+        standard = _standardiser(vectors, table, column)
+        return probe.answers(standard(vectors.rows(table, column, probe.fitted)),
+                             standard(vectors.rows(table, column, queries)))
+
+    scores = {"model": nearest(Table.SONG_EMBEDDINGS, "embedding")}
     model_answers = catalogue["predicted_genre"].to_numpy(dtype=object)[queries]
     if catalogue["predicted_genre"].isna().all():  # an embedding-only model: probe it as MFCCs are
-        model_answers = probe.answers(standardise_columns(embedding, overwrite=True))
+        model_answers = probed(Table.SONG_EMBEDDINGS, "embedding")
     answers = {"model": model_answers}
-    del embedding
-
-    mfcc = standardise_columns(vectors.read(Table.MFCC_FEATURES, "features"), overwrite=True)
-    scores["mfcc"] = scored(nearest_songs(mfcc, queries, k=k))
-    answers["mfcc"] = probe.answers(mfcc)
-    del mfcc
-
+    scores["mfcc"] = nearest(Table.MFCC_FEATURES, "features", _standardiser(vectors, Table.MFCC_FEATURES, "features"))
+    answers["mfcc"] = probed(Table.MFCC_FEATURES, "features")
     if vectors.complete(Table.SONG_EMBEDDINGS, "pretrained"):
-        pretrained = vectors.read(Table.SONG_EMBEDDINGS, "pretrained")
-        scores["pretrained"] = scored(nearest_songs(pretrained, queries, k=k))
-        answers["pretrained"] = probe.answers(standardise_columns(pretrained, overwrite=True))
-        del pretrained
-
-    scores["timbre"] = scored(least_divergent(vectors.read(Table.MFCC_FEATURES, "timbre", dtype=np.float64),
-                                              queries, k=k))
+        scores["pretrained"] = nearest(Table.SONG_EMBEDDINGS, "pretrained")
+        answers["pretrained"] = probed(Table.SONG_EMBEDDINGS, "pretrained")
+    gaussians = functools.partial(vectors.blocks, Table.MFCC_FEATURES, "timbre", dtype=np.float64)
+    centre, _ = streamed_moments(block[:, :N_MFCC] for _, block in gaussians())  # of every song's mean
+    scores["timbre"] = scored(least_divergent_of_blocks(
+        gaussians(), vectors.rows(Table.MFCC_FEATURES, "timbre", queries, dtype=np.float64), queries,
+        centre=centre, k=k))
     scores["ideal"] = scored(ideal_songs(genres, queries, k=k))
     random_draws = [retrieval_scores(genres, queries, random_songs(len(catalogue), queries, k=k, rng=rng), ks=KS)
                     for _ in range(draws)]
@@ -255,44 +266,63 @@ def genre_probe(features: np.ndarray, genres: np.ndarray) -> LogisticRegression:
 class GenreProbe:
     """Genres of the query songs by the :func:`genre_probe` of the train and validation songs.
 
-    At most ``max_songs`` of them are fitted on (evenly spaced in catalogue order, i.e. by song
-    id, a hash: a sample independent of genre), so that the fit's memory stays bounded
-    however large the catalogue.
+    At most ``max_songs`` of them are fitted on (:attr:`fitted`: evenly spaced in catalogue
+    order, i.e. by song id, a hash: a sample independent of genre), so that the fit's memory
+    stays bounded however large the catalogue.
     """
 
-    def __init__(self, genres: np.ndarray, splits: np.ndarray, queries: np.ndarray, *, max_songs: int) -> None:
+    def __init__(self, genres: np.ndarray, splits: np.ndarray, *, max_songs: int) -> None:
         fitted = np.flatnonzero(np.isin(splits, ["train", "validation"]))
         if len(fitted) > max_songs:
             fitted = fitted[np.linspace(0, len(fitted) - 1, max_songs).round().astype(np.int64)]
-        self.fitted, self.genres, self.queries = fitted, genres[fitted], queries
+        self.fitted, self.genres = fitted, genres[fitted]
 
-    def answers(self, features: np.ndarray) -> np.ndarray:
-        """The predicted genre of each query song (None each when fewer than two genres are fitted)."""
+    def answers(self, fitted: np.ndarray, queries: np.ndarray) -> np.ndarray:
+        """The predicted genre of each query song, from the features of the songs :attr:`fitted`
+        and of the query songs (None each when fewer than two genres are fitted)."""
         if len(set(self.genres)) < 2:
-            return np.full(len(self.queries), None, dtype=object)
-        fit = genre_probe(features[self.fitted], self.genres)
-        return np.concatenate([fit.predict(features[self.queries[start:start + PROBE_BLOCK]])
-                               for start in range(0, len(self.queries), PROBE_BLOCK)]).astype(object)
+            return np.full(len(queries), None, dtype=object)
+        fit = genre_probe(fitted, self.genres)
+        return np.concatenate([fit.predict(queries[start:start + PROBE_BLOCK])
+                               for start in range(0, len(queries), PROBE_BLOCK)] or [[]]).astype(object)
 
 
 class CatalogueVectors:
-    """The catalogue's vectors from the warehouse's tables, a column at a time, in catalogue order
-    (``song_ids``): each read batch by batch into one matrix (:meth:`ArrowTables.matrix`)."""
+    """The catalogue's vectors, a column of the warehouse's tables at a time, read a row group at a
+    time (:meth:`ArrowTables.matrix_blocks`); positions are in catalogue order (``song_ids``)."""
 
     def __init__(self, tables: ArrowTables, song_ids: pd.Series) -> None:
         self.tables = tables
         self.keys = pa.array(song_ids.to_numpy(dtype=object), pa.string())
 
-    def read(self, table: Table, column: str, *, dtype: type = np.float32) -> np.ndarray:
-        return self.tables.matrix(table, column, keys=self.keys, dtype=dtype)
+    def blocks(self, table: Table, column: str, *, dtype: type = np.float32
+               ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(catalogue positions, vectors) of every catalogue song, a row group at a time."""
+        return self.tables.matrix_blocks(table, column, keys=self.keys, dtype=dtype)
+
+    def rows(self, table: Table, column: str, positions: np.ndarray, *, dtype: type = np.float32) -> np.ndarray:
+        """The vectors of the songs at catalogue ``positions``, in that order."""
+        return self.tables.matrix(table, column, keys=self.keys.take(pa.array(positions, pa.int64())), dtype=dtype)
 
     def complete(self, table: Table, column: str) -> bool:
-        """Whether ``table`` has ``column`` with a value for every catalogue song (``pretrained``:
-        not before it existed, and null for a model without a pretrained network)."""
-        if not self.tables.has_columns(table, [column]):
-            return False
-        missing = pc.field("song_id").isin(self.keys) & pc.field(column).is_null()
-        return self.tables.dataset(table).count_rows(filter=missing) == 0
+        """Whether ``table`` has ``column`` with a value in every row (``pretrained``: not before it
+        existed, and null for a model without a pretrained network)."""
+        return self.tables.has_columns(table, [column]) and self.tables.null_count(table, column) == 0
+
+
+Prepare = Callable[[np.ndarray], np.ndarray]
+
+
+def _as_they_are(vectors: np.ndarray) -> np.ndarray:
+    return vectors
+
+
+def _standardiser(vectors: CatalogueVectors, table: Table, column: str) -> Prepare:
+    """What standardises ``column``'s vectors over the catalogue (float32, in place), its mean and
+    spread taken in one pass over the table."""
+    mean, spread = streamed_moments(block for _, block in vectors.blocks(table, column))
+    scale = standard_scale(spread)
+    return functools.partial(standardised, mean=mean, scale=scale, overwrite=True)
 
 
 def _test_slice_predictions(store: Warehouse, test_songs: pd.DataFrame) -> pd.DataFrame:

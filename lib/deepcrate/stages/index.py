@@ -19,6 +19,7 @@ from typing import Any
 import faiss
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from deepcrate.config import Settings
@@ -31,7 +32,7 @@ from deepcrate.storage.table_metadata import RecommendationsMetadata
 from deepcrate.storage.warehouse import Warehouse
 from deepcrate.storage.writer_lock import holds_writer_lock
 from deepcrate.vectors.faiss_index import INDEX, build_index, measure_recall, neighbours, save_index
-from deepcrate.vectors.similarity import list_column_matrix, normalise
+from deepcrate.vectors.similarity import normalise
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +65,11 @@ class IndexSummary:
 
 
 def read_song_vectors(tables: ArrowTables) -> tuple[np.ndarray, np.ndarray]:
-    """(song ids, float32 vectors) of the ``song_embeddings`` table, sorted by song id."""
-    table = tables.read(Table.SONG_EMBEDDINGS, columns=["song_id", "embedding"]).sort_by("song_id")
-    ids = table.column("song_id").to_numpy(zero_copy_only=False).astype(object)
-    return ids, list_column_matrix(table.column("embedding"))
+    """(song ids, float32 vectors) of the ``song_embeddings`` table, sorted by song id (the vectors
+    streamed into one matrix: the table is not held besides)."""
+    ids = pc.unique(tables.read(Table.SONG_EMBEDDINGS, columns=["song_id"]).column("song_id"))
+    ids = ids.take(pc.sort_indices(ids))
+    return ids.to_numpy(zero_copy_only=False).astype(object), tables.matrix(Table.SONG_EMBEDDINGS, "embedding", keys=ids)
 
 
 def recommendation_blocks(
@@ -99,10 +101,10 @@ def index_songs(spark, *, warehouse: str, settings: Settings) -> IndexSummary:
     if not store.exists(Table.SONG_EMBEDDINGS):
         raise WarehouseError(f"warehouse {store.root}: no song_embeddings table; run deepcrate embed first")
     meta = store.metadata(Table.SONG_EMBEDDINGS)
-    ids, raw = read_song_vectors(store.arrow)
+    ids, vectors = read_song_vectors(store.arrow)
     if len(ids) < 2:
         raise WarehouseError(f"warehouse {store.root}: {len(ids)} song(s) embedded; recommendations need at least 2")
-    vectors = normalise(raw)
+    vectors = normalise(vectors, overwrite=True)
     started = time.monotonic()
     index, params = build_index(vectors, options)
     build_s = time.monotonic() - started

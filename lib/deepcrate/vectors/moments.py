@@ -8,7 +8,7 @@ features, and the factors of its SVD, took ~9 KB a slice of the head's training
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 from scipy import sparse
@@ -24,6 +24,31 @@ def column_moments(parts: Sequence[np.ndarray], *, block_rows: int = BLOCK_ROWS)
     mean = _column_mean(parts, block_rows)
     squares = sum((np.square(block - mean).sum(axis=0) for _, block in _blocks(parts, block_rows)),
                   np.zeros(_width(parts)))
+    return mean, np.sqrt(squares / rows)
+
+
+def streamed_moments(blocks: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The (mean, standard deviation) of each column of ``blocks`` stacked, in float64, in one pass
+    over them (for rows read from a table a block at a time): each block's mean and sum of squared
+    deviations, combined as Chan, Golub & LeVeque (1979) do, so no sum of squares about zero is
+    ever taken."""
+    rows, mean, squares = 0, None, None
+    for block in blocks:
+        block = np.asarray(block, dtype=np.float64)
+        if not len(block):
+            continue
+        block_mean = block.mean(axis=0)
+        block_squares = np.square(block - block_mean).sum(axis=0)
+        if mean is None:
+            rows, mean, squares = len(block), block_mean, block_squares
+            continue
+        total = rows + len(block)
+        delta = block_mean - mean
+        mean = mean + delta * (len(block) / total)
+        squares = squares + block_squares + np.square(delta) * (rows * len(block) / total)
+        rows = total
+    if mean is None:
+        raise ValueError("moments of no rows")
     return mean, np.sqrt(squares / rows)
 
 
@@ -76,9 +101,13 @@ def standardise_columns(features: np.ndarray, *, overwrite: bool = False, block_
     column to 0, as float32 (statistics and arithmetic in float64 by blocks, no float64 copy), into
     ``features`` itself when ``overwrite`` and it is float32."""
     mean, spread = column_moments([features], block_rows=block_rows)
-    # a constant column is centred to 0; divided by infinity rather than 0, it stays 0
-    return standardised(features, mean=mean, scale=np.where(spread > 0, spread, np.inf), overwrite=overwrite,
-                        block_rows=block_rows)
+    return standardised(features, mean=mean, scale=standard_scale(spread), overwrite=overwrite, block_rows=block_rows)
+
+
+def standard_scale(spread: np.ndarray) -> np.ndarray:
+    """What to divide centred columns by to standardise them: their spread, or infinity for a
+    constant column (centred to 0, it stays 0)."""
+    return np.where(spread > 0, spread, np.inf)
 
 
 def _column_mean(parts: Sequence[np.ndarray], block_rows: int) -> np.ndarray:

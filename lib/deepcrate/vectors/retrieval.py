@@ -11,9 +11,11 @@ is relevant when its genre is the query's. For ``k`` neighbours in order,
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
-from deepcrate.vectors.similarity import exact_top_k, normalise
+from deepcrate.vectors.similarity import exact_top_k, normalise, top_k_of_blocks
 
 
 def precision_at_k(relevant: np.ndarray, *, k: int) -> np.ndarray:
@@ -48,6 +50,15 @@ def nearest_songs(vectors: np.ndarray, queries: np.ndarray, *, k: int) -> np.nda
     in ``queries``, the query itself left out (exact search)."""
     unit = normalise(np.asarray(vectors, dtype=np.float32))
     _, found = exact_top_k(unit, unit[queries], min(k + 1, len(unit)))
+    return other_songs(found, queries, k=k)
+
+
+def nearest_songs_of_blocks(blocks: Iterable[tuple[np.ndarray, np.ndarray]], query_vectors: np.ndarray,
+                            queries: np.ndarray, *, k: int) -> np.ndarray:
+    """:func:`nearest_songs` of vectors that come a block at a time, as (positions, vectors) (rows
+    read from a table); ``query_vectors`` are those of the songs at positions ``queries``."""
+    unit_blocks = ((positions, normalise(vectors, overwrite=True)) for positions, vectors in blocks)
+    _, found = top_k_of_blocks(unit_blocks, normalise(query_vectors), k + 1)
     return other_songs(found, queries, k=k)
 
 

@@ -5,6 +5,8 @@ where an index would be overkill or where its answer is to be checked.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,20 +26,24 @@ def list_column_matrix(column: pa.ChunkedArray | pa.Array, *, dtype: type = np.f
     return column.flatten().to_numpy(zero_copy_only=False).astype(dtype).reshape(len(column), int(lengths[0]))
 
 
-def normalise(vectors: np.ndarray) -> np.ndarray:
-    """Unit-length copies (cosine = inner product); a zero vector stays zero."""
+def normalise(vectors: np.ndarray, *, overwrite: bool = False) -> np.ndarray:
+    """Unit-length float32 copies (cosine = inner product), or ``vectors`` themselves made unit
+    length when ``overwrite`` and they are float32; a zero vector stays zero."""
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return np.divide(vectors, norms, out=np.zeros_like(vectors, dtype=np.float32), where=norms > 0).astype(np.float32)
+    if overwrite and vectors.dtype == np.float32:
+        return np.divide(vectors, norms, out=vectors, where=norms > 0)
+    return np.divide(vectors, norms, out=np.zeros_like(vectors, dtype=np.float32), where=norms > 0)
 
 
 
 def exact_top_k(
-    vectors: np.ndarray, queries: np.ndarray, k: int, *, query_block: int = 256, vector_block: int = 65536
+    vectors: np.ndarray, queries: np.ndarray, k: int, *, query_block: int = 256, vector_block: int = 16384
 ) -> tuple[np.ndarray, np.ndarray]:
     """Brute-force (similarities, positions) of the ``k`` nearest unit vectors, numpy only.
 
     Blocks over queries and over the catalogue keep the score matrix at
-    ``query_block x vector_block`` (64 MiB), however large the catalogue.
+    ``query_block x vector_block`` (16 MiB, and ~4x that while its top k are picked),
+    however large the catalogue.
     """
     all_sims, all_idx = [], []
     for q_start in range(0, len(queries), query_block):
@@ -53,6 +59,21 @@ def exact_top_k(
         all_sims.append(best_sims)
         all_idx.append(best_idx)
     return np.concatenate(all_sims), np.concatenate(all_idx)
+
+
+def top_k_of_blocks(blocks: Iterable[tuple[np.ndarray, np.ndarray]], queries: np.ndarray, k: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`exact_top_k` over vectors that come a block at a time, each block as (the positions of
+    its rows, its unit vectors) (rows read from a table): the ``k`` best (similarities, positions)
+    of each query, best first. Memory: the queries, their best ``k`` so far and one block."""
+    best_sims = np.zeros((len(queries), 0), np.float32)
+    best_positions = np.zeros((len(queries), 0), np.int64)
+    for positions, vectors in blocks:
+        if not len(vectors):
+            continue
+        sims, found = exact_top_k(vectors, queries, min(k, len(vectors)))
+        best_sims, best_positions = merge_top_k(best_sims, best_positions, sims, np.asarray(positions)[found], k=k)
+    return best_sims, best_positions
 
 
 def merge_top_k(sims: np.ndarray, positions: np.ndarray, more_sims: np.ndarray, more_positions: np.ndarray, *,
