@@ -99,7 +99,7 @@ def tile_warehouse(source: Path, target: Path, *, songs: int) -> int:
     returns the songs it has."""
     from deepcrate.config import resolve_settings
     from deepcrate.spark.session import spark_session
-    from deepcrate.storage.warehouse import ROW_GROUP_BYTES, Warehouse
+    from deepcrate.storage.warehouse import VECTOR_ROW_GROUP_BYTES, Warehouse
     from deepcrate.storage.writer_lock import writer_lock
 
     shutil.rmtree(target, ignore_errors=True)
@@ -117,7 +117,7 @@ def tile_warehouse(source: Path, target: Path, *, songs: int) -> int:
                     folder = Path(scratch) / name
                     folder.mkdir()
                     # in row groups of the size the stages' writers keep to
-                    group_rows = max(1, ROW_GROUP_BYTES * rows.num_rows // max(1, rows.nbytes))
+                    group_rows = max(1, VECTOR_ROW_GROUP_BYTES * rows.num_rows // max(1, rows.nbytes))
                     pq.write_table(rows, folder / "part-00000.parquet", row_group_size=group_rows)
                     store.write_table_files(run, name, str(folder), metadata=store.metadata(name))
             store.publish(run, list(TILED))

@@ -122,6 +122,25 @@ def test_recommendations_agree_with_a_brute_force_cosine_top_k(spark, embedded):
     assert description["kind"] == "flat" and description["songs"] == 56
 
 
+def test_small_blocks_give_the_same_recommendations_as_row_groups_of_a_few_files(spark, embedded, tmp_path,
+                                                                                 monkeypatch):
+    import pyarrow.parquet as pq
+
+    from deepcrate.stages import index as index_stage
+
+    wh, _ = embedded
+    copy = copy_warehouse(wh, tmp_path / "wh")
+    monkeypatch.setattr(index_stage, "FILE_ROWS", 100)  # 56 songs x 10 in blocks of 8 songs: 80 rows a block
+    index_songs(spark, warehouse=str(copy), settings=resolve_settings(overrides=["index.block_size=8"]))
+    key = ["song_id", "rank"]
+    blocked = delta_frame(spark, copy / "recommendations").toPandas().sort_values(key, ignore_index=True)
+    whole = delta_frame(spark, wh / "recommendations").toPandas().sort_values(key, ignore_index=True)
+    pd.testing.assert_frame_equal(blocked, whole)
+    files = sorted(path for path in (copy / "recommendations").rglob("*.parquet"))
+    current = [path for path in files if pq.read_metadata(path).num_rows in (160, 80)]
+    assert [pq.read_metadata(path).num_row_groups for path in current] == [2, 2, 2, 1]  # a file rolls past 100 rows
+
+
 def test_duplicates_and_the_song_itself_are_never_recommended():
     rng = np.random.default_rng(0)
     base = normalise(rng.standard_normal((6, 8)).astype(np.float32))

@@ -548,7 +548,7 @@ def test_the_song_vector_tables_are_written_in_row_groups_of_bounded_size_too(sp
     from deepcrate.storage.arrow_tables import ArrowTables
     from deepcrate.storage.schemas import Table
     from deepcrate.storage.spark_schemas import spark_schema
-    from deepcrate.storage.warehouse import ROW_GROUP_BYTES
+    from deepcrate.storage.warehouse import VECTOR_ROW_GROUP_BYTES as ROW_GROUP_BYTES
     from deepcrate.storage.writer_lock import writer_lock
 
     rng = np.random.default_rng(0)

@@ -88,7 +88,7 @@ def least_divergent(gaussians: np.ndarray, queries: np.ndarray, *, k: int, block
 
 
 def least_divergent_of_blocks(blocks: Iterable[tuple[np.ndarray, np.ndarray]], query_gaussians: np.ndarray,
-                              queries: np.ndarray, *, centre: np.ndarray, k: int, block: int = 2048) -> np.ndarray:
+                              queries: np.ndarray, *, centre: np.ndarray, k: int, block: int = 1024) -> np.ndarray:
     """:func:`least_divergent` of Gaussians that come a block at a time, as (positions, Gaussians)
     (rows read from a table); ``query_gaussians`` are those of the songs at positions ``queries``,
     ``centre`` the mean of every song's mean (:func:`divergence_vectors`). The vectors of at most

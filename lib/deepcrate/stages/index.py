@@ -2,8 +2,8 @@
 
 Song vectors are L2-normalised, so inner product is cosine similarity
 (:mod:`deepcrate.vectors.faiss_index` builds and opens the index). The recommendations are
-searched block by block and written block by block, so memory stays at the index plus
-one block. ``WH/index/`` is published together with ``recommendations``.
+searched block by block and written block by block (each a row group), so memory stays at
+the index plus one block. ``WH/index/`` is published together with ``recommendations``.
 """
 from __future__ import annotations
 
@@ -35,6 +35,8 @@ from deepcrate.vectors.faiss_index import INDEX, build_index, measure_recall, ne
 from deepcrate.vectors.similarity import normalise
 
 logger = logging.getLogger(__name__)
+
+FILE_ROWS = 2_000_000  # recommendations per Parquet file (200,000 songs at k = 10), a block per row group
 
 
 @dataclass
@@ -93,6 +95,29 @@ def recommendation_blocks(
                        schema=RECOMMENDATIONS)
 
 
+class _PartFiles:
+    """Blocks of rows written as the row groups of Parquet files of at most :data:`FILE_ROWS` rows:
+    small blocks keep memory low without a file per block."""
+
+    def __init__(self, folder: str, *, schema: pa.Schema) -> None:
+        self.folder, self.schema = folder, schema
+        self.writer: pq.ParquetWriter | None = None
+        self.files = self.rows = 0
+
+    def write(self, block: pa.Table) -> None:
+        if self.writer is None or self.rows >= FILE_ROWS:
+            self.close()
+            self.writer = pq.ParquetWriter(os.path.join(self.folder, f"part-{self.files:05d}.parquet"), self.schema)
+            self.files, self.rows = self.files + 1, 0
+        self.writer.write_table(block)
+        self.rows += block.num_rows
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
 @holds_writer_lock()
 def index_songs(spark, *, warehouse: str, settings: Settings) -> IndexSummary:
     """Index ``song_embeddings``, write ``recommendations``, publish both."""
@@ -116,14 +141,16 @@ def index_songs(spark, *, warehouse: str, settings: Settings) -> IndexSummary:
                 "" if recall is None else f", recall@{options.k} {recall:.3f}")
 
     scratch = tempfile.mkdtemp(prefix="deepcrate-index-")
+    files = None
     try:
         started = time.monotonic()
         table_dir = os.path.join(scratch, Table.RECOMMENDATIONS)
         os.makedirs(table_dir)
         last = time.monotonic()
         fewest, most = options.k, 0
+        files = _PartFiles(table_dir, schema=RECOMMENDATIONS)
         for number, block in enumerate(recommendation_blocks(index, ids, vectors, options)):
-            pq.write_table(block, os.path.join(table_dir, f"part-{number:05d}.parquet"))
+            files.write(block)
             songs_in_block = min(options.block_size, len(ids) - number * options.block_size)
             per_song = np.unique(block.column("song_id").to_numpy(zero_copy_only=False), return_counts=True)[1]
             fewest = min(fewest, int(per_song.min()) if len(per_song) == songs_in_block else 0)
@@ -132,6 +159,7 @@ def index_songs(spark, *, warehouse: str, settings: Settings) -> IndexSummary:
                 last = time.monotonic()
                 done = min((number + 1) * options.block_size, len(ids))
                 logger.info("recommendations: %d/%d songs", done, len(ids))
+        files.close()
         recommend_s = time.monotonic() - started
 
         index_dir = os.path.join(scratch, INDEX)
@@ -146,6 +174,8 @@ def index_songs(spark, *, warehouse: str, settings: Settings) -> IndexSummary:
         store.stage_folder(run, index_dir, INDEX)
         store.publish(run, [Table.RECOMMENDATIONS, INDEX])
     finally:
+        if files is not None:
+            files.close()
         shutil.rmtree(scratch, ignore_errors=True)
     return IndexSummary(songs=len(ids), kind=params["kind"], recall_at_k=recall, build_s=build_s,
                         recommend_s=recommend_s, k=options.k, fewest=fewest, most=most)

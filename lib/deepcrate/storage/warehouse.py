@@ -70,9 +70,11 @@ VERIFY_PAGES = "parquet.page.verify-checksum.enabled"
 # dictionary hides their size from Parquet's row-group check, which then never cuts a group.
 ROW_GROUP_BYTES = 16 * 2**20
 # The song vectors' tables, which readers stream a row group at a time (evaluate, index): Spark's
-# default row group (128 MB) would be decoded whole. No dictionary: where rows repeat (copies of one
-# recording), its small encoded size hides a group's size and no group is cut.
-_VECTOR_TABLE = {"parquet.block.size": str(ROW_GROUP_BYTES), "parquet.enable.dictionary": "false"}
+# default row group (128 MB) would be decoded whole, and a catalogue of a few thousand songs fits in
+# one 16 MB group, so the reader's memory would grow with the songs up to there. No dictionary: where
+# rows repeat (copies of one recording), its small encoded size hides a group's size and no group is cut.
+VECTOR_ROW_GROUP_BYTES = 4 * 2**20
+_VECTOR_TABLE = {"parquet.block.size": str(VECTOR_ROW_GROUP_BYTES), "parquet.enable.dictionary": "false"}
 WRITE_OPTIONS: dict[str, dict[str, str]] = {
     Table.SLICES: {"parquet.block.size": str(ROW_GROUP_BYTES), "parquet.enable.dictionary#spectrogram": "false"},
     Table.PRETRAINED_FEATURES: {"parquet.block.size": str(ROW_GROUP_BYTES),
