@@ -94,8 +94,10 @@ def least_divergent_of_blocks(blocks: Iterable[tuple[np.ndarray, np.ndarray]], q
     ``centre`` the mean of every song's mean (:func:`divergence_vectors`). The vectors of at most
     ``block`` songs are made at once (each song's take ~27 KB while they are)."""
     # the smallest divergence is the largest -q.v: a top k of inner products
-    negated_queries = np.concatenate([-divergence_vectors(query_gaussians[start:start + block], centre=centre)[0]
-                                      for start in range(0, len(query_gaussians), block)] or [np.zeros((0, 842))])
+    negated_queries = np.empty((len(query_gaussians), 2 * N_MFCC * N_MFCC + 2 * N_MFCC + 2))
+    for start in range(0, len(query_gaussians), block):
+        part = slice(start, start + block)
+        np.negative(divergence_vectors(query_gaussians[part], centre=centre)[0], out=negated_queries[part])
     database = ((positions[start:start + block], divergence_vectors(gaussians[start:start + block], centre=centre)[1])
                 for positions, gaussians in blocks for start in range(0, len(gaussians), block))
     _, found = top_k_of_blocks(database, negated_queries, k + 1)
