@@ -8,8 +8,8 @@ tiled to each size in ``--songs``: its songs copied under new ids, each copy's v
 means) moved by Gaussian noise of a third of each column's spread, so that no two songs
 are duplicates. Then ``deepcrate evaluate`` and ``deepcrate index`` run on each tiled
 warehouse with this checkout's code and with a baseline commit's (its ``lib`` first on
-``PYTHONPATH``, from a temporary git worktree), each in a fresh process whose resident
-memory (the Python driver, not its JVM) is polled every 0.1 s. Reported: the peaks, the
+``PYTHONPATH``, from a temporary git worktree), each in a fresh process whose peak resident
+memory (the Python driver's, not its JVM's: the kernel's high-water mark, so Linux only) is read. Reported: the peaks, the
 growth per song from the smallest size to the largest, and the seconds.
 Writes bench/results/catalogue_memory.json; warehouses under ~/.cache/deepcrate-bench/catalogue/.
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,7 +29,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -127,17 +127,19 @@ def tile_warehouse(source: Path, target: Path, *, songs: int) -> int:
 
 
 def peak_of(command: list[str], lib: Path) -> tuple[float, float]:
-    """(peak resident MB of the process, seconds)."""
+    """(peak resident MB of the process, seconds). The peak is the kernel's high-water mark
+    (``VmHWM``, Linux), read until the process ends: polling the resident size misses short peaks."""
     started = time.monotonic()
     with tempfile.TemporaryFile(mode="w+") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, env=env_running(lib))
-        watched, peak = psutil.Process(process.pid), 0.0
+        status, peak = Path(f"/proc/{process.pid}/status"), 0.0
         while process.poll() is None:
             try:
-                peak = max(peak, watched.memory_info().rss / 2**20)
-            except psutil.Error:
+                found = re.search(r"^VmHWM:\s+(\d+) kB", status.read_text(), flags=re.MULTILINE)
+                peak = max(peak, int(found.group(1)) / 1024) if found else peak
+            except OSError:
                 pass
-            time.sleep(0.1)
+            time.sleep(0.05)
         if process.returncode:
             log.seek(0)
             raise SystemExit(f"{' '.join(command)} failed ({process.returncode}):\n{log.read()[-3000:]}")
