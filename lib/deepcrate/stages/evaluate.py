@@ -31,6 +31,7 @@ catalogue's vectors.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -41,7 +42,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 from pyspark.sql import SparkSession
 
 from deepcrate.audio.mfcc import N_MFCC
@@ -59,7 +59,6 @@ from deepcrate.storage.writer_lock import holds_writer_lock
 from deepcrate.vectors.genre_accuracy import percent
 from deepcrate.vectors.moments import standard_scale, standardised, streamed_moments
 from deepcrate.vectors.retrieval import ideal_songs, nearest_songs_of_blocks, random_songs, retrieval_scores
-from deepcrate.vectors.similarity import list_column_matrix
 
 if TYPE_CHECKING:
     from sklearn.linear_model import LogisticRegression
@@ -198,32 +197,44 @@ def _evaluation_rows(catalogue: pd.DataFrame, vectors: CatalogueVectors, *, vers
     def scored(found: np.ndarray) -> dict[str, np.ndarray]:
         return retrieval_scores(genres, queries, found, ks=KS)
 
+    @contextlib.contextmanager
+    def method(name: str) -> Iterator[None]:
+        started = time.monotonic()
+        yield
+        logger.info("evaluate: %s: %d test songs ranked against %d songs in %.1f s", name, len(queries),
+                    len(catalogue), time.monotonic() - started)
+
     def nearest(table: Table, column: str, prepare: Prepare = _as_they_are) -> dict[str, np.ndarray]:
         """The scores of the cosine neighbours of the queries by ``column`` (each block ``prepare``d)."""
         blocks = ((positions, prepare(block)) for positions, block in vectors.blocks(table, column))
         return scored(nearest_songs_of_blocks(blocks, prepare(vectors.rows(table, column, queries)), queries, k=k))
 
-    def probed(table: Table, column: str) -> np.ndarray:
+    def probed(table: Table, column: str, standard: Prepare | None = None) -> np.ndarray:
         """The query songs' genres by the genre probe of ``column``, standardised over the catalogue."""
-        standard = _standardiser(vectors, table, column)
+        standard = standard or _standardiser(vectors, table, column)
         return probe.answers(standard(vectors.rows(table, column, probe.fitted)),
                              standard(vectors.rows(table, column, queries)))
 
-    scores = {"model": nearest(Table.SONG_EMBEDDINGS, "embedding")}
-    model_answers = catalogue["predicted_genre"].to_numpy(dtype=object)[queries]
-    if catalogue["predicted_genre"].isna().all():  # an embedding-only model: probe it as MFCCs are
-        model_answers = probed(Table.SONG_EMBEDDINGS, "embedding")
-    answers = {"model": model_answers}
-    scores["mfcc"] = nearest(Table.MFCC_FEATURES, "features", _standardiser(vectors, Table.MFCC_FEATURES, "features"))
-    answers["mfcc"] = probed(Table.MFCC_FEATURES, "features")
+    with method("model"):
+        scores = {"model": nearest(Table.SONG_EMBEDDINGS, "embedding")}
+        model_answers = catalogue["predicted_genre"].to_numpy(dtype=object)[queries]
+        if catalogue["predicted_genre"].isna().all():  # an embedding-only model: probe it as MFCCs are
+            model_answers = probed(Table.SONG_EMBEDDINGS, "embedding")
+        answers = {"model": model_answers}
+    with method("mfcc"):
+        standard_mfcc = _standardiser(vectors, Table.MFCC_FEATURES, "features")
+        scores["mfcc"] = nearest(Table.MFCC_FEATURES, "features", standard_mfcc)
+        answers["mfcc"] = probed(Table.MFCC_FEATURES, "features", standard_mfcc)
     if vectors.complete(Table.SONG_EMBEDDINGS, "pretrained"):
-        scores["pretrained"] = nearest(Table.SONG_EMBEDDINGS, "pretrained")
-        answers["pretrained"] = probed(Table.SONG_EMBEDDINGS, "pretrained")
-    gaussians = functools.partial(vectors.blocks, Table.MFCC_FEATURES, "timbre", dtype=np.float64)
-    centre, _ = streamed_moments(block[:, :N_MFCC] for _, block in gaussians())  # of every song's mean
-    scores["timbre"] = scored(least_divergent_of_blocks(
-        gaussians(), vectors.rows(Table.MFCC_FEATURES, "timbre", queries, dtype=np.float64), queries,
-        centre=centre, k=k))
+        with method("pretrained"):
+            scores["pretrained"] = nearest(Table.SONG_EMBEDDINGS, "pretrained")
+            answers["pretrained"] = probed(Table.SONG_EMBEDDINGS, "pretrained")
+    with method("timbre"):
+        gaussians = functools.partial(vectors.blocks, Table.MFCC_FEATURES, "timbre", dtype=np.float64)
+        centre, _ = streamed_moments(block[:, :N_MFCC] for _, block in gaussians())  # of every song's mean
+        scores["timbre"] = scored(least_divergent_of_blocks(
+            gaussians(), vectors.rows(Table.MFCC_FEATURES, "timbre", queries, dtype=np.float64), queries,
+            centre=centre, k=k))
     scores["ideal"] = scored(ideal_songs(genres, queries, k=k))
     random_draws = [retrieval_scores(genres, queries, random_songs(len(catalogue), queries, k=k, rng=rng), ks=KS)
                     for _ in range(draws)]
@@ -326,18 +337,20 @@ def _standardiser(vectors: CatalogueVectors, table: Table, column: str) -> Prepa
 
 
 def _test_slice_predictions(store: Warehouse, test_songs: pd.DataFrame) -> pd.DataFrame:
-    """``genre`` and the model's ``predicted`` genre (argmax of its probabilities) of every test slice."""
+    """``genre`` and the model's ``predicted`` genre (argmax of its probabilities) of every test slice,
+    the table streamed a row group at a time."""
     labels = np.array(store.metadata(Table.SLICE_EMBEDDINGS).labels, dtype=object)
-    table = store.arrow.read(Table.SLICE_EMBEDDINGS, columns=["song_id", "genre_probabilities"],
-                             where=pc.field("song_id").isin(pa.array(test_songs["song_id"].tolist(), pa.string())))
-    probabilities = list_column_matrix(table.column("genre_probabilities"))
-    genre_of = dict(zip(test_songs["song_id"], test_songs["genre"]))
-    return pd.DataFrame({
-        "genre": [genre_of[s] for s in table.column("song_id").to_pylist()],
+    genres = test_songs["genre"].to_numpy(dtype=object)
+    songs, predicted = [], []
+    for positions, probabilities in store.arrow.matrix_blocks(
+            Table.SLICE_EMBEDDINGS, "genre_probabilities",
+            keys=pa.array(test_songs["song_id"].to_numpy(dtype=object), pa.string())):
+        songs.append(positions)
         # no genre head (probabilities of width 0): no slice predictions
-        "predicted": (labels[probabilities.argmax(axis=1)] if len(probabilities) and len(labels)
-                      else np.full(len(probabilities), None, dtype=object)),
-    })
+        predicted.append(labels[probabilities.argmax(axis=1)] if probabilities.shape[1] and len(labels)
+                         else np.full(len(probabilities), None, dtype=object))
+    return pd.DataFrame({"genre": genres[np.concatenate(songs)] if songs else [],
+                         "predicted": np.concatenate(predicted) if predicted else []})
 
 
 class EvaluateStage(Stage):

@@ -96,14 +96,6 @@ def standardised(features: np.ndarray, *, mean: np.ndarray, scale: np.ndarray, o
     return out
 
 
-def standardise_columns(features: np.ndarray, *, overwrite: bool = False, block_rows: int = BLOCK_ROWS) -> np.ndarray:
-    """Each column of ``features`` to mean 0 and standard deviation 1 over these rows, a constant
-    column to 0, as float32 (statistics and arithmetic in float64 by blocks, no float64 copy), into
-    ``features`` itself when ``overwrite`` and it is float32."""
-    mean, spread = column_moments([features], block_rows=block_rows)
-    return standardised(features, mean=mean, scale=standard_scale(spread), overwrite=overwrite, block_rows=block_rows)
-
-
 def standard_scale(spread: np.ndarray) -> np.ndarray:
     """What to divide centred columns by to standardise them: their spread, or infinity for a
     constant column (centred to 0, it stays 0)."""
