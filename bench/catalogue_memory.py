@@ -20,19 +20,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from baseline_checkout import ROOT, baseline_checkout, env_running
+from baseline_checkout import ROOT, baseline_checkout, peak_of
 
 WORK = Path.home() / ".cache" / "deepcrate-bench" / "catalogue"
 RESULTS = ROOT / "bench" / "results"
@@ -126,26 +124,6 @@ def tile_warehouse(source: Path, target: Path, *, songs: int) -> int:
     return have * copies
 
 
-def peak_of(command: list[str], lib: Path) -> tuple[float, float]:
-    """(peak resident MB of the process, seconds). The peak is the kernel's high-water mark
-    (``VmHWM``, Linux), read until the process ends: polling the resident size misses short peaks."""
-    started = time.monotonic()
-    with tempfile.TemporaryFile(mode="w+") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, env=env_running(lib))
-        status, peak = Path(f"/proc/{process.pid}/status"), 0.0
-        while process.poll() is None:
-            try:
-                found = re.search(r"^VmHWM:\s+(\d+) kB", status.read_text(), flags=re.MULTILINE)
-                peak = max(peak, int(found.group(1)) / 1024) if found else peak
-            except OSError:
-                pass
-            time.sleep(0.05)
-        if process.returncode:
-            log.seek(0)
-            raise SystemExit(f"{' '.join(command)} failed ({process.returncode}):\n{log.read()[-3000:]}")
-    return peak, time.monotonic() - started
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--songs", type=int, nargs="+", default=[2000, 10000, 40000])
@@ -164,7 +142,7 @@ def main() -> None:
                 command = [sys.executable, "-m", "deepcrate.cli", stage, "--warehouse", str(warehouse),
                            "--set", "spark.master=local[2]"]
                 for name, lib in (("baseline", baseline / "lib"), ("this", ROOT / "lib")):
-                    peak, seconds = peak_of(command, lib)
+                    peak, seconds, _ = peak_of(command, lib)
                     row[f"{stage}_{name}"] = {"driver_peak_mb": round(peak), "seconds": round(seconds, 1)}
                     print(f"{row['songs']} songs, {stage}, {name}: {row[f'{stage}_{name}']}", flush=True)
             rows.append(row)

@@ -60,12 +60,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from deepcrate.audio.mfcc import N_MFCC, standardise
+from deepcrate.audio.mfcc import N_MFCC
 from deepcrate.audio.spectrogram import SpectrogramSettings
 from deepcrate.audio.timbre import least_divergent
 from deepcrate.stages.evaluate import genre_probe
 from deepcrate.stages.ingest.split import SPLITS
 from deepcrate.storage.arrow_tables import ArrowTables
+from deepcrate.vectors.moments import standardise
 from deepcrate.vectors.retrieval import ideal_songs, nearest_songs, retrieval_scores
 from deepcrate.vectors.similarity import normalise
 

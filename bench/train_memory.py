@@ -4,8 +4,9 @@ For each warehouse given (e.g. bench/scale.py's at 2,000 and 10,000 songs): opti
 ``deepcrate features`` first (``--rewrite-features``: the table rewritten by this checkout,
 in its layout; no feature is computed where the table is complete), then ``deepcrate
 train`` with this checkout's code and with a baseline commit's (``--baseline``, its ``lib``
-first on ``PYTHONPATH``, from a temporary git worktree), each in a fresh process whose
-resident memory is polled every 0.2 s. Each train publishes a model run into the
+first on ``PYTHONPATH``, from a temporary git worktree), each in a fresh process whose peak
+resident memory is read (the kernel's high-water mark since 2026-12-07; polled every 0.2 s
+before, which could miss short peaks). Each train publishes a model run into the
 warehouse: use bench warehouses. Writes bench/results/train_memory.json.
 
     python bench/train_memory.py WH [WH ...] [--baseline e8064db] [--rewrite-features]
@@ -15,42 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import sys
-import threading
-import time
-from pathlib import Path
 
-import psutil
-from baseline_checkout import ROOT, baseline_checkout, env_running
+from baseline_checkout import ROOT, baseline_checkout, peak_of
 
 SLICES = re.compile(r"(\d+) train / (\d+) validation slices")
-
-
-def peak_of(command: list[str], lib: Path) -> tuple[float, float, str]:
-    """(peak resident MB of the process, seconds, its output)."""
-    started = time.monotonic()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env=env_running(lib))
-    watched, peak = psutil.Process(process.pid), 0.0
-    output = []
-    reader = _drain(process, output)
-    while process.poll() is None:
-        try:
-            peak = max(peak, watched.memory_info().rss / 2**20)
-        except psutil.Error:
-            pass
-        time.sleep(0.2)
-    reader.join()
-    if process.returncode:
-        raise SystemExit(f"{' '.join(command)} failed ({process.returncode}):\n" + "".join(output)[-3000:])
-    return peak, time.monotonic() - started, "".join(output)
-
-
-def _drain(process: subprocess.Popen, into: list[str]) -> threading.Thread:
-    thread = threading.Thread(target=lambda: into.extend(process.stdout), daemon=True)
-    thread.start()
-    return thread
 
 
 def deepcrate(command: str, warehouse: str) -> list[str]:

@@ -22,7 +22,7 @@ from deepcrate.audio.timbre import RIDGE, divergence_vectors, least_divergent, l
 from deepcrate.cli import main
 from deepcrate.config import DecodeLimits
 from deepcrate.stages.evaluate import GenreProbe
-from deepcrate.vectors.moments import standard_scale, standardised, streamed_moments
+from deepcrate.vectors.moments import standard_scale, standardise, standardised, streamed_moments
 from deepcrate.vectors.retrieval import (
     average_precision_at_k,
     ideal_songs,
@@ -152,20 +152,20 @@ def test_mfcc_statistics_and_gaussian_match_an_independent_computation(tmp_path)
 
 
 def test_standardise_gives_zero_mean_unit_variance_columns_and_zero_for_constant_ones():
-    def standardise(features: np.ndarray, **options) -> np.ndarray:  # as evaluate does, over blocks of rows
+    def streamed(features: np.ndarray, **options) -> np.ndarray:  # as evaluate does, over blocks of rows
         mean, spread = streamed_moments(features[start:start + 2] for start in range(0, len(features), 2))
         return standardised(features, mean=mean, scale=standard_scale(spread), **options)
 
     features = np.array([[1.0, 5.0, 2.0], [3.0, 5.0, 4.0], [5.0, 5.0, 9.0]])
-    out = standardise(features, overwrite=False)
-    np.testing.assert_allclose(out.mean(axis=0), 0, atol=1e-6)
-    np.testing.assert_allclose(out[:, [0, 2]].std(axis=0), 1, atol=1e-6)
-    assert (out[:, 1] == 0).all()
-    # Over the features themselves: the same numbers, no copy.
+    for out in (standardise(features), streamed(features, overwrite=False)):
+        np.testing.assert_allclose(out.mean(axis=0), 0, atol=1e-6)
+        np.testing.assert_allclose(out[:, [0, 2]].std(axis=0), 1, atol=1e-6)
+        assert (out[:, 1] == 0).all() and out.dtype == np.float32
+    # By blocks, and over the features themselves: the same numbers, no copy.
     many = np.random.default_rng(0).normal(size=(1000, 7)).astype(np.float32) * 3 + 1
     expected = ((many - many.mean(axis=0, dtype=np.float64)) / many.std(axis=0, dtype=np.float64)).astype(np.float32)
-    np.testing.assert_allclose(standardise(many.copy(), overwrite=False, block_rows=64), expected, rtol=1e-6, atol=1e-6)
-    overwritten = standardise(many, overwrite=True, block_rows=64)
+    np.testing.assert_allclose(standardise(many, block_rows=64), expected, rtol=1e-6, atol=1e-6)
+    overwritten = streamed(many, overwrite=True, block_rows=64)
     assert overwritten is many and np.allclose(many, expected, atol=1e-6)
 
 

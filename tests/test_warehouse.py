@@ -471,17 +471,30 @@ def test_a_damaged_page_behind_an_intact_footer_is_an_error_naming_the_file_not_
     assert len(err.splitlines()) == 1 and f"file file://{first} cannot be read" in err
 
 
+def _row_groups_written(spark, root, name: str, frame, *, metadata: TableMetadata) -> list:
+    """Write ``frame`` as table ``name`` of a new warehouse ``root`` and publish it: the metadata of
+    every row group of its files."""
+    import pyarrow.parquet as pq
+
+    from deepcrate.storage.writer_lock import writer_lock
+
+    with writer_lock(str(root), command="test", create=True):
+        store = Warehouse(spark, str(root), create=True)
+        run = store.begin_run()
+        store.write_table(run, name, frame, metadata=metadata)
+        store.publish(run, [name])
+    return [footer.row_group(i) for path in (root / name).rglob("*.parquet")
+            for footer in [pq.read_metadata(path)] for i in range(footer.num_row_groups)]
+
+
 def test_slices_are_written_in_row_groups_of_bounded_size_so_a_reader_holds_little(spark, tmp_path,
                                                                                   demo_warehouse):
     """pyarrow decodes a whole row group at once: with one group per file, the training
     reader's memory grew with the catalogue."""
-    import pyarrow.parquet as pq
-
     from deepcrate.storage.arrow_tables import ArrowTables
     from deepcrate.storage.schemas import Table
     from deepcrate.storage.spark_schemas import spark_schema
     from deepcrate.storage.warehouse import ROW_GROUP_BYTES
-    from deepcrate.storage.writer_lock import writer_lock
 
     demo = ArrowTables.current(str(demo_warehouse))
     images = demo.read("slices", columns=["spectrogram"]).column("spectrogram").to_pylist()
@@ -491,14 +504,8 @@ def test_slices_are_written_in_row_groups_of_bounded_size_so_a_reader_holds_litt
     chosen = [images[((n // 70) * 5 + n % 5) % len(images)] for n in range(rows)]
     frame = spark.createDataFrame([(f"{n // 5:016x}", n % 5, 3.0 * (n % 5), "rock", "train", image)
                                    for n, image in enumerate(chosen)], schema=spark_schema(Table.SLICES)).coalesce(1)
-    with writer_lock(str(tmp_path / "wh"), command="test", create=True):
-        store = Warehouse(spark, str(tmp_path / "wh"), create=True)
-        run = store.begin_run()
-        store.write_table(run, Table.SLICES, frame, metadata=Warehouse(spark, str(demo_warehouse)).metadata("slices"))
-        store.publish(run, [Table.SLICES])
-
-    groups = [metadata.row_group(i) for path in (tmp_path / "wh" / "slices").rglob("*.parquet")
-              for metadata in [pq.read_metadata(path)] for i in range(metadata.num_row_groups)]
+    groups = _row_groups_written(spark, tmp_path / "wh", Table.SLICES, frame,
+                                 metadata=Warehouse(spark, str(demo_warehouse)).metadata("slices"))
     total = sum(len(image) for image in chosen)
     assert sum(group.num_rows for group in groups) == rows
     assert len(groups) >= total // ROW_GROUP_BYTES >= 2  # Spark's default writes one group here
@@ -512,13 +519,10 @@ def test_pretrained_features_are_written_in_row_groups_of_bounded_size_too(spark
     """The head's reader decodes a row group at a time: one group per file grew it with the table.
     Three groups' worth of features whose rows repeat (copies of one recording): a dictionary,
     left on, would hide their size and no group would be cut."""
-    import pyarrow.parquet as pq
-
     from deepcrate.storage.schemas import Table
     from deepcrate.storage.spark_schemas import spark_schema
     from deepcrate.storage.table_metadata import FeaturesMetadata
     from deepcrate.storage.warehouse import ROW_GROUP_BYTES
-    from deepcrate.storage.writer_lock import writer_lock
 
     rng = np.random.default_rng(0)
     # 64 rows over and over: more than the 64 KB a compressor looks back over (which would shrink
@@ -528,13 +532,7 @@ def test_pretrained_features_are_written_in_row_groups_of_bounded_size_too(spark
     frame = spark.createDataFrame([(f"{n // 8:016x}", n % 8, n % 64, distinct[n % 64]) for n in range(rows)],
                                   schema=spark_schema(Table.PRETRAINED_FEATURES)).coalesce(1)
     metadata = FeaturesMetadata(network="test", checkpoints="test", width=400, format="float32", runtime="test")
-    with writer_lock(str(tmp_path / "wh"), command="test", create=True):
-        store = Warehouse(spark, str(tmp_path / "wh"), create=True)
-        run = store.begin_run()
-        store.write_table(run, Table.PRETRAINED_FEATURES, frame, metadata=metadata)
-        store.publish(run, [Table.PRETRAINED_FEATURES])
-    groups = [metadata.row_group(i) for path in (tmp_path / "wh" / "pretrained_features").rglob("*.parquet")
-              for metadata in [pq.read_metadata(path)] for i in range(metadata.num_row_groups)]
+    groups = _row_groups_written(spark, tmp_path / "wh", Table.PRETRAINED_FEATURES, frame, metadata=metadata)
     assert sum(group.num_rows for group in groups) == rows
     assert len(groups) >= 3  # Spark's default (or a dictionary) writes one group here
     assert max(group.total_byte_size for group in groups) <= 1.5 * ROW_GROUP_BYTES  # checked every ~100 rows
@@ -543,26 +541,18 @@ def test_pretrained_features_are_written_in_row_groups_of_bounded_size_too(spark
 def test_the_song_vector_tables_are_written_in_row_groups_of_bounded_size_too(spark, tmp_path, demo_warehouse):
     """evaluate and index stream them a row group at a time. Three groups' worth of MFCC features
     whose rows repeat (64 distinct, as copies of recordings would)."""
-    import pyarrow.parquet as pq
-
     from deepcrate.storage.arrow_tables import ArrowTables
     from deepcrate.storage.schemas import Table
     from deepcrate.storage.spark_schemas import spark_schema
     from deepcrate.storage.warehouse import VECTOR_ROW_GROUP_BYTES as ROW_GROUP_BYTES
-    from deepcrate.storage.writer_lock import writer_lock
 
     rng = np.random.default_rng(0)
     distinct = [(rng.normal(size=80).astype(np.float32).tolist(), rng.normal(size=420).tolist()) for _ in range(64)]
     copies = 3 * ROW_GROUP_BYTES // (80 * 4 + 420 * 8) // 64 + 1
     frame = spark.createDataFrame([(f"{n:02d}-{copy}", *distinct[n]) for copy in range(copies) for n in range(64)],
                                   schema=spark_schema(Table.MFCC_FEATURES)).coalesce(1)
-    with writer_lock(str(tmp_path / "wh"), command="test", create=True):
-        store = Warehouse(spark, str(tmp_path / "wh"), create=True)
-        run = store.begin_run()
-        store.write_table(run, Table.MFCC_FEATURES, frame, metadata=Warehouse(spark, str(demo_warehouse)).metadata("mfcc_features"))
-        store.publish(run, [Table.MFCC_FEATURES])
-    groups = [metadata.row_group(i) for path in (tmp_path / "wh" / "mfcc_features").rglob("*.parquet")
-              for metadata in [pq.read_metadata(path)] for i in range(metadata.num_row_groups)]
+    groups = _row_groups_written(spark, tmp_path / "wh", Table.MFCC_FEATURES, frame,
+                                 metadata=Warehouse(spark, str(demo_warehouse)).metadata("mfcc_features"))
     assert sum(group.num_rows for group in groups) == 64 * copies
     assert len(groups) >= 3  # Spark's default (or a dictionary) writes one group here
     assert max(group.total_byte_size for group in groups) <= 1.5 * ROW_GROUP_BYTES

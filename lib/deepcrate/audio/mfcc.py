@@ -95,10 +95,3 @@ def song_mfcc_features(content: bytes, *, name: str, limits: DecodeLimits) -> tu
     frames = mfcc_frames(audio.samples)
     return statistics_of_frames(frames), gaussian_of_frames(frames)
 
-
-def standardise(features: np.ndarray) -> np.ndarray:
-    """Each column to mean 0 and standard deviation 1 (constant columns to 0)."""
-    features = np.asarray(features, dtype=np.float64)
-    std = features.std(axis=0)
-    centred = features - features.mean(axis=0)
-    return np.divide(centred, std, out=np.zeros_like(centred), where=std > 0).astype(np.float32)

@@ -96,6 +96,13 @@ def standardised(features: np.ndarray, *, mean: np.ndarray, scale: np.ndarray, o
     return out
 
 
+def standardise(features: np.ndarray, *, block_rows: int = BLOCK_ROWS) -> np.ndarray:
+    """Each column of ``features`` to mean 0 and standard deviation 1 over these rows (a constant
+    column to 0), as a float32 copy."""
+    mean, spread = column_moments([features], block_rows=block_rows)
+    return standardised(features, mean=mean, scale=standard_scale(spread), overwrite=False, block_rows=block_rows)
+
+
 def standard_scale(spread: np.ndarray) -> np.ndarray:
     """What to divide centred columns by to standardise them: their spread, or infinity for a
     constant column (centred to 0, it stays 0)."""
