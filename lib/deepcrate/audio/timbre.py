@@ -68,7 +68,7 @@ def divergence_vectors(gaussians: np.ndarray, *, centre: np.ndarray | None = Non
     return queries, database
 
 
-def least_divergent(gaussians: np.ndarray, queries: np.ndarray, *, k: int, block: int = 4096) -> np.ndarray:
+def least_divergent(gaussians: np.ndarray, queries: np.ndarray, *, k: int, block: int = 1024) -> np.ndarray:
     """Positions of the ``k`` songs whose Gaussians are least divergent from each query's,
     the query itself left out (exact search).
 
@@ -78,21 +78,19 @@ def least_divergent(gaussians: np.ndarray, queries: np.ndarray, *, k: int, block
     queries : ndarray of int
         Positions of the query songs.
     block : int
-        Songs whose database vectors are held at once (4,096: 28 MiB), so that this
+        Songs whose divergence vectors are made at once (1,024: ~27 MiB), so that this
         memory stays flat however large the catalogue.
     """
     centre = np.asarray(gaussians[:, :N_MFCC], dtype=np.float64).mean(axis=0)
-    blocks = ((np.arange(start, min(start + block, len(gaussians))), gaussians[start:start + block])
-              for start in range(0, len(gaussians), block))
-    return least_divergent_of_blocks(blocks, gaussians[queries], queries, centre=centre, k=k)
+    return least_divergent_of_blocks([(np.arange(len(gaussians)), gaussians)], gaussians[queries], queries,
+                                     centre=centre, k=k, block=block)
 
 
 def least_divergent_of_blocks(blocks: Iterable[tuple[np.ndarray, np.ndarray]], query_gaussians: np.ndarray,
                               queries: np.ndarray, *, centre: np.ndarray, k: int, block: int = 1024) -> np.ndarray:
     """:func:`least_divergent` of Gaussians that come a block at a time, as (positions, Gaussians)
     (rows read from a table); ``query_gaussians`` are those of the songs at positions ``queries``,
-    ``centre`` the mean of every song's mean (:func:`divergence_vectors`). The vectors of at most
-    ``block`` songs are made at once (each song's take ~27 KB while they are)."""
+    ``centre`` the mean of every song's mean (:func:`divergence_vectors`); ``block`` as there."""
     # the smallest divergence is the largest -q.v: a top k of inner products
     negated_queries = np.empty((len(query_gaussians), 2 * N_MFCC * N_MFCC + 2 * N_MFCC + 2))
     for start in range(0, len(query_gaussians), block):

@@ -176,8 +176,9 @@ class ArrowTables:
                 width = values.shape[1] if width is None else width
                 if values.shape[1] != width:
                     raise WarehouseError(f"{where}: {column} of {values.shape[1]} and of {width} values")
-                found[rows[kept]] = True
-                yield rows[kept], values
+                positions = rows[kept]
+                found[positions] = True
+                yield positions, values
         except (OSError, pa.ArrowInvalid) as exc:
             raise WarehouseError(f"{where}: {_damaged_file(dataset) or 'cannot be read'}: {first_line(exc)}; "
                                  f"restore it, or roll back (deepcrate rollback)") from None
