@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from deepcrate.vectors.similarity import exact_top_k, normalise, top_k_of_blocks
+from deepcrate.vectors.similarity import normalise, top_k_of_blocks
 
 
 def precision_at_k(relevant: np.ndarray, *, k: int) -> np.ndarray:
@@ -48,9 +48,8 @@ def average_precision_at_k(relevant: np.ndarray, n_relevant: np.ndarray, *, k: i
 def nearest_songs(vectors: np.ndarray, queries: np.ndarray, *, k: int) -> np.ndarray:
     """Positions of the ``k`` most cosine-similar rows of ``vectors`` for each row position
     in ``queries``, the query itself left out (exact search)."""
-    unit = normalise(np.asarray(vectors, dtype=np.float32))
-    _, found = exact_top_k(unit, unit[queries], min(k + 1, len(unit)))
-    return other_songs(found, queries, k=k)
+    copy = np.array(vectors, dtype=np.float32)  # made unit length in place
+    return nearest_songs_of_blocks([(np.arange(len(copy)), copy)], copy[queries], queries, k=k)
 
 
 def nearest_songs_of_blocks(blocks: Iterable[tuple[np.ndarray, np.ndarray]], query_vectors: np.ndarray,
