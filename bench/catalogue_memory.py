@@ -9,8 +9,9 @@ means) moved by Gaussian noise of a third of each column's spread, so that no tw
 are duplicates. Then ``deepcrate evaluate`` and ``deepcrate index`` run on each tiled
 warehouse with this checkout's code and with a baseline commit's (its ``lib`` first on
 ``PYTHONPATH``, from a temporary git worktree), each in a fresh process whose peak resident
-memory (the Python driver's, not its JVM's: the kernel's high-water mark, so Linux only) is read. Reported: the peaks, the
-growth per song from the smallest size to the largest, and the seconds.
+memory is read (the Python driver's, not its JVM's; the kernel's high-water mark, so Linux
+only). Reported: the peaks, the growth per song from the smallest size to the largest, and
+the seconds.
 Writes bench/results/catalogue_memory.json; warehouses under ~/.cache/deepcrate-bench/catalogue/.
 
     python bench/catalogue_memory.py [--songs 2000 10000 40000] [--baseline bfc6b80] [--source WH]
@@ -32,11 +33,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from baseline_checkout import ROOT, baseline_checkout, peak_of
 
+from deepcrate.audio.mfcc import N_MFCC  # the timbre Gaussian's mean: its first values (the covariance is kept)
+
 WORK = Path.home() / ".cache" / "deepcrate-bench" / "catalogue"
 RESULTS = ROOT / "bench" / "results"
 TILED = ("songs", "mfcc_features", "song_embeddings", "slice_embeddings")
 NOISE = 1 / 3  # of each column's standard deviation
-N_MFCC = 20  # the timbre Gaussian's mean: the first 20 of its 420 values (the covariance is kept)
 
 
 def source_warehouse(songs_per_genre: int) -> Path:
