@@ -39,7 +39,7 @@ import sys
 import time
 from pathlib import Path
 
-from baseline_checkout import ROOT, baseline_checkout
+from baseline_checkout import ROOT, baseline_checkout, env_running
 
 CORPUS = Path.home() / ".cache" / "deepcrate-bench" / "real-corpus" / "audio"
 WORK = Path.home() / ".cache" / "deepcrate-bench" / "feature-rebuild"
@@ -50,7 +50,7 @@ QUALITY = re.compile(r"model ([\d.]+) / ([\d.]+)%")
 
 
 def run_rebuild(lib: Path, *, audio: Path, warehouse: Path, extra: list[str], log: Path) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(lib)}
+    env = env_running(lib)
     args = [sys.executable, "-m", "deepcrate.cli", "rebuild", "--audio", str(audio), "--manifest",
             str(audio / "manifest.csv"), "--warehouse", str(warehouse)]
     for setting in extra:

@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from baseline_checkout import ROOT, baseline_checkout
+from baseline_checkout import ROOT, baseline_checkout, env_running
 
 QUERY = "SELECT genre, count(*) AS n FROM songs GROUP BY genre ORDER BY genre"
 SHELL_QUERIES = [QUERY, "SELECT count(*) AS n FROM recommendations", "SELECT max(duration_s) FROM songs",
@@ -39,7 +39,7 @@ SHELL_QUERIES = [QUERY, "SELECT count(*) AS n FROM recommendations", "SELECT max
 
 def one_shot(lib: Path, warehouse: str, *, cache: str, extra: tuple[str, ...] = ()) -> tuple[float, int]:
     """Seconds for one ``deepcrate sql`` process (its user cache: ``cache``) and the lines it wrote on stderr."""
-    env = {**os.environ, "PYTHONPATH": str(lib), "XDG_CACHE_HOME": cache}
+    env = {**env_running(lib), "XDG_CACHE_HOME": cache}
     started = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "deepcrate.cli", "sql", "--warehouse", warehouse, *extra, QUERY],
                             capture_output=True, text=True, env=env, timeout=600)

@@ -141,14 +141,13 @@ def index_songs(spark, *, warehouse: str, settings: Settings) -> IndexSummary:
                 "" if recall is None else f", recall@{options.k} {recall:.3f}")
 
     scratch = tempfile.mkdtemp(prefix="deepcrate-index-")
-    files = None
+    table_dir = os.path.join(scratch, Table.RECOMMENDATIONS)
+    files = _PartFiles(table_dir, schema=RECOMMENDATIONS)  # opens nothing until the first block
     try:
         started = time.monotonic()
-        table_dir = os.path.join(scratch, Table.RECOMMENDATIONS)
         os.makedirs(table_dir)
         last = time.monotonic()
         fewest, most = options.k, 0
-        files = _PartFiles(table_dir, schema=RECOMMENDATIONS)
         for number, block in enumerate(recommendation_blocks(index, ids, vectors, options)):
             files.write(block)
             songs_in_block = min(options.block_size, len(ids) - number * options.block_size)
@@ -174,8 +173,7 @@ def index_songs(spark, *, warehouse: str, settings: Settings) -> IndexSummary:
         store.stage_folder(run, index_dir, INDEX)
         store.publish(run, [Table.RECOMMENDATIONS, INDEX])
     finally:
-        if files is not None:
-            files.close()
+        files.close()
         shutil.rmtree(scratch, ignore_errors=True)
     return IndexSummary(songs=len(ids), kind=params["kind"], recall_at_k=recall, build_s=build_s,
                         recommend_s=recommend_s, k=options.k, fewest=fewest, most=most)
