@@ -8,6 +8,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,25 +32,44 @@ def env_running(lib: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(lib), os.environ.get("PYTHONPATH", "")])}
 
 
-def peak_of(command: list[str], lib: Path) -> tuple[float, float, str]:
-    """Run ``command`` with ``lib`` first on ``PYTHONPATH``: (its peak resident MB, seconds, its output).
+@dataclass
+class Peaks:
+    """A process's peak memory (MB) and wall time: ``resident`` is the kernel's high-water mark of its
+    resident size (``VmHWM``), file pages it maps included; ``anonymous`` the largest anonymous resident
+    size seen (``RssAnon``, polled: the kernel keeps no mark of it), what the process itself holds and
+    the kernel cannot take back by dropping cached file pages."""
 
-    The peak is the kernel's high-water mark (``VmHWM``, Linux), read until the process ends:
-    polling the resident size missed short peaks (355 MB polled where the mark said 412).
+    resident: float
+    anonymous: float
+    seconds: float
+    output: str
+
+
+def peak_of(command: list[str], lib: Path) -> Peaks:
+    """Run ``command`` with ``lib`` first on ``PYTHONPATH``: its peak memory, seconds and output (Linux).
+
+    The resident peak is the kernel's high-water mark, read until the process ends: polling the
+    resident size missed short peaks (355 MB polled where the mark said 412).
     """
     started = time.monotonic()
     with tempfile.TemporaryFile(mode="w+") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, env=env_running(lib))
-        status, peak = Path(f"/proc/{process.pid}/status"), 0.0
+        status, resident, anonymous = Path(f"/proc/{process.pid}/status"), 0.0, 0.0
         while process.poll() is None:
             try:
-                found = re.search(r"^VmHWM:\s+(\d+) kB", status.read_text(), flags=re.MULTILINE)
-                peak = max(peak, int(found.group(1)) / 1024) if found else peak
+                text = status.read_text()
             except OSError:
-                pass
-            time.sleep(0.05)
+                text = ""
+            resident = max(resident, _status_mb(text, "VmHWM"))
+            anonymous = max(anonymous, _status_mb(text, "RssAnon"))
+            time.sleep(0.02)
         log.seek(0)
         output = log.read()
     if process.returncode:
         raise SystemExit(f"{' '.join(command)} failed ({process.returncode}):\n{output[-3000:]}")
-    return peak, time.monotonic() - started, output
+    return Peaks(resident, anonymous, time.monotonic() - started, output)
+
+
+def _status_mb(status: str, field: str) -> float:
+    found = re.search(rf"^{field}:\s+(\d+) kB", status, flags=re.MULTILINE)
+    return int(found.group(1)) / 1024 if found else 0.0

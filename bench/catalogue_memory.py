@@ -34,10 +34,11 @@ import pyarrow.parquet as pq
 from baseline_checkout import ROOT, baseline_checkout, peak_of
 
 from deepcrate.audio.mfcc import N_MFCC  # the timbre Gaussian's mean: its first values (the covariance is kept)
+from deepcrate.models.pretrained_runtime import FEATURE_DTYPE
 
 WORK = Path.home() / ".cache" / "deepcrate-bench" / "catalogue"
 RESULTS = ROOT / "bench" / "results"
-TILED = ("songs", "mfcc_features", "song_embeddings", "slice_embeddings")
+TILED = ("songs", "mfcc_features", "song_embeddings", "slice_embeddings", "pretrained_features")
 NOISE = 1 / 3  # of each column's standard deviation
 
 
@@ -61,6 +62,8 @@ def tiled(table: pa.Table, copies: int, rng: np.random.Generator) -> pa.Table:
     their float list columns moved by noise."""
     parts = [table]
     spread = {name: _matrix(table.column(name)).std(axis=0) for name in _vector_columns(table)}
+    # pretrained_features.features: float32 values in a binary column
+    features_spread = {"features": _features(table.column("features")).std(axis=0)} if "slice_hash" in table.column_names else {}
     for copy in range(1, copies):
         columns = {}
         for name in table.column_names:
@@ -69,6 +72,8 @@ def tiled(table: pa.Table, copies: int, rng: np.random.Generator) -> pa.Table:
                 column = pc.binary_join_element_wise(column, pa.scalar(f"~{copy}"), "")
             elif name in spread:
                 column = _moved(column, spread[name], rng, only=N_MFCC if name == "timbre" else None)
+            elif name in features_spread:
+                column = _moved_features(column, features_spread[name], rng)
             columns[name] = column
         parts.append(pa.table(columns, schema=table.schema))
     return pa.concat_tables(parts)
@@ -92,6 +97,17 @@ def _moved(column: pa.ChunkedArray, spread: np.ndarray, rng: np.random.Generator
     values = pa.array(matrix.astype(column.type.value_type.to_pandas_dtype()).ravel())
     offsets = pa.array(np.arange(0, matrix.size + 1, matrix.shape[1], dtype=np.int32))
     return pa.ListArray.from_arrays(offsets, values).cast(column.type)
+
+
+def _features(column: pa.ChunkedArray) -> np.ndarray:
+    rows = column.to_pylist()
+    return np.frombuffer(b"".join(rows), dtype=FEATURE_DTYPE).reshape(len(rows), -1).astype(np.float64)
+
+
+def _moved_features(column: pa.ChunkedArray, spread: np.ndarray, rng: np.random.Generator) -> pa.Array:
+    matrix = _features(column)
+    matrix += rng.normal(size=matrix.shape) * spread * NOISE
+    return pa.array([row.tobytes() for row in matrix.astype(FEATURE_DTYPE)], pa.binary())
 
 
 def tile_warehouse(source: Path, target: Path, *, songs: int) -> int:
@@ -144,19 +160,22 @@ def main() -> None:
                 command = [sys.executable, "-m", "deepcrate.cli", stage, "--warehouse", str(warehouse),
                            "--set", "spark.master=local[2]"]
                 for name, lib in (("baseline", baseline / "lib"), ("this", ROOT / "lib")):
-                    peak, seconds, _ = peak_of(command, lib)
-                    row[f"{stage}_{name}"] = {"driver_peak_mb": round(peak), "seconds": round(seconds, 1)}
+                    peaks = peak_of(command, lib)
+                    row[f"{stage}_{name}"] = {"driver_peak_mb": round(peaks.resident),
+                                              "driver_anonymous_peak_mb": round(peaks.anonymous),
+                                              "seconds": round(peaks.seconds, 1)}
                     print(f"{row['songs']} songs, {stage}, {name}: {row[f'{stage}_{name}']}", flush=True)
             rows.append(row)
     growth = {}
     small, large = rows[0], rows[-1]
     for stage in args.stages:
         for name in ("baseline", "this"):
-            added = large[f"{stage}_{name}"]["driver_peak_mb"] - small[f"{stage}_{name}"]["driver_peak_mb"]
-            per_song = added * 1024 / max(1, large["songs"] - small["songs"])
-            growth[f"{stage}_{name}"] = {"mb": added, "kb_per_song": round(per_song, 1)}
-            print(f"{stage} {name}: {small['songs']} -> {large['songs']} songs: {added:+} MB "
-                  f"({per_song:.1f} KB a song)")
+            for peak in ("driver_peak_mb", "driver_anonymous_peak_mb"):
+                added = large[f"{stage}_{name}"][peak] - small[f"{stage}_{name}"][peak]
+                per_song = added * 1024 / max(1, large["songs"] - small["songs"])
+                growth.setdefault(f"{stage}_{name}", {})[peak] = {"mb": added, "kb_per_song": round(per_song, 1)}
+                print(f"{stage} {name}, {peak}: {small['songs']} -> {large['songs']} songs: {added:+} MB "
+                      f"({per_song:.1f} KB a song)")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "catalogue_memory.json"
     out.write_text(json.dumps({"baseline": args.baseline, "source": str(source), "rows": rows, "growth": growth,

@@ -38,11 +38,12 @@ def main() -> None:
         for warehouse in args.warehouses:
             row: dict = {"warehouse": warehouse}
             if args.rewrite_features:
-                _, row["features_s"], _ = peak_of(deepcrate("features", warehouse), ROOT / "lib")
+                row["features_s"] = peak_of(deepcrate("features", warehouse), ROOT / "lib").seconds
             for name, lib in (("baseline", baseline / "lib"), ("this", ROOT / "lib")):
-                peak, seconds, output = peak_of(deepcrate("train", warehouse), lib)
-                found = SLICES.search(output)
-                row[name] = {"driver_peak_mb": round(peak), "seconds": round(seconds, 1)}
+                peaks = peak_of(deepcrate("train", warehouse), lib)
+                found = SLICES.search(peaks.output)
+                row[name] = {"driver_peak_mb": round(peaks.resident), "driver_anonymous_peak_mb": round(peaks.anonymous),
+                             "seconds": round(peaks.seconds, 1)}
                 if found:
                     row["train_slices"], row["validation_slices"] = int(found.group(1)), int(found.group(2))
                 print(warehouse, name, json.dumps(row[name]), flush=True)

@@ -20,6 +20,7 @@ import pyarrow.dataset as ds
 
 from deepcrate.errors import TrainingError
 from deepcrate.models.pretrained_runtime import from_arrow
+from deepcrate.vectors.scratch import scratch_array
 
 logger = logging.getLogger(__name__)
 
@@ -92,9 +93,10 @@ class FeatureTable:
 
     def _rows_of(self, keys: pa.Table) -> tuple[np.ndarray, int]:
         """The features of the slices ``keys`` (sorted by song and slice) names, streamed into one
-        array in the keys' order (no list of parts, no sorted copy: the features are held once);
-        and how many were found."""
-        features = np.zeros((keys.num_rows, self.width), dtype=np.float32)
+        array in the keys' order (no list of parts, no sorted copy: the features are held once,
+        in a scratch file, :func:`deepcrate.vectors.scratch.scratch_array`: the page cache holds
+        them while memory allows, not the process); and how many were found."""
+        features = scratch_array((keys.num_rows, self.width), np.float32)
         found = np.zeros(keys.num_rows, dtype=bool)
         if not keys.num_rows:
             return features, 0

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from deepcrate.vectors.scratch import scratch_array
+
 DROPOUT = 0.5  # deepcrate.models.architectures.embedding_and_genres' rate
 SUPCON_TEMPERATURE = 0.1  # deepcrate.models.architectures.SUPCON_TEMPERATURE, without importing Keras
 ADAM_BETAS, ADAM_EPSILON = (0.9, 0.999), 1e-7  # Keras' defaults
@@ -217,8 +219,9 @@ def run_epoch(weights: HeadWeights, optimizer: Adam, train: Batch, *, objective:
 
 def activations(weights: HeadWeights, features: np.ndarray) -> np.ndarray:
     """The activated embeddings of ``features`` (n, 128), block by block: ELU's temporaries for a block of
-    slices at a time, not for all of them."""
-    out = np.empty((len(features), weights.kernel.shape[1]), np.float32)
+    slices at a time, not for all of them; in a scratch file (:func:`deepcrate.vectors.scratch.scratch_array`),
+    not in the process's memory."""
+    out = scratch_array((len(features), weights.kernel.shape[1]), np.float32)
     for start in range(0, len(features), EVALUATION_BLOCK_ROWS):
         block = slice(start, start + EVALUATION_BLOCK_ROWS)
         out[block] = elu(features[block] @ weights.kernel + weights.bias)
@@ -248,6 +251,18 @@ def evaluate(weights: HeadWeights, data: Batch, *, objective: str, batch_size: i
             contrastive += sum(supervised_contrastive(embedded[part:part + batch_size], labels[part:part + batch_size])[0]
                                * len(labels[part:part + batch_size]) for part in range(0, len(labels), batch_size))
     return Scores((loss + contrastive) / n, contrastive / n, correct / n)
+
+
+def genre_layer_loss(weights: HeadWeights, activated: np.ndarray, data: Batch) -> float:
+    """The genre layer's weighted cross-entropy (no dropout) on ``data``'s activated embeddings, a block
+    of slices at a time: no gradient, and no temporaries the size of the split."""
+    total = 0.0
+    for start in range(0, len(data.labels), EVALUATION_BLOCK_ROWS):
+        block = slice(start, start + EVALUATION_BLOCK_ROWS)
+        labels = data.labels[block]
+        total += genre_loss(weights, activated[block], labels=labels, genre_weights=data.genre_weights[block],
+                            kept=None)[0] * len(labels)
+    return total / max(1, len(data.labels))
 
 
 @dataclass
@@ -302,8 +317,7 @@ def fit_genre_layer(weights: HeadWeights, train: Batch, val: Batch, *, batch_siz
                                             genre_weights=train.genre_weights[rows],
                                             kept=dropout_mask((len(rows), weights.kernel.shape[1]), rng))
             optimizer.step(weights.arrays, [None, None, *gradients])
-        val_loss = genre_loss(weights, val_activated, labels=val.labels, genre_weights=val.genre_weights,
-                              kept=None)[0]
+        val_loss = genre_layer_loss(weights, val_activated, val)
         if val_loss < best_loss:
             best, best_loss, best_epoch = weights.copy(), val_loss, epoch
         elif epoch - best_epoch >= patience:
