@@ -1,6 +1,7 @@
 """Helpers the tests share: real audio written on the fly, reference numerics computed independently."""
 from __future__ import annotations
 
+import mmap
 import shutil
 from pathlib import Path
 
@@ -84,3 +85,11 @@ def table_metadata(warehouse: Path, name: str) -> dict:
     runs = sorted((warehouse / "_runs").glob("[0-9]*.json"))
     entry = json.loads(runs[-1].read_text())["tables"][name]
     return json.loads((warehouse / name / entry["folder"] / "_deepcrate.json").read_text())
+
+
+def file_backed(array: np.ndarray) -> bool:
+    """Whether ``array``'s memory is a mapped file's (:func:`deepcrate.vectors.scratch.scratch_array`),
+    not the process's own."""
+    while array is not None and not isinstance(array, mmap.mmap):
+        array = array.base if isinstance(array, np.ndarray) else getattr(array, "obj", None)
+    return isinstance(array, mmap.mmap)

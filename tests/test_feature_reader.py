@@ -11,6 +11,8 @@ from deepcrate.errors import TrainingError
 from deepcrate.models import feature_reader
 from deepcrate.models.feature_reader import FeatureTable, chosen_slices
 
+from helpers import file_backed
+
 pytestmark = pytest.mark.unit
 WIDTH = 4
 
@@ -72,6 +74,7 @@ def test_a_split_is_streamed_within_its_budget_and_sorted_by_song_and_slice(tmp_
               + [("s3", int((k + 0.5) * 4 / 3)) for k in range(3)])
     assert list(train.song_ids) == [song for song, _ in chosen]
     np.testing.assert_array_equal(train.features, np.stack([expected[key] for key in chosen]))
+    assert file_backed(train.features)  # the page cache holds the slices, not the driver
     assert train.labels.tolist() == [1] * 6 + [0] * 3  # jazz is labels[1]
     assert table.split("train", labels=["rock"]).song_ids.tolist() == ["s3"] * 4  # alone, its 4 slices fit
     unlabelled = table.split("validation", labels=None)

@@ -11,9 +11,11 @@ from deepcrate.models.head_training import (
     Adam,
     Batch,
     HeadWeights,
+    activations,
     dropout_mask,
     evaluate,
     fit_genre_layer,
+    genre_layer_loss,
     head_loss,
 )
 
@@ -90,6 +92,26 @@ def test_a_frozen_embedding_stays_and_the_genre_layer_learns(problem):
     np.testing.assert_array_equal(fitted.kernel, weights.kernel)
     np.testing.assert_array_equal(fitted.bias, weights.bias)
     assert evaluate(fitted, val, objective="classify", batch_size=16).loss < before
+
+
+def test_the_genre_layers_validation_loss_is_keras_cross_entropy_whatever_the_block_size(problem, monkeypatch):
+    from deepcrate.models import head_training
+
+    weights, batch, _ = problem
+    expected = float(keras_loss([tf.Variable(w) for w in weights.arrays], batch, None, objective="classify"))
+    activated = activations(weights, batch.features)
+    assert genre_layer_loss(weights, activated, batch) == pytest.approx(expected, rel=1e-5)
+    train, val = (Batch(batch.features[part], batch.labels[part], batch.genre_weights[part])
+                  for part in (slice(0, 30), slice(30, 48)))
+    whole = fit_genre_layer(weights, train, val, batch_size=8, learning_rate=0.01, patience=5,
+                            rng=np.random.default_rng(1))
+    monkeypatch.setattr(head_training, "EVALUATION_BLOCK_ROWS", 5)  # 4 blocks of the 18 validation slices
+    assert genre_layer_loss(weights, activated, batch) == pytest.approx(expected, rel=1e-5)
+    blocks = fit_genre_layer(weights, train, val, batch_size=8, learning_rate=0.01, patience=5,
+                             rng=np.random.default_rng(1))
+    for got, want in zip(blocks.logits, whole.logits):
+        np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(whole.logits_kernel, weights.logits_kernel)  # it did learn
 
 
 @pytest.mark.parametrize("objective", ["classify", "supcon"])

@@ -57,3 +57,6 @@ def test_group_sums_by_blocks_are_each_groups_sum():
     stacked = np.concatenate(parts).astype(np.float64)
     expected = np.array([stacked[position == group].sum(axis=0) for group in range(5)])  # group 4 has no row
     np.testing.assert_allclose(group_sums(parts, position, count=5, block_rows=4), expected, rtol=1e-12, atol=1e-12)
+    out = np.zeros((5, 3))
+    assert group_sums(parts, position, count=5, block_rows=4, out=out) is out
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)

@@ -50,6 +50,7 @@ from deepcrate.models.head_training import Batch, FittedHead, HeadWeights, fit_g
 from deepcrate.models.musicnn import load_pretrained, pretrained_layer
 from deepcrate.vectors.moments import column_moments, group_sums, principal_components, standardised
 from deepcrate.vectors.retrieval import nearest_songs, retrieval_scores
+from deepcrate.vectors.scratch import scratch_array
 
 logger = logging.getLogger(__name__)
 
@@ -213,7 +214,9 @@ class ValidationRanking:
         song_ids = np.concatenate([train.song_ids, val.song_ids])
         labels = np.concatenate([train.labels, val.labels])
         songs, position = np.unique(song_ids, return_inverse=True)
-        self.song_means = group_sums([train_x, val_x], position, count=len(songs))
+        # per song, in a scratch file as the slices are: at one slice a song it is as large as they are
+        self.song_means = group_sums([train_x, val_x], position, count=len(songs),
+                                     out=scratch_array((len(songs), train_x.shape[1]), np.float64))
         self.song_means /= np.bincount(position)[:, None]
         self.genres = np.zeros(len(songs), np.int64)
         self.genres[position] = labels

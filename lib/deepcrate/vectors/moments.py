@@ -73,15 +73,17 @@ def principal_components(parts: Sequence[np.ndarray], *, count: int,
     return mean, components
 
 
-def group_sums(parts: Sequence[np.ndarray], groups: np.ndarray, *, count: int,
-               block_rows: int = BLOCK_ROWS) -> np.ndarray:
+def group_sums(parts: Sequence[np.ndarray], groups: np.ndarray, *, count: int, block_rows: int = BLOCK_ROWS,
+               out: np.ndarray | None = None) -> np.ndarray:
     """(count, columns) float64: the sum of the rows of ``parts`` stacked by group, row i's group
-    being ``groups[i]`` (in 0 .. count-1); each group's rows added in their order."""
-    sums = np.zeros((count, _width(parts)))
+    being ``groups[i]`` (in 0 .. count-1); each group's rows added in their order. Into ``out``
+    (zeros of that shape, e.g. a scratch array) when given. A block adds to the groups it has
+    rows of only: no temporary of every group per block."""
+    sums = np.zeros((count, _width(parts))) if out is None else out
     for first, block in _blocks(parts, block_rows):
-        rows = np.arange(len(block))
-        sums += sparse.csr_array((np.ones(len(block)), (groups[first:first + len(block)], rows)),
-                                 shape=(count, len(block))) @ block
+        present, local = np.unique(groups[first:first + len(block)], return_inverse=True)
+        sums[present] += sparse.csr_array((np.ones(len(block)), (local, np.arange(len(block)))),
+                                          shape=(len(present), len(block))) @ block
     return sums
 
 
