@@ -26,8 +26,10 @@ import numpy as np
 from deepcrate.models.feature_reader import SliceFeatures
 from deepcrate.models.transfer import train_head
 try:
+    from deepcrate.cli.allocator import return_large_arrays
     from deepcrate.vectors.scratch import scratch_array
-except ImportError:  # a baseline from before it
+    return_large_arrays()  # as every deepcrate command does
+except ImportError:  # a baseline from before them
     scratch_array = None
 
 n = int(sys.argv[1])

@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from deepcrate.cli.allocator import return_large_arrays
 from deepcrate.cli.commands import READERS
 from deepcrate.cli.parser import build_parser
 from deepcrate.errors import DeepcrateError
@@ -19,6 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, reader=args.command in READERS)
+    return_large_arrays()
     try:
         return args.run(args)
     except DeepcrateError as exc:
