@@ -1,4 +1,4 @@
-"""Evaluate's and index's driver memory as the catalogue grows, for this checkout and a baseline.
+"""Evaluate's, index's and train's driver memory as the catalogue grows, for this checkout and a baseline.
 
 Neither stage decodes audio or runs a network: they read song vectors. So the catalogue
 is grown from a small real one instead of rebuilt: a warehouse the default pipeline
@@ -6,15 +6,18 @@ built (``--source WH``; by default one made here from 6 demo songs per genre, ca
 tiled to each size in ``--songs``: its songs copied under new ids, each copy's vectors
 (song and slice embeddings, pretrained features, MFCC statistics, the timbre Gaussians'
 means) moved by Gaussian noise of a third of each column's spread, so that no two songs
-are duplicates. Then ``deepcrate evaluate`` and ``deepcrate index`` run on each tiled
-warehouse with this checkout's code and with a baseline commit's (its ``lib`` first on
-``PYTHONPATH``, from a temporary git worktree), each in a fresh process whose peak resident
-memory is read (the Python driver's, not its JVM's; the kernel's high-water mark, so Linux
-only). Reported: the peaks, the growth per song from the smallest size to the largest, and
-the seconds.
+are duplicates (``pretrained_features`` too, for ``--stages train``; not ``slices``, whose
+counts training only logs). Then ``deepcrate evaluate`` and ``deepcrate index`` (and
+``train``) run on each tiled warehouse with this checkout's code and with a baseline
+commit's (its ``lib`` first on ``PYTHONPATH``, from a temporary git worktree), each in a
+fresh process whose peak memory is read: the Python driver's, not its JVM's; the kernel's
+high-water mark of the resident size (file pages it maps included) and the largest
+anonymous resident size seen (what the process itself holds), so Linux only. Reported: the
+peaks, the growth per song from the smallest size to the largest, and the seconds.
 Writes bench/results/catalogue_memory.json; warehouses under ~/.cache/deepcrate-bench/catalogue/.
 
     python bench/catalogue_memory.py [--songs 2000 10000 40000] [--baseline bfc6b80] [--source WH]
+        [--stages evaluate index train] [--reuse-tiled]
 """
 from __future__ import annotations
 
@@ -142,20 +145,30 @@ def tile_warehouse(source: Path, target: Path, *, songs: int) -> int:
     return have * copies
 
 
+def _songs_in(warehouse: Path) -> int:
+    from deepcrate.storage.arrow_tables import ArrowTables
+
+    return ArrowTables.local(str(warehouse), reader="bench").read("songs", columns=["song_id"]).num_rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--songs", type=int, nargs="+", default=[2000, 10000, 40000])
     parser.add_argument("--baseline", default="bfc6b80", help="commit whose code is the baseline")
     parser.add_argument("--source", type=Path, help="a warehouse built by the default pipeline")
     parser.add_argument("--songs-per-genre", type=int, default=6, help="of the demo source made when --source is not given")
-    parser.add_argument("--stages", nargs="+", default=["evaluate", "index"])
+    parser.add_argument("--stages", nargs="+", default=["evaluate", "index"], help="also: train")
+    parser.add_argument("--reuse-tiled", action="store_true", help="keep the tiled warehouses an earlier run made")
     args = parser.parse_args()
     source = args.source or source_warehouse(args.songs_per_genre)
     rows = []
     with baseline_checkout(args.baseline) as baseline:
         for songs in args.songs:
             warehouse = WORK / f"tiled-{songs}"
-            row: dict = {"songs": tile_warehouse(source, warehouse, songs=songs)}
+            if args.reuse_tiled and (warehouse / "songs").exists():
+                row: dict = {"songs": _songs_in(warehouse)}
+            else:
+                row = {"songs": tile_warehouse(source, warehouse, songs=songs)}
             for stage in args.stages:
                 command = [sys.executable, "-m", "deepcrate.cli", stage, "--warehouse", str(warehouse),
                            "--set", "spark.master=local[2]"]
