@@ -9,6 +9,8 @@ import pytest
 from deepcrate.errors import WarehouseError
 from deepcrate.storage.arrow_tables import ArrowTables
 
+from helpers import file_backed
+
 pytestmark = pytest.mark.unit
 
 
@@ -35,7 +37,7 @@ def test_a_column_is_read_into_one_matrix_in_the_order_of_the_keys(tmp_path):
 
     matrix = tables.matrix("t", "v", keys=pa.array(keys))
 
-    assert matrix.shape == (40, 5) and matrix.dtype == np.float32
+    assert matrix.shape == (40, 5) and matrix.dtype == np.float32 and file_backed(matrix)
     np.testing.assert_array_equal(matrix, np.stack([vectors[song] for song in keys]).astype(np.float32))
     exact = tables.matrix("t", "v", keys=pa.array(keys), dtype=np.float64)
     np.testing.assert_array_equal(exact, np.stack([vectors[song] for song in keys]))

@@ -26,6 +26,7 @@ from deepcrate.storage.run_log import RunLog, RunRecord, TableVersion
 from deepcrate.storage.schemas import Table
 from deepcrate.storage.table_metadata import METADATA_FILE, TableMetadata, metadata_class
 from deepcrate.uris import filesystem_and_path, warehouse_uri
+from deepcrate.vectors.scratch import scratch_array
 from deepcrate.vectors.similarity import list_column_matrix
 
 # Spark writes a CRC with every Parquet page but neither Spark nor pyarrow checks it by default: a
@@ -134,7 +135,9 @@ class ArrowTables:
         """Column ``column`` of table ``name`` (float lists of one length) as one matrix: row ``i`` is the
         list of the row whose ``song_id`` is ``keys[i]``; placed a row group at a time
         (:meth:`matrix_blocks`), so a reader holds the matrix and one row group, not the table as
-        well (nor a list of parts to stack).
+        well (nor a list of parts to stack). The matrix is a scratch array
+        (:func:`deepcrate.vectors.scratch.scratch_array`): it grows with the songs asked for, so it
+        is the page cache's while memory allows, not the process's own.
 
         Raises
         ------
@@ -144,7 +147,7 @@ class ArrowTables:
         out: np.ndarray | None = None
         for rows, values in self.matrix_blocks(name, column, keys=keys, dtype=dtype):
             if out is None:
-                out = np.zeros((len(keys), values.shape[1]), dtype=dtype)
+                out = scratch_array((len(keys), values.shape[1]), dtype)
             out[rows] = values
         return out if out is not None else np.zeros((0, 0), dtype)
 
