@@ -224,21 +224,25 @@ class ValidationRanking:
         self.k = min(SELECTION_K, len(songs) - 1)
 
     def score(self, weights: np.ndarray, bias: np.ndarray) -> tuple[float, float]:
-        vectors = self.song_vectors(weights, bias)  # the search's own copy: made unit length in place
-        found = nearest_songs_of_blocks([(np.arange(len(vectors)), vectors)], vectors[self.queries], self.queries,
+        n = len(self.song_means)
+        catalogue = ((np.arange(start, min(start + BLOCK_ROWS, n)), self.song_vectors(weights, bias, start=start))
+                     for start in range(0, n, BLOCK_ROWS))
+        found = nearest_songs_of_blocks(catalogue, self.song_vectors(weights, bias, rows=self.queries), self.queries,
                                         k=self.k)
         scores = retrieval_scores(self.genres, self.queries, found, ks=(self.k,))
         return float(scores[f"precision_at_{self.k}"].mean()), float(scores[f"map_at_{self.k}"].mean())
 
-
-    def song_vectors(self, weights: np.ndarray, bias: np.ndarray) -> np.ndarray:
-        """Every song's vector through the embedding layer, float32, computed in float64 a block of
-        songs at a time: the heads score side by side, and each held two float64 copies of every
-        song's vector (~70 MB each at 33,000 songs)."""
-        out = np.empty((len(self.song_means), weights.shape[1]), np.float32)
-        for start in range(0, len(out), BLOCK_ROWS):
-            block = slice(start, start + BLOCK_ROWS)
-            out[block] = self.song_means[block] @ weights + bias
+    def song_vectors(self, weights: np.ndarray, bias: np.ndarray, *, start: int | None = None,
+                     rows: np.ndarray | None = None) -> np.ndarray:
+        """Songs' vectors through the embedding layer (float32, computed in float64): the block of
+        :data:`BLOCK_ROWS` songs from ``start``, or the songs at ``rows`` a block at a time. The heads
+        score side by side, and each held every song's vector twice in float64 (~70 MB at 33,000
+        songs) and a float32 copy."""
+        if start is not None:
+            return (self.song_means[start:start + BLOCK_ROWS] @ weights + bias).astype(np.float32)
+        out = np.empty((len(rows), weights.shape[1]), np.float32)
+        for first in range(0, len(rows), BLOCK_ROWS):
+            out[first:first + BLOCK_ROWS] = self.song_means[rows[first:first + BLOCK_ROWS]] @ weights + bias
         return out
 
 
