@@ -27,6 +27,7 @@ import numpy as np
 
 from deepcrate.audio.mfcc import N_MFCC
 from deepcrate.vectors.retrieval import other_songs
+from deepcrate.vectors.scratch import scratch_array
 from deepcrate.vectors.similarity import top_k_of_blocks
 
 # Added to every covariance: a song with a constant coefficient (digital silence in a
@@ -91,8 +92,9 @@ def least_divergent_of_blocks(blocks: Iterable[tuple[np.ndarray, np.ndarray]], q
     """:func:`least_divergent` of Gaussians that come a block at a time, as (positions, Gaussians)
     (rows read from a table); ``query_gaussians`` are those of the songs at positions ``queries``,
     ``centre`` the mean of every song's mean (:func:`divergence_vectors`); ``block`` as there."""
-    # the smallest divergence is the largest -q.v: a top k of inner products
-    negated_queries = np.empty((len(query_gaussians), 2 * N_MFCC * N_MFCC + 2 * N_MFCC + 2))
+    # the smallest divergence is the largest -q.v: a top k of inner products; 6.7 KB a query song,
+    # so in a scratch file (the page cache's while memory allows, not the process's own)
+    negated_queries = scratch_array((len(query_gaussians), 2 * N_MFCC * N_MFCC + 2 * N_MFCC + 2), np.float64)
     for start in range(0, len(query_gaussians), block):
         part = slice(start, start + block)
         np.negative(divergence_vectors(query_gaussians[part], centre=centre)[0], out=negated_queries[part])
