@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from baseline_checkout import ROOT, baseline_checkout, peak_of
 
 from deepcrate.audio.mfcc import N_MFCC  # the timbre Gaussian's mean: its first values (the covariance is kept)
-from deepcrate.models.pretrained_runtime import FEATURE_DTYPE
+from deepcrate.models.pretrained_runtime import FEATURE_DTYPE, from_arrow, to_bytes
 
 WORK = Path.home() / ".cache" / "deepcrate-bench" / "catalogue"
 RESULTS = ROOT / "bench" / "results"
@@ -103,14 +103,14 @@ def _moved(column: pa.ChunkedArray, spread: np.ndarray, rng: np.random.Generator
 
 
 def _features(column: pa.ChunkedArray) -> np.ndarray:
-    rows = column.to_pylist()
-    return np.frombuffer(b"".join(rows), dtype=FEATURE_DTYPE).reshape(len(rows), -1).astype(np.float64)
+    width = len(column[0].as_py()) // FEATURE_DTYPE.itemsize  # every row's, or from_arrow says otherwise
+    return from_arrow(column, width=width, where="pretrained_features").astype(np.float64)
 
 
 def _moved_features(column: pa.ChunkedArray, spread: np.ndarray, rng: np.random.Generator) -> pa.Array:
     matrix = _features(column)
     matrix += rng.normal(size=matrix.shape) * spread * NOISE
-    return pa.array([row.tobytes() for row in matrix.astype(FEATURE_DTYPE)], pa.binary())
+    return pa.array(to_bytes(matrix.astype(FEATURE_DTYPE)), pa.binary())
 
 
 def tile_warehouse(source: Path, target: Path, *, songs: int) -> int:
