@@ -22,6 +22,7 @@ from deepcrate.audio.timbre import RIDGE, divergence_vectors, least_divergent, l
 from deepcrate.cli import main
 from deepcrate.config import DecodeLimits
 from deepcrate.stages.evaluate import GenreProbe
+from deepcrate.storage.arrow_tables import ArrowTables
 from deepcrate.vectors.moments import standard_scale, standardise, standardised, streamed_moments
 from deepcrate.vectors.retrieval import (
     average_precision_at_k,
@@ -288,6 +289,18 @@ def test_evaluate_writes_the_table_with_independently_checked_numbers(rebuilt, t
     accuracy = np.mean(embeddings.loc[test.index, "predicted_genre"] == test["genre"])
     assert model["song_accuracy"] == pytest.approx(accuracy)
     assert model["slices"] == test["n_slices"].sum()
+    # Slice accuracy: each test slice's most probable genre against its song's, overall and per genre.
+    outputs = ArrowTables.current(str(wh)).metadata("slice_embeddings").labels
+    test_slices = delta_table(wh / "slice_embeddings").to_pandas()
+    test_slices = test_slices[test_slices["song_id"].isin(test.index)]
+    test_slices["genre"] = test.loc[test_slices["song_id"], "genre"].to_numpy()
+    test_slices["right"] = [outputs[int(np.argmax(p))] == g
+                            for p, g in zip(test_slices["genre_probabilities"], test_slices["genre"])]
+    assert len(test_slices) == model["slices"]
+    assert model["slice_accuracy"] == pytest.approx(test_slices["right"].mean())
+    for genre, rows in test_slices.groupby("genre"):
+        row = table[(table["method"] == "model") & (table["genre"] == genre)].iloc[0]
+        assert (row["slices"], row["slice_accuracy"]) == (len(rows), pytest.approx(rows["right"].mean()))
 
     # Random neighbours: close to what chance gives (4 of the other 34 songs share a genre).
     random = table[(table["method"] == "random") & table["genre"].isna()].iloc[0]

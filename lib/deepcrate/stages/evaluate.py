@@ -151,7 +151,7 @@ def evaluate(spark: SparkSession, *, warehouse: str, settings: Settings) -> Eval
         logger.warning("%d labelled songs have no MFCC features (an ingest older than them?) and are left out "
                        "of the evaluation", len(labelled) - len(catalogue))
         _check_evaluable(catalogue, where=f"warehouse {store.root}")
-    test_slices = _test_slice_predictions(store, catalogue[catalogue["split"] == "test"])
+    test_slices = _test_slice_counts(store, catalogue[catalogue["split"] == "test"])
     rows = _evaluation_rows(catalogue, CatalogueVectors(store.arrow, catalogue["song_id"]), version=version,
                             settings=settings.evaluate, test_slices=test_slices)
     frame = spark.createDataFrame(rows[list(EVALUATION.names)].astype(object).where(rows.notna(), None)
@@ -178,12 +178,12 @@ def _check_evaluable(catalogue: pd.DataFrame, *, where: str) -> None:
 
 
 def _evaluation_rows(catalogue: pd.DataFrame, vectors: CatalogueVectors, *, version: str,
-                     settings: EvaluateSettings, test_slices: pd.DataFrame) -> pd.DataFrame:
+                     settings: EvaluateSettings, test_slices: SliceCounts) -> pd.DataFrame:
     """One row per method and genre (genre None first) for the test songs of ``catalogue``.
 
     ``vectors``: the songs' vectors, streamed from their tables a row group at a time for each
     search; only the query songs' (and the genre probes' sample of songs') are held.
-    ``test_slices``: the test songs' slices with their ``genre`` and the model's ``predicted`` genre.
+    ``test_slices``: the test songs' slices, and those the model's genre head gets right, per genre.
     """
     genres = catalogue["genre"].to_numpy(dtype=object)
     queries = np.flatnonzero(catalogue["split"].to_numpy() == "test")
@@ -253,10 +253,7 @@ def _evaluation_rows(catalogue: pd.DataFrame, vectors: CatalogueVectors, *, vers
                    "slice_accuracy": None, "most_confused_with": None,
                    **{name: float(np.mean(scores[method][name][mask])) for name in METRICS}}
             if method == "model":  # the classifier's details, as the train job reports them
-                slices = test_slices if genre is None else test_slices[test_slices["genre"] == genre]
-                row["slices"] = len(slices)
-                predicted = slices["predicted"].notna().any()
-                row["slice_accuracy"] = float((slices["genre"] == slices["predicted"]).mean()) if predicted else None
+                row["slices"], row["slice_accuracy"] = test_slices.of(genre)
                 wrong = model_answers[mask][model_answers[mask] != genre] if genre is not None else []
                 row["most_confused_with"] = pd.Series(wrong).value_counts().sort_index(
                     ).sort_values(ascending=False, kind="stable").index[0] if len(wrong) else None
@@ -336,21 +333,44 @@ def _standardiser(vectors: CatalogueVectors, table: Table, column: str) -> Prepa
     return functools.partial(standardised, mean=mean, scale=scale, overwrite=True)
 
 
-def _test_slice_predictions(store: Warehouse, test_songs: pd.DataFrame) -> pd.DataFrame:
-    """``genre`` and the model's ``predicted`` genre (argmax of its probabilities) of every test slice,
-    the table streamed a row group at a time."""
+@dataclass
+class SliceCounts:
+    """The test songs' slices per genre, and how many of them the model's genre head gets right
+    (``correct`` is None for a model without one)."""
+
+    genres: list[str]
+    slices: np.ndarray
+    correct: np.ndarray | None
+
+    def of(self, genre: str | None) -> tuple[int, float | None]:
+        """(slices, slice accuracy) of ``genre``'s test songs, or of all of them for None."""
+        chosen = slice(None) if genre is None else [self.genres.index(genre)] if genre in self.genres else []
+        slices = int(self.slices[chosen].sum())
+        if self.correct is None or not slices:
+            return slices, None
+        return slices, float(self.correct[chosen].sum() / slices)
+
+
+def _test_slice_counts(store: Warehouse, test_songs: pd.DataFrame) -> SliceCounts:
+    """:class:`SliceCounts` of the test songs, their slices' genre probabilities streamed a row
+    group at a time and counted as they come (nothing kept per slice)."""
     labels = np.array(store.metadata(Table.SLICE_EMBEDDINGS).labels, dtype=object)
-    genres = test_songs["genre"].to_numpy(dtype=object)
-    songs, predicted = [], []
+    codes, genres = pd.factorize(test_songs["genre"], sort=True)
+    genre_names = genres.to_numpy(dtype=object)
+    slices = np.zeros(len(genres), np.int64)
+    correct = np.zeros(len(genres), np.int64)
+    predicting = False
     for positions, probabilities in store.arrow.matrix_blocks(
             Table.SLICE_EMBEDDINGS, "genre_probabilities",
             keys=pa.array(test_songs["song_id"].to_numpy(dtype=object), pa.string())):
-        songs.append(positions)
+        block_codes = codes[positions]
+        slices += np.bincount(block_codes, minlength=len(genres))
         # no genre head (probabilities of width 0): no slice predictions
-        predicted.append(labels[probabilities.argmax(axis=1)] if probabilities.shape[1] and len(labels)
-                         else np.full(len(probabilities), None, dtype=object))
-    return pd.DataFrame({"genre": genres[np.concatenate(songs)] if songs else [],
-                         "predicted": np.concatenate(predicted) if predicted else []})
+        if probabilities.shape[1] and len(labels):
+            predicting = True
+            right = labels[probabilities.argmax(axis=1)] == genre_names[block_codes]
+            correct += np.bincount(block_codes[right], minlength=len(genres))
+    return SliceCounts(genres=list(genre_names), slices=slices, correct=correct if predicting else None)
 
 
 class EvaluateStage(Stage):

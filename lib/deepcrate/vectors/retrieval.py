@@ -55,9 +55,11 @@ def nearest_songs(vectors: np.ndarray, queries: np.ndarray, *, k: int) -> np.nda
 def nearest_songs_of_blocks(blocks: Iterable[tuple[np.ndarray, np.ndarray]], query_vectors: np.ndarray,
                             queries: np.ndarray, *, k: int) -> np.ndarray:
     """:func:`nearest_songs` of vectors that come a block at a time, as (positions, vectors) (rows
-    read from a table); ``query_vectors`` are those of the songs at positions ``queries``."""
+    read from a table); ``query_vectors`` are those of the songs at positions ``queries``. The
+    blocks and the query vectors (where float32) are made unit length in place: no copy that
+    grows with the queries."""
     unit_blocks = ((positions, normalise(vectors, overwrite=True)) for positions, vectors in blocks)
-    _, found = top_k_of_blocks(unit_blocks, normalise(query_vectors), k + 1)
+    _, found = top_k_of_blocks(unit_blocks, normalise(query_vectors, overwrite=True), k + 1)
     return other_songs(found, queries, k=k)
 
 
