@@ -3,6 +3,7 @@ independent computations, and `deepcrate evaluate` on a rebuilt demo warehouse."
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from deepcrate.audio.mfcc import mfcc_statistics, song_mfcc_features
 from deepcrate.audio.timbre import RIDGE, divergence_vectors, least_divergent, least_divergent_of_blocks
 from deepcrate.cli import main
 from deepcrate.config import DecodeLimits
-from deepcrate.stages.evaluate import GenreProbe
+from deepcrate.errors import InputError
+from deepcrate.stages.evaluate import GenreProbe, _check_evaluable
 from deepcrate.storage.arrow_tables import ArrowTables
 from deepcrate.vectors.moments import standard_scale, standardise, standardised, streamed_moments
 from deepcrate.vectors.retrieval import (
@@ -188,6 +190,24 @@ def test_the_genre_probe_is_fitted_on_at_most_its_budget_of_train_and_validation
     assert len(GenreProbe(genres, splits, max_songs=1000).fitted) == 80  # below the budget: all of them
     one_genre = GenreProbe(np.array(["a"] * 100, dtype=object), splits, max_songs=10)
     assert list(one_genre.answers(features[one_genre.fitted], features[queries])) == [None] * 20
+
+
+def test_a_catalogue_that_cannot_be_evaluated_is_refused_with_its_reason():
+    def catalogue(genres: list[str], splits: list[str]) -> pa.Table:
+        return pa.table({"song_id": [f"s{i}" for i in range(len(genres))], "genre": genres, "split": splits},
+                        schema=pa.schema([("song_id", pa.string()), ("genre", pa.string()), ("split", pa.string())]))
+
+    refused = {
+        "no labelled test songs to evaluate on": [catalogue([], []), catalogue(["a", "b"] * 10, ["train"] * 20)],
+        "one genre only": [catalogue(["a"] * 20, ["test"] * 2 + ["train"] * 18)],
+        "10 labelled songs; precision@10 needs a query and 10 other songs": [
+            catalogue(["a", "b"] * 5, ["test"] + ["train"] * 9)],
+    }
+    for reason, tables in refused.items():
+        for table in tables:
+            with pytest.raises(InputError, match=f"^wh: {re.escape(reason)}"):
+                _check_evaluable(table, where="wh")
+    _check_evaluable(catalogue(["a", "b"] * 5 + ["a"], ["test"] + ["train"] * 10), where="wh")  # a query, 10 others
 
 
 def test_mfcc_statistics_of_a_single_frame_do_not_fail():

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import SparkSession
 
 from deepcrate.audio.mfcc import N_MFCC
@@ -135,29 +136,34 @@ def evaluate(spark: SparkSession, *, warehouse: str, settings: Settings) -> Eval
         if not store.exists(name):
             stage = "ingest" if name == Table.MFCC_FEATURES else "embed"
             raise WarehouseError(f"warehouse {store.root}: no {name} table; run deepcrate rebuild (or {stage}) first")
-    songs = store.arrow.read(Table.SONGS, columns=["song_id", "genre", "split"]).to_pandas()
-    embedded = store.arrow.read(Table.SONG_EMBEDDINGS, columns=["song_id", "predicted_genre", "model_version"]
-                                ).to_pandas()
-    version = str(embedded["model_version"].iloc[0]) if len(embedded) else ""
-    labelled = songs.dropna(subset=["genre"]).merge(embedded.drop(columns="model_version"), on="song_id")
+    # the songs' ids and labels stay Arrow columns (not a Python string per song and frame)
+    songs = store.arrow.read(Table.SONGS, columns=["song_id", "genre", "split"])
+    embedded = store.arrow.read(Table.SONG_EMBEDDINGS, columns=["song_id", "predicted_genre", "model_version"])
+    version = str(embedded.column("model_version")[0].as_py()) if embedded.num_rows else ""
+    labelled = songs.filter(pc.is_valid(songs.column("genre"))).join(
+        embedded.drop_columns(["model_version"]), "song_id", join_type="inner")
+    del songs, embedded
     _check_evaluable(labelled, where=f"warehouse {store.root}")
 
     run = store.begin_run()
     # ingest computed the MFCC features from its own decode: no second one
     featured = store.arrow.read(Table.MFCC_FEATURES, columns=["song_id"]).column("song_id")
-    catalogue = (labelled[labelled["song_id"].isin(featured.to_numpy(zero_copy_only=False))]
-                 .sort_values("song_id").reset_index(drop=True))
-    if len(catalogue) < len(labelled):
+    catalogue = labelled.filter(pc.is_in(labelled.column("song_id"), value_set=featured.combine_chunks())
+                                ).sort_by("song_id")
+    if catalogue.num_rows < labelled.num_rows:
         logger.warning("%d labelled songs have no MFCC features (an ingest older than them?) and are left out "
-                       "of the evaluation", len(labelled) - len(catalogue))
+                       "of the evaluation", labelled.num_rows - catalogue.num_rows)
         _check_evaluable(catalogue, where=f"warehouse {store.root}")
-    test_slices = _test_slice_counts(store, catalogue[catalogue["split"] == "test"])
-    rows = _evaluation_rows(catalogue, CatalogueVectors(store.arrow, catalogue["song_id"]), version=version,
+    del labelled, featured
+    keys = catalogue.column("song_id").combine_chunks()
+    labels = catalogue.drop_columns(["song_id"]).to_pandas(strings_to_categorical=True)
+    test = labels["split"].to_numpy(dtype=object) == "test"
+    test_slices = _test_slice_counts(store, keys.filter(pa.array(test)), labels["genre"].to_numpy(dtype=object)[test])
+    rows = _evaluation_rows(labels, CatalogueVectors(store.arrow, keys), version=version,
                             settings=settings.evaluate, test_slices=test_slices)
     frame = spark.createDataFrame(rows[list(EVALUATION.names)].astype(object).where(rows.notna(), None)
                                   .itertuples(index=False, name=None), schema=spark_schema(Table.EVALUATION)).coalesce(1)
-    summary = EvaluateSummary(model_version=version, queries=int((catalogue["split"] == "test").sum()),
-                              catalogue=len(catalogue), rows=rows,
+    summary = EvaluateSummary(model_version=version, queries=int(test.sum()), catalogue=len(labels), rows=rows,
                               seconds=time.monotonic() - started)
     store.write_table(run, Table.EVALUATION, frame,
                       metadata=EvaluationMetadata(model_version=version, metrics=summary.metrics()))
@@ -166,20 +172,21 @@ def evaluate(spark: SparkSession, *, warehouse: str, settings: Settings) -> Eval
     return summary
 
 
-def _check_evaluable(catalogue: pd.DataFrame, *, where: str) -> None:
+def _check_evaluable(catalogue: pa.Table, *, where: str) -> None:
     """Raise InputError unless the labelled songs (``genre``, ``split``) can be evaluated."""
-    if not (catalogue["split"] == "test").any():
+    if not pc.any(pc.equal(catalogue.column("split"), "test")).as_py():
         raise InputError(f"{where}: no labelled test songs to evaluate on")
-    if catalogue["genre"].nunique() < 2:
+    if pc.count_distinct(catalogue.column("genre")).as_py() < 2:
         raise InputError(f"{where}: one genre only; same-genre retrieval would be trivial")
-    if len(catalogue) <= max(KS):
-        raise InputError(f"{where}: {len(catalogue)} labelled songs; precision@{max(KS)} needs a query and "
+    if catalogue.num_rows <= max(KS):
+        raise InputError(f"{where}: {catalogue.num_rows} labelled songs; precision@{max(KS)} needs a query and "
                          f"{max(KS)} other songs")
 
 
 def _evaluation_rows(catalogue: pd.DataFrame, vectors: CatalogueVectors, *, version: str,
                      settings: EvaluateSettings, test_slices: SliceCounts) -> pd.DataFrame:
-    """One row per method and genre (genre None first) for the test songs of ``catalogue``.
+    """One row per method and genre (genre None first) for the test songs of ``catalogue`` (the
+    labelled songs' ``genre``, ``split`` and ``predicted_genre``, in song id order).
 
     ``vectors``: the songs' vectors, streamed from their tables a row group at a time for each
     search; only the query songs' (and the genre probes' sample of songs') are held.
@@ -297,11 +304,10 @@ class GenreProbe:
 
 class CatalogueVectors:
     """The catalogue's vectors, a column of the warehouse's tables at a time, read a row group at a
-    time (:meth:`ArrowTables.matrix_blocks`); positions are in catalogue order (``song_ids``)."""
+    time (:meth:`ArrowTables.matrix_blocks`); positions are in catalogue order (``keys``: song ids)."""
 
-    def __init__(self, tables: ArrowTables, song_ids: pd.Series) -> None:
-        self.tables = tables
-        self.keys = pa.array(song_ids.to_numpy(dtype=object), pa.string())
+    def __init__(self, tables: ArrowTables, keys: pa.Array) -> None:
+        self.tables, self.keys = tables, keys
 
     def blocks(self, table: Table, column: str, *, dtype: type = np.float32
                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -351,18 +357,18 @@ class SliceCounts:
         return slices, float(self.correct[chosen].sum() / slices)
 
 
-def _test_slice_counts(store: Warehouse, test_songs: pd.DataFrame) -> SliceCounts:
-    """:class:`SliceCounts` of the test songs, their slices' genre probabilities streamed a row
-    group at a time and counted as they come (nothing kept per slice)."""
+def _test_slice_counts(store: Warehouse, test_songs: pa.Array, genres: np.ndarray) -> SliceCounts:
+    """:class:`SliceCounts` of the ``test_songs`` (ids) of ``genres``, their slices' genre
+    probabilities streamed a row group at a time and counted as they come (nothing kept per slice)."""
     labels = np.array(store.metadata(Table.SLICE_EMBEDDINGS).labels, dtype=object)
-    codes, genres = pd.factorize(test_songs["genre"], sort=True)
-    genre_names = genres.to_numpy(dtype=object)
+    codes, genres = pd.factorize(genres, sort=True)
+    genre_names = np.asarray(genres, dtype=object)
     slices = np.zeros(len(genres), np.int64)
     correct = np.zeros(len(genres), np.int64)
     predicting = False
     for positions, probabilities in store.arrow.matrix_blocks(
             Table.SLICE_EMBEDDINGS, "genre_probabilities",
-            keys=pa.array(test_songs["song_id"].to_numpy(dtype=object), pa.string())):
+            keys=test_songs):
         block_codes = codes[positions]
         slices += np.bincount(block_codes, minlength=len(genres))
         # no genre head (probabilities of width 0): no slice predictions
