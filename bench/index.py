@@ -23,6 +23,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from deepcrate.config import resolve_settings
@@ -139,7 +140,7 @@ def table_only(songs: int) -> None:
     started = time.perf_counter()
     index, params = build_index(vectors, settings)
     build_s = time.perf_counter() - started
-    ids = np.array([f"{i:016x}" for i in range(songs)], dtype=object)
+    ids = pa.array([f"{i:016x}" for i in range(songs)])
     started = time.perf_counter()
     rows = 0
     with tempfile.TemporaryDirectory() as tmp:

@@ -8,6 +8,7 @@ import sys
 import faiss
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from deepcrate.cli import main
@@ -148,7 +149,7 @@ def test_duplicates_and_the_song_itself_are_never_recommended():
     index = faiss.IndexFlatIP(8)
     index.add(vectors)
     settings = resolve_settings(overrides=["index.k=5", "index.block_size=4"]).index
-    table = pd.concat(b.to_pandas() for b in recommendation_blocks(index, np.array(list("abcdefg"), dtype=object),
+    table = pd.concat(b.to_pandas() for b in recommendation_blocks(index, pa.array(list("abcdefg")),
                                                                    vectors, settings))
     assert len(table) == 7 * 5
     assert not (table["song_id"] == table["neighbor_id"]).any()

@@ -66,18 +66,19 @@ class IndexSummary:
         ]
 
 
-def read_song_vectors(tables: ArrowTables) -> tuple[np.ndarray, np.ndarray]:
+def read_song_vectors(tables: ArrowTables) -> tuple[pa.Array, np.ndarray]:
     """(song ids, float32 vectors) of the ``song_embeddings`` table, sorted by song id (the vectors
-    streamed into one matrix: the table is not held besides)."""
+    streamed into one matrix: the table is not held besides; the ids an Arrow array, not a Python
+    string per song)."""
     ids = pc.unique(tables.read(Table.SONG_EMBEDDINGS, columns=["song_id"]).column("song_id"))
     ids = ids.take(pc.sort_indices(ids))
-    return ids.to_numpy(zero_copy_only=False).astype(object), tables.matrix(Table.SONG_EMBEDDINGS, "embedding", keys=ids)
+    return ids, tables.matrix(Table.SONG_EMBEDDINGS, "embedding", keys=ids)
 
 
 def recommendation_blocks(
-    index: faiss.Index, ids: np.ndarray, vectors: np.ndarray, settings: IndexSettings
+    index: faiss.Index, ids: pa.Array, vectors: np.ndarray, settings: IndexSettings
 ) -> Iterator[pa.Table]:
-    """The recommendations table, ``block_size`` songs at a time."""
+    """The recommendations table, ``block_size`` songs at a time (``ids``: the songs' ids, string)."""
     for start in range(0, len(ids), settings.block_size):
         stop = min(start + settings.block_size, len(ids))
         found = neighbours(index, vectors[start:stop], k=settings.k,
@@ -86,12 +87,12 @@ def recommendation_blocks(
         song, rank, neighbour, similarity = [], [], [], []
         for offset, kept in enumerate(found):
             for r, (position, sim) in enumerate(kept, start=1):
-                song.append(ids[start + offset])
+                song.append(start + offset)
                 rank.append(r)
-                neighbour.append(ids[position])
+                neighbour.append(position)
                 similarity.append(sim)
-        yield pa.table([pa.array(song, pa.string()), pa.array(rank, pa.int32()),
-                        pa.array(neighbour, pa.string()), pa.array(similarity, pa.float64())],
+        yield pa.table([ids.take(pa.array(song, pa.int64())), pa.array(rank, pa.int32()),
+                        ids.take(pa.array(neighbour, pa.int64())), pa.array(similarity, pa.float64())],
                        schema=RECOMMENDATIONS)
 
 

@@ -102,11 +102,11 @@ def neighbours(
     return results  # type: ignore[return-value]
 
 
-def save_index(folder: str, *, index: faiss.Index, ids: np.ndarray, description: dict[str, Any]) -> None:
-    """Write ``index`` as a new local folder that :func:`load_index` opens."""
+def save_index(folder: str, *, index: faiss.Index, ids: pa.Array, description: dict[str, Any]) -> None:
+    """Write ``index`` as a new local folder that :func:`load_index` opens (``ids``: string)."""
     os.makedirs(folder)
     faiss.write_index(index, os.path.join(folder, "songs.faiss"))
-    pq.write_table(pa.table({"song_id": pa.array(ids, pa.string())}), os.path.join(folder, "song_ids.parquet"))
+    pq.write_table(pa.table({"song_id": ids}), os.path.join(folder, "song_ids.parquet"))
     with open(os.path.join(folder, "index.json"), "w", encoding="utf-8") as out:
         json.dump(description, out, indent=2)
 
