@@ -350,7 +350,7 @@ class SliceCounts:
 
     def of(self, genre: str | None) -> tuple[int, float | None]:
         """(slices, slice accuracy) of ``genre``'s test songs, or of all of them for None."""
-        chosen = slice(None) if genre is None else [self.genres.index(genre)] if genre in self.genres else []
+        chosen = np.array([genre is None or name == genre for name in self.genres], dtype=bool)
         slices = int(self.slices[chosen].sum())
         if self.correct is None or not slices:
             return slices, None
@@ -361,22 +361,21 @@ def _test_slice_counts(store: Warehouse, test_songs: pa.Array, genres: np.ndarra
     """:class:`SliceCounts` of the ``test_songs`` (ids) of ``genres``, their slices' genre
     probabilities streamed a row group at a time and counted as they come (nothing kept per slice)."""
     labels = np.array(store.metadata(Table.SLICE_EMBEDDINGS).labels, dtype=object)
-    codes, genres = pd.factorize(genres, sort=True)
-    genre_names = np.asarray(genres, dtype=object)
-    slices = np.zeros(len(genres), np.int64)
-    correct = np.zeros(len(genres), np.int64)
+    codes, names = pd.factorize(genres, sort=True)
+    names = np.asarray(names, dtype=object)
+    slices = np.zeros(len(names), np.int64)
+    correct = np.zeros(len(names), np.int64)
     predicting = False
-    for positions, probabilities in store.arrow.matrix_blocks(
-            Table.SLICE_EMBEDDINGS, "genre_probabilities",
-            keys=test_songs):
+    for positions, probabilities in store.arrow.matrix_blocks(Table.SLICE_EMBEDDINGS, "genre_probabilities",
+                                                              keys=test_songs):
         block_codes = codes[positions]
-        slices += np.bincount(block_codes, minlength=len(genres))
+        slices += np.bincount(block_codes, minlength=len(names))
         # no genre head (probabilities of width 0): no slice predictions
         if probabilities.shape[1] and len(labels):
             predicting = True
-            right = labels[probabilities.argmax(axis=1)] == genre_names[block_codes]
-            correct += np.bincount(block_codes[right], minlength=len(genres))
-    return SliceCounts(genres=list(genre_names), slices=slices, correct=correct if predicting else None)
+            right = labels[probabilities.argmax(axis=1)] == names[block_codes]
+            correct += np.bincount(block_codes[right], minlength=len(names))
+    return SliceCounts(genres=list(names), slices=slices, correct=correct if predicting else None)
 
 
 class EvaluateStage(Stage):
