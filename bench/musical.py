@@ -11,8 +11,8 @@ against the tempo and key its notation (or the demo's synthesis) gives:
 - seconds of estimation per minute of audio, on one core (decoding included, as each
   estimator reads its files its own way).
 
-Estimators: ``deepcrate`` (today's: :func:`deepcrate.audio.musical.musical_facts` on what ingest
-decodes), ``essentia-percival`` and ``essentia-rhythm2013`` (tempo), ``essentia-key-PROFILE``
+Estimators: ``deepcrate`` (this checkout's :func:`deepcrate.audio.musical.musical_facts` on what
+ingest decodes; ``--baseline COMMIT`` adds ``deepcrate@COMMIT``, that commit's, measured in the same run), ``essentia-percival`` and ``essentia-rhythm2013`` (tempo), ``essentia-key-PROFILE``
 (KeyExtractor with that profile), ``madmom`` (RNN beat activations + comb-filter tempo;
 the 2018 key CNN), ``tempocnn`` (Schreiber & Mueller's tempo CNN). Each that cannot be
 imported is reported with its error.
@@ -27,7 +27,8 @@ distribution name its ``__init__`` asks for::
     mkdir -p $T/madmom-0.17.post1.dist-info
     printf 'Metadata-Version: 2.1\nName: madmom\nVersion: 0.17.post1\n' > $T/madmom-0.17.post1.dist-info/METADATA
     PYTHONPATH=$T python bench/notated_set.py     # once: the set (needs mido)
-    PYTHONPATH=$T python bench/musical.py [--estimators deepcrate madmom ...] [--sources tunes demo ...]
+    PYTHONPATH=$T python bench/musical.py [--estimators deepcrate madmom ...] [--sources tunes demo ...] \
+        [--baseline COMMIT] [--set ~/.cache/deepcrate-bench/notated-timgm]
 
 Writes bench/results/musical.json (per estimator, per source and overall, and per file).
 """
@@ -40,7 +41,12 @@ for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import argparse
+import functools
+import importlib.util
 import json
+import subprocess
+import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -50,6 +56,7 @@ import numpy as np
 
 from deepcrate.audio.musical import PITCHES
 
+ROOT = Path(__file__).resolve().parent.parent
 SET = Path.home() / ".cache" / "deepcrate-bench" / "notated"
 RESULTS = Path(__file__).resolve().parent / "results"
 SPELLINGS = {"Db": "C#", "D#": "Eb", "Gb": "F#", "G#": "Ab", "A#": "Bb", "Cb": "B", "Fb": "E", "E#": "F", "B#": "C"}
@@ -82,11 +89,24 @@ def tempo_scores(estimate: float | None, truth: float) -> tuple[bool, bool]:
 
 
 # -- the estimators: each builds its models once and returns a function of a file's path ------------
-def deepcrate_estimator() -> Callable[[Path], Estimate]:
+def deepcrate_estimator(commit: str | None = None) -> Callable[[Path], Estimate]:
+    """Ingest's estimator: this checkout's, or ``commit``'s ``deepcrate/audio/musical.py`` (on this
+    checkout's decoding and spectrum)."""
     from deepcrate.audio.decode import decode_audio
     from deepcrate.audio.mfcc import SAMPLE_RATE, song_spectrum
-    from deepcrate.audio.musical import musical_facts
     from deepcrate.config import resolve_settings
+
+    if commit is None:
+        from deepcrate.audio.musical import musical_facts
+    else:
+        source = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:lib/deepcrate/audio/musical.py"],
+                                check=True, capture_output=True, text=True).stdout
+        file = Path(tempfile.mkdtemp()) / f"musical_at_{commit}.py"
+        file.write_text(source)
+        spec = importlib.util.spec_from_file_location(file.stem, file)
+        module = sys.modules[file.stem] = importlib.util.module_from_spec(spec)  # dataclasses look it up by name
+        spec.loader.exec_module(module)
+        musical_facts = module.musical_facts
 
     limits = resolve_settings().ingest.limits
 
@@ -202,7 +222,12 @@ def main() -> int:
     parser.add_argument("--estimators", nargs="+", default=list(ESTIMATORS), choices=list(ESTIMATORS))
     parser.add_argument("--sources", nargs="+")
     parser.add_argument("--out", type=Path, default=RESULTS / "musical.json")
+    parser.add_argument("--baseline", metavar="COMMIT", help="also measure ingest's estimator at COMMIT")
     args = parser.parse_args()
+    if args.baseline:
+        name = f"deepcrate@{args.baseline}"
+        ESTIMATORS[name] = functools.partial(deepcrate_estimator, args.baseline)
+        args.estimators = [name, *args.estimators]
     truth_file = args.set / "truth.json"
     if not truth_file.exists():
         raise SystemExit(f"{truth_file}: no development set: run python bench/notated_set.py first")
@@ -226,7 +251,7 @@ def main() -> int:
             accuracy1, accuracy2 = tempo_scores(tempo, song["tempo_bpm"])
             rows.append({"file": song["file"], "source": song["source"], "true_tempo": song["tempo_bpm"],
                          "true_key": song["key"], "tempo": None if tempo is None else round(tempo, 2), "key": key,
-                         "provides_tempo": "key-" not in name, "provides_key": name in ("deepcrate", "madmom")
+                         "provides_tempo": "key-" not in name, "provides_key": name.startswith(("deepcrate", "madmom"))
                          or "key-" in name, "accuracy1": accuracy1, "accuracy2": accuracy2,
                          "mirex": mirex_score(key, song["key"]) if song["key"] else None,
                          "seconds": seconds, "seconds_audio": song["seconds"]})

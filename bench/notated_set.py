@@ -24,6 +24,13 @@ mono, cut to whole repeats of the piece until it lasts at least 30 s (at most 60
     apt-get install fluidsynth abcmidi pianobooster fluid-soundfont-gm
     PYTHONPATH=$T python bench/notated_set.py   # T: mido's folder (bench/musical.py); writes
                                                 # ~/.cache/deepcrate-bench/notated/{audio,truth.json}
+
+A second rendering checks that what an estimator gained on the set is not the set's own
+sounds: the same notes through another soundfont and demo songs of another seed (other
+tempi, keys and patterns)::
+
+    PYTHONPATH=$T python bench/notated_set.py --out ~/.cache/deepcrate-bench/notated-timgm \
+        --soundfont /usr/share/sounds/sf2/TimGM6mb.sf2 --demo-seed 1
 """
 from __future__ import annotations
 
@@ -89,12 +96,12 @@ def midi_tempo(data: bytes) -> tuple[float | None, float, str, float]:
     return (quarter / 2 if denominator == 2 else quarter), midi.length, meter, quarter
 
 
-def render(data: bytes, length: float, target: Path) -> float:
+def render(data: bytes, length: float, target: Path, *, soundfont: Path) -> float:
     """The MIDI ``data`` through fluidsynth, repeated to at least 30 s; returns its seconds."""
     with tempfile.TemporaryDirectory() as folder:
         midi, wav = Path(folder) / "in.mid", Path(folder) / "out.wav"
         midi.write_bytes(data)
-        subprocess.run(["fluidsynth", "-ni", "-g", "0.6", "-r", str(RATE), "-F", str(wav), str(SOUNDFONT), str(midi)],
+        subprocess.run(["fluidsynth", "-ni", "-g", "0.6", "-r", str(RATE), "-F", str(wav), str(soundfont), str(midi)],
                        check=True, capture_output=True)
         samples, rate = sf.read(wav, dtype="float32", always_2d=True)
     samples = samples.mean(axis=1)
@@ -127,9 +134,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--demo-per-genre", type=int, default=4, help="demo songs per genre (7 genres)")
+    parser.add_argument("--demo-seed", type=int, default=0, help="the demo catalogue's seed")
+    parser.add_argument("--soundfont", type=Path, default=SOUNDFONT, help="the General MIDI soundfont")
     args = parser.parse_args()
     missing = [tool for tool in ("fluidsynth", "abc2midi") if shutil.which(tool) is None]
-    if missing or not SOUNDFONT.exists() or not PIANOBOOSTER.exists():
+    if missing or not args.soundfont.exists() or not PIANOBOOSTER.exists():
         raise SystemExit("needs Debian's fluidsynth, abcmidi, pianobooster and fluid-soundfont-gm "
                          f"(missing: {', '.join(missing) or 'the soundfont or the courses'})")
     shutil.rmtree(args.out, ignore_errors=True)
@@ -157,11 +166,11 @@ def main() -> int:
             skipped.append(f"{source} {name}: {'several tempi or meters' if tempo is None else 'under 4 s'}")
             continue
         file = f"{source}-{re.sub(r'[^A-Za-z0-9]+', '-', name).strip('-')}.wav"
-        seconds = render(data, length, audio / file)
+        seconds = render(data, length, audio / file, soundfont=args.soundfont)
         rows.append({"file": file, "source": source, "tempo_bpm": round(tempo, 3), "key": key, "meter": meter,
                      "quarter_bpm": round(quarter, 3),
                      "seconds": round(seconds, 1)})
-    rows += demo_songs(audio, per_genre=args.demo_per_genre)
+    rows += demo_songs(audio, per_genre=args.demo_per_genre, seed=args.demo_seed)
     (args.out / "truth.json").write_text(json.dumps({"songs": rows, "skipped": skipped}, indent=2) + "\n")
     for source in sorted({row["source"] for row in rows}):
         group = [row for row in rows if row["source"] == source]
@@ -172,16 +181,16 @@ def main() -> int:
     return 0
 
 
-def demo_songs(audio: Path, *, per_genre: int) -> list[dict]:
+def demo_songs(audio: Path, *, per_genre: int, seed: int) -> list[dict]:
     """The demo catalogue's songs (30 s MP3s), with the tempo and key they were synthesized at."""
     from deepcrate.audio.demo import GENRES, song_tempo_and_key, write_demo_catalogue
 
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        write_demo_catalogue(folder, songs_per_genre=per_genre, seconds=30.0, seed=0)
+        write_demo_catalogue(folder, songs_per_genre=per_genre, seconds=30.0, seed=seed)
         for genre in GENRES:
             for n, path in enumerate(sorted((Path(folder) / genre).glob("*.mp3"))):
-                bpm, key = song_tempo_and_key(genre, n=n, seed=0)
+                bpm, key = song_tempo_and_key(genre, n=n, seed=seed)
                 file = f"demo-{genre}-{n}.mp3"
                 shutil.copy(path, audio / file)
                 rows.append({"file": file, "source": "demo", "tempo_bpm": round(bpm, 3), "key": key, "seconds": 30.0})

@@ -126,3 +126,37 @@ def test_tunes_rendered_from_their_notation_get_the_notated_tempo_and_key(tmp_pa
         facts = musical_facts(np.tile(samples.mean(axis=1), 2), sample_rate=rate)  # twice through: >= 30 s
         assert facts.tempo_bpm == pytest.approx(bpm, rel=0.04), f"tune {number}"
         assert facts.key == key, f"tune {number}"
+
+
+def test_breakbeats_are_found_at_their_tempo_not_two_thirds_of_it():
+    """The demo's breakbeats: a kick on 1 and the and of 3 makes the onsets repeat every bar and a
+    half-beat, which the autocorrelation alone took for a beat (at two thirds of the tempo)."""
+    import librosa
+
+    from deepcrate.audio.demo import GENRES, SAMPLE_RATE, render_song, song_tempo_and_key
+
+    for n in range(4):
+        song = render_song("breakbeat", rng=np.random.default_rng([0, GENRES.index("breakbeat"), n, 1]), seconds=30.0)
+        bpm, _ = song_tempo_and_key("breakbeat", n=n, seed=0)
+        facts = musical_facts(librosa.resample(song, orig_sr=SAMPLE_RATE, target_sr=RATE), sample_rate=RATE)
+        assert facts.tempo_bpm == pytest.approx(bpm, rel=0.04), f"breakbeat {n}: {facts}"
+
+
+REELS = Path("/usr/share/doc/abcmidi/examples/demo.abc")
+
+
+@pytest.mark.skipif(not (shutil.which("abc2midi") and shutil.which("fluidsynth") and SOUNDFONT.exists()
+                         and REELS.exists()),
+                    reason="needs Debian's abcmidi (its examples), fluidsynth and timgm6mb-soundfont")
+def test_reels_notated_at_200_are_not_halved(tmp_path):
+    """abcmidi's own example reels, 200 quarter notes a minute (Q:1/4=200, Q:1/8=400), running eighth
+    notes: the onsets repeat as strongly every two beats, and the autocorrelation alone halved them."""
+    shutil.copy(REELS, tmp_path / "demo.abc")
+    subprocess.run(["abc2midi", "demo.abc"], cwd=tmp_path, check=True, capture_output=True)
+    for number in (4, 5, 6):  # Candlemas Eve, Oh You New York Girls, The Friendly Visit
+        wav = tmp_path / f"reel{number}.wav"
+        subprocess.run(["fluidsynth", "-ni", "-g", "0.6", "-r", str(RATE), "-F", str(wav), str(SOUNDFONT),
+                        str(tmp_path / f"demo{number}.mid")], check=True, capture_output=True)
+        samples, rate = sf.read(wav, dtype="float32", always_2d=True)
+        facts = musical_facts(np.tile(samples.mean(axis=1), 2), sample_rate=rate)
+        assert facts.tempo_bpm == pytest.approx(200.0, rel=0.04), f"reel {number}: {facts}"

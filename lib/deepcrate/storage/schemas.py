@@ -70,7 +70,7 @@ SONGS = _schema(
     ("size_bytes", pa.int64(), False, "the file's size"),
     ("tempo_bpm", pa.float64(), True, "estimated tempo (`deepcrate.audio.musical`); null when the beat is unclear "
      "(`musical_note` says why)"),
-    ("tempo_confidence", pa.float64(), True, "0-1: the onset envelope's autocorrelation at the beat period"),
+    ("tempo_confidence", pa.float64(), True, "0-1: the onset envelope's autocorrelation at the beat or two beats, whichever is stronger"),
     ("key", pa.string(), True, "estimated key and mode, e.g. `A minor`; null when no key is clear"),
     ("camelot", pa.string(), True, "the key's Camelot code, e.g. `8A` (A minor): neighbours on the wheel mix"),
     ("key_confidence", pa.float64(), True, "0-1: the chroma's correlation with the key's profile"),
