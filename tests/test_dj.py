@@ -14,6 +14,7 @@ from deepcrate.cli import main
 from deepcrate.config import resolve_settings
 from deepcrate.models.store import MODELS
 from deepcrate.query.recommend import Catalogue, Mixable, playlist
+from deepcrate.query.recommend.explain import musical_shown
 from deepcrate.stages.embed import embed
 from deepcrate.stages.index import index_songs
 from deepcrate.stages.ingest.job import ingest
@@ -58,6 +59,8 @@ def test_mixable_recommendations_keep_tempo_and_key_and_say_when_fewer(rebuilt, 
     assert {r["song_id"] for r in found} == expected  # every mixable song, and only those (30 > catalogue)
     for r in found:
         assert r["tempo_bpm"] == pytest.approx(songs.at[r["song_id"], "tempo_bpm"]) and r["camelot"] in compatible_camelot(code)
+        assert r["tempo_confidence"] == pytest.approx(songs.at[r["song_id"], "tempo_confidence"])
+        assert r["key_confidence"] == pytest.approx(songs.at[r["song_id"], "key_confidence"])
     assert [r["similarity"] for r in found] == sorted((r["similarity"] for r in found), reverse=True)
     assert main(["recommend", "--warehouse", str(root / "wh"), "--song", seed, "-k", "30", "--mixable"]) == 0
     out = capsys.readouterr().out
@@ -145,3 +148,14 @@ def test_explain_finds_the_shared_passage(shared_passage, capsys):
     assert main(["recommend", "--warehouse", wh, "--file", x, "-k", "4", "--explain", "--format", "json"]) == 0
     from_file = {r["path"].rsplit("/", 1)[-1]: r for r in json.loads(capsys.readouterr().out)}
     assert from_file["Y.wav"]["why"]["passage"] == pytest.approx([4 * SLICE_S, 5 * SLICE_S], abs=0.01)
+
+
+@pytest.mark.unit
+def test_a_weak_tempo_or_key_is_shown_as_weak_not_hidden():
+    table = pd.DataFrame({"title": ["a", "b", "c", "d"], "tempo_bpm": [96.04, 128.0, None, 140.0],
+                          "tempo_confidence": [0.31, 0.8, None, np.nan], "key": ["A minor", "C major", None, "D major"],
+                          "camelot": ["8A", "8B", None, "10B"], "key_confidence": [0.9, 0.45, None, None]})
+    shown = musical_shown(table)
+    assert shown["bpm"].tolist() == ["96.0 (weak)", "128.0", "", "140.0"]  # no confidence (an older ingest): not weak
+    assert shown["key"].tolist() == ["A minor", "C major (weak)", None, "D major"]
+    assert "tempo_confidence" not in shown and "key_confidence" not in shown  # left to JSON

@@ -77,8 +77,10 @@ def _synthetic_page(songs: int, *, k: int = 10, seed: int = 0) -> tuple[ReportPa
         "duration_s": rng.uniform(30, 400, size=songs),
         "predicted_genre": [genres[(i + (i % 7 == 0)) % len(genres)] for i in range(songs)],
         "tempo_bpm": rng.uniform(70, 180, size=songs).round(1),
+        "tempo_confidence": rng.uniform(0.2, 1, size=songs),
         "key": [("A minor", "C major", "F# minor")[i % 3] for i in range(songs)],
         "camelot": [("8A", "8B", "11A")[i % 3] for i in range(songs)],
+        "key_confidence": rng.uniform(0.4, 1, size=songs),
         "url": [f"../audio/genre{i % 12}/artist {i % 5000}/song number {i}.mp3" for i in range(songs)],
         "found": np.ones(songs, dtype=bool),
     })
@@ -196,6 +198,9 @@ def test_the_page_holds_the_tables_numbers(report):
     keys = [data["keys"][k] if k < 255 else None for k in _decode(data["key"], "u1")]
     assert keys == [f"{by_id.loc[i, 'key']} ({by_id.loc[i, 'camelot']})" if by_id.loc[i, "key"] else None
                     for i in data["ids"]]
+    weak = _decode(data["weak"], "u1")  # bit 1: tempo confidence under 0.5, bit 2: key confidence under 0.6
+    assert weak.tolist() == [int(by_id.loc[i, "tempo_confidence"] < 0.5) + 2 * int(by_id.loc[i, "key_confidence"] < 0.6)
+                             for i in data["ids"]]
     test_ids = set(songs.loc[songs["split"] == "test", "song_id"])
     assert {data["ids"][i] for i in data["test"]} == test_ids
     # every song's URL, relative to the page, is its file
@@ -322,8 +327,14 @@ def test_the_report_in_a_browser(report, browser):
     shown = [li.get_attribute("data-song-id") for li in browser.find_elements(By.CSS_SELECTOR, "#recommendations li")]
     recs = delta_table(root / "wh" / "recommendations").to_pandas()
     assert shown == recs[recs["song_id"] == song_id].sort_values("rank")["neighbor_id"].tolist()
-    title = songs.set_index("song_id").loc[song_id, "title"]
-    assert browser.find_element(By.ID, "song-title").text == title
+    song = songs.set_index("song_id").loc[song_id]
+    assert browser.find_element(By.ID, "song-title").text == song["title"]
+    # its tempo and key as the table has them, a weak one marked so
+    musical = ", ".join(
+        ([] if pd.isna(song["tempo_bpm"]) else
+         [f"{song['tempo_bpm']:.1f} BPM{' (weak)' if song['tempo_confidence'] < 0.5 else ''}"])
+        + ([f"{song['key']} ({song['camelot']}){' (weak)' if song['key_confidence'] < 0.6 else ''}"] if song["key"] else []))
+    assert musical in browser.find_element(By.CSS_SELECTOR, "#song .facts").text.split(" · ")
     # a recommendation's play button plays that song's file
     browser.find_element(By.CSS_SELECTOR, "#recommendations li .play").click()
     src = browser.execute_script("return document.getElementById('player').src")
@@ -360,3 +371,21 @@ def test_hostile_titles_do_not_run_in_a_browser(browser, tmp_path):
     browser.find_element(By.ID, "search").send_keys("onerror")
     assert browser.find_element(By.CSS_SELECTOR, "#search-results li").text.startswith(HOSTILE[2])
     assert browser.execute_script("return window.pwned") is None
+
+
+def test_a_weak_tempo_or_key_is_marked_on_the_page(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    page, _, _ = _synthetic_page(40)  # confidences drawn across the weak thresholds
+    out = tmp_path / "report.html"
+    out.write_text(render_report(page), encoding="utf-8")
+    browser.get(out.as_uri())
+    songs = page.songs
+    weak_tempi = songs["tempo_confidence"] < 0.5
+    assert 0 < weak_tempi.sum() < len(songs) and 0 < (songs["key_confidence"] < 0.6).sum() < len(songs)
+    for i, song in songs.iterrows():
+        browser.execute_script(f"deepcrate.select({i})")
+        facts = browser.find_element(By.CSS_SELECTOR, "#song .facts").text.split(" · ")
+        assert (f"{song['tempo_bpm']:.1f} BPM{' (weak)' if song['tempo_confidence'] < 0.5 else ''}, {song['key']} "
+                f"({song['camelot']}){' (weak)' if song['key_confidence'] < 0.6 else ''}") in facts, i
+    assert _severe(browser) == []

@@ -77,6 +77,9 @@ SONGS = _schema(
     ("musical_note", pa.string(), True, "why tempo or key is null (silence, no clear beat, no clear key)"),
 )
 
+# songs' tempo and key (deepcrate.audio.musical), which warehouses older than them lack
+MUSICAL_COLUMNS = ("tempo_bpm", "tempo_confidence", "key", "camelot", "key_confidence")
+
 SLICES = _schema(
     Table.SLICES, "One row per spectrogram slice (ingest): end to end, or overlapping with "
     "`spectrogram.slice_hop_frames`.",

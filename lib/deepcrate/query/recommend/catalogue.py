@@ -21,7 +21,7 @@ from deepcrate.config import Settings
 from deepcrate.errors import AudioError, InputError, ModelError, WarehouseError, first_line
 from deepcrate.models.store import MODELS, read_model_folder
 from deepcrate.storage.arrow_tables import ArrowTables
-from deepcrate.storage.schemas import Table
+from deepcrate.storage.schemas import MUSICAL_COLUMNS, Table
 from deepcrate.uris import local_path, to_uri, warehouse_uri
 from deepcrate.vectors.faiss_index import INDEX, load_index, neighbours
 from deepcrate.vectors.similarity import normalise
@@ -29,10 +29,9 @@ from deepcrate.vectors.similarity import normalise
 logger = logging.getLogger(__name__)
 
 SONG_COLUMNS = ["song_id", "path", "genre", "artist", "title", "release_date", "duration_s"]
-MUSICAL_COLUMNS = ["tempo_bpm", "key", "camelot"]  # ingest's tempo and key (older warehouses lack them)
 PLAYLIST_BREADTH = 50  # a playlist's next song is among the current song's this many nearest
-RESULT_COLUMNS = ["rank", "similarity", "title", "artist", "genre", "tempo_bpm", "key", "camelot", "release_date",
-                  "path", "song_id"]
+RESULT_COLUMNS = ["rank", "similarity", "title", "artist", "genre", "tempo_bpm", "tempo_confidence", "key", "camelot",
+                  "key_confidence", "release_date", "path", "song_id"]
 
 
 @dataclass(frozen=True)
@@ -81,6 +80,8 @@ class Seed:
     artist: str | None = None
     tempo_bpm: float | None = None
     camelot: str | None = None
+    tempo_confidence: float | None = None
+    key_confidence: float | None = None
     slices: np.ndarray | None = None  # a file seed's slice vectors (unit length), for --explain
     slice_offsets: np.ndarray | None = None  # their starts, seconds
     genres: dict[str, float] | None = None  # a file seed's mean genre probabilities
@@ -155,7 +156,8 @@ class Catalogue:
         song = self.songs.iloc[position]
         return Seed(label=text, vector=vector, position=position, artist=song["artist"],
                     tempo_bpm=None if pd.isna(song["tempo_bpm"]) else float(song["tempo_bpm"]),
-                    camelot=song["camelot"] if isinstance(song["camelot"], str) else None)
+                    camelot=song["camelot"] if isinstance(song["camelot"], str) else None,
+                    tempo_confidence=song["tempo_confidence"], key_confidence=song["key_confidence"])
 
     def file_seed(self, path: str) -> Seed:
         """Decode, slice and embed a file that need not be in the catalogue, with the catalogue's model."""
@@ -187,6 +189,7 @@ class Catalogue:
         # at ingest's rate, so that the file's tempo and key compare with the catalogue's
         facts = musical_facts(sliced.audio.at_rate(MFCC_RATE), sample_rate=MFCC_RATE)
         return Seed(label=path, vector=vector, tempo_bpm=facts.tempo_bpm, camelot=facts.camelot,
+                    tempo_confidence=facts.tempo_confidence, key_confidence=facts.key_confidence,
                     slices=normalise(embeddings), genres=dict(zip(folder.labels, probabilities.mean(axis=0).tolist())),
                     slice_offsets=np.arange(len(embeddings)) * folder.spectrogram.slice_hop_seconds)
 
@@ -205,7 +208,7 @@ class Catalogue:
             song = self.songs.iloc[position]
             rows.append({"rank": rank, "similarity": similarity, "title": song["title"],
                          "artist": song["artist"], "genre": song["genre"] or song["predicted_genre"],
-                         "tempo_bpm": song["tempo_bpm"], "key": song["key"], "camelot": song["camelot"],
+                         **{column: song[column] for column in MUSICAL_COLUMNS},
                          "release_date": song["release_date"], "path": song["path"],
                          "song_id": self.songs.index[position]})
         return pd.DataFrame(rows, columns=RESULT_COLUMNS)

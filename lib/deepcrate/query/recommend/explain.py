@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 
-from deepcrate.audio.musical import compatible_camelot
+from deepcrate.audio.musical import compatible_camelot, weak_key, weak_tempo
 from deepcrate.query.output import write_json, write_table
 from deepcrate.query.recommend.catalogue import Catalogue, Seed
 from deepcrate.storage.schemas import Table
@@ -72,18 +72,14 @@ def write_results(results: pd.DataFrame, *, out: TextIO, fmt: str, seeds: Sequen
     if fmt == "json":
         write_json(results.to_dict(orient="records"), out)
         return
-    described = [f"{s.label!r}" + (f" ({_musical(s.tempo_bpm, s.camelot)})" if s.tempo_bpm or s.camelot else "")
-                 for s in seeds]
+    described = [f"{s.label!r}" + (f" ({_musical(s)})" if s.tempo_bpm or s.camelot else "") for s in seeds]
     out.write(f"songs like {', '.join(described)}:\n")
     if results.empty:
         out.write("(no song passes the filters)\n")
         return
     explained = results["why"].tolist() if "why" in results.columns else None
     results = results.drop(columns=["why"], errors="ignore")
-    shown = (results.drop(columns=["song_id"])
-             .assign(similarity=results["similarity"].round(4),
-                     tempo_bpm=[f"{t:.1f}" if t is not None and not pd.isna(t) else "" for t in results["tempo_bpm"]])
-             .rename(columns={"tempo_bpm": "bpm"}).fillna(""))
+    shown = musical_shown(results.drop(columns=["song_id"]).assign(similarity=results["similarity"].round(4))).fillna("")
     notes = None if explained is None else [
         [f"why: {describe_match(why, title=title or os.path.basename(str(path))) if why else 'no slice embeddings to compare'}"]
         for why, title, path in zip(explained, shown["title"], shown["path"])]
@@ -136,5 +132,19 @@ def describe_match(why: dict[str, Any], *, title: str) -> str:
     return "; ".join([match, *why["shared"]])
 
 
-def _musical(tempo: float | None, code: str | None) -> str:
-    return ", ".join(part for part in (f"{tempo:.1f} BPM" if tempo else "", code or "") if part)
+def musical_shown(table: pd.DataFrame) -> pd.DataFrame:
+    """A table's tempo and key as a reader sees them: the tempo as ``bpm`` to a tenth, a weak estimate
+    marked so (its confidence under ``WEAK_TEMPO_CONFIDENCE`` or ``WEAK_KEY_CONFIDENCE``), and the
+    confidences themselves left to JSON."""
+    bpm = [f"{t:.1f}{' (weak)' if weak_tempo(c) else ''}" if known(t) else ""
+           for t, c in zip(table["tempo_bpm"], table["tempo_confidence"])]
+    key = [f"{k}{' (weak)' if weak_key(c) else ''}" if isinstance(k, str) else k
+           for k, c in zip(table["key"], table["key_confidence"])]
+    return (table.assign(tempo_bpm=bpm, key=key).drop(columns=["tempo_confidence", "key_confidence"])
+            .rename(columns={"tempo_bpm": "bpm"}))
+
+
+def _musical(seed: Seed) -> str:
+    tempo = f"{seed.tempo_bpm:.1f} BPM{' (weak)' if weak_tempo(seed.tempo_confidence) else ''}" if seed.tempo_bpm else ""
+    code = f"{seed.camelot}{' (weak)' if weak_key(seed.key_confidence) else ''}" if seed.camelot else ""
+    return ", ".join(part for part in (tempo, code) if part)

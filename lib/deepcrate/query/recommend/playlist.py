@@ -11,7 +11,8 @@ import pandas as pd
 from deepcrate.errors import InputError
 from deepcrate.query.output import write_json, write_m3u, write_table
 from deepcrate.query.recommend.catalogue import PLAYLIST_BREADTH, Catalogue, Mixable, Seed
-from deepcrate.query.recommend.explain import known
+from deepcrate.query.recommend.explain import musical_shown
+from deepcrate.storage.schemas import MUSICAL_COLUMNS
 from deepcrate.uris import local_path
 from deepcrate.vectors.faiss_index import neighbours
 from deepcrate.vectors.similarity import normalise
@@ -82,8 +83,8 @@ def playlist(catalogue: Catalogue, start: Seed, end: Seed, *, length: int, mixab
     for step, (position, similarity) in enumerate(zip(path, similarities), start=1):
         song = songs.iloc[position]
         rows.append({"step": step, "similarity": similarity, "title": song["title"], "artist": song["artist"],
-                     "genre": song["genre"] or song["predicted_genre"], "tempo_bpm": song["tempo_bpm"],
-                     "key": song["key"], "camelot": song["camelot"], "duration_s": song["duration_s"],
+                     "genre": song["genre"] or song["predicted_genre"],
+                     **{column: song[column] for column in MUSICAL_COLUMNS}, "duration_s": song["duration_s"],
                      "path": song["path"], "song_id": songs.index[position]})
     return pd.DataFrame(rows)
 
@@ -100,10 +101,9 @@ def write_playlist(steps: pd.DataFrame, *, out: TextIO, fmt: str) -> None:
     if fmt == "json":
         write_json(steps.to_dict(orient="records"), out)
         return
-    shown = steps.drop(columns=["song_id", "duration_s"]).assign(
+    shown = musical_shown(steps.drop(columns=["song_id", "duration_s"]).assign(
         similarity=["" if v is None or pd.isna(v) else f"{v:.4f}" for v in steps["similarity"]],
-        tempo_bpm=[f"{t:.1f}" if known(t) else "" for t in steps["tempo_bpm"]],
-    ).rename(columns={"tempo_bpm": "bpm", "similarity": "to previous"}).fillna("")
+    )).rename(columns={"similarity": "to previous"}).fillna("")
     out.write(f"a playlist of {len(steps)} songs:\n")
     write_table(list(shown.columns), shown.itertuples(index=False, name=None), out, width=None, count=False)
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from deepcrate.audio.musical import weak_key, weak_tempo
 from deepcrate.query.report.page import REJECTS_LISTED, RUNS_LISTED, SPLITS, UNLABELLED, ReportPage
 from deepcrate.storage.run_log import RunRecord
 from deepcrate.storage.schemas import EVALUATION_METHODS
@@ -268,13 +269,16 @@ def _runs_table(runs: list[RunRecord]) -> str:
 
 # -- small helpers --------------------------------------------------------------------
 def _musical_data(songs: pd.DataFrame) -> dict[str, Any]:
-    """Tempo (tenths of a BPM, 0: unknown) and key (an index into ``keys``, 255: unknown), packed."""
+    """Tempo (tenths of a BPM, 0: unknown), key (an index into ``keys``, 255: unknown) and which of the
+    two are weak estimates (bit 1: the tempo, bit 2: the key), packed."""
     tempo = pd.to_numeric(songs["tempo_bpm"], errors="coerce").fillna(0).to_numpy()
     names = [f"{k} ({c})" if isinstance(k, str) else None for k, c in zip(songs["key"], songs["camelot"])]
     keys = sorted({n for n in names if n})
     code = {name: i for i, name in enumerate(keys)}
+    weak = [weak_tempo(t) | weak_key(k) << 1 for t, k in zip(songs["tempo_confidence"], songs["key_confidence"])]
     return {"bpm": _b64(np.clip(np.round(tempo * 10), 0, 65535).astype("<u2")), "keys": keys,
-            "key": _b64(np.array([code.get(n, 255) for n in names], dtype=np.uint8))}
+            "key": _b64(np.array([code.get(n, 255) for n in names], dtype=np.uint8)),
+            "weak": _b64(np.array(weak, dtype=np.uint8))}
 
 
 def _e(value: Any) -> str:

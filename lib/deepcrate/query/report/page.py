@@ -15,7 +15,7 @@ from deepcrate.errors import ModelError, WarehouseError
 from deepcrate.models.store import MODELS, read_model_folder
 from deepcrate.storage.arrow_tables import ArrowTables
 from deepcrate.storage.run_log import RunLog, RunRecord
-from deepcrate.storage.schemas import Table
+from deepcrate.storage.schemas import MUSICAL_COLUMNS, Table
 from deepcrate.uris import local_path
 from deepcrate.vectors.projection import project
 
@@ -57,7 +57,7 @@ def read_report_page(warehouse: str, *, out_dir: str, audio_base: str | None = N
         raise WarehouseError(f"warehouse {root}: no songs; run deepcrate ingest (or rebuild) first")
     missing: list[str] = []
     songs = tables.read_pandas(Table.SONGS, columns=["song_id", "path", "genre", "artist", "title", "split", "duration_s"],
-                               optional=("tempo_bpm", "key", "camelot"))  # an ingest older than tempo and key lacks them
+                               optional=MUSICAL_COLUMNS)  # an ingest older than tempo and key lacks them
     songs = songs.sort_values("song_id", kind="stable").reset_index(drop=True)
     page = ReportPage(warehouse=root, songs=songs, missing=missing, runs=RunLog(root).history())
     if tables.exists(Table.REJECTS):
