@@ -198,7 +198,7 @@ def test_the_page_holds_the_tables_numbers(report):
     keys = [data["keys"][k] if k < 255 else None for k in _decode(data["key"], "u1")]
     assert keys == [f"{by_id.loc[i, 'key']} ({by_id.loc[i, 'camelot']})" if by_id.loc[i, "key"] else None
                     for i in data["ids"]]
-    weak = _decode(data["weak"], "u1")  # bit 1: tempo confidence under 0.5, bit 2: key confidence under 0.6
+    weak = _decode(data["weak"], "u1")  # 1: tempo confidence under 0.5, 2: key confidence under 0.6, 3: both
     assert weak.tolist() == [int(by_id.loc[i, "tempo_confidence"] < 0.5) + 2 * int(by_id.loc[i, "key_confidence"] < 0.6)
                              for i in data["ids"]]
     test_ids = set(songs.loc[songs["split"] == "test", "song_id"])

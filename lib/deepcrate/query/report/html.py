@@ -270,7 +270,7 @@ def _runs_table(runs: list[RunRecord]) -> str:
 # -- small helpers --------------------------------------------------------------------
 def _musical_data(songs: pd.DataFrame) -> dict[str, Any]:
     """Tempo (tenths of a BPM, 0: unknown), key (an index into ``keys``, 255: unknown) and which of the
-    two are weak estimates (bit 1: the tempo, bit 2: the key), packed."""
+    two are weak estimates (1: the tempo, 2: the key, 3: both), packed."""
     tempo = pd.to_numeric(songs["tempo_bpm"], errors="coerce").fillna(0).to_numpy()
     names = [f"{k} ({c})" if isinstance(k, str) else None for k, c in zip(songs["key"], songs["camelot"])]
     keys = sorted({n for n in names if n})

@@ -16,7 +16,7 @@
   const similarity = k ? decode(data.similarity, Int16Array) : new Int16Array(0);
   const bpm = decode(data.bpm, Uint16Array);
   const keyOf = decode(data.key, Uint8Array);
-  const weak = decode(data.weak, Uint8Array);  // bit 1: a weak tempo, bit 2: a weak key
+  const weak = decode(data.weak, Uint8Array);  // 1: a weak tempo, 2: a weak key, 3: both
   const musical = (i) => [bpm[i] ? `${(bpm[i] / 10).toFixed(1)} BPM${weak[i] & 1 ? " (weak)" : ""}` : "",
     keyOf[i] < 255 ? `${data.keys[keyOf[i]]}${weak[i] & 2 ? " (weak)" : ""}` : ""].filter(Boolean).join(", ");
   const isTest = new Uint8Array(n);
