@@ -12,7 +12,8 @@ against the tempo and key its notation (or the demo's synthesis) gives:
   estimator reads its files its own way).
 
 Estimators: ``deepcrate`` (this checkout's :func:`deepcrate.audio.musical.musical_facts` on what
-ingest decodes; ``--baseline COMMIT`` adds ``deepcrate@COMMIT``, that commit's, measured in the same run), ``essentia-percival`` and ``essentia-rhythm2013`` (tempo), ``essentia-key-PROFILE``
+ingest decodes; ``--baseline COMMIT`` adds ``deepcrate@COMMIT``, that commit's, measured in the
+same run), ``essentia-percival`` and ``essentia-rhythm2013`` (tempo), ``essentia-key-PROFILE``
 (KeyExtractor with that profile), ``madmom`` (RNN beat activations + comb-filter tempo;
 the 2018 key CNN), ``tempocnn`` (Schreiber & Mueller's tempo CNN). Each that cannot be
 imported is reported with its error.
@@ -44,19 +45,17 @@ import argparse
 import functools
 import importlib.util
 import json
-import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from baseline_checkout import baseline_checkout
 
 from deepcrate.audio.musical import PITCHES
 
-ROOT = Path(__file__).resolve().parent.parent
 SET = Path.home() / ".cache" / "deepcrate-bench" / "notated"
 RESULTS = Path(__file__).resolve().parent / "results"
 SPELLINGS = {"Db": "C#", "D#": "Eb", "Gb": "F#", "G#": "Ab", "A#": "Bb", "Cb": "B", "Fb": "E", "E#": "F", "B#": "C"}
@@ -99,13 +98,11 @@ def deepcrate_estimator(commit: str | None = None) -> Callable[[Path], Estimate]
     if commit is None:
         from deepcrate.audio.musical import musical_facts
     else:
-        source = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:lib/deepcrate/audio/musical.py"],
-                                check=True, capture_output=True, text=True).stdout
-        file = Path(tempfile.mkdtemp()) / f"musical_at_{commit}.py"
-        file.write_text(source)
-        spec = importlib.util.spec_from_file_location(file.stem, file)
-        module = sys.modules[file.stem] = importlib.util.module_from_spec(spec)  # dataclasses look it up by name
-        spec.loader.exec_module(module)
+        with baseline_checkout(commit) as folder:
+            name = f"musical_at_{commit}"
+            spec = importlib.util.spec_from_file_location(name, folder / "lib" / "deepcrate" / "audio" / "musical.py")
+            module = sys.modules[name] = importlib.util.module_from_spec(spec)  # dataclasses look it up by name
+            spec.loader.exec_module(module)
         musical_facts = module.musical_facts
 
     limits = resolve_settings().ingest.limits
